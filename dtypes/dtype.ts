@@ -21,8 +21,8 @@ import {
   decodeBits,
   decodeFloats,
   encodeBits,
-  type EncodeOptions,
   encodeFloats,
+  type EncodeOptions,
   f32Bits,
   type FloatFormat,
   type FormatConstants,
@@ -284,7 +284,9 @@ export const DTYPE_FORMS =
 export function dtype(name: DTypeLike): DType {
   if (typeof name === "object" && name !== null && registry.get(name.name) === name) return name;
   if (typeof name !== "string") {
-    throw new DTypeError(`dtype(): expected a dtype name, got ${typeName(name)}; valid forms: ${DTYPE_FORMS}`);
+    throw new DTypeError(
+      `dtype(): expected a dtype name, got ${typeName(name)}; valid forms: ${DTYPE_FORMS}`,
+    );
   }
   const known = registry.get(name);
   if (known) return known;

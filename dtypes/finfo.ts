@@ -6,7 +6,7 @@
  */
 
 import { DTypeError } from "../errors.ts";
-import { type DTypeLike, dtype } from "./dtype.ts";
+import { dtype, type DTypeLike } from "./dtype.ts";
 
 /** The limits of a float format. */
 export interface FInfo {
@@ -92,7 +92,9 @@ export interface IInfo {
 export function iinfo(name: DTypeLike): IInfo {
   const d = dtype(name);
   if (d.kind !== "int") {
-    throw new DTypeError(`iinfo('${d.name}'): ${d.name} is not an integer dtype; use finfo() for floats`);
+    throw new DTypeError(
+      `iinfo('${d.name}'): ${d.name} is not an integer dtype; use finfo() for floats`,
+    );
   }
   return Object.freeze({
     dtype: d.name,

@@ -17,9 +17,9 @@ export {
   bf16x2,
   bfloat16,
   boolean,
+  type DType,
   dtype,
   DTYPE_FORMS,
-  type DType,
   type DTypeKind,
   type DTypeLike,
   e4m3,
@@ -34,14 +34,14 @@ export {
   bitsF32,
   type CodeArray,
   decodeBits,
-  type EncodeOptions,
   encodeBits,
+  type EncodeOptions,
   f32Bits,
   type FloatFormat,
   type FormatConstants,
   type NanStyle,
   type Rounding,
 } from "./codec.ts";
-export { finfo, type FInfo, iinfo, type IInfo } from "./finfo.ts";
+export { type FInfo, finfo, type IInfo, iinfo } from "./finfo.ts";
 export { hash32, randomU32, WGSL_RNG } from "./rng.ts";
-export { type WgslCodec, wgslChunks, wgslCodec, type WgslCodecOptions } from "./wgsl.ts";
+export { wgslChunks, type WgslCodec, wgslCodec, type WgslCodecOptions } from "./wgsl.ts";

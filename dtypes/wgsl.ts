@@ -12,7 +12,7 @@
 
 import type { Rounding } from "./codec.ts";
 import { WGSL_RNG } from "./rng.ts";
-import { type DType, type DTypeLike, dtype } from "./dtype.ts";
+import { type DType, dtype, type DTypeLike } from "./dtype.ts";
 import { DTypeError } from "../errors.ts";
 
 /** The WGSL functions of one dtype's codec. */
@@ -58,7 +58,9 @@ function genericDecode(d: DType, fname: string): string {
     return sgn | 0x7fc00000u;
   }\n`;
   } else if (c.nan === "fn") {
-    specials = `  if (ef == ${u(expMask)} && mant == ${u(mantMask)}) { return sgn | 0x7fc00000u; }\n`;
+    specials = `  if (ef == ${u(expMask)} && mant == ${
+      u(mantMask)
+    }) { return sgn | 0x7fc00000u; }\n`;
   }
   return `fn ${fname}(c: u32) -> u32 {
   let sgn = ((c >> ${u(c.signShift)}) & 1u) << 31u;
@@ -86,7 +88,13 @@ ${specials}  var r: u32;
 
 function genericEncode(d: DType, fname: string, rounding: Rounding, saturate: boolean): string {
   const c = d.constants!;
-  const ovf = saturate ? c.maxCode : c.infCode >= 0 ? c.infCode : c.nanCode >= 0 ? c.nanCode : c.maxCode;
+  const ovf = saturate
+    ? c.maxCode
+    : c.infCode >= 0
+    ? c.infCode
+    : c.nanCode >= 0
+    ? c.nanCode
+    : c.maxCode;
   const nan = c.nanCode >= 0 ? c.nanCode : c.maxCode;
   const one = 1 << c.m;
   let round: string;
@@ -232,7 +240,10 @@ export function wgslCodec(
   const fast = !opts.generic;
   let decSrc: string, encSrc: string;
   if (fast && d.name === "f32") {
-    decSrc = `fn ${decBits}(c: u32) -> u32 { return c; }\n`;
+    decSrc = `fn ${decBits}(c: u32) -> u32 {
+  if ((c & 0x7fffffffu) > 0x7f800000u) { return (c & 0x80000000u) | 0x7fc00000u; }
+  return c;
+}\n`;
   } else if (fast && d.name === "bf16") {
     decSrc = `fn ${decBits}(c: u32) -> u32 {
   let b = c << 16u;
@@ -243,7 +254,11 @@ export function wgslCodec(
     decSrc = genericDecode(d, decBits);
   }
   if (fast && d.name === "f32" && rounding !== "stochastic" && !saturate) {
-    encSrc = `fn ${enc}(x: f32, rand: u32) -> u32 { return bitcast<u32>(x); }\n`;
+    encSrc = `fn ${enc}(x: f32, rand: u32) -> u32 {
+  let b = bitcast<u32>(x);
+  if ((b & 0x7fffffffu) > 0x7f800000u) { return (b & 0x80000000u) | 0x7fc00000u; }
+  return b;
+}\n`;
   } else if (fast && d.name === "bf16" && rounding === "rne" && !saturate) {
     encSrc = `fn ${enc}(x: f32, rand: u32) -> u32 {
   let b = bitcast<u32>(x);

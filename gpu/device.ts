@@ -1,0 +1,258 @@
+/**
+ * One adapter and device per process, acquired lazily on first use with the adapter's own
+ * limits and the optional features ulp uses (`shader-f16`, `timestamp-query`).
+ *
+ * @module
+ */
+
+import { DeviceError } from "../errors.ts";
+import { type DeviceInfo, type MemoryInfo, Runtime } from "./runtime.ts";
+
+/** Options for acquiring the device. */
+export interface DeviceOptions {
+  /**
+   * How f16 tensors are stored: `auto` (native `array<f16>` when the adapter has
+   * `shader-f16`, else packed two per u32), `native` (fail without the feature) or
+   * `packed` (never use the feature, to test the packed path on any adapter).
+   */
+  f16?: "auto" | "native" | "packed";
+  /** Passed to `requestAdapter`. */
+  powerPreference?: GPUPowerPreference;
+}
+
+let current: Runtime | null = null;
+let pending: Promise<Runtime> | null = null;
+let options: DeviceOptions = {};
+
+const HOW_TO_GET_ONE =
+  "ulp needs a WebGPU adapter. On a machine without a GPU, install Mesa's software " +
+  "drivers (Debian/Ubuntu: apt-get install mesa-vulkan-drivers for lavapipe; llvmpipe comes with " +
+  "libgl1-mesa-dri) and choose one with DENO_WEBGPU_BACKEND=vulkan or gl.";
+
+async function acquire(opts: DeviceOptions): Promise<Runtime> {
+  if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+    throw new DeviceError(`navigator.gpu is not available in this runtime. ${HOW_TO_GET_ONE}`);
+  }
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await navigator.gpu.requestAdapter({ powerPreference: opts.powerPreference });
+  } catch (e) {
+    throw new DeviceError(`requestAdapter() failed: ${(e as Error).message}. ${HOW_TO_GET_ONE}`, {
+      cause: e,
+    });
+  }
+  if (!adapter) throw new DeviceError(`No WebGPU adapter was found. ${HOW_TO_GET_ONE}`);
+  const hasF16 = adapter.features.has("shader-f16");
+  const f16Mode = opts.f16 ?? "auto";
+  if (f16Mode === "native" && !hasF16) {
+    throw new DeviceError(
+      `configureDevice({ f16: "native" }): the adapter '${adapter.info.description}' has no ` +
+        `shader-f16 feature; use f16: "auto" or "packed" (on Mesa, the vulkan backend has it)`,
+    );
+  }
+  const useF16 = hasF16 && f16Mode !== "packed";
+  const features: GPUFeatureName[] = [];
+  if (useF16) features.push("shader-f16");
+  const timestamp = adapter.features.has("timestamp-query");
+  if (timestamp) features.push("timestamp-query");
+  const l = adapter.limits;
+  const requiredLimits: Record<string, number> = {
+    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    maxBufferSize: l.maxBufferSize,
+    maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+    maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+    maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+  };
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({ requiredFeatures: features, requiredLimits });
+  } catch (e) {
+    throw new DeviceError(`requestDevice() failed: ${(e as Error).message}`, { cause: e });
+  }
+  const info: DeviceInfo = {
+    description: adapter.info.description || adapter.info.device || "unknown adapter",
+    vendor: adapter.info.vendor,
+    architecture: adapter.info.architecture,
+    isFallbackAdapter: (adapter.info as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false,
+    shaderF16: useF16,
+    timestampQuery: timestamp,
+    f16Storage: useF16 ? "native" : "packed",
+    limits: {
+      maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize,
+      maxBufferSize: device.limits.maxBufferSize,
+      maxComputeWorkgroupStorageSize: device.limits.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: device.limits.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupsPerDimension: device.limits.maxComputeWorkgroupsPerDimension,
+      maxStorageBuffersPerShaderStage: device.limits.maxStorageBuffersPerShaderStage,
+    },
+  };
+  return new Runtime(device, info);
+}
+
+/**
+ * Sets how the device will be acquired. Takes effect at the next acquisition: call it before
+ * the first use, or follow it with `resetDevice()`.
+ *
+ * @example
+ * ```ts
+ * import { configureDevice, getRuntime, resetDevice } from "./device.ts";
+ * configureDevice({ f16: "packed" });
+ * await resetDevice();
+ * console.log((await getRuntime()).info.f16Storage); // "packed"
+ * configureDevice({});
+ * await resetDevice();
+ * ```
+ */
+export function configureDevice(opts: DeviceOptions): void {
+  options = { ...opts };
+}
+
+/**
+ * The runtime of the process's device, acquired on the first call. Concurrent first calls
+ * share one acquisition. Throws a `DeviceError` that says how to get an adapter when there
+ * is none.
+ *
+ * @example
+ * ```ts
+ * import { getRuntime } from "./device.ts";
+ * const rt = await getRuntime();
+ * console.log(typeof rt.info.description, rt.info.limits.maxBufferSize > 0); // "string" true
+ * ```
+ */
+export function getRuntime(): Promise<Runtime> {
+  if (current && !current.lost) return Promise.resolve(current);
+  if (!pending) {
+    pending = acquire(options).then(
+      (rt) => {
+        current = rt;
+        pending = null;
+        return rt;
+      },
+      (e) => {
+        pending = null;
+        throw e;
+      },
+    );
+  }
+  return pending;
+}
+
+/**
+ * The runtime if the device is already acquired, for synchronous code (ops record work
+ * synchronously). Throws a `DeviceError` naming `await ready()` otherwise.
+ *
+ * @example
+ * ```ts
+ * import { currentRuntime, getRuntime } from "./device.ts";
+ * await getRuntime();
+ * console.log(currentRuntime().lost); // false
+ * ```
+ */
+export function currentRuntime(): Runtime {
+  if (current && !current.lost) return current;
+  if (current?.lost) {
+    throw new DeviceError(
+      "the GPU device was lost or disposed; tensors made on it are gone. " +
+        "Call await resetDevice() (or await ready()) to acquire a new one and recreate your tensors.",
+    );
+  }
+  throw new DeviceError(
+    "no GPU device yet: WebGPU adapters are acquired asynchronously, so call await ready() once " +
+      "before creating tensors (importing ulp's mod.ts does this for you).",
+  );
+}
+
+/**
+ * Destroys the current device (every pooled buffer with it) and acquires a new one with the
+ * options of `configureDevice`.
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, resetDevice } from "./device.ts";
+ * const a = await getRuntime();
+ * const b = await resetDevice();
+ * console.log(a !== b, a.lost); // true true
+ * ```
+ */
+export async function resetDevice(): Promise<Runtime> {
+  await disposeDevice();
+  return getRuntime();
+}
+
+/**
+ * Destroys the current device and every buffer of its pool. The next use acquires a new one.
+ *
+ * @example
+ * ```ts
+ * import { disposeDevice, getRuntime } from "./device.ts";
+ * const rt = await getRuntime();
+ * await disposeDevice();
+ * console.log(rt.lost); // true
+ * ```
+ */
+export async function disposeDevice(): Promise<void> {
+  if (pending) await pending.catch(() => {});
+  if (current) {
+    current.destroy();
+    current = null;
+  }
+}
+
+/**
+ * Facts about the adapter and device (acquiring it if needed).
+ *
+ * @example
+ * ```ts
+ * import { deviceInfo } from "./device.ts";
+ * const info = await deviceInfo();
+ * console.log(["native", "packed"].includes(info.f16Storage)); // true
+ * ```
+ */
+export async function deviceInfo(): Promise<DeviceInfo> {
+  return (await getRuntime()).info;
+}
+
+/**
+ * GPU memory statistics of the current device: live and peak logical bytes, by dtype and by
+ * purpose. Zeros when no device was acquired yet.
+ *
+ * @example
+ * ```ts
+ * import { memory } from "./device.ts";
+ * const m = memory();
+ * console.log(m.liveBytes >= 0, m.peakBytes >= m.liveBytes); // true true
+ * ```
+ */
+export function memory(): MemoryInfo {
+  if (!current) {
+    return {
+      liveBytes: 0,
+      peakBytes: 0,
+      liveBuffers: 0,
+      byDtype: {},
+      byPurpose: {},
+      pooledBytes: 0,
+      allocatedBytes: 0,
+    };
+  }
+  return current.memory();
+}
+
+/**
+ * Acquires the device if it is not yet acquired and returns its facts. Ops record work
+ * synchronously, so a script awaits this once before making tensors (`mod.ts` does it at
+ * import).
+ *
+ * @example
+ * ```ts
+ * import { ready } from "./device.ts";
+ * const info = await ready();
+ * console.log(info.limits.maxComputeInvocationsPerWorkgroup >= 256); // true
+ * ```
+ */
+export async function ready(): Promise<DeviceInfo> {
+  return (await getRuntime()).info;
+}

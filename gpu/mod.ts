@@ -1,0 +1,43 @@
+/**
+ * The GPU runtime: one lazily acquired WebGPU device per process, a buffer pool with size
+ * classes, a pipeline cache keyed by WGSL source, command batching into a shared compute
+ * pass, async readback and memory statistics.
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, memory } from "./mod.ts";
+ * const rt = await getRuntime();
+ * const buf = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+ * rt.write(buf, new Uint32Array([1, 2, 3, 4]));
+ * const k = rt.kernel("double", `
+ *   @group(0) @binding(0) var<storage, read_write> x: array<u32>;
+ *   @compute @workgroup_size(4) fn main(@builtin(global_invocation_id) g: vec3u) { x[g.x] = x[g.x] * 2u; }
+ * `, { buffers: ["read_write"], uniform: false });
+ * rt.dispatch(k, [buf], [1]);
+ * console.log(Array.from(new Uint32Array(await rt.read(buf)))); // [2, 4, 6, 8]
+ * rt.free(buf);
+ * console.log(memory().liveBytes); // 0
+ * ```
+ * @module
+ */
+
+export {
+  configureDevice,
+  currentRuntime,
+  deviceInfo,
+  type DeviceOptions,
+  disposeDevice,
+  getRuntime,
+  memory,
+  ready,
+  resetDevice,
+} from "./device.ts";
+export {
+  type DeviceInfo,
+  type Kernel,
+  type KernelSignature,
+  type MemoryInfo,
+  Runtime,
+  type RuntimeCounters,
+} from "./runtime.ts";
+export { type BufferTag, type PooledBuffer, type Purpose, sizeClass } from "./pool.ts";

@@ -1,0 +1,507 @@
+/**
+ * The runtime of one GPU device: buffer pool, pipeline cache, one command encoder that
+ * batches dispatches into a shared compute pass, pooled uniforms, async readback and
+ * memory statistics.
+ *
+ * Nothing waits for the GPU until a value is read: `dispatch` records into the open pass;
+ * the batch is submitted when a read needs it, when it reaches `maxBatch` dispatches, or on
+ * `flush()`. Uniforms of a batch live in one buffer at 256-byte dynamic offsets, written once
+ * just before the submit.
+ *
+ * @module
+ */
+
+import { DeviceError } from "../errors.ts";
+import { BufferPool, type BufferTag, type PooledBuffer, type Purpose } from "./pool.ts";
+
+/** Facts about the adapter and device in use. */
+export interface DeviceInfo {
+  /** The adapter's description (for example "llvmpipe (LLVM 15.0.6, 256 bits)"). */
+  readonly description: string;
+  /** The adapter's vendor id or name. */
+  readonly vendor: string;
+  /** The adapter's architecture, where reported. */
+  readonly architecture: string;
+  /** Whether the adapter is a software fallback (llvmpipe, lavapipe, WARP). */
+  readonly isFallbackAdapter: boolean;
+  /** Whether WGSL `f16` is enabled (the `shader-f16` feature, unless turned off). */
+  readonly shaderF16: boolean;
+  /** Whether timestamp queries are enabled. */
+  readonly timestampQuery: boolean;
+  /** How f16 tensors are stored: `array<f16>` (native) or two per u32 (packed). */
+  readonly f16Storage: "native" | "packed";
+  /** The device's limits that ulp reads. */
+  readonly limits: {
+    readonly maxStorageBufferBindingSize: number;
+    readonly maxBufferSize: number;
+    readonly maxComputeWorkgroupStorageSize: number;
+    readonly maxComputeInvocationsPerWorkgroup: number;
+    readonly maxComputeWorkgroupsPerDimension: number;
+    readonly maxStorageBuffersPerShaderStage: number;
+  };
+}
+
+/** How a kernel binds its buffers: storage buffers in binding order, then the uniform. */
+export interface KernelSignature {
+  /** Access of each storage binding, in binding order (0, 1, ...). */
+  readonly buffers: readonly ("read" | "read_write")[];
+  /** Whether binding `buffers.length` is a uniform block (up to 256 bytes). */
+  readonly uniform: boolean;
+}
+
+/** A compiled kernel: its pipeline and bind group layout. */
+export interface Kernel {
+  /** The WGSL source it was compiled from (the cache key). */
+  readonly source: string;
+  /** Storage and uniform bindings. */
+  readonly signature: KernelSignature;
+  /** A label for errors and profiles (the op's name). */
+  readonly label: string;
+  /** @internal */
+  readonly pipeline: GPUComputePipeline;
+  /** @internal */
+  readonly layout: GPUBindGroupLayout;
+}
+
+/** Counters of the work done, for benchmarks and tests of dispatch counts. */
+export interface RuntimeCounters {
+  /** Dispatches recorded. */
+  dispatches: number;
+  /** Command buffers submitted. */
+  submits: number;
+  /** Reads from the GPU (each `mapAsync`). */
+  readbacks: number;
+  /** Pipelines compiled (cache misses). */
+  compiles: number;
+}
+
+/** Memory statistics, as `memory()` reports them. */
+export interface MemoryInfo {
+  /** Logical bytes of live buffers (what tensors and states use, no padding). */
+  liveBytes: number;
+  /** The largest `liveBytes` seen since the device was acquired or `resetPeak()`. */
+  peakBytes: number;
+  /** Number of live buffers. */
+  liveBuffers: number;
+  /** Live bytes by dtype name. */
+  byDtype: Record<string, number>;
+  /** Live bytes by purpose (params, grads, optimizer, activations, casts, scratch, other). */
+  byPurpose: Record<string, number>;
+  /** Bytes of free buffers kept by the pool for reuse. */
+  pooledBytes: number;
+  /** Bytes of all GPU buffers the pool holds (live, free and deferred, with padding). */
+  allocatedBytes: number;
+}
+
+const UNIFORM_SLOT = 256;
+
+function layoutKey(sig: KernelSignature): string {
+  return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "");
+}
+
+/** The runtime of one GPU device. Get it with `getRuntime()` (see `device.ts`). */
+export class Runtime {
+  /** The WebGPU device. */
+  readonly device: GPUDevice;
+  /** Facts about the adapter and device. */
+  readonly info: DeviceInfo;
+  /** Counters of dispatches, submits, readbacks and compiles. */
+  readonly counters: RuntimeCounters = { dispatches: 0, submits: 0, readbacks: 0, compiles: 0 };
+  /** Dispatches per batch before it is submitted on its own. */
+  maxBatch = 512;
+
+  #pool: BufferPool;
+  #kernels = new Map<string, Kernel>();
+  #layouts = new Map<string, GPUBindGroupLayout>();
+  #bindGroups = new Map<string, GPUBindGroup>();
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #batch = 1; // id of the open batch
+  #inBatch = 0;
+  #uniformBuf: GPUBuffer;
+  #uniformHost: ArrayBuffer;
+  #uniformU32: Uint32Array;
+  #lost: string | null = null;
+  #error: string | null = null;
+  #pendingReads: {
+    src: PooledBuffer;
+    offset: number;
+    size: number;
+    resolve: (b: ArrayBuffer) => void;
+    reject: (e: unknown) => void;
+  }[] = [];
+  #readScheduled = false;
+
+  /** Wraps a device; `getRuntime()` does this once per process. */
+  constructor(device: GPUDevice, info: DeviceInfo) {
+    this.device = device;
+    this.info = info;
+    this.#pool = new BufferPool(device);
+    this.#uniformBuf = device.createBuffer({
+      size: UNIFORM_SLOT * this.maxBatch,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    this.#uniformHost = new ArrayBuffer(UNIFORM_SLOT * this.maxBatch);
+    this.#uniformU32 = new Uint32Array(this.#uniformHost);
+    device.lost.then((l) => {
+      if (l.reason !== "destroyed") this.#lost = `${l.reason}: ${l.message}`;
+    });
+    device.addEventListener("uncapturederror", (ev) => {
+      const e = (ev as GPUUncapturedErrorEvent).error;
+      this.#error ??= `${e.constructor.name}: ${e.message}`;
+    });
+  }
+
+  /** Whether the device was lost or destroyed. */
+  get lost(): boolean {
+    return this.#lost !== null;
+  }
+
+  #check(op: string): void {
+    if (this.#lost !== null) {
+      throw new DeviceError(
+        `${op}: the GPU device was lost (${this.#lost}); tensors made on it are gone. ` +
+          `Call await resetDevice() to acquire a new device and recreate your tensors.`,
+      );
+    }
+    if (this.#error !== null) {
+      const e = this.#error;
+      this.#error = null;
+      throw new DeviceError(`${op}: the GPU reported an error in earlier work: ${e}`);
+    }
+  }
+
+  /** Allocates a storage buffer of `bytes` logical bytes, checked against the limits. */
+  alloc(bytes: number, tag: BufferTag): PooledBuffer {
+    this.#check("alloc");
+    if (!Number.isSafeInteger(bytes) || bytes < 0) {
+      throw new DeviceError(`alloc(): byte size must be a non-negative integer, got ${bytes}`);
+    }
+    const lim = this.info.limits;
+    if (bytes > lim.maxStorageBufferBindingSize || bytes > lim.maxBufferSize) {
+      throw new DeviceError(
+        `alloc(): ${bytes} bytes (${tag.dtype}, ${tag.purpose}) exceed the adapter's ` +
+          `maxStorageBufferBindingSize of ${lim.maxStorageBufferBindingSize} bytes; ` +
+          `use smaller tensors or split the work`,
+      );
+    }
+    return this.#pool.acquire(Math.max(bytes, 4), tag, this.#batch - 1);
+  }
+
+  /** Changes the dtype or purpose a buffer is counted under. */
+  retag(pb: PooledBuffer, tag: BufferTag): void {
+    this.#pool.retag(pb, tag);
+  }
+
+  /** Releases a buffer; it is reused only after the commands that use it are submitted. */
+  free(pb: PooledBuffer): void {
+    this.#pool.release(pb, this.#batch);
+  }
+
+  /** Writes host data into a buffer, after every recorded command that uses it. */
+  write(pb: PooledBuffer, data: ArrayBufferView, byteOffset = 0): void {
+    this.#check("write");
+    if (pb.lastBatch >= this.#batch) this.flush();
+    let bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    if (bytes.byteLength % 4 !== 0) {
+      // writeBuffer needs a multiple of 4 bytes.
+      const p = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+      p.set(bytes);
+      bytes = p;
+    }
+    this.device.queue.writeBuffer(pb.buffer, byteOffset, bytes);
+  }
+
+  #layout(sig: KernelSignature): GPUBindGroupLayout {
+    const key = layoutKey(sig);
+    let l = this.#layouts.get(key);
+    if (!l) {
+      const entries: GPUBindGroupLayoutEntry[] = sig.buffers.map((a, i) => ({
+        binding: i,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: a === "read" ? "read-only-storage" : "storage" },
+      }));
+      if (sig.uniform) {
+        entries.push({
+          binding: sig.buffers.length,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: UNIFORM_SLOT },
+        });
+      }
+      l = this.device.createBindGroupLayout({ entries });
+      this.#layouts.set(key, l);
+    }
+    return l;
+  }
+
+  /**
+   * The kernel compiled from `source` (entry point `main`), from the cache when the same
+   * source was compiled before.
+   */
+  kernel(label: string, source: string, signature: KernelSignature): Kernel {
+    const key = source;
+    const hit = this.#kernels.get(key);
+    if (hit) return hit;
+    this.#check(label);
+    const layout = this.#layout(signature);
+    const module = this.device.createShaderModule({ code: source, label });
+    const pipeline = this.device.createComputePipeline({
+      label,
+      layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: "main" },
+    });
+    this.counters.compiles++;
+    const k: Kernel = { source, signature, label, pipeline, layout };
+    this.#kernels.set(key, k);
+    return k;
+  }
+
+  #bindGroup(k: Kernel, buffers: readonly PooledBuffer[]): GPUBindGroup {
+    let key = layoutKey(k.signature);
+    for (const b of buffers) key += "," + b.id;
+    let bg = this.#bindGroups.get(key);
+    if (!bg) {
+      const entries: GPUBindGroupEntry[] = buffers.map((b, i) => ({
+        binding: i,
+        resource: { buffer: b.buffer },
+      }));
+      if (k.signature.uniform) {
+        entries.push({
+          binding: buffers.length,
+          resource: { buffer: this.#uniformBuf, offset: 0, size: UNIFORM_SLOT },
+        });
+      }
+      bg = this.device.createBindGroup({ layout: k.layout, entries });
+      if (this.#bindGroups.size > 4096) this.#bindGroups.clear();
+      this.#bindGroups.set(key, bg);
+    }
+    return bg;
+  }
+
+  /**
+   * Records one dispatch into the open compute pass. `uniforms` (at most 64 u32 words) is
+   * copied now. `groups` is the workgroup grid; see `grid()` for large 1-D launches.
+   */
+  dispatch(
+    k: Kernel,
+    buffers: readonly PooledBuffer[],
+    groups: readonly [number, number?, number?],
+    uniforms?: Uint32Array,
+  ): void {
+    this.#check(k.label);
+    if (buffers.length !== k.signature.buffers.length) {
+      throw new DeviceError(
+        `dispatch(${k.label}): ${buffers.length} buffers given, the kernel binds ` +
+          `${k.signature.buffers.length}`,
+      );
+    }
+    for (const b of buffers) {
+      if (b.released) {
+        throw new DeviceError(`dispatch(${k.label}): a buffer was used after it was released`);
+      }
+    }
+    if (this.#inBatch >= this.maxBatch) this.flush();
+    const [x, y = 1, z = 1] = groups;
+    if (x === 0 || y === 0 || z === 0) return;
+    const maxG = this.info.limits.maxComputeWorkgroupsPerDimension;
+    if (x > maxG || y > maxG || z > maxG) {
+      throw new DeviceError(
+        `dispatch(${k.label}): grid ${x}x${y}x${z} exceeds maxComputeWorkgroupsPerDimension ` +
+          `(${maxG}); use grid() to fold a 1-D launch into 2-D`,
+      );
+    }
+    const pass = this.#openPass();
+    pass.setPipeline(k.pipeline);
+    const slot = this.#inBatch;
+    if (k.signature.uniform) {
+      if (uniforms) {
+        if (uniforms.length > UNIFORM_SLOT / 4) {
+          throw new DeviceError(`dispatch(${k.label}): more than 64 uniform words`);
+        }
+        this.#uniformU32.set(uniforms, (slot * UNIFORM_SLOT) / 4);
+      }
+      pass.setBindGroup(0, this.#bindGroup(k, buffers), [slot * UNIFORM_SLOT]);
+    } else {
+      pass.setBindGroup(0, this.#bindGroup(k, buffers));
+    }
+    pass.dispatchWorkgroups(x, y, z);
+    for (const b of buffers) b.lastBatch = this.#batch;
+    this.#inBatch++;
+    this.counters.dispatches++;
+  }
+
+  /**
+   * A 2-D workgroup grid that covers `n` workgroups within the per-dimension limit. Kernels
+   * recover the linear workgroup index as `wid.x + wid.y * nwg.x` (`@builtin(num_workgroups)`)
+   * and must ignore indices past the end.
+   */
+  grid(n: number): [number, number] {
+    const maxG = this.info.limits.maxComputeWorkgroupsPerDimension;
+    if (n <= maxG) return [Math.max(n, 0), 1];
+    const y = Math.ceil(n / maxG);
+    return [Math.ceil(n / y), y];
+  }
+
+  #openPass(): GPUComputePassEncoder {
+    if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
+    if (!this.#pass) this.#pass = this.#encoder.beginComputePass();
+    return this.#pass;
+  }
+
+  #closePass(): GPUCommandEncoder {
+    if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    return this.#encoder;
+  }
+
+  /** Records a buffer-to-buffer copy (outside the compute pass). */
+  copy(
+    src: PooledBuffer,
+    srcOffset: number,
+    dst: PooledBuffer,
+    dstOffset: number,
+    size: number,
+  ): void {
+    this.#check("copy");
+    if (size === 0) return;
+    this.#closePass().copyBufferToBuffer(src.buffer, srcOffset, dst.buffer, dstOffset, size);
+    src.lastBatch = this.#batch;
+    dst.lastBatch = this.#batch;
+  }
+
+  /** Submits the open batch, if it holds any work. */
+  flush(): void {
+    if (!this.#encoder) return;
+    const enc = this.#closePass();
+    if (this.#inBatch > 0) {
+      this.device.queue.writeBuffer(
+        this.#uniformBuf,
+        0,
+        this.#uniformHost,
+        0,
+        this.#inBatch * UNIFORM_SLOT,
+      );
+    }
+    this.device.queue.submit([enc.finish()]);
+    this.counters.submits++;
+    this.#encoder = null;
+    const done = this.#batch;
+    this.#batch++;
+    this.#inBatch = 0;
+    this.#pool.submitted(done);
+  }
+
+  /**
+   * Reads `size` bytes at `offset` of a buffer, after all recorded work. Reads requested in
+   * the same task share one staging buffer and one `mapAsync`.
+   */
+  read(src: PooledBuffer, offset = 0, size = src.bytes): Promise<ArrayBuffer> {
+    this.#check("read");
+    if (src.released) {
+      return Promise.reject(new DeviceError("read(): the buffer was released before the read"));
+    }
+    if (size === 0) return Promise.resolve(new ArrayBuffer(0));
+    return new Promise((resolve, reject) => {
+      this.#pendingReads.push({ src, offset, size, resolve, reject });
+      src.lastBatch = this.#batch;
+      if (!this.#readScheduled) {
+        this.#readScheduled = true;
+        queueMicrotask(() => this.#runReads());
+      }
+    });
+  }
+
+  async #runReads(): Promise<void> {
+    this.#readScheduled = false;
+    const reads = this.#pendingReads;
+    this.#pendingReads = [];
+    // copyBufferToBuffer needs 4-byte aligned offsets and sizes: copy the aligned range.
+    const starts = reads.map((r) => Math.floor(r.offset / 4) * 4);
+    const sizes = reads.map((r, i) => Math.ceil((r.offset + r.size) / 4) * 4 - starts[i]);
+    const slots: number[] = [];
+    let total = 0;
+    for (const size of sizes) {
+      slots.push(total);
+      total += size;
+    }
+    let staging: GPUBuffer | null = null;
+    try {
+      this.#check("read");
+      staging = this.device.createBuffer({
+        size: total,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      const enc = this.#closePass();
+      reads.forEach((r, i) =>
+        enc.copyBufferToBuffer(r.src.buffer, starts[i], staging!, slots[i], sizes[i])
+      );
+      this.flush();
+      this.counters.readbacks++;
+      await staging.mapAsync(GPUMapMode.READ);
+      this.#check("read");
+      const all = staging.getMappedRange().slice(0);
+      staging.unmap();
+      reads.forEach((r, i) => {
+        const at = slots[i] + r.offset - starts[i];
+        r.resolve(all.slice(at, at + r.size));
+      });
+    } catch (e) {
+      const err = e instanceof DeviceError
+        ? e
+        : new DeviceError(`read(): ${(e as Error).message}`, { cause: e });
+      for (const r of reads) r.reject(err);
+    } finally {
+      staging?.destroy();
+    }
+  }
+
+  /** Waits until the GPU has finished all submitted work (flushing the open batch first). */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.#check("sync");
+  }
+
+  /** Memory statistics: live and peak logical bytes, by dtype and by purpose. */
+  memory(): MemoryInfo {
+    const s = this.#pool.stats;
+    return {
+      liveBytes: s.liveBytes,
+      peakBytes: s.peakBytes,
+      liveBuffers: s.liveBuffers,
+      byDtype: Object.fromEntries([...s.byDtype].filter(([, v]) => v !== 0)),
+      byPurpose: Object.fromEntries([...s.byPurpose].filter(([, v]) => v !== 0)),
+      pooledBytes: s.pooledBytes,
+      allocatedBytes: s.allocatedBytes,
+    };
+  }
+
+  /** Starts peak tracking anew from the current live bytes. */
+  resetPeak(): void {
+    this.#pool.stats.peakBytes = this.#pool.stats.liveBytes;
+  }
+
+  /** Frees the pool's unused buffers. */
+  emptyCache(): void {
+    this.flush();
+    this.#pool.emptyCache();
+  }
+
+  /** Destroys every buffer and the device. */
+  destroy(): void {
+    try {
+      this.flush();
+    } catch { /* a lost device cannot flush */ }
+    this.#pool.destroyAll();
+    this.#uniformBuf.destroy();
+    this.#bindGroups.clear();
+    this.#kernels.clear();
+    this.#lost ??= "destroyed: the device was disposed";
+    this.device.destroy();
+  }
+}
+
+export type { BufferTag, PooledBuffer, Purpose };
