@@ -15,3 +15,11 @@
 export * from "./errors.ts";
 export * from "./dtypes/mod.ts";
 export * from "./gpu/mod.ts";
+export * from "./tensor/mod.ts";
+export * from "./autograd/mod.ts";
+
+import { ready } from "./gpu/device.ts";
+// Ops record work synchronously, so the device is acquired here, once, at import. Without an
+// adapter the import still succeeds (dtypes work on the host); the first tensor op then
+// throws the DeviceError that says how to get one.
+await ready().catch(() => {});

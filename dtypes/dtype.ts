@@ -324,3 +324,33 @@ export function isFloat(d: DTypeLike): boolean {
   const k = dtype(d).kind;
   return k === "float" || k === "mcf";
 }
+
+/**
+ * The dtype of a binary op's result, as PyTorch promotes: the same dtype stays; a float
+ * beats an integer or bool; of two floats the one whose range and precision both contain the
+ * other's wins, and f32 otherwise (bf16 with f16 gives f32, e4m3 with e5m2 gives f32).
+ * bf16x2 contains every format that bf16 contains.
+ *
+ * @example
+ * ```ts
+ * import { promoteTypes } from "./dtype.ts";
+ * console.log(promoteTypes("bf16", "e4m3").name, promoteTypes("bf16", "f16").name, promoteTypes("i32", "f16").name); // bf16 f32 f16
+ * ```
+ */
+export function promoteTypes(a: DTypeLike, b: DTypeLike): DType {
+  const x = dtype(a), y = dtype(b);
+  if (x === y) return x;
+  const fx = isFloat(x), fy = isFloat(y);
+  if (fx !== fy) return fx ? x : y;
+  if (!fx) {
+    // bool < u32 < i32 for integer mixes (no i64 here: u32 with i32 gives i32).
+    const rank = (d: DType) => (d.kind === "bool" ? 0 : d.signed ? 2 : 1);
+    return rank(x) >= rank(y) ? x : y;
+  }
+  const contains = (p: DType, q: DType) =>
+    p.exponentBits >= q.exponentBits && p.mantissaBits >= q.mantissaBits &&
+    (p.kind === "mcf" || q.kind !== "mcf");
+  if (contains(x, y)) return x;
+  if (contains(y, x)) return y;
+  return float32;
+}

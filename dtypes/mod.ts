@@ -28,6 +28,7 @@ export {
   float32,
   int32,
   isFloat,
+  promoteTypes,
   uint32,
 } from "./dtype.ts";
 export {

@@ -23,6 +23,7 @@ export interface DeviceOptions {
 let current: Runtime | null = null;
 let pending: Promise<Runtime> | null = null;
 let options: DeviceOptions = {};
+let lastError: Error | null = null; // why the last acquisition failed
 
 const HOW_TO_GET_ONE =
   "ulp needs a WebGPU adapter. On a machine without a GPU, install Mesa's software " +
@@ -129,10 +130,12 @@ export function getRuntime(): Promise<Runtime> {
       (rt) => {
         current = rt;
         pending = null;
+        lastError = null;
         return rt;
       },
       (e) => {
         pending = null;
+        lastError = e;
         throw e;
       },
     );
@@ -159,6 +162,7 @@ export function currentRuntime(): Runtime {
         "Call await resetDevice() (or await ready()) to acquire a new one and recreate your tensors.",
     );
   }
+  if (lastError) throw lastError;
   throw new DeviceError(
     "no GPU device yet: WebGPU adapters are acquired asynchronously, so call await ready() once " +
       "before creating tensors (importing ulp's mod.ts does this for you).",

@@ -1,0 +1,816 @@
+/**
+ * Elementwise ops as data: each op is a row of a table (WGSL expression over f32 operands,
+ * output dtype rule, gradient in tensor ops), and one kernel generator turns any row into a
+ * WGSL kernel for any input and output dtypes, broadcasting, scalar operands and rounding.
+ *
+ * A kernel invocation owns one word of the output: for packed outputs (bf16, FP8, ...) it
+ * computes 2 or 4 elements and writes the whole u32. Operands are decoded to f32, the
+ * expression runs in f32, and the result is encoded once to the output dtype (fl(x)).
+ *
+ * @module
+ */
+
+import {
+  boolean as boolDType,
+  type DType,
+  float32,
+  isFloat,
+  promoteTypes,
+  type Rounding,
+  WGSL_RNG,
+  wgslChunks,
+} from "../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../errors.ts";
+import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
+import { attach } from "../autograd/graph.ts";
+import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
+import { fmtShape, type Operand, Tensor } from "./tensor.ts";
+import { sumTo } from "./reduce.ts";
+
+/** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
+export const MAX_RANK = 8;
+const WG = 256;
+
+/** Shared WGSL helpers of elementwise expressions. */
+const WGSL_MATH = `
+fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_min(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_pow(a: f32, b: f32) -> f32 {
+  if (b == 0.0) { return 1.0; }
+  if (a == 0.0) { return select(0.0, bitcast<f32>(0x7f800000u), b < 0.0); }
+  if (a < 0.0) {
+    if (floor(b) != b) { return bitcast<f32>(0x7fc00000u); }
+    let m = pow(-a, b);
+    return select(m, -m, fract(b * 0.5) != 0.0);
+  }
+  return pow(a, b);
+}
+fn ulp_erf(x: f32) -> f32 {
+  // Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7)
+  let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+  return select(-y, y, x >= 0.0);
+}
+fn ulp_tanh(x: f32) -> f32 {
+  let c = clamp(x, -15.0, 15.0);
+  return select(tanh(c), x, ulp_isnan(x));
+}
+`;
+
+/** How an operand is indexed: its own index (same shape), index 0 (one element), or broadcast. */
+type Mode = "same" | "one" | "bcast";
+
+/** Options of the generic elementwise launcher. */
+interface LaunchOptions {
+  rounding?: Rounding;
+  saturate?: boolean;
+  seed?: number;
+}
+
+/**
+ * The shape two or more shapes broadcast to, as NumPy and PyTorch broadcast.
+ *
+ * @example
+ * ```ts
+ * import { broadcastShapes } from "./elementwise.ts";
+ * console.log(broadcastShapes("add", [3, 1], [4])); // [3, 4]
+ * ```
+ */
+export function broadcastShapes(op: string, ...shapes: (readonly number[])[]): number[] {
+  const rank = Math.max(0, ...shapes.map((s) => s.length));
+  const out: number[] = [];
+  for (let d = 0; d < rank; d++) {
+    let size = 1;
+    for (const s of shapes) {
+      const v = s[s.length - rank + d] ?? 1;
+      if (v !== 1) {
+        if (size !== 1 && size !== v) {
+          throw new ShapeError(
+            `${op}(): shapes ${shapes.map(fmtShape).join(" and ")} cannot be broadcast together ` +
+              `(dimension ${d} from the left of the broadcast shape: ${size} vs ${v})`,
+          );
+        }
+        size = v;
+      }
+    }
+    out.push(size);
+  }
+  return out;
+}
+
+/** Row-major strides of `shape` aligned to `outShape`'s rank, 0 where broadcast. */
+function bcastStrides(shape: readonly number[], outShape: readonly number[]): number[] {
+  const rank = outShape.length;
+  const strides = new Array(rank).fill(0);
+  let s = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const od = rank - shape.length + d;
+    strides[od] = shape[d] === 1 && outShape[od] !== 1 ? 0 : s;
+    s *= shape[d];
+  }
+  return strides;
+}
+
+const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
+
+/**
+ * The expression of a row: a function of the operand expressions (`a0`, `a1`, scalar
+ * uniforms) returning a WGSL f32 expression. `i` (u32 element index) and `u.seed` are in scope.
+ */
+type Expr = (x: string[]) => string;
+
+/**
+ * Runs an elementwise expression over tensors and scalars into a new tensor of `outDt`.
+ * The generic launcher behind every elementwise op, cast and fill. @internal
+ */
+export function launch(
+  op: string,
+  operands: readonly Operand[],
+  expr: Expr,
+  outDt: DType,
+  opts: LaunchOptions = {},
+  outShape?: readonly number[],
+): Tensor {
+  const tensors = operands.filter((o): o is Tensor => o instanceof Tensor);
+  const scalars = operands.filter((o): o is number => typeof o === "number");
+  if (scalars.length > 4) throw new ValueError(`${op}(): at most 4 scalar operands`);
+  const shape = outShape ?? broadcastShapes(op, ...tensors.map((t) => t.shape));
+  if (shape.length > MAX_RANK) {
+    throw new ShapeError(
+      `${op}(): rank ${shape.length} (shape ${fmtShape(shape)}) exceeds the maximum of ${MAX_RANK}`,
+    );
+  }
+  for (const t of tensors) t.buffer(`${op}()`);
+  const rt = currentRuntime();
+  const out = Tensor.empty(shape, outDt);
+  const n = out.size;
+  if (n === 0) return out;
+  const outL = layoutOf(outDt, rt);
+  const modes: Mode[] = tensors.map((t) =>
+    t.size === 1
+      ? "one"
+      : t.shape.length === shape.length && t.shape.every((v, d) => v === shape[d])
+      ? "same"
+      : "bcast"
+  );
+  const layouts = tensors.map((t) => layoutOf(t.dt, rt));
+  // operand expressions: tensors a0.., scalars u.s.x..
+  let ti = 0, si = 0;
+  const args = operands.map((o) => (o instanceof Tensor ? `a${ti++}` : `u.s.${"xyzw"[si++]}`));
+  const body = expr(args);
+  const rounding = opts.rounding ?? "rne";
+  const saturate = opts.saturate ?? outDt.saturate;
+  const key =
+    `${op}|${body}|${layouts.map((l, k) => `${l.dtype.name}:${l.elem}:${modes[k]}`).join(",")}|` +
+    `${outDt.name}:${outL.elem}|${rounding}|${saturate}`;
+  let cache = kernelCache.get(rt);
+  if (!cache) kernelCache.set(rt, cache = new Map());
+  let kernel = cache.get(key);
+  if (!kernel) {
+    kernel = rt.kernel(op, source(tensors.length, layouts, modes, outL, body, rounding, saturate), {
+      buffers: [...tensors.map(() => "read" as const), "read_write"],
+      uniform: true,
+    });
+    cache.set(key, kernel);
+  }
+  // uniforms: n, rank, seed, pad | s (4 f32) | shape (8) | strides (8 per tensor, 3 tensors)
+  const u = new Uint32Array(16 + 8 * Math.max(1, tensors.length));
+  u[0] = n;
+  u[1] = shape.length;
+  u[2] = (opts.seed ?? 0) >>> 0;
+  const f = new Float32Array(u.buffer, 16, 4);
+  scalars.forEach((v, k) => (f[k] = v));
+  shape.forEach((v, d) => (u[8 + d] = v));
+  tensors.forEach((t, k) => {
+    if (modes[k] === "bcast") {
+      bcastStrides(t.shape, shape).forEach((v, d) => (u[16 + 8 * k + d] = v));
+    }
+  });
+  const words = Math.ceil(n / outL.lanes);
+  rt.dispatch(
+    kernel,
+    [...tensors.map((t) => t.buffer(op)), out.buffer(op)],
+    rt.grid(Math.ceil(words / WG)),
+    u,
+  );
+  return out;
+}
+
+function source(
+  nIn: number,
+  layouts: Layout[],
+  modes: Mode[],
+  outL: Layout,
+  body: string,
+  rounding: Rounding,
+  saturate: boolean,
+): string {
+  const chunks: string[][] = [[WGSL_RNG, WGSL_MATH]];
+  let decl = "";
+  let loads = "";
+  for (let k = 0; k < nIn; k++) {
+    decl += wgslBinding(layouts[k], 0, k, `in${k}`, "read");
+    chunks.push(wgslLoad(layouts[k], `in${k}`, `ld${k}`));
+    const idx = modes[k] === "same" ? "i" : modes[k] === "one" ? "0u" : `bidx(i, ${k}u)`;
+    loads += `  let a${k} = ld${k}(${idx});\n`;
+  }
+  decl += wgslBinding(outL, 0, nIn, "out", "read_write");
+  const enc = wgslEncoder(outL, { rounding, saturate });
+  chunks.push([...enc.chunks]);
+  const rand = rounding === "stochastic" ? "ulp_rand(u.seed, i)" : "0u";
+  const lanes = outL.lanes, laneBits = outL.laneBits;
+  let store: string;
+  if (outL.elem === "f16") {
+    store = `  let i = w;
+  if (i >= u.n) { return; }
+  out[w] = f16(unpack2x16float(${enc.name}(value(i), ${rand})).x); // exact: already rounded`;
+  } else if (lanes === 1) {
+    store = `  let i = w;
+  if (i >= u.n) { return; }
+  out[w] = ${enc.name}(value(i), ${rand});`;
+  } else {
+    const mask = (2 ** laneBits - 1) >>> 0;
+    store = `  if (w * ${lanes}u >= u.n) { return; }
+  var word = 0u;
+  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
+    let i = w * ${lanes}u + l;
+    if (i >= u.n) { break; }
+    word = word | ((${enc.name}(value(i), ${rand}) & ${mask}u) << (l * ${laneBits}u));
+  }
+  out[w] = word;`;
+  }
+  const f16 = needsF16([...layouts, outL]) ? "enable f16;\n" : "";
+  return `${f16}${wgslChunks(...chunks)}
+struct U { n: u32, rank: u32, seed: u32, pad: u32, s: vec4<f32>, shape: array<vec4<u32>, 2>, st: array<vec4<u32>, ${
+    2 * Math.max(1, nIn)
+  }> }
+${decl}@group(0) @binding(${nIn + 1}) var<uniform> u: U;
+fn bidx(i: u32, k: u32) -> u32 {
+  var rem = i;
+  var off = 0u;
+  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
+    let size = u.shape[d / 4][d % 4];
+    off = off + (rem % size) * u.st[2u * k + u32(d / 4)][d % 4];
+    rem = rem / size;
+  }
+  return off;
+}
+fn value(i: u32) -> f32 {
+${loads}  return ${body};
+}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let w = (wid.x + wid.y * nwg.x) * ${WG}u + li;
+${store}
+}
+`;
+}
+
+// ---- the op table ----------------------------------------------------------------------------
+
+/** Which dtype an op's result has. */
+type OutRule = "promote" | "float" | "bool" | "same";
+
+/** One elementwise op: expression, output dtype rule, and gradient. */
+interface EwOp {
+  readonly name: string;
+  readonly arity: 1 | 2;
+  readonly expr: Expr;
+  readonly out: OutRule;
+  /** Gradients w.r.t. each operand, given inputs, output and output gradient. */
+  readonly grad?: (x: Operand[], out: Tensor, g: Tensor) => (Tensor | null)[];
+}
+
+function outDtype(op: string, rule: OutRule, operands: readonly Operand[]): DType {
+  const ts = operands.filter((o): o is Tensor => o instanceof Tensor);
+  if (ts.length === 0) throw new ValueError(`${op}(): needs at least one tensor operand`);
+  if (rule === "bool") return boolDType;
+  let d = ts[0].dt;
+  for (const t of ts.slice(1)) d = promoteTypes(d, t.dt);
+  if (rule === "float" && !isFloat(d)) return float32;
+  if (
+    rule === "promote" && !isFloat(d) &&
+    operands.some((o) => typeof o === "number" && !Number.isInteger(o))
+  ) {
+    return float32;
+  }
+  return d;
+}
+
+function checkOperand(op: string, o: unknown): Operand {
+  if (o instanceof Tensor || typeof o === "number") return o;
+  throw new ValueError(
+    `${op}(): operands must be tensors or numbers, got ${o === null ? "null" : typeof o}`,
+  );
+}
+
+/** Applies a table row: checks, launches, records the gradient. */
+function apply(row: EwOp, operands: Operand[]): Tensor {
+  operands = operands.map((o) => checkOperand(row.name, o));
+  const outDt = outDtype(row.name, row.out, operands);
+  const out = launch(row.name, operands, row.expr, outDt);
+  const grad = row.grad;
+  if (grad) {
+    const ts = operands.filter((o): o is Tensor => o instanceof Tensor);
+    attach(out, row.name, ts, (g) => {
+      const gs = grad(operands, out, g);
+      // keep only tensor operands, reduced to their shapes (broadcast gradients summed)
+      const res: (Tensor | null)[] = [];
+      operands.forEach((o, k) => {
+        if (o instanceof Tensor) {
+          const gk = gs[k];
+          res.push(gk === null ? null : sumTo(gk, o.shape));
+          if (gk !== null && gk !== res[res.length - 1]) gk.dispose();
+        }
+      });
+      return res;
+    });
+  }
+  return out;
+}
+
+const T = (o: Operand): Tensor => o as Tensor;
+const isT = (o: Operand) => o instanceof Tensor;
+const need = (
+  o: Operand,
+  f: () => Tensor,
+): Tensor | null => (isT(o) && T(o).requiresGrad ? f() : null);
+
+/** The rows. Gradients are written with the ops themselves (they are differentiable too). */
+const OPS = {
+  add: {
+    name: "add",
+    arity: 2,
+    out: "promote",
+    expr: ([a, b]) => `${a} + ${b}`,
+    grad: ([a, b], _o, g) => [need(a, () => g.mul(1)), need(b, () => g.mul(1))],
+  },
+  sub: {
+    name: "sub",
+    arity: 2,
+    out: "promote",
+    expr: ([a, b]) => `${a} - ${b}`,
+    grad: ([a, b], _o, g) => [need(a, () => g.mul(1)), need(b, () => g.neg())],
+  },
+  mul: {
+    name: "mul",
+    arity: 2,
+    out: "promote",
+    expr: ([a, b]) => `${a} * ${b}`,
+    grad: ([a, b], _o, g) => [need(a, () => g.mul(b)), need(b, () => g.mul(a))],
+  },
+  div: {
+    name: "div",
+    arity: 2,
+    out: "float",
+    expr: ([a, b]) => `${a} / ${b}`,
+    grad: (
+      [a, b],
+      o,
+      g,
+    ) => [
+      need(a, () => g.div(b)),
+      need(b, () => mul3(g, o, b, (x, y, z) => `-(${x} * ${y}) / ${z}`)),
+    ],
+  },
+  pow: {
+    name: "pow",
+    arity: 2,
+    out: "promote",
+    expr: ([a, b]) => `ulp_pow(${a}, ${b})`,
+    grad: ([a, b], o, g) => [
+      need(
+        a,
+        () =>
+          fused(
+            "pow_grad_a",
+            [g, a, b],
+            ([gg, x, y]) => `${gg} * ${y} * ulp_pow(${x}, ${y} - 1.0)`,
+          ),
+      ),
+      need(
+        b,
+        () =>
+          fused(
+            "pow_grad_b",
+            [g, o, a],
+            ([gg, oo, x]) => `select(${gg} * ${oo} * log(${x}), 0.0, ${x} <= 0.0)`,
+          ),
+      ),
+    ],
+  },
+  maximum: {
+    name: "maximum",
+    arity: 2,
+    out: "promote",
+    expr: ([a, b]) => `ulp_max(${a}, ${b})`,
+    grad: ([a, b], _o, g) => [
+      need(
+        a,
+        () =>
+          fused(
+            "maximum_grad",
+            [g, a, b],
+            ([gg, x, y]) => `select(select(0.0, ${gg}, ${x} > ${y}), 0.5 * ${gg}, ${x} == ${y})`,
+          ),
+      ),
+      need(
+        b,
+        () =>
+          fused(
+            "maximum_grad",
+            [g, b, a],
+            ([gg, x, y]) => `select(select(0.0, ${gg}, ${x} > ${y}), 0.5 * ${gg}, ${x} == ${y})`,
+          ),
+      ),
+    ],
+  },
+  minimum: {
+    name: "minimum",
+    arity: 2,
+    out: "promote",
+    expr: ([a, b]) => `ulp_min(${a}, ${b})`,
+    grad: ([a, b], _o, g) => [
+      need(
+        a,
+        () =>
+          fused(
+            "minimum_grad",
+            [g, a, b],
+            ([gg, x, y]) => `select(select(0.0, ${gg}, ${x} < ${y}), 0.5 * ${gg}, ${x} == ${y})`,
+          ),
+      ),
+      need(
+        b,
+        () =>
+          fused(
+            "minimum_grad",
+            [g, b, a],
+            ([gg, x, y]) => `select(select(0.0, ${gg}, ${x} < ${y}), 0.5 * ${gg}, ${x} == ${y})`,
+          ),
+      ),
+    ],
+  },
+  neg: {
+    name: "neg",
+    arity: 1,
+    out: "same",
+    expr: ([a]) => `-${a}`,
+    grad: (_x, _o, g) => [g.neg()],
+  },
+  abs: {
+    name: "abs",
+    arity: 1,
+    out: "same",
+    expr: ([a]) => `abs(${a})`,
+    grad: ([a], _o, g) => [fused("abs_grad", [g, a], ([gg, x]) => `${gg} * sign(${x})`)],
+  },
+  exp: {
+    name: "exp",
+    arity: 1,
+    out: "float",
+    expr: ([a]) => `exp(${a})`,
+    grad: (_x, o, g) => [g.mul(o)],
+  },
+  log: {
+    name: "log",
+    arity: 1,
+    out: "float",
+    expr: ([a]) => `log(${a})`,
+    grad: ([a], _o, g) => [g.div(a)],
+  },
+  sqrt: {
+    name: "sqrt",
+    arity: 1,
+    out: "float",
+    expr: ([a]) => `sqrt(${a})`,
+    grad: (_x, o, g) => [fused("sqrt_grad", [g, o], ([gg, y]) => `${gg} / (2.0 * ${y})`)],
+  },
+  rsqrt: {
+    name: "rsqrt",
+    arity: 1,
+    out: "float",
+    expr: ([a]) => `inverseSqrt(${a})`,
+    grad: (
+      _x,
+      o,
+      g,
+    ) => [fused("rsqrt_grad", [g, o], ([gg, y]) => `-0.5 * ${gg} * ${y} * ${y} * ${y}`)],
+  },
+  tanh: {
+    name: "tanh",
+    arity: 1,
+    out: "float",
+    expr: ([a]) => `ulp_tanh(${a})`,
+    grad: (_x, o, g) => [fused("tanh_grad", [g, o], ([gg, y]) => `${gg} * (1.0 - ${y} * ${y})`)],
+  },
+  sigmoid: {
+    name: "sigmoid",
+    arity: 1,
+    out: "float",
+    expr: ([a]) => `1.0 / (1.0 + exp(-${a}))`,
+    grad: (_x, o, g) => [fused("sigmoid_grad", [g, o], ([gg, y]) => `${gg} * ${y} * (1.0 - ${y})`)],
+  },
+  relu: {
+    name: "relu",
+    arity: 1,
+    out: "same",
+    expr: ([a]) => `select(${a}, 0.0, ${a} < 0.0)`,
+    grad: (
+      [a],
+      _o,
+      g,
+    ) => [fused("relu_grad", [g, a], ([gg, x]) => `select(0.0, ${gg}, ${x} > 0.0)`)],
+  },
+  gelu: {
+    name: "gelu",
+    arity: 1,
+    out: "float",
+    expr: ([a]) => `0.5 * ${a} * (1.0 + ulp_erf(${a} * 0.7071067811865476))`,
+    grad: ([a], _o, g) => [
+      fused(
+        "gelu_grad",
+        [g, a],
+        ([gg, x]) =>
+          `${gg} * (0.5 * (1.0 + ulp_erf(${x} * 0.7071067811865476)) + ${x} * 0.3989422804014327 * exp(-0.5 * ${x} * ${x}))`,
+      ),
+    ],
+  },
+  gelu_tanh: {
+    name: "gelu_tanh",
+    arity: 1,
+    out: "float",
+    expr: ([a]) =>
+      `0.5 * ${a} * (1.0 + ulp_tanh(0.7978845608028654 * (${a} + 0.044715 * ${a} * ${a} * ${a})))`,
+    grad: ([a], _o, g) => [
+      fused(
+        "gelu_tanh_grad",
+        [g, a],
+        ([gg, x]) =>
+          `${gg} * (0.5 * (1.0 + ulp_tanh(0.7978845608028654 * (${x} + 0.044715 * ${x} * ${x} * ${x}))) + 0.5 * ${x} * (1.0 - ulp_tanh(0.7978845608028654 * (${x} + 0.044715 * ${x} * ${x} * ${x})) * ulp_tanh(0.7978845608028654 * (${x} + 0.044715 * ${x} * ${x} * ${x}))) * 0.7978845608028654 * (1.0 + 0.134145 * ${x} * ${x}))`,
+      ),
+    ],
+  },
+  eq: { name: "eq", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} == ${b})` },
+  ne: {
+    name: "ne",
+    arity: 2,
+    out: "bool",
+    expr: ([a, b]) => `f32(${a} != ${b} || ulp_isnan(${a}) || ulp_isnan(${b}))`,
+  },
+  lt: { name: "lt", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} < ${b})` },
+  le: { name: "le", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} <= ${b})` },
+  gt: { name: "gt", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} > ${b})` },
+  ge: { name: "ge", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} >= ${b})` },
+} satisfies Record<string, EwOp>;
+
+/** An elementwise expression over 2-3 operands in f32 (used for gradients), no graph. */
+function fused(name: string, operands: Operand[], expr: Expr): Tensor {
+  const ts = operands.filter((o): o is Tensor => o instanceof Tensor);
+  return launch(name, operands, expr, ts[0].dt);
+}
+
+function mul3(
+  a: Tensor,
+  b: Tensor,
+  c: Operand,
+  expr: (x: string, y: string, z: string) => string,
+): Tensor {
+  return fused("div_grad", [a, b, c], ([x, y, z]) => expr(x, y, z));
+}
+
+/** `a + b` with broadcasting; either may be a number. @example ```ts
+ * import { add, tensor } from "../mod.ts";
+ * console.log(Array.from(await add(tensor([1, 2]), 1).toArray())); // [2, 3]
+ * ``` */
+export function add(a: Operand, b: Operand): Tensor {
+  return apply(OPS.add, [a, b]);
+}
+/** `a - b` with broadcasting. @example ```ts
+ * import { sub, tensor } from "../mod.ts";
+ * console.log(Array.from(await sub(tensor([1, 2]), tensor([[1], [2]])).toArray())); // [0, 1, -1, 0]
+ * ``` */
+export function sub(a: Operand, b: Operand): Tensor {
+  return apply(OPS.sub, [a, b]);
+}
+/** `a * b` with broadcasting. @example ```ts
+ * import { mul, tensor } from "../mod.ts";
+ * console.log(Array.from(await mul(tensor([1, 2], { dtype: "bf16" }), 3).toArray())); // [3, 6]
+ * ``` */
+export function mul(a: Operand, b: Operand): Tensor {
+  return apply(OPS.mul, [a, b]);
+}
+/** `a / b` with broadcasting (true division: integers give f32). @example ```ts
+ * import { div, tensor } from "../mod.ts";
+ * console.log(Array.from(await div(tensor([1, 3]), 2).toArray())); // [0.5, 1.5]
+ * ``` */
+export function div(a: Operand, b: Operand): Tensor {
+  return apply(OPS.div, [a, b]);
+}
+/** `a ** b` with broadcasting. @example ```ts
+ * import { pow, tensor } from "../mod.ts";
+ * console.log(Array.from(await pow(tensor([-2, 3]), 2).toArray())); // [4, 9]
+ * ``` */
+export function pow(a: Operand, b: Operand): Tensor {
+  return apply(OPS.pow, [a, b]);
+}
+/** Elementwise maximum; NaN propagates. @example ```ts
+ * import { maximum, tensor } from "../mod.ts";
+ * console.log(Array.from(await maximum(tensor([1, 5]), 3).toArray())); // [3, 5]
+ * ``` */
+export function maximum(a: Operand, b: Operand): Tensor {
+  return apply(OPS.maximum, [a, b]);
+}
+/** Elementwise minimum; NaN propagates. @example ```ts
+ * import { minimum, tensor } from "../mod.ts";
+ * console.log(Array.from(await minimum(tensor([1, 5]), 3).toArray())); // [1, 3]
+ * ``` */
+export function minimum(a: Operand, b: Operand): Tensor {
+  return apply(OPS.minimum, [a, b]);
+}
+/** `-a`. @example ```ts
+ * import { neg, tensor } from "../mod.ts";
+ * console.log(Array.from(await neg(tensor([1, -2])).toArray())); // [-1, 2]
+ * ``` */
+export function neg(a: Tensor): Tensor {
+  return apply(OPS.neg, [a]);
+}
+/** `|a|`. @example ```ts
+ * import { abs, tensor } from "../mod.ts";
+ * console.log(Array.from(await abs(tensor([1, -2])).toArray())); // [1, 2]
+ * ``` */
+export function abs(a: Tensor): Tensor {
+  return apply(OPS.abs, [a]);
+}
+/** `e^a`. @example ```ts
+ * import { exp, tensor } from "../mod.ts";
+ * console.log(Array.from(await exp(tensor([0])).toArray())); // [1]
+ * ``` */
+export function exp(a: Tensor): Tensor {
+  return apply(OPS.exp, [a]);
+}
+/** Natural logarithm. @example ```ts
+ * import { log, tensor } from "../mod.ts";
+ * console.log(Array.from(await log(tensor([1])).toArray())); // [0]
+ * ``` */
+export function log(a: Tensor): Tensor {
+  return apply(OPS.log, [a]);
+}
+/** Square root. @example ```ts
+ * import { sqrt, tensor } from "../mod.ts";
+ * console.log(Array.from(await sqrt(tensor([4, 9])).toArray())); // [2, 3]
+ * ``` */
+export function sqrt(a: Tensor): Tensor {
+  return apply(OPS.sqrt, [a]);
+}
+/** `1 / sqrt(a)`. @example ```ts
+ * import { rsqrt, tensor } from "../mod.ts";
+ * console.log(Array.from(await rsqrt(tensor([4])).toArray())); // [0.5]
+ * ``` */
+export function rsqrt(a: Tensor): Tensor {
+  return apply(OPS.rsqrt, [a]);
+}
+/** Hyperbolic tangent. @example ```ts
+ * import { tanh, tensor } from "../mod.ts";
+ * console.log(Array.from(await tanh(tensor([0])).toArray())); // [0]
+ * ``` */
+export function tanh(a: Tensor): Tensor {
+  return apply(OPS.tanh, [a]);
+}
+/** Logistic sigmoid. @example ```ts
+ * import { sigmoid, tensor } from "../mod.ts";
+ * console.log(Array.from(await sigmoid(tensor([0])).toArray())); // [0.5]
+ * ``` */
+export function sigmoid(a: Tensor): Tensor {
+  return apply(OPS.sigmoid, [a]);
+}
+/** `max(a, 0)` (NaN stays NaN). @example ```ts
+ * import { relu, tensor } from "../mod.ts";
+ * console.log(Array.from(await relu(tensor([-1, 2])).toArray())); // [0, 2]
+ * ``` */
+export function relu(a: Tensor): Tensor {
+  return apply(OPS.relu, [a]);
+}
+/** GELU, exact (`0.5 x (1 + erf(x / sqrt 2))`) or with the tanh approximation. @example ```ts
+ * import { gelu, tensor } from "../mod.ts";
+ * console.log((await gelu(tensor([1])).item()).toFixed(4)); // "0.8413"
+ * ``` */
+export function gelu(a: Tensor, approximate: "none" | "tanh" = "none"): Tensor {
+  return apply(approximate === "tanh" ? OPS.gelu_tanh : OPS.gelu, [a]);
+}
+/** `a == b` as bool. @example ```ts
+ * import { eq, tensor } from "../mod.ts";
+ * console.log(Array.from(await eq(tensor([1, 2]), 2).toArray())); // [0, 1]
+ * ``` */
+export function eq(a: Operand, b: Operand): Tensor {
+  return apply(OPS.eq, [a, b]);
+}
+/** `a != b` as bool (true for NaN). @example ```ts
+ * import { ne, tensor } from "../mod.ts";
+ * console.log(Array.from(await ne(tensor([1, 2]), 2).toArray())); // [1, 0]
+ * ``` */
+export function ne(a: Operand, b: Operand): Tensor {
+  return apply(OPS.ne, [a, b]);
+}
+/** `a < b` as bool. @example ```ts
+ * import { lt, tensor } from "../mod.ts";
+ * console.log(Array.from(await lt(tensor([1, 2]), 2).toArray())); // [1, 0]
+ * ``` */
+export function lt(a: Operand, b: Operand): Tensor {
+  return apply(OPS.lt, [a, b]);
+}
+/** `a <= b` as bool. @example ```ts
+ * import { le, tensor } from "../mod.ts";
+ * console.log(Array.from(await le(tensor([1, 3]), 2).toArray())); // [1, 0]
+ * ``` */
+export function le(a: Operand, b: Operand): Tensor {
+  return apply(OPS.le, [a, b]);
+}
+/** `a > b` as bool. @example ```ts
+ * import { gt, tensor } from "../mod.ts";
+ * console.log(Array.from(await gt(tensor([1, 3]), 2).toArray())); // [0, 1]
+ * ``` */
+export function gt(a: Operand, b: Operand): Tensor {
+  return apply(OPS.gt, [a, b]);
+}
+/** `a >= b` as bool. @example ```ts
+ * import { ge, tensor } from "../mod.ts";
+ * console.log(Array.from(await ge(tensor([1, 2]), 2).toArray())); // [0, 1]
+ * ``` */
+export function ge(a: Operand, b: Operand): Tensor {
+  return apply(OPS.ge, [a, b]);
+}
+
+/**
+ * `cond ? a : b` elementwise, broadcasting all three; `a` and `b` may be numbers.
+ *
+ * @example
+ * ```ts
+ * import { tensor, where } from "../mod.ts";
+ * const x = tensor([-1, 2, -3]);
+ * console.log(Array.from(await where(x.gt(0), x, 0).toArray())); // [0, 2, 0]
+ * ```
+ */
+export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
+  const ops = [cond, a, b].map((o) => checkOperand("where", o));
+  const outDt = outDtype(
+    "where",
+    "promote",
+    [a, b].some((o) => o instanceof Tensor) ? [a, b] : [cond],
+  );
+  const out = launch(
+    "where",
+    ops,
+    ([c, x, y]) => `select(${y}, ${x}, ${c} != 0.0)`,
+    [a, b].some((o) => o instanceof Tensor) ? outDt : float32,
+  );
+  const ts = ops.filter((o): o is Tensor => o instanceof Tensor);
+  return attach(
+    out,
+    "where",
+    ts,
+    (g) =>
+      ops.filter((o): o is Tensor => o instanceof Tensor).map((o, k) => {
+        if (k === 0 || !o.requiresGrad) return null;
+        const which = o === a ? "x" : "y";
+        const masked = launch("where_grad", [cond, g], ([c, gg]) => (which === "x"
+          ? `select(0.0, ${gg}, ${c} != 0.0)`
+          : `select(${gg}, 0.0, ${c} != 0.0)`), g.dt);
+        const r = sumTo(masked, o.shape);
+        if (r !== masked) {
+          masked.dispose();
+        }
+        return r;
+      }),
+  );
+}
+
+/**
+ * Converts a tensor to `dt`, rounding once (RNE, stochastic with a seed, or truncation),
+ * saturating on request. The gradient flows back cast to the input's dtype.
+ *
+ * @example
+ * ```ts
+ * import { tensor } from "../mod.ts";
+ * const x = tensor([0.1, 1000]);
+ * console.log(Array.from(await x.cast("e4m3", { saturate: true }).toArray())); // [0.1015625, 448]
+ * ```
+ */
+export function cast(x: Tensor, dt: DType, opts: LaunchOptions = {}): Tensor {
+  if (!(x instanceof Tensor)) throw new ValueError("cast(): expects a tensor");
+  if (opts.seed !== undefined && !Number.isInteger(opts.seed)) {
+    throw new ValueError(`cast(): seed must be an integer, got ${opts.seed}`);
+  }
+  if (dt.kind === "mcf" && x.dt.kind !== "mcf") {
+    // MCF from a plain format: hi carries the value, lo the rounding error.
+  } else if (x.dt.kind === "mcf" && !isFloat(dt)) {
+    throw new DTypeError(
+      `cast(): from ${x.dtype} to ${dt.name} is not supported; cast to f32 first`,
+    );
+  }
+  const out = launch("cast", [x], ([a]) => a, dt, opts);
+  return attach(out, "cast", [x], (g) => [g.dt === x.dt ? g.mul(1) : cast(g, x.dt)]);
+}
+
+export { OPS as ELEMENTWISE_OPS };

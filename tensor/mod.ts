@@ -1,0 +1,65 @@
+/**
+ * Tensors on the GPU: creation, elementwise ops with broadcasting, reductions, matmul, shape
+ * ops and casts between any dtypes, plus memory ownership (`dispose`, `using`, `tidy`).
+ *
+ * @example
+ * ```ts
+ * import { randn, tensor, tidy } from "../mod.ts";
+ * const w = randn([4, 3], { seed: 1, dtype: "bf16" });
+ * const y = tidy(() => tensor([[1, 2, 3, 4]]).matmul(w).relu().sum());
+ * console.log(y.shape, typeof (await y.item())); // [] "number"
+ * ```
+ * @module
+ */
+
+export { fmtShape, type GradNode, isTensor, type Operand, Tensor } from "./tensor.ts";
+export {
+  arange,
+  checkShape,
+  type CreateOptions,
+  full,
+  getRngState,
+  manualSeed,
+  type NestedNumbers,
+  ones,
+  rand,
+  randn,
+  type RandomOptions,
+  setRngState,
+  tensor,
+  tensorBytes,
+  zeros,
+} from "./creation.ts";
+export {
+  abs,
+  add,
+  broadcastShapes,
+  cast,
+  div,
+  eq,
+  exp,
+  ge,
+  gelu,
+  gt,
+  le,
+  log,
+  lt,
+  maximum,
+  minimum,
+  mul,
+  ne,
+  neg,
+  pow,
+  relu,
+  rsqrt,
+  sigmoid,
+  sqrt,
+  sub,
+  tanh,
+  where,
+} from "./elementwise.ts";
+export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum, sumTo } from "./reduce.ts";
+export { matmul } from "./matmul.ts";
+export { concat, gather, indexSelect, permute, reshape, slice, transpose } from "./shape_ops.ts";
+export { keep, tidy } from "./scope.ts";
+export { layoutOf, storageBytes } from "./layout.ts";

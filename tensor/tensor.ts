@@ -1,0 +1,389 @@
+/**
+ * The Tensor: a shape, a dtype and a pooled GPU buffer, with the methods a PyTorch user
+ * looks for. Each method delegates to the one place its op is defined (`elementwise.ts`,
+ * `reduce.ts`, `matmul.ts`, `shape_ops.ts`, `cast.ts`).
+ *
+ * @module
+ */
+
+import { type DType, dtype as toDType, type DTypeLike, type Rounding } from "../dtypes/mod.ts";
+import { ValueError } from "../errors.ts";
+import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../gpu/mod.ts";
+import { storageBytes } from "./layout.ts";
+import { track } from "./scope.ts";
+import * as ew from "./elementwise.ts";
+import * as red from "./reduce.ts";
+import * as mm from "./matmul.ts";
+import * as sh from "./shape_ops.ts";
+
+/** A node of the autograd graph: the op's inputs and how to push a gradient back to them. */
+export interface GradNode {
+  /** The op's name, for errors. */
+  readonly op: string;
+  /** The inputs the gradient flows to. */
+  readonly inputs: readonly Tensor[];
+  /** Given the output's gradient, the gradient of each input (null where none flows). */
+  readonly backward: (grad: Tensor) => (Tensor | null)[];
+}
+
+/** A number, a tensor, or something `tensor()` accepts: an operand of binary ops. */
+export type Operand = Tensor | number;
+
+let nextId = 1;
+
+/** Formats a shape as `[2,3]`. */
+export function fmtShape(shape: readonly number[]): string {
+  return `[${shape.join(",")}]`;
+}
+
+/**
+ * An n-dimensional array on the GPU. Create one with `tensor()`, `zeros()`, `randn()` and
+ * the other creation functions; read it with `await t.toArray()`.
+ *
+ * @example
+ * ```ts
+ * import { tensor } from "../mod.ts";
+ * const x = tensor([[1, 2], [3, 4]], { dtype: "bf16" });
+ * console.log(x.shape, x.dtype, x.size); // [2, 2] "bf16" 4
+ * console.log(Array.from(await x.mul(x).sum().toArray())); // [30]
+ * ```
+ */
+export class Tensor {
+  /** The sizes of the dimensions. */
+  readonly shape: readonly number[];
+  /** The dtype descriptor. */
+  readonly dt: DType;
+  /** The number of elements. */
+  readonly size: number;
+  /** A serial number, unique in the process. */
+  readonly id: number;
+  /** Whether gradients are computed for this tensor. */
+  requiresGrad = false;
+  /** The gradient accumulated by `backward()`, or null. */
+  grad: Tensor | null = null;
+  /** The autograd node that made this tensor, or null for leaves. @internal */
+  node: GradNode | null = null;
+  #buf: PooledBuffer | null;
+  #rt: Runtime;
+
+  /** Wraps a buffer that holds `shape` elements of `dt`. Use the creation functions instead. @internal */
+  constructor(rt: Runtime, buf: PooledBuffer, shape: readonly number[], dt: DType) {
+    this.#rt = rt;
+    this.#buf = buf;
+    this.shape = Object.freeze([...shape]);
+    this.dt = dt;
+    this.size = shape.reduce((a, b) => a * b, 1);
+    this.id = nextId++;
+    track(this);
+  }
+
+  /**
+   * Allocates an uninitialised tensor. @internal
+   */
+  static empty(shape: readonly number[], dt: DType, purpose: Purpose = "activations"): Tensor {
+    const rt = currentRuntime();
+    const size = shape.reduce((a, b) => a * b, 1);
+    const buf = rt.alloc(storageBytes(dt, size), { dtype: dt.name, purpose });
+    return new Tensor(rt, buf, shape, dt);
+  }
+
+  /** The dtype's name (`"f32"`, `"bf16"`, `"e4m3"`, ...). */
+  get dtype(): string {
+    return this.dt.name;
+  }
+
+  /** The number of dimensions. */
+  get ndim(): number {
+    return this.shape.length;
+  }
+
+  /** Whether `dispose()` was called. */
+  get disposed(): boolean {
+    return this.#buf === null;
+  }
+
+  /** The runtime that owns the buffer. @internal */
+  get runtime(): Runtime {
+    return this.#rt;
+  }
+
+  /** The storage, checked for use after dispose. @internal */
+  buffer(op: string): PooledBuffer {
+    if (this.#buf === null) {
+      throw new ValueError(
+        `${op}: tensor of shape ${fmtShape(this.shape)} and dtype ${this.dtype} was used after ` +
+          `dispose(); keep it (keep(t), or return it from tidy) while you still need it`,
+      );
+    }
+    if (this.#rt.lost) {
+      throw new ValueError(
+        `${op}: tensor of shape ${fmtShape(this.shape)} and dtype ${this.dtype} lives on a GPU ` +
+          `device that was lost or disposed; recreate it after await resetDevice()`,
+      );
+    }
+    return this.#buf;
+  }
+
+  /** Frees the GPU storage now. Safe to call twice. */
+  dispose(): void {
+    if (this.#buf !== null) {
+      if (!this.#rt.lost) this.#rt.free(this.#buf);
+      this.#buf = null;
+      this.node = null;
+    }
+  }
+
+  /** `using t = ...` frees the tensor at the end of the block. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** Counts this tensor's bytes under another purpose in `memory()` (params, grads, ...). */
+  setPurpose(purpose: Purpose): this {
+    this.#rt.retag(this.buffer("setPurpose"), { dtype: this.dtype, purpose });
+    return this;
+  }
+
+  /**
+   * The values, flat in row-major order: a Float32Array for float dtypes (decoded), an
+   * Int32Array or Uint32Array for integers, a Uint8Array of 0/1 for bool.
+   */
+  async toArray(): Promise<Float32Array | Int32Array | Uint32Array | Uint8Array> {
+    const buf = this.buffer("toArray()");
+    const n = this.size;
+    const bytes = await this.#rt.read(buf, 0, storageBytes(this.dt, n));
+    const d = this.dt;
+    if (d.name === "f32") return new Float32Array(bytes, 0, n);
+    if (d.kind === "int") {
+      return d.signed ? new Int32Array(bytes, 0, n) : new Uint32Array(bytes, 0, n);
+    }
+    if (d.kind === "bool") return Uint8Array.from(new Uint32Array(bytes, 0, n), (v) => (v ? 1 : 0));
+    const codes = d.laneBits === 8
+      ? new Uint8Array(bytes, 0, n)
+      : d.laneBits === 16
+      ? new Uint16Array(bytes, 0, n)
+      : new Uint32Array(bytes, 0, n);
+    return d.decode(codes);
+  }
+
+  /** The raw codes (bit patterns) of the values, one per element. */
+  async codes(): Promise<Uint8Array | Uint16Array | Uint32Array> {
+    const bytes = await this.#rt.read(this.buffer("codes()"), 0, storageBytes(this.dt, this.size));
+    const n = this.size;
+    return this.dt.laneBits === 8
+      ? new Uint8Array(bytes, 0, n)
+      : this.dt.laneBits === 16
+      ? new Uint16Array(bytes, 0, n)
+      : new Uint32Array(bytes, 0, n);
+  }
+
+  /** The value of a one-element tensor, as a number. */
+  async item(): Promise<number> {
+    if (this.size !== 1) {
+      throw new ValueError(
+        `item(): tensor of shape ${
+          fmtShape(this.shape)
+        } has ${this.size} elements; item() needs exactly one`,
+      );
+    }
+    return (await this.toArray())[0];
+  }
+
+  /** The values as nested arrays of numbers, shaped like the tensor. */
+  async toNested(): Promise<unknown> {
+    const flat = Array.from(await this.toArray());
+    if (this.ndim === 0) return flat[0];
+    const build = (dim: number, off: number): unknown[] => {
+      const n = this.shape[dim];
+      const stride = this.shape.slice(dim + 1).reduce((a, b) => a * b, 1);
+      return Array.from(
+        { length: n },
+        (_, i) => dim === this.ndim - 1 ? flat[off + i] : build(dim + 1, off + i * stride),
+      );
+    };
+    return build(0, 0);
+  }
+
+  /** A short description: shape and dtype. */
+  toString(): string {
+    return `Tensor(shape=${fmtShape(this.shape)}, dtype=${this.dtype}${
+      this.disposed ? ", disposed" : ""
+    })`;
+  }
+
+  // ---- elementwise -------------------------------------------------------------------------
+
+  /** `this + other`, broadcasting. */
+  add(other: Operand): Tensor {
+    return ew.add(this, other);
+  }
+  /** `this - other`, broadcasting. */
+  sub(other: Operand): Tensor {
+    return ew.sub(this, other);
+  }
+  /** `this * other`, broadcasting. */
+  mul(other: Operand): Tensor {
+    return ew.mul(this, other);
+  }
+  /** `this / other`, broadcasting. */
+  div(other: Operand): Tensor {
+    return ew.div(this, other);
+  }
+  /** `this ** other`, broadcasting (negative bases with integer exponents as PyTorch). */
+  pow(other: Operand): Tensor {
+    return ew.pow(this, other);
+  }
+  /** Elementwise maximum, broadcasting (NaN propagates). */
+  maximum(other: Operand): Tensor {
+    return ew.maximum(this, other);
+  }
+  /** Elementwise minimum, broadcasting (NaN propagates). */
+  minimum(other: Operand): Tensor {
+    return ew.minimum(this, other);
+  }
+  /** `-this`. */
+  neg(): Tensor {
+    return ew.neg(this);
+  }
+  /** `|this|`. */
+  abs(): Tensor {
+    return ew.abs(this);
+  }
+  /** `e^this`. */
+  exp(): Tensor {
+    return ew.exp(this);
+  }
+  /** Natural logarithm. */
+  log(): Tensor {
+    return ew.log(this);
+  }
+  /** Square root. */
+  sqrt(): Tensor {
+    return ew.sqrt(this);
+  }
+  /** `1 / sqrt(this)`. */
+  rsqrt(): Tensor {
+    return ew.rsqrt(this);
+  }
+  /** Hyperbolic tangent. */
+  tanh(): Tensor {
+    return ew.tanh(this);
+  }
+  /** Logistic sigmoid. */
+  sigmoid(): Tensor {
+    return ew.sigmoid(this);
+  }
+  /** `max(this, 0)`. */
+  relu(): Tensor {
+    return ew.relu(this);
+  }
+  /** GELU: exact (erf) by default, or the tanh approximation. */
+  gelu(approximate: "none" | "tanh" = "none"): Tensor {
+    return ew.gelu(this, approximate);
+  }
+  /** `this == other` as bool. */
+  eq(other: Operand): Tensor {
+    return ew.eq(this, other);
+  }
+  /** `this != other` as bool. */
+  ne(other: Operand): Tensor {
+    return ew.ne(this, other);
+  }
+  /** `this < other` as bool. */
+  lt(other: Operand): Tensor {
+    return ew.lt(this, other);
+  }
+  /** `this <= other` as bool. */
+  le(other: Operand): Tensor {
+    return ew.le(this, other);
+  }
+  /** `this > other` as bool. */
+  gt(other: Operand): Tensor {
+    return ew.gt(this, other);
+  }
+  /** `this >= other` as bool. */
+  ge(other: Operand): Tensor {
+    return ew.ge(this, other);
+  }
+  /** Converts to another dtype, rounding as asked (RNE by default). */
+  cast(
+    dtype: DTypeLike,
+    opts: { rounding?: Rounding; seed?: number; saturate?: boolean } = {},
+  ): Tensor {
+    return ew.cast(this, toDType(dtype), opts);
+  }
+
+  // ---- reductions ----------------------------------------------------------------------------
+
+  /** Sum over `axis` (all axes when omitted), accumulated in f32. */
+  sum(axis?: number | readonly number[], keepDims = false): Tensor {
+    return red.sum(this, axis, keepDims);
+  }
+  /** Mean over `axis` (all axes when omitted), accumulated in f32. */
+  mean(axis?: number | readonly number[], keepDims = false): Tensor {
+    return red.mean(this, axis, keepDims);
+  }
+  /** Maximum over `axis` (all axes when omitted). */
+  max(axis?: number | readonly number[], keepDims = false): Tensor {
+    return red.max(this, axis, keepDims);
+  }
+  /** Minimum over `axis` (all axes when omitted). */
+  min(axis?: number | readonly number[], keepDims = false): Tensor {
+    return red.min(this, axis, keepDims);
+  }
+  /** Index of the maximum over `axis` (of the flattened tensor when omitted), as i32. */
+  argmax(axis?: number, keepDims = false): Tensor {
+    return red.argmax(this, axis, keepDims);
+  }
+  /** `log(sum(exp(this)))` over `axis`, computed stably. */
+  logsumexp(axis: number | readonly number[] = -1, keepDims = false): Tensor {
+    return red.logsumexp(this, axis, keepDims);
+  }
+  /** Softmax over `axis` (default the last). */
+  softmax(axis = -1): Tensor {
+    return red.softmax(this, axis);
+  }
+  /** Log-softmax over `axis` (default the last). */
+  logSoftmax(axis = -1): Tensor {
+    return red.logSoftmax(this, axis);
+  }
+
+  // ---- matmul ----------------------------------------------------------------------------------
+
+  /** Matrix product (2-D, or batched with broadcast batch dims), accumulated in f32. */
+  matmul(other: Tensor): Tensor {
+    return mm.matmul(this, other);
+  }
+
+  // ---- shape -----------------------------------------------------------------------------------
+
+  /** The same values in another shape (one dimension may be -1). */
+  reshape(shape: readonly number[]): Tensor {
+    return sh.reshape(this, shape);
+  }
+  /** Swaps two dimensions (the last two by default). */
+  transpose(dim0 = -2, dim1 = -1): Tensor {
+    return sh.transpose(this, dim0, dim1);
+  }
+  /** Reorders the dimensions. */
+  permute(dims: readonly number[]): Tensor {
+    return sh.permute(this, dims);
+  }
+  /** The sub-tensor `start <= i < end` along each dimension (per-dimension `[start, end]`). */
+  slice(ranges: readonly (readonly [number, number] | null)[]): Tensor {
+    return sh.slice(this, ranges);
+  }
+  /** Rows of `this` (along `axis`) picked by an integer index tensor. */
+  indexSelect(axis: number, index: Tensor): Tensor {
+    return sh.indexSelect(this, axis, index);
+  }
+  /** Values picked along `axis` by an index tensor of the same rank (as torch.gather). */
+  gather(axis: number, index: Tensor): Tensor {
+    return sh.gather(this, axis, index);
+  }
+}
+
+/** Whether `v` is a Tensor. */
+export function isTensor(v: unknown): v is Tensor {
+  return v instanceof Tensor;
+}
