@@ -5,8 +5,9 @@
  *
  * Names: `f32 f16 bf16 e4m3 e5m2 i32 u32 bool`, any `eXmY` with X in 2..8 and Y in 1..23
  * (an IEEE-style format: bias 2^(X-1)-1, Inf and NaN at the all-ones exponent), the finite
- * variants `eXmYfn` (no Inf; at 8 bits and more the all-ones code is NaN, below 8 bits there
- * is no NaN, as in OCP MX FP6/FP4), and the multi-component pair `bf16x2`. `e4m3` is OCP's
+ * variants `eXmYfn` with X in 2..7 (no Inf; at 8 bits and more the all-ones code is NaN,
+ * below 8 bits there is no NaN, as in OCP MX FP6/FP4; at X = 8 the top binade would exceed
+ * f32), and the multi-component pair `bf16x2`. `e4m3` is OCP's
  * e4m3fn (max 448); `e5m10`, `e8m7` and `e8m23` are the same formats as `f16`, `bf16`, `f32`
  * and resolve to them.
  *
@@ -267,7 +268,7 @@ const EXMY = /^e([0-9]+)m([0-9]+)(fn)?$/;
 /** The forms `dtype()` accepts, for error messages. */
 export const DTYPE_FORMS =
   "f32, f16, bf16, e4m3, e5m2, i32, u32, bool, bf16x2, eXmY with X in 2..8 and Y in 1..23 " +
-  "(IEEE-style, e.g. e8m3, e5m6, e3m2) or eXmYfn (finite, e.g. e2m1fn)";
+  "(IEEE-style, e.g. e8m3, e5m6, e3m2) or eXmYfn with X in 2..7 (finite, e.g. e2m1fn)";
 
 /**
  * The dtype with the given name (or the descriptor itself). Throws a `DTypeError` that lists
@@ -297,6 +298,14 @@ export function dtype(name: DTypeLike): DType {
       throw new DTypeError(
         `dtype('${name}'): exponent bits must be 2..8 and mantissa bits 1..23 ` +
           `(got ${e} and ${mb}); valid forms: ${DTYPE_FORMS}`,
+      );
+    }
+    if (fn && e === 8) {
+      // An e8 finite format's top binade (exponent field 255) lies beyond f32's range, so
+      // its values could not be decoded to f32.
+      throw new DTypeError(
+        `dtype('${name}'): a finite eXmYfn format needs X in 2..7 (at X = 8 its largest ` +
+          `values exceed f32's range); use e8m${mb} instead; valid forms: ${DTYPE_FORMS}`,
       );
     }
     const bits = 1 + e + mb;

@@ -195,8 +195,8 @@ export function wgslCodec(
     const conv = d.kind === "bool"
       ? `select(0u, 1u, x != 0.0 || (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u)`
       : d.signed
-      ? `bitcast<u32>(i32(x))`
-      : `u32(x)`;
+      ? `select(bitcast<u32>(i32(x)), 0u, (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u)`
+      : `select(u32(x), 0u, (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u)`;
     const back = d.kind === "bool" ? "f32(c != 0u)" : d.signed ? "f32(bitcast<i32>(c))" : "f32(c)";
     return {
       decode: dec,

@@ -53,8 +53,11 @@ fn ulp_erf(x: f32) -> f32 {
   return select(-y, y, x >= 0.0);
 }
 fn ulp_tanh(x: f32) -> f32 {
+  // builtin tanh loses relative accuracy near 0: use its odd series there (|x| < 0.125)
+  let x2 = x * x;
+  let small = x * (1.0 + x2 * (-0.3333333333 + x2 * (0.1333333333 + x2 * (-0.0539682540 + x2 * 0.0218694885))));
   let c = clamp(x, -15.0, 15.0);
-  return select(tanh(c), x, ulp_isnan(x));
+  return select(select(tanh(c), small, abs(x) < 0.125), x, ulp_isnan(x));
 }
 `;
 
@@ -516,7 +519,7 @@ const OPS = {
     name: "relu",
     arity: 1,
     out: "same",
-    expr: ([a]) => `select(${a}, 0.0, ${a} < 0.0)`,
+    expr: ([a]) => `select(${a}, 0.0, bitcast<i32>(${a}) < 0i && !ulp_isnan(${a}))`,
     grad: (
       [a],
       _o,
@@ -801,13 +804,6 @@ export function cast(x: Tensor, dt: DType, opts: LaunchOptions = {}): Tensor {
   if (!(x instanceof Tensor)) throw new ValueError("cast(): expects a tensor");
   if (opts.seed !== undefined && !Number.isInteger(opts.seed)) {
     throw new ValueError(`cast(): seed must be an integer, got ${opts.seed}`);
-  }
-  if (dt.kind === "mcf" && x.dt.kind !== "mcf") {
-    // MCF from a plain format: hi carries the value, lo the rounding error.
-  } else if (x.dt.kind === "mcf" && !isFloat(dt)) {
-    throw new DTypeError(
-      `cast(): from ${x.dtype} to ${dt.name} is not supported; cast to f32 first`,
-    );
   }
   const out = launch("cast", [x], ([a]) => a, dt, opts);
   return attach(out, "cast", [x], (g) => [g.dt === x.dt ? g.mul(1) : cast(g, x.dt)]);

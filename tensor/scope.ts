@@ -66,7 +66,7 @@ function collect(v: unknown, out: Set<Owned>, depth = 0): void {
  * import { memory, tensor, tidy } from "../mod.ts";
  * const x = tensor([1, 2, 3]);
  * const before = memory().liveBytes;
- * const y = tidy(() => x.mul(2).add(1).exp()); // the intermediates are freed
+ * const y = tidy(() => x.mul(2).add(1).exp()); // x.mul(2) and .add(1) are freed
  * console.log(memory().liveBytes - before); // 12 (only y)
  * y.dispose();
  * x.dispose();

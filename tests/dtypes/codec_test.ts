@@ -40,7 +40,7 @@ interface RefFormat {
 const SCALE = 149n;
 
 /** Exact value of a format code's magnitude bits, scaled by 2^149, for the unbounded range. */
-function rawValue(e: number, m: number, bias: number, k: number): bigint {
+function rawValue(m: number, bias: number, k: number): bigint {
   const expField = Math.floor(k / 2 ** m);
   const mant = k % 2 ** m;
   const emin = 1 - bias;
@@ -65,10 +65,10 @@ function refFormat(name: string, e: number, m: number, fn: boolean): RefFormat {
   let value: (k: number) => bigint;
   if (maxCode < 70000) {
     const table: bigint[] = [];
-    for (let k = 0; k <= maxCode + 1; k++) table.push(rawValue(e, m, bias, k));
+    for (let k = 0; k <= maxCode + 1; k++) table.push(rawValue(m, bias, k));
     value = (k) => table[k];
   } else {
-    value = (k) => rawValue(e, m, bias, k);
+    value = (k) => rawValue(m, bias, k);
   }
   return { name, e, m, bias, hasInf, nan, maxCode, infCode, signBit: e + m, value };
 }
@@ -105,7 +105,7 @@ function signedScaled(bits: number): bigint {
   return bits >>> 31 ? -f32Scaled(bits) : f32Scaled(bits);
 }
 
-/** The f32 nearest to a scaled exact value (the value must be representable in f32). */
+/** The f32 equal to a scaled exact value (which must be exactly an f32). */
 function scaledToF32(x: bigint, negative: boolean): number {
   // x < 2^278: an f64 holds it exactly when it has at most 53 significant bits, and the
   // scaling by 2^-149 is then exact too.
@@ -114,7 +114,7 @@ function scaledToF32(x: bigint, negative: boolean): number {
   return negative ? -v : v;
 }
 
-/** Largest positive code k in 0..maxCode+1 with value(k) <= x (x >= 0, x < value(maxCode+1)). */
+/** The largest code k in 0..maxCode with value(k) <= x, for 0 <= x < value(maxCode + 1). */
 function floorCode(f: RefFormat, x: bigint): number {
   let lo = 0, hi = f.maxCode + 1; // value(lo) <= x < value(hi)
   while (hi - lo > 1) {
@@ -125,9 +125,10 @@ function floorCode(f: RefFormat, x: bigint): number {
   return lo;
 }
 
-/** What the reference says a code is: a finite value, NaN, or exact code. */
+/** What refEncode returns when the result must be a NaN code (any NaN code will do). */
 const REF_NAN = -1;
 
+/** What an out-of-range magnitude becomes, as the design says (sign not applied). */
 function overflowMagnitude(f: RefFormat, saturate: boolean): number {
   if (saturate) return f.maxCode;
   if (f.hasInf) return f.infCode;
@@ -212,93 +213,85 @@ function prng(seed: number): () => number {
   };
 }
 
-/** The f32 bits of the neighbours of an f32 (nonnegative bits, d steps away). */
-function nudge(bits: number, d: number): number {
-  return (bits + d) >>> 0;
-}
-
 /**
- * At least `n` f32 inputs (as bits) aimed at the format: random bit patterns, random values
- * across the format's exponent range (+-few binades), exact ties and their neighbours,
- * the subnormal boundary, half the smallest subnormal, max and the overflow threshold,
- * +-0, NaNs, +-Inf and f32 subnormals.
+ * At least `n` distinct f32 inputs (as bits, both signs of each) aimed at the format:
+ * +-0, NaNs, +-Inf; the smallest subnormal, half and three quarters of it, the largest
+ * subnormal, the min normal, max, the overflow tie past max and the first value past max,
+ * each with its 40 f32 neighbours on either side; exact ties between adjacent codes with
+ * their f32 neighbours (every tie for formats up to 12 bits, a sample otherwise); random
+ * f32 bit patterns; random mantissas times 2^k across the format's exponent range +- 4
+ * binades; random f32 subnormals; values near the format's subnormal boundary and near max.
  */
 function inputsFor(f: RefFormat, n: number, seed: number): Uint32Array {
   const rnd = prng(seed);
-  const out: number[] = [];
+  const seen = new Set<number>();
   const push = (b: number) => {
-    out.push(b >>> 0);
-    out.push((b ^ 0x80000000) >>> 0); // both signs
+    seen.add(b >>> 0);
+    seen.add((b ^ 0x80000000) >>> 0); // both signs
   };
-  // Fixed specials.
   for (const b of [0, 0x7f800000, 0x7fc00000, 0x7f800001, 0x7fffffff, 0x7fa00000, 1, 0x7fffff]) {
     push(b);
   }
   const emin = 1 - f.bias;
   const minSub = f.value(1);
-  // Points of interest with their f32 neighbours: the smallest subnormal and half of it,
-  // the min normal, max, the midpoint past max, the first value past max (in the unbounded
-  // range) and the largest subnormal.
-  const poi: number[] = [];
-  const maybe = (x: bigint) => {
-    if (isF32Exact(x)) poi.push(bitsOf(scaledToF32(x, false)));
-  };
-  maybe(minSub);
-  maybe(minSub / 2n);
-  maybe((minSub * 3n) / 4n);
-  maybe(f.value(2 ** f.m)); // min normal
-  maybe(f.value(2 ** f.m - 1)); // largest subnormal
-  maybe(f.value(f.maxCode));
-  maybe(f.value(f.maxCode + 1));
-  maybe((f.value(f.maxCode) + f.value(f.maxCode + 1)) / 2n);
-  maybe(f.value(f.maxCode - 1));
-  for (const p of poi) {
-    for (let d = -40; d <= 40; d++) {
-      const b = nudge(p, d);
-      if (b < 0x7f800000) push(b);
-    }
+  const poi: bigint[] = [
+    minSub,
+    minSub / 2n,
+    (minSub * 3n) / 4n,
+    f.value(2 ** f.m), // min normal
+    f.value(2 ** f.m - 1), // largest subnormal
+    f.value(f.maxCode - 1),
+    f.value(f.maxCode),
+    (f.value(f.maxCode) + f.value(f.maxCode + 1)) / 2n, // the overflow tie
+    f.value(f.maxCode + 1), // the first value past max (unbounded range)
+  ];
+  for (const x of poi) {
+    if (!isF32Exact(x)) continue;
+    const p = bitsOf(scaledToF32(x, false));
+    for (let d = -40; d <= 40; d++) if (p + d >= 0 && p + d < 0x7f800000) push(p + d);
   }
-  const target = n;
-  const quarter = Math.floor((target - out.length) / 4);
-  // 1. Random f32 bit patterns (NaN, Inf and subnormals included).
-  for (let i = 0; i < quarter / 2; i++) push(rnd());
-  // 2. Random mantissas times 2^k across the format's range, +- 4 binades.
-  const kLo = Math.max(-149, emin - f.m - 4), kHi = Math.min(127, 2 ** (f.e - 1) + 4);
-  for (let i = 0; i < quarter / 2; i++) {
-    const k = kLo + (rnd() % (kHi - kLo + 1));
-    const E = k + 127;
-    const M = rnd() & 0x7fffff;
-    if (E >= 1 && E <= 254) push((E << 23) | M);
-    else if (E < 1) push(M >>> (1 - E)); // an f32 subnormal
-    else push(0x7f7fffff - (M & 0xff));
-  }
-  // 3. Exact ties between adjacent codes, and their f32 neighbours.
-  for (let i = 0; i < quarter / 2; i++) {
-    const k = rnd() % (f.maxCode + 1);
+  // Exact ties between adjacent codes, and their f32 neighbours.
+  const tie = (k: number) => {
     const mid = f.value(k) + f.value(k + 1);
-    if (mid % 2n !== 0n || !isF32Exact(mid / 2n)) continue; // not an f32 (e8m23's ties)
+    if (mid % 2n !== 0n || !isF32Exact(mid / 2n)) return; // not an f32 (e8m23's ties)
     const b = bitsOf(scaledToF32(mid / 2n, false));
     push(b);
     if (b > 0) push(b - 1);
     if (b < 0x7f7fffff) push(b + 1);
-  }
-  // 4. Random f32 subnormals and values around the format's subnormal boundary.
-  for (let i = 0; i < quarter / 4; i++) push(rnd() & 0x7fffff);
-  for (let i = 0; i < quarter / 4; i++) {
-    const k = emin - f.m - 2 + (rnd() % (f.m + 4));
+  };
+  if (f.maxCode < 4096) { for (let k = 0; k <= f.maxCode; k++) tie(k); }
+  else for (let i = 0; i < 4000; i++) tie(rnd() % (f.maxCode + 1));
+  const kLo = Math.max(-149, emin - f.m - 4), kHi = Math.min(127, 2 ** (f.e - 1) + 4);
+  const scaled = (k: number, M: number) => {
+    // M * 2^-23 * 2^k with M < 2^23 as a fraction, k the binade: an f32 bit pattern.
     const E = k + 127;
-    const M = rnd() & 0x7fffff;
-    if (E >= 1 && E <= 254) push((E << 23) | M);
-    else if (E < 1) push(M >>> (1 - E));
-  }
-  // Top up with values near max finite (and above) until there are n.
+    if (E >= 1 && E <= 254) return (E << 23) | M;
+    if (E < 1) return (M | 0x800000) >>> (1 - E); // an f32 subnormal
+    return 0x7f7fffff - (M & 0xff);
+  };
   const maxBits = bitsOf(scaledToF32(f.value(f.maxCode), false));
-  while (out.length < target) {
-    const b = maxBits + (rnd() % 0x2000000) - 0x1000000;
-    if (b > 0 && b < 0x7f800000) push(b);
-    else push(rnd());
+  for (let i = 0; seen.size < n; i++) {
+    switch (i % 6) {
+      case 0: // random f32 bit patterns (NaN, Inf and subnormals included)
+        push(rnd());
+        break;
+      case 1: // random mantissas across the format's range
+      case 2:
+        push(scaled(kLo + (rnd() % (kHi - kLo + 1)), rnd() & 0x7fffff));
+        break;
+      case 3: // random f32 subnormals
+        push(rnd() & 0x7fffff);
+        break;
+      case 4: // around the format's subnormal boundary
+        push(scaled(emin - f.m - 2 + (rnd() % (f.m + 4)), rnd() & 0x7fffff));
+        break;
+      default: { // near max finite, and above
+        const b = maxBits + (rnd() % 0x2000000) - 0x1000000;
+        push(b > 0 && b < 0x7f800000 ? b : rnd());
+      }
+    }
   }
-  return Uint32Array.from(out);
+  return Uint32Array.from(seen);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -356,6 +349,10 @@ const EXACT_FORMATS: [string, number, number, boolean][] = [
   ["e3m2", 3, 2, false],
   ["e2m1fn", 2, 1, true],
   ["e3m2fn", 3, 2, true],
+  ["e2m3fn", 2, 3, true],
+  ["e5m2fn", 5, 2, true],
+  ["e6m1", 6, 1, false],
+  ["e7m16fn", 7, 16, true],
   ["e8m23", 8, 23, false],
 ];
 
@@ -682,6 +679,10 @@ Deno.test("stochastic rounding is unbiased and only ever gives the two neighbour
     ["e4m3", Math.fround(2 ** -9 * 2.3)], // e4m3 subnormal range
     ["e4m3", Math.fround(-0.7)],
     ["e4m3", Math.fround(2 ** -10)], // half the smallest subnormal: between 0 and 2^-9
+    // Far below the smallest subnormal (32 and more bits dropped): rounds up rarely.
+    ["e4m3", 3 * 2 ** -19],
+    ["e2m1fn", -1.5 * 2 ** -10],
+    ["e3m2", 2 ** -14 * 1.25],
     ["e5m2", Math.fround(1000.5)],
     ["f16", Math.fround(1 / 3)],
     ["e2m1fn", Math.fround(5.5)],
@@ -769,4 +770,23 @@ Deno.test("bf16x2 of pi has hi 0x4049 (3.140625), lo the bf16 of pi - 3.140625, 
   const single = dtype("bf16").decode(dtype("bf16").encode(new Float32Array([Math.PI])))[0];
   assert.ok(Math.abs(pair - piF32) <= piF32 * 2 ** -16, `bf16x2(pi) = ${pair}`);
   assert.ok(Math.abs(single - piF32) > 100 * Math.abs(pair - piF32), `bf16(pi) = ${single}`);
+});
+
+Deno.test("bf16x2 with stochastic rounding is seeded, stays close to x and is unbiased", () => {
+  const d = dtype("bf16x2");
+  const x = Math.fround(1 + 2 ** -7 / 3 + 2 ** -20 / 3);
+  const xs = new Float32Array(20_000).fill(x);
+  const a = d.encode(xs, { rounding: "stochastic", seed: 4 });
+  const b = d.encode(xs, { rounding: "stochastic", seed: 4 });
+  const c = d.encode(xs, { rounding: "stochastic", seed: 5 });
+  assert.deepEqual(Array.from(a), Array.from(b));
+  assert.notDeepEqual(Array.from(a), Array.from(c));
+  const vals = d.decode(a);
+  let sum = 0;
+  for (const v of vals) {
+    assert.ok(Math.abs(v - x) <= 2 ** -14, `bf16x2 stochastic: ${v} vs ${x}`);
+    sum += v;
+  }
+  // Each value's error is below 2^-14; the mean of 20,000 is far closer if unbiased.
+  assert.ok(Math.abs(sum / vals.length - x) < 2 ** -18, `mean ${sum / vals.length} vs ${x}`);
 });

@@ -1,0 +1,187 @@
+import assert from "node:assert/strict";
+import {
+  configureDevice,
+  currentRuntime,
+  DeviceError,
+  disposeDevice,
+  getRuntime,
+  memory,
+  resetDevice,
+  sizeClass,
+} from "../../mod.ts";
+
+const DOUBLE = `
+@group(0) @binding(0) var<storage, read_write> x: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3u) { if (g.x < arrayLength(&x)) { x[g.x] = x[g.x] * 2u; } }`;
+
+Deno.test("sizeClass() rounds up to four classes per power of two", () => {
+  assert.equal(sizeClass(1), 16);
+  assert.equal(sizeClass(17), 20);
+  for (const n of [17, 100, 1000, 4097, 123_457, 10_000_000]) {
+    const c = sizeClass(n);
+    assert.ok(c >= n && c <= n * 1.25 + 4, `${n} -> ${c}`);
+    assert.equal(c % 4, 0);
+  }
+});
+
+Deno.test("the device is acquired once with the adapter's limits and features", async () => {
+  const [a, b] = await Promise.all([getRuntime(), getRuntime()]);
+  assert.equal(a, b);
+  assert.equal(currentRuntime(), a);
+  const lim = a.device.limits;
+  assert.equal(a.info.limits.maxStorageBufferBindingSize, lim.maxStorageBufferBindingSize);
+  assert.ok(lim.maxStorageBufferBindingSize >= 128 * 2 ** 20, "the adapter's own limit, not the 128 MiB default minimum only");
+  assert.equal(a.info.shaderF16, a.device.features.has("shader-f16"));
+  assert.equal(a.info.f16Storage, a.info.shaderF16 ? "native" : "packed");
+});
+
+Deno.test("memory() counts live and peak bytes by dtype and purpose, and releases return them", async () => {
+  const rt = await getRuntime();
+  const m0 = memory();
+  const a = rt.alloc(1000, { dtype: "bf16", purpose: "params" });
+  const b = rt.alloc(24, { dtype: "f32", purpose: "grads" });
+  const m1 = memory();
+  assert.equal(m1.liveBytes - m0.liveBytes, 1024);
+  assert.equal((m1.byDtype.bf16 ?? 0) - (m0.byDtype.bf16 ?? 0), 1000);
+  assert.equal((m1.byPurpose.grads ?? 0) - (m0.byPurpose.grads ?? 0), 24);
+  assert.ok(m1.peakBytes >= m1.liveBytes);
+  rt.free(a);
+  rt.free(b);
+  rt.free(b); // twice is harmless
+  const m2 = memory();
+  assert.equal(m2.liveBytes, m0.liveBytes);
+  assert.equal(m2.peakBytes, m1.peakBytes);
+});
+
+Deno.test("a released buffer is reused only after the submit that last used it", async () => {
+  const rt = await getRuntime();
+  const k = rt.kernel("double", DOUBLE, { buffers: ["read_write"], uniform: false });
+  const a = rt.alloc(4096, { dtype: "u32", purpose: "scratch" });
+  rt.write(a, new Uint32Array(1024).fill(3));
+  rt.dispatch(k, [a], [16]);
+  const gpuA = a.buffer;
+  rt.free(a); // still used by the open batch
+  const b = rt.alloc(4096, { dtype: "u32", purpose: "scratch" });
+  assert.notEqual(b.buffer, gpuA, "reused a buffer that an unsubmitted command still uses");
+  rt.flush();
+  const c = rt.alloc(4096, { dtype: "u32", purpose: "scratch" });
+  assert.equal(c.buffer, gpuA, "after the submit, the pool hands the buffer out again");
+  rt.free(b);
+  rt.free(c);
+});
+
+Deno.test("a write after recorded work on the same buffer lands after that work", async () => {
+  const rt = await getRuntime();
+  const k = rt.kernel("double", DOUBLE, { buffers: ["read_write"], uniform: false });
+  const a = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+  rt.write(a, new Uint32Array([1, 2, 3, 4]));
+  rt.dispatch(k, [a], [1]);
+  rt.write(a, new Uint32Array([10, 20]), 8); // must not be overtaken by the dispatch
+  rt.dispatch(k, [a], [1]);
+  assert.deepEqual(Array.from(new Uint32Array(await rt.read(a))), [4, 8, 20, 40]);
+  rt.free(a);
+});
+
+Deno.test("pipelines are cached by WGSL source and dispatches batch into few submits", async () => {
+  const rt = await getRuntime();
+  const k1 = rt.kernel("double", DOUBLE, { buffers: ["read_write"], uniform: false });
+  const compiles = rt.counters.compiles;
+  const k2 = rt.kernel("double again", DOUBLE, { buffers: ["read_write"], uniform: false });
+  assert.equal(k1, k2);
+  assert.equal(rt.counters.compiles, compiles);
+  const inc = rt.kernel("increment", DOUBLE.replace("x[g.x] * 2u", "x[g.x] + 1u"), { buffers: ["read_write"], uniform: false });
+  const a = rt.alloc(4, { dtype: "u32", purpose: "scratch" });
+  rt.write(a, new Uint32Array([1]));
+  rt.flush();
+  const submits = rt.counters.submits;
+  const n = rt.maxBatch + 10;
+  for (let i = 0; i < 20; i++) rt.dispatch(inc, [a], [1]);
+  assert.equal(rt.counters.submits, submits, "dispatches wait in the open batch");
+  for (let i = 20; i < n; i++) rt.dispatch(inc, [a], [1]);
+  assert.equal(rt.counters.submits, submits + 1, "the batch is submitted at the cap");
+  const readbacks = rt.counters.readbacks;
+  const v = new Uint32Array(await rt.read(a))[0];
+  assert.equal(v, 1 + n, "every dispatch ran, in order");
+  assert.equal(rt.counters.readbacks, readbacks + 1);
+  rt.free(a);
+});
+
+Deno.test("reads of several buffers in one task share one mapAsync, at any byte offset", async () => {
+  const rt = await getRuntime();
+  const bufs = [1, 2, 3].map((k) => {
+    const b = rt.alloc(12, { dtype: "u8", purpose: "scratch" });
+    rt.write(b, Uint8Array.from({ length: 12 }, (_, i) => k * 16 + i));
+    return b;
+  });
+  const before = rt.counters.readbacks;
+  const [r0, r1, r2] = await Promise.all([rt.read(bufs[0], 1, 5), rt.read(bufs[1], 4, 4), rt.read(bufs[2], 7, 5)]);
+  assert.equal(rt.counters.readbacks, before + 1);
+  assert.deepEqual(Array.from(new Uint8Array(r0)), [17, 18, 19, 20, 21]);
+  assert.deepEqual(Array.from(new Uint8Array(r1)), [36, 37, 38, 39]);
+  assert.deepEqual(Array.from(new Uint8Array(r2)), [55, 56, 57, 58, 59]);
+  for (const b of bufs) rt.free(b);
+});
+
+Deno.test("allocations beyond the adapter's binding limit throw a DeviceError naming the limit", async () => {
+  const rt = await getRuntime();
+  const lim = rt.info.limits.maxStorageBufferBindingSize;
+  assert.throws(
+    () => rt.alloc(lim + 4, { dtype: "f32", purpose: "activations" }),
+    (e: unknown) => e instanceof DeviceError && /maxStorageBufferBindingSize/.test(e.message) && e.message.includes(String(lim)),
+  );
+  assert.throws(() => rt.alloc(-1, { dtype: "f32", purpose: "activations" }), DeviceError);
+});
+
+Deno.test("grid() folds large 1-D launches into two dimensions within the limit", async () => {
+  const rt = await getRuntime();
+  const max = rt.info.limits.maxComputeWorkgroupsPerDimension;
+  assert.deepEqual(rt.grid(10), [10, 1]);
+  const [x, y] = rt.grid(max * 3 + 1);
+  assert.ok(x <= max && y <= max && x * y >= max * 3 + 1);
+});
+
+Deno.test("disposing the device destroys every pooled buffer; the next use acquires a new one", async () => {
+  const rt = await getRuntime();
+  rt.alloc(256, { dtype: "f32", purpose: "params" });
+  await disposeDevice();
+  assert.ok(rt.lost);
+  assert.equal(rt.memory().liveBytes, 0);
+  assert.equal(rt.memory().allocatedBytes, 0);
+  assert.throws(() => rt.alloc(4, { dtype: "f32", purpose: "params" }), DeviceError);
+  const fresh = await getRuntime();
+  assert.notEqual(fresh, rt);
+  assert.equal(memory().liveBytes, 0);
+});
+
+Deno.test("f16: 'packed' turns native f16 off; 'native' without the feature says what to do", async () => {
+  try {
+    configureDevice({ f16: "packed" });
+    const rt = await resetDevice();
+    assert.equal(rt.info.f16Storage, "packed");
+    assert.equal(rt.device.features.has("shader-f16"), false);
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter!.features.has("shader-f16")) {
+      configureDevice({ f16: "native" });
+      await assert.rejects(resetDevice(), (e: unknown) => e instanceof DeviceError && /shader-f16/.test(e.message));
+    }
+  } finally {
+    configureDevice({});
+    await resetDevice();
+  }
+});
+
+Deno.test("without an adapter, the DeviceError says how to get one", async () => {
+  const gpu = navigator.gpu;
+  const original = gpu.requestAdapter;
+  try {
+    (gpu as { requestAdapter: unknown }).requestAdapter = () => Promise.resolve(null);
+    await disposeDevice();
+    await assert.rejects(getRuntime(), (e: unknown) => e instanceof DeviceError && /mesa-vulkan-drivers/.test(e.message));
+    assert.throws(() => currentRuntime(), (e: unknown) => e instanceof DeviceError && /mesa-vulkan-drivers/.test(e.message));
+  } finally {
+    (gpu as { requestAdapter: unknown }).requestAdapter = original;
+  }
+  const rt = await getRuntime();
+  assert.equal(rt.lost, false);
+});
