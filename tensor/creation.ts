@@ -64,6 +64,7 @@ function flatten(v: NestedNumbers, shape: number[], out: number[], depth: number
 
 function finish(t: Tensor, opts: CreateOptions): Tensor {
   if (opts.requiresGrad) t.requiresGrad = true;
+  if (opts.purpose) t.setPurpose(opts.purpose);
   return t;
 }
 

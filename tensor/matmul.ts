@@ -24,7 +24,15 @@
  * @module
  */
 
-import { type DType, float32, isFloat, promoteTypes, wgslChunks } from "../dtypes/mod.ts";
+import {
+  type DType,
+  dtype as toDType,
+  type DTypeLike,
+  float32,
+  isFloat,
+  promoteTypes,
+  wgslChunks,
+} from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
@@ -39,7 +47,7 @@ export interface MatmulOptions {
   /** Use the transpose of `b`'s last two dimensions (`b` holds `[..., N, K]`). */
   transB?: boolean;
   /** The output dtype (a float dtype); default `promoteTypes(a.dtype, b.dtype)`. */
-  outDtype?: DType | string;
+  outDtype?: DTypeLike;
 }
 
 // Tile sizes: BM x BN outputs per workgroup of (BN/4) x (BM/4) invocations, K in slices of BK.
@@ -304,22 +312,23 @@ function gemm(
   const stA = batchStrides(A, full), stB = batchStrides(B, full);
   // kept dimensions first, then reduced; size-1 dimensions drop out
   const dims: number[] = [], sa: number[] = [], sb: number[] = [];
-  for (const pass of [true, false]) {
-    full.forEach((size, d) => {
-      if (keep[d] === pass && size !== 1) {
-        dims.push(size);
-        sa.push(stA[d]);
-        sb.push(stB[d]);
-      }
-    });
-    if (pass) var nb = dims.length;
+  const order = [...full.keys()].filter((d) => keep[d]).concat(
+    [...full.keys()].filter((d) => !keep[d]),
+  );
+  let nb = 0;
+  for (const d of order) {
+    if (full[d] === 1) continue;
+    dims.push(full[d]);
+    sa.push(stA[d]);
+    sb.push(stB[d]);
+    if (keep[d]) nb++;
   }
   if (dims.length > MAX_BATCH_DIMS) {
     throw new ShapeError(
       `${op}(): ${dims.length} batch dimensions exceed the maximum of ${MAX_BATCH_DIMS}`,
     );
   }
-  const Z = prod(dims.slice(0, nb!)), R = prod(dims.slice(nb!));
+  const Z = prod(dims.slice(0, nb)), R = prod(dims.slice(nb));
   if (M * N * Z > 0) {
     const kernel = getKernel(rt, {
       a: layoutOf(A.t.dt, rt),
@@ -330,7 +339,7 @@ function gemm(
       saturate: outDt.saturate,
     });
     const u = new Uint32Array(40);
-    u.set([M, N, K, nb!, dims.length, R]);
+    u.set([M, N, K, nb, dims.length, R]);
     // element strides of logical (row, col): stored (i, j) is at i * cols + j
     u.set(A.trans ? [1, A.cols] : [A.cols, 1], 8);
     u.set(B.trans ? [1, B.cols] : [B.cols, 1], 10);
@@ -428,7 +437,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   let outDt: DType;
   if (opts.outDtype !== undefined) {
-    outDt = typeof opts.outDtype === "string" ? toDtype(opts.outDtype) : opts.outDtype;
+    outDt = toDType(opts.outDtype);
     if (!isFloat(outDt)) {
       throw new DTypeError(
         `matmul(): outDtype must be a float dtype, got ${outDt.name}: ${describe(a, b, opts)}`,
@@ -474,10 +483,6 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   });
 }
 
-function toDtype(name: string): DType {
-  return dtypeOf(name);
-}
-
 /** The broadcast of two batch shapes. */
 function broadcastBatch(
   x: readonly number[],
@@ -493,5 +498,3 @@ function broadcastBatch(
   }
   return out;
 }
-
-import { dtype as dtypeOf } from "../dtypes/mod.ts";

@@ -59,7 +59,7 @@ export {
   where,
 } from "./elementwise.ts";
 export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum, sumTo } from "./reduce.ts";
-export { matmul } from "./matmul.ts";
+export { matmul, type MatmulOptions } from "./matmul.ts";
 export { concat, gather, indexSelect, permute, reshape, slice, transpose } from "./shape_ops.ts";
 export { keep, tidy } from "./scope.ts";
 export { layoutOf, storageBytes } from "./layout.ts";
