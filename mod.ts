@@ -17,6 +17,7 @@ export * from "./dtypes/mod.ts";
 export * from "./gpu/mod.ts";
 export * from "./tensor/mod.ts";
 export * from "./autograd/mod.ts";
+export * from "./nn/mod.ts";
 
 import { ready } from "./gpu/device.ts";
 // Ops record work synchronously, so the device is acquired here, once, at import. Without an

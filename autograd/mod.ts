@@ -1,6 +1,6 @@
 /**
- * Autograd: grad mode (`noGrad`) and graph recording. The backward traversal arrives with
- * the autograd issue.
+ * Autograd: grad mode (`noGrad`), graph recording by the ops, and the reverse-mode traversal
+ * behind `Tensor.backward()`.
  *
  * @example
  * ```ts
@@ -9,4 +9,5 @@
  * ```
  * @module
  */
+export { type BackwardTensor, type GradOps, runBackward } from "./backward.ts";
 export { attach, type GradModeGuard, type GraphTensor, isGradEnabled, noGrad } from "./graph.ts";

@@ -153,6 +153,40 @@ function fromInts(
 }
 
 /**
+ * A tensor made from raw codes (bit patterns) of `dtype`, one per element, as `t.codes()`
+ * returns them: exact for every dtype, MCF pairs included.
+ *
+ * @example
+ * ```ts
+ * import { fromCodes } from "../mod.ts";
+ * const t = fromCodes(new Uint16Array([0x3f80, 0xc000]), [2], "bf16");
+ * console.log(Array.from(await t.toArray())); // [1, -2]
+ * ```
+ */
+export function fromCodes(
+  codes: Uint8Array | Uint16Array | Uint32Array,
+  shape: readonly number[],
+  dt: DTypeLike,
+  opts: CreateOptions = {},
+): Tensor {
+  const d = toDType(dt);
+  const s = checkShape("fromCodes", shape);
+  const n = s.reduce((a, b) => a * b, 1);
+  const width = codes.BYTES_PER_ELEMENT * 8;
+  if (codes.length !== n || width !== d.laneBits) {
+    throw new ShapeError(
+      `fromCodes(): ${codes.length} codes of ${width} bits for shape ${
+        fmtShape(s)
+      } and dtype ${d.name} ` +
+        `(needs ${n} codes of ${d.laneBits} bits)`,
+    );
+  }
+  const t = Tensor.empty(s, d);
+  if (n > 0) currentRuntime().write(t.buffer("fromCodes()"), codes);
+  return finish(t, opts);
+}
+
+/**
  * A tensor of `shape` filled with `value` (encoded once to the dtype).
  *
  * @example

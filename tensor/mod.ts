@@ -17,6 +17,7 @@ export {
   arange,
   checkShape,
   type CreateOptions,
+  fromCodes,
   full,
   getRngState,
   manualSeed,
@@ -60,6 +61,17 @@ export {
 } from "./elementwise.ts";
 export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum, sumTo } from "./reduce.ts";
 export { matmul, type MatmulOptions } from "./matmul.ts";
-export { concat, gather, indexSelect, permute, reshape, slice, transpose } from "./shape_ops.ts";
+export {
+  concat,
+  flatten,
+  gather,
+  indexSelect,
+  permute,
+  reshape,
+  slice,
+  squeeze,
+  transpose,
+  unsqueeze,
+} from "./shape_ops.ts";
 export { keep, tidy } from "./scope.ts";
 export { layoutOf, storageBytes } from "./layout.ts";

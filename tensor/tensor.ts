@@ -10,7 +10,10 @@ import { type DType, dtype as toDType, type DTypeLike, type Rounding } from "../
 import { ValueError } from "../errors.ts";
 import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../gpu/mod.ts";
 import { storageBytes } from "./layout.ts";
-import { track } from "./scope.ts";
+import { keep, track } from "./scope.ts";
+import { noGrad } from "../autograd/graph.ts";
+import { runBackward } from "../autograd/backward.ts";
+import { ones } from "./creation.ts";
 import * as ew from "./elementwise.ts";
 import * as red from "./reduce.ts";
 import * as mm from "./matmul.ts";
@@ -63,6 +66,10 @@ export class Tensor {
   grad: Tensor | null = null;
   /** The autograd node that made this tensor, or null for leaves. @internal */
   node: GradNode | null = null;
+  /** Whether this tensor is a model parameter (see `Parameter` in nn/). */
+  isParameter = false;
+  /** The dtype `.grad` is stored in; null: this tensor's own dtype. */
+  gradDtype: DType | null = null;
   #buf: PooledBuffer | null;
   #rt: Runtime;
 
@@ -209,6 +216,95 @@ export class Tensor {
     return `Tensor(shape=${fmtShape(this.shape)}, dtype=${this.dtype}${
       this.disposed ? ", disposed" : ""
     })`;
+  }
+
+  // ---- autograd ---------------------------------------------------------------------------------
+
+  /**
+   * Computes the gradient of this tensor with respect to every leaf that requires one, and
+   * adds it to their `.grad` (stored in the leaf's dtype, or its `gradDtype`). A non-scalar
+   * tensor needs the seed gradient `grad`, as in PyTorch. The graph is released afterwards.
+   */
+  backward(grad?: Tensor): void {
+    if (!this.requiresGrad) {
+      throw new ValueError(
+        `backward(): tensor of shape ${
+          fmtShape(this.shape)
+        } (${this.dtype}) does not require grad; ` +
+          `create its leaves with requiresGrad: true and do not compute it under noGrad()`,
+      );
+    }
+    let seed: Tensor;
+    if (grad === undefined) {
+      if (this.size !== 1) {
+        throw new ValueError(
+          `backward(): a gradient can be created implicitly only for one-element outputs, this one has ` +
+            `shape ${fmtShape(this.shape)}; pass the seed gradient: t.backward(g)`,
+        );
+      }
+      seed = noGrad(() => ones(this.shape, { dtype: this.dt }));
+    } else {
+      if (grad.size !== this.size || grad.shape.some((v, i) => v !== this.shape[i])) {
+        throw new ValueError(
+          `backward(): seed gradient of shape ${fmtShape(grad.shape)} does not match the output's ${
+            fmtShape(this.shape)
+          }`,
+        );
+      }
+      seed = noGrad(() => grad.cast(this.dt));
+    }
+    runBackward<Tensor>(this, seed, {
+      add: (a, b) => a.add(b),
+      accumulate: (leaf, g) => {
+        const dt = leaf.gradDtype ?? leaf.dt;
+        let gc = g.dt === dt ? g : g.cast(dt);
+        if (gc !== g) g.dispose();
+        if (leaf.grad !== null && !leaf.grad.disposed) {
+          const sum = leaf.grad.add(gc).cast(dt);
+          gc.dispose();
+          leaf.grad.dispose();
+          gc = sum;
+        }
+        leaf.grad = keep(gc);
+        gc.setPurpose("grads");
+      },
+    });
+  }
+
+  /** Frees `.grad` and sets it to null. */
+  zeroGrad(): void {
+    this.grad?.dispose();
+    this.grad = null;
+  }
+
+  /** A copy of this tensor that is not part of the graph (requiresGrad false). */
+  detach(): Tensor {
+    return noGrad(() => this.cast(this.dt));
+  }
+
+  /**
+   * Copies the values of `src` (same number of elements, any dtype: cast with RNE) into
+   * this tensor's storage, in place, outside the graph. Returns this.
+   */
+  copy_(src: Tensor): this {
+    if (src.size !== this.size) {
+      throw new ValueError(
+        `copy_(): source of shape ${fmtShape(src.shape)} has ${src.size} elements, destination ${
+          fmtShape(this.shape)
+        } has ${this.size}`,
+      );
+    }
+    const dst = this.buffer("copy_()");
+    const cast = src.dt === this.dt ? src : noGrad(() => src.cast(this.dt));
+    this.#rt.copy(cast.buffer("copy_()"), 0, dst, 0, storageBytes(this.dt, this.size));
+    if (cast !== src) cast.dispose();
+    return this;
+  }
+
+  /** Sets `requiresGrad` and returns this tensor (as PyTorch's `requires_grad_`). */
+  requiresGrad_(flag = true): this {
+    this.requiresGrad = flag;
+    return this;
   }
 
   // ---- elementwise -------------------------------------------------------------------------

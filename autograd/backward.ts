@@ -1,0 +1,105 @@
+/**
+ * Reverse-mode traversal of the recorded graph: topological order by an iterative depth-first
+ * walk (a recursive one overflows the stack on long graphs), gradients pushed from the root to
+ * the leaves, each intermediate gradient freed as soon as it has been passed on, and the
+ * graph released afterwards (as PyTorch without `retain_graph`).
+ *
+ * Reference: micrograd (Karpathy), PyTorch autograd.
+ *
+ * @module
+ */
+
+import { noGrad } from "./graph.ts";
+
+/** What the traversal needs of a tensor. */
+export interface BackwardTensor {
+  readonly id: number;
+  requiresGrad: boolean;
+  grad: BackwardTensor | null;
+  node: {
+    readonly op: string;
+    readonly inputs: readonly BackwardTensor[];
+    readonly backward: (grad: never) => unknown[];
+  } | null;
+  dispose(): void;
+}
+
+/** How gradients are combined and stored; given by the tensor layer. */
+export interface GradOps<T extends BackwardTensor> {
+  /** `a + b` as a new tensor. */
+  add(a: T, b: T): T;
+  /** Stores `g` as (or adds it to) the leaf's `.grad`, in the leaf's dtype; takes ownership of `g`. */
+  accumulate(leaf: T, g: T): void;
+}
+
+/**
+ * Runs the backward pass from `root` with the seed gradient `seed` (which it takes ownership
+ * of), accumulating into `.grad` of every leaf that requires a gradient.
+ *
+ * @example
+ * ```ts
+ * import { tensor } from "../mod.ts";
+ * const x = tensor([1, 2, 3], { requiresGrad: true });
+ * x.mul(x).sum().backward();
+ * console.log(Array.from(await x.grad!.toArray())); // [2, 4, 6]
+ * ```
+ */
+export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: GradOps<T>): void {
+  // topological order of the tensors that need a gradient
+  const order: T[] = [];
+  const visited = new Set<number>();
+  const stack: [T, number][] = [[root, 0]];
+  visited.add(root.id);
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    const [t, k] = top;
+    const inputs = (t.node?.inputs ?? []) as readonly T[];
+    if (k < inputs.length) {
+      top[1] = k + 1;
+      const next = inputs[k];
+      if (next.requiresGrad && !visited.has(next.id)) {
+        visited.add(next.id);
+        stack.push([next, 0]);
+      }
+    } else {
+      stack.pop();
+      order.push(t);
+    }
+  }
+  // how many consumers still owe each tensor a gradient contribution
+  const grads = new Map<number, T>([[root.id, seed]]);
+  noGrad(() => {
+    for (let i = order.length - 1; i >= 0; i--) {
+      const t = order[i];
+      const g = grads.get(t.id);
+      grads.delete(t.id);
+      if (g === undefined) continue;
+      const node = t.node;
+      if (node === null) {
+        if (t.requiresGrad) ops.accumulate(t, g);
+        else g.dispose();
+        continue;
+      }
+      const inputGrads = node.backward(g as never) as (T | null)[];
+      if (!inputGrads.includes(g)) g.dispose(); // a rule may pass g itself on
+      node.inputs.forEach((input, j) => {
+        const gi = inputGrads[j];
+        if (!gi) return;
+        if (!input.requiresGrad) {
+          gi.dispose();
+          return;
+        }
+        const prev = grads.get(input.id);
+        if (prev === undefined) {
+          grads.set(input.id, gi as T);
+        } else {
+          grads.set(input.id, ops.add(prev, gi as T));
+          prev.dispose();
+          gi.dispose();
+        }
+      });
+      t.node = null; // release the graph (and the tensors its closures hold) as we go
+    }
+  });
+  for (const g of grads.values()) g.dispose();
+}

@@ -1,0 +1,292 @@
+/**
+ * A GPT (decoder-only transformer) as nanoGPT builds it: token and position embeddings,
+ * pre-norm blocks of causal multi-head self-attention and a GELU MLP, a final layer norm
+ * and a language-model head tied to the token embedding.
+ *
+ * References: Radford et al. 2019 (GPT-2); Karpathy's nanoGPT.
+ *
+ * @module
+ */
+
+import { ValueError } from "../errors.ts";
+import { arange, fmtShape, type Tensor, tensor, where } from "../tensor/mod.ts";
+import { crossEntropy } from "./functional.ts";
+import { Dropout, Embedding, GELU, LayerNorm, type LayerOptions, Linear } from "./layers.ts";
+import { Module } from "./module.ts";
+
+/** The size of a GPT. */
+export interface GPTConfig {
+  /** Number of distinct tokens. */
+  vocabSize: number;
+  /** Longest context. */
+  blockSize: number;
+  /** Number of transformer blocks. */
+  nLayer: number;
+  /** Attention heads per block. */
+  nHead: number;
+  /** Width of the residual stream. */
+  nEmbd: number;
+  /** Dropout probability (default 0). */
+  dropout?: number;
+  /** Whether linear layers and layer norms have biases (default true). */
+  bias?: boolean;
+  /** Seed of the initialisation (default: the default random stream). */
+  seed?: number;
+}
+
+function seedFor(base: number | undefined, k: number): number | undefined {
+  return base === undefined ? undefined : (base * 1000 + k) >>> 0;
+}
+
+/**
+ * Causal multi-head self-attention: `softmax(q k^T / sqrt(hs) + causal mask) v`.
+ *
+ * @example
+ * ```ts
+ * import { CausalSelfAttention, randn } from "../mod.ts";
+ * const attn = new CausalSelfAttention({ nEmbd: 8, nHead: 2, blockSize: 4 });
+ * console.log(attn.forward(randn([1, 4, 8], { seed: 0 })).shape); // [1, 4, 8]
+ * ```
+ */
+export class CausalSelfAttention extends Module {
+  /** The q, k, v projection, [3 nEmbd, nEmbd]. */
+  c_attn: Linear;
+  /** The output projection. */
+  c_proj: Linear;
+  attn_dropout: Dropout;
+  resid_dropout: Dropout;
+  readonly nHead: number;
+  readonly nEmbd: number;
+
+  /** Attention over `nEmbd` channels in `nHead` heads. */
+  constructor(
+    cfg: {
+      nEmbd: number;
+      nHead: number;
+      blockSize: number;
+      dropout?: number;
+      bias?: boolean;
+      nLayer?: number;
+      seed?: number;
+    },
+    opts: LayerOptions = {},
+  ) {
+    super();
+    if (cfg.nEmbd % cfg.nHead !== 0) {
+      throw new ValueError(
+        `CausalSelfAttention: nEmbd (${cfg.nEmbd}) must be divisible by nHead (${cfg.nHead})`,
+      );
+    }
+    this.nHead = cfg.nHead;
+    this.nEmbd = cfg.nEmbd;
+    const bias = cfg.bias ?? true;
+    this.c_attn = new Linear(cfg.nEmbd, 3 * cfg.nEmbd, {
+      ...opts,
+      bias,
+      initStd: 0.02,
+      seed: seedFor(cfg.seed, 1),
+    });
+    // GPT-2: residual projections scaled by 1/sqrt(2 nLayer)
+    const projStd = 0.02 / Math.sqrt(2 * (cfg.nLayer ?? 1));
+    this.c_proj = new Linear(cfg.nEmbd, cfg.nEmbd, {
+      ...opts,
+      bias,
+      initStd: projStd,
+      seed: seedFor(cfg.seed, 2),
+    });
+    this.attn_dropout = new Dropout(cfg.dropout ?? 0);
+    this.resid_dropout = new Dropout(cfg.dropout ?? 0);
+  }
+
+  /** x: (B, T, C) -> (B, T, C). */
+  forward(x: Tensor): Tensor {
+    const [B, T, C] = x.shape;
+    const nh = this.nHead, hs = C / nh;
+    const qkv = this.c_attn.forward(x); // (B, T, 3C)
+    const heads = (k: number) =>
+      qkv.slice([null, null, [k * C, (k + 1) * C]]).reshape([B, T, nh, hs]).transpose(1, 2); // (B, nh, T, hs)
+    const q = heads(0), k = heads(1), v = heads(2);
+    const att = q.matmul(k.transpose(-2, -1)).mul(1 / Math.sqrt(hs)); // (B, nh, T, T)
+    const masked = where(causalMask(T), att, -Infinity);
+    const p = this.attn_dropout.forward(masked.softmax(-1));
+    const y = p.matmul(v).transpose(1, 2).reshape([B, T, C]); // (B, T, C)
+    return this.resid_dropout.forward(this.c_proj.forward(y));
+  }
+}
+
+/** A (T, T) bool tensor, true on and below the diagonal. */
+function causalMask(T: number): Tensor {
+  const m = new Uint32Array(T * T);
+  for (let i = 0; i < T; i++) for (let j = 0; j <= i; j++) m[i * T + j] = 1;
+  return tensor(m, { shape: [T, T], dtype: "bool" });
+}
+
+/**
+ * The MLP of a block: Linear(C, 4C), GELU, Linear(4C, C), dropout.
+ *
+ * @example
+ * ```ts
+ * import { MLP, randn } from "../mod.ts";
+ * console.log(new MLP({ nEmbd: 8 }).forward(randn([2, 3, 8], { seed: 0 })).shape); // [2, 3, 8]
+ * ```
+ */
+export class MLP extends Module {
+  c_fc: Linear;
+  gelu: GELU;
+  c_proj: Linear;
+  dropout: Dropout;
+
+  /** An MLP on `nEmbd` channels. */
+  constructor(
+    cfg: { nEmbd: number; dropout?: number; bias?: boolean; nLayer?: number; seed?: number },
+    opts: LayerOptions = {},
+  ) {
+    super();
+    const bias = cfg.bias ?? true;
+    this.c_fc = new Linear(cfg.nEmbd, 4 * cfg.nEmbd, {
+      ...opts,
+      bias,
+      initStd: 0.02,
+      seed: seedFor(cfg.seed, 3),
+    });
+    this.gelu = new GELU();
+    this.c_proj = new Linear(4 * cfg.nEmbd, cfg.nEmbd, {
+      ...opts,
+      bias,
+      initStd: 0.02 / Math.sqrt(2 * (cfg.nLayer ?? 1)),
+      seed: seedFor(cfg.seed, 4),
+    });
+    this.dropout = new Dropout(cfg.dropout ?? 0);
+  }
+
+  /** (B, T, C) -> (B, T, C). */
+  forward(x: Tensor): Tensor {
+    return this.dropout.forward(this.c_proj.forward(this.gelu.forward(this.c_fc.forward(x))));
+  }
+}
+
+/**
+ * A pre-norm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+ *
+ * @example
+ * ```ts
+ * import { Block, randn } from "../mod.ts";
+ * const b = new Block({ nEmbd: 8, nHead: 2, blockSize: 4 });
+ * console.log(b.forward(randn([1, 4, 8], { seed: 1 })).shape); // [1, 4, 8]
+ * ```
+ */
+export class Block extends Module {
+  ln_1: LayerNorm;
+  attn: CausalSelfAttention;
+  ln_2: LayerNorm;
+  mlp: MLP;
+
+  /** A block of the given size. */
+  constructor(
+    cfg: {
+      nEmbd: number;
+      nHead: number;
+      blockSize: number;
+      dropout?: number;
+      bias?: boolean;
+      nLayer?: number;
+      seed?: number;
+    },
+    opts: LayerOptions = {},
+  ) {
+    super();
+    this.ln_1 = new LayerNorm(cfg.nEmbd, { ...opts, bias: cfg.bias ?? true });
+    this.attn = new CausalSelfAttention(cfg, opts);
+    this.ln_2 = new LayerNorm(cfg.nEmbd, { ...opts, bias: cfg.bias ?? true });
+    this.mlp = new MLP(cfg, opts);
+  }
+
+  /** (B, T, C) -> (B, T, C). */
+  forward(x: Tensor): Tensor {
+    const a = x.add(this.attn.forward(this.ln_1.forward(x)));
+    return a.add(this.mlp.forward(this.ln_2.forward(a)));
+  }
+}
+
+/** What `GPT.forward` returns. */
+export interface GPTOutput {
+  /** (B, T, vocabSize) logits. */
+  logits: Tensor;
+  /** Mean cross-entropy against the targets, when targets were given. */
+  loss: Tensor | null;
+}
+
+/**
+ * A GPT language model.
+ *
+ * @example
+ * ```ts
+ * import { GPT, tensor } from "../mod.ts";
+ * const model = new GPT({ vocabSize: 16, blockSize: 8, nLayer: 1, nHead: 2, nEmbd: 8, seed: 0 });
+ * const idx = tensor(new Int32Array([1, 2, 3, 4]), { shape: [1, 4] });
+ * const { logits, loss } = model.forward(idx, idx);
+ * console.log(logits.shape, loss!.shape); // [1, 4, 16] []
+ * ```
+ */
+export class GPT extends Module {
+  readonly config: Required<Omit<GPTConfig, "seed">>;
+  wte: Embedding;
+  wpe: Embedding;
+  drop: Dropout;
+  h: Block[];
+  ln_f: LayerNorm;
+
+  /** A GPT with freshly initialised weights (GPT-2's scheme), storage dtype from `opts`. */
+  constructor(cfg: GPTConfig, opts: LayerOptions = {}) {
+    super();
+    for (const k of ["vocabSize", "blockSize", "nLayer", "nHead", "nEmbd"] as const) {
+      if (!Number.isSafeInteger(cfg[k]) || cfg[k] <= 0) {
+        throw new ValueError(`GPT: ${k} must be a positive integer, got ${cfg[k]}`);
+      }
+    }
+    this.config = { dropout: 0, bias: true, ...cfg } as Required<Omit<GPTConfig, "seed">>;
+    const c = { ...this.config, seed: cfg.seed };
+    this.wte = new Embedding(cfg.vocabSize, cfg.nEmbd, {
+      ...opts,
+      initStd: 0.02,
+      seed: seedFor(cfg.seed, 10),
+    });
+    this.wpe = new Embedding(cfg.blockSize, cfg.nEmbd, {
+      ...opts,
+      initStd: 0.02,
+      seed: seedFor(cfg.seed, 11),
+    });
+    this.drop = new Dropout(this.config.dropout);
+    this.h = Array.from(
+      { length: cfg.nLayer },
+      (_, i) => new Block({ ...c, seed: seedFor(cfg.seed, 100 + i) }, opts),
+    );
+    this.ln_f = new LayerNorm(cfg.nEmbd, { ...opts, bias: this.config.bias });
+  }
+
+  /**
+   * idx: (B, T) token ids (i32). Returns the logits and, with targets (B, T), the mean
+   * cross-entropy over all positions.
+   */
+  forward(idx: Tensor, targets?: Tensor): GPTOutput {
+    if (idx.ndim !== 2) {
+      throw new ValueError(`GPT.forward(): idx must be (B, T), got ${fmtShape(idx.shape)}`);
+    }
+    const [B, T] = idx.shape;
+    if (T > this.config.blockSize) {
+      throw new ValueError(
+        `GPT.forward(): sequence length ${T} exceeds blockSize ${this.config.blockSize}`,
+      );
+    }
+    const pos = arange(T);
+    let x = this.drop.forward(this.wte.forward(idx).add(this.wpe.forward(pos))); // (B, T, C)
+    for (const block of this.h) x = block.forward(x);
+    x = this.ln_f.forward(x);
+    // the LM head shares its weight with the token embedding (weight tying)
+    const logits = x.matmul(this.wte.weight.transpose(0, 1)); // (B, T, vocab)
+    const loss = targets
+      ? crossEntropy(logits.reshape([B * T, this.config.vocabSize]), targets.reshape([B * T]))
+      : null;
+    return { logits, loss };
+  }
+}

@@ -1,0 +1,37 @@
+/**
+ * Neural-network building blocks: `Module`, `Parameter`, layers, a nanoGPT-style `GPT`,
+ * functional forms and safetensors I/O.
+ *
+ * @example
+ * ```ts
+ * import { GPT, tensor, tidy } from "../mod.ts";
+ * const model = new GPT({ vocabSize: 10, blockSize: 4, nLayer: 1, nHead: 1, nEmbd: 8, seed: 1 });
+ * const idx = tensor(new Int32Array([1, 2, 3]), { shape: [1, 3] });
+ * const loss = tidy(() => model.forward(idx, idx).loss!);
+ * console.log((await loss.item()) > 0); // true
+ * ```
+ * @module
+ */
+
+export { Module, Parameter, type StateDict } from "./module.ts";
+export {
+  Dropout,
+  Embedding,
+  GELU,
+  LayerNorm,
+  type LayerOptions,
+  Linear,
+  RMSNorm,
+} from "./layers.ts";
+export { crossEntropy, dropout, layerNorm, linear, mseLoss, rmsNorm } from "./functional.ts";
+export { Block, CausalSelfAttention, GPT, type GPTConfig, type GPTOutput, MLP } from "./gpt.ts";
+export {
+  deserialize,
+  load,
+  type Loaded,
+  MAX_HEADER_BYTES,
+  save,
+  type SaveOptions,
+  serialize,
+  writeAtomic,
+} from "./safetensors.ts";
