@@ -1,0 +1,91 @@
+import assert from "node:assert/strict";
+import { dtype, isGradEnabled, memory, noGrad, tensor, tidy, ValueError } from "../../mod.ts";
+
+Deno.test("backward() accumulates .grad across calls and zeroGrad() clears it", async () => {
+  const x = tensor([1, 2, 3], { requiresGrad: true });
+  x.mul(x).backward(tensor([1, 1, 1])); // d(x^2) = 2x
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [2, 4, 6]);
+  x.mul(3).backward(tensor([1, 1, 1]));
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [5, 7, 9]);
+  x.zeroGrad();
+  assert.equal(x.grad, null);
+  x.dispose();
+});
+
+Deno.test("a seed gradient weights the outputs; scalar outputs need none", async () => {
+  const x = tensor([1, 2], { requiresGrad: true });
+  x.mul(x).backward(tensor([10, 100]));
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [20, 400]);
+  assert.throws(
+    () => x.mul(2).backward(),
+    (e: unknown) => e instanceof ValueError && /one-element/.test(e.message),
+  );
+  assert.throws(() => x.mul(2).backward(tensor([1, 2, 3])), ValueError);
+  assert.throws(
+    () => tensor([1]).backward(),
+    (e: unknown) => e instanceof ValueError && /requiresGrad/.test(e.message),
+  );
+});
+
+Deno.test("gradients flow through shared subexpressions (diamonds) exactly once per path", async () => {
+  const x = tensor([3], { requiresGrad: true });
+  const y = x.mul(2); // y = 2x
+  const z = y.mul(y).add(y); // z = 4x^2 + 2x -> dz/dx = 8x + 2 = 26
+  z.backward();
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [26]);
+});
+
+Deno.test("noGrad() records nothing, as a function and with using; detach() cuts the graph", () => {
+  const x = tensor([1], { requiresGrad: true });
+  const a = noGrad(() => x.mul(2));
+  assert.equal(a.requiresGrad, false);
+  assert.equal(isGradEnabled(), true);
+  {
+    using _ = noGrad();
+    assert.equal(isGradEnabled(), false);
+    assert.equal(x.exp().node, null);
+  }
+  assert.equal(isGradEnabled(), true);
+  const d = x.detach();
+  assert.equal(d.requiresGrad, false);
+  assert.equal(x.add(1).requiresGrad, true);
+});
+
+Deno.test("the gradient of a low-precision leaf is stored in its dtype, or in the dtype named", async () => {
+  const w = tensor([1, 2, 3], { dtype: "bf16", requiresGrad: true });
+  w.mul(tensor([0.1, 0.2, 0.3])).backward(tensor([1, 1, 1]));
+  assert.equal(w.grad!.dtype, "bf16");
+  assert.deepEqual(Array.from(await w.grad!.toArray()), [0.10009765625, 0.2001953125, 0.30078125]);
+  const v = tensor([1, 2, 3], { dtype: "bf16", requiresGrad: true });
+  v.gradDtype = dtype("f32");
+  v.mul(tensor([0.1, 0.2, 0.3])).backward(tensor([1, 1, 1]));
+  assert.equal(v.grad!.dtype, "f32");
+  assert.deepEqual(
+    Array.from(await v.grad!.toArray()),
+    Array.from(new Float32Array([0.1, 0.2, 0.3])),
+  );
+});
+
+Deno.test("a long chain of 3,000 ops backpropagates without overflowing the stack", async () => {
+  const x = tensor([1], { requiresGrad: true });
+  const y = tidy(() => {
+    let t = x;
+    for (let i = 0; i < 3000; i++) t = t.mul(1.0001);
+    t.backward();
+    return t.detach();
+  });
+  const want = Math.pow(Math.fround(1.0001), 3000);
+  assert.ok(Math.abs((await x.grad!.item()) - want) / want < 1e-4);
+  y.dispose();
+});
+
+Deno.test("backward frees its intermediate gradients: only the leaf gradients remain", () => {
+  const x = tensor(new Float32Array(1000).fill(0.5), { requiresGrad: true });
+  const start = memory().liveBytes;
+  tidy(() => {
+    x.exp().mul(x).add(x.sigmoid()).tanh().backward(tensor(new Float32Array(1000).fill(1)));
+  });
+  assert.equal(memory().liveBytes - start, 4000, "x.grad alone");
+  x.zeroGrad();
+  assert.equal(memory().liveBytes, start);
+});
