@@ -26,6 +26,7 @@ import { attach } from "../autograd/graph.ts";
 import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
 import { fmtShape, type Operand, Tensor } from "./tensor.ts";
 import { sumTo } from "./reduce.ts";
+import { AUTOCAST_POLICY, autocastState, autocastTarget, cachedCast } from "./autocast.ts";
 
 /** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
 export const MAX_RANK = 8;
@@ -308,9 +309,34 @@ function checkOperand(op: string, o: unknown): Operand {
   );
 }
 
+/**
+ * The inputs of `op` as the current autocast context wants them: cast to the op's target
+ * dtype (the lower dtype, or f32), parameters through the per-context cache. Without a
+ * context, or for ops of the widest-input policy, the inputs unchanged. @internal
+ */
+export function autocastInputs<T extends Operand>(op: string, inputs: readonly T[]): T[] {
+  const target = autocastTarget(op);
+  if (target === null) return [...inputs];
+  const st = autocastState()!;
+  const lowering = AUTOCAST_POLICY[op] === "lower";
+  return inputs.map((o) => {
+    if (!(o instanceof Tensor) || !isFloat(o.dt) || o.dt === target) return o;
+    if (!lowering && o.dt === float32) return o;
+    const make = () =>
+      cast(
+        o,
+        target,
+        lowering
+          ? { rounding: st.rounding, seed: (st.seed + Math.imul(o.id, 0x9e3779b1)) >>> 0 }
+          : {},
+      );
+    return (o.node === null && o.requiresGrad ? cachedCast(o, target, make) : make()) as T;
+  });
+}
+
 /** Applies a table row: checks, launches, records the gradient. */
 function apply(row: EwOp, operands: Operand[]): Tensor {
-  operands = operands.map((o) => checkOperand(row.name, o));
+  operands = autocastInputs(row.name, operands.map((o) => checkOperand(row.name, o)));
   const outDt = outDtype(row.name, row.out, operands);
   const out = launch(row.name, operands, row.expr, outDt);
   const grad = row.grad;

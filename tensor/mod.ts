@@ -34,6 +34,7 @@ export {
 export {
   abs,
   add,
+  autocastInputs,
   broadcastShapes,
   cast,
   div,
@@ -63,6 +64,7 @@ export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum, sumTo } fr
 export { matmul, type MatmulOptions } from "./matmul.ts";
 export {
   concat,
+  expand,
   flatten,
   gather,
   indexSelect,
@@ -74,4 +76,14 @@ export {
   unsqueeze,
 } from "./shape_ops.ts";
 export { keep, tidy } from "./scope.ts";
+export {
+  autocast,
+  AUTOCAST_POLICY,
+  type AutocastGuard,
+  type AutocastOptions,
+  type AutocastState,
+  autocastState,
+  autocastTarget,
+  type CastPolicy,
+} from "./autocast.ts";
 export { layoutOf, storageBytes } from "./layout.ts";
