@@ -1,51 +1,914 @@
 /**
- * Reductions (placeholder being replaced in this change).
+ * Reductions as data: `sum`, `mean`, `max`, `min`, `argmax` and `logsumexp` over any set of
+ * axes are rows of one table (identity, WGSL combine, accumulator type) run by one kernel
+ * generator; `softmax` and `logSoftmax` (and their backward passes) are fused row kernels.
+ *
+ * The generic kernel runs one workgroup per output element. The input's dimensions are
+ * first merged (adjacent kept dims, adjacent reduced dims, size-1 dims dropped), so most
+ * reductions index with one multiply; the threads stride over the reduced elements,
+ * accumulate in f32 (i32/u32 for integer sums, max and min), and combine in a tree in
+ * workgroup memory. A packed output (bf16, FP8, f16 without `shader-f16`) is written a whole
+ * word per workgroup: the workgroup reduces the 2 or 4 outputs of its word in turn. Long
+ * reductions into few outputs run in two passes (partials, then the partials reduced).
+ *
+ * The result is rounded once to the output dtype (fl(x)). Gradients are recorded with
+ * `attach()` when an input requires one.
+ *
  * @module
  */
-import type { Tensor } from "./tensor.ts";
-import { UlpError } from "../errors.ts";
 
-const todo = (op: string): never => {
-  throw new UlpError(`${op}(): not implemented yet`);
+import { type DType, float32, int32, isFloat, uint32, wgslChunks } from "../dtypes/mod.ts";
+import { ShapeError, ValueError } from "../errors.ts";
+import { currentRuntime, type Kernel, type PooledBuffer, type Runtime } from "../gpu/mod.ts";
+import { attach } from "../autograd/graph.ts";
+import {
+  type Layout,
+  layoutOf,
+  needsF16,
+  storageBytes,
+  wgslBinding,
+  wgslEncoder,
+  wgslLoad,
+} from "./layout.ts";
+import { fmtShape, Tensor } from "./tensor.ts";
+import { launch } from "./elementwise.ts";
+
+/** Threads per workgroup of every reduction kernel. */
+const WG = 64;
+/** Most merged kept (or reduced) dimensions a kernel indexes (the uniform block holds 8). */
+const MAX_DIMS = 8;
+
+// ---- the table ---------------------------------------------------------------------------------
+
+/** The kernel's reduction: a combine over the reduced elements. */
+type Kind = "sum" | "max" | "min" | "argmax" | "lse";
+/** The WGSL type the values are accumulated in. */
+type Acc = "f32" | "i32" | "u32";
+
+/** One reduction: its identity and combine for each accumulator type. */
+interface ReduceRow {
+  readonly ident: Record<Acc, string>;
+  readonly comb: (acc: Acc, a: string, b: string) => string;
+}
+
+const NEG_INF = "bitcast<f32>(0xff800000u)";
+const POS_INF = "bitcast<f32>(0x7f800000u)";
+
+const ROWS: Record<Exclude<Kind, "argmax" | "lse">, ReduceRow> = {
+  sum: { ident: { f32: "0.0", i32: "0i", u32: "0u" }, comb: (_t, a, b) => `${a} + ${b}` },
+  max: {
+    ident: { f32: NEG_INF, i32: "bitcast<i32>(0x80000000u)", u32: "0u" },
+    comb: (t, a, b) => (t === "f32" ? `ulp_max(${a}, ${b})` : `max(${a}, ${b})`),
+  },
+  min: {
+    ident: { f32: POS_INF, i32: "2147483647i", u32: "0xffffffffu" },
+    comb: (t, a, b) => (t === "f32" ? `ulp_min(${a}, ${b})` : `min(${a}, ${b})`),
+  },
 };
-/** Sum. */
-export function sum(_x: Tensor, _axis?: number | readonly number[], _keepDims = false): Tensor {
-  return todo("sum");
+
+const WGSL_HELPERS = `
+fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_min(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
+`;
+
+// Uniforms (40 words): outputs of this pass, reduced count, merged kept / reduced dims, the
+// split of the reduced range into parts, a scale for sums (mean), then sizes and strides.
+const WGSL_UNIFORMS =
+  `struct U { n: u32, R: u32, nk: u32, nr: u32, parts: u32, chunk: u32, scale: f32, pad: u32,
+  ks: array<vec4<u32>, 2>, kst: array<vec4<u32>, 2>, rs: array<vec4<u32>, 2>, rst: array<vec4<u32>, 2> }
+`;
+
+const WGSL_INDEX = `
+fn kbase(q: u32) -> u32 {
+  var rem = q;
+  var off = 0u;
+  for (var d = i32(u.nk) - 1; d >= 0; d = d - 1) {
+    let s = u.ks[d / 4][d % 4];
+    off = off + (rem % s) * u.kst[d / 4][d % 4];
+    rem = rem / s;
+  }
+  return off;
 }
-/** Mean. */
-export function mean(_x: Tensor, _axis?: number | readonly number[], _keepDims = false): Tensor {
-  return todo("mean");
+fn roff(r: u32) -> u32 {
+  if (u.nr == 1u) { return r * u.rst[0].x; }
+  var rem = r;
+  var off = 0u;
+  for (var d = i32(u.nr) - 1; d >= 0; d = d - 1) {
+    let s = u.rs[d / 4][d % 4];
+    off = off + (rem % s) * u.rst[d / 4][d % 4];
+    rem = rem / s;
+  }
+  return off;
 }
-/** Max. */
-export function max(_x: Tensor, _axis?: number | readonly number[], _keepDims = false): Tensor {
-  return todo("max");
+`;
+
+/** The tree combine of `sv[0..WG)` into `sv[0]`, with the barriers around it. */
+function tree(step: string): string {
+  return `  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+    if (li < s) { ${step} }
+    workgroupBarrier();
+  }\n`;
 }
-/** Min. */
-export function min(_x: Tensor, _axis?: number | readonly number[], _keepDims = false): Tensor {
-  return todo("min");
+
+/** WGSL `fn ld(i: u32) -> <acc>` for the input layout. */
+function loader(l: Layout, acc: Acc, v: string, fname: string): string[] {
+  if (acc === "f32") return wgslLoad(l, v, fname);
+  const d = l.dtype;
+  const e = d.kind === "bool"
+    ? `${acc}(${v}[i] != 0u)`
+    : acc === "i32"
+    ? `bitcast<i32>(${v}[i])`
+    : `${v}[i]`;
+  return [`fn ${fname}(i: u32) -> ${acc} { return ${e}; }\n`];
 }
-/** Argmax. */
-export function argmax(_x: Tensor, _axis?: number, _keepDims = false): Tensor {
-  return todo("argmax");
+
+/** The statement that stores the value `v` (f32) at word `w` of a one-lane output. */
+function storeOne(outL: Layout, enc: string, w: string, v: string): string {
+  if (outL.elem === "f16") return `out[${w}] = f16(unpack2x16float(${enc}(${v}, 0u)).x);`;
+  return `out[${w}] = ${enc}(${v}, 0u);`;
 }
-/** Logsumexp. */
-export function logsumexp(
-  _x: Tensor,
-  _axis: number | readonly number[] = -1,
-  _keepDims = false,
+
+function reduceSource(kind: Kind, acc: Acc, inL: Layout, outL: Layout): string {
+  const chunks: (readonly string[])[] = [[WGSL_HELPERS], loader(inL, acc, "inp", "ld")];
+  const floatOut = kind !== "argmax" && acc === "f32";
+  const enc = floatOut ? wgslEncoder(outL) : null;
+  if (enc) chunks.push(enc.chunks);
+  const head = `  var acc = IDENT;
+  var r0 = 0u;
+  var r1 = 0u;
+  var base = 0u;
+  if (o < u.n) {
+    let q = o / u.parts;
+    let p = o - q * u.parts;
+    base = kbase(q);
+    r0 = p * u.chunk;
+    r1 = min(u.R, r0 + u.chunk);
+  }\n`;
+  let red: string;
+  let ret: string;
+  if (kind === "argmax") {
+    const ident = ROWS.max.ident[acc];
+    const nan = acc === "f32"
+      ? `  let na = ulp_isnan(va);
+  let nb = ulp_isnan(vb);
+  if (na != nb) { return nb; }
+  if (na) { return ib < ia; }\n`
+      : "";
+    chunks.push([`fn better(va: ${acc}, ia: u32, vb: ${acc}, ib: u32) -> bool {
+${nan}  return vb > va || (vb == va && ib < ia);
+}\n`]);
+    ret = "u32";
+    red = head.replace("IDENT", ident) + `  var idx = 0xffffffffu;
+  for (var r = r0 + li; r < r1; r = r + ${WG}u) {
+    let v = ld(base + roff(r));
+    if (better(acc, idx, v, r)) { acc = v; idx = r; }
+  }
+  sv[li] = acc;
+  si[li] = idx;
+${
+      tree(
+        "if (better(sv[li], si[li], sv[li + s], si[li + s])) { sv[li] = sv[li + s]; si[li] = si[li + s]; }",
+      )
+    }  let res = si[0];
+  workgroupBarrier();
+  return res;\n`;
+  } else if (kind === "lse") {
+    ret = "f32";
+    red = head.replace("IDENT", NEG_INF) + `  for (var r = r0 + li; r < r1; r = r + ${WG}u) {
+    acc = ulp_max(acc, ld(base + roff(r)));
+  }
+  sv[li] = acc;
+${tree("sv[li] = ulp_max(sv[li], sv[li + s]);")}  let m = sv[0];
+  workgroupBarrier();
+  var t = 0.0;
+  if (ulp_finite(m)) {
+    for (var r = r0 + li; r < r1; r = r + ${WG}u) { t = t + exp(ld(base + roff(r)) - m); }
+  }
+  sv[li] = t;
+${tree("sv[li] = sv[li] + sv[li + s];")}  let res = select(m, m + log(sv[0]), ulp_finite(m));
+  workgroupBarrier();
+  return res;\n`;
+  } else {
+    const row = ROWS[kind];
+    ret = acc;
+    red = head.replace("IDENT", row.ident[acc]) +
+      `  for (var r = r0 + li; r < r1; r = r + ${WG}u) {
+    acc = ${row.comb(acc, "acc", "ld(base + roff(r))")};
+  }
+  sv[li] = acc;
+${tree(`sv[li] = ${row.comb(acc, "sv[li]", "sv[li + s]")};`)}  let res = sv[0]${
+        kind === "sum" && acc === "f32" ? " * u.scale" : ""
+      };
+  workgroupBarrier();
+  return res;\n`;
+  }
+  const lanes = outL.lanes;
+  let store: string;
+  if (lanes === 1) {
+    const code = floatOut
+      ? storeOne(outL, enc!.name, "w", "v")
+      : `out[w] = ${ret === "u32" ? "v" : "bitcast<u32>(v)"};`;
+    store = `  let v = red(w, li);
+  if (li == 0u) { ${code} }`;
+  } else {
+    const mask = (2 ** outL.laneBits - 1) >>> 0;
+    store = `  var word = 0u;
+  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
+    let o = w * ${lanes}u + l;
+    let v = red(o, li);
+    if (o < u.n) { word = word | ((${enc!.name}(v, 0u) & ${mask}u) << (l * ${outL.laneBits}u)); }
+  }
+  if (li == 0u) { out[w] = word; }`;
+  }
+  const f16 = needsF16([inL, outL]) ? "enable f16;\n" : "";
+  return `${f16}${wgslChunks(...chunks)}
+${WGSL_UNIFORMS}${wgslBinding(inL, 0, 0, "inp", "read")}${
+    wgslBinding(outL, 0, 1, "out", "read_write")
+  }@group(0) @binding(2) var<uniform> u: U;
+var<workgroup> sv: array<${acc}, ${WG}>;
+${kind === "argmax" ? `var<workgroup> si: array<u32, ${WG}>;\n` : ""}${WGSL_INDEX}
+fn red(o: u32, li: u32) -> ${ret} {
+${red}}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let w = wid.x + wid.y * nwg.x;
+  if (w * ${lanes}u >= u.n) { return; }
+${store}
+}
+`;
+}
+
+// ---- fused row kernels: softmax, logSoftmax and their backward passes -----------------------
+
+/** A row kernel: forward (`x`) or backward (`y`, `g`). */
+type RowKind = "softmax" | "logsoftmax" | "softmax_bwd" | "logsoftmax_bwd";
+
+function rowSource(kind: RowKind, ins: Layout[], outL: Layout, words: boolean): string {
+  const chunks: (readonly string[])[] = [[WGSL_HELPERS]];
+  let decl = "";
+  ins.forEach((l, k) => {
+    chunks.push(wgslLoad(l, `in${k}`, `ld${k}`));
+    decl += wgslBinding(l, 0, k, `in${k}`, "read");
+  });
+  const enc = wgslEncoder(outL);
+  chunks.push(enc.chunks);
+  decl += wgslBinding(outL, 0, ins.length, "out", "read_write");
+  const loop = (body: string) =>
+    `  for (var j = li; j < u.R; j = j + ${WG}u) { let i = base + j * st; ${body} }\n`;
+  let stats: string;
+  let val: string;
+  if (kind === "softmax" || kind === "logsoftmax") {
+    stats = `  var m = ${NEG_INF};
+${loop("m = ulp_max(m, ld0(i));")}  sv[li] = m;
+${tree("sv[li] = ulp_max(sv[li], sv[li + s]);")}  c0 = sv[0];
+  workgroupBarrier();
+  var t = 0.0;
+${loop("t = t + exp(ld0(i) - c0);")}  sv[li] = t;
+${tree("sv[li] = sv[li] + sv[li + s];")}  c1 = sv[0];
+  c2 = log(c1);\n`;
+    val = kind === "softmax" ? "exp(ld0(i) - c0) / c1" : "(ld0(i) - c0) - c2";
+  } else {
+    // in0 = y (the forward output), in1 = g
+    const term = kind === "softmax_bwd" ? "ld1(i) * ld0(i)" : "ld1(i)";
+    stats = `  var t = 0.0;
+${loop(`t = t + ${term};`)}  sv[li] = t;
+${tree("sv[li] = sv[li] + sv[li + s];")}  c0 = sv[0];\n`;
+    val = kind === "softmax_bwd" ? "ld0(i) * (ld1(i) - c0)" : "ld1(i) - exp(ld0(i)) * c0";
+  }
+  let store: string;
+  if (words) {
+    const lanes = outL.lanes, bits = outL.laneBits, mask = (2 ** bits - 1) >>> 0;
+    store = `  let nw = u.R / ${lanes}u;
+  for (var j = li; j < nw; j = j + ${WG}u) {
+    var word = 0u;
+    for (var l = 0u; l < ${lanes}u; l = l + 1u) {
+      word = word | ((${enc.name}(val(base + j * ${lanes}u + l), 0u) & ${mask}u) << (l * ${bits}u));
+    }
+    out[base / ${lanes}u + j] = word;
+  }`;
+  } else {
+    store = loop(storeOne(outL, enc.name, "i", "val(i)"));
+  }
+  const f16 = needsF16([...ins, outL]) ? "enable f16;\n" : "";
+  return `${f16}${wgslChunks(...chunks)}
+${WGSL_UNIFORMS}${decl}@group(0) @binding(${ins.length + 1}) var<uniform> u: U;
+var<workgroup> sv: array<f32, ${WG}>;
+var<private> c0: f32;
+var<private> c1: f32;
+var<private> c2: f32;
+${WGSL_INDEX}
+fn val(i: u32) -> f32 { return ${val}; }
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let row = wid.x + wid.y * nwg.x;
+  if (row >= u.n) { return; }
+  let base = kbase(row);
+  let st = u.rst[0].x;
+${stats}${store}
+}
+`;
+}
+
+// ---- plans and dispatch ------------------------------------------------------------------------
+
+/** The merged dimensions of a reduction: kept and reduced sizes and input strides. */
+interface Plan {
+  ks: number[];
+  kst: number[];
+  rs: number[];
+  rst: number[];
+  /** Number of reduced elements per output. */
+  R: number;
+  /** Number of outputs. */
+  nOut: number;
+}
+
+function plan(op: string, shape: readonly number[], axes: readonly number[]): Plan {
+  const p: Plan = { ks: [], kst: [], rs: [], rst: [], R: 1, nOut: 1 };
+  let lastRed: boolean | null = null;
+  let stride = shape.reduce((a, b) => a * b, 1);
+  for (let d = 0; d < shape.length; d++) {
+    stride /= shape[d] || 1;
+    const red = axes.includes(d);
+    if (red) p.R *= shape[d];
+    else p.nOut *= shape[d];
+    if (shape[d] === 1) continue;
+    const [s, st] = red ? [p.rs, p.rst] : [p.ks, p.kst];
+    if (lastRed === red) {
+      s[s.length - 1] *= shape[d];
+      st[st.length - 1] = stride;
+    } else {
+      s.push(shape[d]);
+      st.push(stride);
+    }
+    lastRed = red;
+  }
+  if (p.ks.length > MAX_DIMS || p.rs.length > MAX_DIMS) {
+    throw new ShapeError(
+      `${op}(): shape ${fmtShape(shape)} alternates kept and reduced dimensions more than ` +
+        `${MAX_DIMS} times; reshape or permute it first`,
+    );
+  }
+  return p;
+}
+
+const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
+
+function cachedKernel(
+  rt: Runtime,
+  key: string,
+  label: string,
+  nIn: number,
+  build: () => string,
+): Kernel {
+  let cache = kernelCache.get(rt);
+  if (!cache) kernelCache.set(rt, cache = new Map());
+  let k = cache.get(key);
+  if (!k) {
+    k = rt.kernel(label, build(), {
+      buffers: [...Array.from({ length: nIn }, () => "read" as const), "read_write"],
+      uniform: true,
+    });
+    cache.set(key, k);
+  }
+  return k;
+}
+
+function uniforms(
+  n: number,
+  p: Plan,
+  parts: number,
+  chunk: number,
+  scale: number,
+): Uint32Array {
+  const u = new Uint32Array(40);
+  u[0] = n;
+  u[1] = p.R;
+  u[2] = p.ks.length;
+  u[3] = p.rs.length;
+  u[4] = parts;
+  u[5] = chunk;
+  new Float32Array(u.buffer, 24, 1)[0] = scale;
+  p.ks.forEach((v, d) => (u[8 + d] = v));
+  p.kst.forEach((v, d) => (u[16 + d] = v));
+  p.rs.forEach((v, d) => (u[24 + d] = v));
+  p.rst.forEach((v, d) => (u[32 + d] = v));
+  return u;
+}
+
+function layoutKey(l: Layout): string {
+  return `${l.dtype.name}:${l.elem}`;
+}
+
+/** One pass of the generic kernel: `n` outputs (`nOut * parts`) into `out`. */
+function pass(
+  rt: Runtime,
+  kind: Kind,
+  acc: Acc,
+  inBuf: PooledBuffer,
+  inDt: DType,
+  out: Tensor,
+  p: Plan,
+  parts: number,
+  scale: number,
+): void {
+  const inL = layoutOf(inDt, rt), outL = layoutOf(out.dt, rt);
+  const k = cachedKernel(
+    rt,
+    `${kind}|${acc}|${layoutKey(inL)}|${layoutKey(outL)}`,
+    kind,
+    1,
+    () => reduceSource(kind, acc, inL, outL),
+  );
+  const n = p.nOut * parts;
+  const chunk = Math.ceil(p.R / parts);
+  rt.dispatch(
+    k,
+    [inBuf, out.buffer(kind)],
+    rt.grid(Math.ceil(n / outL.lanes)),
+    uniforms(n, p, parts, chunk, scale),
+  );
+}
+
+/**
+ * Reduces `x` over `axes` (sorted, distinct) into a new tensor of `outShape` (any shape with
+ * the kept elements in order) and `outDt`. `scale` multiplies f32 sums (mean). @internal
+ */
+function reduceCore(
+  kind: Kind,
+  x: Tensor,
+  axes: readonly number[],
+  outShape: readonly number[],
+  outDt: DType,
+  scale = 1,
 ): Tensor {
-  return todo("logsumexp");
+  const op = kind === "lse" ? "logsumexp" : kind;
+  const inBuf = x.buffer(`${op}()`);
+  const rt = currentRuntime();
+  const p = plan(op, x.shape, axes);
+  const acc = accOf(kind, x.dt, outDt);
+  const out = Tensor.empty(outShape, outDt);
+  if (p.nOut === 0) return out;
+  // Long reductions into few outputs: partials first, so that many workgroups share the work.
+  const parts = kind !== "argmax" && kind !== "lse" && p.R >= 8192 && p.nOut < 256
+    ? Math.min(Math.ceil(p.R / 4096), Math.floor(1024 / p.nOut))
+    : 1;
+  if (parts < 2) {
+    pass(rt, kind, acc, inBuf, x.dt, out, p, 1, scale);
+    return out;
+  }
+  const tmpDt = acc === "f32" ? float32 : acc === "i32" ? int32 : uint32;
+  const tmp = Tensor.empty([p.nOut * parts], tmpDt, "scratch");
+  pass(rt, kind, acc, inBuf, x.dt, tmp, p, parts, 1);
+  const p2: Plan = {
+    ks: p.nOut > 1 ? [p.nOut] : [],
+    kst: p.nOut > 1 ? [parts] : [],
+    rs: [parts],
+    rst: [1],
+    R: parts,
+    nOut: p.nOut,
+  };
+  pass(rt, kind, acc, tmp.buffer(op), tmpDt, out, p2, 1, scale);
+  tmp.dispose();
+  return out;
 }
-/** Softmax. */
-export function softmax(_x: Tensor, _axis = -1): Tensor {
-  return todo("softmax");
+
+function accOf(kind: Kind, inDt: DType, outDt: DType): Acc {
+  if (kind === "lse" || isFloat(inDt)) return "f32";
+  if (kind === "sum") return isFloat(outDt) ? "f32" : "i32";
+  return inDt.kind === "int" && inDt.signed ? "i32" : "u32";
 }
-/** LogSoftmax. */
-export function logSoftmax(_x: Tensor, _axis = -1): Tensor {
-  return todo("logSoftmax");
+
+/** Runs a row kernel over `axis` of the first input's shape. */
+function rowKernel(kind: RowKind, ins: Tensor[], axis: number | null, outDt: DType): Tensor {
+  const op = kind.startsWith("log") ? "logSoftmax" : "softmax";
+  const bufs = ins.map((t) => t.buffer(`${op}()`));
+  const rt = currentRuntime();
+  const shape = ins[0].shape;
+  const p = plan(op, shape, axis === null ? [] : [axis]);
+  const outL = layoutOf(outDt, rt);
+  const words = outL.lanes > 1 && p.R % outL.lanes === 0 && p.rst[0] === 1;
+  // a packed output whose rows do not own whole words: compute into f32, then round once
+  const direct = outL.lanes === 1 || words;
+  const out = Tensor.empty(shape, direct ? outDt : float32);
+  if (p.nOut === 0 || p.R === 0) return out;
+  const ls = ins.map((t) => layoutOf(t.dt, rt));
+  const wL = layoutOf(out.dt, rt);
+  const k = cachedKernel(
+    rt,
+    `row|${kind}|${ls.map(layoutKey).join(",")}|${layoutKey(wL)}|${words}`,
+    kind,
+    ins.length,
+    () => rowSource(kind, ls, wL, words),
+  );
+  const pp: Plan = { ...p, rs: [p.R], rst: [p.rst[0] ?? 0] };
+  rt.dispatch(k, [...bufs, out.buffer(op)], rt.grid(p.nOut), uniforms(p.nOut, pp, 1, p.R, 1));
+  if (direct) return out;
+  const cast = launch("cast", [out], ([a]) => a, outDt);
+  out.dispose();
+  return cast;
 }
-/** Sums a broadcast gradient back to `shape`; returns `g` itself when the shapes match. */
+
+// ---- checks and shapes ---------------------------------------------------------------------------
+
+function checkTensor(op: string, x: unknown): Tensor {
+  if (!(x instanceof Tensor)) {
+    throw new ValueError(
+      `${op}(): expects a Tensor, got ${
+        x === null ? "null" : typeof x === "object" ? x.constructor?.name ?? "object" : typeof x
+      }`,
+    );
+  }
+  x.buffer(`${op}()`);
+  return x;
+}
+
+function axisError(op: string, shape: readonly number[], axis: unknown): ShapeError {
+  const r = shape.length;
+  const range = r === 0 ? "-1..0 (a 0-d tensor)" : `${-r}..${r - 1}`;
+  return new ShapeError(
+    `${op}(): axis ${String(axis)} is out of range for shape ${fmtShape(shape)} ` +
+      `(rank ${r}); valid axes are ${range}`,
+  );
+}
+
+/** One axis, normalised; null for a 0-d tensor (its only axis is implicit). */
+function normAxis(op: string, shape: readonly number[], axis: number): number | null {
+  const r = shape.length;
+  if (typeof axis !== "number" || !Number.isInteger(axis)) throw axisError(op, shape, axis);
+  if (r === 0) {
+    if (axis !== 0 && axis !== -1) throw axisError(op, shape, axis);
+    return null;
+  }
+  if (axis < -r || axis >= r) throw axisError(op, shape, axis);
+  return axis < 0 ? axis + r : axis;
+}
+
+/** Axes normalised, sorted and distinct; all axes when `axis` is undefined. */
+function normAxes(
+  op: string,
+  shape: readonly number[],
+  axis: number | readonly number[] | undefined,
+): number[] {
+  if (axis === undefined || axis === null) return shape.map((_, d) => d);
+  const list = typeof axis === "number" ? [axis] : axis;
+  if (!Array.isArray(list)) {
+    throw new ValueError(`${op}(): axis must be a number or an array of numbers`);
+  }
+  const out: number[] = [];
+  for (const a of list) {
+    const d = normAxis(op, shape, a);
+    if (d === null) continue;
+    if (out.includes(d)) {
+      throw new ShapeError(
+        `${op}(): axis ${a} appears more than once in [${list.join(",")}] for shape ${
+          fmtShape(shape)
+        }`,
+      );
+    }
+    out.push(d);
+  }
+  return out.sort((a, b) => a - b);
+}
+
+function reducedShape(shape: readonly number[], axes: readonly number[], keepDims: boolean) {
+  return keepDims
+    ? shape.map((v, d) => (axes.includes(d) ? 1 : v))
+    : shape.filter((_, d) => !axes.includes(d));
+}
+
+function checkNonEmpty(op: string, x: Tensor, axes: readonly number[]): void {
+  const r = axes.reduce((a, d) => a * x.shape[d], 1);
+  if (r === 0 && x.shape.reduce((a, v, d) => (axes.includes(d) ? a : a * v), 1) > 0) {
+    throw new ValueError(
+      `${op}(): cannot reduce over an empty dimension (shape ${fmtShape(x.shape)}, axes ` +
+        `[${axes.join(",")}]); the result has no identity value`,
+    );
+  }
+}
+
+/** The dtype of gradients that flow to `x`. */
+function gradDt(x: Tensor): DType {
+  return isFloat(x.dt) ? x.dt : float32;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** `t`'s values with another shape of the same size: `t` itself, or a copy to dispose. */
+function asShape(t: Tensor, shape: readonly number[]): Tensor {
+  if (t.size === 1 || sameShape(t.shape, shape)) return t;
+  const out = Tensor.empty(shape, t.dt);
+  currentRuntime().copy(
+    t.buffer("backward"),
+    0,
+    out.buffer("backward"),
+    0,
+    storageBytes(t.dt, t.size),
+  );
+  return out;
+}
+
+function drop(t: Tensor, orig: Tensor): void {
+  if (t !== orig) t.dispose();
+}
+
+/**
+ * `g` (the gradient of a reduction of `x` over `axes`) broadcast back to `x`'s shape, times
+ * `scale`, in `dt`. Recorded as an op whose own gradient is the sum back.
+ */
+function expand(
+  g: Tensor,
+  axes: readonly number[],
+  shape: readonly number[],
+  scale: number,
+  dt: DType,
+) {
+  const gk = asShape(g, shape.map((v, d) => (axes.includes(d) ? 1 : v)));
+  const out = scale === 1
+    ? launch("expand", [gk], ([a]) => a, dt, {}, shape)
+    : launch("expand", [gk, scale], ([a, s]) => `${a} * ${s}`, dt, {}, shape);
+  drop(gk, g);
+  return attach(out, "expand", [g], (h) => [
+    reduceCore("sum", h, axes, g.shape, isFloat(g.dt) ? g.dt : float32, scale),
+  ]);
+}
+
+// ---- the ops -------------------------------------------------------------------------------------
+
+/**
+ * Sum over `axis` (one axis, negative counting from the end, or several; all when omitted),
+ * accumulated in f32 and rounded once to the input's dtype. Integer and bool inputs sum
+ * exactly into i32 (wrapping on overflow).
+ *
+ * @example
+ * ```ts
+ * import { sum, tensor } from "../mod.ts";
+ * const x = tensor([[1, 2, 3], [4, 5, 6]], { dtype: "bf16" });
+ * console.log(Array.from(await sum(x).toArray())); // [21]
+ * console.log(Array.from(await sum(x, 1).toArray())); // [6, 15]
+ * console.log(sum(x, -2, true).shape); // [1, 3]
+ * ```
+ */
+export function sum(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+  checkTensor("sum", x);
+  const axes = normAxes("sum", x.shape, axis);
+  const out = reduceCore(
+    "sum",
+    x,
+    axes,
+    reducedShape(x.shape, axes, keepDims),
+    isFloat(x.dt) ? x.dt : int32,
+  );
+  return attach(out, "sum", [x], (g) => [expand(g, axes, x.shape, 1, gradDt(x))]);
+}
+
+/**
+ * Mean over `axis` (all axes when omitted), accumulated in f32. Integer and bool inputs
+ * give f32. The mean of no elements is NaN.
+ *
+ * @example
+ * ```ts
+ * import { mean, tensor } from "../mod.ts";
+ * const x = tensor([[1, 2], [3, 5]]);
+ * console.log(Array.from(await mean(x).toArray())); // [2.75]
+ * console.log(Array.from(await mean(x, 0).toArray())); // [2, 3.5]
+ * ```
+ */
+export function mean(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+  checkTensor("mean", x);
+  const axes = normAxes("mean", x.shape, axis);
+  const count = axes.reduce((a, d) => a * x.shape[d], 1);
+  const scale = 1 / count;
+  const out = reduceCore(
+    "sum",
+    x,
+    axes,
+    reducedShape(x.shape, axes, keepDims),
+    isFloat(x.dt) ? x.dt : float32,
+    scale,
+  );
+  return attach(out, "mean", [x], (g) => [expand(g, axes, x.shape, scale, gradDt(x))]);
+}
+
+function extremum(
+  op: "max" | "min",
+  x: Tensor,
+  axis: number | readonly number[] | undefined,
+  keepDims: boolean,
+): Tensor {
+  checkTensor(op, x);
+  const axes = normAxes(op, x.shape, axis);
+  checkNonEmpty(op, x, axes);
+  const out = reduceCore(op, x, axes, reducedShape(x.shape, axes, keepDims), x.dt);
+  return attach(out, op, [x], (g) => {
+    // the gradient goes to the positions of the extremum, split evenly among ties
+    const keep = reducedShape(x.shape, axes, true);
+    const gk = asShape(g, keep), yk = asShape(out, keep);
+    const mask = launch(
+      `${op}_mask`,
+      [x, yk],
+      ([a, b]) => `f32(${a} == ${b})`,
+      float32,
+      {},
+      x.shape,
+    );
+    const count = reduceCore("sum", mask, axes, keep, float32);
+    const gx = launch(
+      `${op}_grad`,
+      [x, yk, gk, count],
+      ([a, b, gg, c]) => `select(0.0, ${gg} / ${c}, ${a} == ${b})`,
+      gradDt(x),
+      {},
+      x.shape,
+    );
+    mask.dispose();
+    count.dispose();
+    drop(gk, g);
+    drop(yk, out);
+    return [gx];
+  });
+}
+
+/**
+ * Maximum over `axis` (all axes when omitted), in the input's dtype. NaN propagates: a
+ * reduction that meets a NaN gives NaN. The gradient goes to the maximal elements, split
+ * evenly among ties.
+ *
+ * @example
+ * ```ts
+ * import { max, tensor } from "../mod.ts";
+ * const x = tensor([[1, 7, 3], [4, -5, 6]], { dtype: "e4m3" });
+ * console.log(Array.from(await max(x, 1).toArray())); // [7, 6]
+ * console.log(await max(tensor([1, NaN, 3])).item()); // NaN
+ * ```
+ */
+export function max(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+  return extremum("max", x, axis, keepDims);
+}
+
+/**
+ * Minimum over `axis` (all axes when omitted), in the input's dtype; NaN propagates.
+ *
+ * @example
+ * ```ts
+ * import { min, tensor } from "../mod.ts";
+ * const x = tensor([[1, 7, 3], [4, -5, 6]]);
+ * console.log(Array.from(await min(x, 0).toArray())); // [1, -5, 3]
+ * ```
+ */
+export function min(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+  return extremum("min", x, axis, keepDims);
+}
+
+/**
+ * Index of the maximum along `axis`, as i32; over the flattened tensor when `axis` is
+ * omitted. Ties give the first index, and a NaN counts as the maximum (as PyTorch).
+ *
+ * @example
+ * ```ts
+ * import { argmax, tensor } from "../mod.ts";
+ * const x = tensor([[1, 9, 9], [8, 2, 3]]);
+ * console.log(Array.from(await argmax(x, 1).toArray())); // [1, 0]
+ * console.log(await argmax(x).item()); // 1
+ * ```
+ */
+export function argmax(x: Tensor, axis?: number, keepDims = false): Tensor {
+  checkTensor("argmax", x);
+  if (axis !== undefined && typeof axis !== "number") {
+    throw new ValueError(`argmax(): axis must be a number or undefined, got ${typeof axis}`);
+  }
+  const axes = normAxes("argmax", x.shape, axis);
+  checkNonEmpty("argmax", x, axes);
+  return reduceCore("argmax", x, axes, reducedShape(x.shape, axes, keepDims), int32);
+}
+
+/**
+ * `log(sum(exp(x)))` over `axis` (default the last), computed stably in f32 (the maximum is
+ * subtracted first) and rounded once. Its gradient is `g * softmax(x)`.
+ *
+ * @example
+ * ```ts
+ * import { logsumexp, tensor } from "../mod.ts";
+ * const x = tensor([[1000, 1000], [0, Math.log(3)]]);
+ * console.log(Array.from(await logsumexp(x, 1).toArray()).map((v) => v.toFixed(4))); // ["1000.6932", "1.3863"]
+ * ```
+ */
+export function logsumexp(
+  x: Tensor,
+  axis: number | readonly number[] = -1,
+  keepDims = false,
+): Tensor {
+  checkTensor("logsumexp", x);
+  const axes = normAxes("logsumexp", x.shape, axis);
+  const outDt = isFloat(x.dt) ? x.dt : float32;
+  const out = reduceCore("lse", x, axes, reducedShape(x.shape, axes, keepDims), outDt);
+  return attach(out, "logsumexp", [x], (g) => {
+    const keep = reducedShape(x.shape, axes, true);
+    const gk = asShape(g, keep);
+    // the softmax needs the logsumexp in f32: recompute it unless the output is f32
+    const lse = out.dt === float32 ? asShape(out, keep) : reduceCore("lse", x, axes, keep, float32);
+    const gx = launch(
+      "logsumexp_grad",
+      [gk, x, lse],
+      ([gg, a, l]) => `${gg} * exp(${a} - ${l})`,
+      gradDt(x),
+      {},
+      x.shape,
+    );
+    drop(gk, g);
+    drop(lse, out);
+    return [gx];
+  });
+}
+
+/**
+ * Softmax over `axis` (default the last), one fused kernel: the row's maximum, the sum of
+ * exponentials and the output, computed in f32 and rounded once to the input's dtype.
+ * Large inputs stay finite. The backward pass is fused as well.
+ *
+ * @example
+ * ```ts
+ * import { softmax, tensor } from "../mod.ts";
+ * const p = softmax(tensor([[1000, 1000], [0, Math.log(3)]]));
+ * console.log(Array.from(await p.toArray()).map((v) => v.toFixed(4))); // ["0.5000", "0.5000", "0.2500", "0.7500"]
+ * ```
+ */
+export function softmax(x: Tensor, axis = -1): Tensor {
+  checkTensor("softmax", x);
+  const a = normAxis("softmax", x.shape, axis);
+  const out = rowKernel("softmax", [x], a, isFloat(x.dt) ? x.dt : float32);
+  return attach(out, "softmax", [x], (g) => {
+    if (g.requiresGrad) {
+      // differentiable composite: y * (g - sum(g * y))
+      const gy = g.mul(out);
+      const s = sum(gy, a ?? undefined, true);
+      const r = out.mul(g.sub(s));
+      gy.dispose();
+      s.dispose();
+      return [r];
+    }
+    return [rowKernel("softmax_bwd", [out, g], a, gradDt(x))];
+  });
+}
+
+/**
+ * Log-softmax over `axis` (default the last): `x - max - log(sum(exp(x - max)))` in one fused
+ * kernel, computed in f32 and rounded once. The backward pass is `g - softmax * sum(g)`.
+ *
+ * @example
+ * ```ts
+ * import { logSoftmax, tensor } from "../mod.ts";
+ * const y = logSoftmax(tensor([0, Math.log(3)]));
+ * console.log(Array.from(await y.exp().toArray()).map((v) => v.toFixed(4))); // ["0.2500", "0.7500"]
+ * ```
+ */
+export function logSoftmax(x: Tensor, axis = -1): Tensor {
+  checkTensor("logSoftmax", x);
+  const a = normAxis("logSoftmax", x.shape, axis);
+  const out = rowKernel("logsoftmax", [x], a, isFloat(x.dt) ? x.dt : float32);
+  return attach(out, "logSoftmax", [x], (g) => {
+    if (g.requiresGrad) {
+      const s = sum(g, a ?? undefined, true);
+      const p = out.exp();
+      const ps = p.mul(s);
+      const r = g.sub(ps);
+      for (const t of [s, p, ps]) t.dispose();
+      return [r];
+    }
+    return [rowKernel("logsoftmax_bwd", [out, g], a, gradDt(x))];
+  });
+}
+
+/**
+ * Sums a broadcast gradient back to `shape`: over the leading dimensions `g` has in excess
+ * and over the dimensions where `shape` has size 1. Returns `g` itself when the shapes
+ * already match. Elementwise ops use it for the gradients of broadcast operands.
+ *
+ * @example
+ * ```ts
+ * import { sumTo, tensor } from "../mod.ts";
+ * const g = tensor([[1, 2, 3], [4, 5, 6]]);
+ * const r = sumTo(g, [1, 3]);
+ * console.log(r.shape, Array.from(await r.toArray())); // [1, 3] [5, 7, 9]
+ * console.log(sumTo(g, [2, 3]) === g); // true
+ * ```
+ */
 export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
-  if (g.shape.length === shape.length && g.shape.every((v, i) => v === shape[i])) return g;
-  return todo("sumTo");
+  checkTensor("sumTo", g);
+  if (sameShape(g.shape, shape)) return g;
+  const lead = g.ndim - shape.length;
+  if (lead < 0 || shape.some((v, d) => v !== 1 && v !== g.shape[lead + d])) {
+    throw new ShapeError(
+      `sumTo(): a gradient of shape ${fmtShape(g.shape)} cannot be summed to shape ` +
+        `${fmtShape(shape)}; that shape does not broadcast to the gradient's`,
+    );
+  }
+  const axes = g.shape.map((_, d) => d).filter((d) => d < lead || shape[d - lead] === 1);
+  const out = reduceCore("sum", g, axes, shape, isFloat(g.dt) ? g.dt : int32);
+  return attach(out, "sumTo", [g], (h) => [expand(h, axes, g.shape, 1, gradDt(g))]);
 }
