@@ -1,37 +1,857 @@
 /**
- * Shape ops (placeholder being replaced in this change).
+ * Shape ops: reshape, transpose, permute, slice, concat, indexSelect (embedding lookup) and
+ * gather, with their gradients.
+ *
+ * Tensors are always contiguous (row-major), so every op makes a new tensor that owns its
+ * buffer. `reshape` is a buffer-to-buffer copy (the bytes do not change). The others are
+ * gathers that move CODES, never values: one kernel invocation per output u32 word computes,
+ * for each of the word's lanes (2 for bf16, 4 for e4m3, ...), the index of the source element
+ * and copies its code. Every dtype is read and written as `array<u32>` (memory is the same
+ * on every adapter, see `layout.ts`), so one generic kernel serves all of them, the result is
+ * bit-exact, and no two invocations write the same word.
+ *
+ * Gradients: reshape, transpose and permute move the gradient back; slice pads it with zeros
+ * (a gather, no atomics); concat slices it; indexSelect and gather scatter-add it, in f32 and
+ * in a fixed order (deterministic: duplicates in the index accumulate, as embedding
+ * gradients need), encoded once to the input's dtype.
+ *
+ * Index VALUES out of range cannot be seen before the kernel runs: indexSelect and gather
+ * clamp them to `[0, size - 1]` on the GPU (the gradient uses the same clamped index).
+ *
  * @module
  */
-import type { Tensor } from "./tensor.ts";
-import { UlpError } from "../errors.ts";
-const todo = (op: string): never => {
-  throw new UlpError(`${op}(): not implemented yet`);
-};
-/** Reshape. */
-export function reshape(_x: Tensor, _shape: readonly number[]): Tensor {
-  return todo("reshape");
+
+import { type DType, float32, isFloat, wgslChunks } from "../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../errors.ts";
+import { currentRuntime, type PooledBuffer, type Runtime } from "../gpu/mod.ts";
+import { attach } from "../autograd/graph.ts";
+import { layoutOf, storageBytes, wgslEncoder, wgslLoad } from "./layout.ts";
+import { fmtShape, Tensor } from "./tensor.ts";
+import { sumTo } from "./reduce.ts";
+
+/** Largest rank of permute, slice and gather (the uniform block holds 8 sizes per vector). */
+const MAX_RANK = 8;
+/** Inputs one concat kernel binds (8 storage buffers per stage is WebGPU's default limit). */
+const CONCAT_INPUTS = 7;
+const WG = 256;
+const NONE = 0xffffffff;
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+const prod = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
+
+function stridesOf(shape: readonly number[]): number[] {
+  const st = new Array(shape.length).fill(1);
+  for (let d = shape.length - 2; d >= 0; d--) st[d] = st[d + 1] * shape[d + 1];
+  return st;
 }
-/** Transpose. */
-export function transpose(_x: Tensor, _d0 = -2, _d1 = -1): Tensor {
-  return todo("transpose");
+
+function checkTensor(op: string, x: unknown, what = "x"): Tensor {
+  if (!(x instanceof Tensor)) {
+    throw new ValueError(
+      `${op}(): ${what} must be a Tensor, got ${x === null ? "null" : typeof x}`,
+    );
+  }
+  x.buffer(`${op}()`); // disposed or lost: throw now
+  return x;
 }
-/** Permute. */
-export function permute(_x: Tensor, _dims: readonly number[]): Tensor {
-  return todo("permute");
+
+/** `axis` in `[-rank, rank)` made non-negative; a 0-d tensor accepts -1 and 0 (as PyTorch). */
+function normAxis(op: string, axis: number, x: Tensor, what = "dimension"): number {
+  const r = Math.max(x.ndim, 1);
+  if (!Number.isInteger(axis) || axis < -r || axis >= r) {
+    throw new ShapeError(
+      `${op}(): ${what} ${axis} is out of range for a tensor of shape ${fmtShape(x.shape)} ` +
+        `(rank ${x.ndim}; expected an integer in [${-r}, ${r - 1}])`,
+    );
+  }
+  return axis < 0 ? axis + r : axis;
 }
-/** Slice. */
-export function slice(_x: Tensor, _ranges: readonly (readonly [number, number] | null)[]): Tensor {
-  return todo("slice");
+
+function checkRank(op: string, x: Tensor): void {
+  if (x.ndim > MAX_RANK) {
+    throw new ShapeError(
+      `${op}(): rank ${x.ndim} (shape ${fmtShape(x.shape)}, ${x.dtype}) exceeds the maximum of ` +
+        `${MAX_RANK}; reshape to fewer dimensions first`,
+    );
+  }
 }
-/** Concat. */
-export function concat(_xs: readonly Tensor[], _axis = 0): Tensor {
-  return todo("concat");
+
+function checkIndex(op: string, x: Tensor, index: unknown): Tensor {
+  const ix = checkTensor(op, index, "index");
+  if (ix.dt.kind !== "int") {
+    throw new DTypeError(
+      `${op}(): index must be an integer tensor (i32 or u32), got ${ix.dtype} of shape ` +
+        `${fmtShape(ix.shape)} (x: ${fmtShape(x.shape)} ${x.dtype}); cast it with .cast("i32")`,
+    );
+  }
+  return ix;
 }
-/** indexSelect. */
-export function indexSelect(_x: Tensor, _axis: number, _index: Tensor): Tensor {
-  return todo("indexSelect");
+
+/** Fills `u[at..at+8)` with `v` (a WGSL `array<vec4<u32>, 2>`). */
+function put8(u: Uint32Array, at: number, v: readonly number[]): void {
+  v.forEach((x, d) => (u[at + d] = x >>> 0));
 }
-/** gather. */
-export function gather(_x: Tensor, _axis: number, _index: Tensor): Tensor {
-  return todo("gather");
+
+/** WGSL `fn <name>(i: u32) -> u32`: the code of element `i` of the u32 view `v` of dtype d. */
+function codeReader(d: DType, v: string, name: string): string {
+  const lanes = d.lanesPerWord;
+  if (lanes === 1) return `fn ${name}(i: u32) -> u32 { return ${v}[i]; }\n`;
+  const mask = (2 ** d.laneBits - 1) >>> 0;
+  return `fn ${name}(i: u32) -> u32 { return (${v}[i / ${lanes}u] >> ((i % ${lanes}u) * ${d.laneBits}u)) & ${mask}u; }\n`;
+}
+
+/** WGSL `fn ix(l: u32) -> u32`: index value `l` clamped to `[0, u.A - 1]`. */
+function indexReader(ix: Tensor): string {
+  return ix.dt.signed
+    ? `fn ix(l: u32) -> u32 { return u32(clamp(bitcast<i32>(idx[l]), 0i, i32(u.A) - 1i)); }\n`
+    : `fn ix(l: u32) -> u32 { return min(idx[l], u.A - 1u); }\n`;
+}
+
+const MAIN_HEAD = `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let w = (wid.x + wid.y * nwg.x) * ${WG}u + li;
+`;
+
+/**
+ * Compiles and dispatches a kernel that writes `out` (dtype `dt`, `n` elements) one u32 word
+ * per invocation; `emit` is the WGSL u32 code of element `i` (a gather of codes, or an
+ * encoded f32 value). Buffers bind in order: `inputs` (read), then `out`, then the uniform.
+ */
+function wordKernel(
+  op: string,
+  inputs: readonly { name: string; buf: PooledBuffer }[],
+  out: Tensor,
+  struct: string,
+  body: string,
+  emit: string,
+  uniforms: Uint32Array,
+): void {
+  const n = out.size;
+  if (n === 0) return;
+  const rt = currentRuntime();
+  const d = out.dt, lanes = d.lanesPerWord;
+  const mask = (2 ** d.laneBits - 1) >>> 0;
+  let decl = "";
+  inputs.forEach((b, k) => {
+    decl += `@group(0) @binding(${k}) var<storage, read> ${b.name}: array<u32>;\n`;
+  });
+  const src = `${body}
+struct U { ${struct} }
+${decl}@group(0) @binding(${inputs.length}) var<storage, read_write> out: array<u32>;
+@group(0) @binding(${inputs.length + 1}) var<uniform> u: U;
+${MAIN_HEAD}  if (w * ${lanes}u >= u.n) { return; }
+  var word = 0u;
+  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
+    let i = w * ${lanes}u + l;
+    if (i >= u.n) { break; }
+    word = word | ((${emit} & ${mask}u) << (l * ${d.laneBits}u));
+  }
+  out[w] = word;
+}
+`;
+  const k = rt.kernel(op, src, {
+    buffers: [...inputs.map(() => "read" as const), "read_write"],
+    uniform: true,
+  });
+  uniforms[0] = n;
+  const words = Math.ceil(n / lanes);
+  rt.dispatch(
+    k,
+    [...inputs.map((b) => b.buf), out.buffer(op)],
+    rt.grid(Math.ceil(words / WG)),
+    uniforms,
+  );
+}
+
+/**
+ * out[c] = src[base + sum_d (c_d - lo_d) * st_d] where lo_d <= c_d < hi_d in every dim, else
+ * code 0 (+0 in every dtype). Permute, slice and the zero padding of slice's gradient.
+ */
+function strided(
+  op: string,
+  src: Tensor,
+  shape: readonly number[],
+  st: readonly number[],
+  base = 0,
+  lo?: readonly number[],
+  hi?: readonly number[],
+): Tensor {
+  const out = Tensor.empty(shape, src.dt);
+  const u = new Uint32Array(36);
+  u[1] = shape.length;
+  u[2] = base;
+  put8(u, 4, shape);
+  put8(u, 12, st);
+  put8(u, 20, lo ?? shape.map(() => 0));
+  put8(u, 28, hi ?? shape);
+  const body = `${codeReader(src.dt, "x", "rd")}
+fn code(i: u32) -> u32 {
+  var rem = i;
+  var off = u.base;
+  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
+    let size = u.shape[d / 4][d % 4];
+    let c = rem % size;
+    rem = rem / size;
+    let lo = u.lo[d / 4][d % 4];
+    if (c < lo || c >= u.hi[d / 4][d % 4]) { return 0u; }
+    off = off + (c - lo) * u.st[d / 4][d % 4];
+  }
+  return rd(off);
+}`;
+  wordKernel(
+    op,
+    [{ name: "x", buf: src.buffer(op) }],
+    out,
+    "n: u32, rank: u32, base: u32, pad: u32, shape: array<vec4u, 2>, st: array<vec4u, 2>, " +
+      "lo: array<vec4u, 2>, hi: array<vec4u, 2>",
+    body,
+    "code(i)",
+    u,
+  );
+  return out;
+}
+
+/** A copy of `x`'s bytes under another shape. */
+function copyAs(op: string, x: Tensor, shape: readonly number[]): Tensor {
+  const rt: Runtime = currentRuntime();
+  const out = Tensor.empty(shape, x.dt);
+  rt.copy(x.buffer(op), 0, out.buffer(op), 0, storageBytes(x.dt, x.size));
+  return out;
+}
+
+/** The dtype of a scatter-add gradient: the input's float dtype, else f32. */
+const gradDtype = (x: Tensor): DType => (isFloat(x.dt) ? x.dt : float32);
+
+/** WGSL that encodes `value(i)` to `dt`, and the decoder `ldg` of the gradient `g`. */
+function valueCodecs(g: Tensor, dt: DType): { chunks: string; emit: string } {
+  const enc = wgslEncoder(layoutOf(dt, null), { rounding: "rne", saturate: dt.saturate });
+  return {
+    chunks: wgslChunks(wgslLoad(layoutOf(g.dt, null), "g", "ldg"), enc.chunks),
+    emit: `${enc.name}(value(i), 0u)`,
+  };
+}
+
+// ---- reshape and friends ---------------------------------------------------------------------
+
+/**
+ * The same values in another shape (row-major order is kept). One size may be -1: it is
+ * inferred from the others. The result is a new tensor (a GPU copy of the same bytes).
+ * Gradient: reshaped back.
+ *
+ * @example
+ * ```ts
+ * import { arange, reshape } from "../mod.ts";
+ * const x = reshape(arange(6), [2, -1]);
+ * console.log(x.shape, await x.toNested()); // [2, 3] [[0, 1, 2], [3, 4, 5]]
+ * ```
+ */
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  checkTensor("reshape", x);
+  if (!Array.isArray(shape)) {
+    throw new ShapeError(`reshape(): shape must be an array of sizes, got ${typeof shape}`);
+  }
+  const s = [...shape];
+  let infer = -1;
+  s.forEach((v, d) => {
+    if (v === -1 && infer === -1) infer = d;
+    else if (!Number.isSafeInteger(v) || v < 0) {
+      throw new ShapeError(
+        `reshape(): target shape ${fmtShape(shape)} for ${fmtShape(x.shape)} (${x.dtype}) has ` +
+          `an invalid size ${v} at dimension ${d}; sizes are non-negative integers, one may be -1`,
+      );
+    }
+  });
+  if (infer >= 0) {
+    const known = prod(s.filter((_, d) => d !== infer));
+    if (known === 0 || x.size % known !== 0) {
+      throw new ShapeError(
+        `reshape(): cannot reshape ${fmtShape(x.shape)} (${x.size} elements, ${x.dtype}) to ` +
+          `${fmtShape(shape)}: the -1 size cannot be inferred`,
+      );
+    }
+    s[infer] = x.size / known;
+  }
+  if (prod(s) !== x.size) {
+    throw new ShapeError(
+      `reshape(): cannot reshape ${fmtShape(x.shape)} (${x.size} elements, ${x.dtype}) to ` +
+        `${fmtShape(shape)} (${prod(s)} elements)`,
+    );
+  }
+  const out = copyAs("reshape", x, s);
+  return attach(out, "reshape", [x], (g) => [reshape(g, x.shape)]);
+}
+
+/**
+ * Flattens dimensions `startDim..endDim` (inclusive) into one (all of them by default).
+ *
+ * @example
+ * ```ts
+ * import { flatten, zeros } from "../mod.ts";
+ * console.log(flatten(zeros([2, 3, 4]), 1).shape); // [2, 12]
+ * ```
+ */
+export function flatten(x: Tensor, startDim = 0, endDim = -1): Tensor {
+  checkTensor("flatten", x);
+  if (x.ndim === 0) return reshape(x, [1]);
+  const a = normAxis("flatten", startDim, x, "startDim");
+  const b = normAxis("flatten", endDim, x, "endDim");
+  if (a > b) {
+    throw new ShapeError(
+      `flatten(): startDim ${startDim} comes after endDim ${endDim} for shape ${fmtShape(x.shape)}`,
+    );
+  }
+  const s = x.shape;
+  return reshape(x, [...s.slice(0, a), prod(s.slice(a, b + 1)), ...s.slice(b + 1)]);
+}
+
+/**
+ * Removes dimensions of size 1: all of them, or only `axis` (left as is when its size is not 1,
+ * as PyTorch does).
+ *
+ * @example
+ * ```ts
+ * import { squeeze, zeros } from "../mod.ts";
+ * console.log(squeeze(zeros([1, 3, 1])).shape, squeeze(zeros([1, 3, 1]), 0).shape); // [3] [3, 1]
+ * ```
+ */
+export function squeeze(x: Tensor, axis?: number): Tensor {
+  checkTensor("squeeze", x);
+  if (axis === undefined) return reshape(x, x.shape.filter((v) => v !== 1));
+  const a = normAxis("squeeze", axis, x);
+  if (x.ndim === 0 || x.shape[a] !== 1) return reshape(x, x.shape);
+  return reshape(x, x.shape.filter((_, d) => d !== a));
+}
+
+/**
+ * Inserts a dimension of size 1 at `axis` (in `[-rank-1, rank]`).
+ *
+ * @example
+ * ```ts
+ * import { unsqueeze, zeros } from "../mod.ts";
+ * console.log(unsqueeze(zeros([3]), 0).shape, unsqueeze(zeros([3]), -1).shape); // [1, 3] [3, 1]
+ * ```
+ */
+export function unsqueeze(x: Tensor, axis: number): Tensor {
+  checkTensor("unsqueeze", x);
+  const r = x.ndim + 1;
+  if (!Number.isInteger(axis) || axis < -r || axis >= r) {
+    throw new ShapeError(
+      `unsqueeze(): dimension ${axis} is out of range for shape ${fmtShape(x.shape)} ` +
+        `(expected an integer in [${-r}, ${r - 1}])`,
+    );
+  }
+  const a = axis < 0 ? axis + r : axis;
+  return reshape(x, [...x.shape.slice(0, a), 1, ...x.shape.slice(a)]);
+}
+
+// ---- permute, transpose ----------------------------------------------------------------------
+
+/**
+ * Reorders the dimensions: output dimension `d` is input dimension `dims[d]` (negative dims
+ * count from the end). Gradient: the inverse permutation.
+ *
+ * @example
+ * ```ts
+ * import { permute, zeros } from "../mod.ts";
+ * console.log(permute(zeros([2, 3, 4]), [2, 0, 1]).shape); // [4, 2, 3]
+ * ```
+ */
+export function permute(x: Tensor, dims: readonly number[]): Tensor {
+  checkTensor("permute", x);
+  const bad = (why: string) =>
+    new ShapeError(
+      `permute(): dims ${Array.isArray(dims) ? fmtShape(dims) : String(dims)} are not a ` +
+        `permutation of the ${x.ndim} dimensions of ${fmtShape(x.shape)} (${x.dtype}): ${why}`,
+    );
+  if (!Array.isArray(dims)) throw bad("expected an array");
+  if (dims.length !== x.ndim) throw bad(`${dims.length} dims given`);
+  const p = dims.map((d) => {
+    if (!Number.isInteger(d) || d < -x.ndim || d >= x.ndim) throw bad(`${d} is out of range`);
+    return d < 0 ? d + x.ndim : d;
+  });
+  if (new Set(p).size !== p.length) throw bad("a dimension repeats");
+  checkRank("permute", x);
+  const shape = p.map((d) => x.shape[d]);
+  const xst = stridesOf(x.shape);
+  const out = p.every((d, k) => d === k)
+    ? copyAs("permute", x, shape)
+    : strided("permute", x, shape, p.map((d) => xst[d]));
+  const inv = new Array(p.length);
+  p.forEach((d, k) => (inv[d] = k));
+  return attach(out, "permute", [x], (g) => [permute(g, inv)]);
+}
+
+/**
+ * Swaps dimensions `dim0` and `dim1` (the last two by default). Gradient: swapped back.
+ *
+ * @example
+ * ```ts
+ * import { tensor, transpose } from "../mod.ts";
+ * console.log(await transpose(tensor([[1, 2, 3], [4, 5, 6]])).toNested()); // [[1, 4], [2, 5], [3, 6]]
+ * ```
+ */
+export function transpose(x: Tensor, dim0 = -2, dim1 = -1): Tensor {
+  checkTensor("transpose", x);
+  const a = normAxis("transpose", dim0, x), b = normAxis("transpose", dim1, x);
+  const p = x.shape.map((_, d) => d);
+  if (x.ndim > 0) [p[a], p[b]] = [p[b], p[a]];
+  return permute(x, p);
+}
+
+/**
+ * `x` broadcast to `shape` (as `torch.expand`): dimensions of size 1 repeat, new leading
+ * dimensions may be added, and -1 keeps a size. The result is a new contiguous tensor (ulp has
+ * no strided views). Gradient: summed back over the broadcast dimensions (`sumTo`).
+ *
+ * @example
+ * ```ts
+ * import { expand, tensor } from "../mod.ts";
+ * console.log(await expand(tensor([[1], [2]]), [2, 3]).toNested()); // [[1, 1, 1], [2, 2, 2]]
+ * ```
+ */
+export function expand(x: Tensor, shape: readonly number[]): Tensor {
+  checkTensor("expand", x);
+  const lead = Array.isArray(shape) ? shape.length - x.ndim : -1;
+  const out = Array.isArray(shape) ? [...shape] : [];
+  const ok = lead >= 0 && out.every((v, d) => {
+    const own = d < lead ? -2 : x.shape[d - lead];
+    if (v === -1 && own >= 0) out[d] = own;
+    else if (!Number.isSafeInteger(v) || v < 0 || (own >= 0 && own !== 1 && own !== v)) {
+      return false;
+    }
+    return true;
+  });
+  if (!ok) {
+    throw new ShapeError(
+      `expand(): ${fmtShape(x.shape)} (${x.dtype}) cannot be expanded to ` +
+        `${Array.isArray(shape) ? fmtShape(shape) : String(shape)}; only sizes of 1 repeat, ` +
+        `new dimensions go in front, and -1 keeps a size`,
+    );
+  }
+  if (out.length > MAX_RANK) {
+    throw new ShapeError(
+      `expand(): rank ${out.length} (shape ${fmtShape(out)}) exceeds the maximum of ${MAX_RANK}`,
+    );
+  }
+  const xst = stridesOf(x.shape);
+  const st = out.map((v, d) => (d < lead || x.shape[d - lead] !== v ? 0 : xst[d - lead]));
+  const y = strided("expand", x, out, st);
+  return attach(y, "expand", [x], (g) => [sumTo(g, x.shape)]);
+}
+
+// ---- slice ---------------------------------------------------------------------------------
+
+/**
+ * The sub-tensor `start <= i < end` along each leading dimension: `ranges[d]` is `[start, end]`
+ * or null for the whole dimension; dimensions past `ranges.length` are kept whole. Indices
+ * follow Python slicing: negative ones count from the end, and out-of-range bounds are
+ * clamped to the dimension (an empty range gives size 0), as `x[start:end]` in PyTorch.
+ * Gradient: zero-padded back to `x`'s shape.
+ *
+ * @example
+ * ```ts
+ * import { arange, slice } from "../mod.ts";
+ * const x = arange(12).reshape([3, 4]);
+ * console.log(await slice(x, [[1, 3], [-3, 100]]).toNested()); // [[5, 6, 7], [9, 10, 11]]
+ * ```
+ */
+export function slice(x: Tensor, ranges: readonly (readonly [number, number] | null)[]): Tensor {
+  checkTensor("slice", x);
+  if (!Array.isArray(ranges) || ranges.length > x.ndim) {
+    throw new ShapeError(
+      `slice(): ${
+        Array.isArray(ranges) ? `${ranges.length} ranges` : "ranges (not an array)"
+      } given for a tensor of shape ${fmtShape(x.shape)} (${x.dtype}); give at most one ` +
+        `[start, end] or null per dimension`,
+    );
+  }
+  checkRank("slice", x);
+  const start: number[] = [], shape: number[] = [];
+  x.shape.forEach((size, d) => {
+    const r = ranges[d] ?? null;
+    if (r === null) {
+      start.push(0);
+      shape.push(size);
+      return;
+    }
+    if (!Array.isArray(r) || r.length !== 2 || !r.every(Number.isInteger)) {
+      throw new ValueError(
+        `slice(): range ${JSON.stringify(r)} for dimension ${d} of ${fmtShape(x.shape)} must ` +
+          `be [start, end] with integers, or null`,
+      );
+    }
+    const clampIdx = (v: number) => Math.min(Math.max(v < 0 ? v + size : v, 0), size);
+    const s = clampIdx(r[0]), e = clampIdx(r[1]);
+    start.push(s);
+    shape.push(Math.max(e - s, 0));
+  });
+  const st = stridesOf(x.shape);
+  const base = start.reduce((a, s, d) => a + s * st[d], 0);
+  const out = strided("slice", x, shape, st, base);
+  return attach(out, "slice", [x], (g) => [pad("slice_grad", g, x.shape, start)]);
+}
+
+/** `g` placed at offset `start` in a zero tensor of `shape` (the gradient of a slice). */
+function pad(op: string, g: Tensor, shape: readonly number[], start: readonly number[]): Tensor {
+  const end = start.map((s, d) => s + g.shape[d]);
+  const st = stridesOf(g.shape);
+  return strided(op, g, shape, st, 0, start, end);
+}
+
+// ---- concat ----------------------------------------------------------------------------------
+
+/**
+ * Joins tensors of the same dtype along `axis`; all other sizes must agree. Gradient: the
+ * matching slice of the output's gradient to each input.
+ *
+ * @example
+ * ```ts
+ * import { concat, tensor } from "../mod.ts";
+ * const a = tensor([[1, 2]]), b = tensor([[3, 4], [5, 6]]);
+ * console.log(await concat([a, b], 0).toNested()); // [[1, 2], [3, 4], [5, 6]]
+ * ```
+ */
+export function concat(tensors: readonly Tensor[], axis = 0): Tensor {
+  const xs: readonly Tensor[] = tensors;
+  if (!Array.isArray(tensors) || xs.length === 0) {
+    throw new ValueError("concat(): needs a non-empty array of tensors");
+  }
+  xs.forEach((x, k) => checkTensor("concat", x, `xs[${k}]`));
+  const x0 = xs[0];
+  const shapes = xs.map((x) => fmtShape(x.shape)).join(", ");
+  if (x0.ndim === 0) {
+    throw new ShapeError(
+      `concat(): 0-d tensors cannot be joined (shapes ${shapes}); unsqueeze them`,
+    );
+  }
+  const a = normAxis("concat", axis, x0, "axis");
+  for (const x of xs) {
+    if (x.ndim !== x0.ndim || x.shape.some((v, d) => d !== a && v !== x0.shape[d])) {
+      throw new ShapeError(
+        `concat(): shapes ${shapes} differ outside axis ${a}; every size but the one along ` +
+          `the axis must agree`,
+      );
+    }
+  }
+  if (xs.some((x) => x.dt !== x0.dt)) {
+    throw new DTypeError(
+      `concat(): dtypes ${xs.map((x) => x.dtype).join(", ")} (shapes ${shapes}) differ; ` +
+        `cast them to one dtype first`,
+    );
+  }
+  const out = concatRaw(xs, a);
+  const offs = [0];
+  for (const x of xs) offs.push(offs[offs.length - 1] + x.shape[a]);
+  return attach(out, "concat", xs, (g) =>
+    xs.map((x, k) => {
+      if (!x.requiresGrad) return null;
+      const r: ([number, number] | null)[] = x.shape.map(() => null);
+      r[a] = [offs[k], offs[k + 1]];
+      return slice(g, r);
+    }));
+}
+
+function concatRaw(xs: readonly Tensor[], a: number): Tensor {
+  if (xs.length > CONCAT_INPUTS) {
+    // a tree of kernels that bind at most CONCAT_INPUTS inputs each
+    const head = concatRaw(xs.slice(0, CONCAT_INPUTS), a);
+    const out = concatRaw([head, ...xs.slice(CONCAT_INPUTS)], a);
+    head.dispose();
+    return out;
+  }
+  const x0 = xs[0];
+  const shape = [...x0.shape];
+  shape[a] = xs.reduce((s, x) => s + x.shape[a], 0);
+  const out = Tensor.empty(shape, x0.dt);
+  const inner = prod(shape.slice(a + 1));
+  const live = xs.map((x, k) => ({ x, k })).filter(({ x }) => x.size > 0);
+  const u = new Uint32Array(12);
+  u[1] = inner;
+  u[2] = shape[a];
+  const offs = [0];
+  for (const { x } of live) offs.push(offs[offs.length - 1] + x.shape[a]);
+  put8(u, 4, offs);
+  const O = (j: number) => `u.off[${j >> 2}][${j & 3}]`;
+  let body = "";
+  let sel = "";
+  live.forEach((_, j) => {
+    body += codeReader(x0.dt, `in${j}`, `rd${j}`);
+    sel += `  if (c < ${O(j + 1)}) { return rd${j}((q * (${O(j + 1)} - ${O(j)}) + c - ${
+      O(j)
+    }) * u.inner + r); }\n`;
+  });
+  body += `fn code(i: u32) -> u32 {
+  let r = i % u.inner;
+  let t = i / u.inner;
+  let c = t % u.total;
+  let q = t / u.total;
+${sel}  return 0u;
+}`;
+  wordKernel(
+    "concat",
+    live.map(({ x }, j) => ({ name: `in${j}`, buf: x.buffer("concat") })),
+    out,
+    "n: u32, inner: u32, total: u32, pad: u32, off: array<vec4u, 2>",
+    body,
+    "code(i)",
+    u,
+  );
+  return out;
+}
+
+// ---- indexSelect -----------------------------------------------------------------------------
+
+/**
+ * The entries of `x` at positions `index` along `axis` (as `torch.index_select`): the output
+ * has `x`'s shape with `index.size` in place of `x.shape[axis]`. `index` is a 1-D i32 or u32
+ * tensor; its values are clamped to `[0, x.shape[axis] - 1]` on the GPU (out-of-range values
+ * are not detected). An embedding lookup is `indexSelect(weight, 0, ids)`.
+ * Gradient: the output gradient's rows scatter-added into zeros of `x`'s shape, summed in
+ * f32 in index order (repeated indices accumulate; deterministic), then encoded to `x`'s
+ * dtype (f32 for non-float `x`).
+ *
+ * @example
+ * ```ts
+ * import { indexSelect, tensor } from "../mod.ts";
+ * const weight = tensor([[0, 0], [1, 1], [2, 2]], { dtype: "bf16" });
+ * const ids = tensor(new Int32Array([2, 0, 2]));
+ * console.log(await indexSelect(weight, 0, ids).toNested()); // [[2, 2], [0, 0], [2, 2]]
+ * ```
+ */
+export function indexSelect(x: Tensor, axis: number, index: Tensor): Tensor {
+  checkTensor("indexSelect", x);
+  const ix = checkIndex("indexSelect", x, index);
+  if (x.ndim === 0) {
+    throw new ShapeError(`indexSelect(): x of shape [] (${x.dtype}) has no dimension to select on`);
+  }
+  const a = normAxis("indexSelect", axis, x, "axis");
+  if (ix.ndim !== 1) {
+    throw new ShapeError(
+      `indexSelect(): index must be 1-D, got shape ${fmtShape(ix.shape)} (x: ` +
+        `${fmtShape(x.shape)} ${x.dtype}); flatten it with reshape([-1]) and reshape the result`,
+    );
+  }
+  const A = x.shape[a], L = ix.size;
+  const shape = [...x.shape];
+  shape[a] = L;
+  if (A === 0 && prod(shape) > 0) {
+    throw new ShapeError(
+      `indexSelect(): cannot select ${L} entries along axis ${a} of size 0 (x: ${
+        fmtShape(x.shape)
+      })`,
+    );
+  }
+  const inner = prod(x.shape.slice(a + 1));
+  const out = Tensor.empty(shape, x.dt);
+  const u = new Uint32Array([0, inner, A, L]);
+  wordKernel(
+    "indexSelect",
+    [{ name: "x", buf: x.buffer("indexSelect") }, { name: "idx", buf: ix.buffer("indexSelect") }],
+    out,
+    "n: u32, inner: u32, A: u32, L: u32",
+    `${codeReader(x.dt, "x", "rd")}${indexReader(ix)}
+fn code(i: u32) -> u32 {
+  let r = i % u.inner;
+  let t = i / u.inner;
+  let l = t % u.L;
+  let q = t / u.L;
+  return rd((q * u.A + ix(l)) * u.inner + r);
+}`,
+    "code(i)",
+    u,
+  );
+  return attach(out, "indexSelect", [x], (g) => [indexSelectGrad(g, x, a, ix)]);
+}
+
+/**
+ * Scatter-add of `g` (shape of the indexSelect output) into zeros of `x`'s shape. Pass 1, one
+ * invocation per destination row `a`: the chain of index positions `l` that hit `a`, in
+ * increasing order (`first[a]`, `next[l]`; O(A*L)). Pass 2, one invocation per output word:
+ * each element walks its row's chain and sums in f32 (O(L*inner) in all).
+ */
+function indexSelectGrad(g: Tensor, x: Tensor, a: number, ix: Tensor): Tensor {
+  const rt = currentRuntime();
+  const op = "indexSelect_grad";
+  const A = x.shape[a], L = ix.size, inner = prod(x.shape.slice(a + 1));
+  const dt = gradDtype(x);
+  const out = Tensor.empty(x.shape, dt);
+  if (out.size === 0) return out;
+  const first = rt.alloc(4 * Math.max(A, 1), { dtype: "u32", purpose: "scratch" });
+  const next = rt.alloc(4 * Math.max(L, 1), { dtype: "u32", purpose: "scratch" });
+  const chain = rt.kernel(
+    "indexSelect_chain",
+    `struct U { n: u32, L: u32, A: u32, pad: u32 }
+@group(0) @binding(0) var<storage, read> idx: array<u32>;
+@group(0) @binding(1) var<storage, read_write> first: array<u32>;
+@group(0) @binding(2) var<storage, read_write> next: array<u32>;
+@group(0) @binding(3) var<uniform> u: U;
+${indexReader(ix)}
+${MAIN_HEAD}  if (w >= u.n) { return; }
+  var f = ${NONE}u;
+  var prev = ${NONE}u;
+  for (var l = 0u; l < u.L; l = l + 1u) {
+    if (ix(l) == w) {
+      if (prev == ${NONE}u) { f = l; } else { next[prev] = l; }
+      prev = l;
+    }
+  }
+  if (prev != ${NONE}u) { next[prev] = ${NONE}u; }
+  first[w] = f;
+}
+`,
+    { buffers: ["read", "read_write", "read_write"], uniform: true },
+  );
+  rt.dispatch(
+    chain,
+    [ix.buffer(op), first, next],
+    rt.grid(Math.ceil(A / WG)),
+    new Uint32Array([A, L, A, 0]),
+  );
+  const c = valueCodecs(g, dt);
+  wordKernel(
+    op,
+    [{ name: "g", buf: g.buffer(op) }, { name: "first", buf: first }, { name: "next", buf: next }],
+    out,
+    "n: u32, inner: u32, A: u32, L: u32",
+    `${c.chunks}
+fn value(i: u32) -> f32 {
+  let r = i % u.inner;
+  let t = i / u.inner;
+  let a = t % u.A;
+  let q = t / u.A;
+  var s = 0.0;
+  var l = first[a];
+  for (var k = 0u; k < u.L && l != ${NONE}u; k = k + 1u) {
+    s = s + ldg((q * u.L + l) * u.inner + r);
+    l = next[l];
+  }
+  return s;
+}`,
+    c.emit,
+    new Uint32Array([0, inner, A, L]),
+  );
+  rt.free(first);
+  rt.free(next);
+  return out;
+}
+
+// ---- gather ----------------------------------------------------------------------------------
+
+/**
+ * Values picked along `axis` by an index tensor of the same rank (as `torch.gather`):
+ * `out[i][j] = x[index[i][j]][j]` for axis 0, `x[i][index[i][j]]` for axis 1. The output has
+ * `index`'s shape and `x`'s dtype; `index.shape[d] <= x.shape[d]` for every other dimension.
+ * Index values are clamped to `[0, x.shape[axis] - 1]` on the GPU. Gradient: scatter-added
+ * into zeros of `x`'s shape in f32 (repeated indices accumulate), encoded to `x`'s dtype.
+ *
+ * @example
+ * ```ts
+ * import { gather, tensor } from "../mod.ts";
+ * const x = tensor([[1, 2, 3], [4, 5, 6]]);
+ * const idx = tensor(new Int32Array([2, 0]), { shape: [2, 1] });
+ * console.log(await gather(x, 1, idx).toNested()); // [[3], [4]]
+ * ```
+ */
+export function gather(x: Tensor, axis: number, index: Tensor): Tensor {
+  checkTensor("gather", x);
+  const ix = checkIndex("gather", x, index);
+  const a = normAxis("gather", axis, x, "axis");
+  if (
+    ix.ndim !== x.ndim || ix.shape.some((v, d) => d !== a && v > x.shape[d])
+  ) {
+    throw new ShapeError(
+      `gather(): index of shape ${fmtShape(ix.shape)} does not fit x of shape ` +
+        `${fmtShape(x.shape)} (${x.dtype}) along axis ${a}: it needs the same rank and sizes no ` +
+        `larger than x's in every other dimension`,
+    );
+  }
+  checkRank("gather", x);
+  const A = x.ndim === 0 ? 1 : x.shape[a];
+  if (A === 0 && ix.size > 0) {
+    throw new ShapeError(
+      `gather(): cannot gather from axis ${a} of size 0 (x: ${fmtShape(x.shape)}, index: ` +
+        `${fmtShape(ix.shape)})`,
+    );
+  }
+  const out = Tensor.empty(ix.shape, x.dt);
+  const u = new Uint32Array(20);
+  u[1] = x.ndim;
+  u[2] = a;
+  u[3] = A;
+  put8(u, 4, ix.shape);
+  put8(u, 12, stridesOf(x.shape));
+  wordKernel(
+    "gather",
+    [{ name: "x", buf: x.buffer("gather") }, { name: "idx", buf: ix.buffer("gather") }],
+    out,
+    "n: u32, rank: u32, axis: u32, A: u32, shape: array<vec4u, 2>, st: array<vec4u, 2>",
+    `${codeReader(x.dt, "x", "rd")}${indexReader(ix)}
+fn code(i: u32) -> u32 {
+  var rem = i;
+  var off = 0u;
+  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
+    let size = u.shape[d / 4][d % 4];
+    let c = select(rem % size, ix(i), u32(d) == u.axis);
+    rem = rem / size;
+    off = off + c * u.st[d / 4][d % 4];
+  }
+  return rd(off);
+}`,
+    "code(i)",
+    u,
+  );
+  return attach(out, "gather", [x], (g) => [gatherGrad(g, x, a, ix)]);
+}
+
+/**
+ * Scatter-add of `g` (index's shape) into zeros of `x`'s shape: each output element sums, in
+ * f32 and in order, the `index.shape[axis]` entries of its line whose index hits it.
+ */
+function gatherGrad(g: Tensor, x: Tensor, a: number, ix: Tensor): Tensor {
+  const op = "gather_grad";
+  const dt = gradDtype(x);
+  const out = Tensor.empty(x.shape, dt);
+  const u = new Uint32Array(32);
+  u[1] = x.ndim;
+  u[2] = a;
+  u[3] = x.ndim === 0 ? 1 : x.shape[a];
+  u[4] = x.ndim === 0 ? 1 : ix.shape[a];
+  put8(u, 8, x.shape);
+  put8(u, 16, ix.shape);
+  put8(u, 24, stridesOf(ix.shape));
+  const c = valueCodecs(g, dt);
+  wordKernel(
+    op,
+    [{ name: "g", buf: g.buffer(op) }, { name: "idx", buf: ix.buffer(op) }],
+    out,
+    "n: u32, rank: u32, axis: u32, A: u32, J: u32, p0: u32, p1: u32, p2: u32, " +
+      "xs: array<vec4u, 2>, ish: array<vec4u, 2>, ist: array<vec4u, 2>",
+    `${c.chunks}${indexReader(ix)}
+fn value(i: u32) -> f32 {
+  var rem = i;
+  var base = 0u;
+  var ca = 0u;
+  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
+    let c = rem % u.xs[d / 4][d % 4];
+    rem = rem / u.xs[d / 4][d % 4];
+    if (u32(d) == u.axis) {
+      ca = c;
+    } else {
+      if (c >= u.ish[d / 4][d % 4]) { return 0.0; }
+      base = base + c * u.ist[d / 4][d % 4];
+    }
+  }
+  let sa = select(1u, u.ist[u.axis / 4u][u.axis % 4u], u.rank > 0u);
+  var s = 0.0;
+  for (var j = 0u; j < u.J; j = j + 1u) {
+    let p = base + j * sa;
+    if (ix(p) == ca) { s = s + ldg(p); }
+  }
+  return s;
+}`,
+    c.emit,
+    u,
+  );
+  return out;
 }
