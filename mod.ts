@@ -18,6 +18,7 @@ export * from "./gpu/mod.ts";
 export * from "./tensor/mod.ts";
 export * from "./autograd/mod.ts";
 export * from "./nn/mod.ts";
+export * from "./optim/mod.ts";
 
 import { ready } from "./gpu/device.ts";
 // Ops record work synchronously, so the device is acquired here, once, at import. Without an

@@ -9,12 +9,15 @@
  * @module
  */
 
+import { ValueError } from "../errors.ts";
 import { noGrad } from "./graph.ts";
 
 /** What the traversal needs of a tensor. */
 export interface BackwardTensor {
   readonly id: number;
   requiresGrad: boolean;
+  readonly disposed: boolean;
+  readonly shape: readonly number[];
   grad: BackwardTensor | null;
   node: {
     readonly op: string;
@@ -75,6 +78,16 @@ export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: Gra
       grads.delete(t.id);
       if (g === undefined) continue;
       const node = t.node;
+      if (t.disposed) {
+        g.dispose();
+        throw new ValueError(
+          `backward(): a tensor of shape [${
+            t.shape.join(",")
+          }] on the path to the leaves was disposed ` +
+            `before backward() reached it (for example by a tidy() around the forward pass alone); ` +
+            `run the forward and backward passes inside the same tidy()`,
+        );
+      }
       if (node === null) {
         if (t.requiresGrad) ops.accumulate(t, g);
         else g.dispose();

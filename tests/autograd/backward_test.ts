@@ -89,3 +89,13 @@ Deno.test("backward frees its intermediate gradients: only the leaf gradients re
   x.zeroGrad();
   assert.equal(memory().liveBytes, start);
 });
+
+Deno.test("backward() through intermediates that tidy() already freed says what happened", () => {
+  const x = tensor([1, 2], { requiresGrad: true });
+  const y = tidy(() => x.mul(2).exp().sum());
+  assert.throws(
+    () => y.backward(),
+    (e: unknown) => e instanceof ValueError && /same tidy/.test(e.message),
+  );
+  assert.equal(x.grad, null);
+});

@@ -1,0 +1,50 @@
+/**
+ * Optimizers for low-precision training: `SGD` and `AdamW` with PyTorch's semantics,
+ * parameter groups, state dicts, a multi-tensor update (one dispatch per parameter group),
+ * precision strategies ("fp32", pure "bf16"), `clipGradNorm` and learning-rate schedules.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, CosineWithWarmupLR, clipGradNorm, tensor } from "../mod.ts";
+ * const w = tensor([0.5, -0.5], { requiresGrad: true });
+ * const opt = new AdamW([w], { lr: 0.01 });
+ * const sched = new CosineWithWarmupLR(opt, { warmupSteps: 2, totalSteps: 10 });
+ * for (let i = 0; i < 3; i++) {
+ *   w.mul(w).sum().backward();
+ *   clipGradNorm([w], 1.0);
+ *   opt.step();
+ *   opt.zeroGrad();
+ *   sched.step();
+ * }
+ * console.log(Math.abs((await w.toArray())[0]) < 0.5); // true
+ * ```
+ * @module
+ */
+
+export {
+  Optimizer,
+  type OptimizerStateDict,
+  type ParamGroup,
+  type ParamGroupInput,
+  type Params,
+  type ParamState,
+} from "./optimizer.ts";
+export { AdamW, type AdamWOptions, type AdamWParamGroup } from "./adamw.ts";
+export { SGD, type SGDOptions, type SGDParamGroup } from "./sgd.ts";
+export {
+  precisionNames,
+  type PrecisionStrategy,
+  precisionStrategy,
+  type StateSpec,
+  type UpdateBody,
+  type UpdateBodyContext,
+} from "./precision.ts";
+export { clipGradNorm } from "./clip.ts";
+export {
+  cosineWithWarmup,
+  CosineWithWarmupLR,
+  type CosineWithWarmupOptions,
+  LambdaLR,
+  LRScheduler,
+  type LRSchedulerState,
+} from "./schedule.ts";

@@ -1,0 +1,475 @@
+/**
+ * The base of the optimizers: parameter groups (each with its own hyperparameters and `lr`,
+ * the value learning-rate schedules change), validation, `zeroGrad`, `step` through the
+ * multi-tensor kernel of `_multi_tensor.ts` (one dispatch per group), and state dicts in
+ * PyTorch's shape: `{ state: { [paramIndex]: { step, expAvg, ... } }, paramGroups: [...] }`.
+ *
+ * Optimizer state lives on the GPU in flat buffers counted as "optimizer" in `memory()`
+ * and never freed by `tidy`; `dispose()` frees it. `step()` never waits for the GPU.
+ *
+ * @module
+ */
+
+import { DTypeError, ShapeError, ValueError } from "../errors.ts";
+import { fmtShape, isTensor, keep, type Tensor, zeros } from "../tensor/mod.ts";
+import { FlatGroup, type UpdateProgram } from "./_multi_tensor.ts";
+import { type PrecisionStrategy, precisionStrategy } from "./precision.ts";
+
+/**
+ * The hyperparameters every parameter group has. Optimizers extend it (`AdamWParamGroup`,
+ * `SGDParamGroup`); change `lr` (or any other hyperparameter) between steps freely.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, zeros } from "../mod.ts";
+ * const opt = new AdamW([zeros([3])], { lr: 0.1 });
+ * opt.paramGroups[0].lr = 0.05;
+ * console.log(opt.paramGroups[0].lr); // 0.05
+ * ```
+ */
+export interface ParamGroup {
+  /** The group's parameters (fixed at construction). */
+  readonly params: readonly Tensor[];
+  /** Learning rate; what the schedules set. */
+  lr: number;
+  /** The learning rate a scheduler starts from (set when the first scheduler is attached). */
+  initialLr?: number;
+}
+
+/**
+ * A parameter group as passed to a constructor: its parameters and optional overrides of
+ * the optimizer's defaults.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, type AdamWOptions, type ParamGroupInput, zeros } from "../mod.ts";
+ * const g: ParamGroupInput<AdamWOptions> = { params: [zeros([3])], lr: 0.1 };
+ * console.log(new AdamW([g]).paramGroups[0].lr); // 0.1
+ * ```
+ */
+export type ParamGroupInput<O> = { params: readonly Tensor[] } & O;
+
+/**
+ * What optimizers accept as parameters: tensors (one group) or parameter groups.
+ *
+ * @example
+ * ```ts
+ * import { type Params, SGD, type SGDOptions, zeros } from "../mod.ts";
+ * const ps: Params<SGDOptions> = [zeros([2]), zeros([3])];
+ * console.log(new SGD(ps).paramGroups[0].params.length); // 2
+ * ```
+ */
+export type Params<O> = readonly Tensor[] | readonly ParamGroupInput<O>[];
+
+/**
+ * One parameter's saved state: tensors (GPU copies the caller owns) and numbers (`step`).
+ *
+ * @example
+ * ```ts
+ * import { SGD, tensor } from "../mod.ts";
+ * const w = tensor([1]);
+ * const opt = new SGD([w], { momentum: 0.9 });
+ * w.grad = tensor([2]);
+ * opt.step();
+ * console.log(Object.keys(opt.stateDict().state[0])); // ["momentumBuffer"]
+ * ```
+ */
+export type ParamState = Record<string, Tensor | number | null>;
+
+/**
+ * An optimizer's state dict, as PyTorch's: per-parameter state keyed by the parameter's
+ * index (counted over the groups in order; only parameters that were updated), and each
+ * group's hyperparameters with the indices of its parameters.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, tensor } from "../mod.ts";
+ * const w = tensor([1, 2]);
+ * const opt = new AdamW([w]);
+ * w.grad = tensor([0.5, -0.5]);
+ * opt.step();
+ * const sd = opt.stateDict();
+ * console.log(sd.state[0].step, sd.paramGroups[0].params); // 1 [0]
+ * ```
+ */
+export interface OptimizerStateDict {
+  /** Per-parameter state by parameter index. */
+  state: Record<number, ParamState>;
+  /** Hyperparameters of each group, with `params`: the indices of its parameters. */
+  paramGroups: Record<string, unknown>[];
+}
+
+/** Checks that `v` is a finite number within a range; a ValueError naming the option. @internal */
+export function checkRange(
+  op: string,
+  name: string,
+  v: unknown,
+  lo: number,
+  hi: number,
+  opts: { loOpen?: boolean; hiOpen?: boolean } = {},
+): void {
+  const ok = typeof v === "number" && !Number.isNaN(v) &&
+    (opts.loOpen ? v > lo : v >= lo) && (opts.hiOpen ? v < hi : v <= hi) &&
+    (Number.isFinite(v) || hi === Infinity && v === Infinity && !opts.hiOpen);
+  if (!ok) {
+    const range = `${opts.loOpen ? "(" : "["}${lo}, ${hi === Infinity ? "inf" : hi}${
+      opts.hiOpen || hi === Infinity ? ")" : "]"
+    }`;
+    throw new ValueError(`${op}: ${name} must be a number in ${range}, got ${String(v)}`);
+  }
+}
+
+/** Checks a boolean option; a ValueError naming it. @internal */
+export function checkBool(op: string, name: string, v: unknown): void {
+  if (typeof v !== "boolean") {
+    throw new ValueError(`${op}: ${name} must be true or false, got ${String(v)}`);
+  }
+}
+
+/**
+ * The base class of `SGD` and `AdamW`. A subclass gives its hyperparameter validation, its
+ * update program (WGSL body), the uniforms of a step and the step classes.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, Optimizer, zeros } from "../mod.ts";
+ * const opt = new AdamW([zeros([2])]);
+ * console.log(opt instanceof Optimizer, opt.paramGroups.length); // true 1
+ * ```
+ */
+export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unknown>> {
+  /** The parameter groups, in order; each group's hyperparameters may be changed. */
+  readonly paramGroups: G[] = [];
+  /** The precision strategy (dtypes of params, grads and states). */
+  readonly precision: PrecisionStrategy;
+  /** The defaults a new group's missing hyperparameters are taken from. */
+  readonly defaults: Readonly<Omit<G, "params">>;
+  /** The optimizer's name, for errors. */
+  readonly name: string;
+  #flat: FlatGroup[] = [];
+  #programs = new Map<string, UpdateProgram>();
+
+  /**
+   * Builds the groups from `params` (tensors or groups), with `defaults` for the missing
+   * hyperparameters, and resolves `precision` (inferred from the parameters' dtype when
+   * undefined: all f32 gives "fp32", all bf16 gives "bf16").
+   */
+  constructor(name: string, params: Params<O>, defaults: Omit<G, "params">, precision?: string) {
+    this.name = name;
+    const list = checkParamList(name, params);
+    const groups: readonly ParamGroupInput<O>[] = isTensor(list[0])
+      ? [{ params: list as readonly Tensor[] } as ParamGroupInput<O>]
+      : (list as readonly ParamGroupInput<O>[]);
+    const all = groups.flatMap((g, k) => {
+      if (g === null || typeof g !== "object" || !Array.isArray(g.params)) {
+        throw new ValueError(
+          `${name}: params[${k}] must be a Tensor or a parameter group { params: Tensor[], ... }`,
+        );
+      }
+      return g.params;
+    });
+    this.precision = precisionStrategy(precision ?? inferPrecision(name, all), name);
+    this.defaults = defaults;
+    for (const g of groups) this.addParamGroup(g);
+  }
+
+  /** Validates a group's hyperparameters; throws a ValueError naming the option. */
+  protected abstract validateGroup(g: G, where: string): void;
+  /** A key of everything the update program depends on (flags, dtypes). */
+  protected abstract programKey(g: G): string;
+  /** The update program of a group. */
+  protected abstract buildProgram(g: G): UpdateProgram;
+  /** The hyperparameter uniforms of a group for this step, in program order. */
+  protected abstract hyper(g: G): number[];
+  /** The step class of a parameter that is at update number `step` (1-based). */
+  protected abstract classKey(g: G, step: number): number;
+  /** The per-class uniforms (a vec4) of class `key`. */
+  protected abstract classValues(g: G, key: number): number[];
+  /** Whether the state dict holds `step` per parameter (AdamW: yes; SGD: no). */
+  protected abstract readonly savesStep: boolean;
+  /** States saved as null when the group keeps no buffer for them (SGD without momentum). */
+  protected nullStates(_g: G): string[] {
+    return [];
+  }
+
+  /**
+   * Adds a parameter group (as PyTorch's `add_param_group`): missing hyperparameters come
+   * from the defaults. Its parameters must not be in another group.
+   */
+  addParamGroup(input: ParamGroupInput<O>): void {
+    const k = this.paramGroups.length;
+    const where = `${this.name}: parameter group ${k}`;
+    const params = checkParamList(where, input.params) as readonly Tensor[];
+    const seen = new Map<Tensor, number>();
+    this.paramGroups.forEach((g, gi) => g.params.forEach((p) => seen.set(p, gi)));
+    params.forEach((p, i) => {
+      if (!isTensor(p)) {
+        throw new ValueError(
+          `${where}: params[${i}] is not a Tensor (got ${p === null ? "null" : typeof p})`,
+        );
+      }
+      if (p.disposed) throw new ValueError(`${where}: params[${i}] was disposed`);
+      const prev = seen.get(p);
+      if (prev !== undefined) {
+        throw new ValueError(
+          prev === k
+            ? `${where}: params[${i}] appears twice in the group; pass each parameter once`
+            : `${where}: params[${i}] is also in parameter group ${prev}; some parameters ` +
+              `appear in more than one parameter group`,
+        );
+      }
+      seen.set(p, k);
+      if (p.dt !== this.precision.param) {
+        throw new DTypeError(
+          `${where}: params[${i}] has dtype ${p.dtype}, but precision '${this.precision.name}' ` +
+            `keeps ${this.precision.param.name} parameters; cast the model or choose the ` +
+            `precision that matches it`,
+        );
+      }
+    });
+    const given = Object.entries(input).filter(([, v]) => v !== undefined);
+    const g = copyArrays({
+      ...this.defaults,
+      ...Object.fromEntries(given),
+      params: [...params],
+    } as unknown as Record<string, unknown>);
+    for (const key of Object.keys(g)) {
+      if (key !== "params" && key !== "initialLr" && !(key in this.defaults)) {
+        throw new ValueError(
+          `${where}: unknown option '${key}'; ${this.name} takes ${
+            Object.keys(this.defaults).join(", ")
+          }`,
+        );
+      }
+    }
+    const group = g as unknown as G;
+    this.validateGroup(group, where);
+    this.paramGroups.push(group);
+    this.#flat.push(
+      new FlatGroup(this.name, group.params, this.precision.param, this.precision.grad),
+    );
+  }
+
+  #program(g: G): [string, UpdateProgram] {
+    const key = this.programKey(g);
+    let p = this.#programs.get(key);
+    if (!p) {
+      p = this.buildProgram(g);
+      this.#programs.set(key, p);
+    }
+    return [key, p];
+  }
+
+  /**
+   * Updates every parameter that has a gradient (those whose `.grad` is null are skipped,
+   * as in PyTorch): one dispatch per parameter group, no readback. With a `closure`, it is
+   * called first and its result returned.
+   */
+  step(closure?: () => Tensor): Tensor | undefined {
+    const loss = closure?.();
+    this.paramGroups.forEach((g, k) => {
+      this.validateGroup(g, `${this.name}: parameter group ${k}`);
+      const [key, prog] = this.#program(g);
+      this.#flat[k].step(
+        `${this.name}.step()`,
+        key,
+        prog,
+        this.hyper(g),
+        (s) => this.classKey(g, s),
+        (c) => this.classValues(g, c),
+      );
+    });
+    return loss;
+  }
+
+  /**
+   * Clears the gradients of every parameter: sets them to null and frees them (PyTorch's
+   * default), or with `setToNone = false` replaces them with zeros.
+   */
+  zeroGrad(setToNone = true): void {
+    for (const g of this.paramGroups) {
+      for (const p of g.params) {
+        if (p.grad === null) continue;
+        if (setToNone) {
+          p.zeroGrad();
+        } else {
+          const z = keep(zeros(p.grad.shape, { dtype: p.grad.dt, purpose: "grads" }));
+          p.grad.dispose();
+          p.grad = z;
+        }
+      }
+    }
+  }
+
+  /**
+   * The state: per updated parameter a copy of each state tensor (GPU tensors the caller
+   * owns) and `step`; per group its hyperparameters and parameter indices.
+   */
+  stateDict(): OptimizerStateDict {
+    const state: Record<number, ParamState> = {};
+    const paramGroups: Record<string, unknown>[] = [];
+    let index = 0;
+    this.paramGroups.forEach((g, k) => {
+      const flat = this.#flat[k];
+      const ids: number[] = [];
+      g.params.forEach((_, i) => {
+        ids.push(index);
+        if (flat.steps[i] > 0) {
+          const s: ParamState = {};
+          if (this.savesStep) s.step = flat.steps[i];
+          for (const spec of flat.allocated ? flat.states : []) {
+            s[spec.name] = flat.readState(i, spec.name);
+          }
+          for (const n of this.nullStates(g)) s[n] = null;
+          state[index] = s;
+        }
+        index++;
+      });
+      const { params: _, ...hyper } = g;
+      paramGroups.push({ ...copyArrays(hyper), params: ids });
+    });
+    return { state, paramGroups };
+  }
+
+  /**
+   * Restores a state dict made by `stateDict()` of an optimizer with the same groups:
+   * hyperparameters, step counts and state tensors (cast to this optimizer's state dtypes).
+   * Everything is checked before anything changes.
+   */
+  loadStateDict(sd: OptimizerStateDict): void {
+    const op = `${this.name}.loadStateDict()`;
+    if (!sd || typeof sd !== "object" || !Array.isArray(sd.paramGroups) || !sd.state) {
+      throw new ValueError(`${op}: expects { state, paramGroups } as stateDict() returns`);
+    }
+    if (sd.paramGroups.length !== this.paramGroups.length) {
+      throw new ValueError(
+        `${op}: the state dict has ${sd.paramGroups.length} parameter groups, this optimizer ` +
+          `${this.paramGroups.length}`,
+      );
+    }
+    // where each saved index goes
+    const where: [number, number][] = [];
+    const next: G[] = [];
+    sd.paramGroups.forEach((saved, k) => {
+      const g = this.paramGroups[k];
+      const ids = saved.params;
+      if (!Array.isArray(ids) || ids.length !== g.params.length) {
+        throw new ValueError(
+          `${op}: parameter group ${k} has ${
+            Array.isArray(ids) ? ids.length : "no"
+          } parameters in the state dict, ${g.params.length} in this optimizer`,
+        );
+      }
+      ids.forEach((id, i) => (where[id as number] = [k, i]));
+      const merged = { ...g } as unknown as Record<string, unknown>;
+      for (const [key, v] of Object.entries(saved)) {
+        if (key === "params") continue;
+        if (!(key in this.defaults) && key !== "initialLr") {
+          throw new ValueError(`${op}: parameter group ${k} has unknown option '${key}'`);
+        }
+        merged[key] = Array.isArray(v) ? [...v] : v;
+      }
+      this.validateGroup(merged as unknown as G, `${op}: parameter group ${k}`);
+      next.push(merged as unknown as G);
+    });
+    const entries = Object.entries(sd.state).map(([id, s]) => {
+      const w = where[Number(id)];
+      if (!w) throw new ValueError(`${op}: state for parameter ${id}, which no group holds`);
+      if (s === null || typeof s !== "object") {
+        throw new ValueError(`${op}: state ${id} must be an object of tensors and numbers`);
+      }
+      return { id, k: w[0], i: w[1], s };
+    });
+    const programs = next.map((g) => this.#program(g)[1]);
+    for (const { id, k, i, s } of entries) {
+      const names = programs[k].buffers.filter((b) => b.name !== "param" && b.name !== "grad")
+        .map((b) => b.name);
+      const p = this.paramGroups[k].params[i];
+      for (const [key, v] of Object.entries(s)) {
+        if (key === "step") {
+          if (typeof v !== "number" || !Number.isInteger(v) || v < 0) {
+            throw new ValueError(`${op}: state ${id}.step must be a non-negative integer`);
+          }
+        } else if (v !== null && !names.includes(key)) {
+          throw new ValueError(
+            `${op}: state ${id} has '${key}', which ${this.name} with these options does not ` +
+              `keep (it keeps ${names.join(", ") || "no tensors"})`,
+          );
+        } else if (v !== null && !isTensor(v)) {
+          throw new ValueError(`${op}: state ${id}.${key} must be a tensor, got ${typeof v}`);
+        } else if (
+          v !== null && (v.ndim !== p.ndim || v.shape.some((d, j) => d !== p.shape[j]))
+        ) {
+          throw new ShapeError(
+            `${op}: state ${id}.${key} has shape ${fmtShape(v.shape)}, the parameter ${
+              fmtShape(p.shape)
+            }`,
+          );
+        }
+      }
+      for (const n of names) {
+        if (!isTensor(s[n])) throw new ValueError(`${op}: state ${id} has no tensor '${n}'`);
+      }
+      if (this.savesStep && typeof s.step !== "number") {
+        throw new ValueError(`${op}: state ${id} has no 'step'`);
+      }
+    }
+    // apply
+    next.forEach((g, k) => {
+      Object.assign(this.paramGroups[k], g);
+      const flat = this.#flat[k];
+      flat.prepare(programs[k]);
+      flat.resetStates();
+    });
+    for (const { id, k, i, s } of entries) {
+      const flat = this.#flat[k];
+      flat.steps[i] = typeof s.step === "number" ? s.step : 1;
+      for (const spec of flat.states) {
+        flat.writeState(i, spec.name, s[spec.name] as Tensor, `state ${id}`);
+      }
+    }
+  }
+
+  /** Frees the optimizer's GPU buffers (states and staging). */
+  dispose(): void {
+    for (const f of this.#flat) f.dispose();
+  }
+
+  /** `using opt = new AdamW(...)` frees the state at the end of the block. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+function checkParamList(op: string, params: unknown): readonly unknown[] {
+  if (params === null || typeof params !== "object" || !(Symbol.iterator in params)) {
+    throw new ValueError(
+      `${op}: params must be an array of tensors or of parameter groups, got ${
+        params === null ? "null" : typeof params
+      }`,
+    );
+  }
+  const list = Array.from(params as Iterable<unknown>);
+  if (list.length === 0) {
+    throw new ValueError(
+      `${op}: params is empty; pass at least one parameter (model.parameters())`,
+    );
+  }
+  return list;
+}
+
+function inferPrecision(op: string, params: readonly unknown[]): string {
+  const names = new Set(params.filter(isTensor).map((p) => p.dtype));
+  if (names.size === 0 || names.size === 1 && names.has("f32")) return "fp32";
+  if (names.size === 1 && names.has("bf16")) return "bf16";
+  throw new ValueError(
+    `${op}: cannot infer the precision from parameters of dtype ${[...names].join(", ")}; ` +
+      `pass { precision: "fp32" } (f32 parameters) or { precision: "bf16" } (bf16)`,
+  );
+}
+
+function copyArrays<T>(o: T): T {
+  const out = { ...o } as Record<string, unknown>;
+  for (const [k, v] of Object.entries(out)) if (Array.isArray(v)) out[k] = [...v];
+  return out as T;
+}

@@ -1,0 +1,187 @@
+/**
+ * Stochastic gradient descent with momentum (Polyak; Nesterov as in Sutskever et al., ICML
+ * 2013), PyTorch's semantics and defaults (`torch.optim.SGD`): lr 1e-3, momentum 0,
+ * dampening 0, weight decay 0, nesterov and maximize off. Per parameter:
+ *
+ * ```
+ * d = g + wd * p                                   // L2 weight decay, added to the gradient
+ * b = d on the first update, else momentum * b + (1 - dampening) * d
+ * d = nesterov ? d + momentum * b : b              // only when momentum != 0
+ * p = p - lr * d
+ * ```
+ *
+ * The momentum buffer starts as the first gradient (PyTorch's rule), not as zeros. All
+ * parameters of a group are updated by one dispatch (`_multi_tensor.ts`); with
+ * `precision: "bf16"` the parameters, gradients and buffer are bf16 and each stored value
+ * is rounded once from f32.
+ *
+ * @module
+ */
+
+import { ValueError } from "../errors.ts";
+import type { UpdateProgram } from "./_multi_tensor.ts";
+import { checkBool, checkRange, Optimizer, type ParamGroup, type Params } from "./optimizer.ts";
+
+/**
+ * SGD's hyperparameters (each optional; PyTorch's defaults).
+ *
+ * @example
+ * ```ts
+ * import { SGD, type SGDOptions, zeros } from "../mod.ts";
+ * const opts: SGDOptions = { lr: 0.1, momentum: 0.9, nesterov: true };
+ * console.log(new SGD([zeros([2])], opts).paramGroups[0].nesterov); // true
+ * ```
+ */
+export interface SGDOptions {
+  /** Learning rate (default 1e-3), >= 0. */
+  lr?: number;
+  /** Momentum factor (default 0), >= 0. */
+  momentum?: number;
+  /** Dampening of the momentum (default 0). */
+  dampening?: number;
+  /** L2 penalty added to the gradient (default 0), >= 0. */
+  weightDecay?: number;
+  /** Nesterov momentum (default false); needs momentum > 0 and dampening 0. */
+  nesterov?: boolean;
+  /** Maximise the objective instead of minimising it (default false). */
+  maximize?: boolean;
+}
+
+/**
+ * A parameter group of SGD: its parameters and hyperparameters.
+ *
+ * @example
+ * ```ts
+ * import { SGD, zeros } from "../mod.ts";
+ * const opt = new SGD([{ params: [zeros([2])] }, { params: [zeros([3])], lr: 0.5 }], { lr: 0.1 });
+ * console.log(opt.paramGroups.map((g) => g.lr)); // [0.1, 0.5]
+ * ```
+ */
+export interface SGDParamGroup extends ParamGroup {
+  /** Momentum factor. */
+  momentum: number;
+  /** Dampening. */
+  dampening: number;
+  /** L2 penalty. */
+  weightDecay: number;
+  /** Nesterov momentum. */
+  nesterov: boolean;
+  /** Maximise instead of minimise. */
+  maximize: boolean;
+}
+
+/**
+ * SGD with optional momentum, Nesterov momentum and weight decay, PyTorch's semantics.
+ * The state `momentumBuffer` is kept when momentum is non-zero.
+ *
+ * @example
+ * ```ts
+ * import { SGD, tensor } from "../mod.ts";
+ * const w = tensor([1, 2], { requiresGrad: true });
+ * const opt = new SGD([w], { lr: 0.5, momentum: 0.9 });
+ * w.grad = tensor([1, 1]);
+ * opt.step(); // buffer = g: w - 0.5
+ * opt.step(); // buffer = 0.9 + 1: w - 0.95
+ * console.log(Array.from(await w.toArray()).map((x) => x.toFixed(2))); // ["-0.45", "0.55"]
+ * ```
+ */
+export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
+  /** SGD's state dict holds only the momentum buffer, as PyTorch's. */
+  protected readonly savesStep = false;
+
+  /** An SGD over `params` (tensors or parameter groups). */
+  constructor(params: Params<SGDOptions>, opts: SGDOptions & { precision?: string } = {}) {
+    const { precision, ...rest } = opts;
+    const defaults = {
+      lr: 1e-3,
+      momentum: 0,
+      dampening: 0,
+      weightDecay: 0,
+      nesterov: false,
+      maximize: false,
+    };
+    for (const [k, v] of Object.entries(rest)) {
+      if (v !== undefined) (defaults as Record<string, unknown>)[k] = v;
+    }
+    validate(defaults as SGDParamGroup, "SGD");
+    super("SGD", params, defaults, precision);
+  }
+
+  protected validateGroup(g: SGDParamGroup, where: string): void {
+    validate(g, where);
+  }
+
+  protected programKey(g: SGDParamGroup): string {
+    return `sgd|${g.momentum !== 0}|${g.nesterov}|${g.maximize}`;
+  }
+
+  protected buildProgram(g: SGDParamGroup): UpdateProgram {
+    const s = this.precision;
+    const flags = { momentum: g.momentum !== 0, nesterov: g.nesterov, maximize: g.maximize };
+    const states = [
+      ...(flags.momentum
+        ? [{ name: "momentumBuffer", dtype: s.stateDtype("momentumBuffer") }]
+        : []),
+      ...s.extraStates,
+    ];
+    const buffers = [
+      { name: "param", dtype: s.param, access: "read_write" as const },
+      { name: "grad", dtype: s.grad, access: "read" as const },
+      ...states.map((b) => ({ ...b, access: "read_write" as const })),
+    ];
+    const custom = s.updates.sgd;
+    return {
+      label: "sgd",
+      buffers,
+      hyper: ["lr", "momentum", "damp1", "wd"],
+      classVals: ["isFirst"],
+      body: custom ? custom({ flags, buffers }) : sgdBody(flags),
+    };
+  }
+
+  protected hyper(g: SGDParamGroup): number[] {
+    return [g.lr, g.momentum, 1 - g.dampening, g.weightDecay];
+  }
+
+  protected classKey(g: SGDParamGroup, step: number): number {
+    return g.momentum !== 0 && step === 1 ? 1 : 0;
+  }
+
+  protected classValues(_g: SGDParamGroup, key: number): number[] {
+    return [key];
+  }
+
+  protected override nullStates(g: SGDParamGroup): string[] {
+    return g.momentum === 0 ? ["momentumBuffer"] : [];
+  }
+}
+
+/** The f32 SGD body: each stored value rounded once by q_<name>. */
+function sgdBody(flags: { momentum: boolean; nesterov: boolean; maximize: boolean }): string {
+  let s = `  var d = ${flags.maximize ? "-x.grad" : "x.grad"};
+  d = select(d, d + wd * x.param, wd != 0.0);
+`;
+  if (flags.momentum) {
+    s +=
+      `  let b = q_momentumBuffer(select(momentum * x.momentumBuffer + damp1 * d, d, isFirst > 0.5));
+  y.momentumBuffer = b;
+  d = ${flags.nesterov ? "d + momentum * b" : "b"};
+`;
+  }
+  return s + `  y.param = q_param(x.param - lr * d);`;
+}
+
+function validate(g: SGDParamGroup, where: string): void {
+  checkRange(where, "lr", g.lr, 0, Infinity, { hiOpen: true });
+  checkRange(where, "momentum", g.momentum, 0, Infinity, { hiOpen: true });
+  checkRange(where, "dampening", g.dampening, -Infinity, Infinity, { hiOpen: true });
+  checkRange(where, "weightDecay", g.weightDecay, 0, Infinity, { hiOpen: true });
+  checkBool(where, "nesterov", g.nesterov);
+  checkBool(where, "maximize", g.maximize);
+  if (g.nesterov && (g.momentum <= 0 || g.dampening !== 0)) {
+    throw new ValueError(
+      `${where}: nesterov momentum requires momentum > 0 and dampening 0 (got momentum ` +
+        `${g.momentum}, dampening ${g.dampening})`,
+    );
+  }
+}
