@@ -317,7 +317,7 @@ function streamSeed(op: string, opts: RandomOptions): number {
  * @example
  * ```ts
  * import { rand } from "../mod.ts";
- * const x = await rand([1000], { seed: 3 }).toArray();
+ * const x = Array.from(await rand([1000], { seed: 3 }).toArray());
  * console.log(Math.min(...x) >= 0 && Math.max(...x) < 1); // true
  * ```
  */
@@ -343,7 +343,7 @@ export function rand(shape: readonly number[], opts: RandomOptions = {}): Tensor
  * @example
  * ```ts
  * import { randn } from "../mod.ts";
- * const x = await randn([10000], { seed: 3 }).toArray();
+ * const x = Array.from(await randn([10000], { seed: 3 }).toArray());
  * const mean = x.reduce((a, b) => a + b, 0) / x.length;
  * console.log(Math.abs(mean) < 0.05); // true
  * ```

@@ -4,9 +4,13 @@
  * materialising the transpose, accumulation in f32 and one rounding to the output dtype.
  *
  * The kernel (a small program: `matmulSource()` returns WGSL for given layouts and tile
- * sizes) computes a 64x64 output tile per workgroup of 16x16 invocations, each a 4x4 block
- * of registers. Operands are decoded to f32 once, while a K-slice of each is copied into
- * workgroup memory; the inner loop then only multiplies f32. Each output element is
+ * sizes) computes an output tile per workgroup, each invocation a block of registers: 64x64
+ * per 16x16 invocations of 4x4 on GPUs; on CPU adapters (llvmpipe, where an invocation is a
+ * SIMD lane and a larger block amortises the workgroup-memory gathers) 128x128 per 8x8 of
+ * 16x16, with narrow tiles for skinny products so that a matrix-vector product does not pay
+ * for 127 padding rows. Operands are decoded to f32 once, while a K-slice of each is copied
+ * into workgroup memory, reading a packed operand a whole word at a time where its quads are
+ * word-aligned; the inner loop then only multiplies f32. Each output element is
  * `sum over r, k of A[r][m,k] B[r][k,n]`, where `r` runs over batch dimensions that are
  * *reduced*: the forward pass has none, and the backward pass uses them to sum a gradient
  * over broadcast batch dimensions inside the same f32 accumulator (no temporary, no second
@@ -32,13 +36,14 @@ import {
   isFloat,
   promoteTypes,
   wgslChunks,
+  wgslCodec,
 } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
 import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
-import { cast } from "./elementwise.ts";
+import { autocastInputs, cast } from "./elementwise.ts";
 
 /** Options of `matmul`: transposed operands and the output dtype. */
 export interface MatmulOptions {
@@ -50,9 +55,41 @@ export interface MatmulOptions {
   outDtype?: DTypeLike;
 }
 
-// Tile sizes: BM x BN outputs per workgroup of (BN/4) x (BM/4) invocations, K in slices of BK.
-const BM = 64, BN = 64, BK = 16;
-const WG_X = BN / 4, WG_Y = BM / 4, THREADS = WG_X * WG_Y;
+/**
+ * Tile sizes: a workgroup of wgx x wgy invocations computes (wgy tm) x (wgx tn) outputs, each
+ * invocation a tm x tn register block (tm and tn multiples of 4), K in slices of bk.
+ */
+export interface Tiles {
+  /** Rows of an invocation's register block (a multiple of 4). */
+  readonly tm: number;
+  /** Columns of an invocation's register block (a multiple of 4). */
+  readonly tn: number;
+  /** Invocations of a workgroup along N. */
+  readonly wgx: number;
+  /** Invocations of a workgroup along M. */
+  readonly wgy: number;
+  /** Depth of the K slice held in workgroup memory (a multiple of 4). */
+  readonly bk: number;
+}
+
+/** The classic GPU tiling: 64x64 outputs per 16x16 invocations of 4x4. */
+const GPU_TILES: Tiles = { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 16 };
+
+/**
+ * The tiles for an M x N product on the runtime's adapter. On CPU adapters, measured on
+ * llvmpipe (1024^3 f32): 4x4 register blocks give about 4.5 GFLOP/s, 16x16 blocks about 12.
+ * K slices stay at 4 there: compiling through the GL backend costs time quadratic in the
+ * size of workgroup arrays (512 vec4 take 1.7 s, 1024 take 15 s), for no measured speed.
+ */
+function tilesFor(rt: Runtime, M: number, N: number): Tiles {
+  if (!rt.info.isFallbackAdapter) return GPU_TILES;
+  if (M <= 32 && N <= 32) return { tm: 4, tn: 4, wgx: 8, wgy: 8, bk: 4 }; // 32 x 32
+  if (M <= 32) return { tm: 4, tn: 8, wgx: 16, wgy: 4, bk: 4 }; // 16 x 128
+  if (N <= 32) return { tm: 8, tn: 4, wgx: 4, wgy: 16, bk: 4 }; // 128 x 16
+  if (M <= 64 || N <= 64) return { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 4 }; // 64 x 64
+  return { tm: 16, tn: 16, wgx: 8, wgy: 8, bk: 4 }; // 128 x 128
+}
+
 /** Batch dimensions the kernel handles (kept and reduced together). */
 const MAX_BATCH_DIMS = 8;
 
@@ -73,77 +110,104 @@ const logicalCols = (v: View) => (v.trans ? v.rows : v.cols);
 const flip = (v: View): View => ({ ...v, trans: !v.trans });
 const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
-/** What the WGSL of one kernel depends on. */
-interface Config {
+/** What the WGSL of one matmul kernel depends on. */
+export interface MatmulKernelConfig {
+  /** Layout of the left operand. */
   readonly a: Layout;
+  /** Layout of the right operand. */
   readonly b: Layout;
+  /** Layout of the output (f32 when a packed output is rounded by a later cast). */
   readonly out: Layout;
-  /** Whether logical A's k (B's k) runs along the stored rows: the load pattern to use. */
+  /** Whether A is stored transposed (`[K,M]`). */
   readonly transA: boolean;
+  /** Whether B is stored transposed (`[N,K]`). */
   readonly transB: boolean;
-  /** Encode and write packed words directly (else the output is f32 for a later cast). */
+  /** Whether the output encoder clamps overflow to +-max. */
   readonly saturate: boolean;
+  /** The tiling. */
+  readonly tiles: Tiles;
 }
 
 /**
- * The WGSL of a matmul kernel for the given operand and output layouts. Bindings: `a`, `b`,
- * `out`, then the uniform block `U`. Launch with `(ceil(N/64), ceil(M/64), batches)`
- * workgroups. @internal
+ * The WGSL of a matmul kernel for the given operand and output layouts and tiles. Bindings:
+ * `a`, `b`, `out`, then the uniform block. Launched by `matmul()` with
+ * `(ceil(N / (wgx tn)), ceil(M / (wgy tm)), batches)` workgroups.
  *
  * @example
  * ```ts
- * import { dtype, layoutOf, matmulSource } from "../mod.ts";
+ * import { matmulSource } from "./matmul.ts";
+ * import { dtype, layoutOf } from "../mod.ts";
  * const l = (n: string) => layoutOf(dtype(n), null);
- * const src = matmulSource({ a: l("e4m3"), b: l("bf16"), out: l("f32"), transA: false, transB: true, saturate: false });
- * console.log(src.includes("var<workgroup> As")); // true
+ * const tiles = { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 16 };
+ * const src = matmulSource({
+ *   a: l("e4m3"), b: l("bf16"), out: l("f32"), transA: false, transB: true, saturate: false, tiles,
+ * });
+ * console.log(src.includes("@workgroup_size(16, 16)")); // true
  * ```
  */
-export function matmulSource(cfg: Config): string {
+export function matmulSource(cfg: MatmulKernelConfig): string {
   const { a, b, out } = cfg;
-  const chunks: string[][] = [wgslLoad(a, "a", "ld_a"), wgslLoad(b, "b", "ld_b")];
+  const { tm, tn, wgx, wgy, bk } = cfg.tiles;
+  if (tm % 4 || tn % 4 || bk % 4) {
+    throw new ValueError(`matmulSource(): tm, tn and bk must be multiples of 4`);
+  }
+  const bm = wgy * tm, bn = wgx * tn, threads = wgx * wgy;
+  const chunks: string[][] = [wgsl4(a, "a"), wgsl4(b, "b")];
   const enc = wgslEncoder(out, { rounding: "rne", saturate: cfg.saturate });
   chunks.push([...enc.chunks]);
-  const KQ = BK / 4; // k-quads per row of a K-slice
-  // A slice: BM x BK values into As[k * BM/4 + m/4][m % 4]; B slice: BK x BN into Bs[k * BN/4 + n/4][n % 4].
-  const unitsA = (BM * BK) / 4 / THREADS, unitsB = (BN * BK) / 4 / THREADS;
+  const four = (f: (c: number) => string, sep = "") => [0, 1, 2, 3].map(f).join(sep);
+  const X = "xyzw";
+  // Each operand's K-slice goes to workgroup memory as it is stored: a unit of work is 4
+  // consecutive stored columns (contiguous in memory: one word of four 8-bit lanes) of one
+  // stored row, and lands in one vec4. Tile extents along stored rows x stored columns:
+  //   A [M,K]: bm x bk, A^T ([K,M] stored): bk x bm, B [K,N]: bk x bn, B^T ([N,K]): bn x bk.
+  const slice = (
+    x: "a" | "b",
+    scatter: boolean,
+    [r0, c0]: [string, string],
+    [rLim, cLim]: [string, string],
+    [sr, sc]: [number, number],
+    width: number,
+  ) => {
+    const name = x === "a" ? "As" : "Bs", off = x === "a" ? "offA" : "offB";
+    const ld = x === "a" ? "U_.lda" : "U_.ldb";
+    const total = (sr * sc) / 4, per = Math.ceil(total / threads);
+    // scatter: the quad runs along k; element j goes to k-row (col0 + j), column sr-index
+    const put = scatter
+      ? four((j) =>
+        `        ${name}[(cq * 4u + ${j}u) * ${width / 4}u + rl / 4u][rl % 4u] = v.${X[j]};\n`
+      )
+      : `        ${name}[u] = v;\n`;
+    return `      for (var p = 0u; p < ${per}u; p = p + 1u) {
+        let u = li + p * ${threads}u;
+${total % threads === 0 ? "" : `        if (u >= ${total}u) { break; }\n`}\
+        let rl = u / ${sc / 4}u;
+        let cq = u % ${sc / 4}u;
+        let row = ${r0} + rl;
+        let col = ${c0} + cq * 4u;
+        let n_ok = select(0u, ${cLim} - col, row < ${rLim} && col < ${cLim});
+        let v = ld4_${x}(${off} + row * ${ld} + col, n_ok);
+${put}      }`;
+  };
   const loadA = cfg.transA
-    // stored [K, M]: consecutive m are contiguous; a unit is 4 consecutive m at one k.
-    ? `    let k = u / ${BM / 4}u; let mq = u % ${BM / 4}u;
-    var v = vec4<f32>(0.0);
-    let kg = k0 + k;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-      let m = m0 + mq * 4u + j;
-      if (m < U_.m && kg < U_.k) { v[j] = ld_a(offA + m * U_.sam + kg * U_.sak); }
-    }
-    As[k * ${BM / 4}u + mq] = v;`
-    // stored [M, K]: consecutive k are contiguous; a unit is 4 consecutive k of one row.
-    : `    let row = u / ${KQ}u; let kq = u % ${KQ}u;
-    let m = m0 + row;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-      let kg = k0 + kq * 4u + j;
-      var v = 0.0;
-      if (m < U_.m && kg < U_.k) { v = ld_a(offA + m * U_.sam + kg * U_.sak); }
-      As[(kq * 4u + j) * ${BM / 4}u + row / 4u][row % 4u] = v;
-    }`;
+    ? slice("a", false, ["k0", "m0"], ["U_.k", "U_.m"], [bk, bm], bm)
+    : slice("a", true, ["m0", "k0"], ["U_.m", "U_.k"], [bm, bk], bm);
   const loadB = cfg.transB
-    // stored [N, K]: a unit is 4 consecutive k of one column n.
-    ? `    let col = u / ${KQ}u; let kq = u % ${KQ}u;
-    let n = n0 + col;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-      let kg = k0 + kq * 4u + j;
-      var v = 0.0;
-      if (n < U_.n && kg < U_.k) { v = ld_b(offB + kg * U_.sbk + n * U_.sbn); }
-      Bs[(kq * 4u + j) * ${BN / 4}u + col / 4u][col % 4u] = v;
-    }`
-    // stored [K, N]: a unit is 4 consecutive n at one k.
-    : `    let k = u / ${BN / 4}u; let nq = u % ${BN / 4}u;
-    var v = vec4<f32>(0.0);
-    let kg = k0 + k;
-    for (var j = 0u; j < 4u; j = j + 1u) {
-      let n = n0 + nq * 4u + j;
-      if (n < U_.n && kg < U_.k) { v[j] = ld_b(offB + kg * U_.sbk + n * U_.sbn); }
-    }
-    Bs[k * ${BN / 4}u + nq] = v;`;
+    ? slice("b", true, ["n0", "k0"], ["U_.n", "U_.k"], [bn, bk], bn)
+    : slice("b", false, ["k0", "n0"], ["U_.k", "U_.n"], [bk, bn], bn);
+  const rows = [...Array(tm).keys()], quads = [...Array(tn / 4).keys()];
+  // the inner loop over k: As[k * bm/4 + m/4] and Bs[k * bn/4 + n/4] hold vec4 over m and n
+  const inner =
+    [...Array(tm / 4).keys()].map((q) =>
+      `        let a${q} = As[kk * ${bm / 4}u + lid.y * ${tm / 4}u + ${q}u];\n`
+    ).join("") +
+    quads.map((j) => `        let b${j} = Bs[kk * ${bn / 4}u + lid.x * ${tn / 4}u + ${j}u];\n`)
+      .join("") +
+    rows.map((i) =>
+      quads.map((j) =>
+        `        acc${i}_${j} = fma(vec4<f32>(a${i >> 2}.${X[i & 3]}), b${j}, acc${i}_${j});\n`
+      ).join("")
+    ).join("");
   // The store of one row of 4 values at columns n..n+3 (n a multiple of 4).
   let store: string;
   const lanes = out.lanes, laneBits = out.laneBits;
@@ -168,13 +232,32 @@ export function matmulSource(cfg: Config): string {
     }
   }`;
   }
+  const accDecl = rows.map((i) =>
+    quads.map((j) => `  var acc${i}_${j} = vec4<f32>(0.0);\n`).join("")
+  )
+    .join("");
+  // one store site (a loop over the blocks) keeps the encoder inlined once: shader
+  // compilers on CPUs take seconds for tm x tn/4 inlined copies of a generic encoder
+  const nAcc = tm * (tn / 4);
+  const cases = rows.map((i) =>
+    quads.map((j) => {
+      const t = i * (tn / 4) + j;
+      return `      ${t === nAcc - 1 ? "default" : `case ${t}u`}: { v = acc${i}_${j}; }\n`;
+    }).join("")
+  ).join("");
+  const stores = `  for (var t = 0u; t < ${nAcc}u; t = t + 1u) {
+    var v: vec4<f32>;
+    switch t {
+${cases}    }
+    store_row(m + t / ${tn / 4}u, n + (t % ${tn / 4}u) * 4u, v, zoff);
+  }
+`;
   const f16 = needsF16([a, b, out]) ? "enable f16;\n" : "";
   return `${f16}${wgslChunks(...chunks)}
 struct Uniforms {
   m: u32, n: u32, k: u32, nb: u32,
-  nd: u32, r: u32, pad0: u32, pad1: u32,
-  sam: u32, sak: u32, sbk: u32, sbn: u32,
-  x0: u32, y0: u32, z0: u32, pad2: u32,
+  nd: u32, r: u32, lda: u32, ldb: u32,
+  x0: u32, y0: u32, z0: u32, pad: u32,
   dims: array<vec4<u32>, 2>,
   sa: array<vec4<u32>, 2>,
   sb: array<vec4<u32>, 2>,
@@ -182,20 +265,20 @@ struct Uniforms {
 ${wgslBinding(a, 0, 0, "a", "read")}${wgslBinding(b, 0, 1, "b", "read")}${
     wgslBinding(out, 0, 2, "out", "read_write")
   }@group(0) @binding(3) var<uniform> U_: Uniforms;
-var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
-var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
+var<workgroup> As: array<vec4<f32>, ${(bk * bm) / 4}>;
+var<workgroup> Bs: array<vec4<f32>, ${(bk * bn) / 4}>;
 
 fn store_row(m: u32, n: u32, v: vec4<f32>, zoff: u32) {
-  if (m >= U_.m) { return; }
+  if (m >= U_.m || n >= U_.n) { return; }
   let e = zoff + m * U_.n + n;
 ${store}
 }
 
-@compute @workgroup_size(${WG_X}, ${WG_Y})
+@compute @workgroup_size(${wgx}, ${wgy})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
         @builtin(local_invocation_index) li: u32) {
-  let n0 = (wid.x + U_.x0) * ${BN}u;
-  let m0 = (wid.y + U_.y0) * ${BM}u;
+  let n0 = (wid.x + U_.x0) * ${bn}u;
+  let m0 = (wid.y + U_.y0) * ${bm}u;
   let z = wid.z + U_.z0;
   // offsets of this output batch in a and b (kept batch dimensions 0..nb-1)
   var rem = z;
@@ -208,11 +291,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     baseA = baseA + i * U_.sa[d / 4][d % 4];
     baseB = baseB + i * U_.sb[d / 4][d % 4];
   }
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
-  var acc2 = vec4<f32>(0.0);
-  var acc3 = vec4<f32>(0.0);
-  for (var r = 0u; r < U_.r; r = r + 1u) {
+${accDecl}  for (var r = 0u; r < U_.r; r = r + 1u) {
     // offsets of reduced batch r (dimensions nb..nd-1), summed into the same accumulators
     var rr = r;
     var offA = baseA;
@@ -224,44 +303,72 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       offA = offA + i * U_.sa[d / 4][d % 4];
       offB = offB + i * U_.sb[d / 4][d % 4];
     }
-    for (var k0 = 0u; k0 < U_.k; k0 = k0 + ${BK}u) {
-      for (var p = 0u; p < ${unitsA}u; p = p + 1u) {
-        let u = li + p * ${THREADS}u;
+    for (var k0 = 0u; k0 < U_.k; k0 = k0 + ${bk}u) {
 ${loadA}
-      }
-      for (var p = 0u; p < ${unitsB}u; p = p + 1u) {
-        let u = li + p * ${THREADS}u;
 ${loadB}
-      }
       workgroupBarrier();
-      for (var kk = 0u; kk < ${BK}u; kk = kk + 1u) {
-        let av = As[kk * ${BM / 4}u + lid.y];
-        let bv = Bs[kk * ${BN / 4}u + lid.x];
-        acc0 = fma(vec4<f32>(av.x), bv, acc0);
-        acc1 = fma(vec4<f32>(av.y), bv, acc1);
-        acc2 = fma(vec4<f32>(av.z), bv, acc2);
-        acc3 = fma(vec4<f32>(av.w), bv, acc3);
-      }
+      for (var kk = 0u; kk < ${bk}u; kk = kk + 1u) {
+${inner}      }
       workgroupBarrier();
     }
   }
   let zoff = z * U_.m * U_.n;
-  let m = m0 + lid.y * 4u;
-  let n = n0 + lid.x * 4u;
-  if (n >= U_.n) { return; }
-  store_row(m, n, acc0, zoff);
-  store_row(m + 1u, n, acc1, zoff);
-  store_row(m + 2u, n, acc2, zoff);
-  store_row(m + 3u, n, acc3, zoff);
-}
+  let m = m0 + lid.y * ${tm}u;
+  let n = n0 + lid.x * ${tn}u;
+${stores}}
 `;
+}
+
+/**
+ * WGSL that defines `ld4_<x>(at: u32, n_ok: u32) -> vec4<f32>`: elements at..at+3 of
+ * the binding `x`, decoded to f32, zero from element `n_ok` on. A word-aligned quad of a
+ * packed dtype is read as whole words and each lane decoded once.
+ */
+function wgsl4(l: Layout, x: string): string[] {
+  const one = `ld1_${x}`;
+  if (l.lanes === 1) {
+    return [
+      ...wgslLoad(l, x, one),
+      `fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
+  let v = vec4<f32>(${one}(at), ${one}(at + 1u), ${one}(at + 2u), ${one}(at + 3u));
+  return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
+}\n`,
+    ];
+  }
+  // packed: gather the 4 codes (whole words when aligned), then decode each once
+  const c = wgslCodec(l.dtype);
+  const { lanes, laneBits } = l;
+  const mask = `${(2 ** laneBits - 1) >>> 0}u`;
+  const code = `code_${x}`;
+  const words = lanes === 4
+    ? `let w = ${x}[at / 4u];
+    q = vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u);`
+    : `let w0 = ${x}[at / 2u];
+    let w1 = ${x}[at / 2u + 1u];
+    q = vec4<u32>(w0, w0 >> 16u, w1, w1 >> 16u);`;
+  return [
+    ...c.chunks,
+    `fn ${code}(i: u32) -> u32 { return ${x}[i / ${lanes}u] >> ((i % ${lanes}u) * ${laneBits}u); }
+fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
+  var q: vec4<u32>;
+  if (at % ${lanes}u == 0u) {
+    ${words}
+  } else {
+    q = vec4<u32>(${code}(at), ${code}(at + 1u), ${code}(at + 2u), ${code}(at + 3u));
+  }
+  q = q & vec4<u32>(${mask});
+  let v = vec4<f32>(${c.decode}(q.x), ${c.decode}(q.y), ${c.decode}(q.z), ${c.decode}(q.w));
+  return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
+}\n`,
+  ];
 }
 
 const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
 
-function getKernel(rt: Runtime, cfg: Config): Kernel {
+function getKernel(rt: Runtime, cfg: MatmulKernelConfig): Kernel {
+  const t = cfg.tiles;
   const key = [cfg.a, cfg.b, cfg.out].map((l) => `${l.dtype.name}:${l.elem}`).join(",") +
-    `|${cfg.transA}|${cfg.transB}|${cfg.saturate}`;
+    `|${cfg.transA}|${cfg.transB}|${cfg.saturate}|${t.tm},${t.tn},${t.wgx},${t.wgy},${t.bk}`;
   let cache = kernelCache.get(rt);
   if (!cache) kernelCache.set(rt, cache = new Map());
   let k = cache.get(key);
@@ -330,7 +437,9 @@ function gemm(
   }
   const Z = prod(dims.slice(0, nb)), R = prod(dims.slice(nb));
   if (M * N * Z > 0) {
+    const tiles = tilesFor(rt, M, N);
     const kernel = getKernel(rt, {
+      tiles,
       a: layoutOf(A.t.dt, rt),
       b: layoutOf(B.t.dt, rt),
       out: layoutOf(target, rt),
@@ -338,24 +447,23 @@ function gemm(
       transB: B.trans,
       saturate: outDt.saturate,
     });
-    const u = new Uint32Array(40);
-    u.set([M, N, K, nb, dims.length, R]);
-    // element strides of logical (row, col): stored (i, j) is at i * cols + j
-    u.set(A.trans ? [1, A.cols] : [A.cols, 1], 8);
-    u.set(B.trans ? [1, B.cols] : [B.cols, 1], 10);
-    u.set(dims, 16);
-    u.set(sa, 24);
-    u.set(sb, 32);
+    // the uniform block (struct Uniforms): sizes, stored row lengths, grid offsets (set
+    // below), then batch sizes and per-operand batch strides (8 each)
+    const u = new Uint32Array(36);
+    u.set([M, N, K, nb, dims.length, R, A.cols, B.cols]);
+    u.set(dims, 12);
+    u.set(sa, 20);
+    u.set(sb, 28);
     const maxG = rt.info.limits.maxComputeWorkgroupsPerDimension;
-    const gx = Math.ceil(N / BN), gy = Math.ceil(M / BM);
+    const gx = Math.ceil(N / (tiles.wgx * tiles.tn)), gy = Math.ceil(M / (tiles.wgy * tiles.tm));
     const bufs = [A.t.buffer(op), B.t.buffer(op), out.buffer(op)];
     // launches within the per-dimension limit; the offsets x0, y0, z0 go in the uniforms
     for (let z0 = 0; z0 < Z; z0 += maxG) {
       for (let y0 = 0; y0 < gy; y0 += maxG) {
         for (let x0 = 0; x0 < gx; x0 += maxG) {
-          u[12] = x0;
-          u[13] = y0;
-          u[14] = z0;
+          u[8] = x0;
+          u[9] = y0;
+          u[10] = z0;
           rt.dispatch(
             kernel,
             bufs,
@@ -399,8 +507,9 @@ function describe(a: Tensor, b: Tensor, o: MatmulOptions): string {
  *
  * Operands may have any float dtype, mixed; the products are accumulated in f32 and rounded
  * once to the output dtype (`promoteTypes(a.dtype, b.dtype)` unless `outDtype` is given).
- * Gradients flow to both operands, in each operand's own dtype, summed over the batch
- * dimensions that were broadcast.
+ * Inside `autocast()`, the operands are first cast to the context's dtype. Gradients flow to
+ * both operands, in each operand's own dtype, summed over the batch dimensions that were
+ * broadcast (inside the f32 accumulator, rounded once).
  *
  * @example
  * ```ts
@@ -435,19 +544,14 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
       );
     }
   }
-  let outDt: DType;
-  if (opts.outDtype !== undefined) {
-    outDt = toDType(opts.outDtype);
-    if (!isFloat(outDt)) {
-      throw new DTypeError(
-        `matmul(): outDtype must be a float dtype, got ${outDt.name}: ${describe(a, b, opts)}`,
-      );
-    }
-  } else {
-    outDt = promoteTypes(a.dt, b.dt);
+  const want = opts.outDtype === undefined ? null : toDType(opts.outDtype);
+  if (want !== null && !isFloat(want)) {
+    throw new DTypeError(
+      `matmul(): outDtype must be a float dtype, got ${want.name}: ${describe(a, b, opts)}`,
+    );
   }
-  const A = viewOf(a, opts.transA ?? false, true);
-  const B = viewOf(b, opts.transB ?? false, false);
+  let A = viewOf(a, opts.transA ?? false, true);
+  let B = viewOf(b, opts.transB ?? false, false);
   const M = logicalRows(A), K = logicalCols(A), K2 = logicalRows(B), N = logicalCols(B);
   if (K !== K2) {
     throw new ShapeError(
@@ -455,11 +559,21 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
         `${K} columns of the left operand, ${K2} rows of the right`,
     );
   }
-  const full = broadcastBatch(A.batch, B.batch, () =>
-    `matmul(): batch dimensions ${fmtShape(A.batch)} and ${
-      fmtShape(B.batch)
-    } cannot be broadcast together: ${describe(a, b, opts)}`);
+  const full = broadcastBatch(
+    A.batch,
+    B.batch,
+    () =>
+      `matmul(): batch dimensions ${fmtShape(A.batch)} and ${
+        fmtShape(B.batch)
+      } cannot be broadcast together: ${describe(a, b, opts)}`,
+  );
   const outShape = [...full, ...(a.ndim > 1 ? [M] : []), ...(b.ndim > 1 ? [N] : [])];
+  // under autocast, the operands in the context's lower dtype (the gradient flows back
+  // through the casts to the originals)
+  [a, b] = autocastInputs("matmul", [a, b]);
+  A = { ...A, t: a };
+  B = { ...B, t: b };
+  const outDt = want ?? promoteTypes(a.dt, b.dt);
   const out = gemm("matmul", A, B, full, full.map(() => true), outDt, outShape);
   return attach(out, "matmul", [a, b], (g) => {
     // g is the output's gradient, read as [...full, M, N] (vector dimensions restored)

@@ -1,0 +1,446 @@
+import assert from "node:assert/strict";
+import {
+  autocast,
+  type DType,
+  dtype,
+  DTypeError,
+  getRuntime,
+  matmul,
+  type MatmulOptions,
+  memory,
+  noGrad,
+  ShapeError,
+  type Tensor,
+  tensor,
+} from "../../mod.ts";
+
+// ---- host reference ----------------------------------------------------------------------------
+
+/** A seeded generator of uniform values in [0, 1) (mulberry32). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+
+/** An operand: the tensor and the values it holds, decoded on the host. */
+interface Operand {
+  t: Tensor;
+  v: Float64Array;
+  shape: number[];
+}
+
+/** A tensor of `dt` with values uniform in [-scale, scale], and its decoded values. */
+function operand(shape: number[], dt: string, r: () => number, scale = 2): Operand {
+  const raw = Float32Array.from({ length: prod(shape) }, () => (2 * r() - 1) * scale);
+  const d = dtype(dt);
+  const dec = d.name === "f32" ? raw : d.decode(d.encode(raw));
+  return { t: tensor(raw, { shape, dtype: dt }), v: Float64Array.from(dec), shape };
+}
+
+interface Reference {
+  shape: number[];
+  /** The exact products summed in f64. */
+  val: Float64Array;
+  /** Sum of |a_ik b_kj|, the scale of the f32 accumulation error. */
+  mag: Float64Array;
+}
+
+/** torch.matmul semantics in f64: 1-D operands, broadcast batch dims, transposed operands. */
+function reference(a: Operand, b: Operand, o: MatmulOptions = {}): Reference {
+  const a1 = a.shape.length === 1, b1 = b.shape.length === 1;
+  const [ar, ac] = a1 ? [1, a.shape[0]] : a.shape.slice(-2);
+  const [br, bc] = b1 ? [b.shape[0], 1] : b.shape.slice(-2);
+  const tA = !a1 && !!o.transA, tB = !b1 && !!o.transB;
+  const M = tA ? ac : ar, K = tA ? ar : ac, N = tB ? br : bc;
+  assert.equal(K, tB ? bc : br, "reference: inner dimensions");
+  const aB = a1 ? [] : a.shape.slice(0, -2), bB = b1 ? [] : b.shape.slice(0, -2);
+  const rank = Math.max(aB.length, bB.length);
+  const pad = (s: number[]) => [...Array(rank - s.length).fill(1), ...s];
+  const pa = pad(aB), pb = pad(bB);
+  const full = pa.map((x, d) => Math.max(x, pb[d]));
+  const strides = (s: number[], mat: number) => {
+    const st = new Array(rank).fill(0);
+    let acc = mat;
+    for (let d = rank - 1; d >= 0; d--) {
+      st[d] = s[d] === 1 ? 0 : acc;
+      acc *= s[d];
+    }
+    return st;
+  };
+  const sa = strides(pa, ar * ac), sb = strides(pb, br * bc);
+  const nB = prod(full);
+  const val = new Float64Array(nB * M * N), mag = new Float64Array(nB * M * N);
+  for (let z = 0; z < nB; z++) {
+    let rem = z, offA = 0, offB = 0;
+    for (let d = rank - 1; d >= 0; d--) {
+      const i = rem % full[d];
+      rem = Math.floor(rem / full[d]);
+      offA += i * sa[d];
+      offB += i * sb[d];
+    }
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = 0, g = 0;
+        for (let k = 0; k < K; k++) {
+          const x = a.v[offA + (tA ? k * ac + m : m * ac + k)];
+          const y = b.v[offB + (tB ? n * bc + k : k * bc + n)];
+          s += x * y;
+          g += Math.abs(x * y);
+        }
+        val[(z * M + m) * N + n] = s;
+        mag[(z * M + m) * N + n] = g;
+      }
+    }
+  }
+  return { shape: [...full, ...(a1 ? [] : [M]), ...(b1 ? [] : [N])], val, mag };
+}
+
+/** The storage values of `d` at or below / at or above x (IEEE-style, no overflow). */
+function spacing(x: number, d: DType): number {
+  const e = Math.max(Math.floor(Math.log2(Math.abs(x))), 1 - d.bias);
+  return 2 ** (e - d.mantissaBits);
+}
+function roundDown(x: number, d: DType): number {
+  return x === 0 ? 0 : Math.floor(x / spacing(x, d)) * spacing(x, d);
+}
+function roundUp(x: number, d: DType): number {
+  return x === 0 ? 0 : Math.ceil(x / spacing(x, d)) * spacing(x, d);
+}
+
+/**
+ * Checks a result against the reference: within the f32 accumulation error (1e-5 of the sum
+ * of |products|) for f32; for other dtypes, one of the storage values neighbouring that
+ * interval (rounded once); for bf16x2, hi + lo within 2^-16 relative.
+ */
+async function check(out: Tensor, ref: Reference, outDt: string, label: string): Promise<void> {
+  assert.deepEqual(out.shape, ref.shape, `${label}: shape`);
+  assert.equal(out.dtype, outDt, `${label}: dtype`);
+  const got = await out.toArray();
+  const d = dtype(outDt);
+  for (let i = 0; i < got.length; i++) {
+    const r = ref.val[i], tol = 1e-5 * ref.mag[i] + 1e-30, g = got[i];
+    let ok: boolean;
+    if (d.name === "f32") ok = Math.abs(g - r) <= tol;
+    else if (d.kind === "mcf") ok = Math.abs(g - r) <= tol + Math.abs(r) * 2 ** -16;
+    else ok = g >= roundDown(r - tol, d) && g <= roundUp(r + tol, d);
+    if (!ok) {
+      assert.fail(
+        `${label}: element ${i} of ${got.length} is ${g}, reference ${r} (sum |ab| ${ref.mag[i]})`,
+      );
+    }
+  }
+}
+
+/** Runs matmul on fresh operands and checks it against the reference. */
+async function run(
+  aShape: number[],
+  bShape: number[],
+  aDt: string,
+  bDt: string,
+  outDt: string,
+  opts: MatmulOptions = {},
+  seed = 1,
+): Promise<void> {
+  const r = rng(seed);
+  const a = operand(aShape, aDt, r), b = operand(bShape, bDt, r);
+  const out = matmul(a.t, b.t, opts);
+  const label = `[${aShape}] (${aDt}) @ [${bShape}] (${bDt}) ${JSON.stringify(opts)}`;
+  await check(out, reference(a, b, opts), outDt, label);
+  for (const t of [a.t, b.t, out]) t.dispose();
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+Deno.test("matmul() of f32 matrices matches an f64 reference at every tile class and edge", async () => {
+  for (
+    const [M, K, N] of [
+      [1, 1, 1],
+      [7, 13, 5],
+      [17, 3, 1000],
+      [1000, 3, 17],
+      [3, 1000, 17],
+      [64, 64, 64],
+      [65, 129, 33],
+      [130, 70, 150],
+    ]
+  ) {
+    await run([M, K], [K, N], "f32", "f32", "f32");
+  }
+});
+
+Deno.test("matmul() accumulates in f32 and rounds once for every low-precision dtype", async () => {
+  // N = 64: packed outputs written as whole words by the kernel; N = 5 and 33: an f32
+  // temporary rounded by cast()
+  for (const dt of ["f16", "bf16", "e4m3", "e5m2", "e8m3", "bf16x2"]) {
+    for (const [M, K, N] of [[7, 13, 5], [64, 64, 64], [65, 129, 33]]) {
+      await run([M, K], [K, N], dt, dt, dt, {}, M + N);
+    }
+  }
+});
+
+Deno.test("matmul() of mixed dtypes gives the promoted dtype", async () => {
+  for (
+    const [aDt, bDt, outDt] of [
+      ["bf16", "e4m3", "bf16"],
+      ["f16", "bf16", "f32"],
+      ["e4m3", "e5m2", "f32"],
+      ["f32", "e4m3", "f32"],
+      ["e5m2", "f16", "f16"],
+      ["bf16x2", "bf16", "bf16x2"],
+    ]
+  ) {
+    await run([33, 20], [20, 36], aDt, bDt, outDt);
+  }
+});
+
+Deno.test("matmul() rounds to outDtype when one is given", async () => {
+  await run([9, 40], [40, 12], "e4m3", "e4m3", "f32", { outDtype: "f32" });
+  await run([9, 40], [40, 12], "f32", "f32", "bf16", { outDtype: "bf16" });
+  await run([9, 40], [40, 7], "f32", "f32", "e5m2", { outDtype: "e5m2" });
+  assert.throws(
+    () => matmul(tensor([[1]]), tensor([[1]]), { outDtype: "i32" }),
+    (e: Error) => e instanceof DTypeError && /outDtype/.test(e.message),
+  );
+});
+
+Deno.test("matmul() broadcasts batch dimensions as torch.matmul", async () => {
+  await run([2, 3, 5, 4], [4, 6], "f32", "f32", "f32");
+  await run([2, 1, 5, 4], [3, 4, 6], "f32", "f32", "f32");
+  await run([5, 4], [2, 3, 4, 6], "bf16", "bf16", "bf16");
+  await run([3, 5, 4], [3, 4, 8], "e4m3", "f32", "f32");
+  await run([2, 1, 3, 4, 9], [1, 5, 1, 9, 4], "f32", "f32", "f32");
+});
+
+Deno.test("matmul() treats 1-D operands as torch does (row, column, dot product)", async () => {
+  const r = rng(7);
+  const v = operand([4], "f32", r), w = operand([4], "f32", r);
+  const dot = matmul(v.t, w.t);
+  assert.deepEqual(dot.shape, []);
+  await check(dot, reference(v, w), "f32", "dot");
+  await run([4], [4, 6], "f32", "f32", "f32");
+  await run([2, 5, 4], [4], "bf16", "bf16", "bf16");
+  await run([4], [3, 4, 6], "f32", "f32", "f32");
+  await run([40], [40], "e4m3", "e4m3", "e4m3");
+});
+
+Deno.test("matmul() reads transposed operands without copying them", async () => {
+  for (const [transA, transB] of [[true, false], [false, true], [true, true]]) {
+    const o = { transA, transB };
+    const a = transA ? [2, 13, 7] : [2, 7, 13], b = transB ? [5, 13] : [13, 5];
+    await run(a, b, "f32", "f32", "f32", o);
+    const a2 = transA ? [70, 67] : [67, 70], b2 = transB ? [40, 70] : [70, 40];
+    await run(a2, b2, "e4m3", "bf16", "bf16", o);
+  }
+  await run([130, 66], [150, 130], "bf16", "f32", "f32", { transA: true, transB: true });
+});
+
+Deno.test("matmul() handles empty dimensions: K = 0 gives zeros, M = 0 an empty result", async () => {
+  const z = matmul(tensor(new Float32Array(0), { shape: [3, 0] }), tensor([], { shape: [0, 2] }));
+  assert.deepEqual(z.shape, [3, 2]);
+  assert.deepEqual(Array.from(await z.toArray()), [0, 0, 0, 0, 0, 0]);
+  const e = matmul(tensor(new Float32Array(0), { shape: [0, 3] }), tensor([[1], [2], [3]]));
+  assert.deepEqual(e.shape, [0, 1]);
+  assert.equal((await e.toArray()).length, 0);
+});
+
+Deno.test("matmul() covers more than 65,535 batches by splitting the launch", async () => {
+  const Z = 70_000;
+  const r = rng(3);
+  const x = operand([Z, 1, 2], "f32", r), w = operand([2, 1], "f32", r);
+  await check(matmul(x.t, w.t), reference(x, w), "f32", "70,000 batches");
+});
+
+Deno.test("matmul() with a packed output of odd width frees its f32 temporary", async () => {
+  const a = tensor([[1, 2, 3], [4, 5, 6]], { dtype: "bf16" });
+  const b = tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0]], { dtype: "bf16" });
+  const before = memory().liveBytes;
+  const c = matmul(a, b);
+  await c.toArray();
+  assert.equal(memory().liveBytes - before, 12); // 6 bf16 values in 3 words
+  assert.deepEqual(Array.from(await c.toArray()), [4, 5, 3, 10, 11, 9]);
+});
+
+Deno.test("matmul() checks shapes and dtypes at the call, before any dispatch", async () => {
+  const rt = await getRuntime();
+  const f = tensor([[1, 2, 3], [4, 5, 6]]);
+  const g = tensor(new Float32Array(20), { shape: [4, 5], dtype: "bf16" });
+  const before = rt.counters.dispatches;
+  assert.throws(() => matmul(f, g), (e: Error) => {
+    assert.ok(e instanceof ShapeError);
+    assert.match(
+      e.message,
+      /^matmul\(\): inner dimensions differ: \[2,3\] \(f32\) @ \[4,5\] \(bf16\)/,
+    );
+    return true;
+  });
+  assert.throws(
+    () => matmul(f, g, { transA: true }),
+    (e: Error) => e instanceof ShapeError && /\[2,3\] \(f32, transposed\)/.test(e.message),
+  );
+  const b1 = tensor(new Float32Array(2 * 3 * 4), { shape: [2, 3, 4] });
+  const b2 = tensor(new Float32Array(3 * 4 * 5), { shape: [3, 4, 5] });
+  assert.throws(
+    () => matmul(b1, b2),
+    (e: Error) =>
+      e instanceof ShapeError && /batch dimensions \[2\] and \[3\]/.test(e.message) &&
+      e.message.includes("[2,3,4] (f32) @ [3,4,5] (f32)"),
+  );
+  assert.throws(
+    () => matmul(tensor(2), f),
+    (e: Error) => e instanceof ShapeError && /at least one dimension/.test(e.message),
+  );
+  assert.throws(
+    () => matmul(tensor(new Int32Array([1, 2])), tensor([1, 2])),
+    (e: Error) => e instanceof DTypeError && /\[2\] \(i32\) @ \[2\] \(f32\)/.test(e.message),
+  );
+  assert.throws(() => matmul(f, f.gt(0)), DTypeError);
+  assert.equal(rt.counters.dispatches - before, 1); // only the gt() above
+});
+
+Deno.test("matmul() property: seeded random shapes, broadcasts, dtypes and transposes", async () => {
+  const r = rng(2024);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
+  const size = () => 1 + Math.floor(r() * 24);
+  const pairs = [["f32", "f32"], ["bf16", "bf16"], ["e4m3", "bf16"], ["f16", "f32"]] as const;
+  for (let c = 0; c < 16; c++) {
+    const [M, K, N] = [size(), size(), size()];
+    const rank = Math.floor(r() * 3);
+    const batch = Array.from({ length: rank }, () => pick([1, 2, 3]));
+    const bA = batch.map((s) => (r() < 0.3 ? 1 : s)).slice(Math.floor(r() * (rank + 1)));
+    const bB = batch.map((s) => (r() < 0.3 ? 1 : s)).slice(Math.floor(r() * (rank + 1)));
+    const transA = r() < 0.5, transB = r() < 0.5;
+    const [aDt, bDt] = pick(pairs);
+    const aShape = r() < 0.1 ? [K] : [...bA, ...(transA ? [K, M] : [M, K])];
+    const bShape = r() < 0.1 ? [K] : [...bB, ...(transB ? [N, K] : [K, N])];
+    const outDt = dtype(aDt) === dtype(bDt) ? aDt : aDt === "e4m3" ? "bf16" : "f32";
+    await run(aShape, bShape, aDt, bDt, outDt, { transA, transB }, 100 + c);
+  }
+});
+
+// ---- gradients ----------------------------------------------------------------------------------
+
+/** dL/dx by central differences of L = sum(matmul(...) * g), each evaluation on the GPU. */
+async function numericGrad(
+  x: Float32Array,
+  shape: number[],
+  f: (t: Tensor) => Tensor,
+  g: Float64Array,
+  eps = 1 / 64,
+): Promise<Float64Array> {
+  const outs: Promise<Float32Array>[] = [];
+  for (let i = 0; i < x.length; i++) {
+    for (const s of [1, -1]) {
+      const y = x.slice();
+      y[i] += s * eps;
+      const t = tensor(y, { shape });
+      const o = f(t);
+      outs.push(o.toArray() as Promise<Float32Array>);
+      t.dispose();
+      o.dispose();
+    }
+  }
+  const vals = await Promise.all(outs);
+  const loss = (v: Float32Array) => v.reduce((acc, y, j) => acc + y * g[j], 0);
+  return Float64Array.from(
+    { length: x.length },
+    (_, i) => (loss(vals[2 * i]) - loss(vals[2 * i + 1])) / (2 * eps),
+  );
+}
+
+async function gradCase(aShape: number[], bShape: number[], opts: MatmulOptions): Promise<void> {
+  const r = rng(aShape.length * 10 + bShape.length);
+  const av = Float32Array.from({ length: prod(aShape) }, () => 2 * r() - 1);
+  const bv = Float32Array.from({ length: prod(bShape) }, () => 2 * r() - 1);
+  const a = tensor(av, { shape: aShape, requiresGrad: true });
+  const b = tensor(bv, { shape: bShape, requiresGrad: true });
+  const out = matmul(a, b, opts);
+  assert.ok(out.requiresGrad && out.node !== null && out.node.op === "matmul");
+  const gv = Float32Array.from({ length: out.size }, () => 2 * r() - 1);
+  const g = tensor(gv, { shape: [...out.shape] });
+  const [dA, dB] = out.node!.backward(g);
+  assert.deepEqual(dA!.shape, aShape);
+  assert.deepEqual(dB!.shape, bShape);
+  const g64 = Float64Array.from(gv);
+  const numA = await numericGrad(av, aShape, (t) => matmul(t, b, opts), g64);
+  const numB = await numericGrad(bv, bShape, (t) => matmul(a, t, opts), g64);
+  const label = `[${aShape}] @ [${bShape}] ${JSON.stringify(opts)}`;
+  for (const [name, got, num] of [["dA", dA!, numA], ["dB", dB!, numB]] as const) {
+    const v = await got.toArray();
+    for (let i = 0; i < v.length; i++) {
+      assert.ok(
+        Math.abs(v[i] - num[i]) <= 1e-3 * (1 + Math.abs(num[i])),
+        `${label} ${name}[${i}] = ${v[i]}, finite differences ${num[i]}`,
+      );
+    }
+  }
+}
+
+Deno.test("matmul() gradients match central finite differences in f32", async () => {
+  await gradCase([3, 4], [4, 5], {});
+  await gradCase([2, 3, 4], [4, 5], {});
+  await gradCase([2, 1, 3, 4], [3, 4, 2], {});
+  await gradCase([4, 3], [2, 4, 5], { transA: true });
+  await gradCase([2, 3, 4], [5, 4], { transB: true });
+  await gradCase([2, 4, 3], [1, 5, 4], { transA: true, transB: true });
+  await gradCase([4], [4, 3], {});
+  await gradCase([2, 3, 4], [4], {});
+  await gradCase([4], [4], {});
+});
+
+Deno.test("matmul() gradients keep each operand's dtype and sum broadcast batches before rounding", async () => {
+  const r = rng(11);
+  const a = operand([2, 3, 5, 4], "bf16", r, 1), b = operand([4, 6], "e4m3", r, 1);
+  const g = operand([2, 3, 5, 6], "f32", r, 1);
+  a.t.requiresGrad = true;
+  b.t.requiresGrad = true;
+  const out = matmul(a.t, b.t);
+  assert.equal(out.dtype, "bf16");
+  const [dA, dB] = out.node!.backward(g.t);
+  // dA = g @ B^T in bf16; dB = sum over the 6 batches of A^T @ g, rounded once to e4m3
+  const bT = { ...b, shape: [4, 6] };
+  await check(dA!, reference(g, bT, { transB: true }), "bf16", "dA");
+  const flatA = { ...a, shape: [30, 4] }, flatG = { ...g, shape: [30, 6] };
+  await check(dB!, reference(flatA, flatG, { transA: true }), "e4m3", "dB");
+});
+
+Deno.test("matmul() records a graph node only when an input requires a gradient", () => {
+  const a = tensor([[1, 2]]), b = tensor([[3], [4]], { requiresGrad: true });
+  assert.equal(matmul(a, a, { transB: true }).node, null);
+  const out = matmul(a, b);
+  assert.ok(out.requiresGrad);
+  const [dA, dB] = out.node!.backward(tensor([[1]]));
+  assert.equal(dA, null);
+  assert.deepEqual(dB!.shape, [2, 1]);
+  assert.equal(noGrad(() => matmul(a, b)).node, null);
+});
+
+Deno.test("matmul() under autocast computes in the context's dtype, gradients reach the f32 inputs", async () => {
+  const r = rng(5);
+  const a = operand([6, 9], "f32", r), b = operand([9, 7], "f32", r);
+  a.t.requiresGrad = true;
+  const out = autocast({ dtype: "bf16" }, () => matmul(a.t, b.t));
+  assert.equal(out.dtype, "bf16");
+  const bf16 = dtype("bf16");
+  const low = (o: Operand): Operand => ({
+    ...o,
+    v: Float64Array.from(bf16.decode(bf16.encode(Float32Array.from(o.v)))),
+  });
+  await check(out, reference(low(a), low(b)), "bf16", "autocast bf16");
+  // the graph runs through the cast of a: matmul's input is the bf16 copy
+  const castA = out.node!.inputs[0];
+  assert.equal(castA.dtype, "bf16");
+  assert.equal(castA.node!.op, "cast");
+  const [dLow] = out.node!.backward(tensor(new Float32Array(42).fill(1), { shape: [6, 7] }));
+  assert.equal(dLow!.dtype, "bf16");
+  const [dA] = castA.node!.backward(dLow!);
+  assert.equal(dA!.dtype, "f32");
+  assert.deepEqual(Array.from(await dA!.toArray()), Array.from(await dLow!.toArray()));
+});
