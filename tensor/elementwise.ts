@@ -20,7 +20,7 @@ import {
   WGSL_RNG,
   wgslChunks,
 } from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
+import { ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
 import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";

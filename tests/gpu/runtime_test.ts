@@ -31,7 +31,10 @@ Deno.test("the device is acquired once with the adapter's limits and features", 
   assert.equal(currentRuntime(), a);
   const lim = a.device.limits;
   assert.equal(a.info.limits.maxStorageBufferBindingSize, lim.maxStorageBufferBindingSize);
-  assert.ok(lim.maxStorageBufferBindingSize >= 128 * 2 ** 20, "the adapter's own limit, not the 128 MiB default minimum only");
+  assert.ok(
+    lim.maxStorageBufferBindingSize >= 128 * 2 ** 20,
+    "the adapter's own limit, not the 128 MiB default minimum only",
+  );
   assert.equal(a.info.shaderF16, a.device.features.has("shader-f16"));
   assert.equal(a.info.f16Storage, a.info.shaderF16 ? "native" : "packed");
 });
@@ -90,7 +93,10 @@ Deno.test("pipelines are cached by WGSL source and dispatches batch into few sub
   const k2 = rt.kernel("double again", DOUBLE, { buffers: ["read_write"], uniform: false });
   assert.equal(k1, k2);
   assert.equal(rt.counters.compiles, compiles);
-  const inc = rt.kernel("increment", DOUBLE.replace("x[g.x] * 2u", "x[g.x] + 1u"), { buffers: ["read_write"], uniform: false });
+  const inc = rt.kernel("increment", DOUBLE.replace("x[g.x] * 2u", "x[g.x] + 1u"), {
+    buffers: ["read_write"],
+    uniform: false,
+  });
   const a = rt.alloc(4, { dtype: "u32", purpose: "scratch" });
   rt.write(a, new Uint32Array([1]));
   rt.flush();
@@ -115,7 +121,11 @@ Deno.test("reads of several buffers in one task share one mapAsync, at any byte 
     return b;
   });
   const before = rt.counters.readbacks;
-  const [r0, r1, r2] = await Promise.all([rt.read(bufs[0], 1, 5), rt.read(bufs[1], 4, 4), rt.read(bufs[2], 7, 5)]);
+  const [r0, r1, r2] = await Promise.all([
+    rt.read(bufs[0], 1, 5),
+    rt.read(bufs[1], 4, 4),
+    rt.read(bufs[2], 7, 5),
+  ]);
   assert.equal(rt.counters.readbacks, before + 1);
   assert.deepEqual(Array.from(new Uint8Array(r0)), [17, 18, 19, 20, 21]);
   assert.deepEqual(Array.from(new Uint8Array(r1)), [36, 37, 38, 39]);
@@ -128,7 +138,9 @@ Deno.test("allocations beyond the adapter's binding limit throw a DeviceError na
   const lim = rt.info.limits.maxStorageBufferBindingSize;
   assert.throws(
     () => rt.alloc(lim + 4, { dtype: "f32", purpose: "activations" }),
-    (e: unknown) => e instanceof DeviceError && /maxStorageBufferBindingSize/.test(e.message) && e.message.includes(String(lim)),
+    (e: unknown) =>
+      e instanceof DeviceError && /maxStorageBufferBindingSize/.test(e.message) &&
+      e.message.includes(String(lim)),
   );
   assert.throws(() => rt.alloc(-1, { dtype: "f32", purpose: "activations" }), DeviceError);
 });
@@ -163,7 +175,10 @@ Deno.test("f16: 'packed' turns native f16 off; 'native' without the feature says
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter!.features.has("shader-f16")) {
       configureDevice({ f16: "native" });
-      await assert.rejects(resetDevice(), (e: unknown) => e instanceof DeviceError && /shader-f16/.test(e.message));
+      await assert.rejects(
+        resetDevice(),
+        (e: unknown) => e instanceof DeviceError && /shader-f16/.test(e.message),
+      );
     }
   } finally {
     configureDevice({});
@@ -177,8 +192,14 @@ Deno.test("without an adapter, the DeviceError says how to get one", async () =>
   try {
     (gpu as { requestAdapter: unknown }).requestAdapter = () => Promise.resolve(null);
     await disposeDevice();
-    await assert.rejects(getRuntime(), (e: unknown) => e instanceof DeviceError && /mesa-vulkan-drivers/.test(e.message));
-    assert.throws(() => currentRuntime(), (e: unknown) => e instanceof DeviceError && /mesa-vulkan-drivers/.test(e.message));
+    await assert.rejects(
+      getRuntime(),
+      (e: unknown) => e instanceof DeviceError && /mesa-vulkan-drivers/.test(e.message),
+    );
+    assert.throws(
+      () => currentRuntime(),
+      (e: unknown) => e instanceof DeviceError && /mesa-vulkan-drivers/.test(e.message),
+    );
   } finally {
     (gpu as { requestAdapter: unknown }).requestAdapter = original;
   }

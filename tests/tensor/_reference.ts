@@ -44,7 +44,9 @@ export function ordinal(d: DType, v: number): number {
  */
 export function ulpsOff(name: string, got: number, ref: number): number {
   const d = dtype(name);
-  if (Number.isNaN(ref) || Number.isNaN(got)) return Number.isNaN(ref) && Number.isNaN(got) ? 0 : Infinity;
+  if (Number.isNaN(ref) || Number.isNaN(got)) {
+    return Number.isNaN(ref) && Number.isNaN(got) ? 0 : Infinity;
+  }
   if (d.kind === "mcf") {
     // a pair holds ~16 bits: count in units of 2^-16 relative
     const scale = Math.max(Math.abs(ref), 2 ** -126) * 2 ** -16;

@@ -46,7 +46,9 @@ Deno.test("tensor() takes numbers, nested arrays and typed arrays, and reads bac
 Deno.test("zeros, ones, full and arange fill every dtype, odd sizes included", async () => {
   for (const name of ["f32", "f16", "bf16", "e4m3", "e5m2", "e3m2fn", "bf16x2", "i32", "bool"]) {
     for (const n of [1, 3, 17, 1000]) {
-      using z = zeros([n], { dtype: name }), o = ones([n], { dtype: name }), f = full([n], 0.3, { dtype: name });
+      using z = zeros([n], { dtype: name }),
+        o = ones([n], { dtype: name }),
+        f = full([n], 0.3, { dtype: name });
       assert.deepEqual(Array.from(await z.toArray()), new Array(n).fill(0), name);
       assert.deepEqual(Array.from(await o.toArray()), new Array(n).fill(1), name);
       const v = dtype(name).decode(dtype(name).encode(new Float32Array([0.3])))[0];
@@ -112,7 +114,10 @@ Deno.test("dispose, using and tidy free GPU memory; use after dispose names shap
   const x = ones([10]);
   x.dispose();
   x.dispose();
-  await assert.rejects(x.toArray(), (e: unknown) => e instanceof ValueError && /\[10\]/.test(e.message) && /f32/.test(e.message));
+  await assert.rejects(
+    x.toArray(),
+    (e: unknown) => e instanceof ValueError && /\[10\]/.test(e.message) && /f32/.test(e.message),
+  );
   let saved = null as null | ReturnType<typeof zeros>;
   const out = tidy(() => {
     const a = ones([4]);
@@ -127,14 +132,18 @@ Deno.test("dispose, using and tidy free GPU memory; use after dispose names shap
   out.list[0].dispose();
   assert.equal(memory().liveBytes, start);
   assert.throws(() => tidy(() => Promise.resolve(1)), ValueError);
-  assert.throws(() => tidy(() => { ones([3]); throw new Error("boom"); }), /boom/);
+  assert.throws(() =>
+    tidy(() => {
+      ones([3]);
+      throw new Error("boom");
+    }), /boom/);
   assert.equal(memory().liveBytes, start, "a throwing tidy frees its tensors");
 });
 
 Deno.test("memory() reports bytes by dtype and purpose for tensors", () => {
   const m0 = memory();
-  using p = zeros([1000], { dtype: "bf16", purpose: "params" });
-  using g = zeros([1000], { dtype: "e4m3" }).setPurpose("grads");
+  using _p = zeros([1000], { dtype: "bf16", purpose: "params" });
+  using _g = zeros([1000], { dtype: "e4m3" }).setPurpose("grads");
   const m1 = memory();
   assert.equal((m1.byPurpose.params ?? 0) - (m0.byPurpose.params ?? 0), 2000);
   assert.equal((m1.byPurpose.grads ?? 0) - (m0.byPurpose.grads ?? 0), 1000);

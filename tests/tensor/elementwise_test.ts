@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import {
   add,
-  DTypeError,
   dtype,
+  DTypeError,
   memory,
   promoteTypes,
   ShapeError,
@@ -19,7 +19,10 @@ const FLOATS = ["f32", "f16", "bf16", "e4m3", "e5m2", "e8m3", "e3m2fn", "bf16x2"
 const SIZES = [1, 3, 17, 1000];
 
 /** Host reference of each unary op in f64, its input domain, and the ulps it may be off. */
-const UNARY: Record<string, { f: (x: number) => number; lo: number; hi: number; ulps: number; f32Ulps?: number; abs?: number }> = {
+const UNARY: Record<
+  string,
+  { f: (x: number) => number; lo: number; hi: number; ulps: number; f32Ulps?: number; abs?: number }
+> = {
   neg: { f: (x) => -x, lo: -4, hi: 4, ulps: 0 },
   abs: { f: Math.abs, lo: -4, hi: 4, ulps: 0 },
   relu: { f: (x) => Math.max(x, 0), lo: -4, hi: 4, ulps: 0 },
@@ -29,7 +32,14 @@ const UNARY: Record<string, { f: (x: number) => number; lo: number; hi: number; 
   rsqrt: { f: (x) => 1 / Math.sqrt(x), lo: 0.05, hi: 8, ulps: 1, f32Ulps: 4 },
   tanh: { f: Math.tanh, lo: -4, hi: 4, ulps: 1, f32Ulps: 16 },
   sigmoid: { f: (x) => 1 / (1 + Math.exp(-x)), lo: -6, hi: 6, ulps: 1, f32Ulps: 16 },
-  gelu: { f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)), lo: -4, hi: 4, ulps: 1, f32Ulps: 64, abs: 2 ** -21 },
+  gelu: {
+    f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+    lo: -4,
+    hi: 4,
+    ulps: 1,
+    f32Ulps: 64,
+    abs: 2 ** -21,
+  },
 };
 
 /** erf to ~1e-15 by its Maclaurin series / continued fraction, for the reference. */
@@ -45,7 +55,10 @@ function erf(x: number): number {
   return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
 }
 
-const BINARY: Record<string, { f: (a: number, b: number) => number; ulps: number; positiveB?: boolean }> = {
+const BINARY: Record<
+  string,
+  { f: (a: number, b: number) => number; ulps: number; positiveB?: boolean }
+> = {
   add: { f: (a, b) => a + b, ulps: 0 },
   sub: { f: (a, b) => a - b, ulps: 0 },
   mul: { f: (a, b) => a * b, ulps: 0 },
@@ -55,11 +68,23 @@ const BINARY: Record<string, { f: (a: number, b: number) => number; ulps: number
   pow: { f: (a, b) => Math.pow(Math.abs(a), b), ulps: 1, positiveB: true },
 };
 
-function check(op: string, outName: string, got: ArrayLike<number>, ref: ArrayLike<number>, allowed: number, inputs: string, abs = 0) {
+function check(
+  op: string,
+  outName: string,
+  got: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  allowed: number,
+  inputs: string,
+  abs = 0,
+) {
   for (let i = 0; i < ref.length; i++) {
     const off = ulpsOff(outName, got[i], ref[i]);
     if (off > allowed && !(Math.abs(got[i] - ref[i]) <= abs)) {
-      assert.fail(`${op} (${inputs} -> ${outName}) at ${i}: got ${got[i]}, reference ${ref[i]}, ${off} ulps off (allowed ${allowed})`);
+      assert.fail(
+        `${op} (${inputs} -> ${outName}) at ${i}: got ${got[i]}, reference ${
+          ref[i]
+        }, ${off} ulps off (allowed ${allowed})`,
+      );
     }
   }
 }
@@ -74,7 +99,11 @@ for (const [op, spec] of Object.entries(UNARY)) {
         assert.equal(y.dtype, name);
         assert.deepEqual(y.shape, [n]);
         const ref = Array.from(xv, spec.f);
-        const allowed = name === "f32" ? spec.f32Ulps ?? spec.ulps : name === "bf16x2" ? Math.max(spec.f32Ulps ?? 0, 2) * 256 : spec.ulps;
+        const allowed = name === "f32"
+          ? spec.f32Ulps ?? spec.ulps
+          : name === "bf16x2"
+          ? Math.max(spec.f32Ulps ?? 0, 2) * 256
+          : spec.ulps;
         check(op, name, await y.toArray(), ref, allowed, name, name === "f32" ? spec.abs ?? 0 : 0);
       }
     }
@@ -85,20 +114,30 @@ for (const [op, spec] of Object.entries(BINARY)) {
   Deno.test(`${op}() matches the f64 reference for every float storage dtype, with broadcasting`, async () => {
     for (const name of FLOATS) {
       for (const n of SIZES) {
-        const av = spec.positiveB && op === "pow" ? values(name, n, n + 1, 0.1, 3) : values(name, n, n + 1);
+        const av = spec.positiveB && op === "pow"
+          ? values(name, n, n + 1, 0.1, 3)
+          : values(name, n, n + 1);
         const bv = spec.positiveB ? values(name, n, n + 2, 0.5, 3) : values(name, n, n + 2);
         using a = tensor(av, { dtype: name });
         using b = tensor(bv, { dtype: name });
         using y = (a as unknown as Record<string, (o: Tensor) => Tensor>)[op](b);
         const ref = Array.from(av, (v, i) => spec.f(v, bv[i]));
-        const allowed = name === "f32" ? (op === "pow" ? 16 : spec.ulps === 0 ? 0 : 3) : name === "bf16x2" ? 4096 : spec.ulps;
+        const allowed = name === "f32"
+          ? (op === "pow" ? 16 : spec.ulps === 0 ? 0 : 3)
+          : name === "bf16x2"
+          ? 4096
+          : spec.ulps;
         check(op, name, await y.toArray(), ref, allowed, `${name},${name}`);
       }
     }
     // broadcasting [3,1] with [4] and [2,3,4] with [3,1]
-    for (const [sa, sb] of [[[3, 1], [4]], [[2, 3, 4], [3, 1]], [[1], [5, 2]], [[], [2, 2]]] as const) {
+    for (
+      const [sa, sb] of [[[3, 1], [4]], [[2, 3, 4], [3, 1]], [[1], [5, 2]], [[], [2, 2]]] as const
+    ) {
       const na = sa.reduce((p: number, q) => p * q, 1), nb = sb.reduce((p: number, q) => p * q, 1);
-      const av = spec.positiveB && op === "pow" ? values("f32", na, 3, 0.1, 3) : values("f32", na, 3);
+      const av = spec.positiveB && op === "pow"
+        ? values("f32", na, 3, 0.1, 3)
+        : values("f32", na, 3);
       const bv = spec.positiveB ? values("f32", nb, 4, 0.5, 3) : values("f32", nb, 4);
       using a = tensor(av, { shape: sa });
       using b = tensor(bv, { shape: sb });
@@ -106,7 +145,14 @@ for (const [op, spec] of Object.entries(BINARY)) {
       const shape = refBroadcast(sa, sb);
       assert.deepEqual(y.shape, shape);
       const ref = mapBroadcast(shape, sa, sb, av, bv, spec.f);
-      check(op, "f32", await y.toArray(), ref, op === "pow" ? 16 : spec.ulps === 0 ? 0 : 3, `${sa} with ${sb}`);
+      check(
+        op,
+        "f32",
+        await y.toArray(),
+        ref,
+        op === "pow" ? 16 : spec.ulps === 0 ? 0 : 3,
+        `${sa} with ${sb}`,
+      );
     }
   });
 }
@@ -155,7 +201,10 @@ Deno.test("scalar operands work on either side and do not promote a float tensor
   assert.equal(a.dtype, "bf16");
   assert.deepEqual(Array.from(await a.toArray()), [1.5, 2.5, 3.5]);
   assert.deepEqual(Array.from(await b.toArray()), [9, 8, 7]);
-  assert.deepEqual(Array.from(await c.toArray()), Array.from(roundTo("bf16", [1 / 3, 2 / 3, 1].map(Math.fround))));
+  assert.deepEqual(
+    Array.from(await c.toArray()),
+    Array.from(roundTo("bf16", [1 / 3, 2 / 3, 1].map(Math.fround))),
+  );
   using i = tensor(new Int32Array([1, 2]));
   using j = i.add(0.5);
   assert.equal(j.dtype, "f32");
@@ -165,7 +214,14 @@ Deno.test("scalar operands work on either side and do not promote a float tensor
 });
 
 Deno.test("binary ops promote dtypes as PyTorch does", async () => {
-  const pairs: [string, string, string][] = [["bf16", "e4m3", "bf16"], ["bf16", "f16", "f32"], ["e4m3", "e5m2", "f32"], ["f16", "e5m2", "f16"], ["i32", "bf16", "bf16"], ["bf16x2", "bf16", "bf16x2"]];
+  const pairs: [string, string, string][] = [
+    ["bf16", "e4m3", "bf16"],
+    ["bf16", "f16", "f32"],
+    ["e4m3", "e5m2", "f32"],
+    ["f16", "e5m2", "f16"],
+    ["i32", "bf16", "bf16"],
+    ["bf16x2", "bf16", "bf16x2"],
+  ];
   for (const [a, b, out] of pairs) {
     assert.equal(promoteTypes(a, b).name, out);
     using x = tensor([2, -2], { dtype: a }), y = tensor([0.25, 4], { dtype: b });
@@ -191,7 +247,9 @@ Deno.test("comparisons give bool and where() selects with broadcasting", async (
 Deno.test("maximum and minimum propagate NaN; relu keeps NaN; pow follows PyTorch for negative bases", async () => {
   using a = tensor([NaN, 1, -2, 3]), b = tensor([0, NaN, -3, 1]);
   const mx = await a.maximum(b).toArray(), mn = await a.minimum(b).toArray();
-  assert.ok(Number.isNaN(mx[0]) && Number.isNaN(mx[1]) && Number.isNaN(mn[0]) && Number.isNaN(mn[1]));
+  assert.ok(
+    Number.isNaN(mx[0]) && Number.isNaN(mx[1]) && Number.isNaN(mn[0]) && Number.isNaN(mn[1]),
+  );
   assert.deepEqual([mx[2], mx[3], mn[2], mn[3]], [-2, 3, -3, 1]);
   const r = await tensor([NaN, -1, 2]).relu().toArray();
   assert.ok(Number.isNaN(r[0]));
@@ -204,7 +262,13 @@ Deno.test("maximum and minimum propagate NaN; relu keeps NaN; pow follows PyTorc
 Deno.test("cast() between every pair of dtypes matches the host codec bit for bit", async () => {
   const names = ["f32", "f16", "bf16", "e4m3", "e5m2", "e8m3", "e2m1fn", "bf16x2", "i32", "bool"];
   const r = rng(5);
-  const raw = Float32Array.from({ length: 257 }, (_, i) => (i < 8 ? [0, -0, 1, -1, 448, 500, 65504, 1e-7][i] : (r() - 0.5) * 2 ** (r() * 30 - 15)));
+  const raw = Float32Array.from(
+    { length: 257 },
+    (
+      _,
+      i,
+    ) => (i < 8 ? [0, -0, 1, -1, 448, 500, 65504, 1e-7][i] : (r() - 0.5) * 2 ** (r() * 30 - 15)),
+  );
   for (const from of names) {
     const src = roundTo(from, raw);
     using x = tensor(src, { dtype: from });
@@ -216,7 +280,11 @@ Deno.test("cast() between every pair of dtypes matches the host codec bit for bi
         const want = dtype(to).encode(dtype(from).decode(dtype(from).encode(src)), { saturate });
         for (let i = 0; i < src.length; i++) {
           if (codes[i] !== want[i] && !(dtype(to).kind === "int" && Math.abs(src[i]) > 2 ** 31)) {
-            assert.fail(`cast ${from} -> ${to}${saturate ? " (sat)" : ""} of ${src[i]}: gpu 0x${codes[i].toString(16)} host 0x${want[i].toString(16)}`);
+            assert.fail(
+              `cast ${from} -> ${to}${saturate ? " (sat)" : ""} of ${src[i]}: gpu 0x${
+                codes[i].toString(16)
+              } host 0x${want[i].toString(16)}`,
+            );
           }
         }
       }
@@ -230,7 +298,10 @@ Deno.test("stochastic cast() equals the host's seeded stochastic rounding and is
   using x = tensor(new Float32Array(n).fill(v));
   using y = x.cast("bf16", { rounding: "stochastic", seed: 42 });
   const codes = await y.codes();
-  const want = dtype("bf16").encode(new Float32Array(n).fill(v), { rounding: "stochastic", seed: 42 });
+  const want = dtype("bf16").encode(new Float32Array(n).fill(v), {
+    rounding: "stochastic",
+    seed: 42,
+  });
   assert.deepEqual(Array.from(codes), Array.from(want));
   const vals = await y.toArray();
   const mean = Array.from(vals).reduce((a, b) => a + b, 0) / n;
@@ -265,19 +336,36 @@ Deno.test("property: random shapes broadcast like the reference", async () => {
     using y = a.mul(b);
     assert.deepEqual(y.shape, refBroadcast(shape, sb));
     const ref = mapBroadcast(y.shape as number[], shape, sb, av, bv, (p, q) => p * q);
-    check("mul", name, await y.toArray(), ref, name === "bf16x2" ? 4096 : 0, `${shape} * ${sb} in ${name}`);
+    check(
+      "mul",
+      name,
+      await y.toArray(),
+      ref,
+      name === "bf16x2" ? 4096 : 0,
+      `${shape} * ${sb} in ${name}`,
+    );
   }
 });
 
 Deno.test("shape and dtype errors are thrown at the call and name the op, shapes and dtypes", () => {
   using a = tensor([1, 2, 3]), b = tensor([1, 2]);
   const before = memory().liveBytes;
-  assert.throws(() => a.add(b), (e: unknown) => e instanceof ShapeError && /add\(\)/.test(e.message) && e.message.includes("[3]") && e.message.includes("[2]"));
+  assert.throws(
+    () => a.add(b),
+    (e: unknown) =>
+      e instanceof ShapeError && /add\(\)/.test(e.message) && e.message.includes("[3]") &&
+      e.message.includes("[2]"),
+  );
   assert.equal(memory().liveBytes, before, "nothing was allocated");
   assert.throws(() => a.add("x" as unknown as number), ValueError);
   assert.throws(() => a.cast("f13"), DTypeError);
   a.dispose();
-  assert.throws(() => a.exp(), (e: unknown) => e instanceof ValueError && /\[3\]/.test(e.message) && /f32/.test(e.message) && /dispose/.test(e.message));
+  assert.throws(
+    () => a.exp(),
+    (e: unknown) =>
+      e instanceof ValueError && /\[3\]/.test(e.message) && /f32/.test(e.message) &&
+      /dispose/.test(e.message),
+  );
 });
 
 Deno.test("tidy() frees intermediates: 1,000 iterations leave live bytes where they started", () => {
