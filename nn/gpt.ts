@@ -34,6 +34,24 @@ export interface GPTConfig {
   seed?: number;
 }
 
+/** The size of one transformer block (and of its attention). */
+export interface BlockConfig {
+  /** Width of the residual stream. */
+  nEmbd: number;
+  /** Attention heads. */
+  nHead: number;
+  /** Longest context. */
+  blockSize: number;
+  /** Dropout probability (default 0). */
+  dropout?: number;
+  /** Whether linear layers and layer norms have biases (default true). */
+  bias?: boolean;
+  /** Blocks in the model, for GPT-2's residual init scaling (default 1). */
+  nLayer?: number;
+  /** Seed of the initialisation. */
+  seed?: number;
+}
+
 function seedFor(base: number | undefined, k: number): number | undefined {
   return base === undefined ? undefined : (base * 1000 + k) >>> 0;
 }
@@ -60,15 +78,7 @@ export class CausalSelfAttention extends Module {
 
   /** Attention over `nEmbd` channels in `nHead` heads. */
   constructor(
-    cfg: {
-      nEmbd: number;
-      nHead: number;
-      blockSize: number;
-      dropout?: number;
-      bias?: boolean;
-      nLayer?: number;
-      seed?: number;
-    },
+    cfg: BlockConfig,
     opts: LayerOptions = {},
   ) {
     super();
@@ -183,15 +193,7 @@ export class Block extends Module {
 
   /** A block of the given size. */
   constructor(
-    cfg: {
-      nEmbd: number;
-      nHead: number;
-      blockSize: number;
-      dropout?: number;
-      bias?: boolean;
-      nLayer?: number;
-      seed?: number;
-    },
+    cfg: BlockConfig,
     opts: LayerOptions = {},
   ) {
     super();

@@ -24,7 +24,15 @@ export {
   RMSNorm,
 } from "./layers.ts";
 export { crossEntropy, dropout, layerNorm, linear, mseLoss, rmsNorm } from "./functional.ts";
-export { Block, CausalSelfAttention, GPT, type GPTConfig, type GPTOutput, MLP } from "./gpt.ts";
+export {
+  Block,
+  type BlockConfig,
+  CausalSelfAttention,
+  GPT,
+  type GPTConfig,
+  type GPTOutput,
+  MLP,
+} from "./gpt.ts";
 export {
   deserialize,
   load,
