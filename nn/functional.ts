@@ -7,7 +7,9 @@
  */
 
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { fmtShape, rand, type Tensor, where } from "../tensor/mod.ts";
+import { autocastInputs, fmtShape, rand, type Tensor, where } from "../tensor/mod.ts";
+import { layerNormLast, rmsNormLast } from "../tensor/norm.ts";
+import { crossEntropyLast } from "../tensor/loss.ts";
 
 // The tensor layer defines these ops once; they are part of the functional API too.
 export { gelu, logSoftmax, softmax } from "../tensor/mod.ts";
@@ -39,7 +41,10 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
 
 /**
  * Layer normalisation over the trailing dimensions in `normalizedShape` (usually the last),
- * in f32, with optional elementwise weight and bias.
+ * with optional elementwise weight and bias. Mean and variance are computed in f32 and the
+ * result is rounded once to the inputs' dtype. Over the last dimension alone it runs fused
+ * kernels (one dispatch forward, two backward); over several trailing dimensions, a
+ * composite of tensor ops. Under autocast the inputs are cast to f32 (policy `layerNorm`).
  *
  * @example
  * ```ts
@@ -57,13 +62,15 @@ export function layerNorm(
 ): Tensor {
   const k = normalizedShape.length;
   const tail = x.shape.slice(x.ndim - k);
-  if (k === 0 || tail.some((v, i) => v !== normalizedShape[i])) {
+  if (k === 0 || k > x.ndim || tail.some((v, i) => v !== normalizedShape[i])) {
     throw new ShapeError(
       `layerNorm(): input ${fmtShape(x.shape)} does not end in normalizedShape ${
         fmtShape(normalizedShape)
       }`,
     );
   }
+  [x, weight, bias] = castParams("layerNorm", x, weight, bias);
+  if (k === 1) return layerNormLast(x, weight, bias, eps);
   const axes = Array.from({ length: k }, (_, i) => x.ndim - k + i);
   const mu = x.mean(axes, true);
   const xc = x.sub(mu);
@@ -75,8 +82,23 @@ export function layerNorm(
   return y;
 }
 
+/** `x` and the optional `weight` and `bias` as autocast wants them for `op`. */
+function castParams(
+  op: string,
+  x: Tensor,
+  weight: Tensor | null,
+  bias: Tensor | null,
+): [Tensor, Tensor | null, Tensor | null] {
+  const present = [x, weight, bias].filter((t): t is Tensor => t !== null);
+  const cast = autocastInputs(op, present);
+  let k = 1;
+  return [cast[0], weight ? cast[k++] : null, bias ? cast[k++] : null];
+}
+
 /**
- * RMS normalisation over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`.
+ * RMS normalisation over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`, in fused
+ * kernels (the mean in f32, the result rounded once to the inputs' dtype). Under autocast the
+ * inputs are cast to f32 (policy `rmsNorm`).
  *
  * @example
  * ```ts
@@ -86,10 +108,8 @@ export function layerNorm(
  * ```
  */
 export function rmsNorm(x: Tensor, weight: Tensor | null = null, eps = 1e-6): Tensor {
-  const ms = x.mul(x).mean(-1, true);
-  let y = x.mul(ms.add(eps).rsqrt());
-  if (weight) y = y.mul(weight);
-  return y;
+  [x, weight] = castParams("rmsNorm", x, weight, null);
+  return rmsNormLast(x, weight, eps);
 }
 
 /**
@@ -114,8 +134,12 @@ export function dropout(x: Tensor, p = 0.5, training = true): Tensor {
 
 /**
  * Mean cross-entropy of `logits` [N, C] (or [..., C]) against integer class `targets` [N]
- * (or [...]), computed in f32 through a stable log-softmax. Targets equal to `ignoreIndex`
- * do not count.
+ * (or [...]), in fused kernels: the per-row logsumexp in f32, the mean over the rows whose
+ * target is not `ignoreIndex` (counted on the GPU), and a fused backward pass
+ * `(softmax - onehot) * g / count`. The loss has the logits' dtype; under autocast the logits
+ * are cast to f32 (policy `crossEntropy`). When every target is ignored the loss is 0
+ * (PyTorch gives NaN). A target outside [0, C) that is not ignored is clamped to the nearest
+ * class: validate targets on the host when they may be out of range.
  *
  * @example
  * ```ts
@@ -135,9 +159,9 @@ export function crossEntropy(
     );
   }
   const c = logits.shape[logits.ndim - 1];
-  const n = logits.size / c;
+  const n = c === 0 ? 0 : logits.size / c;
   if (
-    targets.size !== n || logits.ndim !== targets.ndim + 1 ||
+    logits.ndim < 1 || targets.size !== n || logits.ndim !== targets.ndim + 1 ||
     targets.shape.some((v, i) => v !== logits.shape[i])
   ) {
     throw new ShapeError(
@@ -147,13 +171,10 @@ export function crossEntropy(
         `got ${fmtShape(targets.shape)}`,
     );
   }
-  const lp = logits.reshape([n, c]).logSoftmax(-1);
-  const tgt = targets.reshape([n, 1]);
-  const picked = lp.gather(1, tgt.maximum(0).cast("i32")).reshape([n]);
-  if (opts.ignoreIndex === undefined) return picked.neg().mean();
-  const valid = tgt.reshape([n]).ne(opts.ignoreIndex);
-  const count = valid.cast("f32").sum().maximum(1);
-  return where(valid, picked, 0).neg().sum().div(count);
+  [logits] = autocastInputs("crossEntropy", [logits]);
+  const z = logits.ndim === 2 ? logits : logits.reshape([n, c]);
+  const t = targets.ndim === 1 ? targets : targets.reshape([n]);
+  return crossEntropyLast(z, t, opts);
 }
 
 /**
