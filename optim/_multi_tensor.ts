@@ -35,12 +35,26 @@
  * encodes each stored value once (`q_<name>` rounds to the stored dtype), so the dtypes
  * come from the precision strategy and a strategy may replace the body (Collage's MCF).
  *
+ * Skipping on the device (GradScaler): from the first step given a `found_inf` flag on, a
+ * group keeps its step counts in a u32 buffer ("optimizer" state, 4 bytes per parameter
+ * tensor). The kernel binds that buffer and the flag; when the flag is set no invocation
+ * writes anything, so a skipped step leaves parameters and states bit-identical; otherwise
+ * each chunk computes its per-step values from `t = steps[param] + 1` (Adam's bias
+ * corrections with `beta^t` by repeated squaring in f32, as PyTorch's capturable Adam does
+ * on the device), and a one-thread-per-parameter dispatch then adds 1 to the counts unless
+ * the flag is set. The host count stays an upper bound (it says which parameters have
+ * state). A group never moves its counts back to the host.
+ *
+ * Diagnostics (`KernelMode.diag`): the same kernel with `account()` per element: counters
+ * (atomics on u32) and the sums <e, u> and ||u||^2 as per-workgroup partials in f32, which a
+ * one-workgroup dispatch reduces; the update itself is the same function, so it is unchanged.
+ *
  * Reference: NVIDIA apex `multi_tensor_apply`; PyTorch `_foreach` optimizers.
  *
  * @module
  */
 
-import { type DType, wgslChunks, wgslCodec } from "../dtypes/mod.ts";
+import { type DType, float32, wgslChunks, wgslCodec } from "../dtypes/mod.ts";
 import { ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
@@ -85,6 +99,17 @@ export interface UpdateProgram {
   readonly classVals: readonly string[];
   /** WGSL statements assigning `y.<name>` from `x.<name>` (see `UpdateBodyContext`). */
   readonly body: string;
+  /**
+   * WGSL statements that set `kv` (the per-class vec4, `classVals` order) from the update
+   * number `t: u32` (1-based) with the hyperparameters in scope: the per-step values computed
+   * on the device, for groups whose step counts live there (`KernelMode.device`).
+   */
+  readonly deviceClass: string;
+  /**
+   * WGSL expression of the effective update of the stored value, from `x` (old) and `y`
+   * (new), for the diagnostics. Default `y.param - x.param`; an MCF weight adds its low part.
+   */
+  readonly effective?: string;
 }
 
 /** Element offsets of segments aligned to `ALIGN`, and the total length. */
@@ -131,8 +156,42 @@ export function wgslStore(l: Layout, v: string, enc: string, vals: readonly stri
   return out;
 }
 
-/** The WGSL of an update program on the runtime's device. */
-export function updateSource(rt: Runtime, prog: UpdateProgram): string {
+/**
+ * How a dispatch of an update program runs, besides the program itself.
+ *
+ * - `device`: the group keeps its step counts on the device (`FlatGroup.deviceSteps`) and a
+ *   skip flag is bound (a GradScaler's `found_inf`): the per-step values (Adam's bias
+ *   corrections) are computed in the kernel from the device count (`UpdateProgram.deviceClass`),
+ *   and when the flag is non-zero the kernel writes nothing, so parameters, states and
+ *   step counts stay as they were (PyTorch's skipped `optimizer.step()`).
+ * - `diag`: the kernel also accumulates the diagnostics (see `Diagnostics` in
+ *   `optimizer.ts`); the dtype is the one gradients are checked against for underflow and
+ *   overflow. null: off.
+ */
+export interface KernelMode {
+  /** Device step counts and a skip flag are bound. */
+  readonly device: boolean;
+  /** The dtype of the gradient under/overflow counts when diagnostics are on, else null. */
+  readonly diag: DType | null;
+}
+
+/** The plain mode: host step counts, no skip flag, no diagnostics. */
+export const PLAIN: KernelMode = { device: false, diag: null };
+
+/** Counters of the diagnostics, in the order of the counter buffer. */
+export const DIAG_COUNTERS = [
+  "elements",
+  "updated",
+  "lost",
+  "gradNonFinite",
+  "gradUnderflow",
+  "gradOverflow",
+] as const;
+
+const NDIAG = DIAG_COUNTERS.length;
+
+/** The WGSL of an update program on the runtime's device, in a mode. */
+export function updateSource(rt: Runtime, prog: UpdateProgram, mode: KernelMode = PLAIN): string {
   if (prog.hyper.length > MAX_HYPER || prog.classVals.length > 4) {
     throw new ValueError(`${prog.label}: too many hyperparameters for one uniform block`);
   }
@@ -150,24 +209,71 @@ export function updateSource(rt: Runtime, prog: UpdateProgram): string {
     chunks.push([...codec.chunks], [...enc.chunks]);
     quant += `fn q_${b.name}(v: f32) -> f32 { return ${codec.decode}(${enc.name}(v, 0u)); }\n`;
     fields += `  ${b.name}: f32,\n`;
-    loadArgs += `${k ? ", " : ""}ld_${b.name}(i)`;
+    loadArgs += `ld_${b.name}(i), `;
     if (b.access === "read_write") {
       const vals = Array.from({ length: E }, (_, j) => `r${j}.${b.name}`);
       stores += wgslStore(l, `b_${b.name}`, enc.name, vals);
     }
   });
-  decl += `@group(0) @binding(${nb}) var<storage, read> chunks: array<vec4<u32>>;\n`;
-  decl += `@group(0) @binding(${nb + 1}) var<uniform> u: U;\n`;
-  const aliases = prog.hyper.map((h, k) => `  let ${h} = u.h[${k >> 2}][${k & 3}];\n`).join("") +
+  let bind = nb;
+  decl += `@group(0) @binding(${bind++}) var<storage, read> chunks: array<vec4<u32>>;\n`;
+  if (mode.device) {
+    decl += `@group(0) @binding(${bind++}) var<storage, read> steps: array<u32>;\n`;
+    decl += `@group(0) @binding(${bind++}) var<storage, read> finf: array<u32>;\n`;
+  }
+  let diagDecl = "";
+  if (mode.diag) {
+    decl += `@group(0) @binding(${bind++}) var<storage, read_write> partials: array<f32>;\n`;
+    decl +=
+      `@group(0) @binding(${bind++}) var<storage, read_write> counters: array<atomic<u32>>;\n`;
+    const dl = layoutOf(mode.diag, rt);
+    const codec = wgslCodec(mode.diag);
+    const enc = wgslEncoder(dl);
+    chunks.push([...codec.chunks], [...enc.chunks]);
+    diagDecl = diagSource(
+      `fn q_diagcast(v: f32) -> f32 { return ${codec.decode}(${enc.name}(v, 0u)); }\n`,
+      prog.effective ?? "y.param - x.param",
+    );
+  }
+  decl += `@group(0) @binding(${bind}) var<uniform> u: U;\n`;
+  const hyperAliases = prog.hyper.map((h, k) => `  let ${h} = u.h[${k >> 2}][${k & 3}];\n`)
+    .join("");
+  const aliases = hyperAliases +
     prog.classVals.map((c, k) => `  let ${c} = kv[${k}];\n`).join("");
   let lanes = "";
+  const acct = (j: number) => (mode.diag ? ` account(x${j}, r${j});` : "");
   for (let j = 0; j < E; j++) {
-    lanes += `    var r${j}: St;\n`;
     lanes += j === 0
-      ? `    r0 = update(load(s), kv);\n`
-      : `    if (s + ${j}u < e.y) { r${j} = update(load(s + ${j}u), kv); }\n`;
+      ? `      let x0 = load(s);\n      let r0 = update(x0, kv);${acct(0)}\n`
+      : `      var r${j}: St;\n      if (s + ${j}u < e.y) { let x${j} = load(s + ${j}u); r${j} = update(x${j}, kv);${
+        acct(j)
+      } }\n`;
   }
-  const f16 = needsF16(layouts) ? "enable f16;\n" : "";
+  const f16 = needsF16(layouts) || (mode.diag !== null && needsF16([layoutOf(mode.diag, rt)]))
+    ? "enable f16;\n"
+    : "";
+  const classFn = mode.device
+    ? `fn ulp_powu(b: f32, t: u32) -> f32 {
+  var r = 1.0;
+  var x = b;
+  var k = t;
+  loop {
+    if (k == 0u) { break; }
+    if ((k & 1u) == 1u) { r = r * x; }
+    x = x * x;
+    k = k >> 1u;
+  }
+  return r;
+}
+fn classVals(t: u32) -> vec4<f32> {
+${hyperAliases}  var kv = vec4<f32>(0.0);
+${prog.deviceClass}
+  return kv;
+}
+`
+    : "";
+  const guard = mode.device ? "c < u.n && finf[0] == 0u" : "c < u.n";
+  const kvExpr = mode.device ? "classVals(steps[e.w] + 1u)" : "u.k[e.z]";
   return `${f16}${wgslChunks(...chunks)}
 struct U { n: u32, base: u32, seed: u32, one: f32, h: array<vec4<f32>, 3>, k: array<vec4<f32>, ${MAX_CLASSES}> }
 ${decl}${quant}
@@ -175,28 +281,142 @@ fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 fn ulp_isnan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
 fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
 struct St {
-${fields}}
-fn load(i: u32) -> St { return St(${loadArgs}); }
+${fields}  intended: f32,
+}
+fn load(i: u32) -> St { return St(${loadArgs}0.0); }
 fn update(x: St, kv: vec4<f32>) -> St {
 ${aliases}  var y = x;
 ${prog.body}
   return y;
 }
-@compute @workgroup_size(${WG})
+${classFn}${diagDecl}@compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   let c = wid.x + wid.y * nwg.x;
-  if (c >= u.n) { return; }
-  let e = chunks[u.base + c];
-  let kv = u.k[e.z];
-  for (var s = e.x + li * ${E}u; s < e.y; s = s + ${WG * E}u) {
-${lanes}${stores.replace(/^ {2}/gm, "    ")}  }
+  if (${guard}) {
+    let e = chunks[u.base + c];
+    let kv = ${kvExpr};
+    for (var s = e.x + li * ${E}u; s < e.y; s = s + ${WG * E}u) {
+${lanes}${stores.replace(/^ {2}/gm, "      ")}    }
+  }
+${mode.diag ? diagReduce() : ""}}
+`;
+}
+
+/** Private accumulators and `account()`, which adds one element's diagnostics to them. */
+function diagSource(qcast: string, effective: string): string {
+  return `${qcast}var<private> d_dot: f32;
+var<private> d_nrm: f32;
+var<private> d_n: array<u32, ${NDIAG}>;
+var<workgroup> w_sum: array<vec2<f32>, ${WG}>;
+var<workgroup> w_cnt: array<atomic<u32>, ${NDIAG}>;
+fn ulp_nonfinite(v: f32) -> bool { return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u; }
+fn account(x: St, y: St) {
+  let uu = y.intended;
+  let ee = ${effective};
+  d_n[0] += 1u;
+  if (uu != 0.0) {
+    d_n[1] += 1u;
+    if (ee == 0.0) { d_n[2] += 1u; }
+  }
+  d_dot += ee * uu;
+  d_nrm += uu * uu;
+  let g = x.grad;
+  let nonfin = ulp_nonfinite(g);
+  let q = q_diagcast(g);
+  if (nonfin) { d_n[3] += 1u; }
+  if (g != 0.0 && q == 0.0) { d_n[4] += 1u; }
+  if (!nonfin && ulp_nonfinite(q)) { d_n[5] += 1u; }
 }
 `;
 }
 
+/** The end of a diagnostics kernel: workgroup sums into `partials`, counts into `counters`. */
+function diagReduce(): string {
+  return `  w_sum[li] = vec2<f32>(d_dot, d_nrm);
+  for (var k = 0u; k < ${NDIAG}u; k = k + 1u) {
+    if (d_n[k] != 0u) { atomicAdd(&w_cnt[k], d_n[k]); }
+  }
+  workgroupBarrier();
+  for (var h = ${WG / 2}u; h > 0u; h = h >> 1u) {
+    if (li < h) { w_sum[li] = w_sum[li] + w_sum[li + h]; }
+    workgroupBarrier();
+  }
+  if (c < u.n) {
+    if (li == 0u) {
+      partials[2u * (u.base + c)] = w_sum[0].x;
+      partials[2u * (u.base + c) + 1u] = w_sum[0].y;
+    }
+    if (li < ${NDIAG}u) {
+      let v = atomicLoad(&w_cnt[li]);
+      if (v != 0u) { atomicAdd(&counters[li], v); }
+    }
+  }
+`;
+}
+
+/** Sums the partials of one group's diagnostics (pairs) into `sums[0..1]`, in one workgroup. */
+function diagFinalSource(): string {
+  return `struct U { n: u32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(0) var<storage, read> partials: array<f32>;
+@group(0) @binding(1) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(2) var<uniform> u: U;
+var<workgroup> sh: array<vec2<f32>, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32) {
+  var acc = vec2<f32>(0.0);
+  for (var i = li; i < u.n; i = i + ${WG}u) { acc = acc + vec2<f32>(partials[2u * i], partials[2u * i + 1u]); }
+  sh[li] = acc;
+  workgroupBarrier();
+  for (var h = ${WG / 2}u; h > 0u; h = h >> 1u) {
+    if (li < h) { sh[li] = sh[li] + sh[li + h]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) {
+    sums[0] = sh[0].x;
+    sums[1] = sh[0].y;
+  }
+}
+`;
+}
+
+/** Adds 1 to the device step count of each active parameter unless the skip flag is set. */
+function advanceSource(): string {
+  return `struct U { n: u32, p0: u32, p1: u32, p2: u32 }
+@group(0) @binding(0) var<storage, read_write> steps: array<u32>;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> finf: array<u32>;
+@group(0) @binding(3) var<uniform> u: U;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let i = gid.x;
+  if (i < u.n && finf[0] == 0u) { steps[ids[i]] = steps[ids[i]] + 1u; }
+}
+`;
+}
+
+/** A u32 zero on the device: the skip flag of a step that has none. @internal */
+const zeroFlags = new WeakMap<Runtime, Tensor>();
+export function zeroFlag(rt: Runtime): Tensor {
+  let t = zeroFlags.get(rt);
+  if (!t || t.disposed) {
+    t = keep(tensor(new Uint32Array(1), { dtype: "u32", purpose: "other" }));
+    zeroFlags.set(rt, t);
+  }
+  return t;
+}
+
+/** What one `FlatGroup.step` does besides the update (see `KernelMode`). */
+export interface StepRun {
+  /** A u32 tensor whose first word, when non-zero, makes the step a no-op on the device. */
+  readonly foundInf?: Tensor | null;
+  /** Diagnostics on: the dtype gradients are checked against; null or absent: off. */
+  readonly diag?: DType | null;
+}
+
 /**
  * The flat storage and the step of one parameter group: segments, staging buffers, state
- * buffers, per-parameter step counts and the chunk table.
+ * buffers, per-parameter step counts (on the host, or on the device once a skip flag was
+ * bound), the chunk table, and the diagnostics buffers.
  */
 export class FlatGroup {
   /** The group's parameters, in order. */
@@ -205,7 +425,11 @@ export class FlatGroup {
   readonly offsets: readonly number[];
   /** Elements of every flat buffer (segments with padding). */
   readonly total: number;
-  /** Number of updates each parameter has had (Adam's `step`). */
+  /**
+   * Number of updates each parameter has had (Adam's `step`), counted on the host. Once the
+   * counts live on the device (`deviceSteps`), the number of steps the parameter took part in,
+   * skipped ones included (an upper bound; > 0 means the parameter has state).
+   */
   readonly steps: number[];
   #param: DType;
   #grad: DType;
@@ -213,9 +437,14 @@ export class FlatGroup {
   #bufs = new Map<string, Tensor>();
   #table: Tensor | null = null;
   #tableKey = "";
+  #active: Tensor | null = null;
+  #nActive = 0;
   #kernels = new Map<string, Kernel>();
   #E = 1;
   #label: string;
+  #devSteps: Tensor | null = null;
+  #diag: { partials: Tensor; counters: Tensor; sums: Tensor } | null = null;
+  #diagValid = false;
 
   /** The flat layout of `params` stored as `param`, with gradients read as `grad`. */
   constructor(label: string, params: readonly Tensor[], param: DType, grad: DType) {
@@ -237,6 +466,47 @@ export class FlatGroup {
   /** The state specs of the allocated buffers. */
   get states(): readonly StateSpec[] {
     return this.#states;
+  }
+
+  /** The device step counts (u32, one per parameter), or null while they live on the host. */
+  get deviceSteps(): Tensor | null {
+    return this.#devSteps;
+  }
+
+  /**
+   * Moves the step counts to the device (once; a group stays there): a u32 buffer initialised
+   * from the host counts, counted as "optimizer" state.
+   */
+  toDeviceSteps(): Tensor {
+    if (this.#devSteps === null) {
+      this.#devSteps = keep(
+        tensor(Uint32Array.from(this.steps), { dtype: "u32", purpose: "optimizer" }),
+      );
+    }
+    return this.#devSteps;
+  }
+
+  /** Parameter `i`'s device step count as a 0-d f32 tensor (as PyTorch keeps `step`). */
+  readStep(i: number): Tensor {
+    const dev = this.toDeviceSteps();
+    const one = Tensor.empty([], dev.dt, "optimizer");
+    currentRuntime().copy(dev.buffer("stateDict()"), 4 * i, one.buffer("stateDict()"), 0, 4);
+    const out = noGrad(() => one.cast("f32"));
+    one.dispose();
+    return out.setPurpose("optimizer");
+  }
+
+  /** Sets parameter `i`'s device step count from a number or a one-element tensor. */
+  writeStep(i: number, step: number | Tensor): void {
+    const dev = this.toDeviceSteps();
+    const rt = currentRuntime();
+    if (typeof step === "number") {
+      rt.write(dev.buffer("loadStateDict()"), new Uint32Array([step]), 4 * i);
+      return;
+    }
+    const c = noGrad(() => step.cast("u32"));
+    rt.copy(c.buffer("loadStateDict()"), 0, dev.buffer("loadStateDict()"), 4 * i, 4);
+    c.dispose();
   }
 
   /** The flat tensor holding buffer `name` (param, grad or a state). @internal */
@@ -282,6 +552,12 @@ export class FlatGroup {
     }
     this.ensure(states);
     this.steps.fill(0);
+    if (this.#devSteps) {
+      currentRuntime().write(
+        this.#devSteps.buffer("loadStateDict()"),
+        new Uint32Array(this.params.length),
+      );
+    }
   }
 
   /** A copy of parameter `i`'s segment of state `name`, shaped like the parameter. */
@@ -326,20 +602,32 @@ export class FlatGroup {
   dispose(): void {
     for (const t of this.#bufs.values()) t.dispose();
     this.#bufs.clear();
-    this.#table?.dispose();
-    this.#table = null;
+    for (const t of [this.#table, this.#active, this.#devSteps]) t?.dispose();
+    if (this.#diag) { for (const t of Object.values(this.#diag)) t.dispose(); }
+    this.#table =
+      this.#active =
+      this.#devSteps =
+      this.#diag =
+        null;
     this.#tableKey = "";
+    this.#diagValid = false;
   }
 
-  /** The kernel of a program, compiled once per key. */
-  #kernel(rt: Runtime, key: string, p: UpdateProgram): Kernel {
-    let k = this.#kernels.get(key);
+  /** The kernel of a program in a mode, compiled once per key. */
+  #kernel(rt: Runtime, key: string, p: UpdateProgram, mode: KernelMode): Kernel {
+    const full = `${key}|${mode.device}|${mode.diag?.name ?? ""}`;
+    let k = this.#kernels.get(full);
     if (!k) {
-      k = rt.kernel(p.label, updateSource(rt, p), {
-        buffers: [...p.buffers.map((b) => b.access), "read"],
+      k = rt.kernel(p.label, updateSource(rt, p, mode), {
+        buffers: [
+          ...p.buffers.map((b) => b.access),
+          "read",
+          ...(mode.device ? ["read" as const, "read" as const] : []),
+          ...(mode.diag ? ["read_write" as const, "read_write" as const] : []),
+        ],
         uniform: true,
       });
-      this.#kernels.set(key, k);
+      this.#kernels.set(full, k);
     }
     return k;
   }
@@ -353,10 +641,27 @@ export class FlatGroup {
   }
 
   /**
+   * The diagnostics of this group's last step with diagnostics on (see `KernelMode.diag`):
+   * the counter buffer (u32, `DIAG_COUNTERS` order) and the sums [<e,u>, ||u||^2] (f32), or
+   * null when that step updated nothing here.
+   */
+  get diagnostics(): { counters: Tensor; sums: Tensor } | null {
+    return this.#diagValid && this.#diag ? this.#diag : null;
+  }
+
+  /** Marks the diagnostics stale (a step without diagnostics ran). */
+  clearDiagnostics(): void {
+    this.#diagValid = false;
+  }
+
+  /**
    * One update of every parameter that has a gradient: stage, dispatch, unstage. `prog`
-   * (compiled once per `programKey`) names the buffers; `keyOf` maps a parameter's step
-   * count (already incremented) to its class; `valuesOf` gives a class's vec4. Returns the
-   * number of dispatches recorded (casts of mismatched gradients excluded).
+   * (compiled once per `programKey` and mode) names the buffers; `keyOf` maps a parameter's
+   * step count (already incremented) to its class; `valuesOf` gives a class's vec4. With
+   * `run.foundInf` (or once the group's counts live on the device), the step counts and the
+   * per-step values are on the device and the kernel skips when the flag is set; with
+   * `run.diag`, the diagnostics are accumulated. Returns the number of update dispatches
+   * recorded (casts of mismatched gradients and the small bookkeeping dispatches excluded).
    */
   step(
     op: string,
@@ -365,6 +670,7 @@ export class FlatGroup {
     hyper: readonly number[],
     keyOf: (step: number) => number,
     valuesOf: (key: number) => readonly number[],
+    run: StepRun = {},
   ): number {
     const active: number[] = [];
     this.params.forEach((p, i) => {
@@ -379,10 +685,14 @@ export class FlatGroup {
       }
       active.push(i);
     });
+    if (run.foundInf) this.toDeviceSteps();
+    const device = this.#devSteps !== null;
+    const mode: KernelMode = { device, diag: run.diag ?? null };
+    this.#diagValid = false;
     if (active.length === 0) return 0;
     const rt = currentRuntime();
     this.prepare(prog);
-    const kernel = this.#kernel(rt, programKey, prog);
+    const kernel = this.#kernel(rt, programKey, prog, mode);
     const P = this.flat("param"), G = this.flat("grad");
     const pBuf = P.buffer(op), gBuf = G.buffer(op);
     // stage: gradients and parameters into their segments
@@ -395,11 +705,13 @@ export class FlatGroup {
       if (gc !== g) gc.dispose();
       rt.copy(p.buffer(op), 0, pBuf, byteOffset(P.dt, off), storageBytes(P.dt, p.size));
     }
-    // step classes, in order of first appearance; entries sorted by class
+    // step classes, in order of first appearance; entries sorted by class. With device step
+    // counts, one class: the kernel computes the per-step values itself.
     const classOf = new Map<number, number>();
     const keys: number[] = [];
     const cls = active.map((i) => {
-      const key = keyOf(++this.steps[i]);
+      const s = ++this.steps[i];
+      const key = device ? 0 : keyOf(s);
       let c = classOf.get(key);
       if (c === undefined) {
         c = keys.length;
@@ -422,8 +734,8 @@ export class FlatGroup {
         counts[Math.floor(cls[j] / MAX_CLASSES)]++;
       }
     }
+    const cap = this.params.reduce((a, p) => a + Math.max(1, Math.ceil(p.size / chunk)), 0);
     if (tableKey !== this.#tableKey || this.#table === null) {
-      const cap = this.params.reduce((a, p) => a + Math.max(1, Math.ceil(p.size / chunk)), 0);
       if (this.#table === null || this.#table.size < 4 * cap) {
         this.#table?.dispose();
         this.#table = keep(
@@ -431,10 +743,20 @@ export class FlatGroup {
         );
       }
       rt.write(this.#table.buffer(op), new Uint32Array(rows));
+      this.#active?.dispose();
+      this.#active = keep(tensor(Uint32Array.from(active), { dtype: "u32", purpose: "scratch" }));
+      this.#nActive = active.length;
       this.#tableKey = tableKey;
     }
     const bufs = prog.buffers.map((b) => this.flat(b.name).buffer(op));
     bufs.push(this.#table!.buffer(op));
+    const flag = device ? (run.foundInf ?? zeroFlag(rt)) : null;
+    if (device) bufs.push(this.#devSteps!.buffer(op), flag!.buffer(op));
+    if (mode.diag) {
+      const d = this.#diagBuffers(cap);
+      rt.write(d.counters.buffer(op), new Uint32Array(d.counters.size));
+      bufs.push(d.partials.buffer(op), d.counters.buffer(op));
+    }
     let base = 0, dispatches = 0;
     counts.forEach((n, d) => {
       const u = new Uint32Array(64);
@@ -444,7 +766,7 @@ export class FlatGroup {
       f[3] = 1;
       hyper.forEach((h, k) => (f[4 + k] = h));
       for (let c = 0; c < MAX_CLASSES && d * MAX_CLASSES + c < keys.length; c++) {
-        valuesOf(keys[d * MAX_CLASSES + c]).forEach((v, k) => (f[16 + 4 * c + k] = v));
+        if (!device) valuesOf(keys[d * MAX_CLASSES + c]).forEach((v, k) => (f[16 + 4 * c + k] = v));
       }
       if (n > 0) {
         rt.dispatch(kernel, bufs, rt.grid(n), u);
@@ -452,6 +774,24 @@ export class FlatGroup {
       }
       base += n;
     });
+    if (mode.diag) {
+      const d = this.#diag!;
+      rt.dispatch(
+        cachedKernel(rt, "diagFinal", diagFinalSource(), ["read", "read_write"]),
+        [d.partials.buffer(op), d.sums.buffer(op)],
+        [1],
+        new Uint32Array([rows.length / 4, 0, 0, 0]),
+      );
+      this.#diagValid = true;
+    }
+    if (device) {
+      rt.dispatch(
+        cachedKernel(rt, "advanceSteps", advanceSource(), ["read_write", "read", "read"]),
+        [this.#devSteps!.buffer(op), this.#active!.buffer(op), flag!.buffer(op)],
+        [Math.ceil(this.#nActive / 64)],
+        new Uint32Array([this.#nActive, 0, 0, 0]),
+      );
+    }
     // unstage: the updated parameters back into the model's tensors
     for (const i of active) {
       const p = this.params[i];
@@ -465,4 +805,32 @@ export class FlatGroup {
     }
     return dispatches;
   }
+
+  #diagBuffers(cap: number): { partials: Tensor; counters: Tensor; sums: Tensor } {
+    if (this.#diag === null || this.#diag.partials.size < 2 * cap) {
+      if (this.#diag) { for (const t of Object.values(this.#diag)) t.dispose(); }
+      this.#diag = {
+        partials: keep(Tensor.empty([2 * cap], float32, "scratch")),
+        counters: keep(tensor(new Uint32Array(8), { dtype: "u32", purpose: "scratch" })),
+        sums: keep(zeros([2], { purpose: "scratch" })),
+      };
+    }
+    return this.#diag;
+  }
+}
+
+const small = new WeakMap<Runtime, Map<string, Kernel>>();
+
+/** A small bookkeeping kernel (its uniform: 4 words), compiled once per runtime. @internal */
+export function cachedKernel(
+  rt: Runtime,
+  label: string,
+  source: string,
+  buffers: ("read" | "read_write")[],
+): Kernel {
+  let m = small.get(rt);
+  if (!m) small.set(rt, m = new Map());
+  let k = m.get(label);
+  if (!k) m.set(label, k = rt.kernel(label, source, { buffers, uniform: true }));
+  return k;
 }

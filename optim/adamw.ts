@@ -11,11 +11,16 @@
  * ```
  *
  * t counts the updates of that parameter (a parameter without a gradient is skipped and
- * its t does not advance). Bias corrections are computed on the host in f64 and passed as
- * uniforms. All parameters of a group are updated by one dispatch (`_multi_tensor.ts`).
+ * its t does not advance). All parameters of a group are updated by one dispatch
+ * (`_multi_tensor.ts`).
  *
- * Storage follows `precision` (see `precision.ts`): with "bf16", parameters, gradients, m
- * and v are bf16; the kernel computes in f32 and rounds each stored value once (RNE), and
+ * Bias corrections are computed on the host in f64 and passed as uniforms, except once the
+ * optimizer has stepped under a GradScaler: then the step counts live on the device and the
+ * kernel computes them in f32 (see `_multi_tensor.ts`), so skipped steps do not count.
+ *
+ * Storage follows `precision` (see `precision.ts`; "fp32", "bf16", "amp-bf16", "amp-f16",
+ * "collage-light", "collage-plus", the last two with Collage's MCF update of `collage.ts`):
+ * with "bf16", parameters, gradients, m and v are bf16; the kernel computes in f32 and rounds each stored value once (RNE), and
  * the update uses the stored (rounded) m and v, as PyTorch's does. PyTorch itself rounds
  * after each op of a bf16 update (p after the decay, v after `mul_` and after `addcmul_`);
  * ulp rounds once per stored value, as DESIGN.md section 4 defines "computing in bf16".
@@ -25,6 +30,7 @@
 
 import { ValueError } from "../errors.ts";
 import type { UpdateProgram } from "./_multi_tensor.ts";
+import { splitBf16 } from "./collage.ts";
 import { checkBool, checkRange, Optimizer, type ParamGroup, type Params } from "./optimizer.ts";
 
 /**
@@ -80,8 +86,10 @@ export interface AdamWParamGroup extends ParamGroup {
 
 /**
  * AdamW with decoupled weight decay, PyTorch's semantics and defaults.
- * `precision` ("fp32" or "bf16"; inferred from the parameters' dtype when omitted) chooses
- * the dtypes of parameters, gradients and the states `expAvg` (m) and `expAvgSq` (v).
+ * `precision` (a strategy name of `precisionNames()`; "fp32" or "bf16" inferred from the
+ * parameters' dtype when omitted) chooses the dtypes of parameters, gradients and the
+ * states `expAvg` (m) and `expAvgSq` (v), and for Collage the MCF update with the extra
+ * states `paramLo` (and `expAvgSqLo` for "collage-plus").
  *
  * @example
  * ```ts
@@ -130,7 +138,7 @@ export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
       { name: "expAvg", dtype: s.stateDtype("expAvg") },
       { name: "expAvgSq", dtype: s.stateDtype("expAvgSq") },
       ...(g.amsgrad ? [{ name: "maxExpAvgSq", dtype: s.stateDtype("maxExpAvgSq") }] : []),
-      ...s.extraStates,
+      ...s.extraStates.filter((e) => !e.optimizers || e.optimizers.includes("adamw")),
     ];
     const buffers = [
       { name: "param", dtype: s.param, access: "read_write" as const },
@@ -139,18 +147,40 @@ export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
     ];
     const flags = { amsgrad: g.amsgrad, maximize: g.maximize };
     const custom = s.updates.adamw;
+    if (custom && g.amsgrad) {
+      throw new ValueError(
+        `AdamW: amsgrad is not supported with precision '${s.name}'; set amsgrad: false`,
+      );
+    }
     return {
       label: "adamw",
       buffers,
-      hyper: ["lr", "decay", "w1", "beta1", "beta2", "c2", "eps", "wd"],
+      hyper: ["lr", "decay", "w1", "beta1", "beta2", "c2", "eps", "wd", "b2hi", "b2lo", "lrwd"],
       classVals: ["stepSize", "bc2Sqrt", "stepCount"],
       body: custom ? custom({ flags, buffers }) : adamwBody(flags),
+      deviceClass: `  let bc1 = 1.0 - ulp_powu(beta1, t);
+  let bc2 = 1.0 - ulp_powu(beta2, t);
+  kv = vec4<f32>(lr / bc1, sqrt(bc2), f32(t), 0.0);`,
+      effective: s.effective ?? undefined,
     };
   }
 
   protected hyper(g: AdamWParamGroup): number[] {
     const [b1, b2] = g.betas;
-    return [g.lr, 1 - g.lr * g.weightDecay, 1 - b1, b1, b2, 1 - b2, g.eps, g.weightDecay];
+    const [b2hi, b2lo] = splitBf16(b2);
+    return [
+      g.lr,
+      1 - g.lr * g.weightDecay,
+      1 - b1,
+      b1,
+      b2,
+      1 - b2,
+      g.eps,
+      g.weightDecay,
+      b2hi,
+      b2lo,
+      g.lr * g.weightDecay,
+    ];
   }
 
   protected classKey(_g: AdamWParamGroup, step: number): number {
@@ -178,7 +208,8 @@ ${
       ? "  let vmax = q_maxExpAvgSq(ulp_max(x.maxExpAvgSq, v));\n  y.maxExpAvgSq = vmax;\n"
       : ""
   }  let denom = sqrt(${vUsed}) / bc2Sqrt + eps;
-  y.param = q_param(p - stepSize * (m / denom));`;
+  y.param = q_param(p - stepSize * (m / denom));
+  y.intended = -(lrwd * x.param) - stepSize * (m / denom);`;
 }
 
 function validate(g: AdamWParamGroup, where: string): void {

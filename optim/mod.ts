@@ -1,7 +1,9 @@
 /**
  * Optimizers for low-precision training: `SGD` and `AdamW` with PyTorch's semantics,
  * parameter groups, state dicts, a multi-tensor update (one dispatch per parameter group),
- * precision strategies ("fp32", pure "bf16"), `clipGradNorm` and learning-rate schedules.
+ * precision strategies ("fp32", pure "bf16", "amp-bf16", "amp-f16", "collage-light",
+ * "collage-plus") with `applyPrecision`, a device-side `GradScaler`, diagnostics of what
+ * low precision lost, `clipGradNorm` and learning-rate schedules.
  *
  * @example
  * ```ts
@@ -22,16 +24,20 @@
  */
 
 export {
+  type Diagnostics,
   Optimizer,
   type OptimizerStateDict,
   type ParamGroup,
   type ParamGroupInput,
   type Params,
   type ParamState,
+  type StepOptions,
 } from "./optimizer.ts";
+export { GradScaler, type GradScalerOptions, type GradScalerState } from "./grad_scaler.ts";
 export { AdamW, type AdamWOptions, type AdamWParamGroup } from "./adamw.ts";
 export { SGD, type SGDOptions, type SGDParamGroup } from "./sgd.ts";
 export {
+  applyPrecision,
   precisionNames,
   type PrecisionStrategy,
   precisionStrategy,

@@ -10,9 +10,10 @@
  * @module
  */
 
+import { type DType, dtype as toDType, type DTypeLike } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { fmtShape, isTensor, keep, type Tensor, zeros } from "../tensor/mod.ts";
-import { FlatGroup, type UpdateProgram } from "./_multi_tensor.ts";
+import { DIAG_COUNTERS, FlatGroup, type UpdateProgram } from "./_multi_tensor.ts";
 import { type PrecisionStrategy, precisionStrategy } from "./precision.ts";
 
 /**
@@ -99,6 +100,73 @@ export interface OptimizerStateDict {
   paramGroups: Record<string, unknown>[];
 }
 
+/**
+ * Options of `Optimizer.step()`.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, type StepOptions, tensor } from "../mod.ts";
+ * const w = tensor([1]);
+ * w.grad = tensor([1]);
+ * const opts: StepOptions = { diagnostics: true };
+ * new AdamW([w]).step(opts);
+ * ```
+ */
+export interface StepOptions {
+  /** Called first; its result is returned. */
+  closure?: () => Tensor;
+  /**
+   * A u32 tensor (a GradScaler's `found_inf`): when its first word is non-zero, the step
+   * changes nothing on the device (parameters, states, step counts).
+   */
+  foundInf?: Tensor | null;
+  /**
+   * Accumulate diagnostics during this step (read them with `diagnostics()`). `castDtype`:
+   * the dtype gradients are checked against for underflow and overflow (default: the
+   * strategy's `computeDtype`).
+   */
+  diagnostics?: boolean | { castDtype?: DTypeLike };
+}
+
+/**
+ * What low precision lost in one optimizer step (DESIGN.md section 4, diagnostics). u is the
+ * intended update of a stored weight (in f32, before rounding), e the effective one (new
+ * stored value minus old; for a Collage weight, of hi + lo).
+ *
+ * @example
+ * ```ts
+ * import type { Diagnostics } from "../mod.ts";
+ * const lossless = (d: Diagnostics) => d.lost === 0 && Math.abs(d.edqRatio - 1) < 1e-3;
+ * console.log(typeof lossless); // "function"
+ * ```
+ */
+export interface Diagnostics {
+  /** Parameter elements updated (with a gradient). */
+  elements: number;
+  /** Elements whose intended update u was non-zero. */
+  updated: number;
+  /** Of those, elements whose stored value did not change (value + update == value). */
+  lost: number;
+  /** lost / updated: the imprecision fraction. */
+  imprecision: number;
+  /** <e, u>, summed in f32 on the device. */
+  dotEU: number;
+  /** ||u||^2, summed in f32 on the device. */
+  normU2: number;
+  /** Effective descent quality <e, u> / ||u||. */
+  edq: number;
+  /** <e, u> / ||u||^2: 1 when nothing is lost. */
+  edqRatio: number;
+  /** Gradient elements that are Inf or NaN. */
+  gradNonFinite: number;
+  /** Gradient elements that are non-zero but zero when cast to `castDtype`. */
+  gradUnderflow: number;
+  /** Finite gradient elements that are Inf or NaN when cast to `castDtype`. */
+  gradOverflow: number;
+  /** The dtype of the underflow and overflow counts. */
+  castDtype: string;
+}
+
 /** Checks that `v` is a finite number within a range; a ValueError naming the option. @internal */
 export function checkRange(
   op: string,
@@ -148,6 +216,8 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
   readonly name: string;
   #flat: FlatGroup[] = [];
   #programs = new Map<string, UpdateProgram>();
+  #device = false;
+  #diagDtype: DType | null = null;
 
   /**
    * Builds the groups from `params` (tensors or groups), with `defaults` for the missing
@@ -262,11 +332,29 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
 
   /**
    * Updates every parameter that has a gradient (those whose `.grad` is null are skipped,
-   * as in PyTorch): one dispatch per parameter group, no readback. With a `closure`, it is
-   * called first and its result returned.
+   * as in PyTorch): one dispatch per parameter group, no readback. With a `closure` (or
+   * `{ closure }`), it is called first and its result returned.
+   *
+   * Options: `foundInf`, a u32 tensor whose first word, when non-zero, turns the step into a
+   * no-op on the device (what `GradScaler.step` passes; from the first such step on, the
+   * step counts and bias corrections of the optimizer live on the device, so skipped steps
+   * do not advance them); `diagnostics`, to accumulate what low precision lost during this
+   * step (read with `diagnostics()`), with no effect on the update.
    */
-  step(closure?: () => Tensor): Tensor | undefined {
-    const loss = closure?.();
+  step(arg?: (() => Tensor) | StepOptions): Tensor | undefined {
+    const opts: StepOptions = typeof arg === "function" ? { closure: arg } : arg ?? {};
+    const loss = opts.closure?.();
+    const d = opts.diagnostics;
+    const diag = d
+      ? (typeof d === "object" && d.castDtype !== undefined
+        ? toDType(d.castDtype)
+        : this.precision.computeDtype)
+      : null;
+    if (opts.foundInf !== undefined && !isTensor(opts.foundInf)) {
+      throw new ValueError(`${this.name}.step(): foundInf must be a u32 tensor`);
+    }
+    if (opts.foundInf) this.#device = true;
+    this.#diagDtype = diag;
     this.paramGroups.forEach((g, k) => {
       this.validateGroup(g, `${this.name}: parameter group ${k}`);
       const [key, prog] = this.#program(g);
@@ -277,9 +365,59 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
         this.hyper(g),
         (s) => this.classKey(g, s),
         (c) => this.classValues(g, c),
+        { foundInf: this.#device ? opts.foundInf ?? null : null, diag },
       );
+      if (this.#device) this.#flat[k].toDeviceSteps();
     });
     return loss;
+  }
+
+  /**
+   * What low precision lost in the last step taken with `{ diagnostics: true }` (DESIGN.md
+   * section 4), over all parameters updated in it; the counts and sums were accumulated on
+   * the device by the update kernel, this reads them (one readback). Null when no step
+   * with diagnostics has run since the last step without.
+   *
+   * @example
+   * ```ts
+   * import { SGD, tensor } from "../mod.ts";
+   * const w = tensor([1, 0.001], { dtype: "bf16" });
+   * const opt = new SGD([w], { lr: 1e-4 });
+   * w.grad = tensor([1, 1], { dtype: "bf16" });
+   * opt.step({ diagnostics: true });
+   * const d = (await opt.diagnostics())!;
+   * console.log(d.updated, d.lost, d.imprecision); // 2 1 0.5
+   * ```
+   */
+  async diagnostics(): Promise<Diagnostics | null> {
+    const parts = this.#flat.map((f) => f.diagnostics).filter((d) => d !== null);
+    if (this.#diagDtype === null || parts.length === 0) return null;
+    const reads = await Promise.all(
+      parts.flatMap((p) => [p.counters.toArray(), p.sums.toArray()]),
+    );
+    const c = new Array(DIAG_COUNTERS.length).fill(0);
+    let dot = 0, nrm = 0;
+    for (let k = 0; k < parts.length; k++) {
+      const cnt = reads[2 * k], sums = reads[2 * k + 1];
+      DIAG_COUNTERS.forEach((_, j) => (c[j] += cnt[j]));
+      dot += sums[0];
+      nrm += sums[1];
+    }
+    const [elements, updated, lost, gradNonFinite, gradUnderflow, gradOverflow] = c;
+    return {
+      elements,
+      updated,
+      lost,
+      imprecision: updated === 0 ? 0 : lost / updated,
+      dotEU: dot,
+      normU2: nrm,
+      edq: nrm === 0 ? 0 : dot / Math.sqrt(nrm),
+      edqRatio: nrm === 0 ? 1 : dot / nrm,
+      gradNonFinite,
+      gradUnderflow,
+      gradOverflow,
+      castDtype: this.#diagDtype.name,
+    };
   }
 
   /**
@@ -316,7 +454,7 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
         ids.push(index);
         if (flat.steps[i] > 0) {
           const s: ParamState = {};
-          if (this.savesStep) s.step = flat.steps[i];
+          if (this.savesStep) s.step = flat.deviceSteps ? flat.readStep(i) : flat.steps[i];
           for (const spec of flat.allocated ? flat.states : []) {
             s[spec.name] = flat.readState(i, spec.name);
           }
@@ -387,8 +525,11 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
       const p = this.paramGroups[k].params[i];
       for (const [key, v] of Object.entries(s)) {
         if (key === "step") {
-          if (typeof v !== "number" || !Number.isInteger(v) || v < 0) {
-            throw new ValueError(`${op}: state ${id}.step must be a non-negative integer`);
+          const okNumber = typeof v === "number" && Number.isInteger(v) && v >= 0;
+          if (!okNumber && !(isTensor(v) && v.size === 1)) {
+            throw new ValueError(
+              `${op}: state ${id}.step must be a non-negative integer or a one-element tensor`,
+            );
           }
         } else if (v !== null && !names.includes(key)) {
           throw new ValueError(
@@ -410,7 +551,7 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
       for (const n of names) {
         if (!isTensor(s[n])) throw new ValueError(`${op}: state ${id} has no tensor '${n}'`);
       }
-      if (this.savesStep && typeof s.step !== "number") {
+      if (this.savesStep && typeof s.step !== "number" && !isTensor(s.step)) {
         throw new ValueError(`${op}: state ${id} has no 'step'`);
       }
     }
@@ -421,9 +562,13 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
       flat.prepare(programs[k]);
       flat.resetStates();
     });
+    if (entries.some(({ s }) => isTensor(s.step))) this.#device = true;
+    if (this.#device) { for (const f of this.#flat) f.toDeviceSteps(); }
     for (const { id, k, i, s } of entries) {
       const flat = this.#flat[k];
+      // a tensor step (device counts) is not known on the host: 1 marks "has state"
       flat.steps[i] = typeof s.step === "number" ? s.step : 1;
+      if (flat.deviceSteps) flat.writeStep(i, isTensor(s.step) ? s.step : flat.steps[i]);
       for (const spec of flat.states) {
         flat.writeState(i, spec.name, s[spec.name] as Tensor, `state ${id}`);
       }

@@ -1,29 +1,38 @@
 /**
  * Precision strategies of the optimizers: which dtype the parameters, the gradients and
- * each optimizer state are stored in, and (for strategies whose arithmetic differs from
- * "compute in f32, round each stored value once") the WGSL of the update itself.
+ * each optimizer state are stored in, extra per-element buffers, and (for strategies whose
+ * arithmetic differs from "compute in f32, round each stored value once") the WGSL of the
+ * update itself. DESIGN.md section 4's table, bytes per parameter with AdamW:
  *
- * The optimizers never name a dtype themselves: their multi-tensor kernel reads every
- * buffer through the decoder of its dtype and writes through the encoder, so a strategy is
- * a table row. Implemented now (DESIGN.md section 4):
+ * | name            | params | grads | m    | v                | extra              | bytes |
+ * |-----------------|--------|-------|------|------------------|--------------------|-------|
+ * | `fp32`          | f32    | f32   | f32  | f32              |                    | 16    |
+ * | `bf16`          | bf16   | bf16  | bf16 | bf16             | (pure bf16)        | 8     |
+ * | `amp-bf16`      | f32    | f32   | f32  | f32              | bf16 casts / fwd   | 16    |
+ * | `amp-f16`       | f32    | f32   | f32  | f32              | f16 casts, scaler  | 16    |
+ * | `collage-light` | bf16   | bf16  | bf16 | bf16             | `paramLo` bf16     | 10    |
+ * | `collage-plus`  | bf16   | bf16  | bf16 | bf16 + `expAvgSqLo` | `paramLo` bf16  | 12    |
  *
- * | name   | params | grads | states (m, v, momentum) |
- * |--------|--------|-------|-------------------------|
- * | `fp32` | f32    | f32   | f32                     |
- * | `bf16` | bf16   | bf16  | bf16 (pure bf16)        |
+ * `amp-*` store what `fp32` stores (f32 master weights); the forward runs under
+ * `autocast({ dtype: strategy.autocast })`, whose casts of the weights are transient and
+ * counted as "casts" in `memory()`, and `amp-f16` wants a `GradScaler`
+ * (`strategy.gradScaler`). The Collage rows replace the update bodies (`collage.ts`).
+ * `applyPrecision(model, name)` puts a model's parameters into the strategy's dtype.
  *
- * **Extension point** (for `amp-bf16`, `amp-f16`, `collage-light`, `collage-plus`): add a
- * row to `STRATEGIES` below. A row names the dtypes; `extraStates` adds per-element buffers
- * that the optimizer allocates, zero-initialises, passes to the kernel and saves in its
- * state dict (Collage's low parts `paramLo`, `expAvgSqLo`); `updates.adamw` / `updates.sgd`
- * replace the kernel body (the MCF arithmetic of Collage). `amp-*` are `fp32` rows (f32
- * master weights; the casts happen in `autocast`) plus the GradScaler's `found_inf` skip.
+ * To add a strategy, add a row to `STRATEGIES` below: the dtypes; `extraStates`, buffers
+ * the optimizer allocates, zero-initialises, passes to the kernel and saves in its state
+ * dict (Collage's `paramLo`, `expAvgSqLo`); `updates.adamw` / `updates.sgd`, replacement
+ * kernel bodies (see `UpdateBodyContext`).
  *
  * @module
  */
 
-import { bfloat16, type DType, float32 } from "../dtypes/mod.ts";
+import { bfloat16, type DType, float16, float32 } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
+import type { Tensor } from "../tensor/mod.ts";
+import { noGrad } from "../autograd/mod.ts";
+import { Module, Parameter } from "../nn/module.ts";
+import { collageAdamWBody, collageSGDBody } from "./collage.ts";
 
 /**
  * One per-element buffer of the multi-tensor kernel: its name (a WGSL identifier) and dtype.
@@ -40,6 +49,8 @@ export interface StateSpec {
   readonly name: string;
   /** Storage dtype. */
   readonly dtype: DType;
+  /** The optimizers that keep this buffer (default: all). */
+  readonly optimizers?: readonly ("adamw" | "sgd")[];
 }
 
 /**
@@ -50,7 +61,9 @@ export interface StateSpec {
  * (`stepSize`, `bc2Sqrt`, ...); `q_<name>(v)` which rounds v to the dtype `<name>` is stored
  * in (once: store what q_ returns); `u.one`, a uniform 1.0 that keeps the shader compiler
  * from reassociating error-free transforms (DESIGN.md's numerics pitfalls); `ulp_isnan(v)`,
- * `ulp_max(a, b)` (NaN-propagating) and `ulp_nan()`.
+ * `ulp_max(a, b)` (NaN-propagating) and `ulp_nan()`. For the diagnostics a body assigns
+ * `y.intended`, the intended update of the parameter in f32 (new value minus old, before any
+ * rounding to storage); the effective one is read from the stored values.
  *
  * @example
  * ```ts
@@ -110,9 +123,28 @@ export interface PrecisionStrategy {
   readonly extraStates: readonly StateSpec[];
   /** Replacement update bodies by optimizer (`adamw`, `sgd`); default: the f32 body. */
   readonly updates: Readonly<Partial<Record<"adamw" | "sgd", UpdateBody>>>;
+  /** The dtype the forward runs in under `autocast` (amp strategies), or null (none). */
+  readonly autocast: DType | null;
+  /** Whether the strategy wants a `GradScaler` (f16 gradients underflow without one). */
+  readonly gradScaler: boolean;
+  /**
+   * The low-precision dtype the strategy computes in (the diagnostics count gradient
+   * underflow and overflow against it): bf16, f16, or f32 for `fp32`.
+   */
+  readonly computeDtype: DType;
+  /**
+   * WGSL of the effective update of the stored weight for the diagnostics, from `x` (old)
+   * and `y` (new); null: `y.param - x.param`.
+   */
+  readonly effective: string | null;
 }
 
-function uniform(name: string, description: string, d: DType): PrecisionStrategy {
+function row(
+  name: string,
+  description: string,
+  d: DType,
+  extra: Partial<PrecisionStrategy> = {},
+): PrecisionStrategy {
   return Object.freeze({
     name,
     description,
@@ -121,17 +153,67 @@ function uniform(name: string, description: string, d: DType): PrecisionStrategy
     stateDtype: () => d,
     extraStates: [],
     updates: {},
+    autocast: null,
+    gradScaler: false,
+    computeDtype: d,
+    effective: null,
+    ...extra,
   });
 }
 
+const MCF_EFFECTIVE = "(y.param - x.param) + (y.paramLo - x.paramLo)";
+
 /** The registered strategies, by name. Add a row here to add a strategy. */
 const STRATEGIES: Record<string, PrecisionStrategy> = {
-  fp32: uniform("fp32", "f32 parameters, gradients and optimizer states", float32),
-  bf16: uniform(
+  fp32: row("fp32", "f32 parameters, gradients and optimizer states", float32),
+  bf16: row(
     "bf16",
     "pure bf16: parameters, gradients and states in bf16, arithmetic in f32, each stored value " +
       "rounded once (RNE)",
     bfloat16,
+  ),
+  "amp-bf16": row(
+    "amp-bf16",
+    "mixed precision: f32 master weights, gradients and states; the forward runs under " +
+      "autocast({ dtype: 'bf16' }), which casts the weights per forward",
+    float32,
+    { autocast: bfloat16, computeDtype: bfloat16 },
+  ),
+  "amp-f16": row(
+    "amp-f16",
+    "mixed precision: f32 master weights, gradients and states; the forward runs under " +
+      "autocast({ dtype: 'f16' }) and a GradScaler scales the loss",
+    float32,
+    { autocast: float16, computeDtype: float16, gradScaler: true },
+  ),
+  "collage-light": row(
+    "collage-light",
+    "Collage light: bf16 weights as hi + lo (multi-component floats), bf16 gradients, m and v",
+    bfloat16,
+    {
+      extraStates: [{ name: "paramLo", dtype: bfloat16 }],
+      updates: {
+        adamw: collageAdamWBody("light"),
+        sgd: ({ flags }) => collageSGDBody(flags),
+      },
+      effective: MCF_EFFECTIVE,
+    },
+  ),
+  "collage-plus": row(
+    "collage-plus",
+    "Collage plus: as collage-light, and v kept as hi + lo too",
+    bfloat16,
+    {
+      extraStates: [
+        { name: "paramLo", dtype: bfloat16 },
+        { name: "expAvgSqLo", dtype: bfloat16, optimizers: ["adamw"] },
+      ],
+      updates: {
+        adamw: collageAdamWBody("plus"),
+        sgd: ({ flags }) => collageSGDBody(flags),
+      },
+      effective: MCF_EFFECTIVE,
+    },
   ),
 };
 
@@ -141,7 +223,8 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
  * @example
  * ```ts
  * import { precisionNames } from "../mod.ts";
- * console.log(precisionNames()); // ["fp32", "bf16"]
+ * console.log(precisionNames());
+ * // ["fp32", "bf16", "amp-bf16", "amp-f16", "collage-light", "collage-plus"]
  * ```
  */
 export function precisionNames(): string[] {
@@ -168,4 +251,53 @@ export function precisionStrategy(name: string, op = "optimizer"): PrecisionStra
     );
   }
   return s;
+}
+
+/**
+ * Puts a model's parameters into the storage dtype of strategy `name` (`precision` of the
+ * optimizers): each parameter whose dtype differs is replaced by a new parameter holding
+ * its values cast once (RNE), and the module fields that held it (tied weights included)
+ * point to the new one; the old tensor and its gradient are freed. Call it before creating
+ * the optimizer (which holds the parameters it was given). Returns the model.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, applyPrecision, Linear } from "../mod.ts";
+ * const model = applyPrecision(new Linear(4, 2), "collage-light");
+ * console.log(model.weight.dtype); // "bf16"
+ * const opt = new AdamW(model.parameters(), { lr: 1e-3, precision: "collage-light" });
+ * console.log(opt.precision.extraStates.map((s) => s.name)); // ["paramLo"]
+ * ```
+ */
+export function applyPrecision<M extends Module>(model: M, name: string): M {
+  const s = precisionStrategy(name, "applyPrecision()");
+  if (!(model instanceof Module)) {
+    throw new ValueError("applyPrecision(): expects a Module (a layer or a model)");
+  }
+  const swapped = new Map<Tensor, Tensor>();
+  for (const [, p] of model.namedParameters()) {
+    if (p.dt === s.param) continue;
+    const q = noGrad(() => p.cast(s.param));
+    swapped.set(p, Parameter(q));
+  }
+  if (swapped.size === 0) return model;
+  for (const [, m] of model.namedModules()) {
+    const fields = m as unknown as Record<string, unknown>;
+    for (const [k, v] of Object.entries(fields)) {
+      if (Array.isArray(v)) {
+        v.forEach((x, i) => {
+          const n = swapped.get(x as Tensor);
+          if (n) v[i] = n;
+        });
+      } else {
+        const n = swapped.get(v as Tensor);
+        if (n) fields[k] = n;
+      }
+    }
+  }
+  for (const old of swapped.keys()) {
+    old.zeroGrad();
+    old.dispose();
+  }
+  return model;
 }

@@ -122,7 +122,7 @@ export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
       ...(flags.momentum
         ? [{ name: "momentumBuffer", dtype: s.stateDtype("momentumBuffer") }]
         : []),
-      ...s.extraStates,
+      ...s.extraStates.filter((e) => !e.optimizers || e.optimizers.includes("sgd")),
     ];
     const buffers = [
       { name: "param", dtype: s.param, access: "read_write" as const },
@@ -136,6 +136,8 @@ export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
       hyper: ["lr", "momentum", "damp1", "wd"],
       classVals: ["isFirst"],
       body: custom ? custom({ flags, buffers }) : sgdBody(flags),
+      deviceClass: "  kv = vec4<f32>(select(0.0, 1.0, t == 1u && momentum != 0.0), 0.0, 0.0, 0.0);",
+      effective: s.effective ?? undefined,
     };
   }
 
@@ -168,7 +170,8 @@ function sgdBody(flags: { momentum: boolean; nesterov: boolean; maximize: boolea
   d = ${flags.nesterov ? "d + momentum * b" : "b"};
 `;
   }
-  return s + `  y.param = q_param(x.param - lr * d);`;
+  return s + `  y.param = q_param(x.param - lr * d);
+  y.intended = -(lr * d);`;
 }
 
 function validate(g: SGDParamGroup, where: string): void {

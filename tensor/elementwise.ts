@@ -329,7 +329,7 @@ export function autocastInputs<T extends Operand>(op: string, inputs: readonly T
         lowering
           ? { rounding: st.rounding, seed: (st.seed + Math.imul(o.id, 0x9e3779b1)) >>> 0 }
           : {},
-      );
+      ).setPurpose("casts"); // transient: counted as "casts" in memory()
     return (o.node === null && o.requiresGrad ? cachedCast(o, target, make) : make()) as T;
   });
 }

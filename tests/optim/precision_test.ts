@@ -77,7 +77,14 @@ Deno.test("pure bf16: with weights of size 0.02 and lr 1e-4, about 12% of update
 });
 
 Deno.test("precision names the strategies; unknown ones are refused with the list", () => {
-  assert.deepEqual(precisionNames(), ["fp32", "bf16"]);
+  assert.deepEqual(precisionNames(), [
+    "fp32",
+    "bf16",
+    "amp-bf16",
+    "amp-f16",
+    "collage-light",
+    "collage-plus",
+  ]);
   const s = precisionStrategy("bf16");
   assert.deepEqual([s.param.name, s.grad.name, s.stateDtype("expAvg").name], [
     "bf16",
@@ -85,8 +92,8 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
     "bf16",
   ]);
   assert.throws(
-    () => precisionStrategy("amp-bf16"),
-    /unknown precision 'amp-bf16'; supported: 'fp32', 'bf16'/,
+    () => precisionStrategy("fp16"),
+    /unknown precision 'fp16'; supported: 'fp32', 'bf16', 'amp-bf16', 'amp-f16', 'collage-light', 'collage-plus'/,
   );
 });
 

@@ -1,0 +1,583 @@
+/**
+ * `GradScaler`: PyTorch's dynamic loss scaling (`torch.amp.GradScaler`) with its defaults,
+ * methods and misuse errors, kept entirely on the device. The scale (f32), the growth
+ * tracker (i32) and each optimizer's `found_inf` flag (u32) are small GPU buffers:
+ *
+ * - `scale(loss)` multiplies by the scale tensor (a kernel);
+ * - `unscale(opt)` checks every gradient for Inf/NaN on the exponent bits and multiplies it
+ *   by 1/scale (one kernel per gradient dtype over a flat copy, as `clipGradNorm` does);
+ * - `step(opt)` runs `opt.step({ foundInf })`: the update kernel reads the flag and changes
+ *   nothing when it is set, and the optimizer's step counts (bias corrections) live on the
+ *   device so a skipped step does not advance them;
+ * - `update()` is a one-thread kernel implementing `torch._amp_update_scale_`:
+ *
+ * ```
+ * if found_inf: scale *= backoffFactor; tracker = 0
+ * else: t = tracker + 1
+ *       if t == growthInterval: (scale *= growthFactor unless that overflows); tracker = 0
+ *       else tracker = t
+ * ```
+ *
+ * So a training step with the scaler reads nothing back; `getScale()` and `stateDict()`
+ * wait for the GPU. The factors are applied as f32 products (`scale * f32(factor)`): the same
+ * bits as PyTorch's double product whenever the factor is an f32 number (2, 0.5, 1.5, ...).
+ *
+ * Reference: Micikevicius et al., "Mixed Precision Training", ICLR 2018; PyTorch
+ * `torch/amp/grad_scaler.py` and `aten/src/ATen/native/cuda/AmpKernels.cu`.
+ *
+ * @module
+ */
+
+import { type DType, wgslChunks } from "../dtypes/mod.ts";
+import { ValueError } from "../errors.ts";
+import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
+import { full, isTensor, keep, Tensor, tensor } from "../tensor/mod.ts";
+import {
+  layoutOf,
+  needsF16,
+  storageBytes,
+  wgslBinding,
+  wgslEncoder,
+  wgslLoad,
+} from "../tensor/layout.ts";
+import {
+  byteOffset,
+  cachedKernel,
+  groupElems,
+  segments,
+  WG,
+  wgslStore,
+  zeroFlag,
+} from "./_multi_tensor.ts";
+import type { Optimizer } from "./optimizer.ts";
+
+/**
+ * Options of `GradScaler`, PyTorch's names in camelCase and its defaults.
+ *
+ * @example
+ * ```ts
+ * import { GradScaler, type GradScalerOptions } from "../mod.ts";
+ * const opts: GradScalerOptions = { initScale: 1024, growthInterval: 100 };
+ * console.log(await new GradScaler(opts).getScale()); // 1024
+ * ```
+ */
+export interface GradScalerOptions {
+  /** Initial scale (default 2^16). */
+  initScale?: number;
+  /** Factor the scale grows by after `growthInterval` steps without Inf/NaN (default 2), > 1. */
+  growthFactor?: number;
+  /** Factor the scale shrinks by after a step with Inf/NaN (default 0.5), in (0, 1). */
+  backoffFactor?: number;
+  /** Consecutive steps without Inf/NaN before the scale grows (default 2000). */
+  growthInterval?: number;
+  /** When false, every method is a pass-through (default true). */
+  enabled?: boolean;
+}
+
+/**
+ * The state of a `GradScaler` (`stateDict()`): PyTorch's keys in camelCase.
+ *
+ * @example
+ * ```ts
+ * import { GradScaler } from "../mod.ts";
+ * const sd = await new GradScaler().stateDict();
+ * console.log(sd.scale, sd.growthInterval, sd.growthTracker); // 65536 2000 0
+ * ```
+ */
+export interface GradScalerState {
+  /** The current scale. */
+  scale: number;
+  /** Growth factor. */
+  growthFactor: number;
+  /** Backoff factor. */
+  backoffFactor: number;
+  /** Growth interval. */
+  growthInterval: number;
+  /** Consecutive steps without Inf/NaN since the scale last changed. */
+  growthTracker: number;
+}
+
+type Stage = "ready" | "unscaled" | "stepped";
+
+/**
+ * Dynamic loss scaling for f16 training, as `torch.amp.GradScaler`: scale the loss, unscale
+ * the gradients (checking them for Inf/NaN), step (skipped on the device when a gradient
+ * overflowed), update the scale. Refuses misuse as PyTorch does (`unscale` twice, `step`
+ * twice without `update`).
+ *
+ * @example
+ * ```ts
+ * import { AdamW, GradScaler, tensor } from "../mod.ts";
+ * const w = tensor([1, 2], { requiresGrad: true });
+ * const opt = new AdamW([w], { lr: 0.1, weightDecay: 0 });
+ * const scaler = new GradScaler({ initScale: 1024 });
+ * scaler.scale(w.mul(w).sum()).backward(); // gradients 1024 * 2w
+ * scaler.step(opt); // unscales (2w), finds no Inf/NaN, steps
+ * scaler.update();
+ * console.log(Array.from(await w.toArray()).map((x) => x.toFixed(2))); // ["0.90", "1.90"]
+ * // an overflow: the step is skipped on the device and the scale backs off
+ * opt.zeroGrad();
+ * w.grad = tensor([Infinity, 1]);
+ * scaler.step(opt);
+ * scaler.update();
+ * console.log(await scaler.getScale(), Array.from(await w.toArray()).map((x) => x.toFixed(2)));
+ * // 512 ["0.90", "1.90"]
+ * ```
+ */
+export class GradScaler {
+  #enabled: boolean;
+  #initScale: number;
+  #growthFactor: number;
+  #backoffFactor: number;
+  #growthInterval: number;
+  #scale: Tensor | null = null;
+  #tracker: Tensor | null = null;
+  #combined: Tensor | null = null;
+  #found = new Map<Optimizer, Tensor>();
+  #stages = new Map<Optimizer, Stage>();
+
+  /** A scaler with PyTorch's defaults (`initScale` 2^16, growth 2, backoff 0.5, interval 2000). */
+  constructor(opts: GradScalerOptions = {}) {
+    const o = {
+      initScale: 2 ** 16,
+      growthFactor: 2,
+      backoffFactor: 0.5,
+      growthInterval: 2000,
+      enabled: true,
+      ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+    };
+    for (const k of Object.keys(o)) {
+      if (
+        !["initScale", "growthFactor", "backoffFactor", "growthInterval", "enabled"].includes(k)
+      ) {
+        throw new ValueError(
+          `GradScaler: unknown option '${k}'; it takes initScale, growthFactor, ` +
+            `backoffFactor, growthInterval, enabled`,
+        );
+      }
+    }
+    checkFactors(o.growthFactor, o.backoffFactor, o.growthInterval, "GradScaler");
+    if (typeof o.initScale !== "number" || !(o.initScale > 0) || !Number.isFinite(o.initScale)) {
+      throw new ValueError(
+        `GradScaler: initScale must be a finite number > 0, got ${String(o.initScale)}`,
+      );
+    }
+    if (typeof o.enabled !== "boolean") {
+      throw new ValueError(`GradScaler: enabled must be true or false, got ${String(o.enabled)}`);
+    }
+    this.#enabled = o.enabled;
+    this.#initScale = o.initScale;
+    this.#growthFactor = o.growthFactor;
+    this.#backoffFactor = o.backoffFactor;
+    this.#growthInterval = o.growthInterval;
+  }
+
+  /** Whether the scaler is enabled. */
+  isEnabled(): boolean {
+    return this.#enabled;
+  }
+
+  #lazyInit(): [Tensor, Tensor] {
+    if (this.#scale === null || this.#scale.disposed) {
+      this.#scale = keep(full([], this.#initScale, { purpose: "other" }));
+      this.#tracker = keep(tensor(new Int32Array(1), { dtype: "i32", purpose: "other" }));
+    }
+    return [this.#scale, this.#tracker!];
+  }
+
+  /** The scale as a 0-d f32 tensor on the device (created on first use). @internal */
+  get scaleTensor(): Tensor {
+    return this.#lazyInit()[0];
+  }
+
+  /**
+   * `outputs` (a loss, or several) multiplied by the current scale, on the device. Call
+   * `backward()` on the result. Disabled: the outputs unchanged.
+   */
+  scale(outputs: Tensor): Tensor;
+  scale(outputs: readonly Tensor[]): Tensor[];
+  scale(outputs: Tensor | readonly Tensor[]): Tensor | Tensor[] {
+    if (Array.isArray(outputs)) return outputs.map((t) => this.scale(t as Tensor));
+    const t = outputs as Tensor;
+    if (!isTensor(t)) throw new ValueError("GradScaler.scale(): expects a tensor or tensors");
+    if (!this.#enabled) return t;
+    return t.mul(this.#lazyInit()[0]);
+  }
+
+  #stage(opt: Optimizer): Stage {
+    return this.#stages.get(opt) ?? "ready";
+  }
+
+  /**
+   * Divides the gradients of `optimizer`'s parameters by the scale in place and records
+   * whether any of them holds Inf or NaN (on the device; nothing is read back). Call it
+   * before clipping gradients; `step` calls it when you did not.
+   */
+  unscale(optimizer: Optimizer): void {
+    if (!this.#enabled) return;
+    const st = this.#stage(optimizer);
+    if (st === "unscaled") {
+      throw new ValueError(
+        "GradScaler.unscale(): unscale() has already been called on this optimizer since the " +
+          "last update()",
+      );
+    }
+    if (st === "stepped") {
+      throw new ValueError("GradScaler.unscale(): unscale() is being called after step()");
+    }
+    const rt = currentRuntime();
+    const [scale] = this.#lazyInit();
+    let found = this.#found.get(optimizer);
+    if (!found || found.disposed) {
+      found = keep(tensor(new Uint32Array(1), { dtype: "u32", purpose: "other" }));
+      this.#found.set(optimizer, found);
+    }
+    const op = "GradScaler.unscale()";
+    rt.copy(zeroFlag(rt).buffer(op), 0, found.buffer(op), 0, 4);
+    const grads = optimizer.paramGroups.flatMap((g) => g.params)
+      .map((p) => p.grad).filter((g): g is Tensor => g !== null);
+    if (grads.some((g) => g.dtype === "f16")) {
+      throw new ValueError(
+        `${op}: attempting to unscale f16 gradients; keep f32 master weights (precision ` +
+          `'amp-f16' with applyPrecision) so that gradients are f32`,
+      );
+    }
+    unscaleGrads(rt, grads, scale, found, op);
+    this.#stages.set(optimizer, "unscaled");
+  }
+
+  /**
+   * Unscales the gradients if `unscale` was not called, then steps `optimizer` with the
+   * Inf/NaN flag: on the device, the step changes nothing when a gradient overflowed.
+   * Disabled: `optimizer.step()`.
+   */
+  step(optimizer: Optimizer): void {
+    if (!this.#enabled) {
+      optimizer.step();
+      return;
+    }
+    if (this.#stage(optimizer) === "stepped") {
+      throw new ValueError(
+        "GradScaler.step(): step() has already been called since the last update()",
+      );
+    }
+    if (this.#stage(optimizer) === "ready") this.unscale(optimizer);
+    optimizer.step({ foundInf: this.#found.get(optimizer)! });
+    this.#stages.set(optimizer, "stepped");
+  }
+
+  /**
+   * Updates the scale, on the device: backs off after a step in which any optimizer's
+   * gradients held Inf/NaN, grows after `growthInterval` clean steps (PyTorch's
+   * `_amp_update_scale_`). With `newScale` (a number or a one-element f32 tensor), sets the
+   * scale instead. Call it once per iteration, after `step`.
+   */
+  update(newScale?: number | Tensor): void {
+    if (!this.#enabled) return;
+    const op = "GradScaler.update()";
+    const rt = currentRuntime();
+    const [scale, tracker] = this.#lazyInit();
+    if (newScale !== undefined) {
+      if (typeof newScale === "number") {
+        rt.write(scale.buffer(op), new Float32Array([newScale]));
+      } else if (isTensor(newScale) && newScale.size === 1 && newScale.dtype === "f32") {
+        if (newScale.requiresGrad) {
+          throw new ValueError(`${op}: newScale must not require grad`);
+        }
+        rt.copy(newScale.buffer(op), 0, scale.buffer(op), 0, 4);
+      } else {
+        throw new ValueError(`${op}: newScale must be a number or a one-element f32 tensor`);
+      }
+    } else {
+      const flags = [...this.#stages.keys()].map((o) => this.#found.get(o)!).filter(Boolean);
+      if (flags.length === 0) {
+        throw new ValueError(`${op}: no inf checks were recorded prior to update()`);
+      }
+      this.#combined ??= keep(tensor(new Uint32Array(1), { dtype: "u32", purpose: "other" }));
+      const comb = this.#combined.buffer(op);
+      rt.copy(flags[0].buffer(op), 0, comb, 0, 4);
+      for (const f of flags.slice(1)) {
+        rt.dispatch(
+          cachedKernel(rt, "gradScalerOr", OR_SRC, ["read_write", "read"]),
+          [comb, f.buffer(op)],
+          [1],
+          new Uint32Array(4),
+        );
+      }
+      const u = new Uint32Array(4);
+      const f = new Float32Array(u.buffer);
+      f[0] = this.#growthFactor;
+      f[1] = this.#backoffFactor;
+      new Int32Array(u.buffer)[2] = this.#growthInterval;
+      rt.dispatch(
+        cachedKernel(rt, "gradScalerUpdate", UPDATE_SRC, ["read_write", "read_write", "read"]),
+        [scale.buffer(op), tracker.buffer(op), comb],
+        [1],
+        u,
+      );
+    }
+    this.#stages.clear();
+  }
+
+  /** The current scale (reads it back); 1 when disabled. */
+  async getScale(): Promise<number> {
+    if (!this.#enabled) return 1;
+    return await this.#lazyInit()[0].item();
+  }
+
+  /** The growth factor. */
+  getGrowthFactor(): number {
+    return this.#growthFactor;
+  }
+
+  /** Sets the growth factor (> 1). */
+  setGrowthFactor(v: number): void {
+    checkFactors(v, this.#backoffFactor, this.#growthInterval, "GradScaler.setGrowthFactor()");
+    this.#growthFactor = v;
+  }
+
+  /** The backoff factor. */
+  getBackoffFactor(): number {
+    return this.#backoffFactor;
+  }
+
+  /** Sets the backoff factor (in (0, 1)). */
+  setBackoffFactor(v: number): void {
+    checkFactors(this.#growthFactor, v, this.#growthInterval, "GradScaler.setBackoffFactor()");
+    this.#backoffFactor = v;
+  }
+
+  /** The growth interval. */
+  getGrowthInterval(): number {
+    return this.#growthInterval;
+  }
+
+  /** Sets the growth interval (a positive integer). */
+  setGrowthInterval(v: number): void {
+    checkFactors(this.#growthFactor, this.#backoffFactor, v, "GradScaler.setGrowthInterval()");
+    this.#growthInterval = v;
+  }
+
+  /** The state (reads the scale and tracker back); `{}` when disabled, as PyTorch. */
+  async stateDict(): Promise<GradScalerState | Record<string, never>> {
+    if (!this.#enabled) return {};
+    const [scale, tracker] = this.#lazyInit();
+    const [s, t] = await Promise.all([scale.toArray(), tracker.toArray()]);
+    return {
+      scale: s[0],
+      growthFactor: this.#growthFactor,
+      backoffFactor: this.#backoffFactor,
+      growthInterval: this.#growthInterval,
+      growthTracker: t[0],
+    };
+  }
+
+  /** Restores a state from `stateDict()` (writes it to the device; no readback). */
+  loadStateDict(sd: GradScalerState | Record<string, never>): void {
+    if (!this.#enabled) return;
+    const op = "GradScaler.loadStateDict()";
+    if (!sd || typeof sd !== "object" || Object.keys(sd).length === 0) {
+      throw new ValueError(
+        `${op}: the source state dict is empty, possibly because it was saved from a scaler ` +
+          `that was not enabled`,
+      );
+    }
+    const s = sd as GradScalerState;
+    for (const k of ["scale", "growthFactor", "backoffFactor", "growthInterval"] as const) {
+      if (typeof s[k] !== "number") throw new ValueError(`${op}: '${k}' must be a number`);
+    }
+    if (!(s.scale > 0) || !Number.isFinite(s.scale)) {
+      throw new ValueError(`${op}: scale must be a finite number > 0, got ${s.scale}`);
+    }
+    checkFactors(s.growthFactor, s.backoffFactor, s.growthInterval, op);
+    this.#initScale = s.scale;
+    this.#growthFactor = s.growthFactor;
+    this.#backoffFactor = s.backoffFactor;
+    this.#growthInterval = s.growthInterval;
+    const [scale, tracker] = this.#lazyInit();
+    const rt = currentRuntime();
+    rt.write(scale.buffer(op), new Float32Array([s.scale]));
+    if (typeof s.growthTracker === "number") {
+      rt.write(tracker.buffer(op), new Int32Array([s.growthTracker]));
+    }
+  }
+
+  /** Frees the scaler's device buffers. */
+  dispose(): void {
+    for (const t of [this.#scale, this.#tracker, this.#combined, ...this.#found.values()]) {
+      t?.dispose();
+    }
+    this.#scale = this.#tracker = this.#combined = null;
+    this.#found.clear();
+    this.#stages.clear();
+  }
+}
+
+function checkFactors(growth: unknown, backoff: unknown, interval: unknown, op: string): void {
+  if (typeof growth !== "number" || !(growth > 1) || !Number.isFinite(growth)) {
+    throw new ValueError(`${op}: growthFactor must be a finite number > 1, got ${String(growth)}`);
+  }
+  if (typeof backoff !== "number" || !(backoff > 0 && backoff < 1)) {
+    throw new ValueError(`${op}: backoffFactor must be a number in (0, 1), got ${String(backoff)}`);
+  }
+  if (
+    !Number.isSafeInteger(interval) || (interval as number) <= 0 ||
+    (interval as number) > 2 ** 31 - 1
+  ) {
+    throw new ValueError(
+      `${op}: growthInterval must be a positive integer, got ${String(interval)}`,
+    );
+  }
+}
+
+/** `_amp_update_scale_`, one thread. */
+const UPDATE_SRC = `struct U { growth: f32, backoff: f32, interval: i32, pad: u32 }
+@group(0) @binding(0) var<storage, read_write> scale: array<f32>;
+@group(0) @binding(1) var<storage, read_write> tracker: array<i32>;
+@group(0) @binding(2) var<storage, read> found: array<u32>;
+@group(0) @binding(3) var<uniform> u: U;
+@compute @workgroup_size(1)
+fn main() {
+  if (found[0] != 0u) {
+    scale[0] = scale[0] * u.backoff;
+    tracker[0] = 0;
+  } else {
+    let successful = tracker[0] + 1;
+    if (successful == u.interval) {
+      let grown = scale[0] * u.growth;
+      if ((bitcast<u32>(grown) & 0x7f800000u) != 0x7f800000u) { scale[0] = grown; }
+      tracker[0] = 0;
+    } else {
+      tracker[0] = successful;
+    }
+  }
+}
+`;
+
+/** dst[0] |= src[0], one thread (found_inf of several optimizers combined). */
+const OR_SRC = `struct U { p0: u32, p1: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<uniform> u: U;
+@compute @workgroup_size(1)
+fn main() { dst[0] = dst[0] | src[0]; }
+`;
+
+/** Element groups per invocation in one chunk of the unscale kernel. */
+const ITEMS = 16;
+
+const kernels = new WeakMap<Runtime, Map<string, Kernel>>();
+
+/** The unscale kernel of one dtype: x *= 1/scale in place, found |= any non-finite x. */
+function unscaleKernel(rt: Runtime, dt: DType): Kernel {
+  let m = kernels.get(rt);
+  if (!m) kernels.set(rt, m = new Map());
+  let k = m.get(dt.name);
+  if (k) return k;
+  const l = layoutOf(dt, rt);
+  const E = groupElems([l]);
+  const enc = wgslEncoder(l);
+  let lanes = "";
+  for (let j = 0; j < E; j++) {
+    lanes += j === 0
+      ? `    let a0 = ld(s);\n    bad = bad || nonfinite(a0);\n    let v0 = select(a0 * inv, a0, inv == 1.0);\n`
+      : `    var v${j} = 0.0;\n    if (s + ${j}u < e.y) { let a = ld(s + ${j}u); bad = bad || nonfinite(a); v${j} = select(a * inv, a, inv == 1.0); }\n`;
+  }
+  const store = wgslStore(l, "x", enc.name, Array.from({ length: E }, (_, j) => `v${j}`));
+  const src = `${needsF16([l]) ? "enable f16;\n" : ""}${
+    wgslChunks(wgslLoad(l, "x", "ld"), enc.chunks)
+  }
+struct U { n: u32, p0: u32, p1: u32, p2: u32 }
+${
+    wgslBinding(l, 0, 0, "x", "read_write")
+  }@group(0) @binding(1) var<storage, read> chunks: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> scale: array<f32>;
+@group(0) @binding(3) var<storage, read_write> found: array<atomic<u32>>;
+@group(0) @binding(4) var<uniform> u: U;
+fn nonfinite(v: f32) -> bool { return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u; }
+// 1/scale: exact (bit arithmetic) for a normal power of two, else a division
+fn recip(v: f32) -> f32 {
+  let b = bitcast<u32>(v);
+  let ex = (b >> 23u) & 0xffu;
+  if ((b & 0x807fffffu) == 0u && ex >= 1u && ex <= 253u) { return bitcast<f32>((254u - ex) << 23u); }
+  return 1.0 / v;
+}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let c = wid.x + wid.y * nwg.x;
+  if (c >= u.n) { return; }
+  let e = chunks[c];
+  let inv = recip(scale[0]);
+  var bad = false;
+  for (var s = e.x + li * ${E}u; s < e.y; s = s + ${WG * E}u) {
+${lanes}${store.replace(/^ {2}/gm, "    ")}  }
+  if (bad) { atomicOr(&found[0], 1u); }
+}
+`;
+  k = rt.kernel("GradScaler.unscale", src, {
+    buffers: ["read_write", "read", "read", "read_write"],
+    uniform: true,
+  });
+  m.set(dt.name, k);
+  return k;
+}
+
+/** Unscales `grads` in place (one flat copy and one dispatch per dtype), flagging Inf/NaN. */
+function unscaleGrads(
+  rt: Runtime,
+  grads: readonly Tensor[],
+  scale: Tensor,
+  found: Tensor,
+  op: string,
+): void {
+  const byDtype = new Map<DType, Tensor[]>();
+  for (const g of grads) {
+    g.buffer(op);
+    const b = byDtype.get(g.dt);
+    if (b) b.push(g);
+    else byDtype.set(g.dt, [g]);
+  }
+  const scratch: Tensor[] = [];
+  try {
+    for (const [dt, gs] of byDtype) {
+      const chunk = WG * groupElems([layoutOf(dt, rt)]) * ITEMS;
+      const { offsets, total } = segments(gs.map((g) => g.size));
+      const flat = Tensor.empty([total], dt, "scratch");
+      scratch.push(flat);
+      const rows: number[] = [];
+      gs.forEach((g, i) => {
+        rt.copy(
+          g.buffer(op),
+          0,
+          flat.buffer(op),
+          byteOffset(dt, offsets[i]),
+          storageBytes(dt, g.size),
+        );
+        for (let s = offsets[i]; s < offsets[i] + g.size; s += chunk) {
+          rows.push(s, Math.min(offsets[i] + g.size, s + chunk), 0, i);
+        }
+      });
+      const n = rows.length / 4;
+      if (n === 0) continue;
+      const table = tensor(new Uint32Array(rows), { dtype: "u32", purpose: "scratch" });
+      scratch.push(table);
+      rt.dispatch(
+        unscaleKernel(rt, dt),
+        [flat.buffer(op), table.buffer(op), scale.buffer(op), found.buffer(op)],
+        rt.grid(n),
+        new Uint32Array([n, 0, 0, 0]),
+      );
+      gs.forEach((g, i) => {
+        rt.copy(
+          flat.buffer(op),
+          byteOffset(dt, offsets[i]),
+          g.buffer(op),
+          0,
+          storageBytes(dt, g.size),
+        );
+      });
+    }
+  } finally {
+    for (const t of scratch) t.dispose();
+  }
+}
