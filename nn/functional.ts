@@ -7,7 +7,7 @@
  */
 
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { autocastInputs, fmtShape, rand, type Tensor, where } from "../tensor/mod.ts";
+import { autocastInputs, fmtShape, matmul, rand, type Tensor, where } from "../tensor/mod.ts";
 import { layerNormLast, rmsNormLast } from "../tensor/norm.ts";
 import { crossEntropyLast } from "../tensor/loss.ts";
 
@@ -34,8 +34,13 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
         `(${weight.dtype}); the weight is [out_features, in_features] and the input's last dimension must be in_features`,
     );
   }
+  // Under autocast all three run in the lower dtype (PyTorch's linear); the weight itself is
+  // the operand, so its cast is cached for the context. W^T is read without a copy.
   // Intermediates stay alive for the backward pass; tidy() frees them.
-  const y = x.matmul(weight.transpose(0, 1));
+  const cast = autocastInputs("linear", bias === null ? [x, weight] : [x, weight, bias]);
+  [x, weight] = cast;
+  if (bias !== null) bias = cast[2];
+  const y = matmul(x, weight, { transB: true });
   return bias === null ? y : y.add(bias);
 }
 

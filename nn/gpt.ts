@@ -9,7 +9,7 @@
  */
 
 import { ValueError } from "../errors.ts";
-import { arange, fmtShape, type Tensor, tensor, where } from "../tensor/mod.ts";
+import { arange, fmtShape, matmul, type Tensor, tensor, where } from "../tensor/mod.ts";
 import { crossEntropy } from "./functional.ts";
 import { Dropout, Embedding, GELU, LayerNorm, type LayerOptions, Linear } from "./layers.ts";
 import { Module } from "./module.ts";
@@ -116,7 +116,7 @@ export class CausalSelfAttention extends Module {
     const heads = (k: number) =>
       qkv.slice([null, null, [k * C, (k + 1) * C]]).reshape([B, T, nh, hs]).transpose(1, 2); // (B, nh, T, hs)
     const q = heads(0), k = heads(1), v = heads(2);
-    const att = q.matmul(k.transpose(-2, -1)).mul(1 / Math.sqrt(hs)); // (B, nh, T, T)
+    const att = matmul(q, k, { transB: true }).mul(1 / Math.sqrt(hs)); // (B, nh, T, T)
     const masked = where(causalMask(T), att, -Infinity);
     const p = this.attn_dropout.forward(masked.softmax(-1));
     const y = p.matmul(v).transpose(1, 2).reshape([B, T, C]); // (B, T, C)
@@ -285,7 +285,7 @@ export class GPT extends Module {
     for (const block of this.h) x = block.forward(x);
     x = this.ln_f.forward(x);
     // the LM head shares its weight with the token embedding (weight tying)
-    const logits = x.matmul(this.wte.weight.transpose(0, 1)); // (B, T, vocab)
+    const logits = matmul(x, this.wte.weight, { transB: true }); // (B, T, vocab)
     const loss = targets
       ? crossEntropy(logits.reshape([B * T, this.config.vocabSize]), targets.reshape([B * T]))
       : null;

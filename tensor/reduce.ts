@@ -31,7 +31,7 @@ import {
   wgslLoad,
 } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
-import { launch } from "./elementwise.ts";
+import { autocastInputs, launch } from "./elementwise.ts";
 
 /** Threads per workgroup of every reduction kernel. */
 const WG = 64;
@@ -656,6 +656,7 @@ function expand(
  */
 export function sum(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
   checkTensor("sum", x);
+  [x] = autocastInputs("sum", [x]);
   const axes = normAxes("sum", x.shape, axis);
   const out = reduceCore(
     "sum",
@@ -681,6 +682,7 @@ export function sum(x: Tensor, axis?: number | readonly number[], keepDims = fal
  */
 export function mean(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
   checkTensor("mean", x);
+  [x] = autocastInputs("mean", [x]);
   const axes = normAxes("mean", x.shape, axis);
   const count = axes.reduce((a, d) => a * x.shape[d], 1);
   const scale = 1 / count;
@@ -804,6 +806,7 @@ export function logsumexp(
   keepDims = false,
 ): Tensor {
   checkTensor("logsumexp", x);
+  [x] = autocastInputs("logsumexp", [x]);
   const axes = normAxes("logsumexp", x.shape, axis);
   const outDt = isFloat(x.dt) ? x.dt : float32;
   const out = reduceCore("lse", x, axes, reducedShape(x.shape, axes, keepDims), outDt);
@@ -840,6 +843,7 @@ export function logsumexp(
  */
 export function softmax(x: Tensor, axis = -1): Tensor {
   checkTensor("softmax", x);
+  [x] = autocastInputs("softmax", [x]);
   const a = normAxis("softmax", x.shape, axis);
   const out = rowKernel("softmax", [x], a, isFloat(x.dt) ? x.dt : float32);
   return attach(out, "softmax", [x], (g) => {
@@ -869,6 +873,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
  */
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   checkTensor("logSoftmax", x);
+  [x] = autocastInputs("logSoftmax", [x]);
   const a = normAxis("logSoftmax", x.shape, axis);
   const out = rowKernel("logsoftmax", [x], a, isFloat(x.dt) ? x.dt : float32);
   return attach(out, "logSoftmax", [x], (g) => {
