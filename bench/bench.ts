@@ -1,7 +1,657 @@
 /**
- * Benchmarks (issue 8): matmul in every storage dtype, fused kernels, optimizer steps and
- * a GPT training step, side by side with TensorFlow.js's WebGPU backend.
+ * Benchmarks (issue 8): matmul in every storage dtype, an elementwise chain, softmax, layer
+ * norm, optimizer steps over 10M parameters and a GPT training step per precision strategy,
+ * each timed side by side with TensorFlow.js's WebGPU backend where TF.js has the same
+ * operation, in the same process, on the same adapter. Then the issue's targets, each with
+ * pass or miss and by how much.
  *
- * Run: npx -y deno@2.9.6 task bench
+ * Run: deno task bench [--quick] [--json] [--no-peer]
+ *   (deno run --allow-env=DENO_WEBGPU_BACKEND bench/bench.ts; no other permission: npm
+ *   modules load from Deno's cache, and the env variable is only read to name the backend)
+ *
+ * Ratios are peer_ms / ulp_ms: above 1, ulp is faster. On a shared machine absolute times
+ * drift; the contestants of a case run round robin so that their ratio holds.
+ *
+ * @module
  */
-console.log("not yet: the benchmarks arrive with the speed work (issue 8); see BENCHMARKS.md");
+
+import { parseArgs } from "node:util";
+import {
+  AdamW,
+  autocast,
+  getRuntime,
+  GPT,
+  layerNorm,
+  memory,
+  precisionStrategy,
+  type Runtime,
+  type Tensor,
+  tensor,
+  tidy,
+} from "../mod.ts";
+import { setupTfjs, tf, TfGPT, TFJS_VERSION, tfLayerNorm, type TfPeer } from "./_tfjs.ts";
+import { type Contestant, timeSideBySide, type Timing } from "./_timing.ts";
+import {
+  type Metric,
+  printReport,
+  type Row,
+  spreadPct,
+  type StepStats,
+  type Target,
+} from "./_report.ts";
+
+// ---------------------------------------------------------------------------------------
+// options
+
+const { values: flags } = (() => {
+  try {
+    return parseArgs({
+      args: Deno.args,
+      options: {
+        quick: { type: "boolean", default: false },
+        json: { type: "boolean", default: false },
+        "no-peer": { type: "boolean", default: false },
+        help: { type: "boolean", default: false },
+      },
+      strict: true,
+    });
+  } catch (e) {
+    console.error(`bench: ${(e as Error).message}; see --help`);
+    Deno.exit(2);
+  }
+})();
+if (flags.help) {
+  console.log(`Usage: deno task bench [--quick] [--json] [--no-peer]
+
+  --quick    sizes up to 1024, fewer repetitions (1.5 to 3 minutes on 2 CPU cores)
+  --json     print one JSON document on stdout (progress goes to stderr)
+  --no-peer  skip TensorFlow.js (ulp only)
+
+Ratios are peer_ms / ulp_ms (above 1: ulp is faster).`);
+  Deno.exit(0);
+}
+
+const QUICK = flags.quick;
+const MODE = {
+  sizes: QUICK ? [256, 512, 1024] : [256, 512, 1024, 2048],
+  timing: QUICK
+    ? { warmup: 2, reps: 3, targetMs: 100, maxInner: 16 }
+    : { warmup: 2, reps: 5, targetMs: 200, maxInner: 32 },
+  // the GPT step: warm-up steps (the second one is also measured for memory and counters)
+  gpt: QUICK ? { warmup: 2, reps: 3 } : { warmup: 2, reps: 5 },
+  optParams: 10_000_000,
+  strategies: QUICK
+    ? ["fp32", "amp-bf16", "collage-light"]
+    : ["fp32", "amp-bf16", "bf16", "collage-light", "collage-plus"],
+};
+/** The reference GPT: 4 layers, 4 heads, width 128, context 64, batch 16, vocab 100. */
+const GPT_CFG = { vocabSize: 100, blockSize: 64, nLayer: 4, nHead: 4, nEmbd: 128 };
+const BATCH = 16;
+/** "A few hundred" dispatches per step, read as at most 300. */
+const MAX_DISPATCHES = 300;
+
+const log = (msg: string) => console.error(msg);
+const t0 = performance.now();
+
+// ---------------------------------------------------------------------------------------
+// setup: ulp's device, then TF.js on its own device from the same adapter
+
+const rt: Runtime = await getRuntime();
+const ulpSync = () => rt.sync();
+const backendName = (() => {
+  try {
+    const ok = Deno.permissions.querySync({ name: "env", variable: "DENO_WEBGPU_BACKEND" });
+    return ok.state === "granted" ? Deno.env.get("DENO_WEBGPU_BACKEND") ?? "default" : "unknown";
+  } catch {
+    return "unknown";
+  }
+})();
+let peer: TfPeer | null = null;
+let peerWhy = "skipped (--no-peer)";
+if (!flags["no-peer"]) {
+  const p = await setupTfjs();
+  if (typeof p === "string") peerWhy = p;
+  else peer = p;
+}
+log(
+  `ulp on ${rt.info.description} (${backendName}, f16 ${rt.info.f16Storage}); ` +
+    (peer ? `TF.js ${TFJS_VERSION} webgpu on ${peer.adapter}` : `no peer: ${peerWhy}`),
+);
+
+const rows: Row[] = [];
+const metrics: Metric[] = [];
+const unavailable: { case: string; reason: string }[] = [];
+const steps: StepStats[] = [];
+
+function addRow(name: string, ulp: Timing | null, peerT: Timing | null, note = ""): void {
+  const ulpMs = ulp?.ms ?? null, peerMs = peerT?.ms ?? null;
+  rows.push({
+    case: name,
+    ulp_ms: ulpMs,
+    peer_ms: peerMs,
+    ratio: ulpMs !== null && peerMs !== null ? peerMs / ulpMs : null,
+    note,
+    ulp_samples: ulp?.samples ?? [],
+    peer_samples: peerT?.samples ?? [],
+  });
+}
+
+function tfContestant(label: string, run: () => unknown): Contestant[] {
+  if (!peer) return [];
+  const p = peer;
+  return [{ label, run: () => tf.tidy(() => void run()), sync: () => p.sync() }];
+}
+
+/** Deterministic host data in [-scale, scale), the same for both frameworks. */
+function hostData(n: number, seed: number, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0; // mulberry32
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+async function maxAbsDiff(u: Tensor, t: tf.Tensor): Promise<number> {
+  const [a, b] = await Promise.all([u.toArray(), t.data()]);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(Number(a[i]) - Number(b[i])));
+  return m;
+}
+
+const fmtE = (x: number) => x.toExponential(1);
+
+// ---------------------------------------------------------------------------------------
+// matmul: f32 and bf16, f16, e4m3 storage; TF.js has f32 only
+
+const MM_DTYPES = ["f32", "bf16", "f16", "e4m3"] as const;
+
+async function benchMatmul(M: number, K: number, N: number, label: string): Promise<void> {
+  log(`matmul ${label}`);
+  const a = hostData(M * K, 1), b = hostData(K * N, 2);
+  const ua = MM_DTYPES.map((dt) => tensor(a, { shape: [M, K], dtype: dt }));
+  const ub = MM_DTYPES.map((dt) => tensor(b, { shape: [K, N], dtype: dt }));
+  const ta = peer ? tf.tensor2d(a, [M, K]) : null, tb = peer ? tf.tensor2d(b, [K, N]) : null;
+  const contestants: Contestant[] = MM_DTYPES.map((dt, i) => ({
+    label: `ulp ${dt}`,
+    run: () => ua[i].matmul(ub[i]).dispose(),
+    sync: ulpSync,
+  }));
+  contestants.push(...tfContestant("tfjs f32", () => tf.matMul(ta!, tb!)));
+  const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
+  const tfT = peer ? timings[MM_DTYPES.length] : null;
+  let check = "";
+  if (peer && timings[0]) {
+    const u = ua[0].matmul(ub[0]), t = tf.matMul(ta!, tb!);
+    check = `, max |ulp-tfjs| ${fmtE(await maxAbsDiff(u, t))}`;
+    u.dispose();
+    t.dispose();
+  }
+  const flop = 2 * M * N * K;
+  MM_DTYPES.forEach((dt, i) => {
+    const name = `matmul ${dt} ${label}`;
+    const t = timings[i];
+    if (!t) unavailable.push({ case: name, reason: errors[i] ?? "failed" });
+    const gf = (x: Timing | null) => (x ? (flop / x.ms / 1e6).toFixed(1) : "-");
+    const peerNote = dt === "f32" ? "" : "; peer is TF.js f32 (TF.js has no " + dt + ")";
+    addRow(
+      name,
+      t,
+      tfT,
+      `GFLOP/s ulp ${gf(t)} tfjs ${peer ? gf(tfT) : "-"}${peerNote}${dt === "f32" ? check : ""}`,
+    );
+    if (t) {
+      metrics.push({ case: name, metric: "gflops", value: flop / t.ms / 1e6, unit: "GFLOP/s" });
+    }
+  });
+  if (tfT) {
+    metrics.push({
+      case: `matmul f32 ${label}`,
+      metric: "peer_gflops",
+      value: flop / tfT.ms / 1e6,
+      unit: "GFLOP/s",
+    });
+  }
+  for (const t of [...ua, ...ub]) t.dispose();
+  ta?.dispose();
+  tb?.dispose();
+}
+
+// ---------------------------------------------------------------------------------------
+// elementwise chain, softmax, layer norm (f32; forward only)
+
+async function benchPair(
+  name: string,
+  shape: number[],
+  ulpOp: (xs: Tensor[]) => Tensor,
+  tfOp: (xs: tf.Tensor[]) => tf.Tensor,
+  inputs: { shape: number[]; scale: number }[],
+): Promise<void> {
+  log(name);
+  const data = inputs.map((s, i) => hostData(s.shape.reduce((p, q) => p * q, 1), 10 + i, s.scale));
+  const us = data.map((d, i) => tensor(d, { shape: inputs[i].shape }));
+  const ts = peer ? data.map((d, i) => tf.tensor(d, inputs[i].shape)) : [];
+  const contestants: Contestant[] = [
+    { label: "ulp", run: () => tidy(() => void ulpOp(us)), sync: ulpSync },
+    ...tfContestant("tfjs", () => tfOp(ts)),
+  ];
+  const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
+  if (!timings[0]) unavailable.push({ case: name, reason: errors[0] ?? "failed" });
+  let note = `${shape.length === 1 ? `${shape[0] / 2 ** 20}M` : shape.join("x")} f32`;
+  if (peer && timings[0] && timings[1]) {
+    const u = ulpOp(us), t = tfOp(ts);
+    note += `, max |ulp-tfjs| ${fmtE(await maxAbsDiff(u, t))}`;
+    u.dispose();
+    t.dispose();
+  }
+  addRow(name, timings[0], peer ? timings[1] : null, note);
+  for (const t of us) t.dispose();
+  for (const t of ts) t.dispose();
+}
+
+// ---------------------------------------------------------------------------------------
+// optimizer step over 10M parameters (10 tensors of 1000 x 1000)
+
+/** Whether ulp has a precision strategy; the reason it has not otherwise. */
+function strategyMissing(name: string): string | null {
+  try {
+    precisionStrategy(name);
+    return null;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
+async function benchOptimizer(): Promise<void> {
+  const n = MODE.optParams, per = 1_000_000, count = n / per, shape = [1000, 1000];
+  log(`optimizer step, ${n / 1e6}M parameters`);
+  const precisions = ["fp32", "bf16", "collage-light", "collage-plus"];
+  const made: { name: string; opt: AdamW; params: Tensor[] }[] = [];
+  for (const p of precisions) {
+    const missing = strategyMissing(p);
+    if (missing) {
+      unavailable.push({
+        case: `optimizer adamw ${p} 10M`,
+        reason: "not available yet: " + missing,
+      });
+      continue;
+    }
+    const dt = precisionStrategy(p).param.name;
+    const gdt = precisionStrategy(p).grad.name;
+    const params = Array.from({ length: count }, (_, i) => {
+      const t = tensor(hostData(per, 100 + i, 0.02), { shape, dtype: dt });
+      t.requiresGrad = true;
+      t.grad = tensor(hostData(per, 200 + i, 1e-3), { shape, dtype: gdt });
+      return t;
+    });
+    made.push({
+      name: p,
+      params,
+      opt: new AdamW(params, { lr: 1e-3, weightDecay: 0.01, precision: p }),
+    });
+  }
+  const contestants: Contestant[] = made.map((m) => ({
+    label: `ulp ${m.name}`,
+    run: () => m.opt.step(),
+    sync: ulpSync,
+  }));
+  let tfVars: tf.Variable[] = [], tfGrads: { name: string; tensor: tf.Tensor }[] = [];
+  if (peer) {
+    tfVars = Array.from(
+      { length: count },
+      (_, i) => tf.variable(tf.tensor(hostData(per, 100 + i, 0.02), shape)),
+    );
+    tfGrads = tfVars.map((v, i) => ({
+      name: v.name,
+      tensor: tf.tensor(hostData(per, 200 + i, 1e-3), shape),
+    }));
+    const adam = tf.train.adam(1e-3, 0.9, 0.999, 1e-8);
+    contestants.push(...tfContestant("tfjs adam", () => adam.applyGradients(tfGrads)));
+  }
+  const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
+  const tfT = peer ? timings[made.length] : null;
+  made.forEach((m, i) => {
+    const name = `optimizer adamw ${m.name} 10M`;
+    if (!timings[i]) unavailable.push({ case: name, reason: errors[i] ?? "failed" });
+    addRow(
+      name,
+      timings[i],
+      m.name === "fp32" ? tfT : null,
+      m.name === "fp32"
+        ? "peer: tf.train.adam (Adam without decoupled weight decay), f32"
+        : "no peer (TF.js has no bf16 optimizer states)",
+    );
+  });
+  for (const m of made) {
+    m.opt.dispose();
+    for (const p of m.params) {
+      p.grad?.dispose();
+      p.dispose();
+    }
+  }
+  for (const v of tfVars) v.dispose();
+  for (const g of tfGrads) g.tensor.dispose();
+}
+
+// ---------------------------------------------------------------------------------------
+// a GPT training step per precision strategy
+
+interface UlpStep {
+  strategy: string;
+  step: () => void;
+  dispose: () => void;
+}
+
+function makeUlpStep(strategy: string, ids: Int32Array, tgt: Int32Array): UlpStep {
+  const amp = strategy.startsWith("amp-");
+  // amp-bf16: f32 master weights, fp32 AdamW, autocast around the forward (DESIGN.md 4);
+  // the optimizer takes the "amp-bf16" precision when it exists, "fp32" (the same row) if not
+  const optPrecision = amp && strategyMissing(strategy) ? "fp32" : strategy;
+  const s = precisionStrategy(optPrecision);
+  const model = new GPT({ ...GPT_CFG, seed: 1 }, { dtype: s.param.name });
+  const opt = new AdamW(model.parameters(), {
+    lr: 3e-3,
+    betas: [0.9, 0.95],
+    weightDecay: 0.1,
+    precision: optPrecision,
+  });
+  const T = GPT_CFG.blockSize;
+  const x = tensor(ids, { shape: [BATCH, T] }), y = tensor(tgt, { shape: [BATCH, T] });
+  const lowDtype = strategy.slice(4);
+  return {
+    strategy,
+    step: () =>
+      tidy(() => {
+        const { loss } = amp
+          ? autocast({ dtype: lowDtype }, () => model.forward(x, y))
+          : model.forward(x, y);
+        loss!.backward();
+        opt.step();
+        opt.zeroGrad();
+      }),
+    dispose: () => {
+      opt.dispose();
+      for (const p of model.parameters()) {
+        p.grad?.dispose();
+        p.dispose();
+      }
+      x.dispose();
+      y.dispose();
+    },
+  };
+}
+
+async function benchGptStep(): Promise<void> {
+  const T = GPT_CFG.blockSize, V = GPT_CFG.vocabSize;
+  const ids = Int32Array.from(hostData(BATCH * T, 7), (v) => Math.floor((v + 1) * V / 2) % V);
+  const tgt = Int32Array.from(hostData(BATCH * T, 8), (v) => Math.floor((v + 1) * V / 2) % V);
+  const made: UlpStep[] = [];
+  for (const s of MODE.strategies) {
+    const name = `gpt step ${s}`;
+    const missing = s.startsWith("amp-") ? null : strategyMissing(s);
+    if (missing) {
+      unavailable.push({ case: name, reason: "not available yet: " + missing });
+      continue;
+    }
+    log(`${name}: warm-up, peak memory and counters`);
+    try {
+      const base = memory().liveBytes;
+      const u = makeUlpStep(s, ids, tgt);
+      for (let w = 0; w < MODE.gpt.warmup - 1; w++) {
+        u.step();
+        await rt.sync();
+      }
+      // the last warm-up step is the measured one: peak memory and the runtime's counters
+      rt.resetPeak();
+      const c0 = { ...rt.counters };
+      const ts = performance.now();
+      u.step();
+      await rt.sync();
+      const ms = performance.now() - ts;
+      const m = memory();
+      steps.push({
+        strategy: s,
+        peak_bytes: m.peakBytes - base,
+        resident_bytes: m.liveBytes - base,
+        dispatches: rt.counters.dispatches - c0.dispatches,
+        submits: rt.counters.submits - c0.submits,
+        readbacks: rt.counters.readbacks - c0.readbacks,
+        compiles: rt.counters.compiles - c0.compiles,
+        single_step_ms: ms,
+      });
+      made.push(u);
+    } catch (e) {
+      unavailable.push({ case: name, reason: `failed: ${(e as Error).message}` });
+    }
+  }
+  const contestants: Contestant[] = made.map((u) => ({
+    label: `ulp ${u.strategy}`,
+    run: u.step,
+    sync: ulpSync,
+  }));
+  let tfModel: TfGPT | null = null;
+  const tfIn: tf.Tensor2D[] = [];
+  if (peer) {
+    const p = peer;
+    tfModel = new TfGPT(GPT_CFG, 1);
+    tfIn.push(tf.tensor2d(ids, [BATCH, T], "int32"), tf.tensor2d(tgt, [BATCH, T], "int32"));
+    const adam = tf.train.adam(3e-3, 0.9, 0.95, 1e-8);
+    const m = tfModel;
+    const tfStep = () => void adam.minimize(() => m.loss(tfIn[0], tfIn[1]), false, m.vars);
+    // two warm-up steps, the second one profiled: TF.js's kernels per step (tf.profile)
+    try {
+      tfStep();
+      await p.sync();
+      const prof = await tf.profile(tfStep);
+      await p.sync();
+      metrics.push({
+        case: "gpt step fp32",
+        metric: "peer_kernels_per_step",
+        value: prof.kernels.length,
+        unit: "kernels",
+      });
+    } catch (e) {
+      log(`  tf.profile failed: ${(e as Error).message}`);
+      tfStep(); // the second warm-up step the profiled one would have been
+      await p.sync();
+    }
+    contestants.push({ label: "tfjs fp32", run: tfStep, sync: () => p.sync() });
+  }
+  log(`gpt step: timing ${contestants.map((c) => c.label).join(", ")}`);
+  const { timings, errors } = await timeSideBySide(
+    contestants,
+    // every contestant is warm: ulp's ran its warm-up steps above, TF.js its profiled ones
+    { warmup: 0, reps: MODE.gpt.reps, targetMs: 0, maxInner: 1 },
+    log,
+  );
+  const tfT = peer ? timings[made.length] : null;
+  made.forEach((u, i) => {
+    const name = `gpt step ${u.strategy}`;
+    if (!timings[i]) unavailable.push({ case: name, reason: errors[i] ?? "failed" });
+    const st = steps.find((x) => x.strategy === u.strategy);
+    if (st && timings[i]) st.step_ms = timings[i]!.ms;
+    addRow(
+      name,
+      timings[i],
+      u.strategy === "fp32" ? tfT : null,
+      u.strategy === "fp32"
+        ? "peer: the same GPT in TF.js ops + tf.train.adam"
+        : "no peer (TF.js has no bf16 training)",
+    );
+  });
+  for (const u of made) u.dispose();
+  tfModel?.dispose();
+  for (const t of tfIn) t.dispose();
+}
+
+// ---------------------------------------------------------------------------------------
+// run
+
+const M4 = 4 * 1024 * 1024;
+const safely = async (name: string, f: () => Promise<void>) => {
+  try {
+    await f();
+  } catch (e) {
+    unavailable.push({ case: name, reason: `failed: ${(e as Error).message}` });
+    log(`${name} failed: ${(e as Error).stack ?? e}`);
+  }
+};
+
+for (const n of MODE.sizes) await safely(`matmul ${n}`, () => benchMatmul(n, n, n, String(n)));
+await safely("matmul 1024x128@128x512", () => benchMatmul(1024, 128, 512, "1024x128@128x512"));
+await safely("elementwise chain 4M", () =>
+  benchPair(
+    "elementwise chain 4M",
+    [M4],
+    ([x, a, b, c]) => x.mul(a).add(b).exp().mul(c),
+    ([x, a, b, c]) => tf.mul(tf.exp(tf.add(tf.mul(x, a), b)), c),
+    [0, 1, 2, 3].map(() => ({ shape: [M4], scale: 1 })),
+  ));
+await safely("softmax 4096x1024", () =>
+  benchPair(
+    "softmax 4096x1024",
+    [4096, 1024],
+    ([x]) => x.softmax(-1),
+    ([x]) => tf.softmax(x),
+    [{ shape: [4096, 1024], scale: 4 }],
+  ));
+await safely("layer norm 8192x512", () =>
+  benchPair(
+    "layer norm 8192x512",
+    [8192, 512],
+    ([x, w, b]) => layerNorm(x, [512], w, b),
+    ([x, w, b]) => tfLayerNorm(x, w, b),
+    [{ shape: [8192, 512], scale: 2 }, { shape: [512], scale: 1 }, { shape: [512], scale: 1 }],
+  ));
+await safely("optimizer", benchOptimizer);
+await safely("gpt step", benchGptStep);
+
+// ---------------------------------------------------------------------------------------
+// targets
+
+const row = (name: string) => rows.find((r) => r.case === name);
+const step = (s: string) => steps.find((x) => x.strategy === s);
+const targets: Target[] = [];
+function target(
+  name: string,
+  value: number | null,
+  op: "<=" | ">=",
+  limit: number,
+  detail: string,
+  unit = "",
+): void {
+  const pass = value === null ? null : op === ">=" ? value >= limit : value <= limit;
+  const margin = value === null || limit === 0
+    ? null
+    : (op === ">=" ? value / limit - 1 : 1 - value / limit) * 100;
+  targets.push({ target: name, value, op, limit, unit, pass, margin_pct: margin, detail });
+}
+/** The run-to-run spread of the timings a target compares, as text. */
+function noise(...parts: [string, "ulp" | "peer"][]): string {
+  const each = parts.map(([c, side]) => {
+    const r = row(c);
+    return r ? spreadPct(side === "ulp" ? r.ulp_samples : r.peer_samples) : null;
+  }).filter((p): p is number => p !== null);
+  return each.length
+    ? `; run-to-run spread of these timings up to ${Math.max(...each).toFixed(0)}%`
+    : "";
+}
+const ratioOf = (a?: number | null, b?: number | null) =>
+  a != null && b != null && b > 0 ? a / b : null;
+
+target(
+  "matmul f32 1024 at least 2x TF.js",
+  row("matmul f32 1024")?.ratio ?? null,
+  ">=",
+  2,
+  "TF.js time / ulp time" + noise(["matmul f32 1024", "ulp"], ["matmul f32 1024", "peer"]),
+  "x",
+);
+{
+  const per = MODE.sizes.map((n) =>
+    `${n}: ${ratioOf(row(`matmul bf16 ${n}`)?.ulp_ms, row(`matmul f32 ${n}`)?.ulp_ms)?.toFixed(2)}`
+  );
+  target(
+    "bf16-storage matmul (1024) at least as fast as ulp f32",
+    ratioOf(row("matmul bf16 1024")?.ulp_ms, row("matmul f32 1024")?.ulp_ms),
+    "<=",
+    1,
+    `ulp bf16 time / ulp f32 time; by size ${per.join(", ")}` +
+      noise(["matmul bf16 1024", "ulp"], ["matmul f32 1024", "ulp"]),
+    "x",
+  );
+}
+target(
+  "gpt step fp32 at most half TF.js's time",
+  ratioOf(row("gpt step fp32")?.ulp_ms, row("gpt step fp32")?.peer_ms),
+  "<=",
+  0.5,
+  "ulp time / TF.js time" + noise(["gpt step fp32", "ulp"], ["gpt step fp32", "peer"]),
+  "x",
+);
+target(
+  "collage-light optimizer step at most 1.2x AdamW f32",
+  ratioOf(
+    row("optimizer adamw collage-light 10M")?.ulp_ms,
+    row("optimizer adamw fp32 10M")?.ulp_ms,
+  ),
+  "<=",
+  1.2,
+  "collage-light time / fp32 time, 10M parameters" +
+    noise(["optimizer adamw collage-light 10M", "ulp"], ["optimizer adamw fp32 10M", "ulp"]),
+  "x",
+);
+target(
+  "collage-light peak memory at most 0.8x amp-bf16",
+  ratioOf(step("collage-light")?.peak_bytes, step("amp-bf16")?.peak_bytes),
+  "<=",
+  0.8,
+  "peak bytes of a GPT training step (params, grads, states, activations)",
+  "x",
+);
+{
+  const worst = (k: "readbacks" | "dispatches") =>
+    steps.length ? steps.reduce((w, s) => (s[k] > w[k] ? s : w)) : null;
+  const r = worst("readbacks"), d = worst("dispatches");
+  const each = (k: "readbacks" | "dispatches") =>
+    steps.map((s) => `${s.strategy} ${s[k]}`).join(", ");
+  target(
+    "zero readbacks in a training step that logs nothing",
+    r?.readbacks ?? null,
+    "<=",
+    0,
+    `per step: ${each("readbacks")}`,
+  );
+  target(
+    `at most a few hundred (${MAX_DISPATCHES}) dispatches per step`,
+    d?.dispatches ?? null,
+    "<=",
+    MAX_DISPATCHES,
+    `worst ${d?.strategy}; per step: ${each("dispatches")}`,
+  );
+}
+
+printReport({
+  json: flags.json,
+  mode: QUICK ? "quick" : "full",
+  device: {
+    adapter: rt.info.description,
+    backend: backendName,
+    f16Storage: rt.info.f16Storage,
+    fallbackAdapter: rt.info.isFallbackAdapter,
+    cpus: navigator.hardwareConcurrency,
+    deno: Deno.version.deno,
+    peer: peer ? `TF.js ${TFJS_VERSION} webgpu on ${peer.adapter}` : `none (${peerWhy})`,
+    sameAdapter: peer ? peer.adapter === rt.info.description : null,
+  },
+  rows,
+  metrics,
+  steps,
+  targets,
+  unavailable,
+  elapsedS: (performance.now() - t0) / 1000,
+});
