@@ -574,24 +574,33 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   A = { ...A, t: a };
   B = { ...B, t: b };
   const outDt = want ?? promoteTypes(a.dt, b.dt);
-  const out = gemm("matmul", A, B, full, full.map(() => true), outDt, outShape);
+  // [..., M, K] @ [K, N] (a Linear layer): the batch folds into M, one large GEMM instead of
+  // many small ones (measured 2.9x faster for (16, 64, 128) @ (128, 512) on llvmpipe). The
+  // memory layout of a and of the output is the same either way.
+  let batch: readonly number[] = full, rows = M;
+  if (B.batch.length === 0 && A.batch.length > 0 && !A.trans) {
+    rows = M * A.batch.reduce((p, q) => p * q, 1);
+    A = { ...A, batch: [], rows };
+    batch = [];
+  }
+  const out = gemm("matmul", A, B, batch, batch.map(() => true), outDt, outShape);
   return attach(out, "matmul", [a, b], (g) => {
-    // g is the output's gradient, read as [...full, M, N] (vector dimensions restored)
-    const G: View = { t: g, batch: full, rows: M, cols: N, trans: false };
+    // g is the output's gradient, read as [...batch, rows, N] (vector dimensions restored)
+    const G: View = { t: g, batch, rows, cols: N, trans: false };
     const keepFor = (v: View) =>
-      full.map((size, d) => {
-        const own = v.batch[v.batch.length - full.length + d];
+      batch.map((size, d) => {
+        const own = v.batch[v.batch.length - batch.length + d];
         return own !== undefined && own === size;
       });
     const dA = a.requiresGrad
       ? (A.trans
-        ? gemm("matmul_backward", B, flip(G), full, keepFor(A), a.dt, a.shape) // B g^T
-        : gemm("matmul_backward", G, flip(B), full, keepFor(A), a.dt, a.shape)) // g B^T
+        ? gemm("matmul_backward", B, flip(G), batch, keepFor(A), a.dt, a.shape) // B g^T
+        : gemm("matmul_backward", G, flip(B), batch, keepFor(A), a.dt, a.shape)) // g B^T
       : null;
     const dB = b.requiresGrad
       ? (B.trans
-        ? gemm("matmul_backward", flip(G), A, full, keepFor(B), b.dt, b.shape) // g^T A
-        : gemm("matmul_backward", flip(A), G, full, keepFor(B), b.dt, b.shape)) // A^T g
+        ? gemm("matmul_backward", flip(G), A, batch, keepFor(B), b.dt, b.shape) // g^T A
+        : gemm("matmul_backward", flip(A), G, batch, keepFor(B), b.dt, b.shape)) // A^T g
       : null;
     return [dA, dB];
   });
