@@ -17,7 +17,8 @@ const COLORS = [
   "#7f7f7f",
 ];
 
-function esc(s: string): string {
+/** Escapes text for SVG/XML. */
+export function esc(s: string): string {
   return s.replace(
     /[&<>"]/g,
     (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]!),

@@ -18,6 +18,7 @@
  *
  * @module
  */
+import { esc } from "./_chart.ts";
 import { parseArgs } from "node:util";
 import { type DType, dtype, DTYPE_FORMS, type FInfo, finfo } from "../dtypes/mod.ts";
 
@@ -411,13 +412,6 @@ function dashOf(tables: readonly FormatTable[], i: number): string {
   const m = tables[i].dtype.mantissaBits;
   const before = tables.slice(0, i).filter((t) => t.dtype.mantissaBits === m).length;
   return DASHES[(before + Math.floor(i / COLORS.length)) % DASHES.length];
-}
-
-function esc(s: string): string {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(
-    /"/g,
-    "&quot;",
-  );
 }
 
 /** A tick step (a power of two in binades) giving at most `maxTicks` ticks over `span`. */

@@ -8,7 +8,6 @@
  *   deno run --allow-read=. --allow-write=out examples/precision_compare.ts --steps 600 --out out/compare
  *   deno run --allow-read=. --allow-write=out examples/precision_compare.ts --help
  */
-import { parseArgs } from "node:util";
 import {
   AdamW,
   applyPrecision,
@@ -24,10 +23,11 @@ import {
   precisionStrategy,
   tidy,
 } from "../mod.ts";
+import { fail as failWith, intFlag, type Option, parseCli } from "./_cli.ts";
 import { Batches, CharTokenizer, evaluate, loadText, unigramEntropy } from "./_text.ts";
 import { lineChart } from "./_chart.ts";
 
-const OPTIONS = {
+const OPTIONS: Record<string, Option> = {
   strategies: {
     type: "string",
     help: `comma-separated strategies (${precisionNames().join(", ")})`,
@@ -50,46 +50,16 @@ const OPTIONS = {
   "diag-every": { type: "string", help: "collect diagnostics every N steps", default: "10" },
   out: { type: "string", help: "output folder", default: "out/compare" },
   help: { type: "boolean", help: "show this help", default: false },
-} as const;
-
-function fail(msg: string): never {
-  console.error(`precision_compare: ${msg}`);
-  Deno.exit(2);
-}
-
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    options: Object.fromEntries(
-      Object.entries(OPTIONS).map(([k, o]) => [k, { type: o.type, default: o.default }]),
-    ),
-    strict: true,
-  });
-} catch (e) {
-  fail(`${(e as Error).message}; see --help`);
-}
-const v = parsed.values as Record<string, string | boolean>;
-if (v.help) {
-  console.log(
-    "Usage: deno run --allow-read=. --allow-write=out examples/precision_compare.ts [options]\n",
-  );
-  for (const [k, o] of Object.entries(OPTIONS)) {
-    console.log(
-      `  --${k.padEnd(12)} ${o.help}${
-        o.default !== "" && o.type === "string" ? ` (default ${o.default})` : ""
-      }`,
-    );
-  }
-  Deno.exit(0);
-}
-const int = (k: keyof typeof OPTIONS, min = 1) => {
-  const n = Number(v[k]);
-  if (!Number.isSafeInteger(n) || n < min) {
-    fail(`--${k} must be an integer >= ${min}, got '${v[k]}'`);
-  }
-  return n;
 };
+
+const PROGRAM = "precision_compare";
+const fail = (msg: string): never => failWith(PROGRAM, msg);
+const v = parseCli(
+  PROGRAM,
+  "deno run --allow-read=. --allow-write=out examples/precision_compare.ts [options]",
+  OPTIONS,
+);
+const int = (name: string, min = 1) => intFlag(PROGRAM, v, name, min);
 const steps = int("steps"), batch = int("batch"), block = int("block"), nLayer = int("layers");
 const nHead = int("heads"), nEmbd = int("width"), warmup = int("warmup", 0), seed = int("seed", 0);
 const diagEvery = int("diag-every");

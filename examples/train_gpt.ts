@@ -7,12 +7,12 @@
  *   deno run --allow-read=. examples/train_gpt.ts --data input.txt.gz --layers 4 --width 128
  *   deno run --allow-read=. examples/train_gpt.ts --help
  */
-import { parseArgs } from "node:util";
 import { AdamW, cosineWithWarmup, deviceInfo, GPT, manualSeed, tidy } from "../mod.ts";
+import { fail as failWith, intFlag, type Option, parseCli } from "./_cli.ts";
 import { Batches, CharTokenizer, evaluate, loadText, sample, unigramEntropy } from "./_text.ts";
 
 /** The options, with their help text and defaults: `--help` is generated from this table. */
-const OPTIONS = {
+const OPTIONS: Record<string, Option> = {
   data: {
     type: "string",
     help: "text file to train on (.gz allowed); default: ulp's own source",
@@ -30,53 +30,18 @@ const OPTIONS = {
   "eval-every": { type: "string", help: "evaluate every N steps", default: "100" },
   "sample-tokens": { type: "string", help: "tokens to sample at the end", default: "300" },
   help: { type: "boolean", help: "show this help", default: false },
-} as const;
+};
 
-function usage(): string {
-  const lines = Object.entries(OPTIONS).map(([k, o]) =>
-    `  --${k.padEnd(15)} ${o.help}${
-      o.type === "string" && o.default !== "" ? ` (default ${o.default})` : ""
-    }`
-  );
-  return `Usage: deno run --allow-read=. examples/train_gpt.ts [options]\n\n${lines.join("\n")}`;
-}
-
-function fail(msg: string): never {
-  console.error(`train_gpt: ${msg}`);
-  Deno.exit(2);
-}
-
-function intFlag(values: Record<string, unknown>, name: keyof typeof OPTIONS, min = 1): number {
-  const v = Number(values[name]);
-  if (!Number.isSafeInteger(v) || v < min) {
-    fail(`--${name} must be an integer >= ${min}, got '${values[name]}'`);
-  }
-  return v;
-}
-
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    options: Object.fromEntries(
-      Object.entries(OPTIONS).map(([k, o]) => [k, { type: o.type, default: o.default }]),
-    ),
-    strict: true,
-  });
-} catch (e) {
-  fail(`${(e as Error).message}; see --help`);
-}
-const v = parsed.values as Record<string, unknown>;
-if (v.help) {
-  console.log(usage());
-  Deno.exit(0);
-}
-const steps = intFlag(v, "steps"), batch = intFlag(v, "batch"), block = intFlag(v, "block");
-const nLayer = intFlag(v, "layers"), nHead = intFlag(v, "heads"), nEmbd = intFlag(v, "width");
-const warmup = intFlag(v, "warmup", 0),
-  seed = intFlag(v, "seed", 0),
-  evalEvery = intFlag(v, "eval-every");
-const sampleTokens = intFlag(v, "sample-tokens", 0);
+const PROGRAM = "train_gpt";
+const fail = (msg: string): never => failWith(PROGRAM, msg);
+const v = parseCli(PROGRAM, "deno run --allow-read=. examples/train_gpt.ts [options]", OPTIONS);
+const int = (name: string, min = 1) => intFlag(PROGRAM, v, name, min);
+const steps = int("steps"), batch = int("batch"), block = int("block");
+const nLayer = int("layers"), nHead = int("heads"), nEmbd = int("width");
+const warmup = int("warmup", 0),
+  seed = int("seed", 0),
+  evalEvery = int("eval-every");
+const sampleTokens = int("sample-tokens", 0);
 const lr = Number(v.lr);
 if (!(lr > 0 && Number.isFinite(lr))) fail(`--lr must be a positive number, got '${v.lr}'`);
 if (nEmbd % nHead !== 0) fail(`--width (${nEmbd}) must be divisible by --heads (${nHead})`);

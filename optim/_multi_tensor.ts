@@ -134,6 +134,40 @@ export function byteOffset(d: DType, elem: number): number {
 }
 
 /**
+ * Copies tensors of one dtype into a new flat scratch tensor at word-aligned offsets and
+ * builds the chunk table rows (start, end, 0, tensor index) of `chunk` elements each, as the
+ * flat kernels of clipping and unscaling read them. `unstage` copies the values back. @internal
+ */
+export function stage(op: string, dt: DType, ts: readonly Tensor[], chunk: number): {
+  flat: Tensor;
+  offsets: number[];
+  rows: number[];
+  unstage(): void;
+} {
+  const rt = currentRuntime();
+  const { offsets, total } = segments(ts.map((t) => t.size));
+  const flat = Tensor.empty([total], dt, "scratch");
+  const rows: number[] = [];
+  ts.forEach((t, i) => {
+    rt.copy(t.buffer(op), 0, flat.buffer(op), byteOffset(dt, offsets[i]), storageBytes(dt, t.size));
+    for (let s = offsets[i]; s < offsets[i] + t.size; s += chunk) {
+      rows.push(s, Math.min(offsets[i] + t.size, s + chunk), 0, i);
+    }
+  });
+  const unstage = () =>
+    ts.forEach((t, i) =>
+      rt.copy(
+        flat.buffer(op),
+        byteOffset(dt, offsets[i]),
+        t.buffer(op),
+        0,
+        storageBytes(dt, t.size),
+      )
+    );
+  return { flat, offsets, rows, unstage };
+}
+
+/**
  * WGSL statements that store E values (expressions) of elements `s .. s+E-1` (s a multiple
  * of E) into buffer `v` of layout `l`, whole words at a time.
  */

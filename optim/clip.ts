@@ -16,15 +16,8 @@ import { type DType, float32, wgslChunks } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { isTensor, Tensor, tensor, zeros } from "../tensor/mod.ts";
-import {
-  layoutOf,
-  needsF16,
-  storageBytes,
-  wgslBinding,
-  wgslEncoder,
-  wgslLoad,
-} from "../tensor/layout.ts";
-import { ALIGN, byteOffset, groupElems, segments, WG, wgslStore } from "./_multi_tensor.ts";
+import { layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "../tensor/layout.ts";
+import { ALIGN, groupElems, stage, WG, wgslStore } from "./_multi_tensor.ts";
 
 type NormKind = "l2" | "l1" | "inf" | "p";
 
@@ -234,28 +227,14 @@ export function clipGradNorm(
     const buckets = [...byDtype].map(([dt, gs]) => {
       const l = layoutOf(dt, rt);
       const chunk = WG * groupElems([l]) * CLIP_ITEMS;
-      const { offsets, total } = segments(gs.map((g) => g.size));
-      const flat = Tensor.empty([total], dt, "scratch");
+      const { flat, rows, unstage } = stage(op, dt, gs, chunk);
       scratch.push(flat);
-      const rows: number[] = [];
-      gs.forEach((g, i) => {
-        rt.copy(
-          g.buffer(op),
-          0,
-          flat.buffer(op),
-          byteOffset(dt, offsets[i]),
-          storageBytes(dt, g.size),
-        );
-        for (let s = offsets[i]; s < offsets[i] + g.size; s += chunk) {
-          rows.push(s, Math.min(offsets[i] + g.size, s + chunk), 0, i);
-        }
-      });
       const table = tensor(new Uint32Array(rows.length ? rows : [0, 0, 0, 0]), {
         dtype: "u32",
         purpose: "scratch",
       });
       scratch.push(table);
-      return { dt, gs, offsets, flat, table, n: rows.length / 4 };
+      return { dt, flat, table, n: rows.length / 4, unstage };
     });
     const nPartials = buckets.reduce((a, b) => a + b.n, 0);
     const partials = Tensor.empty([Math.max(1, nPartials)], float32, "scratch");
@@ -293,15 +272,7 @@ export function clipGradNorm(
         rt.grid(b.n),
         new Uint32Array([b.n, 0, 0, 0]),
       );
-      b.gs.forEach((g, i) => {
-        rt.copy(
-          b.flat.buffer(op),
-          byteOffset(b.dt, b.offsets[i]),
-          g.buffer(op),
-          0,
-          storageBytes(b.dt, g.size),
-        );
-      });
+      b.unstage();
     }
     return total;
   } finally {

@@ -31,24 +31,9 @@
 import { type DType, wgslChunks } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
-import { full, isTensor, keep, Tensor, tensor } from "../tensor/mod.ts";
-import {
-  layoutOf,
-  needsF16,
-  storageBytes,
-  wgslBinding,
-  wgslEncoder,
-  wgslLoad,
-} from "../tensor/layout.ts";
-import {
-  byteOffset,
-  cachedKernel,
-  groupElems,
-  segments,
-  WG,
-  wgslStore,
-  zeroFlag,
-} from "./_multi_tensor.ts";
+import { full, isTensor, keep, type Tensor, tensor } from "../tensor/mod.ts";
+import { layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "../tensor/layout.ts";
+import { cachedKernel, groupElems, stage, WG, wgslStore, zeroFlag } from "./_multi_tensor.ts";
 import type { Optimizer } from "./optimizer.ts";
 
 /**
@@ -541,22 +526,8 @@ function unscaleGrads(
   try {
     for (const [dt, gs] of byDtype) {
       const chunk = WG * groupElems([layoutOf(dt, rt)]) * ITEMS;
-      const { offsets, total } = segments(gs.map((g) => g.size));
-      const flat = Tensor.empty([total], dt, "scratch");
+      const { flat, rows, unstage } = stage(op, dt, gs, chunk);
       scratch.push(flat);
-      const rows: number[] = [];
-      gs.forEach((g, i) => {
-        rt.copy(
-          g.buffer(op),
-          0,
-          flat.buffer(op),
-          byteOffset(dt, offsets[i]),
-          storageBytes(dt, g.size),
-        );
-        for (let s = offsets[i]; s < offsets[i] + g.size; s += chunk) {
-          rows.push(s, Math.min(offsets[i] + g.size, s + chunk), 0, i);
-        }
-      });
       const n = rows.length / 4;
       if (n === 0) continue;
       const table = tensor(new Uint32Array(rows), { dtype: "u32", purpose: "scratch" });
@@ -567,15 +538,7 @@ function unscaleGrads(
         rt.grid(n),
         new Uint32Array([n, 0, 0, 0]),
       );
-      gs.forEach((g, i) => {
-        rt.copy(
-          flat.buffer(op),
-          byteOffset(dt, offsets[i]),
-          g.buffer(op),
-          0,
-          storageBytes(dt, g.size),
-        );
-      });
+      unstage();
     }
   } finally {
     for (const t of scratch) t.dispose();

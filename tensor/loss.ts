@@ -17,6 +17,7 @@
  * @module
  */
 
+import { WG, WGSL_SUM } from "./norm.ts";
 import { type DType, float32, isFloat, wgslChunks } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
@@ -25,7 +26,6 @@ import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } f
 import { fmtShape, Tensor } from "./tensor.ts";
 
 /** Threads per workgroup. */
-const WG = 64;
 
 const WGSL_HEAD = `
 fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
@@ -45,18 +45,7 @@ fn cls(r: u32) -> u32 { let t = tgt[r]; return ${clamp}; }
 `;
 }
 
-const WGSL_TREE = `
-fn wsum(li: u32, v: vec2<f32>) -> vec2<f32> {
-  sv[li] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (li < s) { sv[li] = sv[li] + sv[li + s]; }
-    workgroupBarrier();
-  }
-  let r = sv[0];
-  workgroupBarrier();
-  return r;
-}
+const WGSL_TREE = `${WGSL_SUM}
 fn wmax(li: u32, v: f32) -> f32 {
   sv[li] = vec2<f32>(v, 0.0);
   workgroupBarrier();

@@ -30,7 +30,8 @@ import { fmtShape, Tensor } from "./tensor.ts";
 import { zeros } from "./creation.ts";
 
 /** Threads per workgroup (row kernels) and per workgroup of the word-owning kernels. */
-const WG = 64;
+/** Workgroup size of the row kernels (norms and losses). @internal */
+export const WG = 64;
 
 /** Which normalisation. */
 type Norm = "ln" | "rms";
@@ -51,7 +52,8 @@ interface Spec {
 
 const WGSL_UNIFORMS = `struct U { rows: u32, C: u32, eps: f32, n: u32 }\n`;
 
-const WGSL_SUM = `
+/** Workgroup tree sum of vec2<f32> over WG lanes (needs `var<workgroup> sv: array<vec2<f32>, WG>`). @internal */
+export const WGSL_SUM = `
 fn wsum(li: u32, v: vec2<f32>) -> vec2<f32> {
   sv[li] = v;
   workgroupBarrier();

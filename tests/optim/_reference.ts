@@ -6,17 +6,8 @@ import { dtype } from "../../mod.ts";
 const BF16 = dtype("bf16");
 const f = Math.fround;
 
-/** A seeded generator of uniform numbers in [0, 1) (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from "../tensor/_reference.ts";
+export { rng };
 
 /** `n` values uniform in [lo, hi), as f32. */
 export function uniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
