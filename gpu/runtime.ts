@@ -234,6 +234,22 @@ export class Runtime {
     return l;
   }
 
+  #byKey = new Map<string, Kernel>();
+
+  /**
+   * The kernel cached under `key`, built from `build()` on the first request only: ops key
+   * their kernels by dtypes and shape class, so a hot path neither rebuilds nor hashes the
+   * WGSL text. Keys must name everything the source depends on.
+   */
+  kernelFor(key: string, label: string, signature: KernelSignature, build: () => string): Kernel {
+    let k = this.#byKey.get(key);
+    if (!k) {
+      k = this.kernel(label, build(), signature);
+      this.#byKey.set(key, k);
+    }
+    return k;
+  }
+
   /**
    * The kernel compiled from `source` (entry point `main`), from the cache when the same
    * source was compiled before.
@@ -499,6 +515,7 @@ export class Runtime {
     this.#uniformBuf.destroy();
     this.#bindGroups.clear();
     this.#kernels.clear();
+    this.#byKey.clear();
     this.#lost ??= "destroyed: the device was disposed";
     this.device.destroy();
   }

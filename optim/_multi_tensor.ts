@@ -853,8 +853,6 @@ export class FlatGroup {
   }
 }
 
-const small = new WeakMap<Runtime, Map<string, Kernel>>();
-
 /** A small bookkeeping kernel (its uniform: 4 words), compiled once per runtime. @internal */
 export function cachedKernel(
   rt: Runtime,
@@ -862,9 +860,5 @@ export function cachedKernel(
   source: string,
   buffers: ("read" | "read_write")[],
 ): Kernel {
-  let m = small.get(rt);
-  if (!m) small.set(rt, m = new Map());
-  let k = m.get(label);
-  if (!k) m.set(label, k = rt.kernel(label, source, { buffers, uniform: true }));
-  return k;
+  return rt.kernelFor(`optim|${label}`, label, { buffers, uniform: true }, () => source);
 }

@@ -21,7 +21,7 @@ import {
   wgslChunks,
 } from "../dtypes/mod.ts";
 import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
+import { currentRuntime } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
 import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
 import { fmtShape, type Operand, Tensor } from "./tensor.ts";
@@ -116,8 +116,6 @@ function bcastStrides(shape: readonly number[], outShape: readonly number[]): nu
   return strides;
 }
 
-const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
-
 /**
  * The expression of a row: a function of the operand expressions (`a0`, `a1`, scalar
  * uniforms) returning a WGSL f32 expression. `i` (u32 element index) and `u.seed` are in scope.
@@ -168,16 +166,10 @@ export function launch(
   const key =
     `${op}|${body}|${layouts.map((l, k) => `${l.dtype.name}:${l.elem}:${modes[k]}`).join(",")}|` +
     `${outDt.name}:${outL.elem}|${rounding}|${saturate}`;
-  let cache = kernelCache.get(rt);
-  if (!cache) kernelCache.set(rt, cache = new Map());
-  let kernel = cache.get(key);
-  if (!kernel) {
-    kernel = rt.kernel(op, source(tensors.length, layouts, modes, outL, body, rounding, saturate), {
-      buffers: [...tensors.map(() => "read" as const), "read_write"],
-      uniform: true,
-    });
-    cache.set(key, kernel);
-  }
+  const kernel = rt.kernelFor(`ew|${key}`, op, {
+    buffers: [...tensors.map(() => "read" as const), "read_write"],
+    uniform: true,
+  }, () => source(tensors.length, layouts, modes, outL, body, rounding, saturate));
   // uniforms: n, rank, seed, pad | s (4 f32) | shape (8) | strides (8 per tensor, 3 tensors)
   const u = new Uint32Array(16 + 8 * Math.max(1, tensors.length));
   u[0] = n;

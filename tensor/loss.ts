@@ -173,22 +173,13 @@ ${store}
 
 // ---- dispatch ----------------------------------------------------------------------------------
 
-const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
-
 function cachedKernel(
   rt: Runtime,
   key: string,
   access: ("read" | "read_write")[],
   build: () => string,
 ): Kernel {
-  let cache = kernelCache.get(rt);
-  if (!cache) kernelCache.set(rt, cache = new Map());
-  let k = cache.get(key);
-  if (!k) {
-    k = rt.kernel(key.split("|")[0], build(), { buffers: access, uniform: true });
-    cache.set(key, k);
-  }
-  return k;
+  return rt.kernelFor(`loss|${key}`, key.split("|")[0], { buffers: access, uniform: true }, build);
 }
 
 const lk = (l: Layout) => `${l.dtype.name}:${l.elem}`;

@@ -363,23 +363,12 @@ fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
   ];
 }
 
-const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
-
 function getKernel(rt: Runtime, cfg: MatmulKernelConfig): Kernel {
   const t = cfg.tiles;
   const key = [cfg.a, cfg.b, cfg.out].map((l) => `${l.dtype.name}:${l.elem}`).join(",") +
     `|${cfg.transA}|${cfg.transB}|${cfg.saturate}|${t.tm},${t.tn},${t.wgx},${t.wgy},${t.bk}`;
-  let cache = kernelCache.get(rt);
-  if (!cache) kernelCache.set(rt, cache = new Map());
-  let k = cache.get(key);
-  if (!k) {
-    k = rt.kernel("matmul", matmulSource(cfg), {
-      buffers: ["read", "read", "read_write"],
-      uniform: true,
-    });
-    cache.set(key, k);
-  }
-  return k;
+  const sig = { buffers: ["read", "read", "read_write"] as const, uniform: true };
+  return rt.kernelFor(`matmul|${key}`, "matmul", sig, () => matmulSource(cfg));
 }
 
 /** Strides (in elements) of a view's batch dimensions aligned to `full`, 0 where broadcast. */

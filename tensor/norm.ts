@@ -277,8 +277,6 @@ ${stores}}
 
 // ---- dispatch ----------------------------------------------------------------------------------
 
-const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
-
 function cachedKernel(
   rt: Runtime,
   key: string,
@@ -286,14 +284,7 @@ function cachedKernel(
   access: ("read" | "read_write")[],
   build: () => string,
 ): Kernel {
-  let cache = kernelCache.get(rt);
-  if (!cache) kernelCache.set(rt, cache = new Map());
-  let k = cache.get(key);
-  if (!k) {
-    k = rt.kernel(label, build(), { buffers: access, uniform: true });
-    cache.set(key, k);
-  }
-  return k;
+  return rt.kernelFor(`norm|${key}`, label, { buffers: access, uniform: true }, build);
 }
 
 function layoutKey(l: Layout): string {

@@ -355,8 +355,6 @@ function plan(op: string, shape: readonly number[], axes: readonly number[]): Pl
   return p;
 }
 
-const kernelCache = new WeakMap<Runtime, Map<string, Kernel>>();
-
 function cachedKernel(
   rt: Runtime,
   key: string,
@@ -364,17 +362,8 @@ function cachedKernel(
   nIn: number,
   build: () => string,
 ): Kernel {
-  let cache = kernelCache.get(rt);
-  if (!cache) kernelCache.set(rt, cache = new Map());
-  let k = cache.get(key);
-  if (!k) {
-    k = rt.kernel(label, build(), {
-      buffers: [...Array.from({ length: nIn }, () => "read" as const), "read_write"],
-      uniform: true,
-    });
-    cache.set(key, k);
-  }
-  return k;
+  const buffers = [...Array.from({ length: nIn }, () => "read" as const), "read_write" as const];
+  return rt.kernelFor(`reduce|${key}`, label, { buffers, uniform: true }, build);
 }
 
 function uniforms(
