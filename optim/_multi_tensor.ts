@@ -171,6 +171,58 @@ export function stage(op: string, dt: DType, ts: readonly Tensor[], chunk: numbe
  * WGSL statements that store E values (expressions) of elements `s .. s+E-1` (s a multiple
  * of E) into buffer `v` of layout `l`, whole words at a time.
  */
+/** What a flat in-place kernel adds to the shared skeleton (see `flatInPlaceSource`). */
+export interface FlatInPlace {
+  /** Storage declarations after `x` and `chunks` (bindings 2, 3, ...), without `@binding`. */
+  bindings: readonly string[];
+  /** WGSL functions the body calls. */
+  helpers?: string;
+  /** Statements at the start of each workgroup's chunk (after `e = chunks[c]`). */
+  prelude?: string;
+  /** Statements that set `v` (an f32 var) from the loaded value `a`. */
+  lane: (a: string, v: string) => string;
+  /** Statements after the chunk's loop. */
+  epilogue?: string;
+}
+
+/**
+ * WGSL of a kernel that rewrites a flat buffer `x` of layout `l` in place, chunk by chunk of
+ * the chunk table (one workgroup a chunk, whole words per invocation): the skeleton that
+ * clipping and unscaling share. The uniform block is `U { n: chunk count, ... }`. @internal
+ */
+export function flatInPlaceSource(l: Layout, spec: FlatInPlace): string {
+  const E = groupElems([l]);
+  const enc = wgslEncoder(l);
+  let lanes = "";
+  for (let j = 0; j < E; j++) {
+    lanes += j === 0
+      ? `    let a0 = ld(s);\n    var v0 = 0.0;\n    ${spec.lane("a0", "v0")}\n`
+      : `    var v${j} = 0.0;\n    if (s + ${j}u < e.y) { let a = ld(s + ${j}u); ${
+        spec.lane("a", `v${j}`)
+      } }\n`;
+  }
+  const store = wgslStore(l, "x", enc.name, Array.from({ length: E }, (_, j) => `v${j}`));
+  const extra = spec.bindings.map((b, k) => `@group(0) @binding(${k + 2}) ${b};\n`).join("");
+  return `${needsF16([l]) ? "enable f16;\n" : ""}${wgslChunks(wgslLoad(l, "x", "ld"), enc.chunks)}
+struct U { n: u32, p0: u32, p1: u32, p2: u32 }
+${
+    wgslBinding(l, 0, 0, "x", "read_write")
+  }@group(0) @binding(1) var<storage, read> chunks: array<vec4<u32>>;
+${extra}@group(0) @binding(${spec.bindings.length + 2}) var<uniform> u: U;
+${spec.helpers ?? ""}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let c = wid.x + wid.y * nwg.x;
+  if (c >= u.n) { return; }
+  let e = chunks[c];
+${spec.prelude ?? ""}
+  for (var s = e.x + li * ${E}u; s < e.y; s = s + ${WG * E}u) {
+${lanes}${store.replace(/^ {2}/gm, "    ")}  }
+${spec.epilogue ?? ""}
+}
+`;
+}
+
 export function wgslStore(l: Layout, v: string, enc: string, vals: readonly string[]): string {
   const E = vals.length;
   if (l.elem === "f16") {

@@ -12,32 +12,18 @@
  * @module
  */
 
+import { WGSL_MATH } from "../tensor/elementwise.ts";
 import { type DType, float32, wgslChunks } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { isTensor, Tensor, tensor, zeros } from "../tensor/mod.ts";
-import { layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "../tensor/layout.ts";
-import { ALIGN, groupElems, stage, WG, wgslStore } from "./_multi_tensor.ts";
+import { layoutOf, needsF16, wgslBinding, wgslLoad } from "../tensor/layout.ts";
+import { ALIGN, flatInPlaceSource, groupElems, stage, WG } from "./_multi_tensor.ts";
 
 type NormKind = "l2" | "l1" | "inf" | "p";
 
 /** Element groups per invocation in one chunk (larger than the step's: fewer barriers). */
 const CLIP_ITEMS = 32;
-
-const kernels = new WeakMap<Runtime, Map<string, Kernel>>();
-
-function cached(rt: Runtime, key: string, make: () => Kernel): Kernel {
-  let m = kernels.get(rt);
-  if (!m) kernels.set(rt, m = new Map());
-  let k = m.get(key);
-  if (!k) m.set(key, k = make());
-  return k;
-}
-
-const ISNAN =
-  `fn ulp_isnan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
-fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
-`;
 
 function combine(kind: NormKind, a: string, b: string): string {
   return kind === "inf" ? `ulp_max(${a}, ${b})` : `${a} + ${b}`;
@@ -57,10 +43,13 @@ function term(kind: NormKind, a: string): string {
 
 /** Partial sums (or maxima) of |x|^p per chunk of a flat buffer. */
 function partialKernel(rt: Runtime, dt: DType, kind: NormKind): Kernel {
-  return cached(rt, `partial|${dt.name}|${kind}`, () => {
+  return rt.kernelFor(`clip|partial|${dt.name}|${kind}`, "clipGradNorm", {
+    buffers: ["read", "read", "read_write"],
+    uniform: true,
+  }, () => {
     const l = layoutOf(dt, rt);
     const src = `${needsF16([l]) ? "enable f16;\n" : ""}${wgslChunks(wgslLoad(l, "x", "ld"))}
-${ISNAN}struct U { n: u32, base: u32, p: f32, pad: u32 }
+${WGSL_MATH}struct U { n: u32, base: u32, p: f32, pad: u32 }
 ${
       wgslBinding(l, 0, 0, "x", "read")
     }@group(0) @binding(1) var<storage, read> chunks: array<vec4<u32>>;
@@ -87,18 +76,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   if (li == 0u && c < u.n) { partials[u.base + c] = sh[0]; }
 }
 `;
-    return rt.kernel("clipGradNorm", src, {
-      buffers: ["read", "read", "read_write"],
-      uniform: true,
-    });
+    return src;
   });
 }
 
 /** Total norm from the partials, and the clip coefficient. */
 function finalKernel(rt: Runtime, kind: NormKind): Kernel {
-  return cached(rt, `final|${kind}`, () => {
+  return rt.kernelFor(`clip|final|${kind}`, "clipGradNorm", {
+    buffers: ["read", "read_write", "read_write"],
+    uniform: true,
+  }, () => {
     const root = kind === "l2" ? "sqrt(sh[0])" : kind === "p" ? "pow(sh[0], 1.0 / u.p)" : "sh[0]";
-    const src = `${ISNAN}struct U { n: u32, maxNorm: f32, p: f32, pad: u32 }
+    const src = `${WGSL_MATH}struct U { n: u32, maxNorm: f32, p: f32, pad: u32 }
 @group(0) @binding(0) var<storage, read> partials: array<f32>;
 @group(0) @binding(1) var<storage, read_write> total: array<f32>;
 @group(0) @binding(2) var<storage, read_write> coef: array<f32>;
@@ -122,49 +111,20 @@ fn main(@builtin(local_invocation_index) li: u32) {
   }
 }
 `;
-    return rt.kernel("clipGradNorm", src, {
-      buffers: ["read", "read_write", "read_write"],
-      uniform: true,
-    });
+    return src;
   });
 }
 
 /** Scales a flat buffer by coef[0], whole words per invocation. */
 function scaleKernel(rt: Runtime, dt: DType): Kernel {
-  return cached(rt, `scale|${dt.name}`, () => {
-    const l = layoutOf(dt, rt);
-    const E = groupElems([l]);
-    const enc = wgslEncoder(l);
-    let lanes = "";
-    for (let j = 0; j < E; j++) {
-      lanes += j === 0
-        ? `    let v0 = ld(s) * coef[0];\n`
-        : `    var v${j} = 0.0;\n    if (s + ${j}u < e.y) { v${j} = ld(s + ${j}u) * coef[0]; }\n`;
-    }
-    const store = wgslStore(l, "x", enc.name, Array.from({ length: E }, (_, j) => `v${j}`));
-    const src = `${needsF16([l]) ? "enable f16;\n" : ""}${
-      wgslChunks(wgslLoad(l, "x", "ld"), enc.chunks)
-    }
-struct U { n: u32, pad0: u32, pad1: u32, pad2: u32 }
-${
-      wgslBinding(l, 0, 0, "x", "read_write")
-    }@group(0) @binding(1) var<storage, read> chunks: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> coef: array<f32>;
-@group(0) @binding(3) var<uniform> u: U;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let c = wid.x + wid.y * nwg.x;
-  if (c >= u.n) { return; }
-  let e = chunks[c];
-  for (var s = e.x + li * ${E}u; s < e.y; s = s + ${WG * E}u) {
-${lanes}${store.replace(/^ {2}/gm, "    ")}  }
-}
-`;
-    return rt.kernel("clipGradNorm", src, {
-      buffers: ["read_write", "read", "read"],
-      uniform: true,
-    });
-  });
+  return rt.kernelFor(`clip|scale|${dt.name}`, "clipGradNorm", {
+    buffers: ["read_write", "read", "read"],
+    uniform: true,
+  }, () =>
+    flatInPlaceSource(layoutOf(dt, rt), {
+      bindings: ["var<storage, read> coef: array<f32>"],
+      lane: (a, v) => `${v} = ${a} * coef[0];`,
+    }));
 }
 
 /**

@@ -28,12 +28,19 @@
  * @module
  */
 
-import { type DType, wgslChunks } from "../dtypes/mod.ts";
+import type { DType } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { full, isTensor, keep, type Tensor, tensor } from "../tensor/mod.ts";
-import { layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "../tensor/layout.ts";
-import { cachedKernel, groupElems, stage, WG, wgslStore, zeroFlag } from "./_multi_tensor.ts";
+import { layoutOf } from "../tensor/layout.ts";
+import {
+  cachedKernel,
+  flatInPlaceSource,
+  groupElems,
+  stage,
+  WG,
+  zeroFlag,
+} from "./_multi_tensor.ts";
 import type { Optimizer } from "./optimizer.ts";
 
 /**
@@ -451,60 +458,31 @@ fn main() { dst[0] = dst[0] | src[0]; }
 /** Element groups per invocation in one chunk of the unscale kernel. */
 const ITEMS = 16;
 
-const kernels = new WeakMap<Runtime, Map<string, Kernel>>();
-
 /** The unscale kernel of one dtype: x *= 1/scale in place, found |= any non-finite x. */
 function unscaleKernel(rt: Runtime, dt: DType): Kernel {
-  let m = kernels.get(rt);
-  if (!m) kernels.set(rt, m = new Map());
-  let k = m.get(dt.name);
-  if (k) return k;
-  const l = layoutOf(dt, rt);
-  const E = groupElems([l]);
-  const enc = wgslEncoder(l);
-  let lanes = "";
-  for (let j = 0; j < E; j++) {
-    lanes += j === 0
-      ? `    let a0 = ld(s);\n    bad = bad || nonfinite(a0);\n    let v0 = select(a0 * inv, a0, inv == 1.0);\n`
-      : `    var v${j} = 0.0;\n    if (s + ${j}u < e.y) { let a = ld(s + ${j}u); bad = bad || nonfinite(a); v${j} = select(a * inv, a, inv == 1.0); }\n`;
-  }
-  const store = wgslStore(l, "x", enc.name, Array.from({ length: E }, (_, j) => `v${j}`));
-  const src = `${needsF16([l]) ? "enable f16;\n" : ""}${
-    wgslChunks(wgslLoad(l, "x", "ld"), enc.chunks)
-  }
-struct U { n: u32, p0: u32, p1: u32, p2: u32 }
-${
-    wgslBinding(l, 0, 0, "x", "read_write")
-  }@group(0) @binding(1) var<storage, read> chunks: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> scale: array<f32>;
-@group(0) @binding(3) var<storage, read_write> found: array<atomic<u32>>;
-@group(0) @binding(4) var<uniform> u: U;
-fn nonfinite(v: f32) -> bool { return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u; }
+  const sig = { buffers: ["read_write", "read", "read", "read_write"] as const, uniform: true };
+  return rt.kernelFor(`unscale|${dt.name}`, "GradScaler.unscale", sig, () => unscaleSource(rt, dt));
+}
+
+function unscaleSource(rt: Runtime, dt: DType): string {
+  return flatInPlaceSource(layoutOf(dt, rt), {
+    bindings: [
+      "var<storage, read> scale: array<f32>",
+      "var<storage, read_write> found: array<atomic<u32>>",
+    ],
+    helpers:
+      `fn nonfinite(v: f32) -> bool { return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u; }
 // 1/scale: exact (bit arithmetic) for a normal power of two, else a division
 fn recip(v: f32) -> f32 {
   let b = bitcast<u32>(v);
   let ex = (b >> 23u) & 0xffu;
   if ((b & 0x807fffffu) == 0u && ex >= 1u && ex <= 253u) { return bitcast<f32>((254u - ex) << 23u); }
   return 1.0 / v;
-}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let c = wid.x + wid.y * nwg.x;
-  if (c >= u.n) { return; }
-  let e = chunks[c];
-  let inv = recip(scale[0]);
-  var bad = false;
-  for (var s = e.x + li * ${E}u; s < e.y; s = s + ${WG * E}u) {
-${lanes}${store.replace(/^ {2}/gm, "    ")}  }
-  if (bad) { atomicOr(&found[0], 1u); }
-}
-`;
-  k = rt.kernel("GradScaler.unscale", src, {
-    buffers: ["read_write", "read", "read", "read_write"],
-    uniform: true,
+}`,
+    prelude: "  let inv = recip(scale[0]);\n  var bad = false;",
+    lane: (a, v) => `bad = bad || nonfinite(${a}); ${v} = select(${a} * inv, ${a}, inv == 1.0);`,
+    epilogue: "  if (bad) { atomicOr(&found[0], 1u); }",
   });
-  m.set(dt.name, k);
-  return k;
 }
 
 /** Unscales `grads` in place (one flat copy and one dispatch per dtype), flagging Inf/NaN. */

@@ -32,8 +32,8 @@ import { AUTOCAST_POLICY, autocastState, autocastTarget, cachedCast } from "./au
 export const MAX_RANK = 8;
 const WG = 256;
 
-/** Shared WGSL helpers of elementwise expressions. */
-const WGSL_MATH = `
+/** Shared WGSL helpers (NaN tests on the bits, NaN-propagating max/min, pow, erf, tanh). */
+export const WGSL_MATH = `
 fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
 fn ulp_min(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
