@@ -171,6 +171,18 @@ export function stage(op: string, dt: DType, ts: readonly Tensor[], chunk: numbe
  * WGSL statements that store E values (expressions) of elements `s .. s+E-1` (s a multiple
  * of E) into buffer `v` of layout `l`, whole words at a time.
  */
+/** Tensors grouped by dtype, in first-seen order, each checked for use after dispose. @internal */
+export function byDtype(op: string, ts: readonly Tensor[]): Map<DType, Tensor[]> {
+  const out = new Map<DType, Tensor[]>();
+  for (const t of ts) {
+    t.buffer(op);
+    const list = out.get(t.dt);
+    if (list) list.push(t);
+    else out.set(t.dt, [t]);
+  }
+  return out;
+}
+
 /** What a flat in-place kernel adds to the shared skeleton (see `flatInPlaceSource`). */
 export interface FlatInPlace {
   /** Storage declarations after `x` and `chunks` (bindings 2, 3, ...), without `@binding`. */

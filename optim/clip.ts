@@ -18,7 +18,7 @@ import { ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { isTensor, Tensor, tensor, zeros } from "../tensor/mod.ts";
 import { layoutOf, needsF16, wgslBinding, wgslLoad } from "../tensor/layout.ts";
-import { ALIGN, flatInPlaceSource, groupElems, stage, WG } from "./_multi_tensor.ts";
+import { ALIGN, byDtype, flatInPlaceSource, groupElems, stage, WG } from "./_multi_tensor.ts";
 
 type NormKind = "l2" | "l1" | "inf" | "p";
 
@@ -175,16 +175,10 @@ export function clipGradNorm(
   if (grads.length === 0) return zeros([]);
   const rt = currentRuntime();
   // gradients by dtype: one flat buffer each
-  const byDtype = new Map<DType, Tensor[]>();
-  for (const g of grads) {
-    g.buffer(op);
-    const b = byDtype.get(g.dt);
-    if (b) b.push(g);
-    else byDtype.set(g.dt, [g]);
-  }
+  const groups = byDtype(op, grads);
   const scratch: Tensor[] = [];
   try {
-    const buckets = [...byDtype].map(([dt, gs]) => {
+    const buckets = [...groups].map(([dt, gs]) => {
       const l = layoutOf(dt, rt);
       const chunk = WG * groupElems([l]) * CLIP_ITEMS;
       const { flat, rows, unstage } = stage(op, dt, gs, chunk);

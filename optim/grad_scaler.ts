@@ -34,6 +34,7 @@ import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { full, isTensor, keep, type Tensor, tensor } from "../tensor/mod.ts";
 import { layoutOf } from "../tensor/layout.ts";
 import {
+  byDtype,
   cachedKernel,
   flatInPlaceSource,
   groupElems,
@@ -493,16 +494,10 @@ function unscaleGrads(
   found: Tensor,
   op: string,
 ): void {
-  const byDtype = new Map<DType, Tensor[]>();
-  for (const g of grads) {
-    g.buffer(op);
-    const b = byDtype.get(g.dt);
-    if (b) b.push(g);
-    else byDtype.set(g.dt, [g]);
-  }
+  const groups = byDtype(op, grads);
   const scratch: Tensor[] = [];
   try {
-    for (const [dt, gs] of byDtype) {
+    for (const [dt, gs] of groups) {
       const chunk = WG * groupElems([layoutOf(dt, rt)]) * ITEMS;
       const { flat, rows, unstage } = stage(op, dt, gs, chunk);
       scratch.push(flat);
