@@ -33,6 +33,8 @@ export interface GradOps<T extends BackwardTensor> {
   add(a: T, b: T): T;
   /** Stores `g` as (or adds it to) the leaf's `.grad`, in the leaf's dtype; takes ownership of `g`. */
   accumulate(leaf: T, g: T): void;
+  /** A private copy of `a` (a buffer copy, not a kernel), for a leaf whose gradient is shared. */
+  clone(a: T): T;
 }
 
 /**
@@ -69,8 +71,23 @@ export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: Gra
       order.push(t);
     }
   }
-  // how many consumers still owe each tensor a gradient contribution
+  // Gradients are shared, not copied: a rule may hand its incoming gradient `g` on unchanged
+  // (add passes g to both inputs, a same-dtype cast passes it through), and the same tensor may
+  // then wait in several slots. `holds` counts the slots (and the gradient being processed)
+  // that refer to each gradient tensor; it is freed when the last one lets go. This saves one
+  // copy kernel per add in the backward pass of every residual connection and bias.
+  const holds = new Map<T, number>();
+  const hold = (x: T) => holds.set(x, (holds.get(x) ?? 0) + 1);
+  const release = (x: T) => {
+    const n = (holds.get(x) ?? 1) - 1;
+    if (n > 0) holds.set(x, n);
+    else {
+      holds.delete(x);
+      x.dispose();
+    }
+  };
   const grads = new Map<number, T>([[root.id, seed]]);
+  hold(seed);
   noGrad(() => {
     for (let i = order.length - 1; i >= 0; i--) {
       const t = order[i];
@@ -79,7 +96,7 @@ export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: Gra
       if (g === undefined) continue;
       const node = t.node;
       if (t.disposed) {
-        g.dispose();
+        release(g);
         throw new ValueError(
           `backward(): a tensor of shape [${
             t.shape.join(",")
@@ -89,30 +106,39 @@ export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: Gra
         );
       }
       if (node === null) {
-        if (t.requiresGrad) ops.accumulate(t, g);
-        else g.dispose();
+        if (!t.requiresGrad) release(g);
+        else if (holds.get(g) === 1) {
+          holds.delete(g);
+          ops.accumulate(t, g); // takes ownership
+        } else {
+          ops.accumulate(t, ops.clone(g)); // the leaf's .grad must not alias a pending gradient
+          release(g);
+        }
         continue;
       }
       const inputGrads = node.backward(g as never) as (T | null)[];
-      if (!inputGrads.includes(g)) g.dispose(); // a rule may pass g itself on
       node.inputs.forEach((input, j) => {
         const gi = inputGrads[j];
         if (!gi) return;
+        hold(gi as T);
         if (!input.requiresGrad) {
-          gi.dispose();
+          release(gi as T);
           return;
         }
         const prev = grads.get(input.id);
         if (prev === undefined) {
           grads.set(input.id, gi as T);
         } else {
-          grads.set(input.id, ops.add(prev, gi as T));
-          prev.dispose();
-          gi.dispose();
+          const sum = ops.add(prev, gi as T);
+          hold(sum);
+          grads.set(input.id, sum);
+          release(prev);
+          release(gi as T);
         }
       });
+      release(g);
       t.node = null; // release the graph (and the tensors its closures hold) as we go
     }
   });
-  for (const g of grads.values()) g.dispose();
+  for (const g of grads.values()) release(g);
 }

@@ -342,7 +342,8 @@ function apply(row: EwOp, operands: Operand[]): Tensor {
         if (o instanceof Tensor) {
           const gk = gs[k];
           res.push(gk === null ? null : sumTo(gk, o.shape));
-          if (gk !== null && gk !== res[res.length - 1]) gk.dispose();
+          // a rule may return g itself (shared); backward() owns g, so only free what it made
+          if (gk !== null && gk !== g && gk !== res[res.length - 1]) gk.dispose();
         }
       });
       return res;
@@ -365,14 +366,14 @@ const OPS = {
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `${a} + ${b}`,
-    grad: ([a, b], _o, g) => [need(a, () => g.mul(1)), need(b, () => g.mul(1))],
+    grad: ([a, b], _o, g) => [need(a, () => g), need(b, () => g)], // shared, see backward.ts
   },
   sub: {
     name: "sub",
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `${a} - ${b}`,
-    grad: ([a, b], _o, g) => [need(a, () => g.mul(1)), need(b, () => g.neg())],
+    grad: ([a, b], _o, g) => [need(a, () => g), need(b, () => g.neg())],
   },
   mul: {
     name: "mul",
@@ -824,7 +825,7 @@ export function cast(x: Tensor, dt: DType, opts: LaunchOptions = {}): Tensor {
     throw new ValueError(`cast(): seed must be an integer, got ${opts.seed}`);
   }
   const out = launch("cast", [x], ([a]) => a, dt, opts);
-  return attach(out, "cast", [x], (g) => [g.dt === x.dt ? g.mul(1) : cast(g, x.dt)]);
+  return attach(out, "cast", [x], (g) => [g.dt === x.dt ? g : cast(g, x.dt)]);
 }
 
 export { OPS as ELEMENTWISE_OPS };

@@ -251,10 +251,14 @@ export class Tensor {
           }`,
         );
       }
-      seed = noGrad(() => grad.cast(this.dt));
+      // the traversal owns its seed: a private copy (a buffer copy when no cast is needed)
+      seed = grad.dt === this.dt
+        ? Tensor.empty(grad.shape, grad.dt).copy_(grad)
+        : noGrad(() => grad.cast(this.dt));
     }
     runBackward<Tensor>(this, seed, {
       add: (a, b) => a.add(b),
+      clone: (a) => Tensor.empty(a.shape, a.dt).copy_(a),
       accumulate: (leaf, g) => {
         const dt = leaf.gradDtype ?? leaf.dt;
         let gc = g.dt === dt ? g : g.cast(dt);

@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { dtype, isGradEnabled, memory, noGrad, tensor, tidy, ValueError } from "../../mod.ts";
+import {
+  dtype,
+  getRuntime,
+  isGradEnabled,
+  memory,
+  noGrad,
+  tensor,
+  tidy,
+  ValueError,
+} from "../../mod.ts";
 
 Deno.test("backward() accumulates .grad across calls and zeroGrad() clears it", async () => {
   const x = tensor([1, 2, 3], { requiresGrad: true });
@@ -98,4 +107,33 @@ Deno.test("backward() through intermediates that tidy() already freed says what 
     (e: unknown) => e instanceof ValueError && /same tidy/.test(e.message),
   );
   assert.equal(x.grad, null);
+});
+
+Deno.test("add and sub pass their gradient on shared, and leaves still get gradients of their own", async () => {
+  const rt = await getRuntime();
+  const x = tensor([1, 2, 3], { requiresGrad: true });
+  const y = tensor([10, 20, 30], { requiresGrad: true });
+  const h = x.mul(2); // an intermediate, so the shared gradient also flows into a node
+  const out = h.add(y).sub(x).add(h); // d/dx = 2 - 1 + 2 = 3, d/dy = 1
+  const before = rt.counters.dispatches;
+  out.backward(tensor([1, 10, 100]));
+  // mul's backward (g*2) twice, sub's neg, and one add accumulating h's two gradients; no copies
+  assert.equal(rt.counters.dispatches - before, 4);
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [3, 30, 300]);
+  assert.deepEqual(Array.from(await y.grad!.toArray()), [1, 10, 100]);
+  // y.grad must not alias a gradient that flowed on to x (or anything else): overwrite it
+  y.grad!.copy_(tensor([7, 7, 7]));
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [3, 30, 300]);
+  for (const t of [x, y, h, out]) t.dispose();
+});
+
+Deno.test("a gradient shared by two leaves is cloned for the second, not aliased", async () => {
+  const a = tensor([1, 2], { requiresGrad: true }), b = tensor([3, 4], { requiresGrad: true });
+  a.add(b).backward(tensor([5, 6]));
+  assert.notEqual(a.grad, b.grad);
+  a.grad!.copy_(tensor([0, 0]));
+  assert.deepEqual(Array.from(await b.grad!.toArray()), [5, 6]);
+  const c = tensor([1, 2], { requiresGrad: true });
+  c.add(c).backward(tensor([1, 1])); // both slots of add are the same leaf
+  assert.deepEqual(Array.from(await c.grad!.toArray()), [2, 2]);
 });
