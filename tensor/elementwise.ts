@@ -31,6 +31,12 @@ import { AUTOCAST_POLICY, autocastState, autocastTarget, cachedCast } from "./au
 /** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
 export const MAX_RANK = 8;
 const WG = 256;
+/**
+ * Output words each invocation writes, strided by the workgroup size so that neighbouring
+ * invocations touch neighbouring words (coalesced on a GPU, SIMD-friendly on llvmpipe). More
+ * than one amortises the per-invocation cost, which dominates these memory-bound kernels.
+ */
+const PER_THREAD = 4;
 
 /** Shared WGSL helpers (NaN tests on the bits, NaN-propagating max/min, pow, erf, tanh). */
 export const WGSL_MATH = `
@@ -187,7 +193,7 @@ export function launch(
   rt.dispatch(
     kernel,
     [...tensors.map((t) => t.buffer(op)), out.buffer(op)],
-    rt.grid(Math.ceil(words / WG)),
+    rt.grid(Math.ceil(words / (WG * PER_THREAD))),
     u,
   );
   return out;
@@ -257,8 +263,11 @@ ${loads}  return ${body};
 }
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let w = (wid.x + wid.y * nwg.x) * ${WG}u + li;
+  let base = (wid.x + wid.y * nwg.x) * ${WG * PER_THREAD}u + li;
+  for (var e = 0u; e < ${PER_THREAD}u; e = e + 1u) {
+  let w = base + e * ${WG}u;
 ${store}
+  }
 }
 `;
 }
