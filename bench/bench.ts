@@ -28,6 +28,7 @@ import {
   type Tensor,
   tensor,
   tidy,
+  tuneMatmul,
 } from "../mod.ts";
 import { setupTfjs, tf, TfGPT, TFJS_VERSION, tfLayerNorm, type TfPeer } from "./_tfjs.ts";
 import { type Contestant, timeSideBySide, type Timing } from "./_timing.ts";
@@ -116,6 +117,14 @@ if (!flags["no-peer"]) {
 log(
   `ulp on ${rt.info.description} (${backendName}, f16 ${rt.info.f16Storage}); ` +
     (peer ? `TF.js ${TFJS_VERSION} webgpu on ${peer.adapter}` : `no peer: ${peerWhy}`),
+);
+
+// matmul tiles per shape class: a short tuning run on this adapter, kept for the process
+const tuning = await tuneMatmul();
+log(
+  "matmul tiles (tuned): " +
+    tuning.map((t) => `${t.shapeClass} ${t.tiles.tm}x${t.tiles.tn}/${t.tiles.wgx}x${t.tiles.wgy}`)
+      .join(", "),
 );
 
 const rows: Row[] = [];
@@ -647,6 +656,7 @@ printReport({
     deno: Deno.version.deno,
     peer: peer ? `TF.js ${TFJS_VERSION} webgpu on ${peer.adapter}` : `none (${peerWhy})`,
     sameAdapter: peer ? peer.adapter === rt.info.description : null,
+    matmulTiles: Object.fromEntries(tuning.map((t) => [t.shapeClass, t.tiles])),
   },
   rows,
   metrics,

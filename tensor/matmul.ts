@@ -44,6 +44,7 @@ import { attach } from "../autograd/graph.ts";
 import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { autocastInputs, cast } from "./elementwise.ts";
+import { rand } from "./creation.ts";
 
 /** Options of `matmul`: transposed operands and the output dtype. */
 export interface MatmulOptions {
@@ -76,18 +77,163 @@ export interface Tiles {
 const GPU_TILES: Tiles = { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 16 };
 
 /**
- * The tiles for an M x N product on the runtime's adapter. On CPU adapters, measured on
- * llvmpipe (1024^3 f32): 4x4 register blocks give about 4.5 GFLOP/s, 16x16 blocks about 12.
- * K slices stay at 4 there: compiling through the GL backend costs time quadratic in the
- * size of workgroup arrays (512 vec4 take 1.7 s, 1024 take 15 s), for no measured speed.
+ * Shape classes, by the sizes of M and N: each has its default tiles and is tuned on its own
+ * (a 16 x 512 GEMM wants a different tile than a 1024 x 1024 one).
  */
+export type MatmulShapeClass = "small" | "short" | "narrow" | "medium" | "large";
+
+/** The class of an M x N product. */
+function shapeClass(M: number, N: number): MatmulShapeClass {
+  if (M <= 32 && N <= 32) return "small";
+  if (M <= 32) return "short";
+  if (N <= 32) return "narrow";
+  if (M <= 64 || N <= 64) return "medium";
+  return "large";
+}
+
+/**
+ * The default tiles of each class on CPU adapters, measured on llvmpipe (1024^3 f32): 4x4
+ * register blocks give about 4.5 GFLOP/s, 16x16 blocks about 12. K slices stay at 4 there:
+ * compiling through the GL backend costs time quadratic in the size of workgroup arrays (512
+ * vec4 take 1.7 s, 1024 take 15 s), for no measured speed.
+ */
+const CPU_TILES: Readonly<Record<MatmulShapeClass, Tiles>> = {
+  small: { tm: 4, tn: 4, wgx: 8, wgy: 8, bk: 4 }, // 32 x 32
+  short: { tm: 4, tn: 8, wgx: 16, wgy: 4, bk: 4 }, // 16 x 128
+  narrow: { tm: 8, tn: 4, wgx: 4, wgy: 16, bk: 4 }, // 128 x 16
+  medium: { tm: 8, tn: 8, wgx: 8, wgy: 8, bk: 4 }, // 64 x 64: 2.3x the 4x4 blocks at 1024x64x64
+  large: { tm: 16, tn: 16, wgx: 8, wgy: 8, bk: 4 }, // 128 x 128
+};
+
+/** Candidates the tuner times per class: the default and neighbours of it. */
+function candidates(rt: Runtime, c: MatmulShapeClass): Tiles[] {
+  if (!rt.info.isFallbackAdapter) {
+    const gpu: Tiles[] = [
+      GPU_TILES,
+      { tm: 8, tn: 8, wgx: 16, wgy: 16, bk: 8 }, // 128 x 128
+      { tm: 8, tn: 4, wgx: 16, wgy: 16, bk: 16 }, // 128 x 64
+      { tm: 4, tn: 8, wgx: 16, wgy: 16, bk: 16 }, // 64 x 128
+    ];
+    return c === "small" || c === "short" || c === "narrow"
+      ? [GPU_TILES, { tm: 4, tn: 4, wgx: 8, wgy: 8, bk: 16 }]
+      : gpu;
+  }
+  const base = CPU_TILES[c];
+  const extra: Record<MatmulShapeClass, Tiles[]> = {
+    small: [{ tm: 4, tn: 4, wgx: 4, wgy: 4, bk: 4 }],
+    short: [{ tm: 4, tn: 16, wgx: 8, wgy: 4, bk: 4 }, { tm: 4, tn: 4, wgx: 16, wgy: 4, bk: 4 }],
+    narrow: [{ tm: 16, tn: 4, wgx: 4, wgy: 8, bk: 4 }, { tm: 4, tn: 4, wgx: 4, wgy: 16, bk: 4 }],
+    medium: [{ tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 4 }, { tm: 8, tn: 8, wgx: 4, wgy: 4, bk: 4 }],
+    large: [{ tm: 8, tn: 8, wgx: 8, wgy: 8, bk: 4 }, { tm: 8, tn: 16, wgx: 8, wgy: 8, bk: 4 }],
+  };
+  return [base, ...extra[c]];
+}
+
+/** A representative M x K x N of each class (shapes of a small GPT's layers), for tuning. */
+const TUNE_SHAPES: Readonly<Record<MatmulShapeClass, readonly [number, number, number]>> = {
+  small: [32, 256, 32],
+  short: [16, 512, 512],
+  narrow: [512, 512, 16],
+  medium: [1024, 64, 64],
+  large: [384, 384, 384],
+};
+
+/** Tiles the tuner chose, per runtime (a new device is tuned anew). */
+const tuned = new WeakMap<Runtime, Map<MatmulShapeClass, Tiles>>();
+
+/** The tiles for an M x N product on the runtime's adapter: tuned, else the class default. */
 function tilesFor(rt: Runtime, M: number, N: number): Tiles {
-  if (!rt.info.isFallbackAdapter) return GPU_TILES;
-  if (M <= 32 && N <= 32) return { tm: 4, tn: 4, wgx: 8, wgy: 8, bk: 4 }; // 32 x 32
-  if (M <= 32) return { tm: 4, tn: 8, wgx: 16, wgy: 4, bk: 4 }; // 16 x 128
-  if (N <= 32) return { tm: 8, tn: 4, wgx: 4, wgy: 16, bk: 4 }; // 128 x 16
-  if (M <= 64 || N <= 64) return { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 4 }; // 64 x 64
-  return { tm: 16, tn: 16, wgx: 8, wgy: 8, bk: 4 }; // 128 x 128
+  const c = shapeClass(M, N);
+  return tuned.get(rt)?.get(c) ??
+    (rt.info.isFallbackAdapter ? CPU_TILES[c] : GPU_TILES);
+}
+
+/**
+ * Sets (or, with null, clears) the tiles of a shape class for the current device, as a tuning run
+ * would; for tests that check every candidate. @internal
+ */
+export function setMatmulTiles(c: MatmulShapeClass, tiles: Tiles | null): void {
+  const rt = currentRuntime();
+  const choice = tuned.get(rt) ?? new Map<MatmulShapeClass, Tiles>();
+  tuned.set(rt, choice);
+  if (tiles === null) choice.delete(c);
+  else choice.set(c, tiles);
+}
+
+/** The tiles a tuning run may choose for a class on the current adapter. @internal */
+export function matmulTileCandidates(c: MatmulShapeClass): Tiles[] {
+  return candidates(currentRuntime(), c);
+}
+
+/** What `tuneMatmul()` measured for one shape class. */
+export interface MatmulTuning {
+  /** The shape class. */
+  readonly shapeClass: MatmulShapeClass;
+  /** The M x K x N it was timed on. */
+  readonly shape: readonly [number, number, number];
+  /** The tiles chosen (the fastest candidate). */
+  readonly tiles: Tiles;
+  /** Every candidate with its median time in milliseconds. */
+  readonly candidates: readonly { readonly tiles: Tiles; readonly ms: number }[];
+}
+
+/**
+ * Times a few tile shapes per shape class of matmul on the current adapter and keeps the
+ * fastest for the rest of the process (for this device). A short run: about a second on a
+ * GPU, a few seconds on llvmpipe. Without it, matmul uses measured defaults per class.
+ *
+ * @example
+ * ```ts
+ * import { tuneMatmul } from "../mod.ts";
+ * const result = await tuneMatmul({ classes: ["small"], repeats: 1 });
+ * console.log(result[0].shapeClass, result[0].candidates.length > 0); // "small" true
+ * ```
+ */
+export async function tuneMatmul(
+  opts: { classes?: readonly MatmulShapeClass[]; repeats?: number } = {},
+): Promise<MatmulTuning[]> {
+  const rt = currentRuntime();
+  const repeats = opts.repeats ?? 2;
+  if (!Number.isInteger(repeats) || repeats < 1) {
+    throw new ValueError(`tuneMatmul(): repeats must be a positive integer, got ${repeats}`);
+  }
+  const classes = opts.classes ?? (Object.keys(TUNE_SHAPES) as MatmulShapeClass[]);
+  const out: MatmulTuning[] = [];
+  const choice = tuned.get(rt) ?? new Map<MatmulShapeClass, Tiles>();
+  tuned.set(rt, choice);
+  for (const c of classes) {
+    if (!(c in TUNE_SHAPES)) {
+      throw new ValueError(
+        `tuneMatmul(): unknown shape class '${c}'; valid: ${Object.keys(TUNE_SHAPES).join(", ")}`,
+      );
+    }
+    const [M, K, N] = TUNE_SHAPES[c];
+    const a = rand([M, K], { seed: 1 }), b = rand([K, N], { seed: 2 });
+    const timed: { tiles: Tiles; ms: number }[] = [];
+    try {
+      for (const tiles of candidates(rt, c)) {
+        choice.set(c, tiles);
+        matmul(a, b).dispose(); // compile and warm up
+        await rt.sync();
+        const times: number[] = [];
+        for (let r = 0; r < repeats; r++) {
+          const t0 = performance.now();
+          matmul(a, b).dispose();
+          await rt.sync();
+          times.push(performance.now() - t0);
+        }
+        times.sort((p, q) => p - q);
+        timed.push({ tiles, ms: times[times.length >> 1] });
+      }
+    } finally {
+      a.dispose();
+      b.dispose();
+    }
+    const best = timed.reduce((p, q) => (q.ms < p.ms ? q : p));
+    choice.set(c, best.tiles);
+    out.push({ shapeClass: c, shape: [M, K, N], tiles: best.tiles, candidates: timed });
+  }
+  return out;
 }
 
 /** Batch dimensions the kernel handles (kept and reduced together). */

@@ -61,7 +61,14 @@ export {
   where,
 } from "./elementwise.ts";
 export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum, sumTo } from "./reduce.ts";
-export { matmul, type MatmulOptions } from "./matmul.ts";
+export {
+  matmul,
+  type MatmulOptions,
+  type MatmulShapeClass,
+  type MatmulTuning,
+  type Tiles,
+  tuneMatmul,
+} from "./matmul.ts";
 export {
   concat,
   expand,

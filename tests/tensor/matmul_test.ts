@@ -7,12 +7,15 @@ import {
   getRuntime,
   matmul,
   type MatmulOptions,
+  type MatmulShapeClass,
   memory,
   noGrad,
   ShapeError,
   type Tensor,
   tensor,
+  tuneMatmul,
 } from "../../mod.ts";
+import { matmulTileCandidates, setMatmulTiles } from "../../tensor/matmul.ts";
 
 // ---- host reference ----------------------------------------------------------------------------
 
@@ -174,6 +177,37 @@ Deno.test("matmul() of f32 matrices matches an f64 reference at every tile class
   ) {
     await run([M, K], [K, N], "f32", "f32", "f32");
   }
+});
+
+Deno.test("matmul() is exact with every tile shape the tuner may choose, in every shape class", async () => {
+  const shapes: Record<MatmulShapeClass, number[][]> = {
+    small: [[32, 40, 31]],
+    short: [[31, 8, 257]],
+    narrow: [[257, 8, 31]],
+    medium: [[300, 5, 63]],
+    large: [[200, 9, 129]],
+  };
+  for (const [c, list] of Object.entries(shapes) as [MatmulShapeClass, number[][]][]) {
+    for (const tiles of matmulTileCandidates(c)) {
+      setMatmulTiles(c, tiles);
+      const [M, K, N] = list[0]; // edges that fill no tile exactly
+      await run([M, K], [K, N], "f32", "f32", "f32", {}, M + N);
+    }
+    setMatmulTiles(c, null);
+  }
+});
+
+Deno.test("tuneMatmul() keeps the fastest candidate it timed for each class", async () => {
+  const result = await tuneMatmul({ classes: ["small", "medium"], repeats: 1 });
+  assert.deepEqual(result.map((r) => r.shapeClass), ["small", "medium"]);
+  for (const r of result) {
+    assert.equal(r.candidates.length, matmulTileCandidates(r.shapeClass).length);
+    const best = Math.min(...r.candidates.map((c) => c.ms));
+    assert.equal(r.candidates.find((c) => c.ms === best)!.tiles, r.tiles);
+  }
+  await run([64, 33, 200].slice(0, 2), [33, 200], "f32", "f32", "f32"); // tuned tiles are used
+  await assert.rejects(tuneMatmul({ repeats: 0 }), /repeats must be a positive integer/);
+  for (const c of ["small", "medium"] as const) setMatmulTiles(c, null);
 });
 
 Deno.test("matmul() accumulates in f32 and rounds once for every low-precision dtype", async () => {
