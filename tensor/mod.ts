@@ -94,3 +94,10 @@ export {
   type CastPolicy,
 } from "./autocast.ts";
 export { layoutOf, storageBytes } from "./layout.ts";
+export {
+  type AttentionOptions,
+  causalSelfAttention,
+  fusedAttentionFits,
+  MAX_HEAD_SIZE,
+  scaledDotProductAttention,
+} from "./attention.ts";
