@@ -7,7 +7,15 @@
  */
 
 import { ShapeError, ValueError } from "../errors.ts";
-import { fmtShape, isTensor, keep, type Tensor } from "../tensor/mod.ts";
+import {
+  autocast,
+  type AutocastOptions,
+  fmtShape,
+  isTensor,
+  keep,
+  type Tensor,
+} from "../tensor/mod.ts";
+import { autocastStateOf } from "../tensor/autocast.ts";
 
 /**
  * Marks a tensor as a model parameter: a leaf that requires a gradient, counted as `params`
@@ -52,6 +60,8 @@ export type StateDict = Record<string, Tensor>;
 export class Module {
   /** Whether the module is in training mode (dropout active). */
   training = true;
+  #autocast: AutocastOptions | null = null;
+  #wrapped = false;
 
   /** The module's own parameters and submodules, by field name, in declaration order. */
   #children(): [string, Tensor | Module | (Tensor | Module)[]][] {
@@ -116,6 +126,57 @@ export class Module {
   /** Sets evaluation mode (dropout off). Returns this. */
   eval(): this {
     return this.train(false);
+  }
+
+  /**
+   * Runs this module's `forward` under its own autocast options, whatever context encloses
+   * it: `{ dtype: "bf16" }` keeps it in bf16 inside an `fp8` context, `{ enabled: false }`
+   * in f32 (where low precision is applied decides stability: keep the LM head, the first
+   * and the last block in higher precision). `null` removes the override. Returns this.
+   * Prefer an `fp8` context around the whole forward with overrides that raise precision:
+   * each entry of an FP8 recipe's context from outside another one with it starts that
+   * recipe's step (delayed scaling commits its amaxes).
+   *
+   * @example
+   * ```ts
+   * import { autocast, GPT, tensor } from "../mod.ts";
+   * const model = new GPT({ vocabSize: 16, blockSize: 8, nLayer: 2, nHead: 2, nEmbd: 8, seed: 0 });
+   * model.lm_head.setAutocast({ dtype: "bf16" }); // the tied LM head: bf16 GEMM, not FP8
+   * model.h[0].setAutocast({ dtype: "bf16" }); // the first block too
+   * const idx = tensor(new Int32Array([1, 2, 3]), { shape: [1, 3] });
+   * const { logits } = autocast({ dtype: "fp8" }, () => model.forward(idx));
+   * console.log(logits.dtype, model.lm_head.autocastOptions); // "bf16" { dtype: "bf16" }
+   * ```
+   */
+  setAutocast(opts: AutocastOptions | null): this {
+    if (opts !== null) autocastStateOf(opts); // throws now on invalid options
+    const self = this as unknown as Record<string, unknown>;
+    if (opts !== null && !this.#wrapped) {
+      const inner = self.forward;
+      if (typeof inner !== "function") {
+        throw new ValueError(
+          `setAutocast(): ${this.constructor.name} has no forward() method to run under autocast`,
+        );
+      }
+      // an own, non-enumerable forward that enters the module's context around the class's
+      Object.defineProperty(this, "forward", {
+        value: (...args: unknown[]) => {
+          const o = this.#autocast;
+          return o === null ? inner.apply(this, args) : autocast(o, () => inner.apply(this, args));
+        },
+        enumerable: false,
+        writable: true,
+        configurable: true,
+      });
+      this.#wrapped = true;
+    }
+    this.#autocast = opts === null ? null : Object.freeze({ ...opts });
+    return this;
+  }
+
+  /** The autocast options `setAutocast` gave this module, or null. */
+  get autocastOptions(): AutocastOptions | null {
+    return this.#autocast;
   }
 
   /** Frees every parameter's gradient (as `optimizer.zeroGrad()` does for its own). */

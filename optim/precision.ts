@@ -12,12 +12,20 @@
  * | `amp-f16`       | f32    | f32   | f32  | f32              | f16 casts, scaler  | 16    |
  * | `collage-light` | bf16   | bf16  | bf16 | bf16             | `paramLo` bf16     | 10    |
  * | `collage-plus`  | bf16   | bf16  | bf16 | bf16 + `expAvgSqLo` | `paramLo` bf16  | 12    |
+ * | `fp8`           | f32    | f32   | f32  | f32              | e4m3/e5m2 GEMM inputs, scales | 16 |
+ * | `eXmY` (any)    | eXmY   | eXmY  | eXmY | eXmY             | (pure simulated format) | 4 x its lane bytes |
  *
- * `amp-*` store what `fp32` stores (f32 master weights); the forward runs under
- * `autocast({ dtype: strategy.autocast })`, whose casts of the weights are transient and
- * counted as "casts" in `memory()`, and `amp-f16` wants a `GradScaler`
- * (`strategy.gradScaler`). The Collage rows replace the update bodies (`collage.ts`).
- * `applyPrecision(model, name)` puts a model's parameters into the strategy's dtype.
+ * `amp-*` and `fp8` store what `fp32` stores (f32 master weights); the forward runs under
+ * `autocast(strategy.autocastOptions)` (`{ dtype: "bf16" }`, `{ dtype: "f16" }`,
+ * `{ dtype: "fp8" }`), whose casts of the weights are transient and counted as "casts" in
+ * `memory()`, and `amp-f16` wants a `GradScaler` (`strategy.gradScaler`). `fp8` quantises
+ * the GEMM inputs with an FP8 recipe (e4m3 forward, e5m2 gradients, delayed scaling; the
+ * recipe's amax histories and scales are its extra state, outside the optimizer). The
+ * Collage rows replace the update bodies (`collage.ts`). Any float format name (`e8m5`,
+ * `e5m6`, `f16`) is a pure strategy in that format: weights, gradients and optimizer states
+ * stored in it, each rounded once (RNE) per update, for simulated formats beyond the GEMM
+ * inputs that autocast covers. `applyPrecision(model, name)` puts a model's parameters into
+ * the strategy's dtype.
  *
  * To add a strategy, add a row to `STRATEGIES` below: the dtypes; `extraStates`, buffers
  * the optimizer allocates, zero-initialises, passes to the kernel and saves in its state
@@ -27,9 +35,9 @@
  * @module
  */
 
-import { bfloat16, type DType, float16, float32 } from "../dtypes/mod.ts";
+import { bfloat16, type DType, dtype, float16, float32 } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import type { Tensor } from "../tensor/mod.ts";
+import type { AutocastOptions, Tensor } from "../tensor/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
 import { Module, Parameter } from "../nn/module.ts";
 import { collageAdamWBody, collageSGDBody } from "./collage.ts";
@@ -123,8 +131,16 @@ export interface PrecisionStrategy {
   readonly extraStates: readonly StateSpec[];
   /** Replacement update bodies by optimizer (`adamw`, `sgd`); default: the f32 body. */
   readonly updates: Readonly<Partial<Record<"adamw" | "sgd", UpdateBody>>>;
-  /** The dtype the forward runs in under `autocast` (amp strategies), or null (none). */
+  /**
+   * The dtype the forward's low-precision ops run in under `autocast` (amp strategies, and
+   * `fp8`'s GEMM outputs), or null (no autocast).
+   */
   readonly autocast: DType | null;
+  /**
+   * What to pass to `autocast()` for the forward (`{ dtype: "bf16" }`, `{ dtype: "fp8" }`),
+   * or null (no autocast).
+   */
+  readonly autocastOptions: Readonly<AutocastOptions> | null;
   /** Whether the strategy wants a `GradScaler` (f16 gradients underflow without one). */
   readonly gradScaler: boolean;
   /**
@@ -145,6 +161,7 @@ function row(
   d: DType,
   extra: Partial<PrecisionStrategy> = {},
 ): PrecisionStrategy {
+  const autocast = extra.autocast ?? null;
   return Object.freeze({
     name,
     description,
@@ -153,7 +170,8 @@ function row(
     stateDtype: () => d,
     extraStates: [],
     updates: {},
-    autocast: null,
+    autocast,
+    autocastOptions: autocast === null ? null : Object.freeze({ dtype: autocast.name }),
     gradScaler: false,
     computeDtype: d,
     effective: null,
@@ -185,6 +203,18 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
       "autocast({ dtype: 'f16' }) and a GradScaler scales the loss",
     float32,
     { autocast: float16, computeDtype: float16, gradScaler: true },
+  ),
+  fp8: row(
+    "fp8",
+    "FP8 training: f32 master weights, gradients and states as amp-bf16; the forward runs " +
+      "under autocast({ dtype: 'fp8' }): GEMM inputs in e4m3 forward and e5m2 backward with " +
+      "delayed scaling, outputs and other low-precision ops in bf16",
+    float32,
+    {
+      autocast: bfloat16,
+      autocastOptions: Object.freeze({ dtype: "fp8" }),
+      computeDtype: bfloat16,
+    },
   ),
   "collage-light": row(
     "collage-light",
@@ -218,36 +248,71 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
 };
 
 /**
- * The names of the precision strategies the optimizers accept.
+ * The names of the registered precision strategies (any float format name, such as `e8m5`,
+ * is accepted too: a pure strategy in that format).
  *
  * @example
  * ```ts
  * import { precisionNames } from "../mod.ts";
  * console.log(precisionNames());
- * // ["fp32", "bf16", "amp-bf16", "amp-f16", "collage-light", "collage-plus"]
+ * // ["fp32", "bf16", "amp-bf16", "amp-f16", "fp8", "collage-light", "collage-plus"]
  * ```
  */
 export function precisionNames(): string[] {
   return Object.keys(STRATEGIES);
 }
 
+/** Pure strategies in simulated formats, made on first request. */
+const SIMULATED = new Map<string, PrecisionStrategy>();
+
+/** The pure strategy of the float format `name` (`e8m5`, `f16`), or undefined. */
+function simulated(name: string): PrecisionStrategy | undefined {
+  let d: DType;
+  try {
+    d = dtype(name);
+  } catch {
+    return undefined;
+  }
+  if (d.kind !== "float") return undefined;
+  const known = d.name === "f32" ? "fp32" : d.name; // e8m23 and f32 are fp32, e8m7 is bf16
+  if (Object.hasOwn(STRATEGIES, known)) return STRATEGIES[known];
+  let s = SIMULATED.get(d.name);
+  if (s === undefined) {
+    s = row(
+      d.name,
+      `pure ${d.name}: parameters, gradients and states stored in ${d.name}, arithmetic in ` +
+        `f32, each stored value rounded once (RNE)`,
+      d,
+    );
+    SIMULATED.set(d.name, s);
+  }
+  return s;
+}
+
 /**
- * The strategy named `name`; a ValueError that lists the supported names otherwise.
+ * The strategy named `name`: a registered one, or a pure strategy in a float format named
+ * by its dtype (`e8m5`); a ValueError that lists the supported names otherwise.
  *
  * @example
  * ```ts
  * import { precisionStrategy } from "../mod.ts";
  * console.log(precisionStrategy("fp32").stateDtype("expAvg").name); // f32
+ * console.log(precisionStrategy("fp8").autocastOptions); // { dtype: "fp8" }
+ * console.log(precisionStrategy("e8m5").param.name, precisionStrategy("e8m5").grad.name); // e8m5 e8m5
  * try { precisionStrategy("fp64"); } catch (e) { console.log((e as Error).name); } // ValueError
  * ```
  */
 export function precisionStrategy(name: string, op = "optimizer"): PrecisionStrategy {
-  const s = Object.hasOwn(STRATEGIES, name) ? STRATEGIES[name] : undefined;
+  const s = Object.hasOwn(STRATEGIES, name)
+    ? STRATEGIES[name]
+    : typeof name === "string"
+    ? simulated(name)
+    : undefined;
   if (s === undefined) {
     throw new ValueError(
       `${op}: unknown precision '${String(name)}'; supported: ${
         precisionNames().map((n) => `'${n}'`).join(", ")
-      }`,
+      }, or a float format such as 'e8m5' (a pure strategy in that format)`,
     );
   }
   return s;

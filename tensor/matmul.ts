@@ -44,6 +44,7 @@ import { attach } from "../autograd/graph.ts";
 import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { autocastInputs, cast } from "./elementwise.ts";
+import { autocastGemm, type GemmSite } from "./autocast.ts";
 import { rand } from "./creation.ts";
 
 /** Options of `matmul`: transposed operands and the output dtype. */
@@ -272,6 +273,11 @@ export interface MatmulKernelConfig {
   readonly saturate: boolean;
   /** The tiling. */
   readonly tiles: Tiles;
+  /**
+   * Per-tensor scaled operands (FP8): bindings `sa`, `sb` (one f32 each) follow `out`, and
+   * the f32 result is multiplied by `1 / sa`, then by `1 / sb`, before the output rounding.
+   */
+  readonly scaled?: boolean;
 }
 
 /**
@@ -391,11 +397,15 @@ ${put}      }`;
       return `      ${t === nAcc - 1 ? "default" : `case ${t}u`}: { v = acc${i}_${j}; }\n`;
     }).join("")
   ).join("");
-  const stores = `  for (var t = 0u; t < ${nAcc}u; t = t + 1u) {
+  const scaled = cfg.scaled ?? false;
+  // the FP8 epilogue: one reciprocal per scale, applied one after the other (their product
+  // could underflow where a tiny gradient's scale is huge)
+  const stores = `${scaled ? "  let ia = 1.0 / sa_[0];\n  let ib = 1.0 / sb_[0];\n" : ""}\
+  for (var t = 0u; t < ${nAcc}u; t = t + 1u) {
     var v: vec4<f32>;
     switch t {
 ${cases}    }
-    store_row(m + t / ${tn / 4}u, n + (t % ${tn / 4}u) * 4u, v, zoff);
+    store_row(m + t / ${tn / 4}u, n + (t % ${tn / 4}u) * 4u, ${scaled ? "v * ia * ib" : "v"}, zoff);
   }
 `;
   const f16 = needsF16([a, b, out]) ? "enable f16;\n" : "";
@@ -410,7 +420,12 @@ struct Uniforms {
 }
 ${wgslBinding(a, 0, 0, "a", "read")}${wgslBinding(b, 0, 1, "b", "read")}${
     wgslBinding(out, 0, 2, "out", "read_write")
-  }@group(0) @binding(3) var<uniform> U_: Uniforms;
+  }${
+    scaled
+      ? `@group(0) @binding(3) var<storage, read> sa_: array<f32>;
+@group(0) @binding(4) var<storage, read> sb_: array<f32>;\n`
+      : ""
+  }@group(0) @binding(${scaled ? 5 : 3}) var<uniform> U_: Uniforms;
 var<workgroup> As: array<vec4<f32>, ${(bk * bm) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(bk * bn) / 4}>;
 
@@ -512,8 +527,14 @@ fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
 function getKernel(rt: Runtime, cfg: MatmulKernelConfig): Kernel {
   const t = cfg.tiles;
   const key = [cfg.a, cfg.b, cfg.out].map((l) => `${l.dtype.name}:${l.elem}`).join(",") +
-    `|${cfg.transA}|${cfg.transB}|${cfg.saturate}|${t.tm},${t.tn},${t.wgx},${t.wgy},${t.bk}`;
-  const sig = { buffers: ["read", "read", "read_write"] as const, uniform: true };
+    `|${cfg.transA}|${cfg.transB}|${cfg.saturate}|${t.tm},${t.tn},${t.wgx},${t.wgy},${t.bk}` +
+    (cfg.scaled ? "|scaled" : "");
+  const sig = {
+    buffers: cfg.scaled
+      ? ["read", "read", "read_write", "read", "read"] as const
+      : ["read", "read", "read_write"] as const,
+    uniform: true,
+  };
   return rt.kernelFor(`matmul|${key}`, "matmul", sig, () => matmulSource(cfg));
 }
 
@@ -532,7 +553,8 @@ function batchStrides(v: View, full: readonly number[]): number[] {
 /**
  * `out[kept] = sum over reduced batch dims of op(A) @ op(B)`: the one launcher behind the
  * forward and backward passes. `full` is the broadcast batch shape of A and B; `keep[d]` says
- * whether batch dimension d is one of the output's (in order) or summed over.
+ * whether batch dimension d is one of the output's (in order) or summed over. With `scales`
+ * (per-tensor FP8 scales of A and B), the f32 result is multiplied by 1 / sa and 1 / sb.
  */
 function gemm(
   op: string,
@@ -542,6 +564,7 @@ function gemm(
   keep: readonly boolean[],
   outDt: DType,
   outShape: readonly number[],
+  scales: readonly [Tensor, Tensor] | null = null,
 ): Tensor {
   const rt = currentRuntime();
   A.t.buffer(`${op}()`);
@@ -581,6 +604,7 @@ function gemm(
       transA: A.trans,
       transB: B.trans,
       saturate: outDt.saturate,
+      scaled: scales !== null,
     });
     // the uniform block (struct Uniforms): sizes, stored row lengths, grid offsets (set
     // below), then batch sizes and per-operand batch strides (8 each)
@@ -592,6 +616,7 @@ function gemm(
     const maxG = rt.info.limits.maxComputeWorkgroupsPerDimension;
     const gx = Math.ceil(N / (tiles.wgx * tiles.tn)), gy = Math.ceil(M / (tiles.wgy * tiles.tm));
     const bufs = [A.t.buffer(op), B.t.buffer(op), out.buffer(op)];
+    if (scales !== null) bufs.push(scales[0].buffer(op), scales[1].buffer(op));
     // launches within the per-dimension limit; the offsets x0, y0, z0 go in the uniforms
     for (let z0 = 0; z0 < Z; z0 += maxG) {
       for (let y0 = 0; y0 < gy; y0 += maxG) {
@@ -704,7 +729,9 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   );
   const outShape = [...full, ...(a.ndim > 1 ? [M] : []), ...(b.ndim > 1 ? [N] : [])];
   // under autocast, the operands in the context's lower dtype (the gradient flows back
-  // through the casts to the originals)
+  // through the casts to the originals), and the context's hook for the GEMM inputs (FP8
+  // quantisation, or the rounding of the incoming gradient)
+  const site = autocastGemm(a, b);
   [a, b] = autocastInputs("matmul", [a, b]);
   A = { ...A, t: a };
   B = { ...B, t: b };
@@ -718,8 +745,19 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     A = { ...A, batch: [], rows };
     batch = [];
   }
-  const out = gemm("matmul", A, B, batch, batch.map(() => true), outDt, outShape);
-  return attach(out, "matmul", [a, b], (g) => {
+  const pa = prepare(site, "a", A, true), pb = prepare(site, "b", B, false);
+  const fwdTemps = [pa, pb].filter((p) => p.temp).flatMap((p) => [p.v.t, p.scale]);
+  const out = gemm(
+    "matmul",
+    pa.v,
+    pb.v,
+    batch,
+    batch.map(() => true),
+    outDt,
+    outShape,
+    scalesOf(pa, pb),
+  );
+  attach(out, "matmul", [a, b], (g) => {
     // g is the output's gradient, read as [...batch, rows, N] (vector dimensions restored)
     const G: View = { t: g, batch, rows, cols: N, trans: false };
     const keepFor = (v: View) =>
@@ -727,18 +765,75 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
         const own = v.batch[v.batch.length - batch.length + d];
         return own !== undefined && own === size;
       });
+    // the backward GEMMs' inputs: per-tensor preparations (FP8 scaling, rounding) are made
+    // once (the forward's operands, the gradient once); MX quantises along each GEMM's own
+    // reduction axis
+    const temps: (Tensor | null)[] = [];
+    let gOnce: Prepared | null = null;
+    const use = (v: View, left: boolean, fwd: Prepared | null): Prepared => {
+      if (site !== null && site.perTensor) {
+        if (fwd === null) gOnce ??= prepare(site, "grad", G, true);
+        const p = fwd ?? gOnce!;
+        return { v: { ...v, t: p.v.t }, scale: p.scale, temp: false };
+      }
+      const p = prepare(site, fwd === null ? "grad" : fwd === pa ? "a" : "b", v, left);
+      if (p.temp) temps.push(p.v.t, p.scale);
+      return p;
+    };
+    const mm = (l: Prepared, r: Prepared, keep: boolean[], t: Tensor) =>
+      gemm("matmul_backward", l.v, r.v, batch, keep, t.dt, t.shape, scalesOf(l, r));
     const dA = a.requiresGrad
       ? (A.trans
-        ? gemm("matmul_backward", B, flip(G), batch, keepFor(A), a.dt, a.shape) // B g^T
-        : gemm("matmul_backward", G, flip(B), batch, keepFor(A), a.dt, a.shape)) // g B^T
+        ? mm(use(B, true, pb), use(flip(G), false, null), keepFor(A), a) // B g^T
+        : mm(use(G, true, null), use(flip(B), false, pb), keepFor(A), a)) // g B^T
       : null;
     const dB = b.requiresGrad
       ? (B.trans
-        ? gemm("matmul_backward", flip(G), A, batch, keepFor(B), b.dt, b.shape) // g^T A
-        : gemm("matmul_backward", flip(A), G, batch, keepFor(B), b.dt, b.shape)) // A^T g
+        ? mm(use(flip(G), true, null), use(A, false, pa), keepFor(B), b) // g^T A
+        : mm(use(flip(A), true, pa), use(G, false, null), keepFor(B), b)) // A^T g
       : null;
+    const once = gOnce as Prepared | null; // assigned inside use()
+    if (once?.temp) temps.push(once.v.t, once.scale);
+    for (const t of [...temps, ...fwdTemps]) t?.dispose();
     return [dA, dB];
   });
+  // without a graph, nothing will read the prepared operands again
+  if (out.node === null) { for (const t of fwdTemps) t?.dispose(); }
+  return out;
+}
+
+/** The per-tensor scales of two prepared operands (both or neither have one). */
+function scalesOf(l: Prepared, r: Prepared): [Tensor, Tensor] | null {
+  if (l.scale === null && r.scale === null) return null;
+  if (l.scale === null || r.scale === null) {
+    throw new ValueError("matmul(): autocast's GEMM hook scaled one operand but not the other");
+  }
+  return [l.scale, r.scale];
+}
+
+/** A GEMM operand as autocast's hook prepared it; `temp`: made here, to be freed. */
+interface Prepared {
+  readonly v: View;
+  readonly scale: Tensor | null;
+  readonly temp: boolean;
+}
+
+/**
+ * Prepares the operand `v` of a GEMM (`left`: the left operand, reduced along its logical
+ * columns; else along its logical rows) with the context's hook, if any.
+ */
+function prepare(
+  site: GemmSite | null,
+  which: "a" | "b" | "grad",
+  v: View,
+  left: boolean,
+): Prepared {
+  if (site === null) return { v, scale: null, temp: false };
+  const along = left === v.trans ? "rows" : "cols";
+  const q = which === "grad"
+    ? site.grad(v.t, v.rows, v.cols, along)
+    : site.operand(which, v.t, v.rows, v.cols, along);
+  return { v: { ...v, t: q.t }, scale: q.scale, temp: q.t !== v.t };
 }
 
 /** The broadcast of two batch shapes. */

@@ -93,6 +93,16 @@ export {
   autocastTarget,
   type CastPolicy,
 } from "./autocast.ts";
+export {
+  defaultFP8Recipe,
+  type FP8Format,
+  FP8Recipe,
+  type FP8RecipeOptions,
+  type FP8Scaling,
+  type FP8StateDict,
+  type FP8Tensor,
+} from "./fp8.ts";
+export { MX_BLOCK, mxElementDtype, mxEmax, mxQuantize, type MXQuantizeOptions } from "./mx.ts";
 export { layoutOf, storageBytes } from "./layout.ts";
 export {
   type AttentionOptions,

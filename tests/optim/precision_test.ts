@@ -82,6 +82,7 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
     "bf16",
     "amp-bf16",
     "amp-f16",
+    "fp8",
     "collage-light",
     "collage-plus",
   ]);
@@ -93,7 +94,7 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
   ]);
   assert.throws(
     () => precisionStrategy("fp16"),
-    /unknown precision 'fp16'; supported: 'fp32', 'bf16', 'amp-bf16', 'amp-f16', 'collage-light', 'collage-plus'/,
+    /unknown precision 'fp16'; supported: 'fp32', 'bf16', 'amp-bf16', 'amp-f16', 'fp8', 'collage-light', 'collage-plus'/,
   );
 });
 

@@ -48,7 +48,7 @@ async function train(name: string, steps: number) {
     opt.zeroGrad();
     const r0 = rt.counters.readbacks;
     tidy(() => {
-      using _ = autocast({ dtype: s.autocast?.name ?? "f32", enabled: s.autocast !== null });
+      using _ = autocast(s.autocastOptions ?? { enabled: false });
       const { loss } = model.forward(idx, tgt);
       casts = Math.max(casts, purposes().casts ?? 0);
       scaler.scale(loss!).backward();
@@ -81,12 +81,13 @@ async function train(name: string, steps: number) {
   return out;
 }
 
-Deno.test("precision names the six strategies of DESIGN.md's table; unknown ones list them", () => {
+Deno.test("precision names the seven strategies of DESIGN.md's table; unknown ones list them", () => {
   assert.deepEqual(precisionNames(), [
     "fp32",
     "bf16",
     "amp-bf16",
     "amp-f16",
+    "fp8",
     "collage-light",
     "collage-plus",
   ]);
@@ -107,12 +108,13 @@ Deno.test("precision names the six strategies of DESIGN.md's table; unknown ones
     ["bf16", "bf16", "bf16", "bf16", null, false, []],
     ["amp-bf16", "f32", "f32", "f32", "bf16", false, []],
     ["amp-f16", "f32", "f32", "f32", "f16", true, []],
+    ["fp8", "f32", "f32", "f32", "bf16", false, []],
     ["collage-light", "bf16", "bf16", "bf16", null, false, ["paramLo"]],
     ["collage-plus", "bf16", "bf16", "bf16", null, false, ["paramLo", "expAvgSqLo"]],
   ]);
   assert.throws(
-    () => precisionStrategy("fp8"),
-    /unknown precision 'fp8'; supported: 'fp32', 'bf16', 'amp-bf16'/,
+    () => precisionStrategy("fp64"),
+    /unknown precision 'fp64'; supported: 'fp32', 'bf16', 'amp-bf16'/,
   );
 });
 
@@ -122,6 +124,7 @@ Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, col
     bf16: 8,
     "amp-bf16": 16,
     "amp-f16": 16,
+    fp8: 16,
     "collage-light": 10,
     "collage-plus": 12,
   };

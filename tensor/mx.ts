@@ -1,0 +1,242 @@
+/**
+ * OCP Microscaling (MX) block quantisation: each block of 32 consecutive elements along one
+ * axis shares a power-of-two scale X = 2^(floor(log2 amax) - emax_elem) (an E8M0 code,
+ * 2^-127 ... 2^127), and each element is quantised to the element format with RNE, clamped to
+ * its largest finite value. emax_elem is the exponent of that largest value: 8 for e4m3, 15
+ * for e5m2, 4 for e3m2 (e3m2fn), 2 for e2m3 (e2m3fn) and e2m1 (e2m1fn).
+ *
+ * `mxQuantize` returns the dequantised values (element times its block's scale) in f32:
+ * exactly what a GEMM on MX operands multiplies, so an MX GEMM is simulated by a matmul of
+ * two operands quantised along their reduction dimension (what `autocast` does with an `mx`
+ * FP8 recipe). Blocks whose largest magnitude is Inf or NaN decode to NaN (the E8M0 NaN
+ * scale); an all-zero block stays zero. Scaling is done on the bits (exact for subnormal
+ * inputs and outputs), since GPUs may flush f32 subnormals in arithmetic.
+ *
+ * References: OCP Microscaling Formats (MX) Specification v1.0 (2023), section 6.3;
+ * Rouhani et al., "Microscaling Data Formats for Deep Learning" (arXiv:2310.10537, 2023).
+ *
+ * @module
+ */
+
+import {
+  type DType,
+  dtype,
+  type DTypeLike,
+  finfo,
+  float32,
+  wgslChunks,
+  wgslCodec,
+} from "../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../errors.ts";
+import { currentRuntime } from "../gpu/mod.ts";
+import { attach } from "../autograd/graph.ts";
+import { layoutOf, needsF16, wgslBinding, wgslLoad } from "./layout.ts";
+import { fmtShape, Tensor } from "./tensor.ts";
+import { cast } from "./elementwise.ts";
+
+/** Elements per MX block (OCP MX v1.0: k = 32 for every concrete format). */
+export const MX_BLOCK = 32;
+
+/** The OCP MX element formats by the names users type, as ulp dtypes. */
+const MX_ELEMENTS: Readonly<Record<string, string>> = Object.freeze({
+  e4m3: "e4m3",
+  e4m3fn: "e4m3",
+  e5m2: "e5m2",
+  e3m2: "e3m2fn",
+  e3m2fn: "e3m2fn",
+  e2m3: "e2m3fn",
+  e2m3fn: "e2m3fn",
+  e2m1: "e2m1fn",
+  e2m1fn: "e2m1fn",
+});
+
+/**
+ * The element dtype of an MX format name: `e4m3`, `e5m2`, `e3m2`, `e2m3` or `e2m1` (FP6 and
+ * FP4 are OCP's finite variants `e3m2fn`, `e2m3fn`, `e2m1fn`; those names work too).
+ *
+ * @example
+ * ```ts
+ * import { mxElementDtype } from "../mod.ts";
+ * console.log(mxElementDtype("e2m1").name, mxElementDtype("e4m3").name); // e2m1fn e4m3
+ * ```
+ */
+export function mxElementDtype(format: DTypeLike): DType {
+  const name = typeof format === "string" ? format : format?.name;
+  const canonical = typeof name === "string" && Object.hasOwn(MX_ELEMENTS, name)
+    ? MX_ELEMENTS[name]
+    : undefined;
+  if (canonical === undefined) {
+    throw new DTypeError(
+      `mxQuantize(): '${String(name)}' is not an MX element format; use e4m3, e5m2 (FP8), ` +
+        `e3m2, e2m3 (FP6) or e2m1 (FP4)`,
+    );
+  }
+  return dtype(canonical);
+}
+
+/**
+ * emax_elem of an element format: the exponent of its largest finite value (8 for e4m3).
+ *
+ * @example
+ * ```ts
+ * import { mxElementDtype, mxEmax } from "../mod.ts";
+ * console.log(["e4m3", "e5m2", "e3m2", "e2m3", "e2m1"].map((f) => mxEmax(mxElementDtype(f)))); // [8, 15, 4, 2, 2]
+ * ```
+ */
+export function mxEmax(element: DType): number {
+  return Math.floor(Math.log2(finfo(element).max));
+}
+
+/** Options of `mxQuantize`. */
+export interface MXQuantizeOptions {
+  /** The axis the blocks run along (default -1, the last). */
+  axis?: number;
+}
+
+/**
+ * Quantises `x` to the MX format whose elements are `format` (`e4m3`, `e5m2`, `e3m2`,
+ * `e2m3`, `e2m1`), in blocks of 32 consecutive elements along `axis` (a shorter last block
+ * where the axis length is not a multiple of 32), and returns the dequantised values in f32.
+ * The gradient passes through unchanged (straight-through), in `x`'s dtype.
+ *
+ * @example
+ * ```ts
+ * import { mxQuantize, tensor } from "../mod.ts";
+ * // amax 3: scale 2^(1 - 8) = 2^-7, so 0.01 becomes the e4m3 code nearest 0.01 * 128 = 1.28
+ * const y = mxQuantize(tensor([3, 0.01, -1.1, 0]), "e4m3");
+ * console.log(Array.from(await y.toArray())); // [3, 0.009765625, -1.125, 0]
+ * // FP4 (e2m1): amax 3, scale 2^(1 - 2) = 0.5: elements of 2 * x rounded to {0, 0.5, ..., 6}
+ * console.log(Array.from(await mxQuantize(tensor([3, 0.3, -1.1, 0]), "e2m1").toArray())); // [3, 0.25, -1, 0]
+ * ```
+ */
+export function mxQuantize(x: Tensor, format: DTypeLike, opts: MXQuantizeOptions = {}): Tensor {
+  if (!(x instanceof Tensor)) throw new ValueError("mxQuantize(): expects a tensor");
+  const el = mxElementDtype(format);
+  if (x.dt.kind !== "float") {
+    throw new DTypeError(
+      `mxQuantize(): x must have a float dtype (f32, bf16, f16, ...), got ${x.dtype}`,
+    );
+  }
+  const rank = x.ndim;
+  const axis = opts.axis ?? -1;
+  const ax = rank === 0 ? 0 : axis < 0 ? axis + rank : axis;
+  if (!Number.isInteger(axis) || ax < 0 || ax >= Math.max(rank, 1)) {
+    throw new ShapeError(
+      `mxQuantize(): axis ${axis} is out of range for shape ${fmtShape(x.shape)}`,
+    );
+  }
+  const len = rank === 0 ? 1 : x.shape[ax];
+  const inner = x.shape.slice(ax + 1).reduce((a, b) => a * b, 1);
+  const outer = len * inner === 0 ? 0 : x.size / (len * inner);
+  const out = mxQuantizeBlocks(x, el, outer, len, inner);
+  return attach(out, "mxQuantize", [x], (g) => [g.dt === x.dt ? g : cast(g, x.dt)]);
+}
+
+/**
+ * The MX quantisation of `x` read as `[outer, len, inner]` with blocks along `len`, in f32,
+ * outside the autograd graph (matmul's FP8 hook calls it along a GEMM's reduction axis).
+ * @internal
+ */
+export function mxQuantizeBlocks(
+  x: Tensor,
+  element: DType,
+  outer: number,
+  len: number,
+  inner: number,
+): Tensor {
+  const rt = currentRuntime();
+  const op = "mxQuantize()";
+  x.buffer(op);
+  const out = Tensor.empty(x.shape, float32);
+  if (x.size === 0) return out;
+  const perLine = Math.ceil(len / MX_BLOCK);
+  const blocks = outer * perLine * inner;
+  if (blocks === 0) return out;
+  const inL = layoutOf(x.dt, rt);
+  const emax = mxEmax(element);
+  const kernel = rt.kernelFor(
+    `mx|${inL.dtype.name}:${inL.elem}|${element.name}`,
+    "mxQuantize",
+    { buffers: ["read", "read_write"], uniform: true },
+    () => {
+      const enc = wgslCodec(element, { rounding: "rne", saturate: true });
+      return `${needsF16([inL]) ? "enable f16;\n" : ""}${
+        wgslChunks(wgslLoad(inL, "x", "ld"), enc.chunks)
+      }
+struct U { len: u32, inner: u32, perLine: u32, blocks: u32, emax: i32, p0: u32, p1: u32, p2: u32 }
+${
+        wgslBinding(inL, 0, 0, "x", "read")
+      }@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<uniform> u: U;
+${WGSL_LDEXP}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let b = (wid.x + wid.y * nwg.x) * 64u + li;
+  if (b >= u.blocks) { return; }
+  let c = b % u.inner;
+  let r = b / u.inner;
+  let start = (r % u.perLine) * ${MX_BLOCK}u;
+  let cnt = min(${MX_BLOCK}u, u.len - start);
+  let base = ((r / u.perLine) * u.len + start) * u.inner + c;
+  var m = 0u;
+  for (var j = 0u; j < cnt; j = j + 1u) {
+    m = max(m, bitcast<u32>(ld(base + j * u.inner)) & 0x7fffffffu);
+  }
+  if (m >= 0x7f800000u) {
+    for (var j = 0u; j < cnt; j = j + 1u) { out[base + j * u.inner] = 0x7fc00000u; }
+    return;
+  }
+  // the shared exponent: floor(log2 amax) - emax_elem, within E8M0's -127..127
+  var se = -127i;
+  if (m != 0u) {
+    var fl = i32(m >> 23u) - 127i;
+    if ((m >> 23u) == 0u) { fl = (31i - i32(countLeadingZeros(m))) - 149i; }
+    se = clamp(fl - u.emax, -127i, 127i);
+  }
+  for (var j = 0u; j < cnt; j = j + 1u) {
+    let i = base + j * u.inner;
+    let y = bitcast<f32>(ulp_ldexp(bitcast<u32>(ld(i)), -se));
+    let p = ${enc.decodeBits}(${enc.encode}(y, 0u));
+    out[i] = ulp_ldexp(p, se);
+  }
+}
+`;
+    },
+  );
+  const u = new Uint32Array([len, inner, perLine, blocks, emax >>> 0, 0, 0, 0]);
+  rt.dispatch(kernel, [x.buffer(op), out.buffer(op)], rt.grid(Math.ceil(blocks / 64)), u);
+  return out;
+}
+
+/**
+ * `ulp_ldexp(bits, k)`: the f32 with bits `bits` times 2^k, on the bits: exact where the
+ * result is normal, rounded to nearest even where it is subnormal, Inf on overflow; zero,
+ * Inf and NaN pass through.
+ */
+const WGSL_LDEXP = `fn ulp_ldexp(b: u32, k: i32) -> u32 {
+  let sgn = b & 0x80000000u;
+  let mag = b & 0x7fffffffu;
+  if (mag == 0u || mag >= 0x7f800000u) { return b; }
+  // mag = sig * 2^(e - 23) with sig in [2^23, 2^24)
+  var sig: u32;
+  var e: i32;
+  if ((mag >> 23u) == 0u) {
+    let top = 31i - i32(countLeadingZeros(mag));
+    sig = mag << u32(23i - top);
+    e = top - 149i;
+  } else {
+    sig = (mag & 0x7fffffu) | 0x800000u;
+    e = i32(mag >> 23u) - 127i;
+  }
+  let ne = e + k;
+  if (ne > 127i) { return sgn | 0x7f800000u; }
+  if (ne >= -126i) { return sgn | (u32(ne + 127i) << 23u) | (sig & 0x7fffffu); }
+  let sh = u32(-126i - ne);
+  if (sh > 24u) { return sgn; }
+  var q = sig >> sh;
+  let rem = sig - (q << sh);
+  let half = 1u << (sh - 1u);
+  if (rem > half || (rem == half && (q & 1u) == 1u)) { q = q + 1u; }
+  return sgn | q;
+}
+`;
