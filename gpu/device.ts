@@ -2,6 +2,12 @@
  * One adapter and device per process, acquired lazily on first use with the adapter's own
  * limits and the optional features ulp uses (`shader-f16`, `timestamp-query`).
  *
+ * A lost device (or one destroyed by anything but `disposeDevice()`) is reported once with
+ * `console.warn`, and a new one is acquired at once, so that the next synchronous op runs on
+ * it; tensors made on the old device are gone and using one throws a `DeviceError` that
+ * says so. Until the new device is ready, ops throw a `DeviceError` that says to
+ * `await ready()`.
+ *
  * @module
  */
 
@@ -24,6 +30,18 @@ let current: Runtime | null = null;
 let pending: Promise<Runtime> | null = null;
 let options: DeviceOptions = {};
 let lastError: Error | null = null; // why the last acquisition failed
+let lostBefore: string | null = null; // why the previous device was lost, until a new one works
+
+/** A device was lost under `rt`: say so and acquire a new one for the next call. */
+function onLost(rt: Runtime, reason: string): void {
+  if (current !== rt) return;
+  lostBefore = reason;
+  console.warn(
+    `ulp: the GPU device was lost (${reason}). Tensors made on it are gone: using one throws ` +
+      `a DeviceError; recreate them. Acquiring a new device for the next call.`,
+  );
+  getRuntime().catch(() => {/* kept in lastError; currentRuntime() throws it */});
+}
 
 const HOW_TO_GET_ONE =
   "ulp needs a WebGPU adapter. On a machine without a GPU, install Mesa's software " +
@@ -90,7 +108,7 @@ async function acquire(opts: DeviceOptions): Promise<Runtime> {
       maxStorageBuffersPerShaderStage: device.limits.maxStorageBuffersPerShaderStage,
     },
   };
-  return new Runtime(device, info);
+  return new Runtime(device, info, onLost);
 }
 
 /**
@@ -131,6 +149,7 @@ export function getRuntime(): Promise<Runtime> {
         current = rt;
         pending = null;
         lastError = null;
+        lostBefore = null;
         return rt;
       },
       (e) => {
@@ -157,9 +176,14 @@ export function getRuntime(): Promise<Runtime> {
 export function currentRuntime(): Runtime {
   if (current && !current.lost) return current;
   if (current?.lost) {
+    const why = lostBefore ?? current.lostReason ?? "disposed";
+    const next = pending
+      ? "A new device is being acquired: await ready(), then recreate your tensors."
+      : lastError
+      ? `Acquiring a new device failed (${lastError.message}).`
+      : "Call await ready() (or await resetDevice()) to acquire a new one and recreate your tensors.";
     throw new DeviceError(
-      "the GPU device was lost or disposed; tensors made on it are gone. " +
-        "Call await resetDevice() (or await ready()) to acquire a new one and recreate your tensors.",
+      `the GPU device was lost or disposed (${why}); tensors made on it are gone. ${next}`,
     );
   }
   if (lastError) throw lastError;
@@ -203,6 +227,7 @@ export async function disposeDevice(): Promise<void> {
     current.destroy();
     current = null;
   }
+  lostBefore = null;
 }
 
 /**

@@ -3,6 +3,12 @@
  * list only after the submit that last used it, because `queue.writeBuffer` on a reused
  * buffer runs before commands that are recorded but not yet submitted.
  *
+ * Out of memory: WebGPU reports a failed `createBuffer` asynchronously, through an error
+ * scope. Each new buffer is created inside an `out-of-memory` scope; when the scope reports
+ * an error, the pool's `onOutOfMemory` callback hears which request failed, and the invalid
+ * buffer is never handed out again (it is destroyed when released). A `createBuffer` that
+ * throws at once is retried after the free buffers are destroyed.
+ *
  * @module
  */
 
@@ -69,6 +75,49 @@ export interface PoolStats {
   byPurpose: Map<string, number>;
 }
 
+/** A failed allocation, as the pool's `onOutOfMemory` callback hears of it. */
+export interface OutOfMemory {
+  /** Logical bytes requested. */
+  bytes: number;
+  /** Bytes of the GPU buffer the pool asked for (the size class). */
+  size: number;
+  /** Dtype and purpose of the request. */
+  tag: BufferTag;
+  /** The implementation's message. */
+  message: string;
+}
+
+/**
+ * Creates a buffer inside an `out-of-memory` error scope, the one way ulp creates buffers
+ * that may be large. A synchronous failure is retried once after `beforeRetry()` (when
+ * given), then thrown; the device's verdict on the memory comes later, as `outOfMemory`.
+ */
+export function createBufferScoped(
+  device: GPUDevice,
+  desc: GPUBufferDescriptor,
+  beforeRetry?: () => void,
+): { buffer: GPUBuffer; outOfMemory: Promise<GPUError | null> } {
+  const create = (): GPUBuffer | Error => {
+    try {
+      return device.createBuffer(desc);
+    } catch (e) {
+      return e instanceof Error ? e : new Error(String(e));
+    }
+  };
+  device.pushErrorScope("out-of-memory");
+  let made = create();
+  if (made instanceof Error && beforeRetry) {
+    beforeRetry();
+    made = create();
+  }
+  const outOfMemory = device.popErrorScope();
+  if (made instanceof Error) {
+    outOfMemory.catch(() => {});
+    throw made;
+  }
+  return { buffer: made, outOfMemory };
+}
+
 /** The buffer pool of one device. */
 export class BufferPool {
   #device: GPUDevice;
@@ -76,6 +125,9 @@ export class BufferPool {
   #deferred: PooledBuffer[] = [];
   #nextId = 1;
   #live = new Set<PooledBuffer>();
+  #invalid = new WeakSet<GPUBuffer>();
+  /** Called when the device reports that creating a buffer ran out of memory. */
+  onOutOfMemory: ((e: OutOfMemory) => void) | null = null;
   /** Statistics: live and peak logical bytes, pooled and allocated buffer bytes. */
   readonly stats: PoolStats = {
     liveBytes: 0,
@@ -92,7 +144,11 @@ export class BufferPool {
     this.#device = device;
   }
 
-  /** A buffer of at least `bytes` bytes, from the free list of its class or new. */
+  /**
+   * A buffer of at least `bytes` bytes, from the free list of its class or new. Throws what
+   * `createBuffer` throws when it fails synchronously twice (the second time after the free
+   * buffers were destroyed); the statistics are unchanged then.
+   */
   acquire(bytes: number, tag: BufferTag, batch: number): PooledBuffer {
     const size = sizeClass(bytes);
     const list = this.#free.get(size);
@@ -100,10 +156,7 @@ export class BufferPool {
     if (buffer) {
       this.stats.pooledBytes -= size;
     } else {
-      buffer = this.#device.createBuffer({
-        size,
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-      });
+      buffer = this.#create(bytes, size, tag);
       this.stats.allocatedBytes += size;
     }
     const pb: PooledBuffer = {
@@ -117,6 +170,31 @@ export class BufferPool {
     this.#live.add(pb);
     this.#count(pb, +1);
     return pb;
+  }
+
+  #create(bytes: number, size: number, tag: BufferTag): GPUBuffer {
+    const { buffer, outOfMemory } = createBufferScoped(this.#device, {
+      size,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    }, () => this.emptyCache());
+    outOfMemory.then((err) => {
+      if (err === null) return;
+      this.#invalid.add(buffer);
+      this.#dropFree(buffer);
+      this.onOutOfMemory?.({ bytes, size, tag, message: err.message });
+    }, () => {/* a lost device: reported by device.lost */});
+    return buffer;
+  }
+
+  /** Removes an invalid buffer from the free lists, if it is there. */
+  #dropFree(buffer: GPUBuffer): void {
+    const list = this.#free.get(buffer.size);
+    const at = list?.indexOf(buffer) ?? -1;
+    if (at < 0) return;
+    list!.splice(at, 1);
+    this.stats.pooledBytes -= buffer.size;
+    this.stats.allocatedBytes -= buffer.size;
+    buffer.destroy();
   }
 
   /** Changes the tag of a live buffer (for example activations that become parameters). */
@@ -150,6 +228,11 @@ export class BufferPool {
 
   #toFree(buffer: GPUBuffer): void {
     const size = buffer.size;
+    if (this.#invalid.has(buffer)) { // its creation ran out of memory: never hand it out
+      this.stats.allocatedBytes -= size;
+      buffer.destroy();
+      return;
+    }
     let list = this.#free.get(size);
     if (!list) this.#free.set(size, list = []);
     list.push(buffer);

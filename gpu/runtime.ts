@@ -8,11 +8,23 @@
  * `flush()`. Uniforms of a batch live in one buffer at 256-byte dynamic offsets, written once
  * just before the submit.
  *
+ * Faults become `DeviceError`s that name the request: a size beyond the adapter's limits at
+ * the call; an out-of-memory error, which WebGPU reports asynchronously, at the next call
+ * (the pool then releases its cached buffers); a lost device (or one destroyed by anything
+ * but `destroy()` here) at every later call, after the `onLost` callback heard of it.
+ *
  * @module
  */
 
 import { DeviceError } from "../errors.ts";
-import { BufferPool, type BufferTag, type PooledBuffer, type Purpose } from "./pool.ts";
+import {
+  BufferPool,
+  type BufferTag,
+  createBufferScoped,
+  type OutOfMemory,
+  type PooledBuffer,
+  type Purpose,
+} from "./pool.ts";
 
 /** Facts about the adapter and device in use. */
 export interface DeviceInfo {
@@ -95,6 +107,11 @@ export interface MemoryInfo {
 
 const UNIFORM_SLOT = 256;
 
+/** Describes a request for messages: "1048576 bytes (f32, activations)". */
+function what(bytes: number, tag: BufferTag): string {
+  return `${bytes} bytes (${tag.dtype}, ${tag.purpose})`;
+}
+
 function layoutKey(sig: KernelSignature): string {
   return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "");
 }
@@ -122,7 +139,9 @@ export class Runtime {
   #uniformHost: ArrayBuffer;
   #uniformU32: Uint32Array;
   #lost: string | null = null;
+  #destroyed = false;
   #error: string | null = null;
+  #oom: string | null = null;
   #pendingReads: {
     src: PooledBuffer;
     offset: number;
@@ -132,11 +151,15 @@ export class Runtime {
   }[] = [];
   #readScheduled = false;
 
-  /** Wraps a device; `getRuntime()` does this once per process. */
-  constructor(device: GPUDevice, info: DeviceInfo) {
+  /**
+   * Wraps a device; `getRuntime()` does this once per process. `onLost` is called when the
+   * device is lost, or destroyed by anything but this runtime's `destroy()`, with the reason.
+   */
+  constructor(device: GPUDevice, info: DeviceInfo, onLost?: (rt: Runtime, reason: string) => void) {
     this.device = device;
     this.info = info;
     this.#pool = new BufferPool(device);
+    this.#pool.onOutOfMemory = (e) => this.#outOfMemory(e);
     this.#uniformBuf = device.createBuffer({
       size: UNIFORM_SLOT * this.maxBatch,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -144,7 +167,11 @@ export class Runtime {
     this.#uniformHost = new ArrayBuffer(UNIFORM_SLOT * this.maxBatch);
     this.#uniformU32 = new Uint32Array(this.#uniformHost);
     device.lost.then((l) => {
-      if (l.reason !== "destroyed") this.#lost = `${l.reason}: ${l.message}`;
+      if (this.#destroyed) return; // destroy() below: not a fault
+      this.#lost ??= l.reason === "destroyed"
+        ? `destroyed: the device was destroyed outside ulp (${l.message})`
+        : `${l.reason}: ${l.message}`;
+      onLost?.(this, this.#lost);
     });
     device.addEventListener("uncapturederror", (ev) => {
       const e = (ev as GPUUncapturedErrorEvent).error;
@@ -157,12 +184,33 @@ export class Runtime {
     return this.#lost !== null;
   }
 
+  /** Why the device was lost or destroyed, or null while it works. */
+  get lostReason(): string | null {
+    return this.#lost;
+  }
+
+  #outOfMemory(e: OutOfMemory): void {
+    this.#pool.emptyCache(); // what is cached is free: give it back for the next attempt
+    this.#oom ??= `the GPU ran out of memory creating a ${e.size}-byte buffer for ` +
+      `${what(e.bytes, e.tag)} (${e.message}); ${this.#pool.stats.liveBytes} bytes were live. ` +
+      `The tensor that got it is invalid and work recorded with it was dropped. Free tensors ` +
+      `you no longer need (dispose(), tidy()) or use smaller batches or narrower dtypes; the ` +
+      `pool's cached buffers were released`;
+  }
+
   #check(op: string): void {
     if (this.#lost !== null) {
       throw new DeviceError(
         `${op}: the GPU device was lost (${this.#lost}); tensors made on it are gone. ` +
-          `Call await resetDevice() to acquire a new device and recreate your tensors.`,
+          `Call await ready() (or await resetDevice()) to use a new device and recreate your ` +
+          `tensors.`,
       );
+    }
+    if (this.#oom !== null) {
+      const e = this.#oom;
+      this.#oom = null;
+      this.#error = null; // what follows from the invalid buffer says less than this
+      throw new DeviceError(`${op}: ${e}`);
     }
     if (this.#error !== null) {
       const e = this.#error;
@@ -171,21 +219,36 @@ export class Runtime {
     }
   }
 
-  /** Allocates a storage buffer of `bytes` logical bytes, checked against the limits. */
+  /**
+   * Allocates a storage buffer of `bytes` logical bytes, checked against the adapter's
+   * limits (a `DeviceError` naming the limit). Out of memory is reported by the next call.
+   */
   alloc(bytes: number, tag: BufferTag): PooledBuffer {
     this.#check("alloc");
-    if (!Number.isSafeInteger(bytes) || bytes < 0) {
+    if (typeof bytes !== "number" || !Number.isInteger(bytes) || bytes < 0) {
       throw new DeviceError(`alloc(): byte size must be a non-negative integer, got ${bytes}`);
     }
     const lim = this.info.limits;
-    if (bytes > lim.maxStorageBufferBindingSize || bytes > lim.maxBufferSize) {
+    const [limit, name] = lim.maxBufferSize < lim.maxStorageBufferBindingSize
+      ? [lim.maxBufferSize, "maxBufferSize"]
+      : [lim.maxStorageBufferBindingSize, "maxStorageBufferBindingSize"];
+    if (bytes > limit) {
       throw new DeviceError(
-        `alloc(): ${bytes} bytes (${tag.dtype}, ${tag.purpose}) exceed the adapter's ` +
-          `maxStorageBufferBindingSize of ${lim.maxStorageBufferBindingSize} bytes; ` +
-          `use smaller tensors or split the work`,
+        `alloc(): ${what(bytes, tag)} exceed the adapter's ${name} of ${limit} bytes ` +
+          `(one tensor is one buffer); use smaller tensors or split the work`,
       );
     }
-    return this.#pool.acquire(Math.max(bytes, 4), tag, this.#batch - 1);
+    try {
+      return this.#pool.acquire(Math.max(bytes, 4), tag, this.#batch - 1);
+    } catch (e) {
+      throw new DeviceError(
+        `alloc(): the GPU could not create a buffer for ${what(bytes, tag)}, even after ` +
+          `releasing the pool's cached buffers (${(e as Error).message}); ` +
+          `${this.#pool.stats.liveBytes} bytes are live. Free tensors you no longer need ` +
+          `(dispose(), tidy()) or use smaller batches or narrower dtypes`,
+        { cause: e },
+      );
+    }
   }
 
   /** Changes the dtype or purpose a buffer is counted under. */
@@ -446,17 +509,38 @@ export class Runtime {
     let staging: GPUBuffer | null = null;
     try {
       this.#check("read");
-      staging = this.device.createBuffer({
-        size: total,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      });
+      let oom: Promise<GPUError | null>;
+      try {
+        ({ buffer: staging, outOfMemory: oom } = createBufferScoped(this.device, {
+          size: total,
+          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        }));
+      } catch (e) {
+        throw new DeviceError(
+          `read(): the GPU could not create a ${total}-byte staging buffer for ` +
+            `${reads.length} read(s) (${(e as Error).message}); free tensors or read fewer ` +
+            `values at once`,
+          { cause: e },
+        );
+      }
       const enc = this.#closePass();
       reads.forEach((r, i) =>
         enc.copyBufferToBuffer(r.src.buffer, starts[i], staging!, slots[i], sizes[i])
       );
       this.flush();
       this.counters.readbacks++;
-      await staging.mapAsync(GPUMapMode.READ);
+      const [oomErr, mapErr] = await Promise.all([
+        oom.catch(() => null),
+        staging.mapAsync(GPUMapMode.READ).then(() => null, (e) => e),
+      ]);
+      if (oomErr) {
+        throw new DeviceError(
+          `read(): the GPU ran out of memory creating a ${total}-byte staging buffer for ` +
+            `${reads.length} read(s) (${oomErr.message}); free tensors you no longer need or ` +
+            `read fewer values at once`,
+        );
+      }
+      if (mapErr) throw mapErr;
       this.#check("read");
       const all = staging.getMappedRange().slice(0);
       staging.unmap();
@@ -506,8 +590,9 @@ export class Runtime {
     this.#pool.emptyCache();
   }
 
-  /** Destroys every buffer and the device. */
+  /** Destroys every buffer of the pool and the device; the runtime is lost afterwards. */
   destroy(): void {
+    this.#destroyed = true;
     try {
       this.flush();
     } catch { /* a lost device cannot flush */ }

@@ -8,7 +8,7 @@
 
 import { dtype, type DTypeLike } from "../dtypes/mod.ts";
 import { ShapeError, ValueError } from "../errors.ts";
-import { fmtShape, full, rand, randn, type Tensor, zeros } from "../tensor/mod.ts";
+import { fmtShape, full, rand, randn, type Tensor, tidy, zeros } from "../tensor/mod.ts";
 import { dropout, layerNorm, linear, rmsNorm } from "./functional.ts";
 import { gelu } from "../tensor/mod.ts";
 import { Module, Parameter } from "./module.ts";
@@ -54,17 +54,14 @@ export class Linear extends Module {
     checkPositive("Linear", { inFeatures, outFeatures });
     const dt = dtype(opts.dtype ?? "f32");
     const shape = [outFeatures, inFeatures];
-    let w: Tensor;
-    if (opts.initStd !== undefined) {
-      const n = randn(shape, { seed: opts.seed });
-      w = n.mul(opts.initStd).cast(dt);
-      n.dispose();
-    } else {
-      const u = rand(shape, { seed: opts.seed });
+    // tidy frees the initialisation's intermediates (they are not parameters)
+    const w = tidy(() => {
+      if (opts.initStd !== undefined) {
+        return randn(shape, { seed: opts.seed }).mul(opts.initStd).cast(dt);
+      }
       const bound = 1 / Math.sqrt(inFeatures);
-      w = u.mul(2 * bound).sub(bound).cast(dt);
-      u.dispose();
-    }
+      return rand(shape, { seed: opts.seed }).mul(2 * bound).sub(bound).cast(dt);
+    });
     this.weight = Parameter(w);
     this.bias = opts.bias === false ? null : Parameter(zeros([outFeatures], { dtype: dt }));
   }
@@ -98,9 +95,12 @@ export class Embedding extends Module {
   ) {
     super();
     checkPositive("Embedding", { numEmbeddings, embeddingDim });
-    const n = randn([numEmbeddings, embeddingDim], { seed: opts.seed });
-    this.weight = Parameter(n.mul(opts.initStd ?? 1).cast(dtype(opts.dtype ?? "f32")));
-    n.dispose();
+    this.weight = Parameter(
+      tidy(() =>
+        randn([numEmbeddings, embeddingDim], { seed: opts.seed }).mul(opts.initStd ?? 1)
+          .cast(dtype(opts.dtype ?? "f32"))
+      ),
+    );
   }
 
   /** The rows of `ids` (an integer tensor of any shape): shape [...ids.shape, embeddingDim]. */
@@ -144,6 +144,10 @@ export class LayerNorm extends Module {
     this.normalizedShape = typeof normalizedShape === "number"
       ? [normalizedShape]
       : [...normalizedShape];
+    checkPositive(
+      "LayerNorm",
+      Object.fromEntries(this.normalizedShape.map((v, i) => [`normalizedShape[${i}]`, v])),
+    );
     this.eps = opts.eps ?? 1e-5;
     const dt = dtype(opts.dtype ?? "f32");
     const affine = opts.elementwiseAffine ?? true;

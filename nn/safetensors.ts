@@ -6,34 +6,35 @@
  * bf16x2) are stored as U8/U16/U32 codes with their ulp dtype in `__metadata__` under
  * `ulp.dtype.<name>`. Files ending in `.gz` are gzip-compressed (CompressionStream).
  *
- * The reader validates everything before it allocates: header length against the file size
- * and a 100 MB bound, the JSON, dtype names, shapes against byte ranges, and offsets that
- * must lie in the file, in order, without overlap.
+ * The reader treats every file as hostile and validates it before it allocates anything for
+ * a tensor, with the rules of the reference implementation (huggingface/safetensors): the
+ * header length is at most `MAX_HEADER_BYTES` and within the file; the header is UTF-8 JSON
+ * that begins with `{`, an object of entries with no name twice; dtype names are known;
+ * shapes are non-negative integers (rank <= 8) whose element count times the element size
+ * equals the byte range; the byte ranges tile the data exactly (no gaps, no overlap, nothing
+ * past the end, nothing after the last tensor). So the tensors of a file that loads never
+ * hold more bytes than the file (bool: 4 bytes on the GPU per byte of the file). A gzip file
+ * is decompressed as a stream that stops as soon as the output passes what its header
+ * declares.
  *
  * @module
  */
 
-import { type DType, dtype } from "../dtypes/mod.ts";
-import { FormatError } from "../errors.ts";
-import { fromCodes, type Tensor, tensor } from "../tensor/mod.ts";
+import { FormatError, ValueError } from "../errors.ts";
+import { fromCodes, isTensor, type Tensor, tensor } from "../tensor/mod.ts";
+import {
+  type Entry,
+  fail,
+  HEADER_BOUND,
+  headerLength,
+  parseHeader,
+  RAW,
+  ST_NAMES,
+  ULP_DTYPE,
+} from "./_safetensors_header.ts";
 
-const ST_NAMES: Record<string, string> = {
-  f32: "F32",
-  f16: "F16",
-  bf16: "BF16",
-  e4m3: "F8_E4M3",
-  e5m2: "F8_E5M2",
-  i32: "I32",
-  u32: "U32",
-  bool: "BOOL",
-};
-const FROM_ST: Record<string, string> = Object.fromEntries(
-  Object.entries(ST_NAMES).map(([k, v]) => [v, k]),
-);
-const RAW: Record<number, string> = { 8: "U8", 16: "U16", 32: "U32" };
-const RAW_BYTES: Record<string, number> = { U8: 1, U16: 2, U32: 4 };
 /** Largest header accepted: far above any real model's, far below a hostile length's. */
-export const MAX_HEADER_BYTES = 100 * 2 ** 20;
+export const MAX_HEADER_BYTES: number = HEADER_BOUND;
 
 /** Options of `serialize` and `save`. */
 export interface SaveOptions {
@@ -56,16 +57,29 @@ export async function serialize(
   tensors: Record<string, Tensor>,
   opts: SaveOptions = {},
 ): Promise<Uint8Array> {
+  if (tensors === null || typeof tensors !== "object") {
+    throw new ValueError(`serialize(): expects an object of tensors by name, got ${tensors}`);
+  }
   const names = Object.keys(tensors);
-  const codes = await Promise.all(names.map((n) => tensors[n].codes()));
-  const header: Record<string, unknown> = {};
-  const meta: Record<string, string> = { ...(opts.metadata ?? {}) };
-  const parts: Uint8Array[] = [];
-  let offset = 0;
-  names.forEach((name, i) => {
+  for (const name of names) {
     if (name === "__metadata__") {
       throw new FormatError("serialize(): '__metadata__' is reserved and cannot name a tensor");
     }
+    if (!isTensor(tensors[name])) {
+      throw new ValueError(`serialize(): '${name}' is not a Tensor (got ${typeof tensors[name]})`);
+    }
+  }
+  const meta: [string, string][] = Object.entries(opts.metadata ?? {});
+  for (const [k, v] of meta) {
+    if (typeof v !== "string") {
+      throw new ValueError(`serialize(): metadata '${k}' must be a string, got ${typeof v}`);
+    }
+  }
+  const codes = await Promise.all(names.map((n) => tensors[n].codes()));
+  const entries: [string, unknown][] = [];
+  const parts: Uint8Array[] = [];
+  let offset = 0;
+  names.forEach((name, i) => {
     const t = tensors[name];
     const d = t.dt;
     let st = ST_NAMES[d.name];
@@ -77,19 +91,17 @@ export async function serialize(
       bytes = new Uint8Array(c.buffer, c.byteOffset, c.byteLength).slice();
     }
     if (!st) {
-      st = RAW[d.laneBits];
-      meta[`ulp.dtype.${name}`] = d.name;
+      st = RAW.get(d.laneBits)!;
+      meta.push([`${ULP_DTYPE}${name}`, d.name]);
     }
-    header[name] = {
-      dtype: st,
-      shape: [...t.shape],
-      data_offsets: [offset, offset + bytes.byteLength],
-    };
+    const info = { dtype: st, shape: [...t.shape], data_offsets: [offset, offset + bytes.length] };
+    entries.push([name, info]);
     parts.push(bytes);
     offset += bytes.byteLength;
   });
-  if (Object.keys(meta).length > 0) header.__metadata__ = meta;
-  let json = new TextEncoder().encode(JSON.stringify(header));
+  // fromEntries makes own properties even of names such as "__proto__"
+  if (meta.length > 0) entries.push(["__metadata__", Object.fromEntries(meta)]);
+  let json = new TextEncoder().encode(JSON.stringify(Object.fromEntries(entries)));
   const pad = (8 - (json.byteLength % 8)) % 8; // the format aligns data to 8 bytes with spaces
   if (pad) {
     const p = new Uint8Array(json.byteLength + pad).fill(0x20);
@@ -115,169 +127,6 @@ export interface Loaded {
   metadata: Record<string, string>;
 }
 
-interface Entry {
-  name: string;
-  dt: DType;
-  shape: number[];
-  begin: number;
-  end: number;
-}
-
-/**
- * Parses and validates a safetensors file's bytes and uploads its tensors. Throws a
- * `FormatError` naming the problem for any malformed or unsafe file.
- *
- * @example
- * ```ts
- * import { deserialize, FormatError } from "../mod.ts";
- * try { deserialize(new Uint8Array([255, 255, 255, 255, 255, 255, 255, 255])); } catch (e) { console.log(e instanceof FormatError); } // true
- * ```
- */
-export function deserialize(bytes: Uint8Array): Loaded {
-  if (bytes.byteLength < 8) {
-    throw new FormatError(
-      `safetensors: file of ${bytes.byteLength} bytes is shorter than the 8-byte header length`,
-    );
-  }
-  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-  if (n > BigInt(bytes.byteLength - 8) || n > BigInt(MAX_HEADER_BYTES)) {
-    throw new FormatError(
-      `safetensors: header length ${n} exceeds the ${
-        bytes.byteLength - 8
-      } bytes after it (or the ${MAX_HEADER_BYTES}-byte bound)`,
-    );
-  }
-  const hlen = Number(n);
-  let header: unknown;
-  try {
-    header = JSON.parse(
-      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + hlen)),
-    );
-  } catch (e) {
-    throw new FormatError(
-      `safetensors: the header is not valid UTF-8 JSON (${(e as Error).message})`,
-    );
-  }
-  if (typeof header !== "object" || header === null || Array.isArray(header)) {
-    throw new FormatError("safetensors: the header must be a JSON object");
-  }
-  const dataLen = bytes.byteLength - 8 - hlen;
-  const metaRaw = (header as Record<string, unknown>).__metadata__ ?? {};
-  if (
-    typeof metaRaw !== "object" || metaRaw === null || Array.isArray(metaRaw) ||
-    Object.values(metaRaw).some((v) => typeof v !== "string")
-  ) {
-    throw new FormatError("safetensors: __metadata__ must be an object of strings");
-  }
-  const meta = metaRaw as Record<string, string>;
-  const entries: Entry[] = [];
-  for (const [name, raw] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    entries.push(parseEntry(name, raw, meta, dataLen));
-  }
-  entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
-  let pos = 0;
-  for (const e of entries) {
-    if (e.begin < pos) {
-      throw new FormatError(
-        `safetensors: tensor '${e.name}' overlaps the previous tensor (offset ${e.begin} < ${pos})`,
-      );
-    }
-    pos = e.end;
-  }
-  const tensors: Record<string, Tensor> = {};
-  const base = 8 + hlen;
-  try {
-    for (const e of entries) {
-      tensors[e.name] = upload(e, bytes.subarray(base + e.begin, base + e.end));
-    }
-  } catch (err) {
-    for (const t of Object.values(tensors)) t.dispose();
-    throw err;
-  }
-  const metadata = Object.fromEntries(
-    Object.entries(meta).filter(([k]) => !k.startsWith("ulp.dtype.")),
-  );
-  return { tensors, metadata };
-}
-
-function parseEntry(
-  name: string,
-  raw: unknown,
-  meta: Record<string, string>,
-  dataLen: number,
-): Entry {
-  if (typeof raw !== "object" || raw === null) {
-    throw new FormatError(`safetensors: entry '${name}' is not an object`);
-  }
-  const { dtype: st, shape, data_offsets: off } = raw as Record<string, unknown>;
-  if (typeof st !== "string") {
-    throw new FormatError(`safetensors: entry '${name}' has no dtype string`);
-  }
-  let dt: DType;
-  const ulpName = meta[`ulp.dtype.${name}`];
-  try {
-    if (ulpName !== undefined) {
-      dt = dtype(ulpName);
-      if (RAW[dt.laneBits] !== st) {
-        throw new FormatError(
-          `safetensors: '${name}' is ${st} but its ulp dtype ${ulpName} needs ${RAW[dt.laneBits]}`,
-        );
-      }
-    } else if (FROM_ST[st]) {
-      dt = dtype(FROM_ST[st]);
-    } else {
-      throw new FormatError(
-        `safetensors: entry '${name}' has dtype '${st}', which ulp cannot load; supported: ${
-          Object.keys(FROM_ST).join(", ")
-        }`,
-      );
-    }
-  } catch (e) {
-    if (e instanceof FormatError) throw e;
-    throw new FormatError(`safetensors: entry '${name}': ${(e as Error).message}`);
-  }
-  if (
-    !Array.isArray(shape) || shape.some((s) => !Number.isSafeInteger(s) || s < 0) ||
-    shape.length > 8
-  ) {
-    throw new FormatError(
-      `safetensors: entry '${name}' has an invalid shape ${
-        JSON.stringify(shape)
-      } (non-negative integers, rank <= 8)`,
-    );
-  }
-  if (
-    !Array.isArray(off) || off.length !== 2 || off.some((o) => !Number.isSafeInteger(o) || o < 0) ||
-    off[0] > off[1]
-  ) {
-    throw new FormatError(
-      `safetensors: entry '${name}' has invalid data_offsets ${JSON.stringify(off)}`,
-    );
-  }
-  const [begin, end] = off as number[];
-  if (end > dataLen) {
-    throw new FormatError(
-      `safetensors: entry '${name}' ends at ${end}, past the ${dataLen} data bytes of the file`,
-    );
-  }
-  const size = (shape as number[]).reduce((a, b) => a * b, 1);
-  const elemBytes = dt.name === "bool"
-    ? 1
-    : ulpName !== undefined
-    ? RAW_BYTES[st]
-    : dt.laneBits / 8;
-  if (size * elemBytes !== end - begin) {
-    throw new FormatError(
-      `safetensors: entry '${name}' of shape ${JSON.stringify(shape)} and dtype ${st} needs ${
-        size * elemBytes
-      } bytes, ` +
-        `its offsets span ${end - begin}`,
-    );
-  }
-  return { name, dt, shape: shape as number[], begin, end };
-}
-
 function upload(e: Entry, bytes: Uint8Array): Tensor {
   const d = e.dt;
   const size = e.shape.reduce((a, b) => a * b, 1);
@@ -299,11 +148,110 @@ function upload(e: Entry, bytes: Uint8Array): Tensor {
   return fromCodes(codes, e.shape, d); // raw codes: exact, MCF pairs included
 }
 
-async function gzip(bytes: Uint8Array, mode: "compress" | "decompress"): Promise<Uint8Array> {
+/**
+ * Parses and validates a safetensors file's bytes and uploads its tensors. Throws a
+ * `FormatError` naming the problem for any malformed or unsafe file, before any tensor is
+ * made; if the GPU refuses a tensor (a `DeviceError`), the ones made before are freed.
+ *
+ * @example
+ * ```ts
+ * import { deserialize, FormatError } from "../mod.ts";
+ * try { deserialize(new Uint8Array([255, 255, 255, 255, 255, 255, 255, 255])); } catch (e) { console.log(e instanceof FormatError); } // true
+ * ```
+ */
+export function deserialize(bytes: Uint8Array): Loaded {
+  if (!((bytes as unknown) instanceof Uint8Array)) {
+    const v = bytes as unknown;
+    throw new ValueError(
+      `deserialize(): expects the file's bytes as a Uint8Array, got ${
+        v === null ? "null" : typeof v === "object" ? v.constructor?.name : typeof v
+      }`,
+    );
+  }
+  const hlen = headerLength(bytes, bytes.byteLength);
+  const h = parseHeader(bytes, bytes.byteLength - 8 - hlen);
+  const base = 8 + h.hlen;
+  const made: [string, Tensor][] = [];
+  try {
+    for (const e of h.entries) {
+      made.push([e.name, upload(e, bytes.subarray(base + e.begin, base + e.end))]);
+    }
+  } catch (err) {
+    for (const [, t] of made) t.dispose();
+    throw err;
+  }
+  const metadata = Object.fromEntries(
+    Object.entries(h.meta).filter(([k]) => !k.startsWith(ULP_DTYPE)),
+  );
+  // fromEntries makes own properties even of names such as "__proto__"
+  return { tensors: Object.fromEntries(made), metadata };
+}
+
+async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
   const stream = new Blob([bytes as BlobPart]).stream().pipeThrough(
-    mode === "compress" ? new CompressionStream("gzip") : new DecompressionStream("gzip"),
+    new CompressionStream("gzip"),
   );
   return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+function concat(chunks: Uint8Array[], total: number): Uint8Array {
+  if (chunks.length === 1 && chunks[0].byteLength === total) return chunks[0];
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return out;
+}
+
+const GZIP_SLICE = 4096;
+
+/**
+ * Decompresses a gzip safetensors file, stopping as soon as the output passes the length its
+ * header declares (a small hostile file cannot make it allocate more than that).
+ */
+async function gunzipSafetensors(bytes: Uint8Array, path: string): Promise<Uint8Array> {
+  // fed in small slices, on demand: one slice decompresses to at most ~1032 times its size
+  let at = 0;
+  const input = new ReadableStream<BufferSource>({
+    pull(c) {
+      if (at >= bytes.byteLength) return c.close();
+      c.enqueue(bytes.subarray(at, at += GZIP_SLICE) as Uint8Array<ArrayBuffer>);
+    },
+  }, { highWaterMark: 0 });
+  const reader = input.pipeThrough(new DecompressionStream("gzip")).getReader();
+  let chunks: Uint8Array[] = [];
+  let total = 0;
+  let hlen = -1; // known once 8 bytes are in
+  let expected = Infinity; // known once the header is in
+  try {
+    while (true) {
+      let r: ReadableStreamReadResult<Uint8Array>;
+      try {
+        r = await reader.read();
+      } catch (e) {
+        return fail(`'${path}' is not valid gzip (${(e as Error).message})`);
+      }
+      if (r.done) break;
+      chunks.push(r.value);
+      total += r.value.byteLength;
+      if (hlen < 0 && total >= 8) {
+        chunks = [concat(chunks, total)];
+        hlen = headerLength(chunks[0], null);
+      }
+      if (hlen >= 0 && expected === Infinity && total >= 8 + hlen) {
+        chunks = [concat(chunks, total)];
+        expected = 8 + hlen + parseHeader(chunks[0], null).dataEnd;
+      }
+      if (total > expected) {
+        fail(`'${path}' holds more than the ${expected} bytes its header declares`);
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return concat(chunks, total);
 }
 
 /**
@@ -323,15 +271,33 @@ export async function save(
   opts: SaveOptions = {},
 ): Promise<void> {
   let bytes = await serialize(tensors, opts);
-  if (path.endsWith(".gz")) bytes = await gzip(bytes, "compress");
+  if (path.endsWith(".gz")) bytes = await gzip(bytes);
   await writeAtomic(path, bytes);
 }
 
-/** Writes bytes to `path` through a temporary file and a rename. */
+/**
+ * Writes bytes to `path` through a temporary file in the same folder, flushed to the disk
+ * (`fsync`) and then renamed over `path`: a process killed at any moment leaves either the
+ * old file or the new one under `path`, never a part of one. A killed writer may leave its
+ * temporary file (`<path>.tmp-*`) behind.
+ *
+ * @example
+ * ```ts ignore
+ * import { writeAtomic } from "../mod.ts";
+ * await writeAtomic("notes.txt", new TextEncoder().encode("hello"));
+ * ```
+ */
 export async function writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
   const tmp = `${path}.tmp-${Date.now()}-${Math.floor(Math.random() * 1e9)}`;
   try {
-    await Deno.writeFile(tmp, bytes);
+    using file = await Deno.open(tmp, { write: true, createNew: true });
+    for (let at = 0; at < bytes.byteLength;) at += await file.write(bytes.subarray(at));
+    await file.syncData();
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+  try {
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
@@ -351,12 +317,6 @@ export async function writeAtomic(path: string, bytes: Uint8Array): Promise<void
  */
 export async function load(path: string): Promise<Loaded> {
   let bytes: Uint8Array = await Deno.readFile(path);
-  if (path.endsWith(".gz")) {
-    try {
-      bytes = await gzip(bytes, "decompress");
-    } catch (e) {
-      throw new FormatError(`safetensors: '${path}' is not valid gzip (${(e as Error).message})`);
-    }
-  }
+  if (path.endsWith(".gz")) bytes = await gunzipSafetensors(bytes, path);
   return deserialize(bytes);
 }

@@ -31,7 +31,14 @@
 import { ValueError } from "../errors.ts";
 import type { UpdateProgram } from "./_multi_tensor.ts";
 import { splitBf16 } from "./collage.ts";
-import { checkBool, checkRange, Optimizer, type ParamGroup, type Params } from "./optimizer.ts";
+import {
+  checkBool,
+  checkOptionNames,
+  checkRange,
+  Optimizer,
+  type ParamGroup,
+  type Params,
+} from "./optimizer.ts";
 
 /**
  * AdamW's hyperparameters (each optional; PyTorch's defaults), for the constructor and for
@@ -117,6 +124,7 @@ export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
       amsgrad: false,
       maximize: false,
     };
+    checkOptionNames("AdamW", rest, [...Object.keys(defaults), "precision"]);
     for (const [k, v] of Object.entries(rest)) {
       if (v !== undefined) (defaults as Record<string, unknown>)[k] = Array.isArray(v) ? [...v] : v;
     }

@@ -272,6 +272,9 @@ export class GradScaler {
     const [scale, tracker] = this.#lazyInit();
     if (newScale !== undefined) {
       if (typeof newScale === "number") {
+        if (!(newScale > 0) || !Number.isFinite(newScale) || !isFinite(Math.fround(newScale))) {
+          throw new ValueError(`${op}: newScale must be a finite number > 0, got ${newScale}`);
+        }
         rt.write(scale.buffer(op), new Float32Array([newScale]));
       } else if (isTensor(newScale) && newScale.size === 1 && newScale.dtype === "f32") {
         if (newScale.requiresGrad) {

@@ -187,6 +187,15 @@ export function checkRange(
   }
 }
 
+/** Checks that every key of `given` is a known option; a ValueError naming the stray one. @internal */
+export function checkOptionNames(op: string, given: object, known: readonly string[]): void {
+  for (const key of Object.keys(given)) {
+    if (!known.includes(key)) {
+      throw new ValueError(`${op}: unknown option '${key}'; it takes ${known.join(", ")}`);
+    }
+  }
+}
+
 /** Checks a boolean option; a ValueError naming it. @internal */
 export function checkBool(op: string, name: string, v: unknown): void {
   if (typeof v !== "boolean") {
@@ -303,15 +312,7 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
       ...Object.fromEntries(given),
       params: [...params],
     } as unknown as Record<string, unknown>);
-    for (const key of Object.keys(g)) {
-      if (key !== "params" && key !== "initialLr" && !(key in this.defaults)) {
-        throw new ValueError(
-          `${where}: unknown option '${key}'; ${this.name} takes ${
-            Object.keys(this.defaults).join(", ")
-          }`,
-        );
-      }
-    }
+    checkOptionNames(where, g, ["params", "initialLr", ...Object.keys(this.defaults)]);
     const group = g as unknown as G;
     this.validateGroup(group, where);
     this.paramGroups.push(group);

@@ -20,7 +20,14 @@
 
 import { ValueError } from "../errors.ts";
 import type { UpdateProgram } from "./_multi_tensor.ts";
-import { checkBool, checkRange, Optimizer, type ParamGroup, type Params } from "./optimizer.ts";
+import {
+  checkBool,
+  checkOptionNames,
+  checkRange,
+  Optimizer,
+  type ParamGroup,
+  type Params,
+} from "./optimizer.ts";
 
 /**
  * SGD's hyperparameters (each optional; PyTorch's defaults).
@@ -100,6 +107,7 @@ export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
       nesterov: false,
       maximize: false,
     };
+    checkOptionNames("SGD", rest, [...Object.keys(defaults), "precision"]);
     for (const [k, v] of Object.entries(rest)) {
       if (v !== undefined) (defaults as Record<string, unknown>)[k] = v;
     }

@@ -26,17 +26,35 @@ export interface CreateOptions {
 /** Nested arrays of numbers, as `tensor()` accepts them. */
 export type NestedNumbers = number | boolean | readonly NestedNumbers[];
 
-/** Checks a shape: non-negative integer sizes. */
+/**
+ * Checks a shape: non-negative integer sizes whose product (the element count) is an exact
+ * integer. Returns a copy.
+ *
+ * @example
+ * ```ts
+ * import { checkShape, ShapeError } from "../mod.ts";
+ * console.log(checkShape("zeros", [2, 3])); // [2, 3]
+ * try { checkShape("zeros", [2, -1]); } catch (e) { console.log(e instanceof ShapeError); } // true
+ * ```
+ */
 export function checkShape(op: string, shape: readonly number[]): number[] {
   if (!Array.isArray(shape)) {
     throw new ShapeError(`${op}(): shape must be an array of sizes, got ${typeof shape}`);
   }
+  let n = 1;
   for (const s of shape) {
     if (!Number.isSafeInteger(s) || s < 0) {
       throw new ShapeError(
         `${op}(): shape ${fmtShape(shape)} has a size that is not a non-negative integer (${s})`,
       );
     }
+    n *= s;
+  }
+  if (!Number.isSafeInteger(n)) {
+    throw new ShapeError(
+      `${op}(): shape ${fmtShape(shape)} has ${n} elements, more than 2^53 (no tensor can ` +
+        `hold that many); check the sizes`,
+    );
   }
   return [...shape];
 }

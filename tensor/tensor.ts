@@ -7,7 +7,7 @@
  */
 
 import { type DType, dtype as toDType, type DTypeLike, type Rounding } from "../dtypes/mod.ts";
-import { ValueError } from "../errors.ts";
+import { DeviceError, ValueError } from "../errors.ts";
 import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../gpu/mod.ts";
 import { storageBytes } from "./layout.ts";
 import { keep, track } from "./scope.ts";
@@ -123,9 +123,10 @@ export class Tensor {
       );
     }
     if (this.#rt.lost) {
-      throw new ValueError(
+      throw new DeviceError(
         `${op}: tensor of shape ${fmtShape(this.shape)} and dtype ${this.dtype} lives on a GPU ` +
-          `device that was lost or disposed; recreate it after await resetDevice()`,
+          `device that was lost or disposed (${this.#rt.lostReason}); its values are gone: ` +
+          `recreate it on the current device (await ready() first)`,
       );
     }
     return this.#buf;
