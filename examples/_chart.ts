@@ -36,6 +36,27 @@ function ticks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
+/** Several SVG charts (of the same width) stacked vertically into one SVG. */
+export function stackCharts(charts: string[]): string {
+  const size = (svg: string) => {
+    const m = /<svg [^>]*width="(\d+)" height="(\d+)"/.exec(svg);
+    return m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  };
+  let y = 0, w = 0;
+  const parts = charts.map((c) => {
+    const [cw, ch] = size(c);
+    const part = c.replace("<svg ", `<svg x="0" y="${y}" `);
+    y += ch;
+    w = Math.max(w, cw);
+    return part;
+  });
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${y}" viewBox="0 0 ${w} ${y}">`,
+    ...parts,
+    "</svg>",
+  ].join("\n");
+}
+
 /** An SVG line chart of the series, with axes, ticks, labels and a legend. */
 export function lineChart(
   series: Series[],

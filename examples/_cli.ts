@@ -1,16 +1,98 @@
-// Command-line options for the examples: one table gives the parser, the defaults and --help.
+// Command-line options for the examples: one table gives the parser, the defaults, the checks
+// of the values and --help. `parseOptions` throws a `UsageError` (testable); `parseCli` prints
+// it and exits (for scripts).
 import { parseArgs } from "node:util";
+import { UlpError } from "../errors.ts";
 
-/** One option: its kind, help text and default. */
+/** One option: its kind, help text, default and (optionally) a check of its value. */
 export interface Option {
   type: "string" | "boolean";
   help: string;
   default: string | boolean;
+  /** Checks a string value: null when valid, else what is wrong and which values are valid. */
+  check?: (value: string) => string | null;
+}
+
+/** Bad usage (exit code 2) or a request for help (code 0, the message is the help text). */
+export class UsageError extends Error {
+  constructor(message: string, readonly code: number = 2) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** Checks for `Option.check`. */
+export const checks = {
+  /** An integer >= min. */
+  int: (min = 1) => (v: string): string | null =>
+    /^-?\d+$/.test(v.trim()) && Number.isSafeInteger(Number(v)) && Number(v) >= min
+      ? null
+      : `must be an integer >= ${min}, got '${v}'`,
+  /** A finite number > 0. */
+  positive: () => (v: string): string | null =>
+    v.trim() !== "" && Number(v) > 0 && Number.isFinite(Number(v))
+      ? null
+      : `must be a positive number, got '${v}'`,
+  /** One of `names` (a function, so that the list is read when the check runs). */
+  oneOf: (names: () => readonly string[]) => (v: string): string | null =>
+    names().includes(v) ? null : `unknown value '${v}'; valid: ${names().join(", ")}`,
+};
+
+/** The usage text generated from the table. */
+export function helpText(usage: string, table: Record<string, Option>): string {
+  const lines = Object.entries(table).map(([k, o]) =>
+    `  --${k.padEnd(17)} ${o.help}${
+      o.type === "string" && o.default !== "" ? ` (default ${o.default})` : ""
+    }`
+  );
+  return `Usage: ${usage}\n\n${lines.join("\n")}`;
+}
+
+/** What `parseOptions` returns: the values (defaults filled in) and the flags given. */
+export interface Parsed {
+  values: Record<string, string | boolean>;
+  given: Set<string>;
 }
 
 /**
- * Parses `args` by the table. `--help` prints the usage generated from the table and exits 0;
- * an unknown flag or a missing value prints one line naming it and exits 2.
+ * Parses `args` by the table and checks every value. `--help` throws a UsageError of code 0
+ * whose message is the help text; an unknown flag, a missing or a bad value throws one of
+ * code 2 with one line naming the flag (and the valid values).
+ */
+export function parseOptions(
+  program: string,
+  usage: string,
+  table: Record<string, Option>,
+  args: readonly string[],
+): Parsed {
+  let raw: Record<string, unknown>;
+  try {
+    raw = parseArgs({
+      args: [...args],
+      options: Object.fromEntries(Object.entries(table).map(([k, o]) => [k, { type: o.type }])),
+      strict: true,
+    }).values as Record<string, unknown>;
+  } catch (e) {
+    const msg = (e as Error).message.split("\n").map((l) => l.trim()).filter(Boolean)
+      .map((l) => (/[.?!]$/.test(l) ? l : `${l}.`)).join(" ").replace(/\.$/, "");
+    throw new UsageError(`${program}: ${msg}; see --help`);
+  }
+  if (raw.help) throw new UsageError(helpText(usage, table), 0);
+  const values: Record<string, string | boolean> = {};
+  for (const [k, o] of Object.entries(table)) {
+    const v = (raw[k] ?? o.default) as string | boolean;
+    if (typeof v === "string" && o.check && (raw[k] !== undefined || v !== "")) {
+      const problem = o.check(v);
+      if (problem) throw new UsageError(`${program}: --${k} ${problem}`);
+    }
+    values[k] = v;
+  }
+  return { values, given: new Set(Object.keys(raw)) };
+}
+
+/**
+ * Parses `args` by the table (as `parseOptions`) for a script: `--help` prints the usage and
+ * exits 0; bad usage prints one line naming the flag and exits 2.
  */
 export function parseCli(
   program: string,
@@ -18,28 +100,13 @@ export function parseCli(
   table: Record<string, Option>,
   args: string[] = Deno.args,
 ): Record<string, string | boolean> {
-  let values: Record<string, unknown>;
   try {
-    values = parseArgs({
-      args,
-      options: Object.fromEntries(
-        Object.entries(table).map(([k, o]) => [k, { type: o.type, default: o.default }]),
-      ),
-      strict: true,
-    }).values as Record<string, unknown>;
+    return parseOptions(program, usage, table, args).values;
   } catch (e) {
-    fail(program, `${(e as Error).message}; see --help`);
+    if (!(e instanceof UsageError)) throw e;
+    (e.code === 0 ? console.log : console.error)(e.message);
+    Deno.exit(e.code);
   }
-  if (values.help) {
-    const lines = Object.entries(table).map(([k, o]) =>
-      `  --${k.padEnd(15)} ${o.help}${
-        o.type === "string" && o.default !== "" ? ` (default ${o.default})` : ""
-      }`
-    );
-    console.log(`Usage: ${usage}\n\n${lines.join("\n")}`);
-    Deno.exit(0);
-  }
-  return values as Record<string, string | boolean>;
 }
 
 /** Prints `program: msg` and exits with code 2 (bad usage). */
@@ -60,4 +127,87 @@ export function intFlag(
     fail(program, `--${name} must be an integer >= ${min}, got '${values[name]}'`);
   }
   return v;
+}
+
+/**
+ * Throws a UsageError unless the process may `kind` ("read" or "write") `path`: says which
+ * flag the command needs, before any work is done.
+ */
+export async function requirePermission(
+  program: string,
+  kind: "read" | "write",
+  path: string,
+  what: string,
+): Promise<void> {
+  const { state } = await Deno.permissions.query({ name: kind, path });
+  if (state !== "granted") {
+    throw new UsageError(
+      `${program}: no permission to ${kind} ${what} '${path}'; run deno with ` +
+        `--allow-${kind}=${path} (or a folder that contains it)`,
+    );
+  }
+}
+
+/** A message for an error that Deno raised for a missing permission, else null. */
+export function permissionMessage(program: string, e: unknown): string | null {
+  if (!(e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied)) {
+    return null;
+  }
+  return `${program}: ${(e as Error).message.split("\n")[0]}`;
+}
+
+/** Where a command's messages go (injectable so that tests capture them). */
+export interface CliIO {
+  /** Help and normal output (one line or several). */
+  log(text: string): void;
+  /** Error lines. */
+  error(text: string): void;
+  /** Raw text, for a live progress line (default: lines through `log`). */
+  write?(text: string): void;
+  /** Whether output is a terminal (a live progress line); default false. */
+  isTerminal?: boolean;
+}
+
+/** Console output; progress is live when stdout is a terminal. */
+export const consoleIO: CliIO = {
+  log: (t) => console.log(t),
+  error: (t) => console.error(t),
+  write: (t) => Deno.stdout.writeSync(new TextEncoder().encode(t)),
+  isTerminal: Deno.stdout.isTerminal(),
+};
+
+/** What a `Progress` writes to for `io`: raw text and whether to keep one live line. */
+export function progressOutput(io: CliIO): { write: (text: string) => void; live: boolean } {
+  const write = io.write ? io.write.bind(io) : (t: string) => io.log(t.replace(/\n$/, ""));
+  return { write, live: !!io.write && !!io.isTerminal };
+}
+
+/**
+ * Runs a command's body and turns the errors a user can fix into one line and an exit code:
+ * usage (2, or 0 for --help), a missing Deno permission (2), an error of ulp such as a
+ * malformed checkpoint (1). Other errors are bugs and propagate.
+ */
+export async function runCli(
+  program: string,
+  body: () => Promise<number>,
+  io: CliIO = consoleIO,
+): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    if (e instanceof UsageError) {
+      (e.code === 0 ? io.log : io.error)(e.message);
+      return e.code;
+    }
+    const perm = permissionMessage(program, e);
+    if (perm) {
+      io.error(perm);
+      return 2;
+    }
+    if (e instanceof UlpError) {
+      io.error(`${program}: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
 }

@@ -59,6 +59,50 @@ export class CharTokenizer {
   }
 }
 
+/** A text split for training: tokenizer, train and validation ids (the last 10%). */
+export interface Corpus {
+  /** Where the text came from (a path or a description of the default corpus). */
+  source: string;
+  /** The path given, or "" for the default corpus. */
+  path: string;
+  tokenizer: CharTokenizer;
+  train: Int32Array;
+  val: Int32Array;
+  /** A checksum of the ids (FNV-1a), to check that a resumed run reads the same data. */
+  checksum: string;
+}
+
+/**
+ * Loads a text (see `loadText`) and splits it 90/10; with `chars`, tokenizes it with that
+ * vocabulary (a resumed run's) and fails when the text has characters outside it.
+ */
+export async function loadCorpus(path = "", chars?: string[]): Promise<Corpus> {
+  const { text, source } = await loadText(path || undefined);
+  const tokenizer = new CharTokenizer(text, chars);
+  if (chars) {
+    const unknown = [...new Set(text)].filter((c) => !chars.includes(c));
+    if (unknown.length) {
+      throw new Error(
+        `the text has characters outside the saved vocabulary: ${
+          JSON.stringify(unknown.slice(0, 5).join(""))
+        }`,
+      );
+    }
+  }
+  const data = tokenizer.encode(text);
+  const split = Math.floor(data.length * 0.9);
+  let h = 0x811c9dc5;
+  for (const t of data) h = Math.imul(h ^ t, 0x01000193) >>> 0;
+  return {
+    source,
+    path,
+    tokenizer,
+    train: data.subarray(0, split),
+    val: data.subarray(split),
+    checksum: `${data.length}:${h.toString(16)}`,
+  };
+}
+
 /** The unigram entropy (nats) of `val` under the character frequencies of `train`. */
 export function unigramEntropy(train: Int32Array, val: Int32Array, vocab: number): number {
   const counts = new Float64Array(vocab).fill(1); // add-one smoothing

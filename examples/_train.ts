@@ -1,0 +1,363 @@
+// The training run shared by the examples (train_gpt, precision_compare, demo): a character
+// GPT under a precision strategy (DESIGN.md section 4) with AdamW and a cosine schedule, one
+// step at a time, with evaluation, diagnostics of what low precision lost, a JSONL log,
+// progress, checkpoints and resume. Not part of the library's public API.
+//
+//   const corpus = await loadCorpus();
+//   const trainer = new Trainer({ ...DEFAULT_RUN, precision: "collage-light" }, corpus);
+//   const result = await runTraining(trainer, { progress: new Progress({ total: 300 }) });
+
+import {
+  AdamW,
+  applyPrecision,
+  autocast,
+  type AutocastOptions,
+  cosineWithWarmup,
+  dtype,
+  FP8Recipe,
+  GPT,
+  GradScaler,
+  isFloat,
+  keep,
+  loadCheckpoint,
+  manualSeed,
+  memory,
+  precisionNames,
+  precisionStrategy,
+  type Rounding,
+  saveCheckpoint,
+  sharpness,
+  type Stateful,
+  type Tensor,
+  tidy,
+  ValueError,
+} from "../mod.ts";
+import { Batches, type Corpus, evaluate } from "./_text.ts";
+import type { JsonlLog, Progress } from "./_progress.ts";
+
+/** Everything that decides a run's trajectory (saved in its checkpoints). */
+export interface RunConfig {
+  /** A strategy of `precisionNames()` or a simulated float format (`e8m3`). */
+  precision: string;
+  /** Rounding of the autocast casts of a simulated format. */
+  rounding: Rounding;
+  nLayer: number;
+  nHead: number;
+  nEmbd: number;
+  /** Context length. */
+  block: number;
+  /** Optimizer steps the schedule spans. */
+  steps: number;
+  batch: number;
+  /** Peak learning rate (cosine decay to a tenth of it after `warmup` steps). */
+  lr: number;
+  warmup: number;
+  weightDecay: number;
+  seed: number;
+}
+
+/** The defaults of the examples. */
+export const DEFAULT_RUN: RunConfig = {
+  precision: "fp32",
+  rounding: "rne",
+  nLayer: 2,
+  nHead: 4,
+  nEmbd: 128,
+  block: 64,
+  steps: 300,
+  batch: 16,
+  lr: 3e-3,
+  warmup: 30,
+  weightDecay: 0.1,
+  seed: 1,
+};
+
+/** How a `--precision` name trains: the storage strategy, the autocast and the scaler. */
+export interface Precision {
+  name: string;
+  /** The strategy of `applyPrecision` and the optimizer. */
+  storage: string;
+  autocast: AutocastOptions | null;
+  gradScaler: boolean;
+}
+
+/** The valid `--precision` values, for help and errors. */
+export function precisionChoices(): string[] {
+  return [...precisionNames(), "eXmY (a simulated format such as e8m3: f32 master weights)"];
+}
+
+/**
+ * Resolves a `--precision` name: a strategy, or a simulated float format run as autocast of
+ * that dtype over f32 master weights (the `amp-bf16` storage).
+ */
+export function resolvePrecision(name: string, rounding: Rounding = "rne"): Precision {
+  if (precisionNames().includes(name)) {
+    const s = precisionStrategy(name);
+    const ac = s.autocastOptions ? { ...s.autocastOptions } : null;
+    return { name, storage: name, autocast: ac, gradScaler: s.gradScaler };
+  }
+  let ok = false;
+  try {
+    const d = dtype(name);
+    ok = isFloat(d) && d.kind !== "mcf" && d.name !== "f32";
+  } catch {
+    ok = false;
+  }
+  if (!ok) {
+    throw new ValueError(`unknown precision '${name}'; valid: ${precisionChoices().join(", ")}`);
+  }
+  return { name, storage: "amp-bf16", autocast: { dtype: name, rounding }, gradScaler: false };
+}
+
+/** One optimizer step as the log records it. */
+export interface StepRecord {
+  step: number;
+  loss: number;
+  lr: number;
+  ms: number;
+  /** The GradScaler's scale after the step, when one is used. */
+  scale?: number;
+  /** Last-token logit sharpness of this step's batch (Keskar's, DESIGN.md 4), when asked. */
+  sharpness?: number;
+  /** What low precision lost in this step (with diagnostics on). */
+  imprecision?: number;
+  edqRatio?: number;
+  gradUnderflow?: number;
+  gradOverflow?: number;
+}
+
+/** A model, its optimizer (and scaler) and its data stream, stepped one step at a time. */
+export class Trainer {
+  precision: Precision;
+  readonly model: GPT;
+  readonly optimizer: AdamW;
+  readonly scaler: GradScaler | null;
+  /** Other checkpointed state by name (such as FP8 scaling state). */
+  readonly extra: Record<string, Stateful> = {};
+  readonly batches: Batches;
+  /** Optimizer steps completed. */
+  step = 0;
+  /** Parameter + gradient + optimizer bytes per parameter, measured in the first step. */
+  bytesPerParam = 0;
+  readonly #schedule: (step: number) => number;
+  /** What gradient underflow is counted against: a simulated format's dtype, else the default. */
+  readonly #castDtype: { castDtype?: string };
+
+  constructor(readonly config: RunConfig, readonly corpus: Corpus) {
+    const c = config;
+    this.precision = resolvePrecision(c.precision, c.rounding);
+    manualSeed(c.seed);
+    const gpt = new GPT({
+      vocabSize: corpus.tokenizer.vocabSize,
+      blockSize: c.block,
+      nLayer: c.nLayer,
+      nHead: c.nHead,
+      nEmbd: c.nEmbd,
+      seed: c.seed,
+    });
+    this.model = applyPrecision(gpt, this.precision.storage);
+    this.optimizer = new AdamW(this.model.parameters(), {
+      lr: c.lr,
+      betas: [0.9, 0.95],
+      weightDecay: c.weightDecay,
+      precision: this.precision.storage,
+    });
+    this.scaler = this.precision.gradScaler ? new GradScaler() : null;
+    const ac = this.precision.autocast;
+    if (ac?.dtype === "fp8") {
+      // this run's own FP8 scaling state (amax histories, scales), saved with its checkpoints
+      const recipe = ac.recipe ?? new FP8Recipe();
+      this.precision = { ...this.precision, autocast: { ...ac, recipe } };
+      this.extra.fp8 = recipe;
+    }
+    this.batches = new Batches(corpus.train, c.batch, c.block, c.seed);
+    const simulated = !precisionNames().includes(c.precision);
+    this.#castDtype = simulated ? { castDtype: c.precision } : {};
+    this.#schedule = cosineWithWarmup({
+      warmupSteps: Math.min(c.warmup, c.steps),
+      totalSteps: c.steps,
+      baseLr: c.lr,
+      minLr: c.lr / 10,
+    });
+  }
+
+  /** The number of parameters. */
+  get nParams(): number {
+    return this.model.parameters().reduce((a, p) => a + p.size, 0);
+  }
+
+  /** One optimizer step (reads the loss, and the diagnostics when asked). */
+  async trainStep(
+    opts: { diagnostics?: boolean; sharpness?: boolean } = {},
+  ): Promise<StepRecord> {
+    const t0 = performance.now();
+    const step = this.step + 1;
+    const lr = this.#schedule(step - 1);
+    const { model, optimizer: opt, scaler } = this;
+    for (const g of opt.paramGroups) g.lr = lr;
+    const diagnostics = !!opts.diagnostics && !scaler; // the scaler steps without them
+    let phi: Tensor | null = null;
+    const loss = tidy(() => {
+      const { x, y } = this.batches.next();
+      const forward = () => {
+        const out = model.forward(x, y);
+        if (opts.sharpness) phi = keep(sharpness(out.logits, y)); // no graph, on the device
+        return out.loss!;
+      };
+      const ac = this.precision.autocast;
+      const l = ac ? autocast(ac, forward) : forward();
+      (scaler ? scaler.scale(l) as typeof l : l).backward();
+      if (scaler) scaler.step(opt);
+      else opt.step({ diagnostics: diagnostics && this.#castDtype });
+      if (this.bytesPerParam === 0) {
+        const m = memory().byPurpose;
+        this.bytesPerParam = ((m.params ?? 0) + (m.grads ?? 0) + (m.optimizer ?? 0)) /
+          this.nParams;
+      }
+      scaler?.update();
+      opt.zeroGrad();
+      return l.detach();
+    });
+    const sharp = phi as Tensor | null;
+    const [value, scale, diag, phiValue] = await Promise.all([
+      loss.item(),
+      scaler?.getScale(),
+      diagnostics ? opt.diagnostics() : null,
+      sharp?.item(),
+    ]);
+    loss.dispose();
+    sharp?.dispose();
+    this.step = step;
+    const r: StepRecord = { step, loss: value, lr, ms: 0 };
+    if (scale !== undefined) r.scale = scale;
+    if (phiValue !== undefined) r.sharpness = phiValue;
+    if (diag) {
+      r.imprecision = diag.imprecision;
+      r.edqRatio = diag.edqRatio;
+      r.gradUnderflow = diag.gradUnderflow;
+      r.gradOverflow = diag.gradOverflow;
+    }
+    r.ms = performance.now() - t0;
+    return r;
+  }
+
+  /** The mean validation loss over `batches` fixed batches (no autocast: the stored weights). */
+  evaluate(batches = 8): Promise<number> {
+    const { val } = this.corpus;
+    return evaluate(this.model, val, this.config.batch, this.config.block, batches, 1234);
+  }
+
+  /** Saves a checkpoint of the whole run at `path` (a .json file; tensors beside it). */
+  save(path: string, meta: Record<string, unknown> = {}): Promise<void> {
+    return saveCheckpoint(path, {
+      model: this.model,
+      optimizer: this.optimizer,
+      scaler: this.scaler,
+      extra: this.extra,
+      step: this.step,
+      data: { position: this.batches.position },
+      meta: {
+        ...meta,
+        config: this.config,
+        vocab: this.corpus.tokenizer.chars,
+        data: { path: this.corpus.path, checksum: this.corpus.checksum },
+      },
+    });
+  }
+
+  /** Continues from a checkpoint of a run with the same configuration. */
+  async resume(path: string): Promise<void> {
+    const info = await loadCheckpoint(path, {
+      model: this.model,
+      optimizer: this.optimizer,
+      scaler: this.scaler,
+      extra: this.extra,
+    });
+    const position = (info.data as { position?: number } | null)?.position;
+    if (!Number.isSafeInteger(position)) {
+      throw new ValueError(`resume: ${path} has no data position`);
+    }
+    this.batches.skipTo(position!);
+    this.step = info.step;
+  }
+
+  /** Frees the model, the optimizer state, the scaler and the extra state. */
+  dispose(): void {
+    for (const p of this.model.parameters()) p.dispose();
+    this.optimizer.dispose();
+    this.scaler?.dispose();
+    for (const e of Object.values(this.extra)) (e as { dispose?: () => void }).dispose?.();
+  }
+}
+
+/** Options of `runTraining`. */
+export interface RunOptions {
+  progress: Progress;
+  /** Where each step and evaluation is appended (null: nowhere). */
+  log?: JsonlLog | null;
+  /** Fields added to every log record (the demo's `strategy`). */
+  fields?: Record<string, unknown>;
+  /** Evaluate every N steps and at the end (0: never). */
+  evalEvery?: number;
+  /** Batches per evaluation. */
+  evalBatches?: number;
+  /** Diagnostics every N steps (0: never). */
+  diagEvery?: number;
+  /** Checkpoint path (a .json file), written every `checkpointEvery` steps and at the end. */
+  checkpoint?: string | null;
+  checkpointEvery?: number;
+  /** Meta stored in the checkpoints. */
+  meta?: Record<string, unknown>;
+  /** Stop after this step (a checkpoint is written); the schedule still spans all steps. */
+  stopAfter?: number;
+  /** Stop at the first non-finite loss (runs without a GradScaler). */
+  stopOnNan?: boolean;
+  /** Log the last-token sharpness every N steps (0 or absent: never). */
+  sharpnessEvery?: number;
+}
+
+/** What `runTraining` did. */
+export interface RunResult {
+  records: StepRecord[];
+  evals: { step: number; valLoss: number }[];
+  /** Why the run stopped before its last step, or null. */
+  stopped: { step: number; reason: string } | null;
+  /** Wall time of the steps in this call, ms. */
+  ms: number;
+}
+
+/** Runs `trainer` from its current step to the end (or `stopAfter`), logging each step. */
+export async function runTraining(trainer: Trainer, o: RunOptions): Promise<RunResult> {
+  const { config } = trainer;
+  const last = Math.min(config.steps, o.stopAfter ?? config.steps);
+  const result: RunResult = { records: [], evals: [], stopped: null, ms: 0 };
+  const tokens = config.batch * config.block;
+  const write = (r: Record<string, unknown>) => o.log?.append({ ...o.fields, ...r });
+  const t0 = performance.now();
+  while (trainer.step < last) {
+    const step = trainer.step + 1;
+    const diagnostics = !!o.diagEvery && step % o.diagEvery === 0;
+    const sharp = !!o.sharpnessEvery && step % o.sharpnessEvery === 0;
+    const r = await trainer.trainStep({ diagnostics, sharpness: sharp });
+    result.records.push(r);
+    write({ type: "step", ...r, loss: Number.isFinite(r.loss) ? r.loss : String(r.loss) });
+    o.progress.update(step, { loss: r.loss, tokens, ms: r.ms, scale: r.scale });
+    if (!Number.isFinite(r.loss) && o.stopOnNan && !trainer.scaler) {
+      result.stopped = { step, reason: `the loss is ${r.loss} at step ${step}` };
+      break;
+    }
+    const end = step === last;
+    if (o.evalEvery && (step % o.evalEvery === 0 || step === config.steps)) {
+      const valLoss = await trainer.evaluate(o.evalBatches);
+      result.evals.push({ step, valLoss });
+      write({ type: "eval", step, valLoss });
+      o.progress.note(`step ${step}: validation loss ${valLoss.toFixed(4)}`);
+    }
+    if (o.checkpoint && (end || (o.checkpointEvery && step % o.checkpointEvery === 0))) {
+      await trainer.save(o.checkpoint, o.meta);
+    }
+  }
+  result.ms = performance.now() - t0;
+  o.progress.done();
+  return result;
+}

@@ -1,0 +1,264 @@
+// Checkpoints (nn/checkpoint.ts): every strategy's whole training state survives a save and a
+// load bit for bit (parameters, AdamW states with Collage's low parts, step counts, the
+// GradScaler), the next step after loading equals the next step without a checkpoint, the
+// files are written so that an interrupted save leaves the previous checkpoint readable, and
+// malformed checkpoints are refused with a FormatError naming the problem.
+import assert from "node:assert/strict";
+import {
+  AdamW,
+  applyPrecision,
+  autocast,
+  FormatError,
+  FP8Recipe,
+  getRngState,
+  GPT,
+  GradScaler,
+  LayerNorm,
+  Linear,
+  loadCheckpoint,
+  manualSeed,
+  Module,
+  mseLoss,
+  type OptimizerStateDict,
+  precisionNames,
+  precisionStrategy,
+  rand,
+  readCheckpoint,
+  saveCheckpoint,
+  type Stateful,
+  type Tensor,
+  tensor,
+  tidy,
+} from "../../mod.ts";
+
+const DIR = "./.test-tmp/checkpoint_test";
+const CFG = { vocabSize: 16, blockSize: 4, nLayer: 1, nHead: 2, nEmbd: 8 };
+await Deno.mkdir(DIR, { recursive: true });
+
+/** A small model: what matters here is the state of its optimizer. */
+class Tiny extends Module {
+  fc1: Linear;
+  ln = new LayerNorm(8);
+  fc2: Linear;
+  constructor(seed: number) {
+    super();
+    this.fc1 = new Linear(4, 8, { seed });
+    this.fc2 = new Linear(8, 3, { seed: seed + 1 });
+  }
+  forward(x: Tensor): Tensor {
+    return this.fc2.forward(this.ln.forward(this.fc1.forward(x)).relu());
+  }
+}
+
+/** A model, optimizer and scaler under strategy `name`, fresh (seeded). */
+function setup(name: string, seed = 5) {
+  const s = precisionStrategy(name);
+  const model = applyPrecision(new Tiny(seed), name);
+  const optimizer = new AdamW(model.parameters(), {
+    lr: 1e-2,
+    betas: [0.9, 0.95],
+    weightDecay: 0.1,
+    precision: name,
+  });
+  const scaler = s.gradScaler ? new GradScaler({ initScale: 2 ** 10, growthInterval: 2 }) : null;
+  // fp8: the run's own recipe, whose amax histories and scales are extra state
+  const recipe = s.autocastOptions?.dtype === "fp8" ? new FP8Recipe({ amaxHistoryLen: 4 }) : null;
+  const ac = s.autocastOptions ? { ...s.autocastOptions, ...(recipe ? { recipe } : {}) } : null;
+  const extra: { fp8?: FP8Recipe } = recipe ? { fp8: recipe } : {};
+  return { s, model, optimizer, scaler, ac, extra: extra as Record<string, FP8Recipe> };
+}
+
+function step(t: ReturnType<typeof setup>, k: number): void {
+  const x = tensor(Array.from({ length: 8 }, (_, i) => Math.sin(i + k)), { shape: [2, 4] });
+  const y = tensor([0.5, -1, 2, k, 0, 1], { shape: [2, 3] });
+  tidy(() => {
+    const fwd = () => mseLoss(t.model.forward(x), y);
+    const loss = t.ac ? autocast(t.ac, fwd) : fwd();
+    (t.scaler ? t.scaler.scale(loss) as Tensor : loss).backward();
+    if (t.scaler) {
+      t.scaler.step(t.optimizer);
+      t.scaler.update();
+    } else t.optimizer.step();
+    t.optimizer.zeroGrad();
+  });
+  x.dispose();
+  y.dispose();
+}
+
+/** Every tensor of a state as its raw codes, numbers as they are: comparable with deepEqual. */
+async function snapshot(v: unknown): Promise<unknown> {
+  if (v && typeof (v as Tensor).codes === "function") {
+    const t = v as Tensor;
+    return { dtype: t.dtype, shape: t.shape, codes: Array.from(await t.codes()) };
+  }
+  if (Array.isArray(v)) return Promise.all(v.map(snapshot));
+  if (v && typeof v === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = await snapshot(x);
+    return out;
+  }
+  return v;
+}
+
+async function fullState(t: ReturnType<typeof setup>) {
+  const opt: OptimizerStateDict = t.optimizer.stateDict();
+  const fp8 = t.extra.fp8 ? t.extra.fp8.stateDict() : null;
+  const snap = {
+    model: await snapshot(t.model.stateDict()),
+    optimizer: await snapshot(opt),
+    scaler: t.scaler ? await t.scaler.stateDict() : null,
+    // slots are named by parameter ids (of this process), restored by position on first use
+    fp8: fp8 ? await snapshot({ ...fp8, slots: null }) : null,
+  };
+  if (fp8) { for (const k of ["amaxHistory", "scale", "amax"] as const) fp8[k].dispose(); }
+  for (const s of Object.values(opt.state)) {
+    for (const v of Object.values(s)) if (v && typeof v === "object") v.dispose();
+  }
+  return snap;
+}
+
+function free(t: ReturnType<typeof setup>): void {
+  for (const p of t.model.parameters()) p.dispose();
+  t.optimizer.dispose();
+  t.scaler?.dispose();
+}
+
+for (const name of precisionNames()) {
+  Deno.test(`saveCheckpoint() and loadCheckpoint() restore a ${name} run bit for bit`, async () => {
+    const a = setup(name);
+    step(a, 0);
+    step(a, 1);
+    const path = `${DIR}/${name}.json`;
+    await saveCheckpoint(path, { ...a, step: 2, data: { position: 2 }, meta: { name } });
+    const before = await fullState(a);
+    if (name.startsWith("collage")) {
+      const keys = Object.keys((before.optimizer as OptimizerStateDict).state[0]);
+      assert.ok(keys.includes("paramLo"), `${name} saves paramLo: ${keys}`);
+      if (name === "collage-plus") assert.ok(keys.includes("expAvgSqLo"));
+    }
+    if (a.scaler) assert.equal((before.scaler as { scale: number }).scale > 0, true);
+    if (a.extra.fp8) {
+      const h = (before.fp8 as { amaxHistory: { codes: number[] } }).amaxHistory.codes;
+      assert.ok(h.some((c) => c !== 0), "fp8 saves amax histories");
+    }
+
+    const b = setup(name, 99); // other weights, no state yet
+    const info = await loadCheckpoint(path, b);
+    assert.deepEqual([info.step, info.data, info.meta], [2, { position: 2 }, { name }]);
+    assert.deepEqual(await fullState(b), before);
+
+    // the next step from the restored state equals the next step of the original (each read
+    // right after its step: entering autocast commits every FP8 recipe's pending amaxes)
+    step(a, 2);
+    const after = await fullState(a);
+    step(b, 2);
+    assert.deepEqual(await fullState(b), after);
+    free(a);
+    free(b);
+  });
+}
+
+Deno.test("loadCheckpoint() restores the random stream, and extra state with NaN, -0 and tensors", async () => {
+  let restored: unknown = null;
+  const extra: Stateful = {
+    stateDict: () =>
+      Promise.resolve({
+        history: tensor([1.5, -2, 448], { dtype: "e4m3" }),
+        scales: [NaN, -0, Infinity, -Infinity, 0.1],
+        note: "fp8",
+      }),
+    loadStateDict: async (s) => (restored = await snapshot(s)),
+  };
+  const model = new GPT({ ...CFG, seed: 1 });
+  manualSeed(7);
+  rand([3]).dispose();
+  const rng = getRngState();
+  const path = `${DIR}/extra.json`;
+  await saveCheckpoint(path, { model, extra: { fp8: extra }, step: 0 });
+  manualSeed(100);
+  await loadCheckpoint(path, { model, extra: { fp8: extra } });
+  assert.deepEqual(getRngState(), rng);
+  const r = restored as { history: { codes: number[] }; scales: number[]; note: string };
+  assert.deepEqual(r.history.codes, [0x3c, 0xc0, 0x7e]); // e4m3 codes of 1.5, -2, 448
+  assert.ok(Number.isNaN(r.scales[0]) && Object.is(r.scales[1], -0));
+  assert.deepEqual(r.scales.slice(2), [Infinity, -Infinity, 0.1]);
+  assert.equal(r.note, "fp8");
+  for (const p of model.parameters()) p.dispose();
+});
+
+Deno.test("a save interrupted before its JSON leaves the previous checkpoint readable, and the next save cleans up", async () => {
+  const dir = `${DIR}/atomic`;
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  const model = new GPT({ ...CFG, seed: 2 });
+  const w0 = Array.from(await model.parameters()[0].toArray());
+  await saveCheckpoint(`${dir}/ckpt.json`, { model, step: 1 });
+  // what a kill leaves: a new tensor file and a temporary JSON, the old JSON in place
+  await Deno.writeFile(`${dir}/ckpt-2.safetensors`, new Uint8Array([1, 2, 3]));
+  await Deno.writeTextFile(`${dir}/ckpt.json.tmp-123`, "{ half");
+  const info = await loadCheckpoint(`${dir}/ckpt.json`, { model });
+  assert.equal(info.step, 1);
+  assert.deepEqual(Array.from(await model.parameters()[0].toArray()), w0);
+  await saveCheckpoint(`${dir}/ckpt.json`, { model, step: 2 });
+  await saveCheckpoint(`${dir}/ckpt.json`, { model, step: 2 }); // same step twice
+  const files = [];
+  for await (const e of Deno.readDir(dir)) files.push(e.name);
+  assert.deepEqual(files.sort(), ["ckpt-2.1.safetensors", "ckpt.json"]);
+  assert.equal((await readCheckpoint(`${dir}/ckpt.json`)).tensors, "ckpt-2.1.safetensors");
+  for (const p of model.parameters()) p.dispose();
+});
+
+Deno.test("loadCheckpoint() refuses malformed checkpoints and models that do not match with a FormatError", async () => {
+  const dir = `${DIR}/bad`;
+  const model = new GPT({ ...CFG, seed: 3 });
+  const path = `${dir}/ok.json`;
+  await saveCheckpoint(path, { model, step: 4 });
+  const json = JSON.parse(await Deno.readTextFile(path));
+  const variant = async (name: string, edit: (j: Record<string, unknown>) => void) => {
+    const j = structuredClone(json);
+    edit(j);
+    await Deno.writeTextFile(`${dir}/${name}.json`, JSON.stringify(j));
+    return `${dir}/${name}.json`;
+  };
+  const cases: [string, RegExp][] = [
+    [await variant("format", (j) => (j.format = "other")), /'format' is "other"/],
+    [await variant("step", (j) => (j.step = -1)), /'step' is not a count/],
+    [
+      await variant("escape", (j) => (j.tensors = "../x.safetensors")),
+      /file name in the same folder/,
+    ],
+    [
+      await variant("missing", (j) => (j.tensors = "gone.safetensors")),
+      /gone.safetensors is missing/,
+    ],
+    [
+      await variant("ref", (j) => {
+        const m = (j.state as { model: Record<string, unknown> }).model;
+        m["wte.weight"] = { $tensor: "nope" };
+      }),
+      /state.model.wte.weight refers to tensor "nope"/,
+    ],
+  ];
+  await Deno.writeTextFile(`${dir}/garbage.json`, "{ not json");
+  cases.push([`${dir}/garbage.json`, /not valid JSON/]);
+  for (const [p, re] of cases) {
+    await assert.rejects(loadCheckpoint(p, { model }), (e: Error) => {
+      assert.ok(e instanceof FormatError, `${p}: ${e}`);
+      assert.match(e.message, re);
+      return true;
+    });
+  }
+  const wide = new GPT({ ...CFG, nEmbd: 16, seed: 3 });
+  await assert.rejects(
+    loadCheckpoint(path, { model: wide }),
+    (e: Error) =>
+      e instanceof FormatError &&
+      /'wte.weight' has shape \[16,8\] in the checkpoint, \[16,16\]/.test(e.message),
+  );
+  const opt = new AdamW(model.parameters());
+  await assert.rejects(
+    loadCheckpoint(path, { model, optimizer: opt }),
+    (e: Error) => e instanceof FormatError && /holds no optimizer state/.test(e.message),
+  );
+  opt.dispose();
+  for (const p of [...model.parameters(), ...wide.parameters()]) p.dispose();
+});
