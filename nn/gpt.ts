@@ -9,7 +9,17 @@
  */
 
 import { ValueError } from "../errors.ts";
-import { arange, fmtShape, matmul, type Tensor, tensor, where } from "../tensor/mod.ts";
+import {
+  arange,
+  autocastState,
+  causalSelfAttention,
+  fmtShape,
+  fusedAttentionFits,
+  matmul,
+  type Tensor,
+  tensor,
+  where,
+} from "../tensor/mod.ts";
 import { crossEntropy } from "./functional.ts";
 import { Dropout, Embedding, GELU, LayerNorm, type LayerOptions, Linear } from "./layers.ts";
 import { Module } from "./module.ts";
@@ -32,6 +42,8 @@ export interface GPTConfig {
   bias?: boolean;
   /** Seed of the initialisation (default: the default random stream). */
   seed?: number;
+  /** Fused attention kernels where they apply (default true; see `BlockConfig`). */
+  fusedAttention?: boolean;
 }
 
 /** The size of one transformer block (and of its attention). */
@@ -50,6 +62,13 @@ export interface BlockConfig {
   nLayer?: number;
   /** Seed of the initialisation. */
   seed?: number;
+  /**
+   * Run attention as one fused kernel per pass (`causalSelfAttention`) where it applies: no
+   * active attention dropout, and no autocast context that quantises GEMM inputs (FP8,
+   * simulated formats, non-RNE rounding), whose attention GEMMs must stay visible to it.
+   * Default true; false keeps the unfused ops (q k^T, mask, softmax, p v) always.
+   */
+  fusedAttention?: boolean;
 }
 
 function seedFor(base: number | undefined, k: number): number | undefined {
@@ -75,6 +94,8 @@ export class CausalSelfAttention extends Module {
   resid_dropout: Dropout;
   readonly nHead: number;
   readonly nEmbd: number;
+  /** Whether the fused attention kernels may run (see `BlockConfig.fusedAttention`). */
+  fused: boolean;
 
   /** Attention over `nEmbd` channels in `nHead` heads. */
   constructor(
@@ -89,6 +110,7 @@ export class CausalSelfAttention extends Module {
     }
     this.nHead = cfg.nHead;
     this.nEmbd = cfg.nEmbd;
+    this.fused = cfg.fusedAttention ?? true;
     const bias = cfg.bias ?? true;
     this.c_attn = new Linear(cfg.nEmbd, 3 * cfg.nEmbd, {
       ...opts,
@@ -108,11 +130,20 @@ export class CausalSelfAttention extends Module {
     this.resid_dropout = new Dropout(cfg.dropout ?? 0);
   }
 
+  /** Whether this forward runs the fused kernels. @internal */
+  fusesNow(qkv: Tensor): boolean {
+    return fusable(this, qkv);
+  }
+
   /** x: (B, T, C) -> (B, T, C). */
   forward(x: Tensor): Tensor {
     const [B, T, C] = x.shape;
     const nh = this.nHead, hs = C / nh;
     const qkv = this.c_attn.forward(x); // (B, T, 3C)
+    if (this.fusesNow(qkv)) {
+      // one kernel: q, k, v read in place, heads written side by side, (B, T, C)
+      return this.resid_dropout.forward(this.c_proj.forward(causalSelfAttention(qkv, nh)));
+    }
     const heads = (k: number) =>
       qkv.slice([null, null, [k * C, (k + 1) * C]]).reshape([B, T, nh, hs]).transpose(1, 2); // (B, nh, T, hs)
     const q = heads(0), k = heads(1), v = heads(2);
@@ -122,6 +153,20 @@ export class CausalSelfAttention extends Module {
     const y = p.matmul(v).transpose(1, 2).reshape([B, T, C]); // (B, T, C)
     return this.resid_dropout.forward(this.c_proj.forward(y));
   }
+}
+
+/** Whether attention over this projection runs fused now (see `BlockConfig.fusedAttention`). */
+function fusable(attn: CausalSelfAttention, qkv: Tensor): boolean {
+  if (!attn.fused || (attn.attn_dropout.p > 0 && attn.attn_dropout.training)) return false;
+  const s = autocastState();
+  if (
+    s !== null &&
+    (s.fp8 !== null || s.rounding !== "rne" || !["bf16", "f16"].includes(s.dtype.name))
+  ) {
+    return false;
+  }
+  const dt = s?.dtype ?? qkv.dt;
+  return (qkv.dt === dt || s !== null) && fusedAttentionFits(dt, attn.nEmbd, attn.nHead);
 }
 
 /** A (T, T) bool tensor, true on and below the diagonal. */
@@ -210,6 +255,33 @@ export class Block extends Module {
   }
 }
 
+/**
+ * The language-model head of a GPT: logits `x @ wte^T`, with the weight tied to the token
+ * embedding (it holds the embedding, not a weight of its own, so the state dict is
+ * unchanged). A module of its own so that `setAutocast` can keep it in higher precision.
+ *
+ * @example
+ * ```ts
+ * import { Embedding, LMHead, randn } from "../mod.ts";
+ * const head = new LMHead(new Embedding(10, 4));
+ * console.log(head.forward(randn([2, 3, 4], { seed: 0 })).shape, head.parameters().length); // [2, 3, 10] 0
+ * ```
+ */
+export class LMHead extends Module {
+  readonly #emb: Embedding;
+
+  /** A head whose weight is `emb.weight` (read at each forward). */
+  constructor(emb: Embedding) {
+    super();
+    this.#emb = emb;
+  }
+
+  /** (B, T, C) -> (B, T, vocab). */
+  forward(x: Tensor): Tensor {
+    return matmul(x, this.#emb.weight, { transB: true });
+  }
+}
+
 /** What `GPT.forward` returns. */
 export interface GPTOutput {
   /** (B, T, vocabSize) logits. */
@@ -237,6 +309,8 @@ export class GPT extends Module {
   drop: Dropout;
   h: Block[];
   ln_f: LayerNorm;
+  /** The LM head, tied to `wte` (keep it in higher precision with `setAutocast`). */
+  lm_head: LMHead;
 
   /** A GPT with freshly initialised weights (GPT-2's scheme), storage dtype from `opts`. */
   constructor(cfg: GPTConfig, opts: LayerOptions = {}) {
@@ -246,7 +320,9 @@ export class GPT extends Module {
         throw new ValueError(`GPT: ${k} must be a positive integer, got ${cfg[k]}`);
       }
     }
-    this.config = { dropout: 0, bias: true, ...cfg } as Required<Omit<GPTConfig, "seed">>;
+    this.config = { dropout: 0, bias: true, fusedAttention: true, ...cfg } as Required<
+      Omit<GPTConfig, "seed">
+    >;
     const c = { ...this.config, seed: cfg.seed };
     this.wte = new Embedding(cfg.vocabSize, cfg.nEmbd, {
       ...opts,
@@ -264,6 +340,7 @@ export class GPT extends Module {
       (_, i) => new Block({ ...c, seed: seedFor(cfg.seed, 100 + i) }, opts),
     );
     this.ln_f = new LayerNorm(cfg.nEmbd, { ...opts, bias: this.config.bias });
+    this.lm_head = new LMHead(this.wte);
   }
 
   /**
@@ -285,7 +362,7 @@ export class GPT extends Module {
     for (const block of this.h) x = block.forward(x);
     x = this.ln_f.forward(x);
     // the LM head shares its weight with the token embedding (weight tying)
-    const logits = matmul(x, this.wte.weight, { transB: true }); // (B, T, vocab)
+    const logits = this.lm_head.forward(x); // (B, T, vocab)
     const loss = targets
       ? crossEntropy(logits.reshape([B * T, this.config.vocabSize]), targets.reshape([B * T]))
       : null;

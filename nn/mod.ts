@@ -31,6 +31,7 @@ export {
   GPT,
   type GPTConfig,
   type GPTOutput,
+  LMHead,
   MLP,
 } from "./gpt.ts";
 export {
@@ -43,3 +44,14 @@ export {
   serialize,
   writeAtomic,
 } from "./safetensors.ts";
+export { sharpness, type SharpnessOptions } from "./sharpness.ts";
+export {
+  type CheckpointInfo,
+  type CheckpointOptions,
+  type CheckpointTargets,
+  loadCheckpoint,
+  readCheckpoint,
+  type RngState,
+  saveCheckpoint,
+  type Stateful,
+} from "./checkpoint.ts";

@@ -182,3 +182,28 @@ Deno.test("GPT parameter gradients agree with central finite differences on samp
   }
   assert.equal(checked, named.length * 2);
 });
+
+Deno.test("GPT's fused attention gives the loss and gradients of the unfused ops", async () => {
+  const cfg = { vocabSize: 11, blockSize: 9, nLayer: 2, nHead: 2, nEmbd: 8, seed: 5 };
+  const ids = tensor(Int32Array.from({ length: 2 * 9 }, (_, i) => (i * 5) % 11), {
+    shape: [2, 9],
+  });
+  const tgt = tensor(Int32Array.from({ length: 2 * 9 }, (_, i) => (i * 3 + 1) % 11), {
+    shape: [2, 9],
+  });
+  const run = async (fusedAttention: boolean) => {
+    const m = new GPT({ ...cfg, fusedAttention });
+    const { loss } = m.forward(ids, tgt);
+    loss!.backward();
+    const grads = await Promise.all(m.parameters().map((p) => p.grad!.toArray()));
+    return { loss: (await loss!.toArray())[0] as number, grads };
+  };
+  const a = await run(true), b = await run(false);
+  assert.ok(Math.abs(a.loss - b.loss) < 1e-5, `${a.loss} vs ${b.loss}`);
+  a.grads.forEach((g, k) => {
+    for (let i = 0; i < g.length; i++) {
+      const x = g[i] as number, y = b.grads[k][i] as number;
+      assert.ok(Math.abs(x - y) <= 1e-5 + 1e-4 * Math.abs(y), `parameter ${k}[${i}]: ${x} vs ${y}`);
+    }
+  });
+});
