@@ -12,6 +12,7 @@
  * @module
  */
 
+import type { FP8StateDict } from "./fp8.ts";
 import { type DType, dtype, finfo, float32, wgslChunks, wgslCodec } from "../dtypes/mod.ts";
 import { ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
@@ -32,20 +33,10 @@ export interface Scaled {
 }
 
 /** What `ScalingSlots.save()` gives and `load()` takes (the recipe adds its settings). @internal */
-export interface SlotState {
-  /** Where the next update writes in each history. */
-  position: number;
-  /** Slot names in creation order. */
-  slots: string[];
-  /** Each slot's format. */
-  formats: string[];
-  /** [slots, len] f32. */
-  amaxHistory: Tensor;
-  /** [slots] f32. */
-  scale: Tensor;
-  /** [slots] f32, recorded since the last update. */
-  amax: Tensor;
-}
+export type SlotState = Pick<
+  FP8StateDict,
+  "position" | "slots" | "formats" | "amaxHistory" | "scale" | "amax"
+>;
 
 /** The uniforms of the quantise kernels: n, slot, the format's max and 2^margin. */
 function quantUniforms(n: number, slot: number, fmt: DType, margin: number): Uint32Array {
