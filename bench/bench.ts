@@ -245,7 +245,8 @@ async function benchPair(
   const us = data.map((d, i) => tensor(d, { shape: inputs[i].shape }));
   const ts = peer ? data.map((d, i) => tf.tensor(d, inputs[i].shape)) : [];
   const contestants: Contestant[] = [
-    { label: "ulp", run: () => tidy(() => void ulpOp(us)), sync: ulpSync },
+    // realize(): elementwise work is deferred until its values are needed (fusion)
+    { label: "ulp", run: () => tidy(() => ulpOp(us).realize()).dispose(), sync: ulpSync },
     ...tfContestant("tfjs", () => tfOp(ts)),
   ];
   const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);

@@ -126,6 +126,13 @@ export class Runtime {
   readonly counters: RuntimeCounters = { dispatches: 0, submits: 0, readbacks: 0, compiles: 0 };
   /** Dispatches per batch before it is submitted on its own. */
   maxBatch = 512;
+  /**
+   * Called with the buffers a command is about to write (a dispatch's `read_write` bindings,
+   * a copy's destination, a host write), before the command is recorded: deferred work that
+   * reads them (elementwise fusion, tensor/fusion.ts) records itself here first, so that it
+   * sees the values it was given. @internal
+   */
+  beforeWrite: ((written: readonly PooledBuffer[]) => void) | null = null;
 
   #pool: BufferPool;
   #kernels = new Map<string, Kernel>();
@@ -263,6 +270,7 @@ export class Runtime {
 
   /** Writes host data into a buffer, after every recorded command that uses it. */
   write(pb: PooledBuffer, data: ArrayBufferView, byteOffset = 0): void {
+    this.beforeWrite?.([pb]);
     this.#check("write");
     if (pb.lastBatch >= this.#batch) this.flush();
     let bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
@@ -367,6 +375,9 @@ export class Runtime {
     groups: readonly [number, number?, number?],
     uniforms?: Uint32Array,
   ): void {
+    if (this.beforeWrite) {
+      this.beforeWrite(buffers.filter((_, i) => k.signature.buffers[i] === "read_write"));
+    }
     this.#check(k.label);
     if (buffers.length !== k.signature.buffers.length) {
       throw new DeviceError(
@@ -444,6 +455,7 @@ export class Runtime {
     dstOffset: number,
     size: number,
   ): void {
+    this.beforeWrite?.([dst]);
     this.#check("copy");
     if (size === 0) return;
     this.#closePass().copyBufferToBuffer(src.buffer, srcOffset, dst.buffer, dstOffset, size);

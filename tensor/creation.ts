@@ -11,7 +11,7 @@ import { ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Purpose } from "../gpu/mod.ts";
 import { storageBytes } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
-import { launch } from "./elementwise.ts";
+import { launch } from "./fusion.ts";
 
 /** Options of the creation functions. */
 export interface CreateOptions {

@@ -60,6 +60,7 @@ export {
   tanh,
   where,
 } from "./elementwise.ts";
+export { setFusion } from "./fusion.ts";
 export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum, sumTo } from "./reduce.ts";
 export {
   matmul,

@@ -31,7 +31,8 @@ import {
   wgslLoad,
 } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
-import { autocastInputs, launch } from "./elementwise.ts";
+import { autocastInputs } from "./elementwise.ts";
+import { launch } from "./fusion.ts";
 
 /** Threads per workgroup of every reduction kernel. */
 const WG = 64;

@@ -18,6 +18,7 @@ import * as ew from "./elementwise.ts";
 import * as red from "./reduce.ts";
 import * as mm from "./matmul.ts";
 import * as sh from "./shape_ops.ts";
+import { type LazyDef, materialize, released } from "./fusion.ts";
 
 /** A node of the autograd graph: the op's inputs and how to push a gradient back to them. */
 export interface GradNode {
@@ -70,6 +71,11 @@ export class Tensor {
   isParameter = false;
   /** The dtype `.grad` is stored in; null: this tensor's own dtype. */
   gradDtype: DType | null = null;
+  /**
+   * The deferred elementwise kernel that computes this tensor, while it is not recorded yet
+   * (see fusion.ts); null once its values are (or will be) in the buffer. @internal
+   */
+  lazy: LazyDef | null = null;
   #buf: PooledBuffer | null;
   #rt: Runtime;
 
@@ -114,8 +120,39 @@ export class Tensor {
     return this.#rt;
   }
 
-  /** The storage, checked for use after dispose. @internal */
+  /**
+   * The storage, checked for use after dispose; deferred work that computes it is recorded
+   * first. @internal
+   */
   buffer(op: string): PooledBuffer {
+    const buf = this.checkUsable(op);
+    if (this.lazy !== null) materialize(this);
+    return buf;
+  }
+
+  /**
+   * Records the work that computes this tensor now and returns it. Elementwise ops are
+   * deferred so that chains of them fuse into one kernel; they run when something needs
+   * their values (another op, a read, this call). Values are the same either way; call it
+   * before timing GPU work (then `await getRuntime()` and `sync()`).
+   *
+   * @example
+   * ```ts
+   * import { tensor } from "../mod.ts";
+   * const y = tensor([1, 2]).mul(3).add(1).realize(); // one kernel, recorded now
+   * console.log(Array.from(await y.toArray())); // [4, 7]
+   * ```
+   */
+  realize(): this {
+    this.buffer("realize()");
+    return this;
+  }
+
+  /**
+   * Throws the error `buffer()` would throw (use after dispose, lost device) without
+   * recording deferred work; the storage. @internal
+   */
+  checkUsable(op: string): PooledBuffer {
     if (this.#buf === null) {
       throw new ValueError(
         `${op}: tensor of shape ${fmtShape(this.shape)} and dtype ${this.dtype} was used after ` +
@@ -135,9 +172,14 @@ export class Tensor {
   /** Frees the GPU storage now. Safe to call twice. */
   dispose(): void {
     if (this.#buf !== null) {
-      if (!this.#rt.lost) this.#rt.free(this.#buf);
-      this.#buf = null;
-      this.node = null;
+      let kept = false;
+      try {
+        kept = released(this, this.#buf); // kept while deferred work still reads it
+      } finally {
+        if (!kept && !this.#rt.lost) this.#rt.free(this.#buf);
+        this.#buf = null;
+        this.node = null;
+      }
     }
   }
 
@@ -148,7 +190,7 @@ export class Tensor {
 
   /** Counts this tensor's bytes under another purpose in `memory()` (params, grads, ...). */
   setPurpose(purpose: Purpose): this {
-    this.#rt.retag(this.buffer("setPurpose"), { dtype: this.dtype, purpose });
+    this.#rt.retag(this.checkUsable("setPurpose"), { dtype: this.dtype, purpose });
     return this;
   }
 
@@ -272,6 +314,7 @@ export class Tensor {
         }
         leaf.grad = keep(gc);
         gc.setPurpose("grads");
+        gc.realize(); // a gradient is final: compute it now, freeing what it was fused from
       },
     });
   }

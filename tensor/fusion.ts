@@ -1,0 +1,528 @@
+/**
+ * The elementwise launcher, with fusion: every elementwise op, cast and fill goes through
+ * `launch()`, which does not record a kernel. It gives back a tensor whose buffer is
+ * allocated and whose definition (the op's WGSL expression over its operands) is kept
+ * instead: the tensor is pending. An elementwise op that reads a pending tensor takes its
+ * definition into its own expression, so a chain like `x.mul(w).add(b).relu()` becomes one
+ * kernel that reads `x`, `w` and `b` once and writes the result once.
+ *
+ * A pending tensor is computed (its kernel recorded, everything pending below it inline)
+ * when something needs its values: another op binds its buffer (`buffer()`), it is read to
+ * the host, or `realize()` is called. One that is disposed first is never computed. Deferred
+ * work must see its operands as they were when the op was called, so it is recorded before
+ * a command writes a buffer it reads (the runtime's `beforeWrite` hook: an optimizer step or
+ * `copy_` into an operand), and the buffer of an operand disposed meanwhile is kept (not
+ * reused) until no pending work reads it.
+ *
+ * Values are those of the unfused ops bit for bit: an inlined intermediate is rounded to its
+ * own dtype (encoded and decoded with its codec, saturating as it would have been stored), and
+ * an intermediate with stochastic rounding or its own random stream (`rand`, `randn`) is not
+ * inlined but recorded at once. What a kernel may bind bounds a fused expression (6 tensors,
+ * 4 of them broadcast, 16 scalars, 16 ops); past that the inputs are computed on their own.
+ * `setFusion(false)` records every op at the call (one kernel per op).
+ *
+ * @module
+ */
+
+import { type DType, type Rounding, WGSL_RNG, wgslChunks, wgslCodec } from "../dtypes/mod.ts";
+import { ShapeError, ValueError } from "../errors.ts";
+import { currentRuntime, type PooledBuffer } from "../gpu/mod.ts";
+import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
+import { fmtShape, type Operand, Tensor } from "./tensor.ts";
+
+/** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
+export const MAX_RANK = 8;
+const WG = 256;
+/**
+ * Output words each invocation writes, strided by the workgroup size so that neighbouring
+ * invocations touch neighbouring words (coalesced on a GPU, SIMD-friendly on llvmpipe). More
+ * than one amortises the per-invocation cost, which dominates these memory-bound kernels.
+ */
+const PER_THREAD = 4;
+
+/** Shared WGSL helpers (NaN tests on the bits, NaN-propagating max/min, pow, erf, tanh). */
+export const WGSL_MATH = `
+fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_min(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_pow(a: f32, b: f32) -> f32 {
+  if (b == 0.0) { return 1.0; }
+  if (a == 0.0) { return select(0.0, bitcast<f32>(0x7f800000u), b < 0.0); }
+  if (a < 0.0) {
+    if (floor(b) != b) { return bitcast<f32>(0x7fc00000u); }
+    let m = pow(-a, b);
+    return select(m, -m, fract(b * 0.5) != 0.0);
+  }
+  return pow(a, b);
+}
+fn ulp_erf(x: f32) -> f32 {
+  // Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7)
+  let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+  return select(-y, y, x >= 0.0);
+}
+fn ulp_tanh(x: f32) -> f32 {
+  // builtin tanh loses relative accuracy near 0: use its odd series there (|x| < 0.125)
+  let x2 = x * x;
+  let small = x * (1.0 + x2 * (-0.3333333333 + x2 * (0.1333333333 + x2 * (-0.0539682540 + x2 * 0.0218694885))));
+  let c = clamp(x, -15.0, 15.0);
+  return select(select(tanh(c), small, abs(x) < 0.125), x, ulp_isnan(x));
+}
+`;
+
+/** How an operand is indexed: its own index (same shape), index 0 (one element), or broadcast. */
+type Mode = "same" | "one" | "bcast";
+
+/** Options of the generic elementwise launcher. @internal */
+export interface LaunchOptions {
+  /** Rounding of the result into its dtype (default `rne`). */
+  rounding?: Rounding;
+  /** Whether overflow clamps to +-max (default: the dtype's own). */
+  saturate?: boolean;
+  /** Seed of stochastic rounding and of `ulp_rand(u.seed, i)` in the expression. */
+  seed?: number;
+}
+
+/**
+ * The expression of an op: a function of the operand expressions (tensor values, scalar
+ * uniforms) returning a WGSL f32 expression. `i` (u32 element index) and `u.seed` are in
+ * scope. @internal
+ */
+export type Expr = (x: string[]) => string;
+
+/** What a kernel computing a tensor binds at most if every deferred input is inlined. */
+interface Cost {
+  /** Tensor bindings (each operand counted, no sharing assumed). */
+  tensors: number;
+  /** Of those, broadcast ones (they need strides in the uniform block). */
+  bcast: number;
+  /** Scalar uniforms. */
+  scalars: number;
+  /** Ops (expressions) in the kernel. */
+  nodes: number;
+}
+
+/** The bounds of one fused kernel: bindings, uniform words and source size. */
+const LIMIT: Cost = { tensors: 6, bcast: 4, scalars: 16, nodes: 16 };
+
+/**
+ * The definition of a tensor whose kernel is not recorded yet: the op, its operands, the
+ * expression and how the result is rounded. @internal
+ */
+export interface LazyDef {
+  readonly op: string;
+  /** Tensors its kernel may read: operands, and what pending operands may read. */
+  readonly leaves: readonly Tensor[];
+  readonly operands: readonly Operand[];
+  readonly expr: Expr;
+  readonly rounding: Rounding;
+  readonly saturate: boolean;
+  readonly seed: number;
+  /** Whether a consumer may compute it inline (round to nearest, no random stream). */
+  readonly inlinable: boolean;
+  readonly cost: Cost;
+}
+
+/** Tensors with a deferred kernel, alive, in the order they were made. */
+const pending = new Set<Tensor>();
+/** Set while deferred work records itself (so that the runtime's hook does not recurse). */
+let recording = false;
+let fusionEnabled = true;
+/** Pending tensors beyond which the oldest are computed (bounds the hook's scans). */
+const MAX_PENDING = 1024;
+/** Buffers of disposed tensors that pending work still reads, freed when none does. */
+const held = new Map<Tensor, PooledBuffer>();
+
+/**
+ * Turns elementwise fusion on or off for the process and returns the previous setting.
+ * Off, every elementwise op records its kernel at the call (one kernel per op), which helps
+ * when profiling single ops; results are the same bit for bit either way. Pending work is
+ * recorded when fusion is turned off.
+ *
+ * @example
+ * ```ts
+ * import { setFusion, tensor } from "../mod.ts";
+ * const before = setFusion(false);
+ * const y = tensor([1, -2]).mul(2).relu(); // two kernels
+ * console.log(Array.from(await y.toArray())); // [2, 0]
+ * setFusion(before);
+ * ```
+ */
+export function setFusion(enabled: boolean): boolean {
+  const prev = fusionEnabled;
+  fusionEnabled = enabled;
+  if (!enabled) { for (const t of pending) materialize(t); }
+  return prev;
+}
+
+/**
+ * The shape two or more shapes broadcast to, as NumPy and PyTorch broadcast.
+ *
+ * @example
+ * ```ts
+ * import { broadcastShapes } from "./fusion.ts";
+ * console.log(broadcastShapes("add", [3, 1], [4])); // [3, 4]
+ * ```
+ */
+export function broadcastShapes(op: string, ...shapes: (readonly number[])[]): number[] {
+  const rank = Math.max(0, ...shapes.map((s) => s.length));
+  const out: number[] = [];
+  for (let d = 0; d < rank; d++) {
+    let size = 1;
+    for (const s of shapes) {
+      const v = s[s.length - rank + d] ?? 1;
+      if (v !== 1) {
+        if (size !== 1 && size !== v) {
+          throw new ShapeError(
+            `${op}(): shapes ${shapes.map(fmtShape).join(" and ")} cannot be broadcast together ` +
+              `(dimension ${d} from the left of the broadcast shape: ${size} vs ${v})`,
+          );
+        }
+        size = v;
+      }
+    }
+    out.push(size);
+  }
+  return out;
+}
+
+/** Row-major strides of `shape` aligned to `outShape`'s rank, 0 where broadcast. */
+function bcastStrides(shape: readonly number[], outShape: readonly number[]): number[] {
+  const rank = outShape.length;
+  const strides = new Array(rank).fill(0);
+  let s = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const od = rank - shape.length + d;
+    strides[od] = shape[d] === 1 ? 0 : s;
+    s *= shape[d];
+  }
+  return strides;
+}
+
+function modeOf(t: Tensor, shape: readonly number[]): Mode {
+  if (t.size === 1) return "one";
+  return t.shape.length === shape.length && t.shape.every((v, d) => v === shape[d])
+    ? "same"
+    : "bcast";
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((v, d) => v === b[d]);
+}
+
+/**
+ * Runs an elementwise expression over tensors and scalars into a new tensor of `outDt`:
+ * the generic launcher behind every elementwise op, cast and fill. The kernel is deferred
+ * (see the module's text); the result can be used like any tensor. @internal
+ */
+export function launch(
+  op: string,
+  operands: readonly Operand[],
+  expr: Expr,
+  outDt: DType,
+  opts: LaunchOptions = {},
+  outShape?: readonly number[],
+): Tensor {
+  const tensors = operands.filter((o): o is Tensor => o instanceof Tensor);
+  const nScalars = operands.length - tensors.length;
+  if (nScalars > 4) throw new ValueError(`${op}(): at most 4 scalar operands`);
+  const shape = outShape ?? broadcastShapes(op, ...tensors.map((t) => t.shape));
+  if (shape.length > MAX_RANK) {
+    throw new ShapeError(
+      `${op}(): rank ${shape.length} (shape ${fmtShape(shape)}) exceeds the maximum of ${MAX_RANK}`,
+    );
+  }
+  for (const t of tensors) t.checkUsable(`${op}()`);
+  const rt = currentRuntime();
+  const out = Tensor.empty(shape, outDt);
+  if (out.size === 0) return out;
+  // pending inputs that cannot be computed inline are computed now
+  for (const t of tensors) {
+    if (t.lazy !== null && !(t.lazy.inlinable && sameShape(t.shape, shape))) materialize(t);
+  }
+  let cost = costOf(operands, shape);
+  if (exceeds(cost)) {
+    for (const t of tensors) materialize(t);
+    cost = costOf(operands, shape);
+  }
+  const leaves = new Set<Tensor>();
+  for (const t of tensors) {
+    leaves.add(t);
+    if (t.lazy !== null) { for (const l of t.lazy.leaves) leaves.add(l); }
+  }
+  const rounding = opts.rounding ?? "rne";
+  const probe = expr(operands.map((_, k) => `x${k}`));
+  out.lazy = {
+    op,
+    leaves: [...leaves],
+    operands: [...operands],
+    expr,
+    rounding,
+    saturate: opts.saturate ?? outDt.saturate,
+    seed: (opts.seed ?? 0) >>> 0,
+    inlinable: rounding === "rne" && !probe.includes("u.seed"),
+    cost,
+  };
+  pending.add(out);
+  rt.beforeWrite = beforeWrite;
+  if (!fusionEnabled) materialize(out);
+  else if (pending.size > MAX_PENDING) materialize(pending.values().next().value!);
+  return out;
+}
+
+function costOf(operands: readonly Operand[], shape: readonly number[]): Cost {
+  const c: Cost = { tensors: 0, bcast: 0, scalars: 0, nodes: 1 };
+  for (const o of operands) {
+    if (!(o instanceof Tensor)) {
+      c.scalars++;
+    } else if (o.lazy !== null) { // inlinable, same shape (see launch)
+      c.tensors += Math.max(1, o.lazy.cost.tensors); // recorded on its own: one binding
+      c.bcast += o.lazy.cost.bcast;
+      c.scalars += o.lazy.cost.scalars;
+      c.nodes += o.lazy.cost.nodes;
+    } else {
+      c.tensors++;
+      if (modeOf(o, shape) === "bcast") c.bcast++;
+    }
+  }
+  return c;
+}
+
+function exceeds(c: Cost): boolean {
+  return c.tensors > LIMIT.tensors || c.bcast > LIMIT.bcast || c.scalars > LIMIT.scalars ||
+    c.nodes > LIMIT.nodes;
+}
+
+/**
+ * Records the kernel of a pending tensor now, with everything pending below it inline. No-op
+ * for a tensor that is not pending. @internal
+ */
+export function materialize(t: Tensor): void {
+  const def = t.lazy;
+  if (def === null) return;
+  t.lazy = null;
+  pending.delete(t);
+  if (t.runtime.lost) return; // nothing to compute on; buffer() reports the loss
+  const prev = recording;
+  recording = true;
+  try {
+    record(t, def);
+  } finally {
+    recording = prev;
+    freeHeld(def.leaves);
+  }
+}
+
+/** Whether pending `p`'s kernel reads `t` (directly or through what it computes inline). */
+function reads(p: Tensor, t: Tensor): boolean {
+  return p.lazy !== null && p.lazy.leaves.includes(t);
+}
+
+/** The runtime's hook: pending work that reads a buffer about to be written is recorded first. */
+function beforeWrite(written: readonly PooledBuffer[]): void {
+  if (recording || pending.size === 0 || written.length === 0) return;
+  for (const p of pending) {
+    if (p.lazy!.leaves.some((l) => !l.disposed && written.includes(l.checkUsable("fusion")))) {
+      materialize(p);
+    }
+  }
+}
+
+/**
+ * Called by `dispose()` with the tensor's buffer; true: fusion keeps the buffer, because
+ * pending work still reads it, and frees it when no pending work does. A pending tensor
+ * leaves the pending set (what reads it computes it inline). @internal
+ */
+export function released(t: Tensor, buf: PooledBuffer): boolean {
+  if (t.lazy !== null) {
+    pending.delete(t);
+    freeHeld(t.lazy.leaves);
+    return false;
+  }
+  if (pending.size === 0) return false;
+  for (const p of pending) {
+    if (reads(p, t)) {
+      held.set(t, buf);
+      return true;
+    }
+  }
+  return false;
+}
+
+/** Frees the kept buffers among `leaves` that no pending work reads any more. */
+function freeHeld(leaves: readonly Tensor[]): void {
+  if (held.size === 0) return;
+  for (const l of leaves) {
+    const b = held.get(l);
+    if (b === undefined) continue;
+    let read = false;
+    for (const p of pending) if ((read = reads(p, l))) break;
+    if (!read) {
+      held.delete(l);
+      if (!l.runtime.lost) l.runtime.free(b);
+    }
+  }
+}
+
+/** Generates, compiles (cached) and dispatches the kernel that computes `root`. */
+function record(root: Tensor, def: LazyDef): void {
+  const rt = root.runtime;
+  const shape = root.shape;
+  const leaves: Tensor[] = [];
+  const leafName = new Map<Tensor, string>();
+  const bcastSlot: number[] = [];
+  const scalars: number[] = [];
+  const lines: string[] = [];
+  const chunks: (readonly string[])[] = [];
+  const inlined = new Map<LazyDef, string>();
+  const ops: string[] = [];
+
+  const leaf = (t: Tensor): string => {
+    let name = leafName.get(t);
+    if (name === undefined) {
+      const k = leaves.push(t) - 1;
+      const mode = modeOf(t, shape);
+      let idx = "i";
+      if (mode === "one") idx = "0u";
+      if (mode === "bcast") idx = `bidx(i, ${bcastSlot.push(k) - 1}u)`;
+      name = `a${k}`;
+      leafName.set(t, name);
+      lines.push(`  let ${name} = ld${k}(${idx});`);
+    }
+    return name;
+  };
+  // the value of `d` as f32; `dt` given: an intermediate, rounded to its dtype
+  const node = (d: LazyDef, dt: DType | null): string => {
+    const args = d.operands.map((o) => {
+      if (!(o instanceof Tensor)) {
+        const k = scalars.push(o) - 1;
+        return `u.s[${k >> 2}].${"xyzw"[k & 3]}`;
+      }
+      if (o.lazy === null) return leaf(o);
+      // a pending input: computed inline (if alive, it stays pending for its own readers)
+      let v = inlined.get(o.lazy);
+      if (v === undefined) {
+        v = node(o.lazy, o.dt);
+        inlined.set(o.lazy, v);
+      }
+      return v;
+    });
+    ops.push(d.op);
+    const name = `v${ops.length - 1}`;
+    let value = d.expr(args);
+    if (dt !== null) {
+      // also for f32: the bit operations of its codec keep a compiler from contracting the
+      // multiply of one op and the add of the next into one fma, which would round once
+      const c = wgslCodec(dt, { saturate: d.saturate });
+      chunks.push(c.chunks);
+      value = `${c.decode}(${c.encode}(${value}, 0u))`;
+    }
+    lines.push(`  let ${name} = ${value};`);
+    return name;
+  };
+  const result = node(def, null);
+  if (leaves.length > LIMIT.tensors || bcastSlot.length > LIMIT.bcast) {
+    throw new Error(`internal: fused kernel ${ops.join("+")} exceeds its binding bounds`);
+  }
+
+  const outDt = root.dt;
+  const outL = layoutOf(outDt, rt);
+  const layouts = leaves.map((t) => layoutOf(t.dt, rt));
+  const body = `${lines.join("\n")}\n  return ${result};`;
+  const key = `ew|${body}|${layouts.map((l) => `${l.dtype.name}:${l.elem}`).join(",")}|` +
+    `${outDt.name}:${outL.elem}|${def.rounding}|${def.saturate}|${bcastSlot.length}`;
+  const label = ops.length === 1 ? def.op : `fused(${ops.join("+")})`;
+  const kernel = rt.kernelFor(key, label, {
+    buffers: [...leaves.map(() => "read" as const), "read_write"],
+    uniform: true,
+  }, () => source(layouts, outL, bcastSlot.length, body, chunks, def.rounding, def.saturate));
+  // uniforms: n, rank, seed, pad | s (16 f32) | shape (8) | strides (8 per broadcast leaf)
+  const u = new Uint32Array(28 + 8 * Math.max(1, bcastSlot.length));
+  u[0] = root.size;
+  u[1] = shape.length;
+  u[2] = def.seed;
+  const f = new Float32Array(u.buffer, 16, 16);
+  scalars.forEach((v, k) => (f[k] = v));
+  shape.forEach((v, d) => (u[20 + d] = v));
+  bcastSlot.forEach((k, slot) => {
+    bcastStrides(leaves[k].shape, shape).forEach((v, d) => (u[28 + 8 * slot + d] = v));
+  });
+  const words = Math.ceil(root.size / outL.lanes);
+  rt.dispatch(
+    kernel,
+    [...leaves.map((t) => held.get(t) ?? t.buffer(label)), root.checkUsable(label)],
+    rt.grid(Math.ceil(words / (WG * PER_THREAD))),
+    u,
+  );
+}
+
+function source(
+  layouts: Layout[],
+  outL: Layout,
+  nBcast: number,
+  body: string,
+  extra: readonly (readonly string[])[],
+  rounding: Rounding,
+  saturate: boolean,
+): string {
+  const nIn = layouts.length;
+  const chunks: (readonly string[])[] = [[WGSL_RNG, WGSL_MATH], ...extra];
+  let decl = "";
+  for (let k = 0; k < nIn; k++) {
+    decl += wgslBinding(layouts[k], 0, k, `in${k}`, "read");
+    chunks.push(wgslLoad(layouts[k], `in${k}`, `ld${k}`));
+  }
+  decl += wgslBinding(outL, 0, nIn, "out", "read_write");
+  const enc = wgslEncoder(outL, { rounding, saturate });
+  chunks.push(enc.chunks);
+  const rand = rounding === "stochastic" ? "ulp_rand(u.seed, i)" : "0u";
+  const lanes = outL.lanes, laneBits = outL.laneBits;
+  let store: string;
+  if (outL.elem === "f16") {
+    store = `  let i = w;
+  if (i >= u.n) { return; }
+  out[w] = f16(unpack2x16float(${enc.name}(value(i), ${rand})).x); // exact: already rounded`;
+  } else if (lanes === 1) {
+    store = `  let i = w;
+  if (i >= u.n) { return; }
+  out[w] = ${enc.name}(value(i), ${rand});`;
+  } else {
+    const mask = (2 ** laneBits - 1) >>> 0;
+    store = `  if (w * ${lanes}u >= u.n) { return; }
+  var word = 0u;
+  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
+    let i = w * ${lanes}u + l;
+    if (i >= u.n) { break; }
+    word = word | ((${enc.name}(value(i), ${rand}) & ${mask}u) << (l * ${laneBits}u));
+  }
+  out[w] = word;`;
+  }
+  const f16 = needsF16([...layouts, outL]) ? "enable f16;\n" : "";
+  return `${f16}${wgslChunks(...chunks)}
+struct U { n: u32, rank: u32, seed: u32, pad: u32, s: array<vec4<f32>, 4>, shape: array<vec4<u32>, 2>, st: array<vec4<u32>, ${
+    2 * Math.max(1, nBcast)
+  }> }
+${decl}@group(0) @binding(${nIn + 1}) var<uniform> u: U;
+fn bidx(i: u32, k: u32) -> u32 {
+  var rem = i;
+  var off = 0u;
+  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
+    let size = u.shape[d / 4][d % 4];
+    off = off + (rem % size) * u.st[2u * k + u32(d / 4)][d % 4];
+    rem = rem / size;
+  }
+  return off;
+}
+fn value(i: u32) -> f32 {
+${body}
+}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let base = (wid.x + wid.y * nwg.x) * ${WG * PER_THREAD}u + li;
+  for (var e = 0u; e < ${PER_THREAD}u; e = e + 1u) {
+  let w = base + e * ${WG}u;
+${store}
+  }
+}
+`;
+}

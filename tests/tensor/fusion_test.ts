@@ -1,0 +1,182 @@
+// Elementwise fusion (tensor/fusion.ts): chains of elementwise ops run as one kernel, with the
+// values of the unfused ops bit for bit (host references rounded op by op, and the same chain
+// with fusion off), and deferred work never reads a buffer after it was freed or overwritten.
+import assert from "node:assert/strict";
+import { getRuntime, rand, setFusion, type Tensor, tensor, tidy } from "../../mod.ts";
+import { roundTo, values } from "./_reference.ts";
+
+const rt = await getRuntime();
+
+/** Runs `f`, computes what it returns, and counts the kernels recorded. */
+function counted<T extends Tensor | Tensor[] | void>(f: () => T): { out: T; dispatches: number } {
+  const d0 = rt.counters.dispatches;
+  const out = f();
+  for (const t of [out].flat()) t?.realize();
+  return { out, dispatches: rt.counters.dispatches - d0 };
+}
+
+/** The same computation with fusion off: the reference the fused codes must equal. */
+async function unfusedCodes(f: () => Tensor): Promise<Uint8Array | Uint16Array | Uint32Array> {
+  const prev = setFusion(false);
+  try {
+    const t = tidy(f);
+    const c = await t.codes();
+    t.dispose();
+    return c;
+  } finally {
+    setFusion(prev);
+  }
+}
+
+/** Host f32 arithmetic, each result rounded to dtype `d` as a stored tensor is. */
+function hostChain(d: string, x: Float32Array, w: Float32Array, b: number): Float32Array {
+  const r = (v: number[]) => Array.from(roundTo(d, v.map(Math.fround)));
+  const m = r(Array.from(x, (v, i) => v * w[i]));
+  const a = r(m.map((v) => v + Math.fround(b))); // scalars are f32 uniforms
+  return Float32Array.from(r(a.map((v) => Math.max(v, 0))));
+}
+
+Deno.test("a chain of elementwise ops is one kernel, with each op's rounding (every float dtype)", async () => {
+  for (const d of ["f32", "f16", "bf16", "e4m3", "e5m2", "e3m2fn", "bf16x2"]) {
+    const xs = values(d, 1001, 1), ws = values(d, 1001, 2, -2, 2);
+    const x = tensor(xs, { dtype: d }), w = tensor(ws, { dtype: d });
+    const chain = () => x.mul(w).add(0.3).relu();
+    const { out, dispatches } = counted(() => tidy(chain));
+    assert.equal(dispatches, 1, `${d}: mul, add and relu in one kernel`);
+    if (d !== "bf16x2") { // a pair's rounding is not a single RNE step: compared unfused below
+      const ref = hostChain(d, xs, ws, 0.3);
+      assert.deepEqual(Array.from(await out.toArray()), Array.from(ref), d);
+    }
+    assert.deepEqual(await out.codes(), await unfusedCodes(chain), `${d}: fused == unfused`);
+    out.dispose();
+    x.dispose();
+    w.dispose();
+  }
+});
+
+Deno.test("fusion reads broadcast and scalar-shaped operands with their own strides", async () => {
+  const xs = values("f32", 24, 3), rows = values("f32", 6, 4), cols = values("f32", 4, 5);
+  const x = tensor(xs, { shape: [4, 6] });
+  const row = tensor(rows, { shape: [6] }), col = tensor(cols, { shape: [4, 1] });
+  const one = tensor([2], { shape: [1, 1] });
+  const { out, dispatches } = counted(() => tidy(() => x.mul(row).sub(col).mul(one).tanh()));
+  assert.equal(dispatches, 1);
+  const got = await out.toArray();
+  for (let i = 0; i < 4; i++) {
+    for (let j = 0; j < 6; j++) {
+      const v = Math.fround(Math.fround(Math.fround(xs[i * 6 + j] * rows[j]) - cols[i]) * 2);
+      assert.ok(Math.abs(got[i * 6 + j] - Math.tanh(v)) <= 4e-7 * Math.max(1, Math.abs(v)));
+    }
+  }
+  assert.deepEqual(
+    await out.codes(),
+    await unfusedCodes(() => x.mul(row).sub(col).mul(one).tanh()),
+  );
+  for (const t of [x, row, col, one, out]) t.dispose();
+});
+
+Deno.test("an intermediate that stays alive is computed once and read by its consumers", async () => {
+  const xs = values("f32", 300, 6, -3, 3);
+  const x = tensor(xs);
+  const { out, dispatches } = counted(() => {
+    const p = x.exp(); // kept: both consumers read its buffer
+    const q = p.add(1), r = p.mul(2);
+    return [p, q, r];
+  });
+  assert.equal(dispatches, 3, "exp, add and mul: none computed twice");
+  const [p, q, r] = await Promise.all(out.map((t) => t.toArray()));
+  for (let i = 0; i < xs.length; i++) {
+    assert.equal(q[i], Math.fround(p[i] + 1));
+    assert.equal(r[i], Math.fround(p[i] * 2));
+  }
+  for (const t of [x, ...out]) t.dispose();
+});
+
+Deno.test("a pending tensor disposed before it is needed is never computed", () => {
+  const x = tensor(values("f32", 100, 7));
+  const { dispatches } = counted(() => {
+    tidy(() => void x.mul(3).add(1));
+  });
+  assert.equal(dispatches, 0);
+  x.dispose();
+});
+
+Deno.test("deferred work reads its operands as they were: dispose and in-place writes after it", async () => {
+  // disposing an operand records the work that reads it first
+  const x = tensor([1, 2, 3]);
+  const y = x.mul(2);
+  x.dispose();
+  const z = tensor([7, 7, 7]); // may reuse x's buffer
+  assert.deepEqual(Array.from(await y.toArray()), [2, 4, 6]);
+  // an in-place write to an operand comes after the deferred read
+  const p = tensor([1, 2, 3]);
+  const q = p.add(10);
+  p.copy_(z);
+  assert.deepEqual(Array.from(await q.toArray()), [11, 12, 13]);
+  assert.deepEqual(Array.from(await p.toArray()), [7, 7, 7]);
+  // an inlined intermediate whose operand is then overwritten
+  const s = tensor([1, 2, 3]);
+  const r = tidy(() => s.mul(2).add(1));
+  s.copy_(z);
+  assert.deepEqual(Array.from(await r.toArray()), [3, 5, 7]);
+  for (const t of [y, z, p, q, s, r]) t.dispose();
+});
+
+Deno.test("long chains and many operands split into kernels within the binding limits", async () => {
+  const x = tensor([0.5, -1, 2]);
+  const long = counted(() =>
+    tidy(() => {
+      let t = x;
+      for (let k = 0; k < 40; k++) t = t.add(1);
+      return t;
+    })
+  );
+  assert.equal(long.dispatches, 3, "40 ops at most 16 a kernel");
+  assert.deepEqual(Array.from(await long.out.toArray()), [40.5, 39, 42]);
+  const ts = Array.from({ length: 9 }, (_, k) => tensor([k, 2 * k, 3 * k]));
+  const wide = counted(() => tidy(() => ts.reduce((a, b) => a.add(b))));
+  assert.ok(wide.dispatches >= 2 && wide.dispatches <= 3, `${wide.dispatches} kernels`);
+  assert.deepEqual(Array.from(await wide.out.toArray()), [36, 72, 108]);
+  for (const t of [x, long.out, wide.out, ...ts]) t.dispose();
+});
+
+Deno.test("stochastic rounding and random streams are never inlined (their own seeds)", async () => {
+  const xs = values("f32", 1000, 8);
+  const x = tensor(xs);
+  const sr = () => x.cast("bf16", { rounding: "stochastic", seed: 11 }).mul(3);
+  const a = tidy(sr);
+  assert.deepEqual(await a.codes(), await unfusedCodes(sr));
+  const rnd = () => rand([1000], { seed: 5 }).mul(2).add(rand([1000], { seed: 6 }));
+  const b = tidy(rnd);
+  assert.deepEqual(await b.codes(), await unfusedCodes(rnd));
+  for (const t of [x, a, b]) t.dispose();
+});
+
+Deno.test("gradients flow through fused chains", async () => {
+  const xs = [-1.5, -0.25, 0.5, 2], ws = [2, 3, -1, 0.5];
+  const x = tensor(xs), w = tensor(ws);
+  x.requiresGrad = true;
+  w.requiresGrad = true;
+  const loss = x.mul(w).add(0.5).relu().sum();
+  loss.backward();
+  const pre = xs.map((v, i) => v * ws[i] + 0.5);
+  // relu's gradient (1 or 0) times the other factor, as PyTorch computes it (0 * -1 is -0)
+  assert.deepEqual(Array.from(await x.grad!.toArray()), pre.map((p, i) => (p > 0 ? 1 : 0) * ws[i]));
+  assert.deepEqual(Array.from(await w.grad!.toArray()), pre.map((p, i) => (p > 0 ? 1 : 0) * xs[i]));
+  for (const t of [x, w, loss]) t.dispose();
+});
+
+Deno.test("setFusion(false) records each op at the call; it returns the previous setting", () => {
+  const x = tensor([1, 2, 3]);
+  const prev = setFusion(false);
+  try {
+    assert.equal(prev, true);
+    const d0 = rt.counters.dispatches;
+    const y = tidy(() => x.mul(2).add(1));
+    assert.equal(rt.counters.dispatches - d0, 2);
+    y.dispose();
+  } finally {
+    assert.equal(setFusion(prev), false);
+  }
+  x.dispose();
+});
