@@ -6,8 +6,9 @@
  * definition into its own expression, so a chain like `x.mul(w).add(b).relu()` becomes one
  * kernel that reads `x`, `w` and `b` once and writes the result once.
  *
- * A pending tensor is computed (its kernel recorded, everything pending below it inline)
- * when something needs its values: another op binds its buffer (`buffer()`), it is read to
+ * A pending tensor is computed (its kernel recorded, what is pending below it inline, except
+ * tensors of the autograd graph, which backward reads again: those are computed on their own
+ * first and read from their buffers) when something needs its values: another op binds its buffer (`buffer()`), it is read to
  * the host, or `realize()` is called. One that is disposed first is never computed. Deferred
  * work must see its operands as they were when the op was called, so it is recorded before
  * a command writes a buffer it reads (the runtime's `beforeWrite` hook: an optimizer step or
@@ -300,6 +301,7 @@ function exceeds(c: Cost): boolean {
 export function materialize(t: Tensor): void {
   const def = t.lazy;
   if (def === null) return;
+  recordGraphInputs(def);
   t.lazy = null;
   pending.delete(t);
   if (t.runtime.lost) return; // nothing to compute on; buffer() reports the loss
@@ -310,6 +312,19 @@ export function materialize(t: Tensor): void {
   } finally {
     recording = prev;
     freeHeld(def.leaves);
+  }
+}
+
+/**
+ * Records first the pending inputs of `def` (searched through those it computes inline) that
+ * are nodes of the autograd graph: backward reads them again, so computing them inline too
+ * would compute them twice; they are read from their buffers instead.
+ */
+function recordGraphInputs(def: LazyDef): void {
+  for (const o of def.operands) {
+    if (!(o instanceof Tensor) || o.lazy === null) continue;
+    if (!o.disposed && o.node !== null) materialize(o);
+    else recordGraphInputs(o.lazy);
   }
 }
 

@@ -180,3 +180,16 @@ Deno.test("setFusion(false) records each op at the call; it returns the previous
   }
   x.dispose();
 });
+
+Deno.test("tensors of the autograd graph are computed on their own, not again inline", () => {
+  const x = tensor([1, 2, 3], { requiresGrad: true });
+  const { out, dispatches } = counted(() => {
+    const h = x.mul(2); // saved by the graph: backward reads it
+    return [h, h.add(1).exp()];
+  });
+  // mul, add and exp once each: all three are graph nodes, none is computed twice
+  assert.equal(dispatches, 3);
+  const noGraph = counted(() => tidy(() => x.detach().mul(2).add(1).exp()));
+  assert.equal(noGraph.dispatches, 1, "without a graph the chain is one kernel");
+  for (const t of [x, ...out, noGraph.out]) t.dispose();
+});
