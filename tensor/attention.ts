@@ -174,6 +174,16 @@ fn delta(b: u32, h: u32, i: u32) -> f32 {
   for (var d = 0u; d < ${hs}u; d++) { t = fma(ld_g(go + d), ld_y(go + d), t); }
   return t;
 }
+// (q_i . k_j, dO_i . v_j): the score before scaling and dP_ij, for both passes below
+fn score_and_dp(qo: u32, ko: u32, go: u32, vo: u32) -> vec2<f32> {
+  var s = 0.0;
+  var dp = 0.0;
+  for (var d = 0u; d < ${hs}u; d++) {
+    s = fma(ld_q(qo + d), ld_k(ko + d), s);
+    dp = fma(ld_g(go + d), ld_v(vo + d), dp);
+  }
+  return vec2<f32>(s, dp);
+}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
   let nh = u.dims.x; let Tq = u.dims.y; let Tk = u.dims.z; let causal = u.dims.w == 1u;
@@ -195,13 +205,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
     for (var j = 0u; j < jn; j++) {
       let ko = row(u.k, b, h, j);
       let vo = row(u.v, b, h, j);
-      var s = 0.0;
-      var dp = 0.0;
-      for (var d = 0u; d < ${hs}u; d++) {
-        s = fma(ld_q(qo + d), ld_k(ko + d), s);
-        dp = fma(ld_g(go + d), ld_v(vo + d), dp);
-      }
-      let ds = exp(s * sc - L) * (dp - D);
+      let sd = score_and_dp(qo, ko, go, vo);
+      let ds = exp(sd.x * sc - L) * (sd.y - D);
       for (var d = 0u; d < ${hs}u; d++) { a[d] = fma(ds, ld_k(ko + d), a[d]); }
     }
     for (var d = 0u; d < ${hs}u; d++) { a[d] = a[d] * sc; }
@@ -215,14 +220,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
     for (var i = i0; i < Tq; i++) {
       let qo = row(u.q, b, h, i);
       let go = row(u.y, b, h, i);
-      var s = 0.0;
-      var dp = 0.0;
-      for (var d = 0u; d < ${hs}u; d++) {
-        s = fma(ld_q(qo + d), ld_k(ko + d), s);
-        dp = fma(ld_g(go + d), ld_v(vo + d), dp);
-      }
-      let p = exp(s * sc - lse[bh * Tq + i]);
-      let ds = p * (dp - delta(b, h, i));
+      let sd = score_and_dp(qo, ko, go, vo);
+      let p = exp(sd.x * sc - lse[bh * Tq + i]);
+      let ds = p * (sd.y - delta(b, h, i));
       for (var d = 0u; d < ${hs}u; d++) {
         c[d] = fma(p, ld_g(go + d), c[d]);
         a[d] = fma(ds, ld_q(qo + d), a[d]);
