@@ -127,12 +127,15 @@ export class Runtime {
   /** Dispatches per batch before it is submitted on its own. */
   maxBatch = 512;
   /**
-   * Called with the buffers a command is about to write (a dispatch's `read_write` bindings,
-   * a copy's destination, a host write), before the command is recorded: deferred work that
-   * reads them (elementwise fusion, tensor/fusion.ts) records itself here first, so that it
-   * sees the values it was given. @internal
+   * Called before a command that writes buffers is recorded, with its buffers and, for a
+   * dispatch, the access of each (only `read_write` ones are written; without `access`,
+   * all are: a copy's destination, a host write). Deferred work that reads them (elementwise
+   * fusion, tensor/fusion.ts) records itself here first, so that it sees the values it was
+   * given. @internal
    */
-  beforeWrite: ((written: readonly PooledBuffer[]) => void) | null = null;
+  beforeWrite:
+    | ((buffers: readonly PooledBuffer[], access?: KernelSignature["buffers"]) => void)
+    | null = null;
 
   #pool: BufferPool;
   #kernels = new Map<string, Kernel>();
@@ -375,9 +378,7 @@ export class Runtime {
     groups: readonly [number, number?, number?],
     uniforms?: Uint32Array,
   ): void {
-    if (this.beforeWrite) {
-      this.beforeWrite(buffers.filter((_, i) => k.signature.buffers[i] === "read_write"));
-    }
+    this.beforeWrite?.(buffers, k.signature.buffers);
     this.#check(k.label);
     if (buffers.length !== k.signature.buffers.length) {
       throw new DeviceError(

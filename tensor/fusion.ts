@@ -334,8 +334,12 @@ function reads(p: Tensor, t: Tensor): boolean {
 }
 
 /** The runtime's hook: pending work that reads a buffer about to be written is recorded first. */
-function beforeWrite(written: readonly PooledBuffer[]): void {
-  if (recording || pending.size === 0 || written.length === 0) return;
+function beforeWrite(
+  buffers: readonly PooledBuffer[],
+  access?: readonly ("read" | "read_write")[],
+): void {
+  if (recording || pending.size === 0) return;
+  const written = access ? buffers.filter((_, i) => access[i] === "read_write") : buffers;
   for (const p of pending) {
     if (p.lazy!.leaves.some((l) => !l.disposed && written.includes(l.checkUsable("fusion")))) {
       materialize(p);
