@@ -19,6 +19,11 @@ export interface BackwardTensor {
   readonly disposed: boolean;
   readonly shape: readonly number[];
   grad: BackwardTensor | null;
+  /**
+   * Set when a backward pass released this tensor's graph node (it had one): a second
+   * backward through it raises, as PyTorch does.
+   */
+  graphReleased?: boolean;
   node: {
     readonly op: string;
     readonly inputs: readonly BackwardTensor[];
@@ -37,9 +42,20 @@ export interface GradOps<T extends BackwardTensor> {
   clone(a: T): T;
 }
 
+/** Options of `runBackward` (and `Tensor.backward`). */
+export interface BackwardOptions {
+  /**
+   * Keep the graph after the pass so that `backward()` can run through it again (PyTorch's
+   * `retain_graph`); default false: each node is released as soon as the pass leaves it.
+   */
+  retainGraph?: boolean;
+}
+
 /**
  * Runs the backward pass from `root` with the seed gradient `seed` (which it takes ownership
- * of), accumulating into `.grad` of every leaf that requires a gradient.
+ * of), accumulating into `.grad` of every leaf that requires a gradient. Throws a
+ * `ValueError` with PyTorch's advice (`retainGraph`) when the path to the leaves goes
+ * through a graph that an earlier pass released.
  *
  * @example
  * ```ts
@@ -49,7 +65,12 @@ export interface GradOps<T extends BackwardTensor> {
  * console.log(Array.from(await x.grad!.toArray())); // [2, 4, 6]
  * ```
  */
-export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: GradOps<T>): void {
+export function runBackward<T extends BackwardTensor>(
+  root: T,
+  seed: T,
+  ops: GradOps<T>,
+  opts: BackwardOptions = {},
+): void {
   // topological order of the tensors that need a gradient
   const order: T[] = [];
   const visited = new Set<number>();
@@ -70,6 +91,18 @@ export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: Gra
       stack.pop();
       order.push(t);
     }
+  }
+  // a pass through a released graph would treat its tensors as leaves: refuse before any work
+  const gone = order.find((t) => t.node === null && t.graphReleased);
+  if (gone !== undefined) {
+    seed.dispose();
+    throw new ValueError(
+      `backward(): trying to backward through the graph a second time: the graph of the ` +
+        `tensor of shape [${gone.shape.join(",")}] was released by an earlier backward() (as ` +
+        `in PyTorch, intermediate results are freed after a pass). Pass { retainGraph: true } ` +
+        `to the first backward() if you need to go through the graph again ` +
+        `(loss.backward(undefined, { retainGraph: true })), or run the forward pass again`,
+    );
   }
   // Gradients are shared, not copied: a rule may hand its incoming gradient `g` on unchanged
   // (add passes g to both inputs, a same-dtype cast passes it through), and the same tensor may
@@ -137,7 +170,10 @@ export function runBackward<T extends BackwardTensor>(root: T, seed: T, ops: Gra
         }
       });
       release(g);
-      t.node = null; // release the graph (and the tensors its closures hold) as we go
+      if (!opts.retainGraph) {
+        t.node = null; // release the graph (and the tensors its closures hold) as we go
+        t.graphReleased = true;
+      }
     }
   });
   for (const g of grads.values()) release(g);

@@ -9,5 +9,10 @@
  * ```
  * @module
  */
-export { type BackwardTensor, type GradOps, runBackward } from "./backward.ts";
+export {
+  type BackwardOptions,
+  type BackwardTensor,
+  type GradOps,
+  runBackward,
+} from "./backward.ts";
 export { attach, type GradModeGuard, type GraphTensor, isGradEnabled, noGrad } from "./graph.ts";

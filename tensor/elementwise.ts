@@ -359,164 +359,292 @@ function mul3(
   return fused("div_grad", [a, b, c], ([x, y, z]) => expr(x, y, z));
 }
 
-/** `a + b` with broadcasting; either may be a number. @example ```ts
+/**
+ * `a + b` with broadcasting; either may be a number.
+ *
+ * @example
+ * ```ts
  * import { add, tensor } from "../mod.ts";
  * console.log(Array.from(await add(tensor([1, 2]), 1).toArray())); // [2, 3]
- * ``` */
+ * ```
+ */
 export function add(a: Operand, b: Operand): Tensor {
   return apply(OPS.add, [a, b]);
 }
-/** `a - b` with broadcasting. @example ```ts
+/**
+ * `a - b` with broadcasting.
+ *
+ * @example
+ * ```ts
  * import { sub, tensor } from "../mod.ts";
  * console.log(Array.from(await sub(tensor([1, 2]), tensor([[1], [2]])).toArray())); // [0, 1, -1, 0]
- * ``` */
+ * ```
+ */
 export function sub(a: Operand, b: Operand): Tensor {
   return apply(OPS.sub, [a, b]);
 }
-/** `a * b` with broadcasting. @example ```ts
+/**
+ * `a * b` with broadcasting.
+ *
+ * @example
+ * ```ts
  * import { mul, tensor } from "../mod.ts";
  * console.log(Array.from(await mul(tensor([1, 2], { dtype: "bf16" }), 3).toArray())); // [3, 6]
- * ``` */
+ * ```
+ */
 export function mul(a: Operand, b: Operand): Tensor {
   return apply(OPS.mul, [a, b]);
 }
-/** `a / b` with broadcasting (true division: integers give f32). @example ```ts
+/**
+ * `a * a` (as `torch.square`): the product rounded once to `a`'s dtype; its gradient is
+ * `2 a g`.
+ *
+ * @example
+ * ```ts
+ * import { square, tensor } from "../mod.ts";
+ * console.log(Array.from(await square(tensor([-3, 0.5])).toArray())); // [9, 0.25]
+ * ```
+ */
+export function square(a: Tensor): Tensor {
+  return apply(OPS.mul, [a, a]);
+}
+/**
+ * `a / b` with broadcasting (true division: integers give f32).
+ *
+ * @example
+ * ```ts
  * import { div, tensor } from "../mod.ts";
  * console.log(Array.from(await div(tensor([1, 3]), 2).toArray())); // [0.5, 1.5]
- * ``` */
+ * ```
+ */
 export function div(a: Operand, b: Operand): Tensor {
   return apply(OPS.div, [a, b]);
 }
-/** `a ** b` with broadcasting. @example ```ts
+/**
+ * `a ** b` with broadcasting.
+ *
+ * @example
+ * ```ts
  * import { pow, tensor } from "../mod.ts";
  * console.log(Array.from(await pow(tensor([-2, 3]), 2).toArray())); // [4, 9]
- * ``` */
+ * ```
+ */
 export function pow(a: Operand, b: Operand): Tensor {
   return apply(OPS.pow, [a, b]);
 }
-/** Elementwise maximum; NaN propagates. @example ```ts
+/**
+ * Elementwise maximum; NaN propagates.
+ *
+ * @example
+ * ```ts
  * import { maximum, tensor } from "../mod.ts";
  * console.log(Array.from(await maximum(tensor([1, 5]), 3).toArray())); // [3, 5]
- * ``` */
+ * ```
+ */
 export function maximum(a: Operand, b: Operand): Tensor {
   return apply(OPS.maximum, [a, b]);
 }
-/** Elementwise minimum; NaN propagates. @example ```ts
+/**
+ * Elementwise minimum; NaN propagates.
+ *
+ * @example
+ * ```ts
  * import { minimum, tensor } from "../mod.ts";
  * console.log(Array.from(await minimum(tensor([1, 5]), 3).toArray())); // [1, 3]
- * ``` */
+ * ```
+ */
 export function minimum(a: Operand, b: Operand): Tensor {
   return apply(OPS.minimum, [a, b]);
 }
-/** `-a`. @example ```ts
+/**
+ * `-a`.
+ *
+ * @example
+ * ```ts
  * import { neg, tensor } from "../mod.ts";
  * console.log(Array.from(await neg(tensor([1, -2])).toArray())); // [-1, 2]
- * ``` */
+ * ```
+ */
 export function neg(a: Tensor): Tensor {
   return apply(OPS.neg, [a]);
 }
-/** `|a|`. @example ```ts
+/**
+ * `|a|`.
+ *
+ * @example
+ * ```ts
  * import { abs, tensor } from "../mod.ts";
  * console.log(Array.from(await abs(tensor([1, -2])).toArray())); // [1, 2]
- * ``` */
+ * ```
+ */
 export function abs(a: Tensor): Tensor {
   return apply(OPS.abs, [a]);
 }
-/** `e^a`. @example ```ts
+/**
+ * `e^a`.
+ *
+ * @example
+ * ```ts
  * import { exp, tensor } from "../mod.ts";
  * console.log(Array.from(await exp(tensor([0])).toArray())); // [1]
- * ``` */
+ * ```
+ */
 export function exp(a: Tensor): Tensor {
   return apply(OPS.exp, [a]);
 }
-/** Natural logarithm. @example ```ts
+/**
+ * Natural logarithm.
+ *
+ * @example
+ * ```ts
  * import { log, tensor } from "../mod.ts";
  * console.log(Array.from(await log(tensor([1])).toArray())); // [0]
- * ``` */
+ * ```
+ */
 export function log(a: Tensor): Tensor {
   return apply(OPS.log, [a]);
 }
-/** Square root. @example ```ts
+/**
+ * Square root.
+ *
+ * @example
+ * ```ts
  * import { sqrt, tensor } from "../mod.ts";
  * console.log(Array.from(await sqrt(tensor([4, 9])).toArray())); // [2, 3]
- * ``` */
+ * ```
+ */
 export function sqrt(a: Tensor): Tensor {
   return apply(OPS.sqrt, [a]);
 }
-/** `1 / sqrt(a)`. @example ```ts
+/**
+ * `1 / sqrt(a)`.
+ *
+ * @example
+ * ```ts
  * import { rsqrt, tensor } from "../mod.ts";
  * console.log(Array.from(await rsqrt(tensor([4])).toArray())); // [0.5]
- * ``` */
+ * ```
+ */
 export function rsqrt(a: Tensor): Tensor {
   return apply(OPS.rsqrt, [a]);
 }
-/** Hyperbolic tangent. @example ```ts
+/**
+ * Hyperbolic tangent.
+ *
+ * @example
+ * ```ts
  * import { tanh, tensor } from "../mod.ts";
  * console.log(Array.from(await tanh(tensor([0])).toArray())); // [0]
- * ``` */
+ * ```
+ */
 export function tanh(a: Tensor): Tensor {
   return apply(OPS.tanh, [a]);
 }
-/** Logistic sigmoid. @example ```ts
+/**
+ * Logistic sigmoid.
+ *
+ * @example
+ * ```ts
  * import { sigmoid, tensor } from "../mod.ts";
  * console.log(Array.from(await sigmoid(tensor([0])).toArray())); // [0.5]
- * ``` */
+ * ```
+ */
 export function sigmoid(a: Tensor): Tensor {
   return apply(OPS.sigmoid, [a]);
 }
-/** `max(a, 0)` (NaN stays NaN). @example ```ts
+/**
+ * `max(a, 0)` (NaN stays NaN).
+ *
+ * @example
+ * ```ts
  * import { relu, tensor } from "../mod.ts";
  * console.log(Array.from(await relu(tensor([-1, 2])).toArray())); // [0, 2]
- * ``` */
+ * ```
+ */
 export function relu(a: Tensor): Tensor {
   return apply(OPS.relu, [a]);
 }
-/** GELU, exact (`0.5 x (1 + erf(x / sqrt 2))`) or with the tanh approximation. @example ```ts
+/**
+ * GELU, exact (`0.5 x (1 + erf(x / sqrt 2))`) or with the tanh approximation.
+ *
+ * @example
+ * ```ts
  * import { gelu, tensor } from "../mod.ts";
  * console.log((await gelu(tensor([1])).item()).toFixed(4)); // "0.8413"
- * ``` */
+ * ```
+ */
 export function gelu(a: Tensor, approximate: "none" | "tanh" = "none"): Tensor {
   return apply(approximate === "tanh" ? OPS.gelu_tanh : OPS.gelu, [a]);
 }
-/** `a == b` as bool. @example ```ts
+/**
+ * `a == b` as bool.
+ *
+ * @example
+ * ```ts
  * import { eq, tensor } from "../mod.ts";
  * console.log(Array.from(await eq(tensor([1, 2]), 2).toArray())); // [0, 1]
- * ``` */
+ * ```
+ */
 export function eq(a: Operand, b: Operand): Tensor {
   return apply(OPS.eq, [a, b]);
 }
-/** `a != b` as bool (true for NaN). @example ```ts
+/**
+ * `a != b` as bool (true for NaN).
+ *
+ * @example
+ * ```ts
  * import { ne, tensor } from "../mod.ts";
  * console.log(Array.from(await ne(tensor([1, 2]), 2).toArray())); // [1, 0]
- * ``` */
+ * ```
+ */
 export function ne(a: Operand, b: Operand): Tensor {
   return apply(OPS.ne, [a, b]);
 }
-/** `a < b` as bool. @example ```ts
+/**
+ * `a < b` as bool.
+ *
+ * @example
+ * ```ts
  * import { lt, tensor } from "../mod.ts";
  * console.log(Array.from(await lt(tensor([1, 2]), 2).toArray())); // [1, 0]
- * ``` */
+ * ```
+ */
 export function lt(a: Operand, b: Operand): Tensor {
   return apply(OPS.lt, [a, b]);
 }
-/** `a <= b` as bool. @example ```ts
+/**
+ * `a <= b` as bool.
+ *
+ * @example
+ * ```ts
  * import { le, tensor } from "../mod.ts";
  * console.log(Array.from(await le(tensor([1, 3]), 2).toArray())); // [1, 0]
- * ``` */
+ * ```
+ */
 export function le(a: Operand, b: Operand): Tensor {
   return apply(OPS.le, [a, b]);
 }
-/** `a > b` as bool. @example ```ts
+/**
+ * `a > b` as bool.
+ *
+ * @example
+ * ```ts
  * import { gt, tensor } from "../mod.ts";
  * console.log(Array.from(await gt(tensor([1, 3]), 2).toArray())); // [0, 1]
- * ``` */
+ * ```
+ */
 export function gt(a: Operand, b: Operand): Tensor {
   return apply(OPS.gt, [a, b]);
 }
-/** `a >= b` as bool. @example ```ts
+/**
+ * `a >= b` as bool.
+ *
+ * @example
+ * ```ts
  * import { ge, tensor } from "../mod.ts";
  * console.log(Array.from(await ge(tensor([1, 2]), 2).toArray())); // [0, 1]
- * ``` */
+ * ```
+ */
 export function ge(a: Operand, b: Operand): Tensor {
   return apply(OPS.ge, [a, b]);
 }

@@ -56,6 +56,7 @@ export {
   rsqrt,
   sigmoid,
   sqrt,
+  square,
   sub,
   tanh,
   where,

@@ -7,12 +7,12 @@
  */
 
 import { type DType, dtype as toDType, type DTypeLike, type Rounding } from "../dtypes/mod.ts";
-import { DeviceError, ValueError } from "../errors.ts";
+import { DeviceError, DTypeError, ValueError } from "../errors.ts";
 import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../gpu/mod.ts";
 import { storageBytes } from "./layout.ts";
 import { keep, track } from "./scope.ts";
 import { noGrad } from "../autograd/graph.ts";
-import { runBackward } from "../autograd/backward.ts";
+import { type BackwardOptions, runBackward } from "../autograd/backward.ts";
 import { ones } from "./creation.ts";
 import * as ew from "./elementwise.ts";
 import * as red from "./reduce.ts";
@@ -67,6 +67,8 @@ export class Tensor {
   grad: Tensor | null = null;
   /** The autograd node that made this tensor, or null for leaves. @internal */
   node: GradNode | null = null;
+  /** Whether a backward pass released this tensor's node (see `backward()`). @internal */
+  graphReleased = false;
   /** Whether this tensor is a model parameter (see `Parameter` in nn/). */
   isParameter = false;
   /** The dtype `.grad` is stored in; null: this tensor's own dtype. */
@@ -266,9 +268,21 @@ export class Tensor {
   /**
    * Computes the gradient of this tensor with respect to every leaf that requires one, and
    * adds it to their `.grad` (stored in the leaf's dtype, or its `gradDtype`). A non-scalar
-   * tensor needs the seed gradient `grad`, as in PyTorch. The graph is released afterwards.
+   * tensor needs the seed gradient `grad`, as in PyTorch. The graph is released afterwards:
+   * a second `backward()` through it throws, unless the first one was given
+   * `{ retainGraph: true }`.
+   *
+   * @example
+   * ```ts
+   * import { tensor } from "../mod.ts";
+   * const x = tensor([1, 2], { requiresGrad: true });
+   * const y = x.square().sum();
+   * y.backward(undefined, { retainGraph: true });
+   * y.backward(); // through the same graph again: gradients add up
+   * console.log(Array.from(await x.grad!.toArray())); // [4, 8]
+   * ```
    */
-  backward(grad?: Tensor): void {
+  backward(grad?: Tensor, opts: BackwardOptions = {}): void {
     if (!this.requiresGrad) {
       throw new ValueError(
         `backward(): tensor of shape ${
@@ -316,7 +330,7 @@ export class Tensor {
         gc.setPurpose("grads");
         gc.realize(); // a gradient is final: compute it now, freeing what it was fused from
       },
-    });
+    }, opts);
   }
 
   /** Frees `.grad` and sets it to null. */
@@ -331,15 +345,22 @@ export class Tensor {
   }
 
   /**
-   * Copies the values of `src` (same number of elements, any dtype: cast with RNE) into
-   * this tensor's storage, in place, outside the graph. Returns this.
+   * Copies the values of `src` (same number of elements and the same dtype; with
+   * `{ cast: true }` any dtype, cast with RNE) into this tensor's storage, in place, outside
+   * the graph. Returns this.
    */
-  copy_(src: Tensor): this {
+  copy_(src: Tensor, opts: { cast?: boolean } = {}): this {
     if (src.size !== this.size) {
       throw new ValueError(
         `copy_(): source of shape ${fmtShape(src.shape)} has ${src.size} elements, destination ${
           fmtShape(this.shape)
         } has ${this.size}`,
+      );
+    }
+    if (src.dt.name !== this.dt.name && !opts.cast) {
+      throw new DTypeError(
+        `copy_(): source of dtype ${src.dt.name} differs from the destination's ${this.dt.name}` +
+          ` (shape ${fmtShape(this.shape)}); pass { cast: true } to convert, or cast() it first`,
       );
     }
     const dst = this.buffer("copy_()");
@@ -368,6 +389,10 @@ export class Tensor {
   /** `this * other`, broadcasting. */
   mul(other: Operand): Tensor {
     return ew.mul(this, other);
+  }
+  /** `this * this` (as `torch.square`). */
+  square(): Tensor {
+    return ew.square(this);
   }
   /** `this / other`, broadcasting. */
   div(other: Operand): Tensor {

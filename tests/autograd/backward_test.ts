@@ -144,3 +144,49 @@ Deno.test("a gradient shared by two leaves is cloned for the second, not aliased
   c.add(c).backward(tensor([1, 1])); // both slots of add are the same leaf
   assert.deepEqual(Array.from(await c.grad!.toArray()), [2, 2]);
 });
+
+Deno.test("backward() through a released graph raises with PyTorch's retainGraph advice", async () => {
+  const x = tensor([1, 2, 3], { requiresGrad: true });
+  const y = x.mul(x).sum();
+  y.backward();
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [2, 4, 6]);
+  assert.throws(
+    () => y.backward(),
+    (e: unknown) =>
+      e instanceof ValueError && /second time/.test(e.message) && /retainGraph/.test(e.message),
+  );
+  // a new graph that reuses a released intermediate also raises, before touching any .grad
+  const h = x.mul(2);
+  h.sum().backward();
+  const before = Array.from(await x.grad!.toArray());
+  assert.throws(() => h.exp().add(x).sum().backward(), /second time/);
+  assert.deepEqual(Array.from(await x.grad!.toArray()), before);
+  x.dispose();
+});
+
+Deno.test("backward(g, { retainGraph: true }) keeps the graph for a second pass", async () => {
+  const x = tensor([1, -2, 0.5], { requiresGrad: true });
+  const y = x.square().mul(x.exp()).sum(); // dy/dx = (2x + x^2) e^x
+  y.backward(undefined, { retainGraph: true });
+  y.backward();
+  const want = [1, -2, 0.5].map((v) => 2 * (2 * v + v * v) * Math.exp(v));
+  const got = Array.from(await x.grad!.toArray());
+  got.forEach((g, i) => assert.ok(Math.abs(g - want[i]) < 1e-5 * Math.abs(want[i]) + 1e-6));
+  assert.throws(() => y.backward(), /second time/); // the second pass released it
+  x.dispose();
+});
+
+Deno.test("square() equals x * x in the tensor's dtype and has gradient 2x", async () => {
+  const v = [1.5, -3, 0.1, 300];
+  const x = tensor(v, { dtype: "bf16", requiresGrad: true });
+  const s = x.square();
+  assert.equal(s.dtype, "bf16");
+  const bf = dtype("bf16");
+  const xs = bf.decode(bf.encode(new Float32Array(v)));
+  const want = bf.decode(bf.encode(xs.map((a) => a * a)));
+  assert.deepEqual(Array.from(await s.toArray()), Array.from(want));
+  s.sum().backward();
+  const g = Array.from(await x.grad!.toArray());
+  assert.deepEqual(g, Array.from(bf.decode(bf.encode(xs.map((a) => 2 * a)))));
+  x.dispose();
+});
