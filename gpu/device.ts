@@ -106,6 +106,7 @@ async function acquire(opts: DeviceOptions): Promise<Runtime> {
       maxComputeInvocationsPerWorkgroup: device.limits.maxComputeInvocationsPerWorkgroup,
       maxComputeWorkgroupsPerDimension: device.limits.maxComputeWorkgroupsPerDimension,
       maxStorageBuffersPerShaderStage: device.limits.maxStorageBuffersPerShaderStage,
+      minStorageBufferOffsetAlignment: device.limits.minStorageBufferOffsetAlignment,
     },
   };
   return new Runtime(device, info, onLost);

@@ -12,7 +12,7 @@
  */
 
 import { type DType, wgslCodec, type WgslCodecOptions } from "../dtypes/mod.ts";
-import type { Runtime } from "../gpu/mod.ts";
+import type { Runtime } from "./runtime.ts";
 
 /** The WGSL view of one dtype's storage on one device. */
 export interface Layout {

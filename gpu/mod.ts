@@ -33,11 +33,37 @@ export {
   resetDevice,
 } from "./device.ts";
 export {
+  type Binding,
+  bufferOf,
+  type BufferWindow,
   type DeviceInfo,
   type Kernel,
   type KernelSignature,
   type MemoryInfo,
   Runtime,
   type RuntimeCounters,
+  UNIFORM_SLOT,
 } from "./runtime.ts";
 export { type BufferTag, type PooledBuffer, type Purpose, sizeClass } from "./pool.ts";
+export {
+  type Layout,
+  layoutOf,
+  needsF16,
+  storageBytes,
+  wgslBinding,
+  wgslEncoder,
+  wgslLoad,
+} from "./layout.ts";
+export {
+  type BindingSpec,
+  type Program,
+  program,
+  type ProgramBody,
+  type ProgramSpec,
+  type RawType,
+  type RunArgs,
+  runProgram,
+  type UniformSpec,
+  type UniformType,
+  WGSL_MATH,
+} from "./program.ts";

@@ -50,7 +50,35 @@ export interface DeviceInfo {
     readonly maxComputeInvocationsPerWorkgroup: number;
     readonly maxComputeWorkgroupsPerDimension: number;
     readonly maxStorageBuffersPerShaderStage: number;
+    /** Storage bindings start on a multiple of this many bytes (256 on most adapters). */
+    readonly minStorageBufferOffsetAlignment: number;
   };
+}
+
+/**
+ * A window of a buffer bound to one storage binding: `size` bytes from `offset` (a multiple
+ * of `minStorageBufferOffsetAlignment`), at most `maxStorageBufferBindingSize`. Kernels built
+ * with `gpu/program.ts` bind windows of buffers larger than one binding.
+ */
+export interface BufferWindow {
+  /** The pooled buffer. */
+  readonly buffer: PooledBuffer;
+  /** First byte of the window. */
+  readonly offset: number;
+  /** Bytes in the window (a multiple of 4). */
+  readonly size: number;
+}
+
+/** What one storage binding of a dispatch binds: a whole buffer or a window of it. */
+export type Binding = PooledBuffer | BufferWindow;
+
+function isWindow(b: Binding): b is BufferWindow {
+  return (b as BufferWindow).offset !== undefined;
+}
+
+/** The pooled buffer of a binding. */
+export function bufferOf(b: Binding): PooledBuffer {
+  return isWindow(b) ? b.buffer : b;
 }
 
 /** How a kernel binds its buffers: storage buffers in binding order, then the uniform. */
@@ -105,7 +133,8 @@ export interface MemoryInfo {
   allocatedBytes: number;
 }
 
-const UNIFORM_SLOT = 256;
+/** Bytes of uniforms one dispatch may have (128 u32 words). */
+export const UNIFORM_SLOT = 512;
 
 /** Describes a request for messages: "1048576 bytes (f32, activations)". */
 function what(bytes: number, tag: BufferTag): string {
@@ -126,6 +155,27 @@ export class Runtime {
   readonly counters: RuntimeCounters = { dispatches: 0, submits: 0, readbacks: 0, compiles: 0 };
   /** Dispatches per batch before it is submitted on its own. */
   maxBatch = 512;
+  #maxBinding = 0;
+
+  /**
+   * The most bytes one storage binding may bind: the adapter's `maxStorageBufferBindingSize`
+   * unless lowered (to see how ulp behaves on an adapter with smaller bindings, or to test
+   * windowed kernels on small tensors). Kernels bind larger buffers as windows of this size.
+   */
+  get maxBindingBytes(): number {
+    return this.#maxBinding || this.info.limits.maxStorageBufferBindingSize;
+  }
+  set maxBindingBytes(bytes: number) {
+    const lim = this.info.limits;
+    const align = lim.minStorageBufferOffsetAlignment;
+    if (!Number.isInteger(bytes) || bytes < 4 * align || bytes > lim.maxStorageBufferBindingSize) {
+      throw new DeviceError(
+        `maxBindingBytes must be an integer from ${4 * align} to the adapter's ` +
+          `maxStorageBufferBindingSize (${lim.maxStorageBufferBindingSize}), got ${bytes}`,
+      );
+    }
+    this.#maxBinding = Math.floor(bytes / 4) * 4;
+  }
   /**
    * Called before a command that writes buffers is recorded, with its buffers and, for a
    * dispatch, the access of each (only `read_write` ones are written; without `access`,
@@ -238,14 +288,12 @@ export class Runtime {
     if (typeof bytes !== "number" || !Number.isInteger(bytes) || bytes < 0) {
       throw new DeviceError(`alloc(): byte size must be a non-negative integer, got ${bytes}`);
     }
-    const lim = this.info.limits;
-    const [limit, name] = lim.maxBufferSize < lim.maxStorageBufferBindingSize
-      ? [lim.maxBufferSize, "maxBufferSize"]
-      : [lim.maxStorageBufferBindingSize, "maxStorageBufferBindingSize"];
+    const limit = this.info.limits.maxBufferSize;
     if (bytes > limit) {
       throw new DeviceError(
-        `alloc(): ${what(bytes, tag)} exceed the adapter's ${name} of ${limit} bytes ` +
-          `(one tensor is one buffer); use smaller tensors or split the work`,
+        `alloc(): ${what(bytes, tag)} exceed the adapter's maxBufferSize of ${limit} bytes ` +
+          `(${(bytes / 2 ** 20).toFixed(1)} MiB > ${(limit / 2 ** 20).toFixed(1)} MiB; one ` +
+          `tensor is one buffer): use a smaller batch, context or model, or a narrower dtype`,
       );
     }
     try {
@@ -346,15 +394,25 @@ export class Runtime {
     return k;
   }
 
-  #bindGroup(k: Kernel, buffers: readonly PooledBuffer[]): GPUBindGroup {
+  #bindGroup(k: Kernel, buffers: readonly Binding[]): GPUBindGroup {
     let key = layoutKey(k.signature);
-    for (const b of buffers) key += "," + b.id;
+    for (const b of buffers) {
+      key += isWindow(b) ? `,${b.buffer.id}@${b.offset}+${b.size}` : "," + b.id;
+    }
     let bg = this.#bindGroups.get(key);
     if (!bg) {
-      const entries: GPUBindGroupEntry[] = buffers.map((b, i) => ({
-        binding: i,
-        resource: { buffer: b.buffer },
-      }));
+      const max = this.maxBindingBytes;
+      const entries: GPUBindGroupEntry[] = buffers.map((b, i) => {
+        if (isWindow(b)) {
+          return {
+            binding: i,
+            resource: { buffer: b.buffer.buffer, offset: b.offset, size: b.size },
+          };
+        }
+        // a whole buffer whose size class passes the limit binds its logical bytes only
+        if (b.buffer.size <= max) return { binding: i, resource: { buffer: b.buffer } };
+        return { binding: i, resource: { buffer: b.buffer, size: Math.ceil(b.bytes / 4) * 4 } };
+      });
       if (k.signature.uniform) {
         entries.push({
           binding: buffers.length,
@@ -369,15 +427,16 @@ export class Runtime {
   }
 
   /**
-   * Records one dispatch into the open compute pass. `uniforms` (at most 64 u32 words) is
+   * Records one dispatch into the open compute pass. `uniforms` (at most 128 u32 words) is
    * copied now. `groups` is the workgroup grid; see `grid()` for large 1-D launches.
    */
   dispatch(
     k: Kernel,
-    buffers: readonly PooledBuffer[],
+    bindings: readonly Binding[],
     groups: readonly [number, number?, number?],
     uniforms?: Uint32Array,
   ): void {
+    const buffers = bindings.map(bufferOf);
     this.beforeWrite?.(buffers, k.signature.buffers);
     this.#check(k.label);
     if (buffers.length !== k.signature.buffers.length) {
@@ -386,9 +445,19 @@ export class Runtime {
           `${k.signature.buffers.length}`,
       );
     }
-    for (const b of buffers) {
-      if (b.released) {
+    const max = this.maxBindingBytes;
+    for (const [i, b] of bindings.entries()) {
+      if (buffers[i].released) {
         throw new DeviceError(`dispatch(${k.label}): a buffer was used after it was released`);
+      }
+      const size = isWindow(b) ? b.size : Math.ceil(b.bytes / 4) * 4;
+      if (size > max) {
+        throw new DeviceError(
+          `dispatch(${k.label}): binding ${i} would bind ${size} bytes ` +
+            `(${buffers[i].tag.dtype}, ${buffers[i].tag.purpose}), more than the ` +
+            `${max}-byte limit of one storage binding (maxStorageBufferBindingSize); this kernel cannot split its work ` +
+            `into windows of that size: use a smaller batch, context or model`,
+        );
       }
     }
     if (this.#inBatch >= this.maxBatch) this.flush();
@@ -407,13 +476,15 @@ export class Runtime {
     if (k.signature.uniform) {
       if (uniforms) {
         if (uniforms.length > UNIFORM_SLOT / 4) {
-          throw new DeviceError(`dispatch(${k.label}): more than 64 uniform words`);
+          throw new DeviceError(
+            `dispatch(${k.label}): ${uniforms.length} uniform words, more than ${UNIFORM_SLOT / 4}`,
+          );
         }
         this.#uniformU32.set(uniforms, (slot * UNIFORM_SLOT) / 4);
       }
-      pass.setBindGroup(0, this.#bindGroup(k, buffers), [slot * UNIFORM_SLOT]);
+      pass.setBindGroup(0, this.#bindGroup(k, bindings), [slot * UNIFORM_SLOT]);
     } else {
-      pass.setBindGroup(0, this.#bindGroup(k, buffers));
+      pass.setBindGroup(0, this.#bindGroup(k, bindings));
     }
     pass.dispatchWorkgroups(x, y, z);
     for (const b of buffers) b.lastBatch = this.#batch;

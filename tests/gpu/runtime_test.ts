@@ -133,16 +133,22 @@ Deno.test("reads of several buffers in one task share one mapAsync, at any byte 
   for (const b of bufs) rt.free(b);
 });
 
-Deno.test("allocations beyond the adapter's binding limit throw a DeviceError naming the limit", async () => {
+Deno.test("allocations beyond maxBufferSize throw a DeviceError naming the limit; beyond one binding they work", async () => {
   const rt = await getRuntime();
-  const lim = rt.info.limits.maxStorageBufferBindingSize;
+  const { maxBufferSize, maxStorageBufferBindingSize } = rt.info.limits;
   assert.throws(
-    () => rt.alloc(lim + 4, { dtype: "f32", purpose: "activations" }),
+    () => rt.alloc(maxBufferSize + 4, { dtype: "f32", purpose: "activations" }),
     (e: unknown) =>
-      e instanceof DeviceError && /maxStorageBufferBindingSize/.test(e.message) &&
-      e.message.includes(String(lim)),
+      e instanceof DeviceError && /maxBufferSize/.test(e.message) &&
+      e.message.includes(String(maxBufferSize)) && e.message.includes("f32, activations"),
   );
   assert.throws(() => rt.alloc(-1, { dtype: "f32", purpose: "activations" }), DeviceError);
+  if (maxBufferSize > maxStorageBufferBindingSize) {
+    const big = rt.alloc(maxStorageBufferBindingSize + 4, { dtype: "f32", purpose: "scratch" });
+    assert.equal(big.bytes, maxStorageBufferBindingSize + 4);
+    rt.free(big);
+    rt.emptyCache();
+  }
 });
 
 Deno.test("grid() folds large 1-D launches into two dimensions within the limit", async () => {

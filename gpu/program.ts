@@ -1,0 +1,572 @@
+/**
+ * The kernel program builder: the one way a kernel of ulp declares what it binds.
+ *
+ * A kernel states, once, its storage bindings (name, a dtype layout or a raw WGSL type,
+ * access) and its named uniform fields; the builder generates from that the WGSL
+ * declarations, the uniform struct and its typed packer, accessor functions for uniform
+ * arrays, one load and one store helper per layout, the shared prelude, the entry point, the
+ * cache key and the bind group signature. At dispatch it packs the uniforms by name, binds
+ * each buffer whole or, when the buffer is larger than `maxStorageBufferBindingSize`, as
+ * windows of at most that size (offsets on `minStorageBufferOffsetAlignment`), splitting the
+ * work into pieces whose windows fit, and folds grids larger than
+ * `maxComputeWorkgroupsPerDimension` into 2-D/3-D grids or several dispatches.
+ *
+ * What a kernel's WGSL (its `kernel` function) may use, for a binding named `x`:
+ *
+ * | helper | for | what it does |
+ * | --- | --- | --- |
+ * | `ld_x(i) -> f32` | layouts | element `i` (logical index), decoded |
+ * | `ld4_x(at, n_ok) -> vec4<f32>` | layouts | elements at..at+3, zero from `n_ok` on |
+ * | `code_x(i) -> u32` | packed layouts | the stored code of element `i` |
+ * | `st_x(w, v: vec4<f32>, r: vec4<u32>)` | layouts | encodes the lanes of word `w` from `v` (random bits `r` for stochastic rounding) and stores the word |
+ * | `enc_x(v, r) -> u32` | layouts | the code of `v` in the binding's dtype |
+ * | `get_x(j)`, `put_x(j, v)` | all | raw array element `j` of the buffer (windowed) |
+ * | `x[j]` | raw, whole | direct access (raw bindings are always bound whole) |
+ * | `u.name`, `u_name(k)` | uniforms | a scalar field; element `k` of an array field |
+ *
+ * A 1-D program's `kernel(wg: u32, lid: vec3u, li: u32)` receives the linear workgroup index
+ * (the builder returns early past the end, uniformly for the whole workgroup, so barriers
+ * stay legal); a 3-D program's `kernel(wg: vec3u, lid: vec3u, li: u32)` the workgroup id.
+ * Windowing is invisible to a kernel that goes through the helpers: they subtract the window's
+ * base, and a split piece sees the same global workgroup indices as one whole dispatch.
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, layoutOf, runProgram } from "./mod.ts";
+ * import { dtype } from "../dtypes/mod.ts";
+ * const rt = await getRuntime();
+ * const f32 = layoutOf(dtype("f32"), rt);
+ * const x = rt.alloc(16, { dtype: "f32", purpose: "scratch" });
+ * const y = rt.alloc(16, { dtype: "f32", purpose: "scratch" });
+ * rt.write(x, new Float32Array([1, 2, 3, 4]));
+ * runProgram(rt, "doc|axpb", {
+ *   label: "axpb",
+ *   bindings: [{ name: "x", type: f32, access: "read" }, { name: "y", type: f32, access: "read_write" }],
+ *   uniforms: [{ name: "n", type: "u32" }, { name: "ab", type: "f32", length: 2 }],
+ *   workgroupSize: 64,
+ * }, () => `
+ * fn kernel(wg: u32, lid: vec3u, li: u32) {
+ *   let i = wg * 64u + li;
+ *   if (i < u.n) { st_y(i, vec4<f32>(u_ab(0u) * ld_x(i) + u_ab(1u)), vec4<u32>(0u)); }
+ * }`, {
+ *   buffers: { x, y },
+ *   uniforms: { n: 4, ab: [2, 1] },
+ *   groups: 1,
+ * });
+ * console.log(Array.from(new Float32Array(await rt.read(y)))); // [3, 5, 7, 9]
+ * rt.free(x);
+ * rt.free(y);
+ * ```
+ * @module
+ */
+
+import { WGSL_RNG, wgslChunks, wgslCodec, type WgslCodecOptions } from "../dtypes/mod.ts";
+import { DeviceError } from "../errors.ts";
+import type { Layout } from "./layout.ts";
+import type { Binding, Kernel, PooledBuffer, Runtime } from "./runtime.ts";
+
+/** WGSL element types of raw (non-tensor) storage bindings. */
+export type RawType = "u32" | "i32" | "f32" | "atomic<u32>" | "atomic<i32>";
+
+/** One storage binding of a program. */
+export interface BindingSpec {
+  /** WGSL-safe name; the helpers are named after it (`ld_<name>`, `st_<name>`, ...). */
+  readonly name: string;
+  /** A dtype's layout (tensors: load/store helpers, windows) or a raw element type. */
+  readonly type: Layout | RawType;
+  /** Read-only or read-write. */
+  readonly access: "read" | "read_write";
+  /** How `st_`/`enc_` round into the dtype (default: round to nearest even, the dtype's saturation). */
+  readonly encode?: WgslCodecOptions;
+}
+
+/** Scalar types of uniform fields. */
+export type UniformType = "u32" | "i32" | "f32";
+
+/** One named uniform field: a scalar, or an array of `length` scalars. */
+export interface UniformSpec {
+  /** WGSL-safe name (`u.<name>`; arrays are read with `u_<name>(k)`). */
+  readonly name: string;
+  /** Scalar type. */
+  readonly type: UniformType;
+  /** Array length (omit for a scalar). */
+  readonly length?: number;
+}
+
+/** What a program declares: everything but the body of its kernel. */
+export interface ProgramSpec {
+  /** The op's name, for errors and profiles. */
+  readonly label: string;
+  /** Storage bindings, in binding order. */
+  readonly bindings: readonly BindingSpec[];
+  /** Uniform fields. */
+  readonly uniforms?: readonly UniformSpec[];
+  /** Workgroup size: x, or [x, y] / [x, y, z]. */
+  readonly workgroupSize: number | readonly number[];
+  /** A 1-D grid (linear workgroup index, default) or a 3-D one. */
+  readonly grid?: "1d" | "3d";
+}
+
+/** The body of a kernel: WGSL defining `fn kernel(...)`, and chunks it needs (codecs, math). */
+export type ProgramBody = string | {
+  readonly source: string;
+  readonly chunks?: readonly (readonly string[])[];
+};
+
+type BindingNames<S extends ProgramSpec> = S["bindings"][number]["name"];
+type UniformNames<S extends ProgramSpec> = NonNullable<S["uniforms"]>[number]["name"];
+
+/** Arguments of one run of a program. */
+export interface RunArgs<B extends string, U extends string> {
+  /** The buffer of each binding, by name. */
+  readonly buffers: { readonly [K in B]: PooledBuffer };
+  /** The value of each uniform field, by name (arrays: up to `length` numbers). */
+  readonly uniforms?: { readonly [K in U]: number | ArrayLike<number> };
+  /** Workgroups: a count (1-D programs) or [x, y, z] (3-D programs). */
+  readonly groups: number | readonly [number, number, number];
+  /**
+   * For each binding that may be larger than one binding: the range [lo, hi) of elements
+   * (logical elements for layouts, array elements for raw types) that workgroups g0..g1-1
+   * (along `splitDim`) read or write. A buffer too large to bind whole and without a range
+   * is a `DeviceError`. Ranges must not shrink as a piece grows.
+   */
+  readonly ranges?: { readonly [K in B]?: (g0: number, g1: number) => readonly [number, number] };
+  /** 3-D programs: the grid dimension pieces are cut along (default 0). */
+  readonly splitDim?: 0 | 1 | 2;
+}
+
+/** A compiled program: run it with buffers and uniforms by name. */
+export interface Program<B extends string = string, U extends string = string> {
+  /** The compiled kernel. */
+  readonly kernel: Kernel;
+  /** Words of the uniform block. */
+  readonly uniformWords: number;
+  /** Records the program's dispatches (several when windows or the grid split it). */
+  run(args: RunArgs<B, U>): void;
+}
+
+interface Field {
+  readonly name: string;
+  readonly type: UniformType;
+  readonly length: number; // 0 for a scalar
+  readonly word: number;
+}
+
+/** Bytes of one WGSL array element of a binding, and values per element. */
+function unit(t: Layout | RawType): { bytes: number; lanes: number } {
+  if (typeof t === "string") return { bytes: 4, lanes: 1 };
+  return t.elem === "f16" ? { bytes: 2, lanes: 1 } : { bytes: 4, lanes: t.lanes };
+}
+
+function checkName(label: string, what: string, name: string): void {
+  if (!/^[a-z][a-z0-9]*$/i.test(name)) {
+    throw new Error(`internal: program ${label}: ${what} name '${name}' must be alphanumeric`);
+  }
+}
+
+/** The uniform fields of a program: the builder's own first, then the program's. */
+function layoutFields(spec: ProgramSpec): { fields: Field[]; words: number; struct: string } {
+  const own: UniformSpec[] = [
+    { name: "pg0", type: "u32" }, // first workgroup of this piece (1-D) ...
+    { name: "pg1", type: "u32" }, // ... and one past its last
+    { name: "pox", type: "u32" }, // 3-D: workgroup offsets of this dispatch
+    { name: "poy", type: "u32" },
+    { name: "poz", type: "u32" },
+    ...spec.bindings.filter((b) => typeof b.type !== "string").map((b) => ({
+      name: `wb${b.name}`, // window base of a layout binding, in array elements
+      type: "u32" as const,
+    })),
+    ...(spec.uniforms ?? []),
+  ];
+  const fields: Field[] = [];
+  let word = 0;
+  const lines: string[] = [];
+  for (const f of own.filter((f) => f.length === undefined)) {
+    fields.push({ name: f.name, type: f.type, length: 0, word });
+    lines.push(`  ${f.name}: ${f.type},`);
+    word++;
+  }
+  let pad = 0;
+  while (word % 4 !== 0) lines.push(`  pad${pad++}: u32,`), word++;
+  for (const f of own.filter((f) => f.length !== undefined)) {
+    const vecs = Math.max(1, Math.ceil(f.length! / 4));
+    fields.push({ name: f.name, type: f.type, length: f.length!, word });
+    lines.push(`  ${f.name}: array<vec4<${f.type}>, ${vecs}>,`);
+    word += 4 * vecs;
+  }
+  return { fields, words: word, struct: `struct U {\n${lines.join("\n")}\n}\n` };
+}
+
+/** WGSL of the helpers of layout binding `b` that `src` calls. */
+function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
+  const x = b.name, v = `b_${x}`, base = `u.wb${x}`;
+  const out: string[] = [];
+  const uses = (f: string) => src.includes(`${f}_${x}(`);
+  const d = l.dtype;
+  const c = wgslCodec(d);
+  const needCodec = uses("ld") || uses("ld4") || uses("code");
+  if (needCodec) out.push(...c.chunks);
+  const mask = `${(2 ** l.laneBits - 1) >>> 0}u`;
+  // the raw array element j of the buffer, through the window
+  out.push(`fn get_${x}(j: u32) -> ${l.elem} { return ${v}[j - ${base}]; }\n`);
+  if (b.access === "read_write") {
+    out.push(`fn put_${x}(j: u32, w: ${l.elem}) { ${v}[j - ${base}] = w; }\n`);
+  }
+  if (uses("code") || uses("ld") || uses("ld4")) {
+    out.push(
+      l.lanes === 1
+        ? `fn code_${x}(i: u32) -> u32 { return ${
+          l.elem === "f16" ? `pack2x16float(vec2<f32>(f32(get_${x}(i)), 0.0))` : `get_${x}(i)`
+        }; }\n`
+        : `fn code_${x}(i: u32) -> u32 { return (get_${x}(i / ${l.lanes}u) >> ((i % ${l.lanes}u) * ${l.laneBits}u)) & ${mask}; }\n`,
+    );
+  }
+  if (uses("ld") || uses("ld4")) {
+    let value: string;
+    if (l.elem === "f16") value = `f32(get_${x}(i))`;
+    else if (d.name === "f32") value = `bitcast<f32>(get_${x}(i))`;
+    else if (d.kind === "int") {
+      value = d.signed ? `f32(bitcast<i32>(get_${x}(i)))` : `f32(get_${x}(i))`;
+    } else if (d.kind === "bool") value = `f32(get_${x}(i) != 0u)`;
+    else value = `${c.decode}(code_${x}(i))`;
+    out.push(`fn ld_${x}(i: u32) -> f32 { return ${value}; }\n`);
+  }
+  if (uses("ld4")) {
+    if (l.lanes === 1) {
+      out.push(`fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
+  let v = vec4<f32>(ld_${x}(at), ld_${x}(at + 1u), ld_${x}(at + 2u), ld_${x}(at + 3u));
+  return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
+}\n`);
+    } else {
+      // a word-aligned quad is read as whole words and each lane decoded once
+      const words = l.lanes === 4
+        ? `let w = get_${x}(at / 4u);
+    q = vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u);`
+        : `let w0 = get_${x}(at / 2u);
+    let w1 = get_${x}(at / 2u + 1u);
+    q = vec4<u32>(w0, w0 >> 16u, w1, w1 >> 16u);`;
+      out.push(`fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
+  var q: vec4<u32>;
+  if (at % ${l.lanes}u == 0u) {
+    ${words}
+  } else {
+    q = vec4<u32>(code_${x}(at), code_${x}(at + 1u), code_${x}(at + 2u), code_${x}(at + 3u));
+  }
+  q = q & vec4<u32>(${mask});
+  let v = vec4<f32>(${c.decode}(q.x), ${c.decode}(q.y), ${c.decode}(q.z), ${c.decode}(q.w));
+  return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
+}\n`);
+    }
+  }
+  if (uses("st") || uses("enc")) {
+    const e = wgslCodec(d, b.encode ?? {});
+    out.push(...e.chunks);
+    out.push(`fn enc_${x}(v: f32, r: u32) -> u32 { return ${e.encode}(v, r); }\n`);
+    if (b.access === "read_write") {
+      let word: string;
+      if (l.elem === "f16") {
+        word = `f16(unpack2x16float(enc_${x}(v.x, r.x)).x)`; // exact: already rounded
+      } else if (l.lanes === 1) word = `enc_${x}(v.x, r.x)`;
+      else if (l.lanes === 2) {
+        word = `(enc_${x}(v.x, r.x) & ${mask}) | ((enc_${x}(v.y, r.y) & ${mask}) << 16u)`;
+      } else {
+        word = `(enc_${x}(v.x, r.x) & ${mask}) | ((enc_${x}(v.y, r.y) & ${mask}) << 8u) | ` +
+          `((enc_${x}(v.z, r.z) & ${mask}) << 16u) | ((enc_${x}(v.w, r.w) & ${mask}) << 24u)`;
+      }
+      out.push(`fn st_${x}(w: u32, v: vec4<f32>, r: vec4<u32>) { put_${x}(w, ${word}); }\n`);
+    }
+  }
+  return out;
+}
+
+/** Generates the whole WGSL of a program. */
+function generate(spec: ProgramSpec, body: ProgramBody, struct: string): string {
+  const src = typeof body === "string" ? body : body.source;
+  const extra = typeof body === "string" ? [] : body.chunks ?? [];
+  const chunks: (readonly string[])[] = [[WGSL_RNG, WGSL_MATH], ...extra];
+  let decl = "";
+  spec.bindings.forEach((b, i) => {
+    if (typeof b.type === "string") {
+      decl += `@group(0) @binding(${i}) var<storage, ${b.access}> ${b.name}: array<${b.type}>;\n`;
+    } else {
+      decl +=
+        `@group(0) @binding(${i}) var<storage, ${b.access}> b_${b.name}: array<${b.type.elem}>;\n`;
+      chunks.push(layoutHelpers(b, b.type, src));
+    }
+  });
+  decl += `@group(0) @binding(${spec.bindings.length}) var<uniform> u: U;\n`;
+  let access = "";
+  for (const f of spec.uniforms ?? []) {
+    if (f.length !== undefined && src.includes(`u_${f.name}(`)) {
+      access += `fn u_${f.name}(k: u32) -> ${f.type} { return u.${f.name}[k / 4u][k % 4u]; }\n`;
+    }
+  }
+  const f16 = spec.bindings.some((b) => typeof b.type !== "string" && b.type.elem === "f16") ||
+    /\bf16\b/.test(src);
+  const ws = typeof spec.workgroupSize === "number" ? [spec.workgroupSize] : spec.workgroupSize;
+  const entry = spec.grid === "3d"
+    ? `  kernel(wid + vec3<u32>(u.pox, u.poy, u.poz), lid, li);`
+    : `  let wg = u.pg0 + wid.x + (wid.y + wid.z * nwg.y) * nwg.x;
+  if (wg >= u.pg1) { return; }
+  kernel(wg, lid, li);`;
+  return `${f16 ? "enable f16;\n" : ""}${struct}${decl}${access}${wgslChunks(...chunks)}
+${src}
+@compute @workgroup_size(${ws.join(", ")})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_id) lid: vec3u, @builtin(local_invocation_index) li: u32) {
+${entry}
+}
+`;
+}
+
+/** Shared WGSL helpers (NaN tests on the bits, NaN-propagating max/min, pow, erf, tanh). */
+export const WGSL_MATH = `
+fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_min(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
+fn ulp_pow(a: f32, b: f32) -> f32 {
+  if (b == 0.0) { return 1.0; }
+  if (a == 0.0) { return select(0.0, bitcast<f32>(0x7f800000u), b < 0.0); }
+  if (a < 0.0) {
+    if (floor(b) != b) { return bitcast<f32>(0x7fc00000u); }
+    let m = pow(-a, b);
+    return select(m, -m, fract(b * 0.5) != 0.0);
+  }
+  return pow(a, b);
+}
+fn ulp_erf(x: f32) -> f32 {
+  // Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7)
+  let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
+  return select(-y, y, x >= 0.0);
+}
+fn ulp_tanh(x: f32) -> f32 {
+  // builtin tanh loses relative accuracy near 0: use its odd series there (|x| < 0.125)
+  let x2 = x * x;
+  let small = x * (1.0 + x2 * (-0.3333333333 + x2 * (0.1333333333 + x2 * (-0.0539682540 + x2 * 0.0218694885))));
+  let c = clamp(x, -15.0, 15.0);
+  return select(select(tanh(c), small, abs(x) < 0.125), x, ulp_isnan(x));
+}
+`;
+
+const programs = new WeakMap<Runtime, Map<string, Program>>();
+
+/**
+ * The program cached under `key` on this runtime, generated and compiled from `spec` and
+ * `body()` on the first request only. `key` must name everything the WGSL depends on beyond
+ * the spec (the builder adds the bindings' layouts, the uniforms and the workgroup size).
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, program } from "./mod.ts";
+ * const rt = await getRuntime();
+ * const p = program(rt, "doc|fill", {
+ *   label: "fill",
+ *   bindings: [{ name: "y", type: "u32", access: "read_write" }],
+ *   uniforms: [{ name: "v", type: "u32" }],
+ *   workgroupSize: 4,
+ * }, () => "fn kernel(wg: u32, lid: vec3u, li: u32) { y[wg * 4u + li] = u.v; }");
+ * const y = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+ * p.run({ buffers: { y }, uniforms: { v: 7 }, groups: 1 });
+ * console.log(Array.from(new Uint32Array(await rt.read(y)))); // [7, 7, 7, 7]
+ * rt.free(y);
+ * ```
+ */
+export function program<const S extends ProgramSpec>(
+  rt: Runtime,
+  key: string,
+  spec: S,
+  body: () => ProgramBody,
+): Program<BindingNames<S>, UniformNames<S>> {
+  let cache = programs.get(rt);
+  if (!cache) programs.set(rt, cache = new Map());
+  let sig = `${key}|${spec.label}|${spec.grid ?? "1d"}|${spec.workgroupSize}`;
+  for (const b of spec.bindings) {
+    sig += `|${b.name}:${b.access}:${
+      typeof b.type === "string" ? b.type : `${b.type.dtype.name}/${b.type.elem}`
+    }${b.encode ? `:${b.encode.rounding ?? ""}${b.encode.saturate ?? ""}` : ""}`;
+  }
+  for (const f of spec.uniforms ?? []) sig += `|${f.name}:${f.type}${f.length ?? ""}`;
+  let p = cache.get(sig);
+  if (!p) {
+    p = build(rt, sig, spec, body);
+    cache.set(sig, p);
+  }
+  return p as Program<BindingNames<S>, UniformNames<S>>;
+}
+
+/**
+ * Builds (from the cache when it can) and runs a program once: `program(rt, key, spec,
+ * body).run(args)`.
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, runProgram } from "./mod.ts";
+ * const rt = await getRuntime();
+ * const y = rt.alloc(8, { dtype: "u32", purpose: "scratch" });
+ * runProgram(rt, "doc|iota", {
+ *   label: "iota",
+ *   bindings: [{ name: "y", type: "u32", access: "read_write" }],
+ *   workgroupSize: 2,
+ * }, () => "fn kernel(wg: u32, lid: vec3u, li: u32) { y[li] = li; }", { buffers: { y }, groups: 1 });
+ * console.log(Array.from(new Uint32Array(await rt.read(y)))); // [0, 1]
+ * rt.free(y);
+ * ```
+ */
+export function runProgram<const S extends ProgramSpec>(
+  rt: Runtime,
+  key: string,
+  spec: S,
+  body: () => ProgramBody,
+  args: RunArgs<BindingNames<S>, UniformNames<S>>,
+): void {
+  program(rt, key, spec, body).run(args);
+}
+
+function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramBody): Program {
+  const label = spec.label;
+  spec.bindings.forEach((b) => checkName(label, "binding", b.name));
+  (spec.uniforms ?? []).forEach((f) => checkName(label, "uniform", f.name));
+  const { fields, words, struct } = layoutFields(spec);
+  const byName = new Map(fields.map((f) => [f.name, f]));
+  const kernel = rt.kernelFor(
+    sig,
+    label,
+    { buffers: spec.bindings.map((b) => b.access), uniform: true },
+    () => generate(spec, body(), struct),
+  );
+  const units = spec.bindings.map((b) => unit(b.type));
+  const is3d = spec.grid === "3d";
+  const userFields = (spec.uniforms ?? []).map((f) => byName.get(f.name)!);
+  const baseWord = spec.bindings.map((b) => byName.get(`wb${b.name}`)?.word ?? -1);
+
+  const run = (args: RunArgs<string, string>): void => {
+    const lim = rt.info.limits;
+    const maxBind = rt.maxBindingBytes;
+    const align = lim.minStorageBufferOffsetAlignment ?? 256;
+    const maxG = lim.maxComputeWorkgroupsPerDimension;
+    const u = new Uint32Array(words);
+    const uf = new Float32Array(u.buffer), ui = new Int32Array(u.buffer);
+    const given = args.uniforms as Record<string, number | ArrayLike<number>> | undefined;
+    for (const f of userFields) {
+      const v = given?.[f.name];
+      if (v === undefined) throw new Error(`internal: ${label}: uniform '${f.name}' not given`);
+      const view = f.type === "f32" ? uf : f.type === "i32" ? ui : u;
+      if (typeof v === "number") view[f.word] = v;
+      else {
+        if (v.length > Math.max(1, f.length)) {
+          throw new Error(`internal: ${label}: uniform '${f.name}' takes ${f.length} values`);
+        }
+        for (let k = 0; k < v.length; k++) view[f.word + k] = v[k];
+      }
+    }
+    const bufs = spec.bindings.map((b) => {
+      const pb = (args.buffers as Record<string, PooledBuffer>)[b.name];
+      if (pb === undefined) throw new Error(`internal: ${label}: buffer '${b.name}' not given`);
+      return pb;
+    });
+    const groups = args.groups;
+    const dims: [number, number, number] = typeof groups === "number"
+      ? [groups, 1, 1]
+      : [groups[0], groups[1], groups[2]];
+    if (dims[0] * dims[1] * dims[2] === 0) return;
+    const sd = typeof groups === "number" ? 0 : args.splitDim ?? 0;
+    const G = dims[sd];
+    // the bindings too large to bind whole must be windowed
+    const big = spec.bindings.map((_, i) => Math.ceil(bufs[i].bytes / 4) * 4 > maxBind);
+    const ranges = (args.ranges ?? {}) as Record<
+      string,
+      (g0: number, g1: number) => [number, number]
+    >;
+    big.forEach((isBig, i) => {
+      const b = spec.bindings[i];
+      if (isBig && (ranges[b.name] === undefined || typeof b.type === "string")) {
+        throw new DeviceError(
+          `${label}: its '${b.name}' operand (${bufs[i].tag.dtype}, ${bufs[i].tag.purpose}) ` +
+            `holds ${bufs[i].bytes} bytes, more than one storage binding may hold ` +
+            `(${maxBind} bytes, maxStorageBufferBindingSize), and this op reads it whole: ` +
+            `use a smaller batch, context or model`,
+        );
+      }
+    });
+    const windowOf = (i: number, g0: number, g1: number): Binding | null => {
+      const pb = bufs[i];
+      const { bytes, lanes } = units[i];
+      const [lo, hi] = ranges[spec.bindings[i].name](g0, g1);
+      if (hi <= lo) return { buffer: pb, offset: 0, size: Math.min(align, pb.buffer.size) };
+      const a0 = Math.floor(lo / lanes), a1 = Math.ceil(hi / lanes);
+      const offset = Math.floor((a0 * bytes) / align) * align;
+      const end = Math.min(Math.ceil((a1 * bytes) / 4) * 4, pb.buffer.size);
+      const size = end - offset;
+      return size > maxBind ? null : { buffer: pb, offset, size };
+    };
+    const anyBig = big.some((b) => b);
+    const dispatchPiece = (g0: number, g1: number, binds: Binding[]): void => {
+      if (is3d) {
+        const lo = [0, 0, 0], hi = [...dims];
+        lo[sd] = g0;
+        hi[sd] = g1;
+        for (let z = lo[2]; z < hi[2]; z += maxG) {
+          for (let y = lo[1]; y < hi[1]; y += maxG) {
+            for (let x = lo[0]; x < hi[0]; x += maxG) {
+              u[2] = x, u[3] = y, u[4] = z;
+              rt.dispatch(kernel, binds, [
+                Math.min(maxG, hi[0] - x),
+                Math.min(maxG, hi[1] - y),
+                Math.min(maxG, hi[2] - z),
+              ], u);
+            }
+          }
+        }
+        return;
+      }
+      // a 1-D count folded into x, y, z within the per-dimension limit
+      const n = g1 - g0;
+      const x = Math.min(n, maxG);
+      let y = Math.ceil(n / x), z = 1;
+      if (y > maxG) z = Math.ceil(y / maxG), y = maxG;
+      if (z > maxG) {
+        throw new DeviceError(`${label}: ${n} workgroups exceed the adapter's grid of ${maxG}^3`);
+      }
+      u[0] = g0, u[1] = g1;
+      rt.dispatch(kernel, binds, [x, y, z], u);
+    };
+    if (!anyBig) {
+      dispatchPiece(0, G, bufs);
+      return;
+    }
+    // pieces along the split dimension whose windows all fit
+    let g0 = 0, step = G;
+    while (g0 < G) {
+      const g1 = Math.min(G, g0 + step);
+      const binds: Binding[] = [];
+      let fits = true;
+      for (let i = 0; i < bufs.length && fits; i++) {
+        if (!big[i]) {
+          binds.push(bufs[i]);
+          continue;
+        }
+        const w = windowOf(i, g0, g1);
+        if (w === null) fits = false;
+        else {
+          binds.push(w);
+          u[baseWord[i]] = (w as { offset: number }).offset / units[i].bytes;
+        }
+      }
+      if (fits) {
+        dispatchPiece(g0, g1, binds);
+        g0 = g1;
+        continue;
+      }
+      if (g1 - g0 === 1) {
+        throw new DeviceError(
+          `${label}: one workgroup's share of an operand exceeds the ${maxBind} bytes one ` +
+            `storage binding may hold (maxStorageBufferBindingSize); use a smaller batch, ` +
+            `context or model`,
+        );
+      }
+      step = Math.ceil((g1 - g0) / 2);
+    }
+  };
+  return { kernel, uniformWords: words, run };
+}

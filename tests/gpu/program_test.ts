@@ -1,0 +1,167 @@
+// The kernel program builder: windows of buffers larger than one binding, grids larger than
+// one dimension, uniforms by name, and the errors of what cannot be split.
+import assert from "node:assert/strict";
+import { dtype } from "../../dtypes/mod.ts";
+import { DeviceError } from "../../errors.ts";
+import { getRuntime, layoutOf, program, type Runtime } from "../../gpu/mod.ts";
+
+const WG = 64;
+
+/** Codes packed little-endian into u32 words, as tensors store them. */
+function pack(codes: ArrayLike<number>, bits: number): Uint32Array {
+  const lanes = 32 / Math.min(32, bits);
+  const out = new Uint32Array(Math.ceil(codes.length / lanes));
+  for (let i = 0; i < codes.length; i++) {
+    out[Math.floor(i / lanes)] |= (codes[i] >>> 0) << ((i % lanes) * bits);
+  }
+  return out;
+}
+
+function unpack(words: Uint32Array, bits: number, n: number): number[] {
+  const lanes = 32 / Math.min(32, bits);
+  const mask = bits >= 32 ? 0xffffffff : (1 << bits) - 1;
+  return Array.from(
+    { length: n },
+    (_, i) => ((words[Math.floor(i / lanes)] >>> ((i % lanes) * bits)) & mask) >>> 0,
+  );
+}
+
+/** Runs `fn` with the runtime's binding limit lowered to `bytes`, restoring it after. */
+async function withBindingLimit(bytes: number, fn: (rt: Runtime) => Promise<void>) {
+  const rt = await getRuntime();
+  const before = rt.maxBindingBytes;
+  rt.maxBindingBytes = bytes;
+  try {
+    await fn(rt);
+  } finally {
+    rt.maxBindingBytes = before;
+  }
+}
+
+/** y = a * x + b over n elements of dtype `dt`, one word of y per invocation. */
+function axpb(rt: Runtime, dt: string) {
+  const l = layoutOf(dtype(dt), rt);
+  return program(rt, "test|axpb", {
+    label: "axpb",
+    bindings: [
+      { name: "x", type: l, access: "read" },
+      { name: "y", type: l, access: "read_write" },
+    ],
+    uniforms: [{ name: "n", type: "u32" }, { name: "ab", type: "f32", length: 2 }],
+    workgroupSize: WG,
+  }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${WG}u + li;
+  var v = vec4<f32>(0.0);
+  for (var l = 0u; l < ${l.lanes}u; l = l + 1u) {
+    let i = w * ${l.lanes}u + l;
+    if (i < u.n) { v[l] = u_ab(0u) * ld_x(i) + u_ab(1u); }
+  }
+  if (w * ${l.lanes}u < u.n) { st_y(w, v, vec4<u32>(0u)); }
+}`);
+}
+
+for (const dt of ["f32", "bf16", "e4m3"]) {
+  Deno.test(`a program binds windows of ${dt} buffers larger than one binding`, async () => {
+    await withBindingLimit(4096, async (rt) => {
+      const d = dtype(dt);
+      const n = 10_000; // 40,000 bytes of f32: ten windows of 4 KiB
+      const host = new Float32Array(n).map((_, i) => ((i * 37) % 101) / 8 - 6);
+      const x = rt.alloc(Math.ceil(n / d.lanesPerWord) * 4, { dtype: dt, purpose: "scratch" });
+      const y = rt.alloc(Math.ceil(n / d.lanesPerWord) * 4, { dtype: dt, purpose: "scratch" });
+      rt.write(x, pack(d.encode(host), d.bits));
+      const lanes = layoutOf(d, rt).lanes;
+      const perGroup = WG * lanes; // elements one workgroup reads and writes
+      const before = rt.counters.dispatches;
+      axpb(rt, dt).run({
+        buffers: { x, y },
+        uniforms: { n, ab: [2, 1] },
+        groups: Math.ceil(n / perGroup),
+        ranges: {
+          x: (g0, g1) => [g0 * perGroup, Math.min(n, g1 * perGroup)],
+          y: (g0, g1) => [g0 * perGroup, Math.min(n, g1 * perGroup)],
+        },
+      });
+      assert.ok(rt.counters.dispatches - before >= Math.ceil((n * d.bits) / 8 / 4096));
+      const got = unpack(new Uint32Array(await rt.read(y)), d.bits, n);
+      // the host twin: decode x, compute in f32, round once into the dtype
+      const xs = d.decode(d.encode(host));
+      const want = d.encode(xs.map((v) => Math.fround(Math.fround(2 * v) + 1)));
+      assert.deepEqual(got, Array.from(want));
+      rt.free(x);
+      rt.free(y);
+    });
+  });
+}
+
+Deno.test("a 1-D grid beyond maxComputeWorkgroupsPerDimension folds into 2-D", async () => {
+  const rt = await getRuntime();
+  const maxG = rt.info.limits.maxComputeWorkgroupsPerDimension;
+  const groups = maxG + 1000;
+  const y = rt.alloc(groups * 4, { dtype: "u32", purpose: "scratch" });
+  program(rt, "test|iota", {
+    label: "iota",
+    bindings: [{ name: "y", type: "u32", access: "read_write" }],
+    workgroupSize: 1,
+  }, () => "fn kernel(wg: u32, lid: vec3u, li: u32) { y[wg] = wg * 3u; }").run({
+    buffers: { y },
+    groups,
+  });
+  const got = new Uint32Array(await rt.read(y));
+  for (const i of [0, 1, maxG - 1, maxG, maxG + 1, groups - 1]) assert.equal(got[i], i * 3);
+  rt.free(y);
+});
+
+Deno.test("a 3-D program is split along its split dimension and its grid offsets", async () => {
+  await withBindingLimit(1024, async (rt) => {
+    // y[z][x] = z * 1000 + x for 8 x 200 u32 (6,400 bytes: unaligned windows along z)
+    const X = 200, Z = 8;
+    const y = rt.alloc(X * Z * 4, { dtype: "u32", purpose: "scratch" });
+    const l = layoutOf(dtype("u32"), rt);
+    program(rt, "test|3d", {
+      label: "fill3d",
+      bindings: [{ name: "y", type: l, access: "read_write" }],
+      uniforms: [{ name: "nx", type: "u32" }],
+      workgroupSize: 1,
+      grid: "3d",
+    }, () => `
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  put_y(wg.z * u.nx + wg.x, wg.z * 1000u + wg.x);
+}`).run({
+      buffers: { y },
+      uniforms: { nx: X },
+      groups: [X, 1, Z],
+      splitDim: 2,
+      ranges: { y: (z0, z1) => [z0 * X, z1 * X] },
+    });
+    const got = new Uint32Array(await rt.read(y));
+    for (let z = 0; z < Z; z++) {
+      for (const x of [0, 1, 63, 64, X - 1]) assert.equal(got[z * X + x], z * 1000 + x);
+    }
+    rt.free(y);
+  });
+});
+
+Deno.test("a buffer too large for one binding, read whole, is a DeviceError naming it", async () => {
+  await withBindingLimit(1024, async (rt) => {
+    const y = rt.alloc(4096, { dtype: "f32", purpose: "activations" });
+    const p = axpb(rt, "f32");
+    assert.throws(
+      () => p.run({ buffers: { x: y, y }, uniforms: { n: 1024, ab: [1, 0] }, groups: 16 }),
+      (e: unknown) =>
+        e instanceof DeviceError && /'x' operand \(f32, activations\) holds 4096 bytes/.test(
+          e.message,
+        ) && /1024 bytes/.test(e.message),
+    );
+    rt.free(y);
+  });
+});
+
+Deno.test("maxBindingBytes refuses values outside the adapter's range", async () => {
+  const rt = await getRuntime();
+  assert.throws(() => (rt.maxBindingBytes = 100), DeviceError);
+  assert.throws(
+    () => (rt.maxBindingBytes = rt.info.limits.maxStorageBufferBindingSize + 4),
+    DeviceError,
+  );
+});
