@@ -27,7 +27,7 @@ function unpack(words: Uint32Array, bits: number, n: number): number[] {
 }
 
 /** Runs `fn` with the runtime's binding limit lowered to `bytes`, restoring it after. */
-async function withBindingLimit(bytes: number, fn: (rt: Runtime) => Promise<void>) {
+async function withBindingLimit(bytes: number, fn: (rt: Runtime) => Promise<void> | void) {
   const rt = await getRuntime();
   const before = rt.maxBindingBytes;
   rt.maxBindingBytes = bytes;
@@ -143,7 +143,7 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
 });
 
 Deno.test("a buffer too large for one binding, read whole, is a DeviceError naming it", async () => {
-  await withBindingLimit(1024, async (rt) => {
+  await withBindingLimit(1024, (rt) => {
     const y = rt.alloc(4096, { dtype: "f32", purpose: "activations" });
     const p = axpb(rt, "f32");
     assert.throws(
