@@ -21,6 +21,19 @@ export const ST_NAMES: Readonly<Record<string, string>> = {
   bool: "BOOL",
 };
 const FROM_ST = new Map(Object.entries(ST_NAMES).map(([k, v]) => [v, k]));
+/**
+ * Integer dtypes of other frameworks (PyTorch's int64 indices, uint8 masks) that load into
+ * ulp's 32-bit integers: signed ones as i32, unsigned ones as u32 (64-bit values checked to
+ * fit). U8/U16 with a ulp dtype in `__metadata__` are raw codes of that dtype instead.
+ */
+export const INT_LOADS: ReadonlyMap<string, string> = new Map([
+  ["I64", "i32"],
+  ["I16", "i32"],
+  ["I8", "i32"],
+  ["U64", "u32"],
+  ["U16", "u32"],
+  ["U8", "u32"],
+]);
 /** Raw code widths, for dtypes without a safetensors name (their ulp name is in __metadata__). */
 export const RAW = new Map([[8, "U8"], [16, "U16"], [32, "U32"]]);
 /** Bytes per element in the file, for every dtype name the reader accepts. */
@@ -35,6 +48,10 @@ const FILE_BYTES = new Map([
   ["BOOL", 1],
   ["U8", 1],
   ["U16", 2],
+  ["I64", 8],
+  ["U64", 8],
+  ["I16", 2],
+  ["I8", 1],
 ]);
 const MAX_RANK = 8;
 /** Prefix of the __metadata__ keys that hold ulp dtype names. */
@@ -45,6 +62,9 @@ export const HEADER_BOUND = 100 * 2 ** 20;
 /** One tensor of a validated header. */
 export interface Entry {
   name: string;
+  /** The dtype name in the file (`F32`, `I64`, ...). */
+  st: string;
+  /** The ulp dtype it loads as. */
   dt: DType;
   shape: number[];
   begin: number;
@@ -160,7 +180,7 @@ function parseEntry(
   if (typeof st !== "string" || !FILE_BYTES.has(st)) {
     fail(
       `${what} has dtype ${JSON.stringify(st)}, which ulp cannot load; supported: ` +
-        `${[...FILE_BYTES.keys()].join(", ")} (U8/U16 with a ulp dtype in __metadata__)`,
+        `${[...FILE_BYTES.keys()].join(", ")}`,
     );
   }
   const st_ = st as string;
@@ -183,6 +203,8 @@ function parseEntry(
     }
   } else if (FROM_ST.has(st_)) {
     dt = dtype(FROM_ST.get(st_)!);
+  } else if (INT_LOADS.has(st_)) {
+    dt = dtype(INT_LOADS.get(st_)!);
   } else {
     return fail(`${what} has dtype ${st_} but no ulp dtype in __metadata__ '${ulpKey}'`);
   }
@@ -213,7 +235,7 @@ function parseEntry(
         `data_offsets span ${end - begin}`,
     );
   }
-  return { name, dt, shape: shape as number[], begin, end };
+  return { name, st: st_, dt, shape: shape as number[], begin, end };
 }
 
 /** The first name that a JSON object's top level repeats, or null. `text` is valid JSON. */

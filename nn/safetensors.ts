@@ -1,10 +1,14 @@
 /**
  * Weights on disk in the safetensors format (an 8-byte little-endian header length, a JSON
  * header of `{ name: { dtype, shape, data_offsets } }`, then the raw bytes), so files open
- * in other tools. ulp's storage codes are the bytes: F32, F16, BF16, F8_E4M3, F8_E5M2, I32,
- * U32 and BOOL use the standard names; formats safetensors does not know (simulated eXmY,
- * bf16x2) are stored as U8/U16/U32 codes with their ulp dtype in `__metadata__` under
- * `ulp.dtype.<name>`. Files ending in `.gz` are gzip-compressed (CompressionStream).
+ * in other tools. The names follow the reference library's `save_file(tensors, path)` and
+ * `load_file(path)`: `saveFile` and `loadFile`. ulp's storage codes are the bytes: F32, F16,
+ * BF16, F8_E4M3, F8_E5M2, I32, U32 and BOOL use the standard names; formats safetensors does
+ * not know (simulated eXmY, bf16x2) are stored as U8/U16/U32 codes with their ulp dtype in
+ * `__metadata__` under `ulp.dtype.<name>`. Integers of other frameworks load into ulp's
+ * 32-bit integers: I64, I16 and I8 as i32, U64, U16 and U8 as u32 (a 64-bit value outside
+ * the 32-bit range is a `FormatError` that names it; `skip` leaves such entries out). Files
+ * ending in `.gz` are gzip-compressed (CompressionStream).
  *
  * The reader treats every file as hostile and validates it before it allocates anything for
  * a tensor, with the rules of the reference implementation (huggingface/safetensors): the
@@ -13,7 +17,8 @@
  * shapes are non-negative integers (rank <= 8) whose element count times the element size
  * equals the byte range; the byte ranges tile the data exactly (no gaps, no overlap, nothing
  * past the end, nothing after the last tensor). So the tensors of a file that loads never
- * hold more bytes than the file (bool: 4 bytes on the GPU per byte of the file). A gzip file
+ * hold more than 4 bytes on the GPU per byte of the file (bool, I8 and U8: 4; I16 and U16:
+ * 2; every other dtype at most 1). A gzip file
  * is decompressed as a stream that stops as soon as the output passes what its header
  * declares.
  *
@@ -22,6 +27,7 @@
 
 import { FormatError, ValueError } from "../errors.ts";
 import { fromCodes, isTensor, type Tensor, tensor } from "../tensor/mod.ts";
+import { getRuntime } from "../gpu/device.ts";
 import {
   type Entry,
   fail,
@@ -36,7 +42,7 @@ import {
 /** Largest header accepted: far above any real model's, far below a hostile length's. */
 export const MAX_HEADER_BYTES: number = HEADER_BOUND;
 
-/** Options of `serialize` and `save`. */
+/** Options of `serialize` and `saveFile`. */
 export interface SaveOptions {
   /** String metadata stored in the header's `__metadata__`. */
   metadata?: Record<string, string>;
@@ -119,7 +125,7 @@ export async function serialize(
   return out;
 }
 
-/** What `deserialize` and `load` return. */
+/** What `deserialize` and `loadFile` return. */
 export interface Loaded {
   /** The tensors by name, on the GPU. */
   tensors: Record<string, Tensor>;
@@ -127,10 +133,56 @@ export interface Loaded {
   metadata: Record<string, string>;
 }
 
+/** Options of `deserialize` and `loadFile`. */
+export interface LoadOptions {
+  /**
+   * Entries to leave out, by name and safetensors dtype (`"I64"`, `"F32"`, ...): for example
+   * `(name, dtype) => dtype === "I64"` skips 64-bit integers such as PyTorch's
+   * `num_batches_tracked`. Skipped entries are still validated.
+   */
+  skip?: (name: string, dtype: string) => boolean;
+}
+
+/** The values of an integer entry of another width, as ulp's i32/u32 (range-checked). */
+function widen(e: Entry, copy: Uint8Array, size: number): Int32Array | Uint32Array {
+  const ab = copy.buffer;
+  switch (e.st) {
+    case "I8":
+      return Int32Array.from(new Int8Array(ab, 0, size));
+    case "I16":
+      return Int32Array.from(new Int16Array(ab, 0, size));
+    case "U8":
+      return Uint32Array.from(new Uint8Array(ab, 0, size));
+    case "U16":
+      return Uint32Array.from(new Uint16Array(ab, 0, size));
+  }
+  const signed = e.st === "I64";
+  const src = signed ? new BigInt64Array(ab, 0, size) : new BigUint64Array(ab, 0, size);
+  const [lo, hi] = signed ? [-(2n ** 31n), 2n ** 31n - 1n] : [0n, 2n ** 32n - 1n];
+  const out = signed ? new Int32Array(size) : new Uint32Array(size);
+  for (let i = 0; i < size; i++) {
+    const v = src[i];
+    if (v < lo || v > hi) {
+      throw new FormatError(
+        `safetensors: tensor ${JSON.stringify(e.name.slice(0, 40))} (${e.st}, shape ` +
+          `[${e.shape.join(",")}]) holds ${v} at index ${i}, outside the range of ulp's ` +
+          `${signed ? "i32" : "u32"} [${lo}, ${hi}] that ${e.st} loads into; store it as ` +
+          `${signed ? "I32" : "U32"} or leave it out with { skip: (name, dtype) => ` +
+          `dtype === "${e.st}" }`,
+      );
+    }
+    out[i] = Number(v);
+  }
+  return out;
+}
+
 function upload(e: Entry, bytes: Uint8Array): Tensor {
   const d = e.dt;
   const size = e.shape.reduce((a, b) => a * b, 1);
   const copy = bytes.slice(); // aligned, and owned by us
+  if (d.kind === "int" && e.st !== "I32" && e.st !== "U32") {
+    return tensor(widen(e, copy, size), { shape: e.shape, dtype: d });
+  }
   if (d.name === "bool") {
     return tensor(Uint32Array.from(copy, (v) => (v ? 1 : 0)), { shape: e.shape, dtype: "bool" });
   }
@@ -151,7 +203,8 @@ function upload(e: Entry, bytes: Uint8Array): Tensor {
 /**
  * Parses and validates a safetensors file's bytes and uploads its tensors. Throws a
  * `FormatError` naming the problem for any malformed or unsafe file, before any tensor is
- * made; if the GPU refuses a tensor (a `DeviceError`), the ones made before are freed.
+ * made; a 64-bit integer outside the 32-bit range, or a `DeviceError` from the GPU, frees
+ * the tensors made before it. Needs the device (`await ready()` first).
  *
  * @example
  * ```ts
@@ -159,7 +212,7 @@ function upload(e: Entry, bytes: Uint8Array): Tensor {
  * try { deserialize(new Uint8Array([255, 255, 255, 255, 255, 255, 255, 255])); } catch (e) { console.log(e instanceof FormatError); } // true
  * ```
  */
-export function deserialize(bytes: Uint8Array): Loaded {
+export function deserialize(bytes: Uint8Array, opts: LoadOptions = {}): Loaded {
   if (!((bytes as unknown) instanceof Uint8Array)) {
     const v = bytes as unknown;
     throw new ValueError(
@@ -174,6 +227,7 @@ export function deserialize(bytes: Uint8Array): Loaded {
   const made: [string, Tensor][] = [];
   try {
     for (const e of h.entries) {
+      if (opts.skip?.(e.name, e.st)) continue;
       made.push([e.name, upload(e, bytes.subarray(base + e.begin, base + e.end))]);
     }
   } catch (err) {
@@ -255,21 +309,31 @@ async function gunzipSafetensors(bytes: Uint8Array, path: string): Promise<Uint8
 }
 
 /**
- * Writes tensors to `path` as safetensors (gzip-compressed when the path ends in `.gz`),
- * atomically: a temporary file in the same folder, then a rename, so a crash never leaves a
- * half-written file under `path`. Needs `--allow-write` for the folder.
+ * Writes tensors to `path` as safetensors (gzip-compressed when the path ends in `.gz`), as
+ * the reference library's `save_file(tensors, path)`: atomically, through a temporary file in
+ * the same folder and a rename, so a crash never leaves a half-written file under `path`.
+ * Needs `--allow-write` for the folder.
  *
  * @example
  * ```ts ignore
- * import { save, tensor } from "../mod.ts";
- * await save("model.safetensors", { w: tensor([1, 2]) });
+ * import { loadFile, ready, saveFile, tensor } from "../mod.ts";
+ * await ready();
+ * await saveFile({ w: tensor([1, 2], { dtype: "bf16" }) }, "model.safetensors");
+ * const { tensors } = await loadFile("model.safetensors");
+ * console.log(tensors.w.dtype, Array.from(await tensors.w.toArray())); // "bf16" [1, 2]
  * ```
  */
-export async function save(
-  path: string,
+export async function saveFile(
   tensors: Record<string, Tensor>,
+  path: string,
   opts: SaveOptions = {},
 ): Promise<void> {
+  if (typeof path !== "string") {
+    throw new ValueError(
+      `saveFile(tensors, path): path must be a string, got ${typeof path} (the tensors come ` +
+        `first, as in safetensors' save_file)`,
+    );
+  }
   let bytes = await serialize(tensors, opts);
   if (path.endsWith(".gz")) bytes = await gzip(bytes);
   await writeAtomic(path, bytes);
@@ -307,16 +371,43 @@ export async function writeAtomic(path: string, bytes: Uint8Array): Promise<void
 
 /**
  * Reads a safetensors file (gzip-compressed when the path ends in `.gz`) and uploads its
- * tensors. Throws a `FormatError` for a malformed file. Needs `--allow-read` for the path.
+ * tensors, as the reference library's `load_file(path)`; acquires the device if needed.
+ * Throws a `FormatError` for a malformed file. Needs `--allow-read` for the path.
  *
  * @example
  * ```ts ignore
- * import { load } from "../mod.ts";
- * const { tensors } = await load("model.safetensors");
+ * import { loadFile } from "../mod.ts";
+ * // a PyTorch state dict: int64 counters load as i32; or leave them out
+ * const { tensors } = await loadFile("model.safetensors", { skip: (_, dt) => dt === "I64" });
  * ```
  */
-export async function load(path: string): Promise<Loaded> {
+export async function loadFile(path: string, opts: LoadOptions = {}): Promise<Loaded> {
   let bytes: Uint8Array = await Deno.readFile(path);
   if (path.endsWith(".gz")) bytes = await gunzipSafetensors(bytes, path);
-  return deserialize(bytes);
+  await getRuntime();
+  return deserialize(bytes, opts);
+}
+
+/**
+ * The old name of `saveFile`, with the path first. Kept for code inside ulp that still
+ * calls it; not part of the public entry.
+ *
+ * @deprecated Use `saveFile(tensors, path)`, the argument order of safetensors' `save_file`.
+ */
+export function save(
+  path: string,
+  tensors: Record<string, Tensor>,
+  opts: SaveOptions = {},
+): Promise<void> {
+  return saveFile(tensors, path, opts);
+}
+
+/**
+ * The old name of `loadFile`. Kept for code inside ulp that still calls it; not part of the
+ * public entry.
+ *
+ * @deprecated Use `loadFile(path)`, the name of safetensors' `load_file`.
+ */
+export function load(path: string, opts: LoadOptions = {}): Promise<Loaded> {
+  return loadFile(path, opts);
 }

@@ -18,8 +18,9 @@
  *       else tracker = t
  * ```
  *
- * So a training step with the scaler reads nothing back; `getScale()` and `stateDict()`
- * wait for the GPU. The factors are applied as f32 products (`scale * f32(factor)`): the same
+ * So a training step with the scaler reads nothing back; only `getScale()` waits for the GPU
+ * (`stateDict()` returns device copies of the scale and the tracker, as the optimizers return
+ * their state tensors). The factors are applied as f32 products (`scale * f32(factor)`): the same
  * bits as PyTorch's double product whenever the factor is an f32 number (2, 0.5, 1.5, ...).
  *
  * Reference: Micikevicius et al., "Mixed Precision Training", ICLR 2018; PyTorch
@@ -31,7 +32,7 @@
 import type { DType } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
-import { full, isTensor, keep, type Tensor, tensor } from "../tensor/mod.ts";
+import { full, isTensor, keep, Tensor, tensor } from "../tensor/mod.ts";
 import { layoutOf } from "../tensor/layout.ts";
 import {
   byDtype,
@@ -68,26 +69,36 @@ export interface GradScalerOptions {
 }
 
 /**
- * The state of a `GradScaler` (`stateDict()`): PyTorch's keys in camelCase.
+ * The state of a `GradScaler` (`stateDict()`): PyTorch's keys in camelCase. `stateDict()`
+ * gives the scale and the tracker as device tensors (copies the caller owns), so taking it
+ * waits for nothing; `loadStateDict()` also takes plain numbers, as PyTorch's state dicts
+ * hold them.
  *
  * @example
  * ```ts
- * import { GradScaler } from "../mod.ts";
- * const sd = await new GradScaler().stateDict();
- * console.log(sd.scale, sd.growthInterval, sd.growthTracker); // 65536 2000 0
+ * import { GradScaler, type GradScalerState } from "../mod.ts";
+ * const sd = new GradScaler().stateDict() as GradScalerState;
+ * console.log(await sd.scale.item(), sd.growthInterval, await sd.growthTracker.item()); // 65536 2000 0
+ * const numbers = { ...sd, scale: 1024, growthTracker: 3 };
+ * const s = new GradScaler();
+ * s.loadStateDict(numbers);
+ * console.log(await s.getScale()); // 1024
  * ```
  */
 export interface GradScalerState {
-  /** The current scale. */
-  scale: number;
+  /** The current scale (an f32 tensor of one element; a number is accepted on load). */
+  scale: Tensor | number;
   /** Growth factor. */
   growthFactor: number;
   /** Backoff factor. */
   backoffFactor: number;
   /** Growth interval. */
   growthInterval: number;
-  /** Consecutive steps without Inf/NaN since the scale last changed. */
-  growthTracker: number;
+  /**
+   * Consecutive steps without Inf/NaN since the scale last changed (an i32 tensor of one
+   * element; a number is accepted on load).
+   */
+  growthTracker: Tensor | number;
 }
 
 type Stage = "ready" | "unscaled" | "stepped";
@@ -354,21 +365,28 @@ export class GradScaler {
     this.#growthInterval = v;
   }
 
-  /** The state (reads the scale and tracker back); `{}` when disabled, as PyTorch. */
-  async stateDict(): Promise<GradScalerState | Record<string, never>> {
+  /**
+   * The state, without waiting for the GPU: the scale and the tracker as device copies
+   * (tensors the caller owns: read them with `item()`, free them with `dispose()`), the
+   * factors and the interval as numbers; `{}` when disabled, as PyTorch.
+   */
+  stateDict(): GradScalerState | Record<string, never> {
     if (!this.#enabled) return {};
     const [scale, tracker] = this.#lazyInit();
-    const [s, t] = await Promise.all([scale.toArray(), tracker.toArray()]);
+    const copy = (t: Tensor) => Tensor.empty(t.shape, t.dt, "other").copy_(t);
     return {
-      scale: s[0],
+      scale: copy(scale),
       growthFactor: this.#growthFactor,
       backoffFactor: this.#backoffFactor,
       growthInterval: this.#growthInterval,
-      growthTracker: t[0],
+      growthTracker: copy(tracker),
     };
   }
 
-  /** Restores a state from `stateDict()` (writes it to the device; no readback). */
+  /**
+   * Restores a state from `stateDict()` (copies its tensors on the device, or writes plain
+   * numbers; no readback). The tensors stay the caller's.
+   */
   loadStateDict(sd: GradScalerState | Record<string, never>): void {
     if (!this.#enabled) return;
     const op = "GradScaler.loadStateDict()";
@@ -379,22 +397,39 @@ export class GradScaler {
       );
     }
     const s = sd as GradScalerState;
-    for (const k of ["scale", "growthFactor", "backoffFactor", "growthInterval"] as const) {
+    for (const k of ["growthFactor", "backoffFactor", "growthInterval"] as const) {
       if (typeof s[k] !== "number") throw new ValueError(`${op}: '${k}' must be a number`);
     }
-    if (!(s.scale > 0) || !Number.isFinite(s.scale)) {
+    const oneOf = (k: "scale" | "growthTracker", dt: string) => {
+      const v = s[k];
+      if (typeof v === "number" || (k === "growthTracker" && v === undefined)) return;
+      if (!isTensor(v) || v.size !== 1 || v.dtype !== dt) {
+        throw new ValueError(
+          `${op}: '${k}' must be a number or a one-element ${dt} tensor (as stateDict() ` +
+            `gives it), got ${
+              isTensor(v) ? `a tensor of shape [${v.shape}] and dtype ${v.dtype}` : typeof v
+            }`,
+        );
+      }
+    };
+    oneOf("scale", "f32");
+    oneOf("growthTracker", "i32");
+    if (typeof s.scale === "number" && (!(s.scale > 0) || !Number.isFinite(s.scale))) {
       throw new ValueError(`${op}: scale must be a finite number > 0, got ${s.scale}`);
     }
     checkFactors(s.growthFactor, s.backoffFactor, s.growthInterval, op);
-    this.#initScale = s.scale;
+    if (typeof s.scale === "number") this.#initScale = s.scale;
     this.#growthFactor = s.growthFactor;
     this.#backoffFactor = s.backoffFactor;
     this.#growthInterval = s.growthInterval;
     const [scale, tracker] = this.#lazyInit();
     const rt = currentRuntime();
-    rt.write(scale.buffer(op), new Float32Array([s.scale]));
+    if (typeof s.scale === "number") rt.write(scale.buffer(op), new Float32Array([s.scale]));
+    else rt.copy(s.scale.buffer(op), 0, scale.buffer(op), 0, 4);
     if (typeof s.growthTracker === "number") {
       rt.write(tracker.buffer(op), new Int32Array([s.growthTracker]));
+    } else if (isTensor(s.growthTracker)) {
+      rt.copy(s.growthTracker.buffer(op), 0, tracker.buffer(op), 0, 4);
     }
   }
 

@@ -13,8 +13,8 @@ import {
   dtype,
   FormatError,
   fromCodes,
-  load,
   type Loaded,
+  loadFile,
   memory,
   serialize,
   type Tensor,
@@ -47,6 +47,9 @@ const WIDTH: Record<string, number> = {
   BOOL: 1,
   U8: 1,
   U16: 2,
+  I8: 1,
+  I16: 2,
+  I64: 8,
 };
 const ULP_NAME: Record<string, string> = {
   F32: "f32",
@@ -57,6 +60,11 @@ const ULP_NAME: Record<string, string> = {
   I32: "i32",
   U32: "u32",
   BOOL: "bool",
+  U8: "u32", // integers of other widths load as ulp's 32-bit ones
+  U16: "u32",
+  I8: "i32",
+  I16: "i32",
+  I64: "i32", // when every value fits (else a FormatError)
 };
 
 interface Expected {
@@ -83,8 +91,15 @@ function reference(file: Uint8Array): Map<string, Expected> {
     const codes: number[] = [];
     for (let i = 0; i < count; i++) {
       const at = 8 + n + begin + i * w;
-      const v = w === 1 ? file[at] : w === 2 ? dv.getUint16(at, true) : dv.getUint32(at, true);
-      codes.push(st === "BOOL" ? (v ? 1 : 0) : v);
+      const v = w === 1
+        ? file[at]
+        : w === 2
+        ? dv.getUint16(at, true)
+        : w === 8
+        ? Number(dv.getBigInt64(at, true)) >>> 0
+        : dv.getUint32(at, true);
+      const signed = st === "I8" ? (v << 24) >> 24 : st === "I16" ? (v << 16) >> 16 : v;
+      codes.push(st === "BOOL" ? (v ? 1 : 0) : (st === "I8" || st === "I16") ? signed >>> 0 : v);
     }
     const ulp = meta[`ulp.dtype.${name}`] ?? ULP_NAME[st];
     out.set(name, { dtype: dtype(ulp).name, shape, codes, bytes: count * w });
@@ -454,8 +469,8 @@ async function gz(bytes: Uint8Array): Promise<Uint8Array> {
   return new Uint8Array(await new Response(s).arrayBuffer());
 }
 
-Deno.test("load() of a .gz file stops decompressing where its header says the data ends", async () => {
-  // count what the decompressor hands out, to see where load() stops reading
+Deno.test("loadFile() of a .gz file stops decompressing where its header says the data ends", async () => {
+  // count what the decompressor hands out, to see where loadFile() stops reading
   const Real = globalThis.DecompressionStream;
   let produced = 0;
   globalThis.DecompressionStream = class {
@@ -511,7 +526,7 @@ Deno.test("load() of a .gz file stops decompressing where its header says the da
       let got: Loaded | null = null;
       produced = 0;
       try {
-        got = await load(path);
+        got = await loadFile(path);
       } catch (e) {
         if (what === "bomb") {
           assert.ok(produced < 16 * 2 ** 20, `the bomb was decompressed to ${produced} bytes`);

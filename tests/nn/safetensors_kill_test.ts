@@ -1,11 +1,11 @@
 // A checkpoint written while the process is killed leaves the previous one readable (issue #9,
-// item 3): a child process saves a large file over and over with save() (temporary file,
+// item 3): a child process saves a large file over and over with saveFile() (temporary file,
 // fsync, rename); we SIGKILL it at a random moment, several times, and the file under the
 // path must always load, whole, as one of the versions the child wrote.
 //
 // Needs --allow-run=deno (the test task has it) to start the child.
 import assert from "node:assert/strict";
-import { load } from "../../mod.ts";
+import { loadFile } from "../../mod.ts";
 import { rng } from "../tensor/_reference.ts";
 
 const ELEMENTS = 2 ** 21; // 8 MiB of f32 per file
@@ -32,7 +32,7 @@ async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string
   }
 }
 
-Deno.test("save() killed at random moments always leaves a whole file under its path", async () => {
+Deno.test("saveFile() killed at random moments always leaves a whole file under its path", async () => {
   await Deno.mkdir(".test-tmp", { recursive: true });
   const dir = await Deno.makeTempDir({ dir: ".test-tmp" });
   const path = `${dir}/model.safetensors`;
@@ -74,7 +74,7 @@ Deno.test("save() killed at random moments always leaves a whole file under its 
       await stderr;
       assert.equal(status.signal, "SIGKILL");
 
-      const { tensors, metadata } = await load(path);
+      const { tensors, metadata } = await loadFile(path);
       const v = Number(metadata.version);
       assert.ok(v >= saved && v <= saved + 1, `version ${v} after the child reported ${saved}`);
       assert.ok(v > previous, "the versions of the children that were killed before are gone");

@@ -4,8 +4,8 @@ import {
   dtype,
   FormatError,
   fromCodes,
-  load,
-  save,
+  loadFile,
+  saveFile,
   serialize,
   tensor,
 } from "../../mod.ts";
@@ -49,7 +49,7 @@ Deno.test("serialize() writes standard safetensors: names, shapes, offsets and l
   assert.deepEqual(Array.from(data.slice(33, 36)), [1, 0, 1]);
 });
 
-Deno.test("save() and load() round-trip every dtype exactly, gzip included, MCF pairs as raw codes", async () => {
+Deno.test("saveFile() and loadFile() round-trip every dtype exactly, gzip included, MCF pairs as raw codes", async () => {
   await Deno.mkdir(".test-tmp", { recursive: true });
   const dir = await Deno.makeTempDir({ dir: ".test-tmp" });
   try {
@@ -63,8 +63,8 @@ Deno.test("save() and load() round-trip every dtype exactly, gzip included, MCF 
     // a pair whose low part is not the rounding error of the high part must survive as is
     ts.pair = fromCodes(new Uint32Array([0x3f80_3c00, 0x4000_b800]), [2], "bf16x2");
     for (const file of ["a.safetensors", "a.safetensors.gz"]) {
-      await save(`${dir}/${file}`, ts, { metadata: { note: "x" } });
-      const { tensors, metadata } = await load(`${dir}/${file}`);
+      await saveFile(ts, `${dir}/${file}`, { metadata: { note: "x" } });
+      const { tensors, metadata } = await loadFile(`${dir}/${file}`);
       assert.deepEqual(metadata, { note: "x" });
       for (const [k, t] of Object.entries(ts)) {
         assert.equal(tensors[k].dtype, dtype(t.dtype).name, k);
@@ -158,4 +158,64 @@ Deno.test("deserialize() rejects malformed and hostile files with a FormatError 
       name,
     );
   }
+});
+
+Deno.test("integers of other frameworks load as i32/u32: I64 in range, I16, I8, U16 and U8", async () => {
+  const i64 = new BigInt64Array([-(2n ** 31n), -1n, 0n, 7n, 2n ** 31n - 1n]);
+  const i16 = new Int16Array([-32768, -1, 300]);
+  const i8 = new Int8Array([-128, -1, 127]);
+  const u16 = new Uint16Array([0, 65535]);
+  const u8 = new Uint8Array([0, 200, 255]);
+  const parts: [string, string, ArrayBufferView][] = [
+    ["a", "I64", i64],
+    ["b", "I16", i16],
+    ["c", "I8", i8],
+    ["d", "U16", u16],
+    ["e", "U8", u8],
+  ];
+  let at = 0;
+  const header: Record<string, unknown> = {};
+  const data = new Uint8Array(parts.reduce((n, [, , v]) => n + v.byteLength, 0));
+  for (const [name, st, v] of parts) {
+    const len = v.byteLength / (v as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT;
+    header[name] = { dtype: st, shape: [len], data_offsets: [at, at + v.byteLength] };
+    data.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), at);
+    at += v.byteLength;
+  }
+  const { tensors } = deserialize(file(header, data));
+  const want: [string, string, number[]][] = [
+    ["a", "i32", Array.from(i64, Number)],
+    ["b", "i32", Array.from(i16)],
+    ["c", "i32", Array.from(i8)],
+    ["d", "u32", Array.from(u16)],
+    ["e", "u32", Array.from(u8)],
+  ];
+  for (const [name, dt, values] of want) {
+    assert.equal(tensors[name].dtype, dt, name);
+    assert.deepEqual(Array.from(await tensors[name].toArray()), values, name);
+    tensors[name].dispose();
+  }
+});
+
+Deno.test("an I64 value outside the i32 range is a FormatError naming it; skip leaves entries out", async () => {
+  const big = new BigInt64Array([1n, 2n ** 31n]);
+  const w = new Float32Array([0.5, -2]);
+  const data = new Uint8Array(24);
+  data.set(new Uint8Array(w.buffer), 0);
+  data.set(new Uint8Array(big.buffer), 8);
+  const f = file({
+    w: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+    step: { dtype: "I64", shape: [2], data_offsets: [8, 24] },
+  }, data);
+  assert.throws(
+    () => deserialize(f),
+    (e: unknown) =>
+      e instanceof FormatError && /"step" \(I64, shape \[2\]\) holds 2147483648 at index 1/.test(
+        e.message,
+      ) && /skip/.test(e.message),
+  );
+  const { tensors } = deserialize(f, { skip: (_, dt) => dt === "I64" });
+  assert.deepEqual(Object.keys(tensors), ["w"]);
+  assert.deepEqual(Array.from(await tensors.w.toArray()), [0.5, -2]);
+  tensors.w.dispose();
 });

@@ -5,13 +5,28 @@ import {
   AdamW,
   getRuntime,
   GradScaler,
+  type GradScalerState,
   SGD,
-  type Tensor,
+  Tensor,
   tensor,
   tidy,
   ValueError,
 } from "../../mod.ts";
 import { adamwF64, closeUlps, refState, ulp32, uniform } from "./_reference.ts";
+
+/** A scaler's state with the scale and the tracker read back as numbers (copies freed). */
+async function numbers(scaler: GradScaler): Promise<GradScalerState> {
+  const sd = scaler.stateDict() as Record<string, unknown>;
+  const out: Record<string, unknown> = { ...sd };
+  for (const k of ["scale", "growthTracker"]) {
+    const v = sd[k];
+    if (v instanceof Tensor) {
+      out[k] = await v.item();
+      v.dispose();
+    }
+  }
+  return out as unknown as GradScalerState;
+}
 
 const f = Math.fround;
 
@@ -111,7 +126,7 @@ Deno.test("GradScaler follows PyTorch's algorithm over forced overflows; skipped
         `step ${t}: as never skipped`,
       );
     }
-    assert.deepEqual(await scaler.stateDict(), {
+    assert.deepEqual(await numbers(scaler), {
       scale: torch.scale,
       growthFactor: 2,
       backoffFactor: 0.5,
@@ -151,7 +166,7 @@ Deno.test("GradScaler's scale backs off on every overflow and grows after growth
     scaler.step(opt);
     scaler.update();
     torch.update(inf);
-    const sd = await scaler.stateDict();
+    const sd = await numbers(scaler);
     assert.deepEqual([sd.scale, sd.growthTracker], [torch.scale, torch.tracker], `step ${t}`);
     seen.push(`${sd.scale}`);
   }
@@ -167,7 +182,7 @@ Deno.test("GradScaler does not grow the scale past f32's range", async () => {
     scaler.step(opt);
     scaler.update();
   }
-  assert.deepEqual(await scaler.stateDict(), {
+  assert.deepEqual(await numbers(scaler), {
     scale: 2 ** 127,
     growthFactor: 2,
     backoffFactor: 0.5,
@@ -220,7 +235,7 @@ Deno.test("GradScaler with two optimizers skips only the one that overflowed and
 
 Deno.test("GradScaler has PyTorch's defaults, validates options, round-trips its state, and passes through when disabled", async () => {
   const s = new GradScaler();
-  assert.deepEqual(await s.stateDict(), {
+  assert.deepEqual(await numbers(s), {
     scale: 65536,
     growthFactor: 2,
     backoffFactor: 0.5,
@@ -233,11 +248,19 @@ Deno.test("GradScaler has PyTorch's defaults, validates options, round-trips its
   w.grad = tensor([65536]);
   s.step(opt);
   s.update();
-  const sd = await s.stateDict();
+  const sd = await numbers(s);
   assert.equal(sd.growthTracker, 1);
   const t = new GradScaler({ initScale: 1 });
-  t.loadStateDict(sd);
-  assert.deepEqual(await t.stateDict(), sd);
+  t.loadStateDict(sd); // numbers, as PyTorch's state dicts hold them
+  assert.deepEqual(await numbers(t), sd);
+  const dev = s.stateDict() as GradScalerState; // tensors, taken without waiting
+  assert.ok(dev.scale instanceof Tensor && dev.growthTracker instanceof Tensor);
+  const u = new GradScaler({ initScale: 8 });
+  u.loadStateDict(dev);
+  (dev.scale as Tensor).dispose();
+  (dev.growthTracker as Tensor).dispose();
+  assert.deepEqual(await numbers(u), sd);
+  u.dispose();
   s.update(1024);
   assert.equal(await s.getScale(), 1024);
   s.update(tensor([512]));
@@ -256,7 +279,7 @@ Deno.test("GradScaler has PyTorch's defaults, validates options, round-trips its
   const loss = tensor(2);
   assert.equal(off.scale(loss), loss);
   assert.equal(await off.getScale(), 1);
-  assert.deepEqual(await off.stateDict(), {});
+  assert.deepEqual(await numbers(off), {});
   w.grad = tensor([1]);
   off.step(opt);
   off.update();
