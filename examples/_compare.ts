@@ -53,57 +53,101 @@ export async function compareStrategies(
 ): Promise<StrategyResult[]> {
   const results: StrategyResult[] = [];
   const width = Math.max(...names.map((n) => n.length));
-  for (const name of names) {
-    const trainer = new Trainer({ ...base, precision: name }, corpus);
-    try {
-      const progress = new Progress({
-        total: base.steps,
-        label: name.padEnd(width),
-        live: o.live,
-        write: o.write,
-        every: 50,
-      });
-      const run = await runTraining(trainer, {
-        progress,
-        log: o.log,
-        fields: { strategy: name },
-        diagEvery: o.diagEvery,
-      });
-      const valLoss = await trainer.evaluate(o.evalBatches ?? 16);
-      o.log?.append({ strategy: name, type: "eval", step: trainer.step, valLoss });
-      const diag = run.records.filter((r) => r.imprecision !== undefined);
-      const mean = (f: (r: (typeof diag)[number]) => number) =>
-        diag.length ? diag.reduce((a, r) => a + f(r), 0) / diag.length : NaN;
-      const r: StrategyResult = {
-        strategy: name,
-        valLoss,
-        imprecision: mean((r) => r.imprecision!),
-        edqRatio: mean((r) => r.edqRatio!),
-        bytesPerParam: trainer.bytesPerParam,
-        msPerStep: run.ms / Math.max(1, run.records.length),
-        losses: run.records.map((r) => [r.step, r.loss]),
-        lost: diag.map((r) => [r.step, r.imprecision!]),
-      };
-      if (o.sampleTokens) {
-        const { tokenizer } = corpus;
-        const prompt = o.prompt ?? "export function ";
-        const ids = await sample(trainer.model, tokenizer.encode(prompt), o.sampleTokens, {
-          temperature: 0.8,
-          topK: 20,
-          seed: base.seed,
-        });
-        r.sample = prompt + tokenizer.decode(ids);
-      }
-      progress.note(
-        `${name.padEnd(width)} validation loss ${valLoss.toFixed(4)}, ` +
-          `${r.msPerStep.toFixed(0)} ms/step`,
-      );
-      results.push(r);
-    } finally {
-      trainer.dispose();
-    }
-  }
+  for (const name of names) results.push(await runStrategy(corpus, name, base, o, width));
   return results;
+}
+
+/**
+ * Trains `base` under strategy `name` (one cell of a comparison) and frees the model; `width`
+ * pads the strategy's name in the progress lines.
+ */
+export async function runStrategy(
+  corpus: Corpus,
+  name: string,
+  base: RunConfig,
+  o: CompareOptions,
+  width = name.length,
+): Promise<StrategyResult> {
+  const trainer = new Trainer({ ...base, precision: name }, corpus);
+  try {
+    const progress = new Progress({
+      total: base.steps,
+      label: name.padEnd(width),
+      live: o.live,
+      write: o.write,
+      every: 50,
+    });
+    const run = await runTraining(trainer, {
+      progress,
+      log: o.log,
+      fields: { strategy: name },
+      diagEvery: o.diagEvery,
+    });
+    const valLoss = await trainer.evaluate(o.evalBatches ?? 16);
+    o.log?.append({ strategy: name, type: "eval", step: trainer.step, valLoss });
+    const diag = run.records.filter((r) => r.imprecision !== undefined);
+    const mean = (f: (r: (typeof diag)[number]) => number) =>
+      diag.length ? diag.reduce((a, r) => a + f(r), 0) / diag.length : NaN;
+    const r: StrategyResult = {
+      strategy: name,
+      valLoss,
+      imprecision: mean((r) => r.imprecision!),
+      edqRatio: mean((r) => r.edqRatio!),
+      bytesPerParam: trainer.bytesPerParam,
+      msPerStep: run.ms / Math.max(1, run.records.length),
+      losses: run.records.map((r) => [r.step, r.loss]),
+      lost: diag.map((r) => [r.step, r.imprecision!]),
+    };
+    if (o.sampleTokens) {
+      const { tokenizer } = corpus;
+      const prompt = o.prompt ?? "export function ";
+      const ids = await sample(trainer.model, tokenizer.encode(prompt), o.sampleTokens, {
+        temperature: 0.8,
+        topK: 20,
+        seed: base.seed,
+      });
+      r.sample = prompt + tokenizer.decode(ids);
+    }
+    progress.note(
+      `${name.padEnd(width)} validation loss ${valLoss.toFixed(4)}, ` +
+        `${r.msPerStep.toFixed(0)} ms/step`,
+    );
+    return r;
+  } finally {
+    trainer.dispose();
+  }
+}
+
+/** A result as JSON text, NaN and Infinity as null (read back by `resultFromJson`). */
+export function resultToJson(r: StrategyResult, extra: Record<string, unknown> = {}): string {
+  return JSON.stringify(
+    { ...extra, result: r },
+    (_k, x) => typeof x === "number" && !Number.isFinite(x) ? null : x,
+  );
+}
+
+/** A result written by `resultToJson`, with null read back as NaN; and the extra fields. */
+export function resultFromJson(
+  text: string,
+): { result: StrategyResult; extra: Record<string, unknown> } {
+  const { result, ...extra } = JSON.parse(text) as { result: StrategyResult };
+  if (!result || typeof result.strategy !== "string" || !Array.isArray(result.losses)) {
+    throw new SyntaxError("no strategy result in it");
+  }
+  const n = (x: number | null) => (x === null ? NaN : x);
+  return {
+    result: {
+      ...result,
+      valLoss: n(result.valLoss),
+      imprecision: n(result.imprecision),
+      edqRatio: n(result.edqRatio),
+      bytesPerParam: n(result.bytesPerParam),
+      msPerStep: n(result.msPerStep),
+      losses: result.losses.map(([s, l]) => [s, n(l)]),
+      lost: result.lost.map(([s, f]) => [s, n(f)]),
+    },
+    extra,
+  };
 }
 
 /** The Markdown table of the results, with the loss relative to `ref` (default amp-bf16). */

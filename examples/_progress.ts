@@ -65,6 +65,29 @@ export class Progress {
   }
 }
 
+/**
+ * Progress over the cells of a sweep: each finished cell's line ends with the cells done so
+ * far, the time spent and an ETA of the rest (mean time of the cells this process ran so far).
+ */
+export class CellProgress {
+  readonly #t0 = performance.now();
+  #done = 0;
+
+  /** `total`: the cells this process runs; `write`: where the lines go. */
+  constructor(readonly total: number, readonly write: (line: string) => void) {}
+
+  /** The line of a finished cell: `[2/6] <text> (elapsed 1m10s, ETA 2m20s)`. */
+  cellDone(text: string): void {
+    this.#done++;
+    const elapsed = (performance.now() - this.#t0) / 1000;
+    const eta = (elapsed / this.#done) * (this.total - this.#done);
+    this.write(
+      `[${this.#done}/${this.total}] ${text} (elapsed ${duration(elapsed)}` +
+        (this.#done < this.total ? `, ETA ${duration(eta)})` : ")"),
+    );
+  }
+}
+
 /** Seconds as `1h02m`, `3m05s` or `12s`. */
 export function duration(s: number): string {
   if (!Number.isFinite(s)) return "?";

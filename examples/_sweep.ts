@@ -72,11 +72,6 @@ export function divergenceStep(losses: readonly number[], factor: number): numbe
   return null;
 }
 
-/** The key of a cell within a sweep configuration. */
-export function cellKey(format: string, lr: number, seed: number, config: SweepConfig): string {
-  return toJson([format, lr, seed, config]); // as stored: numbers to 6 significant digits
-}
-
 /** Short learning-rate label: 3e-4, 1e-3, 1.5e-3. */
 export const fmtLr = (lr: number): string => lr.toExponential().replace("e+", "e");
 

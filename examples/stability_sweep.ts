@@ -12,17 +12,27 @@
  * there. The loss is read every 10 steps (one shared readback), so a run may go on for up
  * to 9 steps past the step it diverged at.
  *
- * Resumable: each finished run (a cell of the grid) appends one JSON line to
- * `<out>/cells.jsonl`; a rerun with the same settings skips the cells already there (a line
- * made with other settings, such as another --steps or other data, is ignored, and the first
- * line printed says which settings differ). Then it writes `results.md`, `results.json` and
+ * Cells, for one machine or a cluster: the grid is a numbered list of cells (formats, then
+ * learning rates, then seeds; `--list` prints it). With no `--cell K` or `--shard I/N`, a
+ * process runs every cell, or, given `--allow-env=SLURM_ARRAY_TASK_ID,JOB_COMPLETION_INDEX`,
+ * the one a Slurm array task or a Kubernetes Indexed Job pod is given. Each finished cell is a
+ * file `<out>/cells/<cell>.<settings hash>.json`, written atomically; a cell whose file exists
+ * is skipped, so an interrupted sweep resumes where it stopped, a retried task does nothing
+ * twice, and a run with other settings (another --steps, other data) starts its own cells.
+ * The process that finds every cell done (or `--merge`) writes `report.md`, `results.json` and
  * `loss.svg` (one panel per format, one line per learning rate: the mean over seeds of the
- * training loss, averaged over 10 steps) into `<out>`.
+ * training loss, averaged over 10 steps) into `<out>`; with cells missing, `--merge` names them.
+ * Cells of an older version's `<out>/cells.jsonl` with equal settings are taken over.
  *
  * Run (reads the project, writes only the output folder):
  *   deno run --allow-read=. --allow-write=out examples/stability_sweep.ts \
  *     --formats bf16,e8m5,e8m4,e8m3 --lrs 3e-4,1e-3,3e-3 --seeds 3 --steps 300
+ *   deno run --allow-read=. --allow-write=out examples/stability_sweep.ts --list
+ *   deno run --allow-read=. --allow-write=out examples/stability_sweep.ts --cell 5
+ *   deno run --allow-read=. --allow-write=out examples/stability_sweep.ts --merge
  *   deno run --allow-read=. --allow-write=out examples/stability_sweep.ts --help
+ * On a cluster: deploy/slurm/sweep.sbatch, deploy/k8s/sweep-job.yaml (README, "Run a sweep on
+ * a cluster").
  *
  * @module
  */
@@ -39,8 +49,9 @@ import {
   sharpness,
   type Tensor,
   tidy,
-  writeAtomic,
 } from "../mod.ts";
+import { FormatError } from "../errors.ts";
+import { writeAtomic } from "../nn/safetensors.ts";
 import {
   checks,
   type CliIO,
@@ -53,7 +64,20 @@ import {
 } from "./_cli.ts";
 import { Batches, evaluate, loadCorpus } from "./_text.ts";
 import {
-  cellKey,
+  ALLOW_ENV,
+  type Cell,
+  CELL_OPTIONS,
+  CellDir,
+  checkUnique,
+  describeMissing,
+  differingKeys,
+  listLines,
+  plural,
+  selectCells,
+  settingsHash,
+} from "./_cells.ts";
+import { CellProgress } from "./_progress.ts";
+import {
   type CellRecord,
   divergenceStep,
   finite,
@@ -148,7 +172,12 @@ export const OPTIONS: Record<string, Option> = {
     default: "8",
     check: checks.int(1),
   },
-  out: { type: "string", help: "output folder", default: "out/sweep" },
+  out: {
+    type: "string",
+    help: "output folder (shared by the tasks on a cluster)",
+    default: "out/sweep",
+  },
+  ...CELL_OPTIONS,
   help: { type: "boolean", help: "show this help", default: false },
 };
 
@@ -229,14 +258,40 @@ async function runCell(
 
 /**
  * Runs the sweep for the command line `args`; returns the exit code: 0 done (or --help), 2 bad
- * usage or a missing permission, with one line on `io.error` naming the flag or the path.
+ * usage or a missing permission, with one line on `io.error` naming the flag or the path; 1 for
+ * `--merge` with cells missing (the line names them).
  */
 export function main(args: readonly string[], io: CliIO = consoleIO): Promise<number> {
   return runCli(PROGRAM, () => sweep(args, io), io);
 }
 
+/** A cell of the grid: one format, learning rate and seed. */
+interface SweepCell extends Cell {
+  format: string;
+  lr: number;
+  seed: number;
+}
+
+/** The numbered cells of the grid: formats, then learning rates, then seeds. */
+export function sweepCells(
+  formats: readonly string[],
+  lrs: readonly number[],
+  seeds: number,
+): SweepCell[] {
+  const grid = formats.flatMap((format) =>
+    lrs.flatMap((lr) => Array.from({ length: seeds }, (_, s) => ({ format, lr, seed: s + 1 })))
+  );
+  return grid.map((g, index) => ({
+    ...g,
+    index,
+    name: `${g.format}-lr${fmtLr(g.lr)}-seed${g.seed}`,
+    label: `${g.format} lr ${fmtLr(g.lr)} seed ${g.seed}`,
+  }));
+}
+
 async function sweep(args: readonly string[], io: CliIO): Promise<number> {
-  const usage = "deno run --allow-read=. --allow-write=out examples/stability_sweep.ts [options]";
+  const usage = `deno run --allow-read=. --allow-write=out [${ALLOW_ENV}] ` +
+    "examples/stability_sweep.ts [options]";
   const v = parseOptions(PROGRAM, usage, OPTIONS, args).values;
   const int = (k: string) => Number(v[k]);
   const list = (k: string) => String(v[k]).split(",").map((x) => x.trim());
@@ -245,6 +300,7 @@ async function sweep(args: readonly string[], io: CliIO): Promise<number> {
   if (int("width") % int("heads")) {
     throw new UsageError(`${PROGRAM}: --width ${v.width} must be a multiple of --heads ${v.heads}`);
   }
+  await requirePermission(PROGRAM, "read", out, "the output folder");
   await requirePermission(PROGRAM, "write", out, "the output folder");
   const corpus = await loadCorpus(String(v.data));
   const cfg: SweepConfig = {
@@ -263,15 +319,67 @@ async function sweep(args: readonly string[], io: CliIO): Promise<number> {
     sharpnessEps: Number(v["sharpness-eps"]),
     evalBatches: int("eval-batches"),
   };
-  const source = corpus.source;
   const data = { train: corpus.train, val: corpus.val, vocab: corpus.tokenizer.vocabSize };
+  const cells = sweepCells(formats, lrs, seeds);
+  checkUnique(PROGRAM, cells);
+  const hash = settingsHash(toJson(cfg));
+  let dir = await CellDir.open(out, hash);
+  const notes = [...await importCellsJsonl(out, cfg, cells, dir), ...await otherNotes(dir, cfg)];
 
-  await Deno.mkdir(out, { recursive: true });
-  const cellsPath = `${out}/cells.jsonl`;
-  const done = new Map<string, CellRecord>();
-  let other = 0, broken = 0;
+  if (v.list) {
+    for (const line of listLines(cells, dir)) io.log(line);
+    return 0;
+  }
+  if (v.merge) return await merge(out, dir, cells, cfg, corpus.source, formats, lrs, seeds, io);
+
+  const pick = selectCells(PROGRAM, cells.length, v);
+  const todo = pick.indices.map((k) => cells[k]).filter((c) => !dir.has(c.name));
+  const done = cells.filter((c) => dir.has(c.name)).length;
+  io.log(
+    `${plural(cells.length, "cell")}: ${done} done, ${todo.length} to run` +
+      (pick.by === "all cells" ? "" : ` (${pick.by})`) +
+      (notes.length ? ` (${notes.join("; ")})` : ""),
+  );
+  const progress = new CellProgress(todo.length, (t) => io.log(t));
+  for (const g of todo) {
+    const text = toJson(await runCell(g.format, g.lr, g.seed, cfg, data));
+    await dir.write(g.name, text);
+    const c = fromJson(text); // as the merge will read it
+    progress.cellDone(
+      `cell ${g.index} ${g.label}: ${
+        c.divergedAt !== null
+          ? `diverged at step ${c.divergedAt}`
+          : `val loss ${num(c.finalLoss, 4)}`
+      }, max sharpness ${num(c.maxSharpness, 3)}, ${c.msPerStep.toFixed(0)} ms/step`,
+    );
+  }
+  dir = await CellDir.open(out, hash); // cells other tasks finished meanwhile
+  if (cells.every((c) => dir.has(c.name))) {
+    return await merge(out, dir, cells, cfg, corpus.source, formats, lrs, seeds, io);
+  }
+  const left = cells.filter((c) => !dir.has(c.name)).length;
+  io.log(
+    `${cells.length - left} of ${cells.length} cells done; still to run: ` +
+      `${describeMissing(cells, dir)}. The task that finishes the last cell writes the table ` +
+      `(or run again with --merge when all are done).`,
+  );
+  return 0;
+}
+
+/**
+ * Cells of an older version's `<out>/cells.jsonl` (one line per cell, appended) made with these
+ * settings become cell files; returns notes on lines it could not use.
+ */
+async function importCellsJsonl(
+  out: string,
+  cfg: SweepConfig,
+  cells: readonly SweepCell[],
+  dir: CellDir,
+): Promise<string[]> {
+  const path = `${out}/cells.jsonl`;
+  const lines = await Deno.readTextFile(path).catch(() => "");
+  let other = 0, broken = 0, taken = 0;
   const differ = new Set<string>();
-  const lines = await Deno.readTextFile(cellsPath).catch(() => "");
   for (const line of lines.split("\n").filter((l) => l.trim())) {
     let c: CellRecord;
     try {
@@ -280,51 +388,85 @@ async function sweep(args: readonly string[], io: CliIO): Promise<number> {
       broken++; // a line cut short by an interrupted write
       continue;
     }
-    if (toJson(c.config) === toJson(cfg)) done.set(cellKey(c.format, c.lr, c.seed, cfg), c);
-    else {
+    if (toJson(c.config) !== toJson(cfg)) {
       other++;
-      for (const [k, x] of Object.entries(cfg)) {
-        if (toJson(x) !== toJson((c.config as unknown as Record<string, unknown>)?.[k])) {
-          differ.add(k);
-        }
-      }
+      const theirs = (c.config ?? {}) as unknown as Record<string, unknown>;
+      for (const k of differingKeys(JSON.parse(toJson(cfg)), theirs)) differ.add(k);
+      continue;
+    }
+    const cell = cells.find((g) => g.format === c.format && g.lr === c.lr && g.seed === c.seed);
+    if (cell && !dir.has(cell.name)) {
+      await dir.write(cell.name, toJson(c));
+      taken++;
     }
   }
-  const grid = formats.flatMap((f) =>
-    lrs.flatMap((lr) => Array.from({ length: seeds }, (_, s) => ({ f, lr, seed: s + 1 })))
-  );
-  const todo = grid.filter((g) => !done.has(cellKey(g.f, g.lr, g.seed, cfg)));
-  const notes = [
-    other ? `${other} lines of ${cellsPath} ignored: other ${[...differ].join(", ")}` : "",
-    broken ? `${broken} unreadable lines of ${cellsPath} ignored` : "",
+  return [
+    taken ? `${plural(taken, "cell")} taken from ${path}` : "",
+    other ? `${plural(other, "line")} of ${path} ignored: other ${[...differ].join(", ")}` : "",
+    broken ? `${plural(broken, "unreadable line")} of ${path} ignored` : "",
   ].filter(Boolean);
-  io.log(
-    `${grid.length} runs: ${grid.length - todo.length} done, ${todo.length} to run` +
-      (notes.length ? ` (${notes.join("; ")})` : ""),
-  );
-  for (const [k, g] of todo.entries()) {
-    const line = toJson(await runCell(g.f, g.lr, g.seed, cfg, data));
-    await Deno.writeTextFile(cellsPath, line + "\n", { append: true });
-    const c = fromJson(line); // as a rerun will read it
-    done.set(cellKey(g.f, g.lr, g.seed, cfg), c);
-    io.log(
-      `[${k + 1}/${todo.length}] ${g.f} lr ${fmtLr(g.lr)} seed ${g.seed}: ${
-        c.divergedAt !== null
-          ? `diverged at step ${c.divergedAt}`
-          : `val loss ${num(c.finalLoss, 4)}`
-      }, max sharpness ${num(c.maxSharpness, 3)}, ${c.msPerStep.toFixed(0)} ms/step`,
+}
+
+/** A note on the cell files made with other settings, naming the settings that differ. */
+async function otherNotes(dir: CellDir, cfg: SweepConfig): Promise<string[]> {
+  if (!dir.others.length) return [];
+  let differ: string[] = [];
+  try {
+    const theirs = JSON.parse(await Deno.readTextFile(dir.others[0])).config;
+    differ = differingKeys(JSON.parse(toJson(cfg)), theirs ?? {});
+  } catch {
+    // unreadable: counted all the same
+  }
+  return [
+    `${plural(dir.others.length, "cell file")} of other settings ignored` +
+    (differ.length ? ` (other ${differ.join(", ")})` : ""),
+  ];
+}
+
+/**
+ * Reads every cell's file and writes report.md, results.json and loss.svg: what a run of the
+ * whole grid writes. Throws a UsageError (exit 1) naming the cells still missing.
+ */
+async function merge(
+  out: string,
+  dir: CellDir,
+  grid: readonly SweepCell[],
+  cfg: SweepConfig,
+  source: string,
+  formats: readonly string[],
+  lrs: readonly number[],
+  seeds: number,
+  io: CliIO,
+): Promise<number> {
+  const missing = grid.filter((c) => !dir.has(c.name));
+  if (missing.length) {
+    throw new UsageError(
+      `${PROGRAM}: ${missing.length} of ${grid.length} cells have no result in ${dir.dir}: ` +
+        `${describeMissing(grid, dir)}; run them (--cell K) and merge again`,
+      1,
     );
   }
-
-  const cells = grid.map((g) => done.get(cellKey(g.f, g.lr, g.seed, cfg))!);
+  const cells: CellRecord[] = [];
+  for (const g of grid) {
+    const text = await dir.read(g.name);
+    try {
+      cells.push(fromJson(text ?? ""));
+    } catch (e) {
+      throw new FormatError(
+        `${PROGRAM}: the result of cell ${g.index} (${g.label}), ${dir.path(g.name)}, is not ` +
+          `readable (${(e as Error).message}); delete it and run --cell ${g.index} again`,
+      );
+    }
+  }
   const rows = summarize(cells, formats, lrs);
   const table = resultsTable(rows);
-  const desc =
-    `${cfg.layers} layers, ${cfg.heads} heads, width ${cfg.width}, context ${cfg.block}, batch ${cfg.batch}; ` +
+  const desc = `${plural(cfg.layers, "layer")}, ${plural(cfg.heads, "head")}, ` +
+    `width ${cfg.width}, context ${cfg.block}, batch ${cfg.batch}; ` +
     `AdamW (betas 0.9/0.95, weight decay 0.1), ${
-      Math.min(cfg.warmup, cfg.steps)
-    } warmup steps then cosine to lr/10, ` +
-    `${cfg.steps} steps; GEMM inputs cast with ${cfg.rounding}; ${seeds} seeds; data: ${source}`;
+      plural(Math.min(cfg.warmup, cfg.steps), "warmup step")
+    } then cosine to lr/10, ` +
+    `${plural(cfg.steps, "step")}; GEMM inputs cast with ${cfg.rounding}; ` +
+    `${plural(seeds, "seed")}; data: ${source}`;
   const rule =
     `A run diverges when its training loss is NaN/Inf or exceeds ${cfg.divergeFactor}x its running minimum; ` +
     `the final loss is the validation loss (${cfg.evalBatches} batches) of the runs that did not diverge; ` +
@@ -332,7 +474,7 @@ async function sweep(args: readonly string[], io: CliIO): Promise<number> {
     `${cfg.sharpnessEvery} steps, max over steps and seeds.`;
   const enc = new TextEncoder();
   await writeAtomic(
-    `${out}/results.md`,
+    `${out}/report.md`,
     enc.encode(`# Stability sweep\n\n${desc}.\n\n${table}\n\n${rule}\n\n![loss](loss.svg)\n`),
   );
   await writeAtomic(
@@ -340,7 +482,11 @@ async function sweep(args: readonly string[], io: CliIO): Promise<number> {
     enc.encode(toJson({ config: cfg, description: desc, rule, rows, cells }, 1)),
   );
   await writeAtomic(`${out}/loss.svg`, enc.encode(lossSvg(cells, formats, lrs)));
-  io.log(`\n${table}\n\nwrote ${out}/results.md, results.json and loss.svg`);
+  const old = await Deno.stat(`${out}/results.md`).then(() => true, () => false);
+  io.log(
+    `\n${table}\n\nwrote ${out}/report.md, results.json and loss.svg` +
+      (old ? ` (${out}/results.md is an older version's table, left as it was)` : ""),
+  );
   return 0;
 }
 

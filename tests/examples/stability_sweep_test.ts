@@ -1,7 +1,8 @@
-// examples/stability_sweep.ts (and its _sweep.ts): the divergence rule on synthetic curves, the summary against
-// hand-computed values, and main() on a tiny grid (a tiny GPT, a few steps) on the real
-// adapter: its table, JSON and chart against its own per-cell records, resuming without
-// re-running finished cells, and one-line errors for bad values.
+// examples/stability_sweep.ts (and its _sweep.ts): the divergence rule on synthetic curves, the
+// summary against hand-computed values, and main() on a tiny grid (a tiny GPT, a few steps) on
+// the real adapter: its table, JSON and chart against its own cell files, resuming without
+// re-running finished cells, taking over an older version's cells.jsonl, and one-line errors
+// for bad values. Cells run as separate processes and merged: tests/examples/sweep_cells_test.ts.
 import assert from "node:assert/strict";
 import { main } from "../../examples/stability_sweep.ts";
 import type { CliIO } from "../../examples/_cli.ts";
@@ -109,7 +110,7 @@ Deno.test("main() rejects bad values with one line naming the flag and the valid
   assert.match(io.out[0], /--diverge-factor .* \(default 2\)/);
 });
 
-Deno.test("main() on a tiny grid writes table, JSON and chart from its cells and resumes", async () => {
+Deno.test("main() on a tiny grid writes table, JSON and chart from its cell files and resumes", async () => {
   await Deno.remove(DIR, { recursive: true }).catch(() => {});
   await Deno.mkdir(DIR, { recursive: true });
   const words = ["the", "loss", "of", "a", "tiny", "model", "falls", "slowly", "and", "then"];
@@ -118,25 +119,43 @@ Deno.test("main() on a tiny grid writes table, JSON and chart from its cells and
     Array.from({ length: 400 }, (_, i) => words[(i * 7) % words.length]).join(" "),
   );
   const out = `${DIR}/out`;
-  const args = (formats: string) => [
-    ...["--formats", formats, "--lrs", "3e-3", "--seeds", "1", "--steps", "6", "--warmup", "2"],
+  const args = (formats: string, steps = "6") => [
+    ...["--formats", formats, "--lrs", "3e-3", "--seeds", "1", "--steps", steps, "--warmup", "2"],
     ...["--layers", "1", "--heads", "1", "--width", "8", "--block", "4", "--batch", "2"],
     ...["--eval-batches", "2", "--sharpness-every", "2", "--data", `${DIR}/data.txt`],
     ...["--out", out],
   ];
+  const cellFiles = async () => {
+    const names: string[] = [];
+    for await (const e of Deno.readDir(`${out}/cells`)) names.push(e.name);
+    return names.sort();
+  };
   const io1 = capture();
   assert.equal(await main(args("bf16"), io1), 0);
-  assert.match(io1.out[0], /^1 runs: 0 done, 1 to run/);
-  const first = await Deno.readTextFile(`${out}/cells.jsonl`);
+  assert.match(io1.out[0], /^1 cell: 0 done, 1 to run$/);
+  assert.match(
+    io1.out[1],
+    /^\[1\/1\] cell 0 bf16 lr 3e-3 seed 1: val loss \d\.\d{4}, .*\(elapsed /,
+  );
+  const [bf16File] = await cellFiles();
+  assert.match(bf16File, /^bf16-lr3e-3-seed1\.[0-9a-f]{8}\.json$/);
+  const first = await Deno.readTextFile(`${out}/cells/${bf16File}`);
+  const firstTime = (await Deno.stat(`${out}/cells/${bf16File}`)).mtime;
 
-  // A second format: only its cell runs; the first cell's line stays as it was.
+  // A second format: only its cell runs; the first cell's file stays as it was.
   const io2 = capture();
   assert.equal(await main(args("bf16,e8m3"), io2), 0);
-  assert.match(io2.out[0], /^2 runs: 1 done, 1 to run/);
-  const lines = (await Deno.readTextFile(`${out}/cells.jsonl`)).trim().split("\n");
-  assert.equal(lines.length, 2);
-  assert.equal(lines[0] + "\n", first);
-  const cells = lines.map((l) => JSON.parse(l));
+  assert.match(io2.out[0], /^2 cells: 1 done, 1 to run$/);
+  const files = await cellFiles();
+  assert.deepEqual(files.map((f) => f.replace(/\.[0-9a-f]{8}\./, ".H.")), [
+    "bf16-lr3e-3-seed1.H.json",
+    "e8m3-lr3e-3-seed1.H.json",
+  ]);
+  assert.equal(await Deno.readTextFile(`${out}/cells/${bf16File}`), first);
+  assert.deepEqual((await Deno.stat(`${out}/cells/${bf16File}`)).mtime, firstTime);
+  const cells = await Promise.all(
+    files.map(async (f) => JSON.parse(await Deno.readTextFile(`${out}/cells/${f}`))),
+  );
   assert.deepEqual(cells.map((c) => c.format), ["bf16", "e8m3"]);
   for (const c of cells) {
     assert.equal(c.divergedAt, divergenceStep(c.loss, 2));
@@ -147,10 +166,11 @@ Deno.test("main() on a tiny grid writes table, JSON and chart from its cells and
     assert.ok(c.loss.every((l: number) => l > 0 && l < 10));
   }
 
-  // The table and the JSON agree with the cells.
+  // The table (report.md, as the other examples name it) and the JSON agree with the cells.
   const json = JSON.parse(await Deno.readTextFile(`${out}/results.json`));
   assert.deepEqual(json.cells, cells);
-  const md = await Deno.readTextFile(`${out}/results.md`);
+  const md = await Deno.readTextFile(`${out}/report.md`);
+  assert.match(md, /^# Stability sweep\n\n1 layer, 1 head, width 8, .* 6 steps; .* 1 seed; /);
   for (const [i, c] of cells.entries()) {
     const row = json.rows[i];
     const div = c.divergedAt === null ? 0 : 1;
@@ -166,18 +186,33 @@ Deno.test("main() on a tiny grid writes table, JSON and chart from its cells and
   assert.ok(svg.includes("bf16: training loss") && svg.includes("e8m3: training loss"));
   assert.ok(svg.includes(">lr 3e-3"));
 
-  // A rerun runs nothing; a line made with other settings and a line cut short by an
-  // interrupted write are ignored, and the message says so.
+  // A rerun runs nothing; a cell file made with other settings, and an older version's
+  // cells.jsonl with a line of other settings and a line cut short, are ignored and named.
   const moved = { ...cells[0], config: { ...cells[0].config, steps: 7 } };
-  await Deno.writeTextFile(`${out}/cells.jsonl`, JSON.stringify(moved) + '\n{"format":"bf1', {
-    append: true,
-  });
+  await Deno.writeTextFile(`${out}/cells/bf16-lr3e-3-seed1.0badcafe.json`, JSON.stringify(moved));
+  await Deno.writeTextFile(`${out}/cells.jsonl`, JSON.stringify(moved) + '\n{"format":"bf1');
   const io3 = capture();
   assert.equal(await main(args("bf16,e8m3"), io3), 0);
-  assert.match(
+  assert.equal(
     io3.out[0],
-    /^2 runs: 2 done, 0 to run \(1 lines of .* ignored: other steps; 1 unreadable lines .*\)$/,
+    `2 cells: 2 done, 0 to run (1 line of ${out}/cells.jsonl ignored: other steps; 1 unreadable ` +
+      `line of ${out}/cells.jsonl ignored; 1 cell file of other settings ignored (other steps))`,
   );
   const again = JSON.parse(await Deno.readTextFile(`${out}/results.json`));
   assert.deepEqual(again.rows, json.rows);
+
+  // An older version's output: cells.jsonl lines of these settings become cell files.
+  await Deno.remove(`${out}/cells`, { recursive: true });
+  await Deno.writeTextFile(
+    `${out}/cells.jsonl`,
+    cells.map((c) => JSON.stringify(c) + "\n").join(""),
+  );
+  await Deno.writeTextFile(`${out}/results.md`, "an older version's table");
+  const io4 = capture();
+  assert.equal(await main(args("bf16,e8m3"), io4), 0);
+  assert.equal(io4.out[0], `2 cells: 2 done, 0 to run (2 cells taken from ${out}/cells.jsonl)`);
+  assert.deepEqual(await cellFiles(), files);
+  assert.equal(await Deno.readTextFile(`${out}/cells/${bf16File}`), first);
+  assert.deepEqual(JSON.parse(await Deno.readTextFile(`${out}/results.json`)).rows, json.rows);
+  assert.match(io4.out.at(-1)!, /results\.md is an older version's table, left as it was/);
 });
