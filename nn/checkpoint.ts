@@ -10,6 +10,13 @@
  * removed. A process killed at any moment leaves a JSON that points to a complete tensor
  * file: the new checkpoint or the previous one.
  *
+ * Nothing is trusted before it is verified: the JSON records every tensor's dtype, shape and
+ * SHA-256 digest, and a load checks the tensor file's header and every tensor's bytes against
+ * them (a changed dtype, a flipped bit or a NaN written into a weight is a `FormatError`
+ * naming the tensor) before any tensor is uploaded; then each tensor's dtype and shape must be
+ * what the model and the optimizer expect (no silent conversion: `{ cast: true }` converts
+ * on purpose).
+ *
  * Anything with `stateDict()` and `loadStateDict()` can be saved: state dicts may hold
  * numbers, strings, booleans, null, arrays, plain objects and tensors (tensors go to the
  * safetensors file bit for bit, in their own dtype; the rest to the JSON). As with the
@@ -23,7 +30,9 @@
 import { FormatError, ValueError } from "../errors.ts";
 import { fmtShape, getRngState, isTensor, setRngState, type Tensor } from "../tensor/mod.ts";
 import type { Module } from "./module.ts";
-import { load, save, writeAtomic } from "./safetensors.ts";
+import { deserialize, serialize, writeAtomic } from "./safetensors.ts";
+import { parseHeader } from "./_safetensors_header.ts";
+import { excerpt, jsonProblem } from "./_excerpt.ts";
 
 /**
  * What a checkpoint can hold besides the model: anything with a `stateDict()` (its result may
@@ -40,8 +49,11 @@ import { load, save, writeAtomic } from "./safetensors.ts";
 export interface Stateful {
   /** The state: numbers, strings, booleans, null, arrays, plain objects and tensors. */
   stateDict(): unknown;
-  /** Restores a state that `stateDict()` returned (tensors are copied, then freed). */
-  loadStateDict(state: unknown): unknown;
+  /**
+   * Restores a state that `stateDict()` returned (tensors are copied, then freed). With
+   * `{ cast: true }` it may convert tensors of another dtype; without, it should refuse them.
+   */
+  loadStateDict(state: unknown, opts?: { cast?: boolean }): unknown;
 }
 
 /**
@@ -127,10 +139,52 @@ export interface CheckpointInfo {
   tensors: string;
   /** Which states the checkpoint holds besides the model. */
   holds: { optimizer: boolean; scaler: boolean; extra: string[] };
+  /** What the JSON records of each tensor of the tensor file: dtype, shape and SHA-256. */
+  checksums: Record<string, TensorRecord>;
+}
+
+/**
+ * What a checkpoint's JSON records of one tensor of its tensor file, checked at load before
+ * the tensor is trusted.
+ *
+ * @example
+ * ```ts
+ * import type { TensorRecord } from "../mod.ts";
+ * const r: TensorRecord = { dtype: "f32", shape: [2], sha256: "ab".repeat(32) };
+ * console.log(r.sha256.length); // 64
+ * ```
+ */
+export interface TensorRecord {
+  /** ulp's dtype name (`f32`, `bf16`, `e4m3`, ...). */
+  dtype: string;
+  /** The shape. */
+  shape: number[];
+  /** The SHA-256 of the tensor's bytes in the file, lowercase hex. */
+  sha256: string;
+}
+
+/**
+ * Options of `loadCheckpoint` besides the targets.
+ *
+ * @example
+ * ```ts
+ * import type { LoadCheckpointOptions } from "../mod.ts";
+ * const o: LoadCheckpointOptions = { restoreRng: false, cast: false };
+ * console.log(o.cast); // false
+ * ```
+ */
+export interface LoadCheckpointOptions {
+  /** Restore the random stream (default true). */
+  restoreRng?: boolean;
+  /**
+   * Convert tensors whose dtype differs from the target's (default false: such a tensor is a
+   * `FormatError`, since a changed dtype means a changed file or a model built otherwise).
+   */
+  cast?: boolean;
 }
 
 const FORMAT = "ulp.checkpoint";
-const VERSION = 1;
+const VERSION = 2;
 /** Largest checkpoint JSON accepted (the JSON holds no tensor data). */
 const MAX_JSON_BYTES = 64 * 2 ** 20;
 
@@ -183,7 +237,7 @@ function decode(v: unknown, tensors: Record<string, Tensor>, op: string, where: 
       : undefined;
     if (!t) {
       throw new FormatError(
-        `${op}: ${where} refers to tensor ${JSON.stringify(o.$tensor)}, which the tensor file ` +
+        `${op}: ${where} refers to tensor ${excerpt(o.$tensor)}, which the tensor file ` +
           `does not hold; the checkpoint is incomplete or its files come from different saves`,
       );
     }
@@ -192,7 +246,7 @@ function decode(v: unknown, tensors: Record<string, Tensor>, op: string, where: 
   if (keys.length === 1 && keys[0] === "$number") {
     const n = o.$number === "-0" ? -0 : Number(o.$number);
     if (typeof o.$number !== "string" || (Number.isNaN(n) && o.$number !== "NaN")) {
-      throw new FormatError(`${op}: ${where} is not a number (${JSON.stringify(o.$number)})`);
+      throw new FormatError(`${op}: ${where} is not a number (${excerpt(o.$number)})`);
     }
     return n;
   }
@@ -244,6 +298,7 @@ export async function saveCheckpoint(path: string, opts: CheckpointOptions): Pro
     const names = [`${stem}-${opts.step}.safetensors`, `${stem}-${opts.step}.1.safetensors`];
     const previous = await readCheckpoint(path).then((c) => c.tensors, () => null);
     const file = names.find((n) => n !== previous)!;
+    const bytes = await serialize(Object.fromEntries(tensors));
     const json = {
       format: FORMAT,
       version: VERSION,
@@ -253,9 +308,10 @@ export async function saveCheckpoint(path: string, opts: CheckpointOptions): Pro
       data: plain(opts.data ?? null, op, "data"),
       meta: plain(opts.meta ?? {}, op, "meta"),
       state,
+      checksums: await records(bytes, op),
     };
     await Deno.mkdir(dir, { recursive: true });
-    await save(`${dir}/${file}`, Object.fromEntries(tensors));
+    await writeAtomic(`${dir}/${file}`, bytes);
     const text = `{\n${
       Object.entries(json).map(([k, v]) => ` ${JSON.stringify(k)}: ${JSON.stringify(v)}`).join(
         ",\n",
@@ -266,6 +322,86 @@ export async function saveCheckpoint(path: string, opts: CheckpointOptions): Pro
   } finally {
     const live = new Set(Object.values(modelSd));
     for (const t of owned) if (!live.has(t) && !t.isParameter && !t.disposed) t.dispose();
+  }
+}
+
+/** SHA-256 of bytes, lowercase hex. */
+async function sha256(bytes: Uint8Array): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>));
+  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The dtype, shape and digest of every tensor of a safetensors file's bytes. */
+async function records(bytes: Uint8Array, op: string): Promise<Record<string, TensorRecord>> {
+  const h = parseHeader(bytes, bytes.byteLength - 8 - headerBytes(bytes, op));
+  const base = 8 + h.hlen;
+  const out: Record<string, TensorRecord> = {};
+  for (const e of h.entries) {
+    out[e.name] = {
+      dtype: e.dt.name,
+      shape: e.shape,
+      sha256: await sha256(bytes.subarray(base + e.begin, base + e.end)),
+    };
+  }
+  return out;
+}
+
+function headerBytes(bytes: Uint8Array, op: string): number {
+  if (bytes.byteLength < 8) {
+    throw new FormatError(`${op}: the tensor file is ${bytes.byteLength} bytes`);
+  }
+  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+  return n > BigInt(bytes.byteLength) ? bytes.byteLength : Number(n);
+}
+
+/**
+ * Checks the tensor file's bytes against the JSON's records before anything is uploaded: the
+ * same tensor names, each with the recorded dtype, shape and SHA-256 of its bytes.
+ */
+async function verify(
+  bytes: Uint8Array,
+  want: Record<string, TensorRecord>,
+  file: string,
+  op: string,
+): Promise<void> {
+  const h = parseHeader(bytes, bytes.byteLength - 8 - headerBytes(bytes, op));
+  const base = 8 + h.hlen;
+  const changed = (what: string): never => {
+    throw new FormatError(
+      `${op}: ${what}; the tensor file ${file} was changed or damaged after it was written (or ` +
+        `comes from another save): restore both files from a copy, or start the run again`,
+    );
+  };
+  const names = new Set(h.entries.map((e) => e.name));
+  const lost = Object.keys(want).filter((k) => !names.has(k));
+  const added = [...names].filter((k) => !Object.hasOwn(want, k));
+  if (lost.length || added.length) {
+    changed(
+      `the tensor file holds ${
+        added.length
+          ? `tensors the JSON does not record (${added.slice(0, 3).map(excerpt).join(", ")})`
+          : "no unrecorded tensors"
+      } and ${lost.length ? `lacks ${lost.slice(0, 3).map(excerpt).join(", ")}` : "lacks none"}`,
+    );
+  }
+  for (const e of h.entries) {
+    const r = want[e.name];
+    const name = excerpt(e.name);
+    if (e.dt.name !== r.dtype) {
+      const recorded = /^[a-z0-9]{1,16}$/.test(r.dtype) ? r.dtype : excerpt(r.dtype);
+      changed(`tensor ${name} has dtype ${e.dt.name} in the file, ${recorded} in the JSON`);
+    }
+    if (e.shape.length !== r.shape.length || e.shape.some((d, i) => d !== r.shape[i])) {
+      changed(
+        `tensor ${name} has shape ${fmtShape(e.shape)} in the file, ${
+          fmtShape(r.shape)
+        } in the JSON`,
+      );
+    }
+    const digest = await sha256(bytes.subarray(base + e.begin, base + e.end));
+    if (digest !== r.sha256) {
+      changed(`the bytes of tensor ${name} do not match their SHA-256 checksum`);
+    }
   }
 }
 
@@ -326,32 +462,55 @@ async function parse(
   op: string,
 ): Promise<{ info: CheckpointInfo; state: Record<string, unknown> }> {
   const stat = await Deno.stat(path);
+  if (!stat.isFile) {
+    throw new FormatError(`${op}: '${path}' is not a file; pass the checkpoint's .json file`);
+  }
   if (stat.size > MAX_JSON_BYTES) {
     throw new FormatError(`${op}: ${stat.size} bytes is more than a checkpoint's JSON can be`);
   }
+  const raw = await Deno.readFile(path);
   let j: Record<string, unknown>;
   try {
-    j = JSON.parse(await Deno.readTextFile(path));
+    j = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(raw));
   } catch (e) {
-    throw new FormatError(`${op}: not valid JSON (${(e as Error).message})`);
+    // a safetensors file: a little-endian u64 header length (small: high bytes 0), then '{'
+    const safetensors = raw.byteLength > 9 && raw[8] === 0x7b &&
+      raw.subarray(5, 8).every((b) => b === 0);
+    throw new FormatError(
+      `${op}: not a checkpoint: ${
+        safetensors
+          ? "this is a safetensors file (binary); pass the checkpoint's .json, which names it"
+          : `the file is not valid JSON (${jsonProblem(e)})`
+      }`,
+    );
   }
   const bad = (what: string): never => {
     throw new FormatError(`${op}: ${what}; is this a checkpoint written by saveCheckpoint()?`);
   };
   if (j === null || typeof j !== "object" || Array.isArray(j)) bad("the JSON is not an object");
-  if (j.format !== FORMAT) bad(`'format' is ${JSON.stringify(j.format)}, not "${FORMAT}"`);
-  if (j.version !== VERSION) bad(`version ${JSON.stringify(j.version)} is not ${VERSION}`);
+  if (j.format !== FORMAT) bad(`'format' is ${excerpt(j.format)}, not "${FORMAT}"`);
+  if (j.version !== VERSION) {
+    bad(
+      `version ${excerpt(j.version)} is not ${VERSION}` +
+        (j.version === 1 ? " (version 1 has no checksums: save it again with this ulp)" : ""),
+    );
+  }
   const { tensors, step, rng, state, meta } = j;
   if (
     typeof tensors !== "string" || !/^[\w.-]+\.safetensors$/.test(tensors) ||
     tensors.startsWith(".")
   ) {
-    bad(`'tensors' must be a file name in the same folder, got ${JSON.stringify(tensors)}`);
+    bad(`'tensors' must be a file name in the same folder, got ${excerpt(tensors)}`);
   }
-  if (!Number.isSafeInteger(step) || (step as number) < 0) bad(`'step' is not a count: ${step}`);
+  if (!Number.isSafeInteger(step) || (step as number) < 0) {
+    bad(`'step' is not a count: ${excerpt(step)}`);
+  }
   const r = rng as RngState;
-  if (!r || !Number.isSafeInteger(r.seed) || !Number.isSafeInteger(r.counter)) {
-    bad(`'rng' must be { seed, counter } integers`);
+  if (
+    !r || typeof r !== "object" || !Number.isSafeInteger(r.seed) ||
+    !Number.isSafeInteger(r.counter) || r.counter < 0
+  ) {
+    bad(`'rng' must be { seed, counter } integers (counter >= 0)`);
   }
   const s = state as Record<string, unknown>;
   if (!s || typeof s !== "object" || !s.model || typeof s.model !== "object") {
@@ -360,6 +519,7 @@ async function parse(
   if (meta === null || typeof meta !== "object" || Array.isArray(meta)) {
     bad("'meta' is not an object");
   }
+  const checksums = checkRecords(j.checksums, bad);
   const extra = s.extra && typeof s.extra === "object" ? Object.keys(s.extra) : [];
   const info = {
     step: step as number,
@@ -368,16 +528,37 @@ async function parse(
     meta: decode(meta, {}, op, "meta") as Record<string, unknown>,
     tensors: tensors as string,
     holds: { optimizer: "optimizer" in s, scaler: "scaler" in s, extra },
+    checksums,
   };
   return { info, state: s };
+}
+
+/** The JSON's `checksums`, checked for form (the values are checked against the file later). */
+function checkRecords(v: unknown, bad: (what: string) => never): Record<string, TensorRecord> {
+  if (v === null || typeof v !== "object" || Array.isArray(v)) {
+    bad("'checksums' is missing (every tensor's dtype, shape and SHA-256)");
+  }
+  for (const [k, r] of Object.entries(v as object)) {
+    const t = r as TensorRecord;
+    if (
+      t === null || typeof t !== "object" || typeof t.dtype !== "string" ||
+      !Array.isArray(t.shape) || t.shape.some((d) => !Number.isSafeInteger(d) || d < 0) ||
+      typeof t.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(t.sha256)
+    ) {
+      bad(`'checksums' of tensor ${excerpt(k)} must be { dtype, shape, sha256 }`);
+    }
+  }
+  return v as Record<string, TensorRecord>;
 }
 
 /**
  * Restores a checkpoint into `targets` (the same kinds of objects that were saved; pass only
  * the model to sample from it) and, unless `restoreRng` is false, the random stream.
- * Everything about the model is checked before anything changes: a missing or unexpected
- * parameter, or a shape that differs, is a `FormatError` naming it; so is a target the
- * checkpoint does not hold. Returns the checkpoint's step, data position and meta.
+ * Everything is checked before anything changes: the tensor file against the JSON's records
+ * (names, dtypes, shapes, SHA-256 of the bytes), then the model: a missing or unexpected
+ * parameter, a shape or a dtype that differs is a `FormatError` naming it; so is a target the
+ * checkpoint does not hold, or a state its target refuses. A tensor of another dtype is never
+ * converted unless `cast` is true. Returns the checkpoint's step, data position and meta.
  *
  * @example
  * ```ts
@@ -390,17 +571,24 @@ async function parse(
  */
 export async function loadCheckpoint(
   path: string,
-  targets: CheckpointTargets & { restoreRng?: boolean },
+  targets: CheckpointTargets & LoadCheckpointOptions,
 ): Promise<CheckpointInfo> {
   const op = `loadCheckpoint('${path}')`;
   const { info, state: saved } = await parse(path, op);
   const { dir } = split(path);
-  const { tensors } = await load(`${dir}/${info.tensors}`).catch((e) => {
+  const file = `${dir}/${info.tensors}`;
+  const bytes = await Deno.readFile(file).catch((e) => {
     if (e instanceof Deno.errors.NotFound) {
       throw new FormatError(`${op}: its tensor file ${info.tensors} is missing from ${dir}`);
     }
+    if (e instanceof Deno.errors.IsADirectory) {
+      throw new FormatError(`${op}: its tensor file ${info.tensors} is a folder`);
+    }
     throw e;
   });
+  await verify(bytes, info.checksums, info.tensors, op);
+  const cast = targets.cast === true;
+  const { tensors } = deserialize(bytes);
   try {
     const state = decode(saved, tensors, op, "state") as Record<string, unknown>;
     const sd = state.model as Record<string, Tensor>;
@@ -408,11 +596,13 @@ export async function loadCheckpoint(
     const missing = [...own.keys()].filter((k) => !isTensor(sd[k]));
     const unexpected = Object.keys(sd).filter((k) => !own.has(k));
     if (missing.length || unexpected.length) {
+      const list = (ks: string[]) =>
+        ks.length
+          ? ks.slice(0, 8).map(excerpt).join(", ") + (ks.length > 8 ? ", ..." : "")
+          : "none";
       throw new FormatError(
-        `${op}: the model does not match the checkpoint (missing: ${
-          missing.join(", ") || "none"
-        }; ` +
-          `unexpected: ${unexpected.join(", ") || "none"}); build the model the run saved`,
+        `${op}: the model does not match the checkpoint (missing: ${list(missing)}; ` +
+          `unexpected: ${list(unexpected)}); build the model the run saved`,
       );
     }
     for (const [k, p] of own) {
@@ -421,6 +611,12 @@ export async function loadCheckpoint(
         throw new FormatError(
           `${op}: '${k}' has shape ${fmtShape(t.shape)} in the checkpoint, ${fmtShape(p.shape)} ` +
             `in the model; build the model with the configuration the run saved`,
+        );
+      }
+      if (t.dtype !== p.dtype && !cast) {
+        throw new FormatError(
+          `${op}: '${k}' has dtype ${t.dtype} in the checkpoint, ${p.dtype} in the model; ` +
+            `build the model in the precision the run saved (or pass { cast: true } to convert)`,
         );
       }
     }
@@ -440,7 +636,7 @@ export async function loadCheckpoint(
     for (const [k, s] of Object.entries(targets.extra ?? {})) need(`extra '${k}'`, s, extra[k]);
     for (const [name, s, v] of pairs) {
       try {
-        await s.loadStateDict(v);
+        await s.loadStateDict(v, { cast });
       } catch (e) {
         if (e instanceof FormatError) throw e;
         throw new FormatError(`${op}: the ${name} state does not fit: ${(e as Error).message}`, {
@@ -448,7 +644,7 @@ export async function loadCheckpoint(
         });
       }
     }
-    targets.model.loadStateDict(sd);
+    targets.model.loadStateDict(sd, { cast });
   } finally {
     for (const t of Object.values(tensors)) t.dispose();
   }

@@ -36,11 +36,10 @@ export {
 } from "./gpt.ts";
 export {
   deserialize,
-  loadFile,
+  load,
   type Loaded,
-  type LoadOptions,
   MAX_HEADER_BYTES,
-  saveFile,
+  save,
   type SaveOptions,
   serialize,
   writeAtomic,
@@ -51,8 +50,10 @@ export {
   type CheckpointOptions,
   type CheckpointTargets,
   loadCheckpoint,
+  type LoadCheckpointOptions,
   readCheckpoint,
   type RngState,
   saveCheckpoint,
   type Stateful,
+  type TensorRecord,
 } from "./checkpoint.ts";

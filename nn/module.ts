@@ -6,7 +6,7 @@
  * @module
  */
 
-import { ShapeError, ValueError } from "../errors.ts";
+import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import {
   autocast,
   type AutocastOptions,
@@ -193,15 +193,17 @@ export class Module {
   }
 
   /**
-   * Copies values from `sd` into the parameters (cast to each parameter's dtype). With
-   * `strict` (default), missing and unexpected keys are errors; shapes must always match.
-   * Returns the missing and unexpected keys.
+   * Copies values from `sd` into the parameters. With `strict` (default), missing and
+   * unexpected keys are errors; shapes must always match, and so must dtypes unless `cast`
+   * is true (then values are cast to each parameter's dtype with RNE). Returns the missing
+   * and unexpected keys.
    */
   loadStateDict(
     sd: StateDict,
-    opts: { strict?: boolean } = {},
+    opts: { strict?: boolean; cast?: boolean } = {},
   ): { missing: string[]; unexpected: string[] } {
     const strict = opts.strict ?? true;
+    const cast = opts.cast ?? false;
     const own = new Map(this.namedParameters());
     const missing = [...own.keys()].filter((k) => !(k in sd));
     const unexpected = Object.keys(sd).filter((k) => !own.has(k));
@@ -222,8 +224,14 @@ export class Module {
             `${fmtShape(p.shape)} in the model`,
         );
       }
+      if (src.dtype !== p.dtype && !cast) {
+        throw new DTypeError(
+          `loadStateDict(): '${k}' has dtype ${src.dtype} in the state dict but ${p.dtype} in ` +
+            `the model; pass { cast: true } to convert it`,
+        );
+      }
     }
-    for (const [k, p] of own) if (sd[k]) p.copy_(sd[k]);
+    for (const [k, p] of own) if (sd[k]) p.copy_(sd[k], { cast });
     return { missing, unexpected };
   }
 }

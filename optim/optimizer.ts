@@ -472,10 +472,11 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
 
   /**
    * Restores a state dict made by `stateDict()` of an optimizer with the same groups:
-   * hyperparameters, step counts and state tensors (cast to this optimizer's state dtypes).
+   * hyperparameters, step counts and state tensors. Each state tensor must have this
+   * optimizer's state dtype (a step tensor f32), unless `cast` is true: then they are cast.
    * Everything is checked before anything changes.
    */
-  loadStateDict(sd: OptimizerStateDict): void {
+  loadStateDict(sd: OptimizerStateDict, opts: { cast?: boolean } = {}): void {
     const op = `${this.name}.loadStateDict()`;
     if (!sd || typeof sd !== "object" || !Array.isArray(sd.paramGroups) || !sd.state) {
       throw new ValueError(`${op}: expects { state, paramGroups } as stateDict() returns`);
@@ -521,8 +522,8 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
     });
     const programs = next.map((g) => this.#program(g)[1]);
     for (const { id, k, i, s } of entries) {
-      const names = programs[k].buffers.filter((b) => b.name !== "param" && b.name !== "grad")
-        .map((b) => b.name);
+      const specs = programs[k].buffers.filter((b) => b.name !== "param" && b.name !== "grad");
+      const names = specs.map((b) => b.name);
       const p = this.paramGroups[k].params[i];
       for (const [key, v] of Object.entries(s)) {
         if (key === "step") {
@@ -530,6 +531,12 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
           if (!okNumber && !(isTensor(v) && v.size === 1)) {
             throw new ValueError(
               `${op}: state ${id}.step must be a non-negative integer or a one-element tensor`,
+            );
+          }
+          if (isTensor(v) && v.dtype !== "f32" && !opts.cast) {
+            throw new DTypeError(
+              `${op}: state ${id}.step is a ${v.dtype} tensor, stateDict() saves f32; pass ` +
+                `{ cast: true } to convert it`,
             );
           }
         } else if (v !== null && !names.includes(key)) {
@@ -547,6 +554,14 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
               fmtShape(p.shape)
             }`,
           );
+        } else if (v !== null && !opts.cast) {
+          const want = specs.find((b) => b.name === key)!.dtype.name;
+          if (v.dtype !== want) {
+            throw new DTypeError(
+              `${op}: state ${id}.${key} has dtype ${v.dtype}, this optimizer keeps ${want}; ` +
+                `pass { cast: true } to convert it (states saved in another precision)`,
+            );
+          }
         }
       }
       for (const n of names) {

@@ -278,9 +278,10 @@ export class FP8Recipe {
    * Restores a state from `stateDict()` of a recipe with the same history length, slot by
    * slot in creation order: load it before the first forward of the same model (slots
    * created later take the saved values in order), or into the recipe that saved it.
-   * Copies the tensors (the caller keeps ownership); writes nothing back to the host.
+   * Copies the tensors (the caller keeps ownership); writes nothing back to the host. The
+   * tensors must be f32, as `stateDict()` saves them, unless `cast` is true.
    */
-  loadStateDict(sd: FP8StateDict): void {
+  loadStateDict(sd: FP8StateDict, opts: { cast?: boolean } = {}): void {
     const op = "FP8Recipe.loadStateDict()";
     if (!sd || typeof sd !== "object") {
       throw new ValueError(`${op}: expects what stateDict() returns`);
@@ -294,7 +295,7 @@ export class FP8Recipe {
     if (this.#slots === null) {
       throw new ValueError(`${op}: a '${this.scaling}' recipe keeps no per-tensor state`);
     }
-    this.#slots.load(sd, op);
+    this.#slots.load(sd, op, opts.cast === true);
     if (sd.scale.size > 0) this.#pending = true;
   }
 

@@ -14,7 +14,7 @@
 
 import type { FP8StateDict } from "./fp8.ts";
 import { type DType, dtype, finfo, float32, wgslChunks, wgslCodec } from "../dtypes/mod.ts";
-import { ShapeError, ValueError } from "../errors.ts";
+import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
 import { type Layout, layoutOf, needsF16, wgslBinding, wgslLoad } from "./layout.ts";
 import { fmtShape, isTensor, Tensor } from "./tensor.ts";
@@ -169,7 +169,7 @@ export class ScalingSlots {
    * Restores `sd` slot by slot in creation order (slots created later take the saved values
    * of their position), copying the tensors. Checks everything before changing anything.
    */
-  load(sd: SlotState, op: string): void {
+  load(sd: SlotState, op: string, cast = false): void {
     const n = isTensor(sd.scale) ? sd.scale.size : -1;
     const len = this.len;
     const want: [string, Tensor, number[]][] = [
@@ -183,6 +183,12 @@ export class ScalingSlots {
           `${op}: '${k}' must be a tensor of shape ${fmtShape(shape)} (slots x history), got ${
             isTensor(t) ? fmtShape(t.shape) : typeof t
           }`,
+        );
+      }
+      if (!cast && t.dtype !== "f32") {
+        throw new DTypeError(
+          `${op}: '${k}' is a ${t.dtype} tensor, stateDict() saves f32; pass { cast: true } to ` +
+            `convert it`,
         );
       }
     }

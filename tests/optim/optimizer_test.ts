@@ -119,7 +119,7 @@ Deno.test("stateDict() and loadStateDict() continue training exactly as without 
   await roundTrip((ps) => new SGD(ps, { lr: 0.1, momentum: 0.9, dampening: 0.2 }));
 });
 
-Deno.test("loadStateDict() casts states saved in another precision", async () => {
+Deno.test("loadStateDict() casts states saved in another precision only when asked to", async () => {
   const a = params([5]);
   const opt = new AdamW(a);
   a[0].grad = tensor([1, 2, 3, 4, 5]);
@@ -127,7 +127,15 @@ Deno.test("loadStateDict() casts states saved in another precision", async () =>
   const sd = opt.stateDict();
   const b = [tensor(await a[0].toArray(), { dtype: "bf16" })];
   const optB = new AdamW(b);
-  optB.loadStateDict(sd);
+  assert.throws(
+    () => optB.loadStateDict(sd),
+    (e: unknown) =>
+      e instanceof DTypeError &&
+      /state 0\.expAvg has dtype f32, this optimizer keeps bf16; pass \{ cast: true \}/.test(
+        e.message,
+      ),
+  );
+  optB.loadStateDict(sd, { cast: true });
   const m = await (optB.stateDict().state[0].expAvg as Tensor).toArray();
   const mA = await (sd.state[0].expAvg as Tensor).toArray();
   assert.equal(optB.precision.name, "bf16");
