@@ -22,6 +22,19 @@ export const ST_NAMES: Readonly<Record<string, string>> = {
   bool: "BOOL",
 };
 const FROM_ST = new Map(Object.entries(ST_NAMES).map(([k, v]) => [v, k]));
+/**
+ * Integer dtypes of other frameworks (PyTorch's int64 indices, uint8 masks) that load into
+ * ulp's 32-bit integers: signed ones as i32, unsigned ones as u32 (64-bit values checked to
+ * fit). U8/U16 with a ulp dtype in `__metadata__` are raw codes of that dtype instead.
+ */
+export const INT_LOADS: ReadonlyMap<string, string> = new Map([
+  ["I64", "i32"],
+  ["I16", "i32"],
+  ["I8", "i32"],
+  ["U64", "u32"],
+  ["U16", "u32"],
+  ["U8", "u32"],
+]);
 /** Raw code widths, for dtypes without a safetensors name (their ulp name is in __metadata__). */
 export const RAW = new Map([[8, "U8"], [16, "U16"], [32, "U32"]]);
 /** Bytes per element in the file, for every dtype name the reader accepts. */
@@ -36,6 +49,10 @@ const FILE_BYTES = new Map([
   ["BOOL", 1],
   ["U8", 1],
   ["U16", 2],
+  ["I64", 8],
+  ["U64", 8],
+  ["I16", 2],
+  ["I8", 1],
 ]);
 const MAX_RANK = 8;
 /** Prefix of the __metadata__ keys that hold ulp dtype names. */
@@ -46,6 +63,9 @@ export const HEADER_BOUND = 100 * 2 ** 20;
 /** One tensor of a validated header. */
 export interface Entry {
   name: string;
+  /** The dtype name in the file (`F32`, `I64`, ...). */
+  st: string;
+  /** The ulp dtype it loads as. */
   dt: DType;
   shape: number[];
   begin: number;
@@ -69,23 +89,13 @@ export function fail(msg: string): never {
 }
 
 /** The header length field, checked against the bound and the bytes after it. */
-export function headerLength(
-  bytes: Uint8Array,
-  fileBytes: number | null,
-): number {
+export function headerLength(bytes: Uint8Array, fileBytes: number | null): number {
   if (bytes.byteLength < 8) {
-    fail(
-      `file of ${bytes.byteLength} bytes is shorter than the 8-byte header length`,
-    );
+    fail(`file of ${bytes.byteLength} bytes is shorter than the 8-byte header length`);
   }
-  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(
-    0,
-    true,
-  );
+  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(HEADER_BOUND)) {
-    fail(
-      `header length ${n} exceeds the ${HEADER_BOUND}-byte bound (MAX_HEADER_BYTES)`,
-    );
+    fail(`header length ${n} exceeds the ${HEADER_BOUND}-byte bound (MAX_HEADER_BYTES)`);
   }
   if (fileBytes !== null && n > BigInt(fileBytes - 8)) {
     fail(`header length ${n} exceeds the ${fileBytes - 8} bytes after it`);
@@ -98,22 +108,13 @@ export function headerLength(
  * Parses and validates the header of `bytes` (which hold at least the header). With
  * `dataBytes`, entries are also checked against the data the file holds.
  */
-export function parseHeader(
-  bytes: Uint8Array,
-  dataBytes: number | null,
-): Header {
+export function parseHeader(bytes: Uint8Array, dataBytes: number | null): Header {
   const fileBytes = dataBytes === null ? null : bytes.byteLength;
   const hlen = headerLength(bytes, fileBytes);
-  if (bytes.byteLength < 8 + hlen) {
-    fail(`the file ends inside its ${hlen}-byte header`);
-  }
+  if (bytes.byteLength < 8 + hlen) fail(`the file ends inside its ${hlen}-byte header`);
   const raw = bytes.subarray(8, 8 + hlen);
   if (raw[0] !== 0x7b) {
-    fail(
-      `the header must be a JSON object, beginning with '{' (not 0x${
-        raw[0].toString(16)
-      })`,
-    );
+    fail(`the header must be a JSON object, beginning with '{' (not 0x${raw[0].toString(16)})`);
   }
   let text: string;
   let header: unknown;
@@ -128,9 +129,7 @@ export function parseHeader(
   }
   const dup = duplicateKey(text);
   if (dup !== null) {
-    fail(
-      `the header names ${excerpt(dup)} twice; each tensor must be named once`,
-    );
+    fail(`the header names ${excerpt(dup)} twice; each tensor must be named once`);
   }
   const h = header as Record<string, unknown>;
   const metaRaw = Object.hasOwn(h, "__metadata__") ? h.__metadata__ : {};
@@ -143,9 +142,7 @@ export function parseHeader(
   const meta = metaRaw as Record<string, string>;
   const entries: Entry[] = [];
   for (const [name, info] of Object.entries(h)) {
-    if (name !== "__metadata__") {
-      entries.push(parseEntry(name, info, meta, dataBytes));
-    }
+    if (name !== "__metadata__") entries.push(parseEntry(name, info, meta, dataBytes));
   }
   entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let pos = 0;
@@ -184,16 +181,11 @@ function parseEntry(
   if (typeof info !== "object" || info === null || Array.isArray(info)) {
     fail(`${what} is not an object`);
   }
-  const { dtype: st, shape, data_offsets: off } = info as Record<
-    string,
-    unknown
-  >;
+  const { dtype: st, shape, data_offsets: off } = info as Record<string, unknown>;
   if (typeof st !== "string" || !FILE_BYTES.has(st)) {
     fail(
       `${what} has dtype ${excerpt(st)}, which ulp cannot load; supported: ` +
-        `${
-          [...FILE_BYTES.keys()].join(", ")
-        } (U8/U16 with a ulp dtype in __metadata__)`,
+        `${[...FILE_BYTES.keys()].join(", ")}`,
     );
   }
   const st_ = st as string;
@@ -205,9 +197,7 @@ function parseEntry(
       dt = dtype(ulpName);
     } catch (e) {
       return fail(
-        `${what}: its ulp dtype in __metadata__ (${
-          excerpt(ulpName)
-        }) is not a dtype ulp knows`,
+        `${what}: its ulp dtype in __metadata__ (${excerpt(ulpName)}) is not a dtype ulp knows`,
       );
     }
     if (Object.hasOwn(ST_NAMES, dt.name)) {
@@ -217,29 +207,21 @@ function parseEntry(
       );
     }
     if (RAW.get(dt.laneBits) !== st_) {
-      fail(
-        `${what} is ${st_} but its ulp dtype ${dt.name} is stored as ${
-          RAW.get(dt.laneBits)
-        }`,
-      );
+      fail(`${what} is ${st_} but its ulp dtype ${dt.name} is stored as ${RAW.get(dt.laneBits)}`);
     }
   } else if (FROM_ST.has(st_)) {
     dt = dtype(FROM_ST.get(st_)!);
+  } else if (INT_LOADS.has(st_)) {
+    dt = dtype(INT_LOADS.get(st_)!);
   } else {
-    return fail(
-      `${what} has dtype ${st_} but no ulp dtype in __metadata__ (${
-        excerpt(ulpKey)
-      })`,
-    );
+    return fail(`${what} has dtype ${st_} but no ulp dtype in __metadata__ (${excerpt(ulpKey)})`);
   }
   if (
     !Array.isArray(shape) || shape.length > MAX_RANK ||
     shape.some((s) => !Number.isSafeInteger(s) || s < 0)
   ) {
     fail(
-      `${what} has an invalid shape ${
-        excerpt(shape)
-      } (non-negative integers, rank ` +
+      `${what} has an invalid shape ${excerpt(shape)} (non-negative integers, rank ` +
         `<= ${MAX_RANK})`,
     );
   }
@@ -247,32 +229,21 @@ function parseEntry(
     !Array.isArray(off) || off.length !== 2 ||
     off.some((o) => !Number.isSafeInteger(o) || o < 0) || off[0] > off[1]
   ) {
-    fail(
-      `${what} has invalid data_offsets ${
-        excerpt(off)
-      } ([begin, end], begin <= end)`,
-    );
+    fail(`${what} has invalid data_offsets ${excerpt(off)} ([begin, end], begin <= end)`);
   }
   const [begin, end] = off as number[];
   if (dataBytes !== null && end > dataBytes) {
-    fail(
-      `${what} ends at ${end}, past the ${dataBytes} data bytes of the file`,
-    );
+    fail(`${what} ends at ${end}, past the ${dataBytes} data bytes of the file`);
   }
   // exact in BigInt: a product of sizes may pass 2^53
-  const need = (shape as number[]).reduce(
-    (a, s) => a * BigInt(s),
-    BigInt(FILE_BYTES.get(st_)!),
-  );
+  const need = (shape as number[]).reduce((a, s) => a * BigInt(s), BigInt(FILE_BYTES.get(st_)!));
   if (need !== BigInt(end - begin)) {
     fail(
-      `${what} of shape ${
-        excerpt(shape)
-      } and dtype ${st_} needs ${need} bytes, its ` +
+      `${what} of shape ${excerpt(shape)} and dtype ${st_} needs ${need} bytes, its ` +
         `data_offsets span ${end - begin}`,
     );
   }
-  return { name, dt, shape: shape as number[], begin, end };
+  return { name, st: st_, dt, shape: shape as number[], begin, end };
 }
 
 /** The first name that a JSON object's top level repeats, or null. `text` is valid JSON. */
@@ -284,9 +255,7 @@ function duplicateKey(text: string): string | null {
     const c = text.charCodeAt(i);
     if (c === 0x22) { // a string: skip to its closing quote
       let j = i + 1;
-      while (text.charCodeAt(j) !== 0x22) {
-        j += text.charCodeAt(j) === 0x5c ? 2 : 1;
-      }
+      while (text.charCodeAt(j) !== 0x22) j += text.charCodeAt(j) === 0x5c ? 2 : 1;
       if (depth === 1 && expectKey) {
         const key = JSON.parse(text.slice(i, j + 1)) as string;
         if (seen.has(key)) return key;

@@ -36,10 +36,11 @@ export {
 } from "./gpt.ts";
 export {
   deserialize,
-  load,
+  loadFile,
   type Loaded,
+  type LoadOptions,
   MAX_HEADER_BYTES,
-  save,
+  saveFile,
   type SaveOptions,
   serialize,
   writeAtomic,

@@ -60,31 +60,16 @@ function setup(name: string, seed = 5) {
     weightDecay: 0.1,
     precision: name,
   });
-  const scaler = s.gradScaler
-    ? new GradScaler({ initScale: 2 ** 10, growthInterval: 2 })
-    : null;
+  const scaler = s.gradScaler ? new GradScaler({ initScale: 2 ** 10, growthInterval: 2 }) : null;
   // fp8: the run's own recipe, whose amax histories and scales are extra state
-  const recipe = s.autocastOptions?.dtype === "fp8"
-    ? new FP8Recipe({ amaxHistoryLen: 4 })
-    : null;
-  const ac = s.autocastOptions
-    ? { ...s.autocastOptions, ...(recipe ? { recipe } : {}) }
-    : null;
+  const recipe = s.autocastOptions?.dtype === "fp8" ? new FP8Recipe({ amaxHistoryLen: 4 }) : null;
+  const ac = s.autocastOptions ? { ...s.autocastOptions, ...(recipe ? { recipe } : {}) } : null;
   const extra: { fp8?: FP8Recipe } = recipe ? { fp8: recipe } : {};
-  return {
-    s,
-    model,
-    optimizer,
-    scaler,
-    ac,
-    extra: extra as Record<string, FP8Recipe>,
-  };
+  return { s, model, optimizer, scaler, ac, extra: extra as Record<string, FP8Recipe> };
 }
 
 function step(t: ReturnType<typeof setup>, k: number): void {
-  const x = tensor(Array.from({ length: 8 }, (_, i) => Math.sin(i + k)), {
-    shape: [2, 4],
-  });
+  const x = tensor(Array.from({ length: 8 }, (_, i) => Math.sin(i + k)), { shape: [2, 4] });
   const y = tensor([0.5, -1, 2, k, 0, 1], { shape: [2, 3] });
   tidy(() => {
     const fwd = () => mseLoss(t.model.forward(x), y);
@@ -104,11 +89,7 @@ function step(t: ReturnType<typeof setup>, k: number): void {
 async function snapshot(v: unknown): Promise<unknown> {
   if (v && typeof (v as Tensor).codes === "function") {
     const t = v as Tensor;
-    return {
-      dtype: t.dtype,
-      shape: t.shape,
-      codes: Array.from(await t.codes()),
-    };
+    return { dtype: t.dtype, shape: t.shape, codes: Array.from(await t.codes()) };
   }
   if (Array.isArray(v)) return Promise.all(v.map(snapshot));
   if (v && typeof v === "object") {
@@ -125,19 +106,13 @@ async function fullState(t: ReturnType<typeof setup>) {
   const snap = {
     model: await snapshot(t.model.stateDict()),
     optimizer: await snapshot(opt),
-    scaler: t.scaler ? await t.scaler.stateDict() : null,
+    scaler: t.scaler ? await snapshot(t.scaler.stateDict()) : null,
     // slots are named by parameter ids (of this process), restored by position on first use
     fp8: fp8 ? await snapshot({ ...fp8, slots: null }) : null,
   };
-  if (fp8) {
-    for (const k of ["amaxHistory", "scale", "amax"] as const) {
-      fp8[k].dispose();
-    }
-  }
+  if (fp8) { for (const k of ["amaxHistory", "scale", "amax"] as const) fp8[k].dispose(); }
   for (const s of Object.values(opt.state)) {
-    for (const v of Object.values(s)) {
-      if (v && typeof v === "object") v.dispose();
-    }
+    for (const v of Object.values(s)) if (v && typeof v === "object") v.dispose();
   }
   return snap;
 }
@@ -154,34 +129,22 @@ for (const name of precisionNames()) {
     step(a, 0);
     step(a, 1);
     const path = `${DIR}/${name}.json`;
-    await saveCheckpoint(path, {
-      ...a,
-      step: 2,
-      data: { position: 2 },
-      meta: { name },
-    });
+    await saveCheckpoint(path, { ...a, step: 2, data: { position: 2 }, meta: { name } });
     const before = await fullState(a);
     if (name.startsWith("collage")) {
-      const keys = Object.keys(
-        (before.optimizer as OptimizerStateDict).state[0],
-      );
+      const keys = Object.keys((before.optimizer as OptimizerStateDict).state[0]);
       assert.ok(keys.includes("paramLo"), `${name} saves paramLo: ${keys}`);
       if (name === "collage-plus") assert.ok(keys.includes("expAvgSqLo"));
     }
-    if (a.scaler) {
-      assert.equal((before.scaler as { scale: number }).scale > 0, true);
-    }
+    if (a.scaler) assert.ok((before.scaler as { scale: { codes: number[] } }).scale.codes[0] > 0);
     if (a.extra.fp8) {
-      const h =
-        (before.fp8 as { amaxHistory: { codes: number[] } }).amaxHistory.codes;
+      const h = (before.fp8 as { amaxHistory: { codes: number[] } }).amaxHistory.codes;
       assert.ok(h.some((c) => c !== 0), "fp8 saves amax histories");
     }
 
     const b = setup(name, 99); // other weights, no state yet
     const info = await loadCheckpoint(path, b);
-    assert.deepEqual([info.step, info.data, info.meta], [2, { position: 2 }, {
-      name,
-    }]);
+    assert.deepEqual([info.step, info.data, info.meta], [2, { position: 2 }, { name }]);
     assert.deepEqual(await fullState(b), before);
 
     // the next step from the restored state equals the next step of the original (each read
@@ -215,11 +178,7 @@ Deno.test("loadCheckpoint() restores the random stream, and extra state with NaN
   manualSeed(100);
   await loadCheckpoint(path, { model, extra: { fp8: extra } });
   assert.deepEqual(getRngState(), rng);
-  const r = restored as {
-    history: { codes: number[] };
-    scales: number[];
-    note: string;
-  };
+  const r = restored as { history: { codes: number[] }; scales: number[]; note: string };
   assert.deepEqual(r.history.codes, [0x3c, 0xc0, 0x7e]); // e4m3 codes of 1.5, -2, 448
   assert.ok(Number.isNaN(r.scales[0]) && Object.is(r.scales[1], -0));
   assert.deepEqual(r.scales.slice(2), [Infinity, -Infinity, 0.1]);
@@ -244,10 +203,7 @@ Deno.test("a save interrupted before its JSON leaves the previous checkpoint rea
   const files = [];
   for await (const e of Deno.readDir(dir)) files.push(e.name);
   assert.deepEqual(files.sort(), ["ckpt-2.1.safetensors", "ckpt.json"]);
-  assert.equal(
-    (await readCheckpoint(`${dir}/ckpt.json`)).tensors,
-    "ckpt-2.1.safetensors",
-  );
+  assert.equal((await readCheckpoint(`${dir}/ckpt.json`)).tensors, "ckpt-2.1.safetensors");
   for (const p of model.parameters()) p.dispose();
 });
 
@@ -257,20 +213,14 @@ Deno.test("loadCheckpoint() refuses malformed checkpoints and models that do not
   const path = `${dir}/ok.json`;
   await saveCheckpoint(path, { model, step: 4 });
   const json = JSON.parse(await Deno.readTextFile(path));
-  const variant = async (
-    name: string,
-    edit: (j: Record<string, unknown>) => void,
-  ) => {
+  const variant = async (name: string, edit: (j: Record<string, unknown>) => void) => {
     const j = structuredClone(json);
     edit(j);
     await Deno.writeTextFile(`${dir}/${name}.json`, JSON.stringify(j));
     return `${dir}/${name}.json`;
   };
   const cases: [string, RegExp][] = [
-    [
-      await variant("format", (j) => (j.format = "other")),
-      /'format' is "other"/,
-    ],
+    [await variant("format", (j) => (j.format = "other")), /'format' is "other"/],
     [await variant("step", (j) => (j.step = -1)), /'step' is not a count/],
     [
       await variant("escape", (j) => (j.tensors = "../x.safetensors")),
@@ -302,15 +252,12 @@ Deno.test("loadCheckpoint() refuses malformed checkpoints and models that do not
     loadCheckpoint(path, { model: wide }),
     (e: Error) =>
       e instanceof FormatError &&
-      /'wte.weight' has shape \[16,8\] in the checkpoint, \[16,16\]/.test(
-        e.message,
-      ),
+      /'wte.weight' has shape \[16,8\] in the checkpoint, \[16,16\]/.test(e.message),
   );
   const opt = new AdamW(model.parameters());
   await assert.rejects(
     loadCheckpoint(path, { model, optimizer: opt }),
-    (e: Error) =>
-      e instanceof FormatError && /holds no optimizer state/.test(e.message),
+    (e: Error) => e instanceof FormatError && /holds no optimizer state/.test(e.message),
   );
   opt.dispose();
   for (const p of [...model.parameters(), ...wide.parameters()]) p.dispose();
@@ -347,11 +294,7 @@ async function savedRun(name: string) {
   return { path, file: `${dir}/${json.tensors}`, json };
 }
 
-async function refused(
-  path: string,
-  targets: Parameters<typeof loadCheckpoint>[1],
-  re: RegExp,
-) {
+async function refused(path: string, targets: Parameters<typeof loadCheckpoint>[1], re: RegExp) {
   await assert.rejects(loadCheckpoint(path, targets), (e: Error) => {
     assert.ok(e instanceof FormatError, `${e.name}: ${e.message}`);
     assert.match(e.message, re);
@@ -363,31 +306,20 @@ Deno.test("the JSON records each tensor's dtype, shape and SHA-256, as an indepe
   const { file, json } = await savedRun("records");
   const bytes = await Deno.readFile(file);
   const hlen = Number(new DataView(bytes.buffer).getBigUint64(0, true));
-  const header = JSON.parse(
-    new TextDecoder().decode(bytes.subarray(8, 8 + hlen)),
-  );
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + hlen)));
   const names = Object.keys(header).filter((k) => k !== "__metadata__");
   assert.deepEqual(Object.keys(json.checksums).sort(), names.sort());
   for (const n of names) {
     const [b, e] = header[n].data_offsets;
-    const d = await crypto.subtle.digest(
-      "SHA-256",
-      bytes.slice(8 + hlen + b, 8 + hlen + e),
-    );
-    const hex = Array.from(
-      new Uint8Array(d),
-      (x) => x.toString(16).padStart(2, "0"),
-    ).join("");
+    const d = await crypto.subtle.digest("SHA-256", bytes.slice(8 + hlen + b, 8 + hlen + e));
+    const hex = Array.from(new Uint8Array(d), (x) => x.toString(16).padStart(2, "0")).join("");
     assert.deepEqual(json.checksums[n], {
       dtype: header[n].dtype.toLowerCase(),
       shape: header[n].shape,
       sha256: hex,
     });
   }
-  assert.ok(
-    names.includes("model.fc1.weight") &&
-      names.includes("optimizer.state.0.expAvg"),
-  );
+  assert.ok(names.includes("model.fc1.weight") && names.includes("optimizer.state.0.expAvg"));
 });
 
 Deno.test("a tampered tensor file is refused before anything is loaded, naming the tensor", async () => {
@@ -401,24 +333,17 @@ Deno.test("a tampered tensor file is refused before anything is loaded, naming t
     await refused(
       path,
       t,
-      new RegExp(
-        `tensor "${name}" has dtype i32 in the file, f32 in the JSON; the tensor file`,
-      ),
+      new RegExp(`tensor "${name}" has dtype i32 in the file, f32 in the JSON; the tensor file`),
     );
     // nothing changed
     assert.deepEqual(Array.from(await t.model.parameters()[0].toArray()), w0);
     free(t);
   }
   // a NaN written into a weight, a flipped bit in an optimizer state, a shape changed
-  const edits: [
-    string,
-    (bytes: Uint8Array, at: (n: string) => number) => void,
-    RegExp,
-  ][] = [
+  const edits: [string, (bytes: Uint8Array, at: (n: string) => number) => void, RegExp][] = [
     [
       "nan",
-      (b, at) =>
-        new DataView(b.buffer).setFloat32(at("model.fc2.bias"), NaN, true),
+      (b, at) => new DataView(b.buffer).setFloat32(at("model.fc2.bias"), NaN, true),
       /the bytes of tensor "model\.fc2\.bias" do not match their SHA-256 checksum/,
     ],
     [
@@ -431,9 +356,7 @@ Deno.test("a tampered tensor file is refused before anything is loaded, naming t
     const { path, file } = await savedRun(label);
     const bytes = await Deno.readFile(file);
     const hlen = Number(new DataView(bytes.buffer).getBigUint64(0, true));
-    const header = JSON.parse(
-      new TextDecoder().decode(bytes.subarray(8, 8 + hlen)),
-    );
+    const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + hlen)));
     edit(bytes, (n) => 8 + hlen + header[n].data_offsets[0]);
     await Deno.writeFile(file, bytes);
     const t = fresh();
@@ -443,11 +366,7 @@ Deno.test("a tampered tensor file is refused before anything is loaded, naming t
   const { path, file } = await savedRun("shape");
   await editHeader(file, (h) => (h["model.fc1.weight"].shape = [4, 8]));
   const t = fresh();
-  await refused(
-    path,
-    t,
-    /tensor "model\.fc1\.weight" has shape \[4,8\] in the file, \[8,4\]/,
-  );
+  await refused(path, t, /tensor "model\.fc1\.weight" has shape \[4,8\] in the file, \[8,4\]/);
   free(t);
 });
 
@@ -474,11 +393,7 @@ Deno.test("a model built in another precision is refused, and { cast: true } con
   const a = setup("fp32");
   step(a, 0); // the same weights and step as the saved run
   const b = setup("bf16", 42);
-  await refused(
-    path,
-    { model: b.model },
-    /'fc1\.weight' has dtype f32 in the checkpoint, bf16/,
-  );
+  await refused(path, { model: b.model }, /'fc1\.weight' has dtype f32 in the checkpoint, bf16/);
   await loadCheckpoint(path, { model: b.model, cast: true });
   const [wa, wb] = [a.model.parameters()[0], b.model.parameters()[0]];
   const want = Array.from(await wa.cast("bf16").toArray());
@@ -494,8 +409,7 @@ Deno.test("a model built in another precision is refused, and { cast: true } con
   );
   y.copy_(x, { cast: true });
   assert.deepEqual(Array.from(await y.toArray()), [1.5, 2.25]);
-  const l32 = new Linear(2, 2, { seed: 1 }),
-    l16 = applyPrecision(new Linear(2, 2), "bf16");
+  const l32 = new Linear(2, 2, { seed: 1 }), l16 = applyPrecision(new Linear(2, 2), "bf16");
   assert.throws(
     () => l16.loadStateDict(l32.stateDict()),
     /loadStateDict\(\): 'weight' has dtype f32 in the state dict but bf16 in the model; pass \{ cast: true \}/,
@@ -525,30 +439,16 @@ Deno.test("files that are not a checkpoint's JSON are refused without echoing th
   await Deno.writeFile(secret, new Uint8Array([0xff, 0xfe, 0x00, 0x41]));
   await refused(secret, { model }, /not valid JSON \(it is not UTF-8 text\)/);
   // a version-1 checkpoint (no checksums), and a folder instead of a file
-  await Deno.writeTextFile(
-    secret,
-    JSON.stringify({ ...json, version: 1, checksums: undefined }),
-  );
-  await refused(
-    secret,
-    { model },
-    /version 1 is not 2 \(version 1 has no checksums/,
-  );
-  await refused(
-    `${DIR}/tamper-swap`,
-    { model },
-    /is not a file; pass the checkpoint's \.json/,
-  );
+  await Deno.writeTextFile(secret, JSON.stringify({ ...json, version: 1, checksums: undefined }));
+  await refused(secret, { model }, /version 1 is not 2 \(version 1 has no checksums/);
+  await refused(`${DIR}/tamper-swap`, { model }, /is not a file; pass the checkpoint's \.json/);
   // a long hostile tensor name is quoted short and escaped
   const long = `${"\u0007x".repeat(500)}`;
   await Deno.writeTextFile(
     secret,
     JSON.stringify({
       ...json,
-      checksums: {
-        ...json.checksums,
-        [long]: json.checksums["model.fc1.weight"],
-      },
+      checksums: { ...json.checksums, [long]: json.checksums["model.fc1.weight"] },
     }),
   );
   await assert.rejects(loadCheckpoint(secret, { model }), (e: Error) => {
