@@ -66,6 +66,40 @@ export interface GradScalerOptions {
   growthInterval?: number;
   /** When false, every method is a pass-through (default true). */
   enabled?: boolean;
+  /**
+   * `status()` reports a blow-up when the scale falls below this (default 1: a scale below 1
+   * shrinks the gradients, so they overflow f16 even unscaled). Not in PyTorch (#99640).
+   */
+  minScale?: number;
+  /**
+   * `status()` reports a blow-up after this many consecutive skipped steps (steps whose
+   * gradients held Inf/NaN; default 10, a 1024-fold backoff). Not in PyTorch (#99640).
+   */
+  maxConsecutiveSkips?: number;
+}
+
+/**
+ * What `GradScaler.status()` reads: the scale, the skipped steps, and whether the run blew up.
+ *
+ * @example
+ * ```ts
+ * import { GradScaler, type GradScalerStatus } from "../mod.ts";
+ * const s: GradScalerStatus = await new GradScaler().status();
+ * console.log(s.scale, s.consecutiveSkips, s.problem); // 65536 0 null
+ * ```
+ */
+export interface GradScalerStatus {
+  /** The current scale. */
+  scale: number;
+  /** Skipped steps (Inf/NaN gradients) in a row, up to the last `update()`. */
+  consecutiveSkips: number;
+  /** Skipped steps since the scaler was made (or its state loaded). */
+  skippedSteps: number;
+  /**
+   * Null while training is healthy; else what went wrong: the scale fell below `minScale`, or
+   * `maxConsecutiveSkips` steps in a row were skipped.
+   */
+  problem: string | null;
 }
 
 /**
@@ -134,6 +168,10 @@ export class GradScaler {
   #growthFactor: number;
   #backoffFactor: number;
   #growthInterval: number;
+  #minScale: number;
+  #maxSkips: number;
+  /** i32 [consecutive skipped steps, skipped steps], updated on the device by `update()`. */
+  #skips: Tensor | null = null;
   #scale: Tensor | null = null;
   #tracker: Tensor | null = null;
   #combined: Tensor | null = null;
@@ -148,18 +186,37 @@ export class GradScaler {
       backoffFactor: 0.5,
       growthInterval: 2000,
       enabled: true,
+      minScale: 1,
+      maxConsecutiveSkips: 10,
       ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     };
+    const known = [
+      "initScale",
+      "growthFactor",
+      "backoffFactor",
+      "growthInterval",
+      "enabled",
+      "minScale",
+      "maxConsecutiveSkips",
+    ];
     for (const k of Object.keys(o)) {
-      if (
-        !["initScale", "growthFactor", "backoffFactor", "growthInterval", "enabled"].includes(k)
-      ) {
-        throw new ValueError(
-          `GradScaler: unknown option '${k}'; it takes initScale, growthFactor, ` +
-            `backoffFactor, growthInterval, enabled`,
-        );
+      if (!known.includes(k)) {
+        throw new ValueError(`GradScaler: unknown option '${k}'; it takes ${known.join(", ")}`);
       }
     }
+    if (typeof o.minScale !== "number" || !(o.minScale >= 0) || !Number.isFinite(o.minScale)) {
+      throw new ValueError(
+        `GradScaler: minScale must be a finite number >= 0, got ${String(o.minScale)}`,
+      );
+    }
+    const n = o.maxConsecutiveSkips;
+    if (!Number.isSafeInteger(n) || n < 1 || n > 2 ** 31 - 1) {
+      throw new ValueError(
+        `GradScaler: maxConsecutiveSkips must be a positive integer, got ${String(n)}`,
+      );
+    }
+    this.#minScale = o.minScale;
+    this.#maxSkips = n;
     checkFactors(o.growthFactor, o.backoffFactor, o.growthInterval, "GradScaler");
     if (typeof o.initScale !== "number" || !(o.initScale > 0) || !Number.isFinite(o.initScale)) {
       throw new ValueError(
@@ -322,8 +379,59 @@ export class GradScaler {
         [1],
         u,
       );
+      rt.dispatch(
+        cachedKernel(rt, "gradScalerSkips", SKIPS_SRC, ["read_write", "read"]),
+        [this.#skipCounts().buffer(op), comb],
+        [1],
+        new Uint32Array(4),
+      );
     }
     this.#stages.clear();
+  }
+
+  #skipCounts(): Tensor {
+    if (this.#skips === null || this.#skips.disposed) {
+      this.#skips = keep(tensor(new Int32Array(2), { dtype: "i32", purpose: "other" }));
+    }
+    return this.#skips;
+  }
+
+  /**
+   * Reads the scale and the skipped-step counts (one readback) and says whether the run blew
+   * up: `problem` names it when the scale fell below `minScale` or `maxConsecutiveSkips` steps
+   * in a row were skipped, else it is null. A trainer calls it every step or every few steps
+   * and warns or stops (PyTorch's GradScaler skips steps silently: pytorch/pytorch#99640).
+   * Disabled: scale 1, no skips, no problem.
+   *
+   * @example
+   * ```ts
+   * import { AdamW, GradScaler, tensor } from "../mod.ts";
+   * const w = tensor([1, 2], { requiresGrad: true });
+   * const opt = new AdamW([w]);
+   * const scaler = new GradScaler({ initScale: 8, maxConsecutiveSkips: 3 });
+   * for (let i = 0; i < 3; i++) {
+   *   w.grad = tensor([Infinity, 1]); // every step overflows: skipped
+   *   scaler.step(opt);
+   *   scaler.update();
+   * }
+   * const s = await scaler.status();
+   * console.log(s.scale, s.consecutiveSkips, s.problem);
+   * // 1 3 "3 consecutive steps were skipped (Inf/NaN gradients; the scale backed off to 1)"
+   * ```
+   */
+  async status(): Promise<GradScalerStatus> {
+    if (!this.#enabled) return { scale: 1, consecutiveSkips: 0, skippedSteps: 0, problem: null };
+    const [s, c] = await Promise.all([this.#lazyInit()[0].item(), this.#skipCounts().toArray()]);
+    const [consecutiveSkips, skippedSteps] = [c[0], c[1]];
+    let problem: string | null = null;
+    if (consecutiveSkips >= this.#maxSkips) {
+      problem = `${consecutiveSkips} consecutive steps were skipped (Inf/NaN gradients; the ` +
+        `scale backed off to ${s})`;
+    } else if (s < this.#minScale) {
+      problem = `the loss scale fell to ${s}, below minScale ${this.#minScale} (Inf/NaN ` +
+        `gradients even at a scale that shrinks them)`;
+    }
+    return { scale: s, consecutiveSkips, skippedSteps, problem };
   }
 
   /** The current scale (reads it back); 1 when disabled. */
@@ -418,6 +526,13 @@ export class GradScaler {
       throw new ValueError(`${op}: scale must be a finite number > 0, got ${s.scale}`);
     }
     checkFactors(s.growthFactor, s.backoffFactor, s.growthInterval, op);
+    const t = s.growthTracker;
+    if (typeof t === "number" && (!Number.isSafeInteger(t) || t < 0 || t >= s.growthInterval)) {
+      throw new ValueError(
+        `${op}: growthTracker must be an integer in [0, growthInterval ${s.growthInterval}), ` +
+          `got ${t}`,
+      );
+    }
     if (typeof s.scale === "number") this.#initScale = s.scale;
     this.#growthFactor = s.growthFactor;
     this.#backoffFactor = s.backoffFactor;
@@ -431,14 +546,23 @@ export class GradScaler {
     } else if (isTensor(s.growthTracker)) {
       rt.copy(s.growthTracker.buffer(op), 0, tracker.buffer(op), 0, 4);
     }
+    if (this.#skips !== null && !this.#skips.disposed) {
+      rt.write(this.#skips.buffer(op), new Int32Array(2)); // status() counts from here
+    }
   }
 
   /** Frees the scaler's device buffers. */
   dispose(): void {
-    for (const t of [this.#scale, this.#tracker, this.#combined, ...this.#found.values()]) {
+    for (
+      const t of [this.#scale, this.#tracker, this.#combined, this.#skips, ...this.#found.values()]
+    ) {
       t?.dispose();
     }
-    this.#scale = this.#tracker = this.#combined = null;
+    this.#scale =
+      this.#tracker =
+      this.#combined =
+      this.#skips =
+        null;
     this.#found.clear();
     this.#stages.clear();
   }
@@ -481,6 +605,22 @@ fn main() {
     } else {
       tracker[0] = successful;
     }
+  }
+}
+`;
+
+/** Skipped-step counts: [consecutive, total] after a step whose found_inf is `found[0]`. */
+const SKIPS_SRC = `struct U { p0: u32, p1: u32, p2: u32, p3: u32 }
+@group(0) @binding(0) var<storage, read_write> skips: array<i32>;
+@group(0) @binding(1) var<storage, read> found: array<u32>;
+@group(0) @binding(2) var<uniform> u: U;
+@compute @workgroup_size(1)
+fn main() {
+  if (found[0] != 0u) {
+    skips[0] = skips[0] + 1;
+    skips[1] = skips[1] + 1;
+  } else {
+    skips[0] = 0;
   }
 }
 `;

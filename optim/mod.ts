@@ -33,7 +33,12 @@ export {
   type ParamState,
   type StepOptions,
 } from "./optimizer.ts";
-export { GradScaler, type GradScalerOptions, type GradScalerState } from "./grad_scaler.ts";
+export {
+  GradScaler,
+  type GradScalerOptions,
+  type GradScalerState,
+  type GradScalerStatus,
+} from "./grad_scaler.ts";
 export { AdamW, type AdamWOptions, type AdamWParamGroup } from "./adamw.ts";
 export { SGD, type SGDOptions, type SGDParamGroup } from "./sgd.ts";
 export {

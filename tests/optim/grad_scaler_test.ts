@@ -317,3 +317,74 @@ Deno.test("an optimizer whose step counts live on the device saves and restores 
   h.grad = tensor([1], { dtype: "f16" });
   assert.throws(() => scaler.unscale(oh), /attempting to unscale f16 gradients/);
 });
+
+// ---- blow-ups are named (issue #18, item 3) --------------------------------------------------
+
+Deno.test("GradScaler.status() counts skipped steps and names a blow-up: consecutive skips, or the scale below its floor", async () => {
+  const w = tensor([1, 2], { requiresGrad: true });
+  const opt = new SGD([w], { lr: 0.1 });
+  const run = async (scaler: GradScaler, overflows: boolean[]) => {
+    for (const bad of overflows) {
+      w.grad = tensor(bad ? [Infinity, 1] : [0.5, 1]);
+      scaler.step(opt);
+      scaler.update();
+      opt.zeroGrad();
+    }
+    return await scaler.status();
+  };
+  // a host model of the counters: consecutive resets on a clean step, the total never does
+  const expected = (overflows: boolean[]) => {
+    let run = 0, total = 0;
+    for (const bad of overflows) [run, total] = bad ? [run + 1, total + 1] : [0, total];
+    return [run, total];
+  };
+  const a = new GradScaler({ initScale: 2 ** 10, maxConsecutiveSkips: 4, minScale: 1 });
+  assert.deepEqual(await a.status(), {
+    scale: 1024,
+    consecutiveSkips: 0,
+    skippedSteps: 0,
+    problem: null,
+  });
+  const seq = [true, true, false, true, true, true];
+  let s = await run(a, seq);
+  assert.deepEqual([s.consecutiveSkips, s.skippedSteps], expected(seq));
+  assert.deepEqual([s.scale, s.problem], [1024 / 2 ** 5, null]); // 3 in a row: below 4
+  s = await run(a, [true]);
+  assert.deepEqual([s.consecutiveSkips, s.skippedSteps, s.scale], [4, 6, 16]);
+  assert.equal(
+    s.problem,
+    "4 consecutive steps were skipped (Inf/NaN gradients; the scale backed off to 16)",
+  );
+  // the floor: the scale falls below minScale before 10 skips in a row
+  const b = new GradScaler({ initScale: 4 });
+  s = await run(b, [true, true, true]);
+  assert.deepEqual([s.scale, s.consecutiveSkips], [0.5, 3]);
+  assert.match(s.problem!, /^the loss scale fell to 0\.5, below minScale 1 /);
+  // loading a state starts the counts afresh; a disabled scaler never reports
+  b.loadStateDict({ ...(await numbers(b)), scale: 64 });
+  assert.deepEqual(await b.status(), {
+    scale: 64,
+    consecutiveSkips: 0,
+    skippedSteps: 0,
+    problem: null,
+  });
+  const off = new GradScaler({ enabled: false });
+  assert.deepEqual((await off.status()).problem, null);
+  // the options are checked
+  assert.throws(
+    () => new GradScaler({ minScale: -1 }),
+    /minScale must be a finite number >= 0, got -1/,
+  );
+  assert.throws(
+    () => new GradScaler({ maxConsecutiveSkips: 0 }),
+    /maxConsecutiveSkips must be a positive integer, got 0/,
+  );
+  const bState = await numbers(b);
+  assert.throws(
+    () => b.loadStateDict({ ...bState, growthTracker: 5000 }),
+    /growthTracker must be an integer in \[0, growthInterval 2000\), got 5000/,
+  );
+  for (const t of [a, b, off]) t.dispose();
+  opt.dispose();
+  w.dispose();
+});
