@@ -23,6 +23,7 @@ import {
 import { crossEntropy } from "./functional.ts";
 import { Dropout, Embedding, GELU, LayerNorm, type LayerOptions, Linear } from "./layers.ts";
 import { Module } from "./module.ts";
+import { fromPretrained, type PretrainedOptions } from "./pretrained.ts";
 
 /** The size of a GPT. */
 export interface GPTConfig {
@@ -44,6 +45,13 @@ export interface GPTConfig {
   seed?: number;
   /** Fused attention kernels where they apply (default true; see `BlockConfig`). */
   fusedAttention?: boolean;
+  /**
+   * The MLP's GELU: exact (`"none"`, the default, as nanoGPT) or GPT-2's tanh approximation
+   * (`"tanh"`, Hugging Face's `gelu_new`), which the GPT-2 presets and `fromPretrained` use.
+   */
+  gelu?: "none" | "tanh";
+  /** Epsilon of every layer norm (default 1e-5, GPT-2's). */
+  layerNormEps?: number;
 }
 
 /** The size of one transformer block (and of its attention). */
@@ -69,6 +77,10 @@ export interface BlockConfig {
    * Default true; false keeps the unfused ops (q k^T, mask, softmax, p v) always.
    */
   fusedAttention?: boolean;
+  /** The MLP's GELU: exact (`"none"`, default) or the tanh approximation (`"tanh"`). */
+  gelu?: "none" | "tanh";
+  /** Epsilon of the layer norms (default 1e-5). */
+  layerNormEps?: number;
 }
 
 function seedFor(base: number | undefined, k: number): number | undefined {
@@ -193,7 +205,14 @@ export class MLP extends Module {
 
   /** An MLP on `nEmbd` channels. */
   constructor(
-    cfg: { nEmbd: number; dropout?: number; bias?: boolean; nLayer?: number; seed?: number },
+    cfg: {
+      nEmbd: number;
+      dropout?: number;
+      bias?: boolean;
+      nLayer?: number;
+      seed?: number;
+      gelu?: "none" | "tanh";
+    },
     opts: LayerOptions = {},
   ) {
     super();
@@ -204,7 +223,7 @@ export class MLP extends Module {
       initStd: 0.02,
       seed: seedFor(cfg.seed, 3),
     });
-    this.gelu = new GELU();
+    this.gelu = new GELU(cfg.gelu ?? "none");
     this.c_proj = new Linear(4 * cfg.nEmbd, cfg.nEmbd, {
       ...opts,
       bias,
@@ -242,9 +261,10 @@ export class Block extends Module {
     opts: LayerOptions = {},
   ) {
     super();
-    this.ln_1 = new LayerNorm(cfg.nEmbd, { ...opts, bias: cfg.bias ?? true });
+    const ln = { ...opts, bias: cfg.bias ?? true, eps: cfg.layerNormEps ?? 1e-5 };
+    this.ln_1 = new LayerNorm(cfg.nEmbd, ln);
     this.attn = new CausalSelfAttention(cfg, opts);
-    this.ln_2 = new LayerNorm(cfg.nEmbd, { ...opts, bias: cfg.bias ?? true });
+    this.ln_2 = new LayerNorm(cfg.nEmbd, ln);
     this.mlp = new MLP(cfg, opts);
   }
 
@@ -291,6 +311,41 @@ export interface GPTOutput {
 }
 
 /**
+ * The named sizes of `GPT.config`: the four GPT-2 models (Radford et al. 2019; Hugging
+ * Face's `gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`: vocabulary 50257, context 1024,
+ * biases, tanh GELU, head size 64) and the small character models of the examples
+ * (`char-tiny`: the demo's; `char-small`: train_gpt's default; their vocabulary is a
+ * placeholder that the text's tokenizer replaces).
+ *
+ * @example
+ * ```ts
+ * import { GPT_PRESETS } from "../mod.ts";
+ * console.log(GPT_PRESETS["gpt2-medium"].nLayer, GPT_PRESETS["gpt2-medium"].nEmbd); // 24 1024
+ * ```
+ */
+export const GPT_PRESETS: Readonly<Record<string, Readonly<GPTConfig>>> = Object.freeze({
+  "gpt2": gpt2Preset(12, 12, 768),
+  "gpt2-medium": gpt2Preset(24, 16, 1024),
+  "gpt2-large": gpt2Preset(36, 20, 1280),
+  "gpt2-xl": gpt2Preset(48, 25, 1600),
+  "char-tiny": Object.freeze({ vocabSize: 256, blockSize: 32, nLayer: 2, nHead: 4, nEmbd: 64 }),
+  "char-small": Object.freeze({ vocabSize: 256, blockSize: 64, nLayer: 2, nHead: 4, nEmbd: 128 }),
+});
+
+function gpt2Preset(nLayer: number, nHead: number, nEmbd: number): Readonly<GPTConfig> {
+  return Object.freeze({
+    vocabSize: 50257,
+    blockSize: 1024,
+    nLayer,
+    nHead,
+    nEmbd,
+    bias: true,
+    gelu: "tanh",
+    layerNormEps: 1e-5,
+  });
+}
+
+/**
  * A GPT language model.
  *
  * @example
@@ -312,6 +367,45 @@ export class GPT extends Module {
   /** The LM head, tied to `wte` (keep it in higher precision with `setAutocast`). */
   lm_head: LMHead;
 
+  /**
+   * The configuration of a named size (`GPT_PRESETS`: `gpt2`, `gpt2-medium`, `gpt2-large`,
+   * `gpt2-xl`, `char-tiny`, `char-small`), with `overrides` on top (a text's vocabulary, a
+   * shorter context, dropout, a seed). Builds nothing: pass it to `new GPT(...)`.
+   *
+   * @example
+   * ```ts
+   * import { GPT } from "../mod.ts";
+   * const c = GPT.config("gpt2");
+   * console.log(c.nLayer, c.nHead, c.nEmbd, c.vocabSize, c.blockSize, c.gelu); // 12 12 768 50257 1024 "tanh"
+   * const tiny = new GPT(GPT.config("char-tiny", { vocabSize: 40, seed: 1 }));
+   * console.log(tiny.config.nEmbd, tiny.config.vocabSize); // 64 40
+   * ```
+   */
+  static config(name: string, overrides: Partial<GPTConfig> = {}): GPTConfig {
+    const base = Object.hasOwn(GPT_PRESETS, name) ? GPT_PRESETS[name] : undefined;
+    if (!base) {
+      throw new ValueError(
+        `GPT.config(): unknown preset '${name}'; valid: ${Object.keys(GPT_PRESETS).join(", ")}`,
+      );
+    }
+    const given = Object.entries(overrides).filter(([, v]) => v !== undefined);
+    return { ...base, ...Object.fromEntries(given) };
+  }
+
+  /**
+   * A GPT-2 from a Hugging Face checkpoint on disk (`model.safetensors`, with `config.json`
+   * beside it when present): see `fromPretrained` in `pretrained.ts` for the options.
+   *
+   * @example
+   * ```ts ignore
+   * import { applyPrecision, GPT } from "../mod.ts";
+   * const model = applyPrecision(await GPT.fromPretrained("gpt2/"), "collage-light");
+   * ```
+   */
+  static fromPretrained(path: string, opts: PretrainedOptions = {}): Promise<GPT> {
+    return fromPretrained(path, opts);
+  }
+
   /** A GPT with freshly initialised weights (GPT-2's scheme), storage dtype from `opts`. */
   constructor(cfg: GPTConfig, opts: LayerOptions = {}) {
     super();
@@ -320,9 +414,20 @@ export class GPT extends Module {
         throw new ValueError(`GPT: ${k} must be a positive integer, got ${cfg[k]}`);
       }
     }
-    this.config = { dropout: 0, bias: true, fusedAttention: true, ...cfg } as Required<
-      Omit<GPTConfig, "seed">
-    >;
+    if (cfg.gelu !== undefined && cfg.gelu !== "none" && cfg.gelu !== "tanh") {
+      throw new ValueError(`GPT: gelu must be "none" (exact) or "tanh", got '${cfg.gelu}'`);
+    }
+    if (cfg.layerNormEps !== undefined && !(cfg.layerNormEps >= 0 && cfg.layerNormEps < 1)) {
+      throw new ValueError(`GPT: layerNormEps must be in [0, 1), got ${cfg.layerNormEps}`);
+    }
+    this.config = {
+      dropout: 0,
+      bias: true,
+      fusedAttention: true,
+      gelu: "none",
+      layerNormEps: 1e-5,
+      ...Object.fromEntries(Object.entries(cfg).filter(([, v]) => v !== undefined)),
+    } as Required<Omit<GPTConfig, "seed">>;
     const c = { ...this.config, seed: cfg.seed };
     this.wte = new Embedding(cfg.vocabSize, cfg.nEmbd, {
       ...opts,
@@ -339,7 +444,11 @@ export class GPT extends Module {
       { length: cfg.nLayer },
       (_, i) => new Block({ ...c, seed: seedFor(cfg.seed, 100 + i) }, opts),
     );
-    this.ln_f = new LayerNorm(cfg.nEmbd, { ...opts, bias: this.config.bias });
+    this.ln_f = new LayerNorm(cfg.nEmbd, {
+      ...opts,
+      bias: this.config.bias,
+      eps: this.config.layerNormEps,
+    });
     this.lm_head = new LMHead(this.wte);
   }
 

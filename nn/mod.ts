@@ -29,15 +29,24 @@ export {
   type BlockConfig,
   CausalSelfAttention,
   GPT,
+  GPT_PRESETS,
   type GPTConfig,
   type GPTOutput,
   LMHead,
   MLP,
 } from "./gpt.ts";
 export {
+  type ExportOptions,
+  exportPretrained,
+  fromPretrained,
+  pretrainedConfig,
+  type PretrainedOptimizer,
+  type PretrainedOptions,
+} from "./pretrained.ts";
+export {
   deserialize,
-  loadFile,
   type Loaded,
+  loadFile,
   type LoadOptions,
   MAX_HEADER_BYTES,
   saveFile,
