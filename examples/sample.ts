@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { applyPrecision, GPT, loadCheckpoint, readCheckpoint } from "../mod.ts";
+import { applyPrecision, GPT, loadCheckpoint, readCheckpoint, ready } from "../mod.ts";
 import {
   checks,
   type CliIO,
@@ -92,6 +92,7 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
     } catch {
       throw new UsageError(`${PROGRAM}: --ckpt: no checkpoint at '${path}'`);
     }
+    await ready(); // the device (importing ulp acquires nothing)
     const { model, tokenizer } = await loadModel(path);
     try {
       const prompt = String(v.prompt);

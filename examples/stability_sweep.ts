@@ -45,6 +45,7 @@ import {
   GPT,
   isFloat,
   manualSeed,
+  ready,
   type Rounding,
   sharpness,
   type Tensor,
@@ -189,6 +190,7 @@ async function runCell(
   cfg: SweepConfig,
   data: { train: Int32Array; val: Int32Array; vocab: number },
 ): Promise<CellRecord> {
+  await ready(); // the device, acquired on the first cell (importing ulp acquires nothing)
   manualSeed(seed);
   const model = new GPT({
     vocabSize: data.vocab,

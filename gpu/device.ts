@@ -1,6 +1,16 @@
 /**
- * One adapter and device per process, acquired lazily on first use with the adapter's own
- * limits and the optional features ulp uses (`shader-f16`, `timestamp-query`).
+ * One adapter and device per process, acquired lazily with the adapter's own limits and the
+ * optional features ulp uses (`shader-f16`, `timestamp-query`). Importing ulp touches no GPU
+ * and prints nothing; `await ready()` (or any async call that needs the device, such as
+ * `loadFile()` or `getRuntime()`) acquires it. Ops record work synchronously, so a script
+ * awaits `ready()` once before its first tensor; an op before that throws a `DeviceError`
+ * that says so.
+ *
+ * On Linux, Mesa's Vulkan drivers print `error: XDG_RUNTIME_DIR is invalid or not set in
+ * the environment.` (twice) when the adapter is requested without that variable: their
+ * device-selection layer looks for a Wayland display. It is harmless; ulp does not set the
+ * variable behind your back. Set it to a private folder (`export
+ * XDG_RUNTIME_DIR=$(mktemp -d)`), or turn the layer off with `NODEVICE_SELECT=1`.
  *
  * A lost device (or one destroyed by anything but `disposeDevice()`) is reported once with
  * `console.warn`, and a new one is acquired at once, so that the next synchronous op runs on
@@ -47,6 +57,11 @@ const HOW_TO_GET_ONE =
   "ulp needs a WebGPU adapter. On a machine without a GPU, install Mesa's software " +
   "drivers (Debian/Ubuntu: apt-get install mesa-vulkan-drivers for lavapipe; llvmpipe comes with " +
   "libgl1-mesa-dri) and choose one with DENO_WEBGPU_BACKEND=vulkan or gl.";
+/** Mesa's message, explained where a missing adapter is reported (it often comes before). */
+const MESA_NOTE = "(A line 'error: XDG_RUNTIME_DIR is invalid or not set in the environment.' " +
+  "above comes from Mesa's Vulkan device-selection layer looking for a Wayland display, not " +
+  "from ulp; it is harmless. Silence it with export XDG_RUNTIME_DIR=$(mktemp -d), or " +
+  "NODEVICE_SELECT=1.)";
 
 async function acquire(opts: DeviceOptions): Promise<Runtime> {
   if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
@@ -56,11 +71,14 @@ async function acquire(opts: DeviceOptions): Promise<Runtime> {
   try {
     adapter = await navigator.gpu.requestAdapter({ powerPreference: opts.powerPreference });
   } catch (e) {
-    throw new DeviceError(`requestAdapter() failed: ${(e as Error).message}. ${HOW_TO_GET_ONE}`, {
-      cause: e,
-    });
+    throw new DeviceError(
+      `requestAdapter() failed: ${(e as Error).message}. ${HOW_TO_GET_ONE} ${MESA_NOTE}`,
+      { cause: e },
+    );
   }
-  if (!adapter) throw new DeviceError(`No WebGPU adapter was found. ${HOW_TO_GET_ONE}`);
+  if (!adapter) {
+    throw new DeviceError(`No WebGPU adapter was found. ${HOW_TO_GET_ONE} ${MESA_NOTE}`);
+  }
   const hasF16 = adapter.features.has("shader-f16");
   const f16Mode = opts.f16 ?? "auto";
   if (f16Mode === "native" && !hasF16) {
@@ -114,7 +132,7 @@ async function acquire(opts: DeviceOptions): Promise<Runtime> {
 
 /**
  * Sets how the device will be acquired. Takes effect at the next acquisition: call it before
- * the first use, or follow it with `resetDevice()`.
+ * `ready()`, or follow it with `resetDevice()`.
  *
  * @example
  * ```ts
@@ -165,7 +183,8 @@ export function getRuntime(): Promise<Runtime> {
 
 /**
  * The runtime if the device is already acquired, for synchronous code (ops record work
- * synchronously). Throws a `DeviceError` naming `await ready()` otherwise.
+ * synchronously). Throws a `DeviceError` naming `await ready()` otherwise (it acquires
+ * nothing itself: that is asynchronous).
  *
  * @example
  * ```ts
@@ -189,8 +208,10 @@ export function currentRuntime(): Runtime {
   }
   if (lastError) throw lastError;
   throw new DeviceError(
-    "no GPU device yet: WebGPU adapters are acquired asynchronously, so call await ready() once " +
-      "before creating tensors (importing ulp's mod.ts does this for you).",
+    "no GPU device yet: ulp acquires its WebGPU device lazily (importing ulp touches no GPU) " +
+      "and acquiring one is asynchronous, so call await ready() once before the first tensor " +
+      "op (import { ready } from ulp's mod.ts; getRuntime() and loadFile() acquire it too)." +
+      (pending ? " An acquisition is under way: await ready() waits for it." : ""),
   );
 }
 
@@ -273,14 +294,17 @@ export function memory(): MemoryInfo {
 
 /**
  * Acquires the device if it is not yet acquired and returns its facts. Ops record work
- * synchronously, so a script awaits this once before making tensors (`mod.ts` does it at
- * import).
+ * synchronously, so a script awaits this once before making tensors; importing ulp does
+ * not (it touches no GPU and prints nothing, so `--help` and host-only work such as dtypes
+ * stay quiet, and `configureDevice()` applies to the first acquisition). Without an adapter
+ * it throws the `DeviceError` that says how to get one.
  *
  * @example
  * ```ts
- * import { ready } from "./device.ts";
- * const info = await ready();
+ * import { ready, tensor } from "../mod.ts";
+ * const info = await ready(); // once, before the first tensor
  * console.log(info.limits.maxComputeInvocationsPerWorkgroup >= 256); // true
+ * console.log(Array.from(await tensor([1, 2]).mul(2).toArray())); // [2, 4]
  * ```
  */
 export async function ready(): Promise<DeviceInfo> {

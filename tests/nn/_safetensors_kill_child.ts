@@ -2,7 +2,9 @@
 // large file to the same path with saveFile() (atomic), printing each version once it is saved.
 //   deno run --allow-read=. --allow-write=./.test-tmp tests/nn/_safetensors_kill_child.ts \
 //     <path> <elements> <first version>
-import { full, saveFile, tensor } from "../../mod.ts";
+import { full, ready, saveFile, tensor } from "../../mod.ts";
+
+await ready();
 
 const [path, elements, first] = [Deno.args[0], Number(Deno.args[1]), Number(Deno.args[2])];
 const enc = new TextEncoder();
