@@ -44,7 +44,16 @@ export {
   type RuntimeCounters,
   UNIFORM_SLOT,
 } from "./runtime.ts";
-export { type BufferTag, type PooledBuffer, type Purpose, sizeClass } from "./pool.ts";
+export {
+  type BufferTag,
+  DEFAULT_MEMORY_LIMIT,
+  getMemoryLimit,
+  type MemoryLimit,
+  type PooledBuffer,
+  type Purpose,
+  setMemoryLimit,
+  sizeClass,
+} from "./pool.ts";
 export {
   type Layout,
   layoutOf,

@@ -9,8 +9,18 @@
  * buffer is never handed out again (it is destroyed when released). A `createBuffer` that
  * throws at once is retried after the free buffers are destroyed.
  *
+ * The memory budget: before a buffer is created, the bytes requested plus the live bytes are
+ * checked against a budget (`getMemoryLimit()`), and a request that would pass it is a
+ * `DeviceError` naming the request, the live bytes and the budget, thrown at the call (a
+ * software GPU would otherwise take host memory until the process is killed). The budget is
+ * `setMemoryLimit(bytes)` when set; else half of the host's memory when Deno may read it
+ * (`--allow-sys=systemMemoryInfo`; WebGPU does not say how much memory an adapter has, and a
+ * CPU adapter's memory is the host's); else `DEFAULT_MEMORY_LIMIT` (4 GiB).
+ *
  * @module
  */
+
+import { DeviceError, ValueError } from "../errors.ts";
 
 /** What a buffer holds, for `memory()` by purpose. */
 export type Purpose =
@@ -118,6 +128,105 @@ export function createBufferScoped(
   return { buffer: made, outOfMemory };
 }
 
+/**
+ * The budget used when neither `setMemoryLimit` nor the host's memory gives one: 4 GiB.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_MEMORY_LIMIT } from "./pool.ts";
+ * console.log(DEFAULT_MEMORY_LIMIT / 2 ** 30); // 4
+ * ```
+ */
+export const DEFAULT_MEMORY_LIMIT: number = 4 * 2 ** 30;
+
+/** The fraction of the host's memory the default budget takes when Deno may read it. */
+export const HOST_MEMORY_FRACTION = 0.5;
+
+/**
+ * The memory budget in force: the most live bytes ulp hands out, and where the number came
+ * from (for error messages).
+ *
+ * @example
+ * ```ts
+ * import { getMemoryLimit, type MemoryLimit } from "./pool.ts";
+ * const m: MemoryLimit = getMemoryLimit();
+ * console.log(m.bytes > 0, typeof m.source); // true "string"
+ * ```
+ */
+export interface MemoryLimit {
+  /** Bytes. */
+  bytes: number;
+  /** How it was chosen: `setMemoryLimit()`, the host's memory, or the default. */
+  source: string;
+}
+
+let chosenLimit: MemoryLimit | null = null;
+let defaultLimit: MemoryLimit | null = null;
+
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+
+function hostDefault(): MemoryLimit {
+  const d = (globalThis as { Deno?: typeof Deno }).Deno;
+  try {
+    const q = d?.permissions.querySync?.({ name: "sys", kind: "systemMemoryInfo" });
+    if (d && q?.state === "granted") {
+      const total = d.systemMemoryInfo().total;
+      if (Number.isFinite(total) && total > 0) {
+        const bytes = Math.floor(total * HOST_MEMORY_FRACTION);
+        return { bytes, source: `half of the host's ${gib(total)} (Deno.systemMemoryInfo)` };
+      }
+    }
+  } catch {
+    // no permission API or no memory information: the documented default
+  }
+  return {
+    bytes: DEFAULT_MEMORY_LIMIT,
+    source: `the default of ${gib(DEFAULT_MEMORY_LIMIT)}; with --allow-sys=systemMemoryInfo ` +
+      `it is half of the host's memory`,
+  };
+}
+
+/**
+ * Sets the memory budget: the most bytes of live GPU buffers ulp hands out (tensors, states,
+ * scratch). A request that would pass it is a `DeviceError` at the call. `null` goes back to
+ * the default (half of the host's memory with `--allow-sys=systemMemoryInfo`, else 4 GiB).
+ *
+ * @example
+ * ```ts
+ * import { DeviceError, getMemoryLimit, setMemoryLimit, zeros } from "../mod.ts";
+ * setMemoryLimit(2 ** 20); // 1 MiB
+ * try { zeros([2 ** 19]); } catch (e) { console.log(e instanceof DeviceError); } // true (2 MiB)
+ * setMemoryLimit(null);
+ * console.log(getMemoryLimit().bytes >= 2 ** 30); // true
+ * ```
+ */
+export function setMemoryLimit(bytes: number | null): void {
+  if (bytes === null) {
+    chosenLimit = null;
+    return;
+  }
+  if (typeof bytes !== "number" || !Number.isSafeInteger(bytes) || bytes <= 0) {
+    throw new ValueError(
+      `setMemoryLimit(): bytes must be a positive integer (or null for the default), got ` +
+        `${String(bytes)}`,
+    );
+  }
+  chosenLimit = { bytes, source: `set by setMemoryLimit(${bytes})` };
+}
+
+/**
+ * The memory budget in force and where it came from (see `setMemoryLimit`).
+ *
+ * @example
+ * ```ts
+ * import { getMemoryLimit } from "./pool.ts";
+ * console.log(getMemoryLimit().source.length > 0); // true
+ * ```
+ */
+export function getMemoryLimit(): MemoryLimit {
+  return chosenLimit ?? (defaultLimit ??= hostDefault());
+}
+
 /** The buffer pool of one device. */
 export class BufferPool {
   #device: GPUDevice;
@@ -142,6 +251,28 @@ export class BufferPool {
   /** A pool that allocates from `device`. */
   constructor(device: GPUDevice) {
     this.#device = device;
+  }
+
+  /**
+   * Throws a `DeviceError` naming the request, the live bytes and the budget when `bytes`
+   * more would pass the memory budget; releases the cached buffers first when new ones would
+   * pass it (what is cached counts against the budget only while it is kept).
+   */
+  checkBudget(bytes: number, what: string): void {
+    const limit = getMemoryLimit();
+    const live = this.stats.liveBytes;
+    if (live + bytes > limit.bytes) {
+      throw new DeviceError(
+        `alloc(): ${what} would pass the memory budget: ${live} bytes are live and the ` +
+          `budget is ${limit.bytes} bytes (${limit.source}). Free tensors you no longer need ` +
+          `(dispose(), tidy()), use smaller batches or narrower dtypes, or set the budget with ` +
+          `setMemoryLimit() (--memory-limit in the examples)`,
+      );
+    }
+    const size = sizeClass(bytes);
+    if (this.stats.allocatedBytes + size > limit.bytes && !this.#free.get(size)?.length) {
+      this.emptyCache();
+    }
   }
 
   /**

@@ -296,6 +296,7 @@ export class Runtime {
           `tensor is one buffer): use a smaller batch, context or model, or a narrower dtype`,
       );
     }
+    this.#pool.checkBudget(Math.max(bytes, 4), what(bytes, tag));
     try {
       return this.#pool.acquire(Math.max(bytes, 4), tag, this.#batch - 1);
     } catch (e) {
