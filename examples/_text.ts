@@ -1,7 +1,12 @@
-// Shared by the examples: the default corpus, a character tokenizer, seeded batches and
-// sampling. Not part of the library's public API.
+// Shared by the examples: the default corpus, the tokenizers (characters, or GPT-2's BPE
+// through js-tiktoken's ranks, with token streams cached as .bin files of u16/u32 ids as
+// nanoGPT's prepare step writes them), seeded batches and sampling. Not part of the
+// library's public API.
 
+import { Tiktoken } from "js-tiktoken/lite";
+import gpt2Ranks from "js-tiktoken/ranks/gpt2";
 import { type GPT, noGrad, type Tensor, tensor, tidy } from "../mod.ts";
+import type { Option } from "./_cli.ts";
 
 /** Folders whose source text makes the default corpus (the project's own code and docs). */
 const CORPUS_FOLDERS = ["dtypes", "gpu", "tensor", "autograd", "nn", "optim"];
@@ -36,8 +41,38 @@ export async function loadText(path?: string): Promise<{ text: string; source: s
   return { text: parts.join("\n"), source: `the project's own source (${files.length} files)` };
 }
 
+/** The tokenizers of `--tokenizer`. */
+export const TOKENIZERS = ["char", "gpt2"] as const;
+/** A name of `TOKENIZERS` (how checkpoints record the tokenizer). */
+export type TokenizerName = (typeof TOKENIZERS)[number];
+
+/** The `--tokenizer` option row (default `char`). */
+export function tokenizerOption(def: TokenizerName = "char"): Option {
+  return {
+    type: "string",
+    help: "char (the text's characters) or gpt2 (GPT-2's BPE, 50257 tokens; the token " +
+      "stream of a --data file is cached as a .bin of u16 ids in the output folder)",
+    default: def,
+    check: (v) =>
+      (TOKENIZERS as readonly string[]).includes(v)
+        ? null
+        : `unknown value '${v}'; valid: ${TOKENIZERS.join(", ")}`,
+  };
+}
+
+/** What the examples need of a tokenizer. */
+export interface Tokenizer {
+  readonly name: TokenizerName;
+  readonly vocabSize: number;
+  /** The vocabulary of a character tokenizer (saved in checkpoints); undefined for BPE. */
+  readonly chars?: string[];
+  encode(text: string): Int32Array;
+  decode(ids: ArrayLike<number>): string;
+}
+
 /** A character-level tokenizer over the characters of a text. */
-export class CharTokenizer {
+export class CharTokenizer implements Tokenizer {
+  readonly name = "char" as const;
   readonly chars: string[];
   readonly #index: Map<string, number>;
 
@@ -59,27 +94,191 @@ export class CharTokenizer {
   }
 }
 
+/** GPT-2's id of `<|endoftext|>`. */
+export const GPT2_EOT = 50256;
+
+let gpt2Encoder: Tiktoken | null = null;
+
+/**
+ * GPT-2's byte-level BPE (the 50257 tokens of OpenAI's `gpt2` encoding: 50000 merges, 256
+ * bytes, `<|endoftext|>`), by js-tiktoken from its bundled ranks: offline, no download.
+ * `<|endoftext|>` in a text is the end-of-text token.
+ */
+export class GPT2Tokenizer implements Tokenizer {
+  readonly name = "gpt2" as const;
+  readonly vocabSize = 50257;
+  readonly #enc: Tiktoken;
+
+  constructor() {
+    this.#enc = gpt2Encoder ??= new Tiktoken(gpt2Ranks);
+  }
+
+  encode(text: string): Int32Array {
+    return Int32Array.from(this.#enc.encode(text, "all"));
+  }
+
+  decode(ids: ArrayLike<number>): string {
+    return this.#enc.decode(Array.from(ids));
+  }
+
+  /**
+   * Encodes a long text in pieces of about `chunk` characters, calling `progress` after each
+   * with the characters done. Pieces end before a space that follows a non-space and precedes
+   * one: GPT-2's pre-tokenizer always splits there (a token holds a space only at its start
+   * or in a run of whitespace), so the ids equal those of `encode(text)`.
+   */
+  encodeChunked(
+    text: string,
+    progress?: (done: number, total: number) => void,
+    chunk = 1 << 20,
+  ): Int32Array {
+    if (text.length <= chunk) {
+      const ids = this.encode(text);
+      progress?.(text.length, text.length);
+      return ids;
+    }
+    const parts: Int32Array[] = [];
+    let start = 0, total = 0;
+    const safe = /\S \S/g;
+    while (start < text.length) {
+      let end = text.length;
+      if (start + chunk < text.length) {
+        safe.lastIndex = start + chunk;
+        const m = safe.exec(text);
+        end = m ? m.index + 1 : text.length;
+      }
+      const ids = this.encode(text.slice(start, end));
+      parts.push(ids);
+      total += ids.length;
+      start = end;
+      progress?.(start, text.length);
+    }
+    const out = new Int32Array(total);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+}
+
+/** The tokenizer of a name (a character tokenizer over `text`, or with `chars`). */
+export function makeTokenizer(name: TokenizerName, text: string, chars?: string[]): Tokenizer {
+  return name === "gpt2" ? new GPT2Tokenizer() : new CharTokenizer(text, chars);
+}
+
+/** FNV-1a of bytes, as 8 hex digits. */
+function fnv1a(bytes: Uint8Array): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i], 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+/**
+ * The path of the cached token stream of `text` under `tokenizer` in `dir`: named by the
+ * tokenizer, the text's length and hash, and the id width (`u16` when the vocabulary fits).
+ */
+export function tokenCachePath(dir: string, tokenizer: Tokenizer, text: string): string {
+  const bytes = new TextEncoder().encode(text);
+  const width = tokenizer.vocabSize <= 65536 ? "u16" : "u32";
+  return `${dir.replace(/\/+$/, "")}/tokens.${tokenizer.name}.${bytes.length}-${
+    fnv1a(bytes)
+  }.${width}.bin`;
+}
+
+/**
+ * The ids of `text`, from the cache in `dir` when it holds them (a raw little-endian file of
+ * u16 or u32 ids, as nanoGPT's `train.bin`: `np.fromfile(path, dtype=np.uint16)` reads it),
+ * else encoded (in pieces, with `progress`) and written there.
+ */
+export async function cachedTokens(
+  tokenizer: Tokenizer,
+  text: string,
+  dir: string,
+  progress?: (done: number, total: number) => void,
+): Promise<{ ids: Int32Array; path: string; cached: boolean }> {
+  const path = tokenCachePath(dir, tokenizer, text);
+  const wide = path.endsWith(".u32.bin");
+  try {
+    const bytes = await Deno.readFile(path);
+    const n = bytes.byteLength / (wide ? 4 : 2);
+    if (Number.isInteger(n)) {
+      const copy = bytes.slice();
+      const ids = wide ? new Uint32Array(copy.buffer, 0, n) : new Uint16Array(copy.buffer, 0, n);
+      if (ids.every((i) => i < tokenizer.vocabSize)) {
+        return { ids: Int32Array.from(ids), path, cached: true };
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  const ids = tokenizer instanceof GPT2Tokenizer
+    ? tokenizer.encodeChunked(text, progress)
+    : tokenizer.encode(text);
+  const out = wide ? Uint32Array.from(ids) : Uint16Array.from(ids);
+  await Deno.mkdir(dir, { recursive: true });
+  const tmp = `${path}.tmp-${Date.now()}`;
+  await Deno.writeFile(tmp, new Uint8Array(out.buffer));
+  await Deno.rename(tmp, path);
+  return { ids, path, cached: false };
+}
+
+/**
+ * A progress callback for `cachedTokens` that writes `tokenizing: 40% (4.0 of 10.0 MB)` at
+ * most every 10% (or as one live line), for texts of more than one piece.
+ */
+export function tokenizeProgress(
+  write: (text: string) => void,
+  live = false,
+): (done: number, total: number) => void {
+  let shown = -1;
+  return (done, total) => {
+    const pct = Math.floor((100 * done) / total);
+    if (total <= 1 << 20 || (!live && Math.floor(pct / 10) === shown)) return;
+    shown = Math.floor(pct / 10);
+    const mb = (n: number) => (n / 1e6).toFixed(1);
+    const text = `tokenizing: ${pct}% (${mb(done)} of ${mb(total)} M characters)`;
+    write(live ? `\r${text}\x1b[K${done === total ? "\n" : ""}` : `${text}\n`);
+  };
+}
+
 /** A text split for training: tokenizer, train and validation ids (the last 10%). */
 export interface Corpus {
   /** Where the text came from (a path or a description of the default corpus). */
   source: string;
   /** The path given, or "" for the default corpus. */
   path: string;
-  tokenizer: CharTokenizer;
+  tokenizer: Tokenizer;
   train: Int32Array;
   val: Int32Array;
   /** A checksum of the ids (FNV-1a), to check that a resumed run reads the same data. */
   checksum: string;
 }
 
+/** Options of `loadCorpus`. */
+export interface CorpusOptions {
+  /** The tokenizer (default "char"). */
+  tokenizer?: TokenizerName;
+  /** Where a BPE token stream is cached (see `cachedTokens`); none: encoded each time. */
+  cacheDir?: string;
+  /** Called as a long text is encoded (characters done, total). */
+  progress?: (done: number, total: number) => void;
+}
+
 /**
  * Loads a text (see `loadText`) and splits it 90/10; with `chars`, tokenizes it with that
- * vocabulary (a resumed run's) and fails when the text has characters outside it.
+ * vocabulary (a resumed run's) and fails when the text has characters outside it. With
+ * `{ tokenizer: "gpt2" }`, GPT-2's BPE, its token stream cached in `cacheDir`.
  */
-export async function loadCorpus(path = "", chars?: string[]): Promise<Corpus> {
+export async function loadCorpus(
+  path = "",
+  chars?: string[],
+  opts: CorpusOptions = {},
+): Promise<Corpus> {
   const { text, source } = await loadText(path || undefined);
-  const tokenizer = new CharTokenizer(text, chars);
-  if (chars) {
+  const tokenizer = makeTokenizer(opts.tokenizer ?? "char", text, chars);
+  if (chars && tokenizer.name === "char") {
     const unknown = [...new Set(text)].filter((c) => !chars.includes(c));
     if (unknown.length) {
       throw new Error(
@@ -89,7 +288,11 @@ export async function loadCorpus(path = "", chars?: string[]): Promise<Corpus> {
       );
     }
   }
-  const data = tokenizer.encode(text);
+  const data = tokenizer.name === "gpt2" && opts.cacheDir
+    ? (await cachedTokens(tokenizer, text, opts.cacheDir, opts.progress)).ids
+    : tokenizer instanceof GPT2Tokenizer
+    ? tokenizer.encodeChunked(text, opts.progress)
+    : tokenizer.encode(text);
   const split = Math.floor(data.length * 0.9);
   let h = 0x811c9dc5;
   for (const t of data) h = Math.imul(h ^ t, 0x01000193) >>> 0;
