@@ -31,6 +31,7 @@ export {
   memory,
   ready,
   resetDevice,
+  sync,
 } from "./device.ts";
 export {
   type Binding,
@@ -65,6 +66,7 @@ export {
 } from "./layout.ts";
 export {
   type BindingSpec,
+  type Box,
   type Program,
   program,
   type ProgramBody,
@@ -72,6 +74,8 @@ export {
   type RawType,
   type RunArgs,
   runProgram,
+  type StridedDim,
+  stridedRange,
   type UniformSpec,
   type UniformType,
   WGSL_MATH,

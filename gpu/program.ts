@@ -20,6 +20,7 @@
  * | `code_x(i) -> u32` | packed layouts | the stored code of element `i` |
  * | `st_x(w, v: vec4<f32>, r: vec4<u32>)` | layouts | encodes the lanes of word `w` from `v` (random bits `r` for stochastic rounding) and stores the word |
  * | `enc_x(v, r) -> u32` | layouts | the code of `v` in the binding's dtype |
+ * | `stc_x(w, c: vec4<u32>)` | layouts | stores the codes `c` as the lanes of word `w`, unchanged (ops that move codes, not values) |
  * | `get_x(j)`, `put_x(j, v)` | all | raw array element `j` of the buffer (windowed) |
  * | `x[j]` | raw, whole | direct access (raw bindings are always bound whole) |
  * | `u.name`, `u_name(k)` | uniforms | a scalar field; element `k` of an array field |
@@ -63,7 +64,10 @@
 import { WGSL_RNG, wgslChunks, wgslCodec, type WgslCodecOptions } from "../dtypes/mod.ts";
 import { DeviceError } from "../errors.ts";
 import type { Layout } from "./layout.ts";
-import type { Binding, Kernel, PooledBuffer, Runtime } from "./runtime.ts";
+import type { Binding, BufferWindow, Kernel, PooledBuffer, Runtime } from "./runtime.ts";
+
+/** A box of workgroups, per grid dimension x, y, z (first, or one past the last). */
+export type Box = [number, number, number];
 
 /** WGSL element types of raw (non-tensor) storage bindings. */
 export type RawType = "u32" | "i32" | "f32" | "atomic<u32>" | "atomic<i32>";
@@ -127,12 +131,22 @@ export interface RunArgs<B extends string, U extends string> {
   /**
    * For each binding that may be larger than one binding: the range [lo, hi) of elements
    * (logical elements for layouts, array elements for raw types) that workgroups g0..g1-1
-   * (along `splitDim`) read or write. A buffer too large to bind whole and without a range
+   * (along the first of `splitDim`; `lo`..`hi` is the whole box of a 3-D piece) read or write. A buffer too large to bind whole and without a range
    * is a `DeviceError`. Ranges must not shrink as a piece grows.
    */
-  readonly ranges?: { readonly [K in B]?: (g0: number, g1: number) => readonly [number, number] };
-  /** 3-D programs: the grid dimension pieces are cut along (default 0). */
-  readonly splitDim?: 0 | 1 | 2;
+  readonly ranges?: {
+    readonly [K in B]?: (
+      g0: number,
+      g1: number,
+      lo: Readonly<Box>,
+      hi: Readonly<Box>,
+    ) => readonly [number, number];
+  };
+  /**
+   * 3-D programs: the grid dimensions pieces may be cut along (default 0; `g0, g1` of a range
+   * are along the first, and `lo`, `hi` give the piece's whole box of workgroups).
+   */
+  readonly splitDim?: 0 | 1 | 2 | readonly (0 | 1 | 2)[];
 }
 
 /** A compiled program: run it with buffers and uniforms by name. */
@@ -276,6 +290,17 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
       out.push(`fn st_${x}(w: u32, v: vec4<f32>, r: vec4<u32>) { put_${x}(w, ${word}); }\n`);
     }
   }
+  if (uses("stc") && b.access === "read_write") {
+    let word: string;
+    if (l.elem === "f16") word = "f16(unpack2x16float(c.x).x)";
+    else if (l.lanes === 1) word = "c.x";
+    else if (l.lanes === 2) word = `(c.x & ${mask}) | ((c.y & ${mask}) << 16u)`;
+    else {
+      word = `(c.x & ${mask}) | ((c.y & ${mask}) << 8u) | ((c.z & ${mask}) << 16u) | ` +
+        `((c.w & ${mask}) << 24u)`;
+    }
+    out.push(`fn stc_${x}(w: u32, c: vec4<u32>) { put_${x}(w, ${word}); }\n`);
+  }
   return out;
 }
 
@@ -348,6 +373,68 @@ fn ulp_tanh(x: f32) -> f32 {
   return select(select(tanh(c), small, abs(x) < 0.125), x, ulp_isnan(x));
 }
 `;
+
+/** One dimension of a strided read, for `stridedRange`. */
+export interface StridedDim {
+  /** Size of the dimension in the shape the kernel runs over (its output). */
+  readonly size: number;
+  /** Source elements per step along it (0: broadcast). */
+  readonly stride: number;
+  /** Coordinates `c` with `lo <= c < hi` read source element `(c - lo) * stride` (default 0, size); others read nothing. */
+  readonly lo?: number;
+  /** See `lo`. */
+  readonly hi?: number;
+  /** Set: the coordinate does not choose (an index tensor does); any of `any` steps may be read. */
+  readonly any?: number;
+}
+
+/**
+ * The `ranges` entry of a source read through strides: for output elements [e0, e1) of a
+ * row-major `dims` shape, a range [lo, hi) of source elements holding every element they
+ * read, `base + sum (c_d - lo_d) * stride_d` (empty, hi <= lo, when they read none). Exact
+ * for one row of dimensions; a bound (never short) across rows. Grows with the piece.
+ *
+ * @example
+ * ```ts
+ * import { stridedRange } from "./program.ts";
+ * // a transpose of a [3, 4] source: output [4, 3] reads source column c of row r at 4r + c
+ * const r = stridedRange([{ size: 4, stride: 1 }, { size: 3, stride: 4 }]);
+ * console.log(r(0, 3), r(3, 5)); // [0, 9] [1, 6]
+ * ```
+ */
+export function stridedRange(
+  dims: readonly StridedDim[],
+  base = 0,
+): (e0: number, e1: number) => [number, number] {
+  const n = dims.length;
+  return (e0, e1) => {
+    if (e1 <= e0) return [0, 0];
+    const c0: number[] = new Array(n), c1: number[] = new Array(n);
+    let r0 = e0, r1 = e1 - 1;
+    for (let d = n - 1; d >= 0; d--) {
+      const s = Math.max(1, dims[d].size);
+      c0[d] = r0 % s, c1[d] = r1 % s;
+      r0 = Math.floor(r0 / s), r1 = Math.floor(r1 / s);
+    }
+    let lo = base, hi = base, split = false;
+    for (let d = 0; d < n; d++) {
+      const { size, stride, any } = dims[d];
+      // coordinates [a, b] this piece takes along d: one until the first that differs
+      let a = split ? 0 : c0[d], b = split ? size - 1 : c1[d];
+      if (a !== b) split = true;
+      if (any !== undefined) {
+        if (any <= 0) return [0, 0];
+        hi += (any - 1) * stride;
+        continue;
+      }
+      const l0 = dims[d].lo ?? 0, l1 = dims[d].hi ?? size;
+      a = Math.max(a, l0), b = Math.min(b, l1 - 1);
+      if (a > b) return [0, 0];
+      lo += (a - l0) * stride, hi += (b - l0) * stride;
+    }
+    return [lo, hi + 1];
+  };
+}
 
 const programs = new WeakMap<Runtime, Map<string, Program>>();
 
@@ -466,18 +553,19 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       return pb;
     });
     const groups = args.groups;
-    const dims: [number, number, number] = typeof groups === "number"
+    const dims: Box = typeof groups === "number"
       ? [groups, 1, 1]
       : [groups[0], groups[1], groups[2]];
     if (dims[0] * dims[1] * dims[2] === 0) return;
-    const sd = typeof groups === "number" ? 0 : args.splitDim ?? 0;
-    const G = dims[sd];
+    const sds: readonly number[] = typeof groups === "number"
+      ? [0]
+      : typeof args.splitDim === "number"
+      ? [args.splitDim]
+      : args.splitDim ?? [0];
     // the bindings too large to bind whole must be windowed
     const big = spec.bindings.map((_, i) => Math.ceil(bufs[i].bytes / 4) * 4 > maxBind);
-    const ranges = (args.ranges ?? {}) as Record<
-      string,
-      (g0: number, g1: number) => [number, number]
-    >;
+    type Range = (g0: number, g1: number, lo: Box, hi: Box) => readonly [number, number];
+    const ranges = (args.ranges ?? {}) as Record<string, Range>;
     big.forEach((isBig, i) => {
       const b = spec.bindings[i];
       if (isBig && (ranges[b.name] === undefined || typeof b.type === "string")) {
@@ -489,23 +577,21 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
         );
       }
     });
-    const windowOf = (i: number, g0: number, g1: number): Binding | null => {
+    const rangeOf = (i: number, lo: Box, hi: Box): readonly [number, number] =>
+      ranges[spec.bindings[i].name](lo[sds[0]], hi[sds[0]], lo, hi);
+    // the window of binding i holding its range for the box, and the bytes it needs
+    const windowOf = (i: number, lo: Box, hi: Box): BufferWindow => {
       const pb = bufs[i];
       const { bytes, lanes } = units[i];
-      const [lo, hi] = ranges[spec.bindings[i].name](g0, g1);
-      if (hi <= lo) return { buffer: pb, offset: 0, size: Math.min(align, pb.buffer.size) };
-      const a0 = Math.floor(lo / lanes), a1 = Math.ceil(hi / lanes);
+      const [e0, e1] = rangeOf(i, lo, hi);
+      if (e1 <= e0) return { buffer: pb, offset: 0, size: Math.min(align, pb.buffer.size) };
+      const a0 = Math.floor(e0 / lanes), a1 = Math.ceil(e1 / lanes);
       const offset = Math.floor((a0 * bytes) / align) * align;
       const end = Math.min(Math.ceil((a1 * bytes) / 4) * 4, pb.buffer.size);
-      const size = end - offset;
-      return size > maxBind ? null : { buffer: pb, offset, size };
+      return { buffer: pb, offset, size: end - offset };
     };
-    const anyBig = big.some((b) => b);
-    const dispatchPiece = (g0: number, g1: number, binds: Binding[]): void => {
+    const dispatchBox = (lo: Box, hi: Box, binds: Binding[]): void => {
       if (is3d) {
-        const lo = [0, 0, 0], hi = [...dims];
-        lo[sd] = g0;
-        hi[sd] = g1;
         for (let z = lo[2]; z < hi[2]; z += maxG) {
           for (let y = lo[1]; y < hi[1]; y += maxG) {
             for (let x = lo[0]; x < hi[0]; x += maxG) {
@@ -521,51 +607,68 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
         return;
       }
       // a 1-D count folded into x, y, z within the per-dimension limit
-      const n = g1 - g0;
+      const n = hi[0] - lo[0];
       const x = Math.min(n, maxG);
       let y = Math.ceil(n / x), z = 1;
       if (y > maxG) z = Math.ceil(y / maxG), y = maxG;
       if (z > maxG) {
         throw new DeviceError(`${label}: ${n} workgroups exceed the adapter's grid of ${maxG}^3`);
       }
-      u[0] = g0, u[1] = g1;
+      u[0] = lo[0], u[1] = hi[0];
       rt.dispatch(kernel, binds, [x, y, z], u);
     };
-    if (!anyBig) {
-      dispatchPiece(0, G, bufs);
+    if (!big.some((b) => b)) {
+      dispatchBox([0, 0, 0], dims, bufs);
       return;
     }
-    // pieces along the split dimension whose windows all fit
-    let g0 = 0, step = G;
-    while (g0 < G) {
-      const g1 = Math.min(G, g0 + step);
-      const binds: Binding[] = [];
-      let fits = true;
-      for (let i = 0; i < bufs.length && fits; i++) {
-        if (!big[i]) {
-          binds.push(bufs[i]);
-          continue;
-        }
-        const w = windowOf(i, g0, g1);
-        if (w === null) fits = false;
-        else {
-          binds.push(w);
-          u[baseWord[i]] = (w as { offset: number }).offset / units[i].bytes;
-        }
-      }
-      if (fits) {
-        dispatchPiece(g0, g1, binds);
-        g0 = g1;
+    // Boxes of the grid whose windows all fit: a box that does not fit is halved along the
+    // split dimension that shrinks its largest window most.
+    const worst = (lo: Box, hi: Box): { i: number; size: number } => {
+      let w = { i: -1, size: 0 };
+      big.forEach((isBig, i) => {
+        if (!isBig) return;
+        const size = windowOf(i, lo, hi).size;
+        if (size > w.size) w = { i, size };
+      });
+      return w;
+    };
+    const todo: [Box, Box][] = [[[0, 0, 0], dims]];
+    while (todo.length > 0) {
+      const [lo, hi] = todo.pop()!;
+      const w = worst(lo, hi);
+      if (w.size <= maxBind) {
+        const binds = bufs.map((pb, i): Binding => {
+          if (!big[i]) return pb;
+          const win = windowOf(i, lo, hi);
+          u[baseWord[i]] = win.offset / units[i].bytes;
+          return win;
+        });
+        dispatchBox(lo, hi, binds);
         continue;
       }
-      if (g1 - g0 === 1) {
+      let best: { d: number; size: number } | null = null;
+      for (const d of sds) {
+        if (hi[d] - lo[d] < 2) continue;
+        const mid: Box = [...hi];
+        mid[d] = lo[d] + Math.ceil((hi[d] - lo[d]) / 2);
+        const size = worst(lo, mid).size;
+        if (best === null || size < best.size) best = { d, size };
+      }
+      if (best === null) {
+        const b = spec.bindings[w.i], pb = bufs[w.i];
+        const [e0, e1] = rangeOf(w.i, lo, hi);
         throw new DeviceError(
-          `${label}: one workgroup's share of an operand exceeds the ${maxBind} bytes one ` +
-            `storage binding may hold (maxStorageBufferBindingSize); use a smaller batch, ` +
-            `context or model`,
+          `${label}: one workgroup reads elements ${e0}..${e1} of its '${b.name}' operand ` +
+            `(${pb.tag.dtype}, ${pb.tag.purpose}, ${pb.bytes} bytes), more than the ${maxBind} ` +
+            `bytes one storage binding may hold (maxStorageBufferBindingSize); use a smaller ` +
+            `batch, context or model`,
         );
       }
-      step = Math.ceil((g1 - g0) / 2);
+      const m = lo[best.d] + Math.ceil((hi[best.d] - lo[best.d]) / 2);
+      const hi1: Box = [...hi], lo2: Box = [...lo];
+      hi1[best.d] = m;
+      lo2[best.d] = m;
+      todo.push([lo2, hi], [lo, hi1]); // the first half first
     }
   };
   return { kernel, uniformWords: words, run };

@@ -35,13 +35,11 @@ import {
   float32,
   isFloat,
   promoteTypes,
-  wgslChunks,
-  wgslCodec,
 } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
+import { type BindingSpec, type Box, currentRuntime, program, type Runtime } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
-import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
+import { type Layout, layoutOf } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { autocastInputs, cast } from "./elementwise.ts";
 import { autocastGemm, type GemmSite } from "./autocast.ts";
@@ -274,15 +272,16 @@ export interface MatmulKernelConfig {
   /** The tiling. */
   readonly tiles: Tiles;
   /**
-   * Per-tensor scaled operands (FP8): bindings `sa`, `sb` (one f32 each) follow `out`, and
+   * Per-tensor scaled operands (FP8): bindings `scalea`, `scaleb` (one f32 each) follow `out`, and
    * the f32 result is multiplied by `1 / sa`, then by `1 / sb`, before the output rounding.
    */
   readonly scaled?: boolean;
 }
 
 /**
- * The WGSL of a matmul kernel for the given operand and output layouts and tiles. Bindings:
- * `a`, `b`, `out`, then the uniform block. Launched by `matmul()` with
+ * The WGSL body (`fn kernel`, for the program builder of `gpu/program.ts`) of a matmul kernel
+ * for the given operand and output layouts and tiles. Bindings `a`, `b`, `out` (and the
+ * scales) and the uniforms are declared by `matmul()`'s program, which launches it with
  * `(ceil(N / (wgx tn)), ceil(M / (wgy tm)), batches)` workgroups.
  *
  * @example
@@ -294,19 +293,16 @@ export interface MatmulKernelConfig {
  * const src = matmulSource({
  *   a: l("e4m3"), b: l("bf16"), out: l("f32"), transA: false, transB: true, saturate: false, tiles,
  * });
- * console.log(src.includes("@workgroup_size(16, 16)")); // true
+ * console.log(src.includes("fn kernel(wg: vec3u")); // true
  * ```
  */
 export function matmulSource(cfg: MatmulKernelConfig): string {
-  const { a, b, out } = cfg;
+  const { out } = cfg;
   const { tm, tn, wgx, wgy, bk } = cfg.tiles;
   if (tm % 4 || tn % 4 || bk % 4) {
     throw new ValueError(`matmulSource(): tm, tn and bk must be multiples of 4`);
   }
   const bm = wgy * tm, bn = wgx * tn, threads = wgx * wgy;
-  const chunks: string[][] = [wgsl4(a, "a"), wgsl4(b, "b")];
-  const enc = wgslEncoder(out, { rounding: "rne", saturate: cfg.saturate });
-  chunks.push([...enc.chunks]);
   const four = (f: (c: number) => string, sep = "") => [0, 1, 2, 3].map(f).join(sep);
   const X = "xyzw";
   // Each operand's K-slice goes to workgroup memory as it is stored: a unit of work is 4
@@ -322,19 +318,19 @@ export function matmulSource(cfg: MatmulKernelConfig): string {
     width: number,
   ) => {
     const name = x === "a" ? "As" : "Bs", off = x === "a" ? "offA" : "offB";
-    const ld = x === "a" ? "U_.lda" : "U_.ldb";
+    const ld = x === "a" ? "u.lda" : "u.ldb";
     const total = (sr * sc) / 4, per = Math.ceil(total / threads);
     // scatter: the quad runs along k; element j goes to k-row (col0 + j), column sr-index
     const put = scatter
       ? four((j) =>
         `        ${name}[(cq * 4u + ${j}u) * ${width / 4}u + rl / 4u][rl % 4u] = v.${X[j]};\n`
       )
-      : `        ${name}[u] = v;\n`;
+      : `        ${name}[q] = v;\n`;
     return `      for (var p = 0u; p < ${per}u; p = p + 1u) {
-        let u = li + p * ${threads}u;
-${total % threads === 0 ? "" : `        if (u >= ${total}u) { break; }\n`}\
-        let rl = u / ${sc / 4}u;
-        let cq = u % ${sc / 4}u;
+        let q = li + p * ${threads}u;
+${total % threads === 0 ? "" : `        if (q >= ${total}u) { break; }\n`}\
+        let rl = q / ${sc / 4}u;
+        let cq = q % ${sc / 4}u;
         let row = ${r0} + rl;
         let col = ${c0} + cq * 4u;
         let n_ok = select(0u, ${cLim} - col, row < ${rLim} && col < ${cLim});
@@ -342,11 +338,11 @@ ${total % threads === 0 ? "" : `        if (u >= ${total}u) { break; }\n`}\
 ${put}      }`;
   };
   const loadA = cfg.transA
-    ? slice("a", false, ["k0", "m0"], ["U_.k", "U_.m"], [bk, bm], bm)
-    : slice("a", true, ["m0", "k0"], ["U_.m", "U_.k"], [bm, bk], bm);
+    ? slice("a", false, ["k0", "m0"], ["u.k", "u.m"], [bk, bm], bm)
+    : slice("a", true, ["m0", "k0"], ["u.m", "u.k"], [bm, bk], bm);
   const loadB = cfg.transB
-    ? slice("b", true, ["n0", "k0"], ["U_.n", "U_.k"], [bn, bk], bn)
-    : slice("b", false, ["k0", "n0"], ["U_.k", "U_.n"], [bk, bn], bn);
+    ? slice("b", true, ["n0", "k0"], ["u.n", "u.k"], [bn, bk], bn)
+    : slice("b", false, ["k0", "n0"], ["u.k", "u.n"], [bk, bn], bn);
   const rows = [...Array(tm).keys()], quads = [...Array(tn / 4).keys()];
   // the inner loop over k: As[k * bm/4 + m/4] and Bs[k * bn/4 + n/4] hold vec4 over m and n
   const inner =
@@ -360,30 +356,21 @@ ${put}      }`;
         `        acc${i}_${j} = fma(vec4<f32>(a${i >> 2}.${X[i & 3]}), b${j}, acc${i}_${j});\n`
       ).join("")
     ).join("");
-  // The store of one row of 4 values at columns n..n+3 (n a multiple of 4).
-  let store: string;
-  const lanes = out.lanes, laneBits = out.laneBits;
-  if (out.elem === "f16") {
-    store = `  for (var j = 0u; j < 4u; j = j + 1u) {
-    if (n + j < U_.n) { out[e + j] = f16(unpack2x16float(${enc.name}(v[j], 0u)).x); } // exact: already rounded
-  }`;
-  } else if (lanes === 1) {
-    store = `  for (var j = 0u; j < 4u; j = j + 1u) {
-    if (n + j < U_.n) { out[e + j] = ${enc.name}(v[j], 0u); }
-  }`;
-  } else {
-    // N is a multiple of the lanes (checked on the host): each word is whole and ours.
-    const mask = (2 ** laneBits - 1) >>> 0;
-    store = `  for (var w = 0u; w < ${4 / lanes}u; w = w + 1u) {
-    if (n + w * ${lanes}u < U_.n) {
-      var word = 0u;
-      for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-        word = word | ((${enc.name}(v[w * ${lanes}u + l], 0u) & ${mask}u) << (l * ${laneBits}u));
-      }
-      out[(e + w * ${lanes}u) / ${lanes}u] = word;
-    }
-  }`;
-  }
+  // The store of one row of 4 values at columns n..n+3 (n a multiple of 4), element e.
+  const lanes = out.lanes;
+  const z4 = "vec4<u32>(0u)";
+  // f32 outputs may add to what a previous split of K wrote (u.acc)
+  const add = out.dtype.name === "f32" ? "\n    if (u.acc != 0u) { x = x + ld_out(e + j); }" : "";
+  const store = lanes === 1
+    ? `  for (var j = 0u; j < 4u; j = j + 1u) {
+    if (n + j >= u.n) { break; }
+    var x = v[j];${add}
+    st_out(e + j, vec4<f32>(x), ${z4});
+  }`
+    : lanes === 2 // N is a multiple of the lanes (checked on the host): each word is whole and ours
+    ? `  st_out(e / 2u, vec4<f32>(v.xy, 0.0, 0.0), ${z4});
+  if (n + 2u < u.n) { st_out(e / 2u + 1u, vec4<f32>(v.zw, 0.0, 0.0), ${z4}); }`
+    : `  st_out(e / 4u, v, ${z4});`;
   const accDecl = rows.map((i) =>
     quads.map((j) => `  var acc${i}_${j} = vec4<f32>(0.0);\n`).join("")
   )
@@ -400,7 +387,7 @@ ${put}      }`;
   const scaled = cfg.scaled ?? false;
   // the FP8 epilogue: one reciprocal per scale, applied one after the other (their product
   // could underflow where a tiny gradient's scale is huge)
-  const stores = `${scaled ? "  let ia = 1.0 / sa_[0];\n  let ib = 1.0 / sb_[0];\n" : ""}\
+  const stores = `${scaled ? "  let ia = 1.0 / scalea[0];\n  let ib = 1.0 / scaleb[0];\n" : ""}\
   for (var t = 0u; t < ${nAcc}u; t = t + 1u) {
     var v: vec4<f32>;
     switch t {
@@ -408,63 +395,43 @@ ${cases}    }
     store_row(m + t / ${tn / 4}u, n + (t % ${tn / 4}u) * 4u, ${scaled ? "v * ia * ib" : "v"}, zoff);
   }
 `;
-  const f16 = needsF16([a, b, out]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-struct Uniforms {
-  m: u32, n: u32, k: u32, nb: u32,
-  nd: u32, r: u32, lda: u32, ldb: u32,
-  x0: u32, y0: u32, z0: u32, pad: u32,
-  dims: array<vec4<u32>, 2>,
-  sa: array<vec4<u32>, 2>,
-  sb: array<vec4<u32>, 2>,
-}
-${wgslBinding(a, 0, 0, "a", "read")}${wgslBinding(b, 0, 1, "b", "read")}${
-    wgslBinding(out, 0, 2, "out", "read_write")
-  }${
-    scaled
-      ? `@group(0) @binding(3) var<storage, read> sa_: array<f32>;
-@group(0) @binding(4) var<storage, read> sb_: array<f32>;\n`
-      : ""
-  }@group(0) @binding(${scaled ? 5 : 3}) var<uniform> U_: Uniforms;
-var<workgroup> As: array<vec4<f32>, ${(bk * bm) / 4}>;
+  return `var<workgroup> As: array<vec4<f32>, ${(bk * bm) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(bk * bn) / 4}>;
 
 fn store_row(m: u32, n: u32, v: vec4<f32>, zoff: u32) {
-  if (m >= U_.m || n >= U_.n) { return; }
-  let e = zoff + m * U_.n + n;
+  if (m >= u.m || n >= u.n) { return; }
+  let e = zoff + m * u.n + n;
 ${store}
 }
 
-@compute @workgroup_size(${wgx}, ${wgy})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u,
-        @builtin(local_invocation_index) li: u32) {
-  let n0 = (wid.x + U_.x0) * ${bn}u;
-  let m0 = (wid.y + U_.y0) * ${bm}u;
-  let z = wid.z + U_.z0;
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  let n0 = wg.x * ${bn}u;
+  let m0 = wg.y * ${bm}u;
+  let z = wg.z;
   // offsets of this output batch in a and b (kept batch dimensions 0..nb-1)
   var rem = z;
   var baseA = 0u;
   var baseB = 0u;
-  for (var d = i32(U_.nb) - 1; d >= 0; d = d - 1) {
-    let size = U_.dims[d / 4][d % 4];
+  for (var d = i32(u.nb) - 1; d >= 0; d = d - 1) {
+    let size = u_dims(u32(d));
     let i = rem % size;
     rem = rem / size;
-    baseA = baseA + i * U_.sa[d / 4][d % 4];
-    baseB = baseB + i * U_.sb[d / 4][d % 4];
+    baseA = baseA + i * u_sta(u32(d));
+    baseB = baseB + i * u_stb(u32(d));
   }
-${accDecl}  for (var r = 0u; r < U_.r; r = r + 1u) {
+${accDecl}  for (var r = 0u; r < u.r; r = r + 1u) {
     // offsets of reduced batch r (dimensions nb..nd-1), summed into the same accumulators
     var rr = r;
-    var offA = baseA;
-    var offB = baseB;
-    for (var d = i32(U_.nd) - 1; d >= i32(U_.nb); d = d - 1) {
-      let size = U_.dims[d / 4][d % 4];
+    var offA = baseA + u.oa;
+    var offB = baseB + u.ob;
+    for (var d = i32(u.nd) - 1; d >= i32(u.nb); d = d - 1) {
+      let size = u_dims(u32(d));
       let i = rr % size;
       rr = rr / size;
-      offA = offA + i * U_.sa[d / 4][d % 4];
-      offB = offB + i * U_.sb[d / 4][d % 4];
+      offA = offA + i * u_sta(u32(d));
+      offB = offB + i * u_stb(u32(d));
     }
-    for (var k0 = 0u; k0 < U_.k; k0 = k0 + ${bk}u) {
+    for (var k0 = 0u; k0 < u.k; k0 = k0 + ${bk}u) {
 ${loadA}
 ${loadB}
       workgroupBarrier();
@@ -473,69 +440,79 @@ ${inner}      }
       workgroupBarrier();
     }
   }
-  let zoff = z * U_.m * U_.n;
+  let zoff = z * u.m * u.n;
   let m = m0 + lid.y * ${tm}u;
   let n = n0 + lid.x * ${tn}u;
 ${stores}}
 `;
 }
 
-/**
- * WGSL that defines `ld4_<x>(at: u32, n_ok: u32) -> vec4<f32>`: elements at..at+3 of
- * the binding `x`, decoded to f32, zero from element `n_ok` on. A word-aligned quad of a
- * packed dtype is read as whole words and each lane decoded once.
- */
-function wgsl4(l: Layout, x: string): string[] {
-  const one = `ld1_${x}`;
-  if (l.lanes === 1) {
-    return [
-      ...wgslLoad(l, x, one),
-      `fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
-  let v = vec4<f32>(${one}(at), ${one}(at + 1u), ${one}(at + 2u), ${one}(at + 3u));
-  return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
-}\n`,
-    ];
-  }
-  // packed: gather the 4 codes (whole words when aligned), then decode each once
-  const c = wgslCodec(l.dtype);
-  const { lanes, laneBits } = l;
-  const mask = `${(2 ** laneBits - 1) >>> 0}u`;
-  const code = `code_${x}`;
-  const words = lanes === 4
-    ? `let w = ${x}[at / 4u];
-    q = vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u);`
-    : `let w0 = ${x}[at / 2u];
-    let w1 = ${x}[at / 2u + 1u];
-    q = vec4<u32>(w0, w0 >> 16u, w1, w1 >> 16u);`;
-  return [
-    ...c.chunks,
-    `fn ${code}(i: u32) -> u32 { return ${x}[i / ${lanes}u] >> ((i % ${lanes}u) * ${laneBits}u); }
-fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
-  var q: vec4<u32>;
-  if (at % ${lanes}u == 0u) {
-    ${words}
-  } else {
-    q = vec4<u32>(${code}(at), ${code}(at + 1u), ${code}(at + 2u), ${code}(at + 3u));
-  }
-  q = q & vec4<u32>(${mask});
-  let v = vec4<f32>(${c.decode}(q.x), ${c.decode}(q.y), ${c.decode}(q.z), ${c.decode}(q.w));
-  return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
-}\n`,
+/** The matmul program for a configuration: bindings, uniforms and body declared once. */
+function matmulProgram(rt: Runtime, cfg: MatmulKernelConfig) {
+  const t = cfg.tiles;
+  const key = `matmul|${cfg.transA}|${cfg.transB}|${t.tm},${t.tn},${t.wgx},${t.wgy},${t.bk}`;
+  const bindings: BindingSpec[] = [
+    { name: "a", type: cfg.a, access: "read" },
+    { name: "b", type: cfg.b, access: "read" },
+    { name: "out", type: cfg.out, access: "read_write", encode: { saturate: cfg.saturate } },
   ];
+  if (cfg.scaled) {
+    bindings.push({ name: "scalea", type: "f32", access: "read" });
+    bindings.push({ name: "scaleb", type: "f32", access: "read" });
+  }
+  return program(rt, key, {
+    label: "matmul",
+    bindings,
+    uniforms: [
+      { name: "m", type: "u32" },
+      { name: "n", type: "u32" },
+      { name: "k", type: "u32" },
+      { name: "nb", type: "u32" }, // kept batch dimensions
+      { name: "nd", type: "u32" }, // all batch dimensions (kept, then reduced)
+      { name: "r", type: "u32" }, // reduced batches
+      { name: "lda", type: "u32" }, // stored row lengths
+      { name: "ldb", type: "u32" },
+      { name: "oa", type: "u32" }, // element offsets of a split of K in a and b
+      { name: "ob", type: "u32" },
+      { name: "acc", type: "u32" }, // 1: add to the f32 output (splits of K after the first)
+      { name: "dims", type: "u32", length: MAX_BATCH_DIMS },
+      { name: "sta", type: "u32", length: MAX_BATCH_DIMS }, // batch strides of a and b
+      { name: "stb", type: "u32", length: MAX_BATCH_DIMS },
+    ],
+    workgroupSize: [t.wgx, t.wgy],
+    grid: "3d",
+  }, () => matmulSource(cfg));
 }
 
-function getKernel(rt: Runtime, cfg: MatmulKernelConfig): Kernel {
-  const t = cfg.tiles;
-  const key = [cfg.a, cfg.b, cfg.out].map((l) => `${l.dtype.name}:${l.elem}`).join(",") +
-    `|${cfg.transA}|${cfg.transB}|${cfg.saturate}|${t.tm},${t.tn},${t.wgx},${t.wgy},${t.bk}` +
-    (cfg.scaled ? "|scaled" : "");
-  const sig = {
-    buffers: cfg.scaled
-      ? ["read", "read", "read_write", "read", "read"] as const
-      : ["read", "read", "read_write"] as const,
-    uniform: true,
-  };
-  return rt.kernelFor(`matmul|${key}`, "matmul", sig, () => matmulSource(cfg));
+/**
+ * The range of element offsets a batch loop reaches, for kept batches z0..z1-1 (the first
+ * `nb` of `dims`) and every reduced batch: [min, max] of the summed `i_d * stride_d`.
+ */
+function batchSpan(
+  dims: readonly number[],
+  strides: readonly number[],
+  nb: number,
+  z0: number,
+  z1: number,
+): [number, number] {
+  let reducedMax = 0;
+  for (let d = nb; d < dims.length; d++) reducedMax += (dims[d] - 1) * strides[d];
+  if (z1 - z0 > 4096) { // many batches: bound them by every kept offset
+    let keptMax = 0;
+    for (let d = 0; d < nb; d++) keptMax += (dims[d] - 1) * strides[d];
+    return [0, keptMax + reducedMax];
+  }
+  let lo = Infinity, hi = 0;
+  for (let z = z0; z < z1; z++) {
+    let rem = z, off = 0;
+    for (let d = nb - 1; d >= 0; d--) {
+      off += (rem % dims[d]) * strides[d];
+      rem = Math.floor(rem / dims[d]);
+    }
+    lo = Math.min(lo, off);
+    hi = Math.max(hi, off);
+  }
+  return [lo, hi + reducedMax];
 }
 
 /** Strides (in elements) of a view's batch dimensions aligned to `full`, 0 where broadcast. */
@@ -548,6 +525,33 @@ function batchStrides(v: View, full: readonly number[]): number[] {
     s *= v.batch[d];
   }
   return st;
+}
+
+/**
+ * How `gemm` runs the K dimension: in one pass, or, when an operand whose stored rows run
+ * along K (B as [K, N], A transposed as [K, M]) is larger than one binding, in splits of K
+ * whose rows fit half a binding each (2-D products only; windows do the rest). GPT-2's tied
+ * LM head needs this: dLogits @ wte reads all 50257 rows of the 154 MB table.
+ */
+function splitsOfK(
+  rt: Runtime,
+  A: View,
+  B: View,
+  full: readonly number[],
+  K: number,
+): [number, number][] {
+  const max = rt.maxBindingBytes;
+  const rowBytes = (v: View) => v.cols * v.t.dt.bits / 8;
+  const big = (v: View, kRows: boolean) => kRows && v.t.buffer("matmul").bytes > max;
+  if (prod(full) !== 1 || !(big(A, A.trans) || big(B, !B.trans)) || K <= 4) return [[0, K]];
+  let kc = K;
+  for (const v of [A.trans ? A : null, B.trans ? null : B]) {
+    if (v !== null) kc = Math.min(kc, Math.floor(max / 2 / rowBytes(v)));
+  }
+  kc = Math.max(4, kc - (kc % 4));
+  const out: [number, number][] = [];
+  for (let k0 = 0; k0 < K; k0 += kc) out.push([k0, Math.min(K, k0 + kc)]);
+  return out;
 }
 
 /**
@@ -571,7 +575,8 @@ function gemm(
   B.t.buffer(`${op}()`);
   const M = logicalRows(A), K = logicalCols(A), N = logicalCols(B);
   const outL = layoutOf(outDt, rt);
-  const direct = outL.lanes === 1 || N % outL.lanes === 0;
+  const kSplits = splitsOfK(rt, A, B, full, K);
+  const direct = kSplits.length === 1 && (outL.lanes === 1 || N % outL.lanes === 0);
   const target = direct ? outDt : float32;
   const out = Tensor.empty(outShape, target);
   const stA = batchStrides(A, full), stB = batchStrides(B, full);
@@ -596,7 +601,7 @@ function gemm(
   const Z = prod(dims.slice(0, nb)), R = prod(dims.slice(nb));
   if (M * N * Z > 0) {
     const tiles = tilesFor(rt, M, N);
-    const kernel = getKernel(rt, {
+    const prog = matmulProgram(rt, {
       tiles,
       a: layoutOf(A.t.dt, rt),
       b: layoutOf(B.t.dt, rt),
@@ -606,32 +611,84 @@ function gemm(
       saturate: outDt.saturate,
       scaled: scales !== null,
     });
-    // the uniform block (struct Uniforms): sizes, stored row lengths, grid offsets (set
-    // below), then batch sizes and per-operand batch strides (8 each)
-    const u = new Uint32Array(36);
-    u.set([M, N, K, nb, dims.length, R, A.cols, B.cols]);
-    u.set(dims, 12);
-    u.set(sa, 20);
-    u.set(sb, 28);
-    const maxG = rt.info.limits.maxComputeWorkgroupsPerDimension;
-    const gx = Math.ceil(N / (tiles.wgx * tiles.tn)), gy = Math.ceil(M / (tiles.wgy * tiles.tm));
-    const bufs = [A.t.buffer(op), B.t.buffer(op), out.buffer(op)];
-    if (scales !== null) bufs.push(scales[0].buffer(op), scales[1].buffer(op));
-    // launches within the per-dimension limit; the offsets x0, y0, z0 go in the uniforms
-    for (let z0 = 0; z0 < Z; z0 += maxG) {
-      for (let y0 = 0; y0 < gy; y0 += maxG) {
-        for (let x0 = 0; x0 < gx; x0 += maxG) {
-          u[8] = x0;
-          u[9] = y0;
-          u[10] = z0;
-          rt.dispatch(
-            kernel,
-            bufs,
-            [Math.min(maxG, gx - x0), Math.min(maxG, gy - y0), Math.min(maxG, Z - z0)],
-            u,
-          );
-        }
-      }
+    const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
+    const gx = Math.ceil(N / bn), gy = Math.ceil(M / bm);
+    // Windows, for operands larger than one binding: the program cuts the grid into boxes of
+    // output tiles (along N for a large transposed B, as GPT's tied LM head; along M for a
+    // large A or output; along the kept batches), and an operand's range for a box runs from
+    // its first to its last element read (row-major, stored order).
+    const piece = (lo: Readonly<Box>, hi: Readonly<Box>) => ({
+      m: [lo[1] * bm, Math.min(M, hi[1] * bm)],
+      n: [lo[0] * bn, Math.min(N, hi[0] * bn)],
+      z: [lo[2], hi[2]],
+    });
+    // element range of a stored [rows, cols] operand read at logical rows x logical cols
+    const span = (
+      v: View,
+      strides: readonly number[],
+      rows: number[],
+      cols: number[],
+      z: number[],
+    ): [number, number] => {
+      const [lo, hi] = batchSpan(dims, strides, nb, z[0], z[1]);
+      const first = v.trans ? cols[0] * v.cols + rows[0] : rows[0] * v.cols + cols[0];
+      const last = v.trans
+        ? (cols[1] - 1) * v.cols + rows[1] - 1
+        : (rows[1] - 1) * v.cols + cols[1] - 1;
+      return [lo + first, hi + last + 1];
+    };
+    const bufs = { a: A.t.buffer(op), b: B.t.buffer(op), out: out.buffer(op) };
+    let kRange = [0, K];
+    const args = {
+      uniforms: {
+        m: M,
+        n: N,
+        k: K,
+        oa: 0,
+        ob: 0,
+        acc: 0,
+        nb,
+        nd: dims.length,
+        r: R,
+        lda: A.cols,
+        ldb: B.cols,
+        dims,
+        sta: sa,
+        stb: sb,
+      },
+      groups: [gx, gy, Z] as [number, number, number],
+      splitDim: [0, 1, 2] as const,
+      ranges: {
+        a: (_g0: number, _g1: number, lo: Readonly<Box>, hi: Readonly<Box>) => {
+          const p = piece(lo, hi);
+          return span(A, sa, p.m, kRange, p.z);
+        },
+        b: (_g0: number, _g1: number, lo: Readonly<Box>, hi: Readonly<Box>) => {
+          const p = piece(lo, hi);
+          return span(B, sb, kRange, p.n, p.z);
+        },
+        out: (_g0: number, _g1: number, lo: Readonly<Box>, hi: Readonly<Box>): [number, number] => {
+          const p = piece(lo, hi);
+          return [
+            p.z[0] * M * N + p.m[0] * N + p.n[0],
+            (p.z[1] - 1) * M * N + (p.m[1] - 1) * N + p.n[1],
+          ];
+        },
+      },
+    };
+    const buffers = scales === null
+      ? bufs
+      : { ...bufs, scalea: scales[0].buffer(op), scaleb: scales[1].buffer(op) };
+    // K in one pass, or in splits whose rows of a large operand fit one binding each; the
+    // splits after the first add to the f32 output
+    for (const [i, [k0, k1]] of kSplits.entries()) {
+      kRange = [k0, k1];
+      const u = args.uniforms;
+      u.k = k1 - k0;
+      u.oa = A.trans ? k0 * A.cols : k0;
+      u.ob = B.trans ? k0 : k0 * B.cols;
+      u.acc = i > 0 ? 1 : 0;
+      prog.run({ ...args, buffers });
     }
   }
   if (direct) return out;

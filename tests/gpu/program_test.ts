@@ -132,7 +132,7 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
       uniforms: { nx: X },
       groups: [X, 1, Z],
       splitDim: 2,
-      ranges: { y: (z0, z1) => [z0 * X, z1 * X] },
+      ranges: { y: (_x0, _x1, lo, hi) => [lo[2] * X, hi[2] * X] },
     });
     const got = new Uint32Array(await rt.read(y));
     for (let z = 0; z < Z; z++) {

@@ -478,3 +478,77 @@ Deno.test("matmul() under autocast computes in the context's dtype, gradients re
   assert.equal(dA!.dtype, "f32");
   assert.deepEqual(Array.from(await dA!.toArray()), Array.from(await dLow!.toArray()));
 });
+
+// ---- operands larger than one binding ----------------------------------------------------------
+
+/** Runs `fn` with the runtime's binding limit lowered to `bytes` (windows on small tensors). */
+async function withBindingLimit(bytes: number, fn: () => Promise<void>): Promise<void> {
+  const rt = await getRuntime();
+  const before = rt.maxBindingBytes;
+  rt.maxBindingBytes = bytes;
+  try {
+    await fn();
+  } finally {
+    rt.maxBindingBytes = before;
+  }
+}
+
+Deno.test("matmul() binds windows of operands larger than one binding, along M, N and batches", async () => {
+  // a 16 KiB binding; a workgroup's tile is at most 128 x 128 outputs
+  await withBindingLimit(16384, async () => {
+    // A and the output (and bf16 / e4m3 packed words) span several windows along M
+    await run([700, 12], [12, 24], "f32", "f32", "f32");
+    await run([1400, 12], [12, 24], "bf16", "bf16", "bf16");
+    await run([1301, 12], [12, 32], "e4m3", "e4m3", "e4m3");
+    // a transposed B larger than a binding (the tied LM head, x @ W^T): windows along N
+    await run([6, 24], [700, 24], "f32", "f32", "f32", { transB: true });
+    await run([6, 24], [1400, 24], "bf16", "bf16", "bf16", { transB: true });
+    // a B larger than a binding whose rows run along K (dLogits @ wte): splits of K
+    await run([6, 700], [700, 24], "f32", "f32", "f32");
+    await run([6, 1400], [1400, 24], "bf16", "bf16", "bf16");
+    // batched, with windows along the batches, and a broadcast operand
+    await run([40, 20, 16], [40, 16, 20], "f32", "f32", "f32");
+    await run([40, 20, 16], [16, 20], "f32", "f32", "f32");
+  });
+  // both: B along N and the [M, N] output along M (the logits of a longer context); a tile
+  // of 128 output rows must fit a binding, so this one needs 256 KiB
+  await withBindingLimit(
+    262144,
+    () => run([300, 160], [500, 160], "f32", "f32", "f32", { transB: true }),
+  );
+});
+
+Deno.test("matmul() gradients agree with and without windows and splits of K", async () => {
+  const grads = async () => {
+    const r = rng(5);
+    const x = operand([6, 24], "f32", r), w = operand([500, 24], "f32", r);
+    x.t.requiresGrad = true;
+    w.t.requiresGrad = true;
+    const y = matmul(x.t, w.t, { transB: true }); // the tied LM head: x @ W^T
+    y.square().sum().backward();
+    const out = [await y.toArray(), await x.t.grad!.toArray(), await w.t.grad!.toArray()];
+    for (const t of [x.t, w.t, y]) t.dispose();
+    return out.map((a) => Float32Array.from(a));
+  };
+  const whole = await grads();
+  let windowed: Float32Array[] = [];
+  await withBindingLimit(16384, async () => {
+    windowed = await grads();
+  });
+  // y and dW are computed as before (windows change no sum); dX = dY @ W sums K = 500 in
+  // splits, so its f32 sums may differ in the last bits
+  assert.deepEqual(Array.from(windowed[0]), Array.from(whole[0]));
+  assert.deepEqual(Array.from(windowed[2]), Array.from(whole[2]));
+  const scale = Math.max(...whole[1].map(Math.abs));
+  whole[1].forEach((v, i) => assert.ok(Math.abs(windowed[1][i] - v) <= 1e-5 * scale, `dX[${i}]`));
+});
+
+Deno.test("matmul() names the operand when one workgroup's share exceeds a binding", async () => {
+  await withBindingLimit(1024, async () => {
+    const a = tensor(new Float32Array(4 * 1000), { shape: [4, 1000] });
+    const b = tensor(new Float32Array(1000 * 4), { shape: [1000, 4] });
+    assert.throws(() => matmul(a, b), /matmul: one workgroup reads .* of its 'a' operand \(f32/);
+    a.dispose();
+    b.dispose();
+  });
+});
