@@ -306,3 +306,23 @@ Deno.test("a precision comparison run as array tasks and merged equals the one-p
     "bf16",
   ]);
 });
+
+Deno.test("deploy/k8s/sweep-job.yaml sizes its Indexed Job to the grid of its arguments", async () => {
+  const yaml = await Deno.readTextFile("deploy/k8s/sweep-job.yaml");
+  const completions = Number(/^\s*completions: (\d+)/m.exec(yaml)?.[1]);
+  const parallelism = Number(/^\s*parallelism: (\d+)/m.exec(yaml)?.[1]);
+  assert.match(yaml, /^\s*completionMode: Indexed$/m);
+  assert.match(yaml, /^\s*backoffLimitPerIndex: \d+/m);
+  assert.match(yaml, /^\s*restartPolicy: Never/m); // what backoffLimitPerIndex requires
+  assert.ok(parallelism >= 1 && parallelism <= completions);
+  const block = /^(\s*)args:\n((?:\1\s+- .*\n)+)/m.exec(yaml)!;
+  const args = block[2].trim().split("\n").map((l) => l.trim().replace(/^- /, ""));
+  assert.equal(args[0], "examples/stability_sweep.ts");
+  const out = args.find((a) => a.startsWith("--out="));
+  assert.equal(out, "--out=/out/sweep");
+  const io = capture();
+  const local = args.slice(1).map((a) => (a === out ? `--out=${DIR}/k8s` : a));
+  assert.equal(await sweepMain([...local, "--list"], io), 0, io.err.join("\n"));
+  assert.equal(io.out.length, completions);
+  assert.match(io.out.at(-1)!, new RegExp(`^${completions - 1}  e8m3 lr 1e-1 seed 2 +to run$`));
+});
