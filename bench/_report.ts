@@ -5,18 +5,46 @@
  * @module
  */
 
-/** One case: ulp's time and the peer's, in ms, and their ratio peer_ms / ulp_ms. */
+/** The peers ulp is compared with, in the order the report shows them. */
+export const PEERS = ["tfjs", "jaxjs"] as const;
+/** A peer's key in rows and JSON (`tfjs_ms`, `vs_jaxjs`...). */
+export type PeerName = typeof PEERS[number];
+/** How the report names a peer. */
+export const PEER_LABEL: Record<PeerName, string> = { tfjs: "TF.js", jaxjs: "jax-js" };
+
+/** A peer's time for one case. */
+export interface PeerTime {
+  /** Median time of one op, ms. */
+  ms: number;
+  /** Every repetition's time per op (ms), for judging the noise. */
+  samples: readonly number[];
+}
+
+/** One case: ulp's time and each peer's (null: not measured or no such op), in ms. */
 export interface Row {
   case: string;
   ulp_ms: number | null;
-  peer_ms: number | null;
-  /** peer_ms / ulp_ms: above 1, ulp is faster. */
-  ratio: number | null;
-  /** What was compared, GFLOP/s, the agreement check (text report and `details` in JSON). */
+  peers: Record<PeerName, PeerTime | null>;
+  /** What was compared, GFLOP/s, the agreement checks (text report and `details` in JSON). */
   note: string;
   /** Every repetition's time per op (ms), for judging the noise. */
   ulp_samples: readonly number[];
-  peer_samples: readonly number[];
+}
+
+/** peer_ms / ulp_ms for one peer (above 1: ulp is faster), or null. */
+export function speedup(r: Row, p: PeerName): number | null {
+  const t = r.peers[p];
+  return r.ulp_ms !== null && t ? t.ms / r.ulp_ms : null;
+}
+
+/** The speedup against the fastest peer measured in this row, with that peer; or null. */
+export function speedupVsFastest(r: Row): { peer: PeerName; value: number } | null {
+  let best: { peer: PeerName; value: number } | null = null;
+  for (const p of PEERS) {
+    const v = speedup(r, p);
+    if (v !== null && (best === null || v < best.value)) best = { peer: p, value: v };
+  }
+  return best;
 }
 
 /** (max - min) / median of a row's samples, in percent: the run-to-run spread. */
@@ -67,11 +95,20 @@ export interface Target {
   detail: string;
 }
 
+/** A peer as the report's header shows it. */
+export interface PeerInfo {
+  name: PeerName;
+  /** "TF.js 4.22.0 webgpu on <adapter>", or "not run: <why>". */
+  what: string;
+  /** Whether it runs on ulp's adapter (null: not run). */
+  sameAdapter: boolean | null;
+}
+
 /** Everything a run produced. */
 export interface Report {
   json: boolean;
   mode: "quick" | "full";
-  device: Record<string, unknown>;
+  device: Record<string, unknown> & { peers: PeerInfo[] };
   rows: Row[];
   metrics: Metric[];
   steps: StepStats[];
@@ -109,24 +146,29 @@ function targetText(t: Target): string {
   return `${status}  ${t.target}: ${v} ${t.op} ${t.limit}${t.unit}${by}\n        ${t.detail}`;
 }
 
-/** Prints the report: JSON on stdout with `json`, else text tables. */
+/**
+ * Prints the report: with `json`, one JSON document on stdout and the text tables on stderr
+ * (one run gives both); else the text tables on stdout.
+ */
 export function printReport(r: Report): void {
   if (r.json) {
     const out = {
       mode: r.mode,
       device: r.device,
-      ratio: "peer_ms / ulp_ms (above 1: ulp is faster)",
-      results: r.rows.map(({ case: c, ulp_ms, peer_ms, ratio }) => ({
-        case: c,
-        ulp_ms,
-        peer_ms,
-        ratio,
-      })),
+      speedup: "vs_<peer> = <peer>_ms / ulp_ms (above 1: ulp is faster); vs_fastest: " +
+        "against the faster of the peers measured in that row",
+      results: r.rows.map((x) => {
+        const o: Record<string, string | number | null> = { case: x.case, ulp_ms: x.ulp_ms };
+        for (const p of PEERS) o[`${p}_ms`] = x.peers[p]?.ms ?? null;
+        for (const p of PEERS) o[`vs_${p}`] = speedup(x, p);
+        o.vs_fastest = speedupVsFastest(x)?.value ?? null;
+        return o;
+      }),
       details: Object.fromEntries(
         r.rows.map((x) => [x.case, {
           note: x.note,
           ulp_samples_ms: x.ulp_samples,
-          peer_samples_ms: x.peer_samples,
+          ...Object.fromEntries(PEERS.map((p) => [`${p}_samples_ms`, x.peers[p]?.samples ?? []])),
         }]),
       ),
       metrics: r.metrics,
@@ -136,29 +178,44 @@ export function printReport(r: Report): void {
       elapsed_s: r.elapsedS,
     };
     console.log(JSON.stringify(out, null, 2));
-    return;
   }
+  printText(r, r.json ? console.error : console.log);
+}
+
+function printText(r: Report, out: (line: string) => void): void {
   const d = r.device;
-  console.log(
+  out(
     `ulp benchmarks (${r.mode}) on ${d.adapter} [${d.backend}, f16 ${d.f16Storage}], ` +
-      `${d.cpus} CPUs, Deno ${d.deno}\npeer: ${d.peer}` +
-      (d.sameAdapter === null ? "" : d.sameAdapter ? " (same adapter)" : " (ANOTHER adapter)"),
+      `${d.cpus} CPUs, Deno ${d.deno}`,
   );
-  console.log(`ratio = peer ms / ulp ms (above 1: ulp is faster)\n`);
-  console.log(table(
-    ["case", "ulp ms", "peer ms", "ratio", "notes"],
-    r.rows.map((x) => [
-      x.case,
-      fmt(x.ulp_ms),
-      fmt(x.peer_ms),
-      x.ratio === null ? "-" : `${fmt(x.ratio)}x`,
-      x.note,
+  for (const p of d.peers as PeerInfo[]) {
+    out(
+      `peer ${PEER_LABEL[p.name]}: ${p.what}` +
+        (p.sameAdapter === null ? "" : p.sameAdapter ? " (same adapter)" : " (ANOTHER adapter)"),
+    );
+  }
+  out(`vs <peer> = peer ms / ulp ms (above 1: ulp is faster)\n`);
+  const x = (v: number | null) => (v === null ? "-" : `${fmt(v)}x`);
+  out(table(
+    [
+      "case",
+      "ulp ms",
+      ...PEERS.map((p) => `${PEER_LABEL[p]} ms`),
+      ...PEERS.map((p) => `vs ${PEER_LABEL[p]}`),
+      "notes",
+    ],
+    r.rows.map((row) => [
+      row.case,
+      fmt(row.ulp_ms),
+      ...PEERS.map((p) => fmt(row.peers[p]?.ms)),
+      ...PEERS.map((p) => x(speedup(row, p))),
+      row.note,
     ]),
-    [false, true, true, true, false],
+    [false, true, ...PEERS.map(() => true), ...PEERS.map(() => true), false],
   ));
   if (r.steps.length) {
-    console.log(`\nGPT training step (4 layers, 4 heads, width 128, context 64, batch 16):`);
-    console.log(table(
+    out(`\nGPT training step (4 layers, 4 heads, width 128, context 64, batch 16):`);
+    out(table(
       ["strategy", "step ms", "peak MiB", "resident MiB", "dispatches", "submits", "readbacks"],
       r.steps.map((s) => [
         s.strategy,
@@ -171,14 +228,14 @@ export function printReport(r: Report): void {
       ]),
       [false, true, true, true, true, true, true],
     ));
-    const k = r.metrics.find((m) => m.metric === "peer_kernels_per_step");
-    if (k) console.log(`TF.js: ${k.value} kernels per fp32 step (tf.profile)`);
+    const k = r.metrics.find((m) => m.metric === "tfjs_kernels_per_step");
+    if (k) out(`TF.js: ${k.value} kernels per fp32 step (tf.profile)`);
   }
   if (r.unavailable.length) {
-    console.log(`\nnot measured:`);
-    for (const u of r.unavailable) console.log(`  ${u.case}: ${u.reason}`);
+    out(`\nnot measured:`);
+    for (const u of r.unavailable) out(`  ${u.case}: ${u.reason}`);
   }
-  console.log(`\ntargets:`);
-  for (const t of r.targets) console.log(targetText(t));
-  console.log(`\n${r.elapsedS.toFixed(0)} s`);
+  out(`\ntargets:`);
+  for (const t of r.targets) out(targetText(t));
+  out(`\n${r.elapsedS.toFixed(0)} s`);
 }

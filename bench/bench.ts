@@ -1,16 +1,19 @@
 /**
- * Benchmarks (issue 8): matmul in every storage dtype, an elementwise chain, softmax, layer
- * norm, optimizer steps over 10M parameters and a GPT training step per precision strategy,
- * each timed side by side with TensorFlow.js's WebGPU backend where TF.js has the same
- * operation, in the same process, on the same adapter. Then the issue's targets, each with
- * pass or miss and by how much.
+ * Benchmarks (issues 8 and 20): matmul in every storage dtype, an elementwise chain, softmax,
+ * layer norm, optimizer steps over 10M parameters and a GPT training step per precision
+ * strategy, each timed side by side with two peers where they have the same operation:
+ * TensorFlow.js's WebGPU backend and jax-js's (`jit`-compiled, as a jax-js user writes it), in
+ * the same process, on the same adapter. Then the issues' targets, each with pass or miss and
+ * by how much.
  *
- * Run: deno task bench [--quick] [--json] [--no-peer]
- *   (deno run --allow-env=DENO_WEBGPU_BACKEND bench/bench.ts; no other permission: npm
- *   modules load from Deno's cache, and the env variable is only read to name the backend)
+ * Run: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer]
+ *   (deno run --config bench/deno.json --allow-env=DENO_WEBGPU_BACKEND bench/bench.ts; the
+ *   peers are imported through bench/deno.json only, so the library's own install stays
+ *   small; no other permission: npm modules load from Deno's cache, and the env variable is
+ *   only read to name the backend)
  *
- * Ratios are peer_ms / ulp_ms: above 1, ulp is faster. On a shared machine absolute times
- * drift; the contestants of a case run round robin so that their ratio holds.
+ * Speedups are peer_ms / ulp_ms: above 1, ulp is faster. On a shared machine absolute times
+ * drift; the contestants of a case run round robin so that their ratios hold.
  *
  * @module
  */
@@ -19,23 +22,50 @@ import { parseArgs } from "node:util";
 import {
   AdamW,
   autocast,
-  getRuntime,
   GPT,
   layerNorm,
   memory,
   precisionStrategy,
-  type Runtime,
   type Tensor,
   tensor,
   tidy,
-  tuneMatmul,
 } from "../mod.ts";
+// internals (the runtime's counters, the matmul tuner): the folders' own entry points
+import { getRuntime, type Runtime } from "../gpu/mod.ts";
+import { tuneMatmul } from "../tensor/mod.ts";
 import { setupTfjs, tf, TfGPT, TFJS_VERSION, tfLayerNorm, type TfPeer } from "./_tfjs.ts";
+import {
+  gptParamNames,
+  type JaxAdamWState,
+  jaxAdamWState,
+  jaxAdamWUpdate,
+  jaxContestant,
+  jaxGptLoss,
+  type JaxGPTParams,
+  type JaxGPTState,
+  jaxGptState,
+  jaxGptTrainStep,
+  JAXJS_VERSION,
+  jaxLayerNorm,
+  type JaxPeer,
+  jaxStateContestant,
+  jaxValues,
+  jit,
+  nn as jnn,
+  np,
+  setupJaxjs,
+} from "./_jaxjs.ts";
 import { type Contestant, timeSideBySide, type Timing } from "./_timing.ts";
 import {
   type Metric,
+  PEER_LABEL,
+  type PeerInfo,
+  type PeerName,
+  PEERS,
   printReport,
   type Row,
+  speedup,
+  speedupVsFastest,
   spreadPct,
   type StepStats,
   type Target,
@@ -51,6 +81,7 @@ const { values: flags } = (() => {
       options: {
         quick: { type: "boolean", default: false },
         json: { type: "boolean", default: false },
+        peers: { type: "string", default: PEERS.join(",") },
         "no-peer": { type: "boolean", default: false },
         help: { type: "boolean", default: false },
       },
@@ -62,14 +93,24 @@ const { values: flags } = (() => {
   }
 })();
 if (flags.help) {
-  console.log(`Usage: deno task bench [--quick] [--json] [--no-peer]
+  console.log(`Usage: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer]
 
-  --quick    sizes up to 1024, fewer repetitions (1.5 to 3 minutes on 2 CPU cores)
+  --quick    sizes up to 1024, fewer repetitions (2 to 4 minutes on 2 CPU cores)
   --json     print one JSON document on stdout (progress goes to stderr)
-  --no-peer  skip TensorFlow.js (ulp only)
+  --peers    the peers to run, comma-separated (default ${PEERS.join(",")}):
+             tfjs   TensorFlow.js ${TFJS_VERSION}, WebGPU backend
+             jaxjs  jax-js ${JAXJS_VERSION}, WebGPU backend, jit
+  --no-peer  no peer (ulp only; the same as --peers "")
 
-Ratios are peer_ms / ulp_ms (above 1: ulp is faster).`);
+Speedups are peer_ms / ulp_ms (above 1: ulp is faster).`);
   Deno.exit(0);
+}
+const wanted = flags["no-peer"] ? [] : flags.peers.split(",").map((p) => p.trim()).filter(Boolean);
+for (const p of wanted) {
+  if (!(PEERS as readonly string[]).includes(p)) {
+    console.error(`bench: unknown peer '${p}' in --peers; the peers are ${PEERS.join(", ")}`);
+    Deno.exit(2);
+  }
 }
 
 const QUICK = flags.quick;
@@ -107,16 +148,36 @@ const backendName = (() => {
     return "unknown";
   }
 })();
+const notRun = flags["no-peer"] ? "skipped (--no-peer)" : "skipped (not in --peers)";
 let peer: TfPeer | null = null;
-let peerWhy = "skipped (--no-peer)";
-if (!flags["no-peer"]) {
+let peerWhy = notRun;
+if (wanted.includes("tfjs")) {
   const p = await setupTfjs();
   if (typeof p === "string") peerWhy = p;
   else peer = p;
 }
+let jax: JaxPeer | null = null;
+let jaxWhy = notRun;
+if (wanted.includes("jaxjs")) {
+  const p = await setupJaxjs();
+  if (typeof p === "string") jaxWhy = p;
+  else jax = p;
+}
+const peerInfo: PeerInfo[] = [
+  {
+    name: "tfjs",
+    what: peer ? `TF.js ${TFJS_VERSION} webgpu on ${peer.adapter}` : `not run: ${peerWhy}`,
+    sameAdapter: peer ? peer.adapter === rt.info.description : null,
+  },
+  {
+    name: "jaxjs",
+    what: jax ? `jax-js ${JAXJS_VERSION} webgpu (jit) on ${jax.adapter}` : `not run: ${jaxWhy}`,
+    sameAdapter: jax ? jax.adapter === rt.info.description : null,
+  },
+];
 log(
   `ulp on ${rt.info.description} (${backendName}, f16 ${rt.info.f16Storage}); ` +
-    (peer ? `TF.js ${TFJS_VERSION} webgpu on ${peer.adapter}` : `no peer: ${peerWhy}`),
+    peerInfo.map((p) => p.what).join("; "),
 );
 
 // matmul tiles per shape class: a short tuning run on this adapter, kept for the process
@@ -132,16 +193,21 @@ const metrics: Metric[] = [];
 const unavailable: { case: string; reason: string }[] = [];
 const steps: StepStats[] = [];
 
-function addRow(name: string, ulp: Timing | null, peerT: Timing | null, note = ""): void {
-  const ulpMs = ulp?.ms ?? null, peerMs = peerT?.ms ?? null;
+/** A timing as a row's peer time. */
+const asPeer = (t: Timing | null | undefined) => (t ? { ms: t.ms, samples: t.samples } : null);
+
+function addRow(
+  name: string,
+  ulp: Timing | null,
+  peerTimes: Partial<Record<PeerName, Timing | null>>,
+  note = "",
+): void {
   rows.push({
     case: name,
-    ulp_ms: ulpMs,
-    peer_ms: peerMs,
-    ratio: ulpMs !== null && peerMs !== null ? peerMs / ulpMs : null,
+    ulp_ms: ulp?.ms ?? null,
+    peers: { tfjs: asPeer(peerTimes.tfjs), jaxjs: asPeer(peerTimes.jaxjs) },
     note,
     ulp_samples: ulp?.samples ?? [],
-    peer_samples: peerT?.samples ?? [],
   });
 }
 
@@ -151,8 +217,24 @@ function tfContestant(label: string, run: () => unknown): Contestant[] {
   return [{ label, run: () => tf.tidy(() => void run()), sync: () => p.sync() }];
 }
 
+/** The largest |a - b| of two arrays of values. */
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(Number(a[i]) - Number(b[i])));
+  return m;
+}
+
+/** The agreement checks of a case: "max |ulp-tfjs| ..., max |ulp-jaxjs| ..." ("" if none). */
+async function agreement(u: Tensor, t: tf.Tensor | null, j: np.Array | null): Promise<string> {
+  const ulpVals = await u.toArray();
+  const parts: string[] = [];
+  if (t) parts.push(`max |ulp-tfjs| ${fmtE(maxDiff(ulpVals, await t.data()))}`);
+  if (j) parts.push(`max |ulp-jaxjs| ${fmtE(maxDiff(ulpVals, await jaxValues(j)))}`);
+  return parts.join(", ");
+}
+
 /** Deterministic host data in [-scale, scale), the same for both frameworks. */
-function hostData(n: number, seed: number, scale = 1): Float32Array {
+function hostData(n: number, seed: number, scale = 1): Float32Array<ArrayBuffer> {
   const out = new Float32Array(n);
   let s = seed >>> 0;
   for (let i = 0; i < n; i++) {
@@ -165,19 +247,14 @@ function hostData(n: number, seed: number, scale = 1): Float32Array {
   return out;
 }
 
-async function maxAbsDiff(u: Tensor, t: tf.Tensor): Promise<number> {
-  const [a, b] = await Promise.all([u.toArray(), t.data()]);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(Number(a[i]) - Number(b[i])));
-  return m;
-}
-
 const fmtE = (x: number) => x.toExponential(1);
 
 // ---------------------------------------------------------------------------------------
-// matmul: f32 and bf16, f16, e4m3 storage; TF.js has f32 only
+// matmul: f32 and bf16, f16, e4m3 storage; TF.js has f32 only, jax-js f32 and f16
 
 const MM_DTYPES = ["f32", "bf16", "f16", "e4m3"] as const;
+/** Whether jax-js's device can run f16 (WebGPU's shader-f16). */
+const jaxF16 = () => jax !== null && jax.f16;
 
 async function benchMatmul(M: number, K: number, N: number, label: string): Promise<void> {
   log(`matmul ${label}`);
@@ -185,33 +262,55 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
   const ua = MM_DTYPES.map((dt) => tensor(a, { shape: [M, K], dtype: dt }));
   const ub = MM_DTYPES.map((dt) => tensor(b, { shape: [K, N], dtype: dt }));
   const ta = peer ? tf.tensor2d(a, [M, K]) : null, tb = peer ? tf.tensor2d(b, [K, N]) : null;
+  const jdt = jaxF16() ? [np.float32, np.float16] : [np.float32];
+  const ja = jax ? jdt.map((dt) => np.array(a).astype(dt).reshape([M, K])) : [];
+  const jb = jax ? jdt.map((dt) => np.array(b).astype(dt).reshape([K, N])) : [];
+  const jmm = jit((x: np.Array, y: np.Array) => np.matmul(x, y));
   const contestants: Contestant[] = MM_DTYPES.map((dt, i) => ({
     label: `ulp ${dt}`,
     run: () => ua[i].matmul(ub[i]).dispose(),
     sync: ulpSync,
   }));
   contestants.push(...tfContestant("tfjs f32", () => tf.matMul(ta!, tb!)));
+  const jaxAt = contestants.length;
+  ja.forEach((x, i) => {
+    const name = i === 0 ? "f32" : "f16";
+    contestants.push(jaxContestant(`jaxjs ${name}`, () => jmm(x.ref, jb[i].ref)));
+  });
   const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
   const tfT = peer ? timings[MM_DTYPES.length] : null;
+  const jaxT = ja.map((_, i) => timings[jaxAt + i]);
   let check = "";
-  if (peer && timings[0]) {
-    const u = ua[0].matmul(ub[0]), t = tf.matMul(ta!, tb!);
-    check = `, max |ulp-tfjs| ${fmtE(await maxAbsDiff(u, t))}`;
+  if (timings[0] && (tfT || jaxT[0])) {
+    const u = ua[0].matmul(ub[0]);
+    const t = tfT ? tf.matMul(ta!, tb!) : null;
+    const j = jaxT[0] ? jmm(ja[0].ref, jb[0].ref) : null;
+    check = "; " + await agreement(u, t, j);
     u.dispose();
-    t.dispose();
+    t?.dispose();
+    j?.dispose();
   }
   const flop = 2 * M * N * K;
+  const gf = (x: Timing | null | undefined) => (x ? (flop / x.ms / 1e6).toFixed(1) : "-");
   MM_DTYPES.forEach((dt, i) => {
     const name = `matmul ${dt} ${label}`;
     const t = timings[i];
     if (!t) unavailable.push({ case: name, reason: errors[i] ?? "failed" });
-    const gf = (x: Timing | null) => (x ? (flop / x.ms / 1e6).toFixed(1) : "-");
-    const peerNote = dt === "f32" ? "" : "; peer is TF.js f32 (TF.js has no " + dt + ")";
+    const jaxRowT = dt === "f16" && jaxT[1] !== undefined ? jaxT[1] : jaxT[0];
+    const jaxDt = dt === "f16" && jaxT[1] !== undefined ? "f16" : "f32";
+    let peerNote = "";
+    if (dt !== "f32") {
+      const f32Peers = [peer ? "TF.js" : "", jax && jaxDt === "f32" ? "jax-js" : ""]
+        .filter(Boolean);
+      if (f32Peers.length) peerNote = `; ${f32Peers.join(" and ")} in f32 (no ${dt} matmul)`;
+      if (jax && jaxDt === "f16") peerNote += "; jax-js in f16";
+    }
     addRow(
       name,
       t,
-      tfT,
-      `GFLOP/s ulp ${gf(t)} tfjs ${peer ? gf(tfT) : "-"}${peerNote}${dt === "f32" ? check : ""}`,
+      { tfjs: tfT, jaxjs: jaxRowT },
+      `GFLOP/s ulp ${gf(t)} tfjs ${gf(tfT)} jaxjs ${gf(jaxRowT)}${peerNote}` +
+        (dt === "f32" ? check : ""),
     );
     if (t) {
       metrics.push({ case: name, metric: "gflops", value: flop / t.ms / 1e6, unit: "GFLOP/s" });
@@ -220,14 +319,25 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
   if (tfT) {
     metrics.push({
       case: `matmul f32 ${label}`,
-      metric: "peer_gflops",
+      metric: "tfjs_gflops",
       value: flop / tfT.ms / 1e6,
       unit: "GFLOP/s",
     });
   }
+  jaxT.forEach((t, i) => {
+    if (!t) return;
+    metrics.push({
+      case: `matmul ${i === 0 ? "f32" : "f16"} ${label}`,
+      metric: "jaxjs_gflops",
+      value: flop / t.ms / 1e6,
+      unit: "GFLOP/s",
+    });
+  });
   for (const t of [...ua, ...ub]) t.dispose();
   ta?.dispose();
   tb?.dispose();
+  for (const x of [...ja, ...jb]) x.dispose();
+  jmm.dispose();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -238,29 +348,43 @@ async function benchPair(
   shape: number[],
   ulpOp: (xs: Tensor[]) => Tensor,
   tfOp: (xs: tf.Tensor[]) => tf.Tensor,
+  jaxOp: (xs: np.Array[]) => np.Array,
   inputs: { shape: number[]; scale: number }[],
 ): Promise<void> {
   log(name);
   const data = inputs.map((s, i) => hostData(s.shape.reduce((p, q) => p * q, 1), 10 + i, s.scale));
   const us = data.map((d, i) => tensor(d, { shape: inputs[i].shape }));
   const ts = peer ? data.map((d, i) => tf.tensor(d, inputs[i].shape)) : [];
+  const js = jax ? data.map((d, i) => np.array(d).reshape(inputs[i].shape)) : [];
+  // jit: jax-js fuses only what it compiles; a jax-js user writes jit around such a function
+  const jf = jit((...xs: np.Array[]) => jaxOp(xs));
   const contestants: Contestant[] = [
     // realize(): elementwise work is deferred until its values are needed (fusion)
     { label: "ulp", run: () => tidy(() => ulpOp(us).realize()).dispose(), sync: ulpSync },
     ...tfContestant("tfjs", () => tfOp(ts)),
   ];
+  const jaxAt = contestants.length;
+  if (jax) {
+    contestants.push(jaxContestant("jaxjs", () => jf(...js.map((x) => x.ref))));
+  }
   const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
   if (!timings[0]) unavailable.push({ case: name, reason: errors[0] ?? "failed" });
+  const tfT = peer ? timings[1] : null, jaxT = jax ? timings[jaxAt] : null;
   let note = `${shape.length === 1 ? `${shape[0] / 2 ** 20}M` : shape.join("x")} f32`;
-  if (peer && timings[0] && timings[1]) {
-    const u = ulpOp(us), t = tfOp(ts);
-    note += `, max |ulp-tfjs| ${fmtE(await maxAbsDiff(u, t))}`;
+  if (timings[0] && (tfT || jaxT)) {
+    const u = ulpOp(us);
+    const t = tfT ? tfOp(ts) : null;
+    const j = jaxT ? jf(...js.map((x) => x.ref)) : null;
+    note += ", " + await agreement(u, t, j);
     u.dispose();
-    t.dispose();
+    t?.dispose();
+    j?.dispose();
   }
-  addRow(name, timings[0], peer ? timings[1] : null, note);
+  addRow(name, timings[0], { tfjs: tfT, jaxjs: jaxT }, note);
   for (const t of us) t.dispose();
   for (const t of ts) t.dispose();
+  for (const x of js) x.dispose();
+  jf.dispose();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -322,18 +446,41 @@ async function benchOptimizer(): Promise<void> {
     const adam = tf.train.adam(1e-3, 0.9, 0.999, 1e-8);
     contestants.push(...tfContestant("tfjs adam", () => adam.applyGradients(tfGrads)));
   }
+  // jax-js: AdamW in jax-js ops with ulp's fp32 settings, all 10 tensors in one jitted step
+  const jaxAt = contestants.length;
+  const jaxState: { current: JaxAdamWState } | null = jax
+    ? {
+      current: jaxAdamWState(
+        Array.from({ length: count }, (_, i) =>
+          np.array(hostData(per, 100 + i, 0.02)).reshape(shape)),
+      ),
+    }
+    : null;
+  const jaxGrads = jax
+    ? Array.from({ length: count }, (_, i) => np.array(hostData(per, 200 + i, 1e-3)).reshape(shape))
+    : [];
+  const jaxStep = jit((s: JaxAdamWState, g: np.Array[]) =>
+    jaxAdamWUpdate(s, g, { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01 })
+  );
+  if (jaxState) {
+    contestants.push(
+      jaxStateContestant("jaxjs adamw", jaxState, (s) => jaxStep(s, jaxGrads.map((g) => g.ref))),
+    );
+  }
   const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
   const tfT = peer ? timings[made.length] : null;
+  const jaxT = jax ? timings[jaxAt] : null;
   made.forEach((m, i) => {
     const name = `optimizer adamw ${m.name} 10M`;
     if (!timings[i]) unavailable.push({ case: name, reason: errors[i] ?? "failed" });
     addRow(
       name,
       timings[i],
-      m.name === "fp32" ? tfT : null,
+      m.name === "fp32" ? { tfjs: tfT, jaxjs: jaxT } : {},
       m.name === "fp32"
-        ? "peer: tf.train.adam (Adam without decoupled weight decay), f32"
-        : "no peer (TF.js has no bf16 optimizer states)",
+        ? "peers: tf.train.adam (Adam without decoupled weight decay), f32; jax-js: the same " +
+          "AdamW in jax-js ops, one jitted step, f32"
+        : "no peer (neither TF.js nor jax-js has bf16 optimizer states)",
     );
   });
   for (const m of made) {
@@ -345,6 +492,12 @@ async function benchOptimizer(): Promise<void> {
   }
   for (const v of tfVars) v.dispose();
   for (const g of tfGrads) g.tensor.dispose();
+  if (jaxState) {
+    const s = jaxState.current;
+    for (const x of [...s.params, ...s.m, ...s.v, s.t]) x.dispose();
+  }
+  for (const g of jaxGrads) g.dispose();
+  jaxStep.dispose();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -460,7 +613,7 @@ async function benchGptStep(): Promise<void> {
       await p.sync();
       metrics.push({
         case: "gpt step fp32",
-        metric: "peer_kernels_per_step",
+        metric: "tfjs_kernels_per_step",
         value: prof.kernels.length,
         unit: "kernels",
       });
@@ -471,14 +624,71 @@ async function benchGptStep(): Promise<void> {
     }
     contestants.push({ label: "tfjs fp32", run: tfStep, sync: () => p.sync() });
   }
+  // jax-js: the same GPT with the same initial weights as ulp's fp32 model (copied from a ulp
+  // GPT of seed 1), jitted valueAndGrad + AdamW in jax-js ops
+  const jaxAt = contestants.length;
+  let jaxNote = "";
+  let jaxState: { current: JaxGPTState } | null = null;
+  const jaxIn: np.Array[] = [];
+  if (jax) {
+    try {
+      const ref = new GPT({ ...GPT_CFG, seed: 1 });
+      const params = await jaxParamsOf(ref);
+      jaxIn.push(
+        np.array(ids, { dtype: np.int32 }).reshape([BATCH, T]),
+        np.array(tgt, { dtype: np.int32 }).reshape([BATCH, T]),
+      );
+      // the check: the loss of both at these weights
+      const ulpLoss = tidy(() =>
+        ref.forward(tensor(ids, { shape: [BATCH, T] }), tensor(tgt, { shape: [BATCH, T] })).loss!
+      );
+      const jaxLoss = jit((p: JaxGPTParams, x: np.Array, y: np.Array) =>
+        jaxGptLoss(GPT_CFG, p, x, y)
+      );
+      const jl = jaxLoss(
+        Object.fromEntries(Object.entries(params).map(([n, a]) => [n, a.ref])),
+        jaxIn[0].ref,
+        jaxIn[1].ref,
+      );
+      const [lu, lj] = [(await ulpLoss.toArray())[0], (await jl.data())[0]];
+      jaxNote = `; loss at the same initial weights ulp ${lu.toFixed(5)} jax-js ${lj.toFixed(5)}`;
+      ulpLoss.dispose();
+      jaxLoss.dispose();
+      for (const p of ref.parameters()) p.dispose();
+      // ulp's GPT step: AdamW lr 3e-3, betas (0.9, 0.95), weight decay 0.1
+      const step = jaxGptTrainStep(GPT_CFG, {
+        lr: 3e-3,
+        betas: [0.9, 0.95],
+        eps: 1e-8,
+        weightDecay: 0.1,
+      });
+      const state = { current: jaxGptState(params) };
+      const c = jaxStateContestant("jaxjs fp32", state, (s) => step(s, jaxIn[0].ref, jaxIn[1].ref));
+      // warm-up steps as ulp's (the first one compiles)
+      for (let w = 0; w < MODE.gpt.warmup; w++) {
+        c.run();
+        await c.sync();
+      }
+      jaxState = state;
+      contestants.push(c);
+    } catch (e) {
+      unavailable.push({
+        case: "gpt step fp32 (jax-js)",
+        reason: `failed: ${(e as Error).message}`,
+      });
+      log(`  jax-js gpt step failed: ${(e as Error).stack ?? e}`);
+    }
+  }
   log(`gpt step: timing ${contestants.map((c) => c.label).join(", ")}`);
   const { timings, errors } = await timeSideBySide(
     contestants,
-    // every contestant is warm: ulp's ran its warm-up steps above, TF.js its profiled ones
+    // every contestant is warm: ulp's and jax-js's ran warm-up steps above, TF.js its
+    // profiled ones
     { warmup: 0, reps: MODE.gpt.reps, targetMs: 0, maxInner: 1 },
     log,
   );
   const tfT = peer ? timings[made.length] : null;
+  const jaxT = jaxState ? timings[jaxAt] : null;
   made.forEach((u, i) => {
     const name = `gpt step ${u.strategy}`;
     if (!timings[i]) unavailable.push({ case: name, reason: errors[i] ?? "failed" });
@@ -487,15 +697,50 @@ async function benchGptStep(): Promise<void> {
     addRow(
       name,
       timings[i],
-      u.strategy === "fp32" ? tfT : null,
+      u.strategy === "fp32" ? { tfjs: tfT, jaxjs: jaxT } : {},
       u.strategy === "fp32"
-        ? "peer: the same GPT in TF.js ops + tf.train.adam"
-        : "no peer (TF.js has no bf16 training)",
+        ? "peers: the same GPT in TF.js ops + tf.train.adam; in jax-js ops, jit(valueAndGrad) " +
+          "+ AdamW in jax-js ops" + jaxNote
+        : "no peer (neither TF.js nor jax-js has bf16 training)",
     );
   });
   for (const u of made) u.dispose();
   tfModel?.dispose();
   for (const t of tfIn) t.dispose();
+  if (jaxState) {
+    const s = jaxState.current;
+    for (const t of [s.params, s.m, s.v].flatMap((r) => Object.values(r))) t.dispose();
+    s.t.dispose();
+    s.loss.dispose();
+  }
+  for (const x of jaxIn) x.dispose();
+}
+
+/**
+ * A ulp GPT's parameters as jax-js arrays, by name; Linear weights transposed to the [in, out]
+ * layout jax-js code keeps (ulp's are [out, in], as PyTorch's).
+ */
+async function jaxParamsOf(model: GPT): Promise<JaxGPTParams> {
+  const names = new Set(gptParamNames(GPT_CFG));
+  const out: JaxGPTParams = {};
+  for (const [n, t] of model.namedParameters()) {
+    if (!names.has(n)) throw new Error(`jax-js GPT: unexpected parameter ${n} in ulp's GPT`);
+    const v = Float32Array.from(await t.toArray());
+    if (t.shape.length === 2 && !n.startsWith("wte.") && !n.startsWith("wpe.")) {
+      const [o, i] = t.shape;
+      const tr = new Float32Array(v.length);
+      for (let r = 0; r < o; r++) for (let c = 0; c < i; c++) tr[c * o + r] = v[r * i + c];
+      out[n] = np.array(tr).reshape([i, o]);
+    } else {
+      out[n] = np.array(v).reshape([...t.shape]);
+    }
+  }
+  if (Object.keys(out).length !== names.size) {
+    throw new Error(
+      `jax-js GPT: ulp's GPT has ${Object.keys(out).length} parameters, expected ${names.size}`,
+    );
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -519,6 +764,7 @@ await safely("elementwise chain 4M", () =>
     [M4],
     ([x, a, b, c]) => x.mul(a).add(b).exp().mul(c),
     ([x, a, b, c]) => tf.mul(tf.exp(tf.add(tf.mul(x, a), b)), c),
+    ([x, a, b, c]) => np.exp(x.mul(a).add(b)).mul(c),
     [0, 1, 2, 3].map(() => ({ shape: [M4], scale: 1 })),
   ));
 await safely("softmax 4096x1024", () =>
@@ -527,6 +773,7 @@ await safely("softmax 4096x1024", () =>
     [4096, 1024],
     ([x]) => x.softmax(-1),
     ([x]) => tf.softmax(x),
+    ([x]) => jnn.softmax(x, -1),
     [{ shape: [4096, 1024], scale: 4 }],
   ));
 await safely("layer norm 8192x512", () =>
@@ -535,6 +782,7 @@ await safely("layer norm 8192x512", () =>
     [8192, 512],
     ([x, w, b]) => layerNorm(x, [512], w, b),
     ([x, w, b]) => tfLayerNorm(x, w, b),
+    ([x, w, b]) => jaxLayerNorm(x, w, b),
     [{ shape: [8192, 512], scale: 2 }, { shape: [512], scale: 1 }, { shape: [512], scale: 1 }],
   ));
 await safely("optimizer", benchOptimizer);
@@ -561,10 +809,11 @@ function target(
   targets.push({ target: name, value, op, limit, unit, pass, margin_pct: margin, detail });
 }
 /** The run-to-run spread of the timings a target compares, as text. */
-function noise(...parts: [string, "ulp" | "peer"][]): string {
+function noise(...parts: [string, "ulp" | PeerName][]): string {
   const each = parts.map(([c, side]) => {
     const r = row(c);
-    return r ? spreadPct(side === "ulp" ? r.ulp_samples : r.peer_samples) : null;
+    if (!r) return null;
+    return spreadPct(side === "ulp" ? r.ulp_samples : r.peers[side]?.samples ?? []);
   }).filter((p): p is number => p !== null);
   return each.length
     ? `; run-to-run spread of these timings up to ${Math.max(...each).toFixed(0)}%`
@@ -575,10 +824,13 @@ const ratioOf = (a?: number | null, b?: number | null) =>
 
 target(
   "matmul f32 1024 at least 2x TF.js",
-  row("matmul f32 1024")?.ratio ?? null,
+  (() => {
+    const r = row("matmul f32 1024");
+    return r ? speedup(r, "tfjs") : null;
+  })(),
   ">=",
   2,
-  "TF.js time / ulp time" + noise(["matmul f32 1024", "ulp"], ["matmul f32 1024", "peer"]),
+  "TF.js time / ulp time" + noise(["matmul f32 1024", "ulp"], ["matmul f32 1024", "tfjs"]),
   "x",
 );
 {
@@ -597,10 +849,10 @@ target(
 }
 target(
   "gpt step fp32 at most half TF.js's time",
-  ratioOf(row("gpt step fp32")?.ulp_ms, row("gpt step fp32")?.peer_ms),
+  ratioOf(row("gpt step fp32")?.ulp_ms, row("gpt step fp32")?.peers.tfjs?.ms),
   "<=",
   0.5,
-  "ulp time / TF.js time" + noise(["gpt step fp32", "ulp"], ["gpt step fp32", "peer"]),
+  "ulp time / TF.js time" + noise(["gpt step fp32", "ulp"], ["gpt step fp32", "tfjs"]),
   "x",
 );
 target(
@@ -645,6 +897,38 @@ target(
   );
 }
 
+// issue 20: ahead of the faster peer by 1.5x on every row with a peer; the GPT step at most
+// 0.3x TF.js's time
+{
+  const vs = rows.map((r) => ({ r, v: speedupVsFastest(r) }))
+    .filter((x): x is { r: Row; v: { peer: PeerName; value: number } } => x.v !== null);
+  const worst = vs.length ? vs.reduce((w, x) => (x.v.value < w.v.value ? x : w)) : null;
+  const below = vs.filter((x) => x.v.value < 1.5);
+  target(
+    "every row at least 1.5x the faster peer",
+    worst?.v.value ?? null,
+    ">=",
+    1.5,
+    worst
+      ? `the faster peer's time / ulp time; worst ${worst.r.case} (vs ${
+        PEER_LABEL[worst.v.peer]
+      }); ${below.length} of ${vs.length} rows below 1.5x` +
+        (below.length
+          ? `: ${below.map((x) => `${x.r.case} ${x.v.value.toFixed(2)}x`).join(", ")}`
+          : "")
+      : "no row has a peer",
+    "x",
+  );
+}
+target(
+  "gpt step fp32 at most 0.3x TF.js's time",
+  ratioOf(row("gpt step fp32")?.ulp_ms, row("gpt step fp32")?.peers.tfjs?.ms),
+  "<=",
+  0.3,
+  "ulp time / TF.js time" + noise(["gpt step fp32", "ulp"], ["gpt step fp32", "tfjs"]),
+  "x",
+);
+
 printReport({
   json: flags.json,
   mode: QUICK ? "quick" : "full",
@@ -655,8 +939,7 @@ printReport({
     fallbackAdapter: rt.info.isFallbackAdapter,
     cpus: navigator.hardwareConcurrency,
     deno: Deno.version.deno,
-    peer: peer ? `TF.js ${TFJS_VERSION} webgpu on ${peer.adapter}` : `none (${peerWhy})`,
-    sameAdapter: peer ? peer.adapter === rt.info.description : null,
+    peers: peerInfo,
     matmulTiles: Object.fromEntries(tuning.map((t) => [t.shapeClass, t.tiles])),
   },
   rows,
