@@ -15,19 +15,18 @@
  * @module
  */
 
-import { type DType, float32, isFloat, wgslChunks } from "../dtypes/mod.ts";
+import { type DType, float32, isFloat } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
 import {
-  type Layout,
-  layoutOf,
-  needsF16,
-  storageBytes,
-  wgslBinding,
-  wgslEncoder,
-  wgslLoad,
-} from "./layout.ts";
+  type BindingSpec,
+  type Box,
+  currentRuntime,
+  program,
+  type Runtime,
+  type UniformSpec,
+} from "../gpu/mod.ts";
+import { attach } from "../autograd/graph.ts";
+import { type Layout, layoutOf, storageBytes } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { autocastInputs } from "./elementwise.ts";
 
@@ -66,110 +65,105 @@ export interface AttentionOptions {
   scale?: number;
 }
 
-function uniforms(g: Geometry, dq?: RowMap, dk?: RowMap, dv?: RowMap): Uint32Array {
-  const u = new Uint32Array(36);
-  u.set([g.nh, g.Tq, g.Tk, g.causal ? 1 : 0]);
-  new Float32Array(u.buffer, 16, 1)[0] = g.scale;
-  const put = (k: number, r?: RowMap) => r && u.set([r.off, r.sb, r.sh, r.st], 8 + 4 * k);
-  [g.q, g.k, g.v, g.y, dq, dk, dv].forEach((r, k) => put(k, r));
-  return u;
+/** The uniforms of both passes, by name: sizes, scale, and where each operand's rows lie. */
+function uniforms(g: Geometry, dq?: RowMap, dk?: RowMap, dv?: RowMap) {
+  const m = (r?: RowMap) => (r ? [r.off, r.sb, r.sh, r.st] : [0, 0, 0, 0]);
+  return {
+    nh: g.nh,
+    tq: g.Tq,
+    tk: g.Tk,
+    causal: g.causal ? 1 : 0,
+    sc: g.scale,
+    mq: m(g.q),
+    mk: m(g.k),
+    mv: m(g.v),
+    my: m(g.y),
+    mdq: m(dq),
+    mdk: m(dk),
+    mdv: m(dv),
+  };
 }
 
-const WGSL_U = `struct U { dims: vec4<u32>, sc: vec4<f32>, q: vec4<u32>, k: vec4<u32>, v: vec4<u32>,
-  y: vec4<u32>, dq: vec4<u32>, dk: vec4<u32>, dv: vec4<u32> }
-fn row(m: vec4<u32>, b: u32, h: u32, t: u32) -> u32 { return m.x + b * m.y + h * m.z + t * m.w; }
+const UNIFORMS = [
+  { name: "nh", type: "u32" },
+  { name: "tq", type: "u32" },
+  { name: "tk", type: "u32" },
+  { name: "causal", type: "u32" },
+  { name: "sc", type: "f32" },
+  // where the rows of q, k, v, y, dq, dk, dv lie: offset, batch, head and time strides
+  ...(["mq", "mk", "mv", "my", "mdq", "mdk", "mdv"] as const).map((name) => ({
+    name,
+    type: "u32" as const,
+    length: 4,
+  })),
+] as const satisfies readonly UniformSpec[];
+
+const ROW =
+  `fn row(m: vec4<u32>, b: u32, h: u32, t: u32) -> u32 { return m.x + b * m.y + h * m.z + t * m.w; }
 `;
 
 /** WGSL that writes the private row `r` (HS values) at element offset `off` of `out`. */
-function putRow(l: Layout, enc: string, hs: number): string {
+function putRow(l: Layout, hs: number): string {
+  const z4 = "vec4<u32>(0u)";
   let body: string;
-  if (l.elem === "f16") {
-    body =
-      `for (var d = 0u; d < ${hs}u; d++) { out[off + d] = f16(unpack2x16float(${enc}((*r)[d], 0u)).x); }`;
-  } else if (l.lanes === 1) {
-    body = `for (var d = 0u; d < ${hs}u; d++) { out[off + d] = ${enc}((*r)[d], 0u); }`;
+  if (l.lanes === 1) {
+    body = `for (var d = 0u; d < ${hs}u; d++) { st_out(off + d, vec4<f32>((*r)[d]), ${z4}); }`;
+  } else if (l.lanes === 2) {
+    body = `for (var w = 0u; w < ${hs / 2}u; w++) {
+    st_out(off / 2u + w, vec4<f32>((*r)[2u * w], (*r)[2u * w + 1u], 0.0, 0.0), ${z4});
+  }`;
   } else {
-    const mask = (2 ** l.laneBits - 1) >>> 0;
-    body = `for (var w = 0u; w < ${hs / l.lanes}u; w++) {
-    var word = 0u;
-    for (var j = 0u; j < ${l.lanes}u; j++) {
-      word = word | ((${enc}((*r)[w * ${l.lanes}u + j], 0u) & ${mask}u) << (j * ${l.laneBits}u));
-    }
-    out[off / ${l.lanes}u + w] = word;
+    body = `for (var w = 0u; w < ${hs / 4}u; w++) {
+    let j = 4u * w;
+    st_out(off / 4u + w, vec4<f32>((*r)[j], (*r)[j + 1u], (*r)[j + 2u], (*r)[j + 3u]), ${z4});
   }`;
   }
-  return `fn put_row(off: u32, r: ptr<function, array<f32, ${hs}>>) {\n  ${body}\n}\n`;
+  return `fn put_row(off: u32, r: ptr<function, array<f32, ${hs}>>) {
+  ${body}
+}
+`;
 }
 
-function forwardSource(inL: Layout[], outL: Layout, hs: number): string {
-  const chunks: (readonly string[])[] = [];
-  let decl = "";
-  ["q", "k", "v"].forEach((n, k) => {
-    chunks.push(wgslLoad(inL[k], `in_${n}`, `ld_${n}`));
-    decl += wgslBinding(inL[k], 0, k, `in_${n}`, "read");
-  });
-  const enc = wgslEncoder(outL);
-  chunks.push(enc.chunks);
-  decl += wgslBinding(outL, 0, 3, "out", "read_write");
-  decl += `@group(0) @binding(4) var<storage, read_write> lse: array<f32>;\n`;
-  const f16 = needsF16([...inL, outL]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-${WGSL_U}${decl}@group(0) @binding(5) var<uniform> u: U;
-${putRow(outL, enc.name, hs)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
-  let nh = u.dims.x; let Tq = u.dims.y; let Tk = u.dims.z;
-  let i = wid.x * ${WG}u + li;
+function forwardSource(outL: Layout, hs: number): string {
+  return `${ROW}${putRow(outL, hs)}
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  let nh = u.nh; let Tq = u.tq; let Tk = u.tk;
+  let i = wg.x * ${WG}u + li;
   if (i >= Tq) { return; }
-  let bh = wid.y; let b = bh / nh; let h = bh % nh;
+  let bh = wg.y; let b = bh / nh; let h = bh % nh;
   var qv: array<f32, ${hs}>;
   var o: array<f32, ${hs}>;
-  let qo = row(u.q, b, h, i);
+  let qo = row(u.mq[0], b, h, i);
   for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); o[d] = 0.0; }
   var m = -3.0e38;
   var l = 0.0;
-  let jn = select(Tk, min(i + 1u, Tk), u.dims.w == 1u);
+  let jn = select(Tk, min(i + 1u, Tk), u.causal == 1u);
   for (var j = 0u; j < jn; j++) {
-    let ko = row(u.k, b, h, j);
+    let ko = row(u.mk[0], b, h, j);
     var s = 0.0;
     for (var d = 0u; d < ${hs}u; d++) { s = fma(qv[d], ld_k(ko + d), s); }
-    s = s * u.sc.x;
+    s = s * u.sc;
     let mn = max(m, s);
     let c = exp(m - mn);
     let p = exp(s - mn);
     l = l * c + p;
-    let vo = row(u.v, b, h, j);
+    let vo = row(u.mv[0], b, h, j);
     for (var d = 0u; d < ${hs}u; d++) { o[d] = fma(p, ld_v(vo + d), o[d] * c); }
     m = mn;
   }
   let inv = select(0.0, 1.0 / l, l > 0.0);
   for (var d = 0u; d < ${hs}u; d++) { o[d] = o[d] * inv; }
-  put_row(row(u.y, b, h, i), &o);
+  put_row(row(u.my[0], b, h, i), &o);
   lse[bh * Tq + i] = select(-3.0e38, m + log(l), l > 0.0);
 }
 `;
 }
 
-function backwardSource(inL: Layout[], gL: Layout, outL: Layout, hs: number): string {
-  const chunks: (readonly string[])[] = [];
-  let decl = "";
-  ["q", "k", "v", "y"].forEach((n, k) => {
-    chunks.push(wgslLoad(inL[k], `in_${n}`, `ld_${n}`));
-    decl += wgslBinding(inL[k], 0, k, `in_${n}`, "read");
-  });
-  decl += `@group(0) @binding(4) var<storage, read> lse: array<f32>;\n`;
-  chunks.push(wgslLoad(gL, "in_g", "ld_g"));
-  decl += wgslBinding(gL, 0, 5, "in_g", "read");
-  const enc = wgslEncoder(outL);
-  chunks.push(enc.chunks);
-  decl += wgslBinding(outL, 0, 6, "out", "read_write");
-  const f16 = needsF16([...inL, gL, outL]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-${WGSL_U}${decl}@group(0) @binding(7) var<uniform> u: U;
-${putRow(outL, enc.name, hs)}
+function backwardSource(outL: Layout, hs: number): string {
+  return `${ROW}${putRow(outL, hs)}
 // D_i = dO_i . O_i, the row term of the softmax backward
 fn delta(b: u32, h: u32, i: u32) -> f32 {
-  let go = row(u.y, b, h, i);
+  let go = row(u.my[0], b, h, i);
   var t = 0.0;
   for (var d = 0u; d < ${hs}u; d++) { t = fma(ld_g(go + d), ld_y(go + d), t); }
   return t;
@@ -184,42 +178,41 @@ fn score_and_dp(qo: u32, ko: u32, go: u32, vo: u32) -> vec2<f32> {
   }
   return vec2<f32>(s, dp);
 }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
-  let nh = u.dims.x; let Tq = u.dims.y; let Tk = u.dims.z; let causal = u.dims.w == 1u;
-  let r = wid.x * ${WG}u + li;
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  let nh = u.nh; let Tq = u.tq; let Tk = u.tk; let causal = u.causal == 1u;
+  let r = wg.x * ${WG}u + li;
   if (r >= Tq + Tk) { return; }
-  let bh = wid.y; let b = bh / nh; let h = bh % nh;
-  let sc = u.sc.x;
+  let bh = wg.y; let b = bh / nh; let h = bh % nh;
+  let sc = u.sc;
   var a: array<f32, ${hs}>;
   var c: array<f32, ${hs}>;
   for (var d = 0u; d < ${hs}u; d++) { a[d] = 0.0; c[d] = 0.0; }
   if (r < Tq) {
     // dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP_ij = dO_i . v_j
     let i = r;
-    let qo = row(u.q, b, h, i);
-    let go = row(u.y, b, h, i);
+    let qo = row(u.mq[0], b, h, i);
+    let go = row(u.my[0], b, h, i);
     let L = lse[bh * Tq + i];
     let D = delta(b, h, i);
     let jn = select(Tk, min(i + 1u, Tk), causal);
     for (var j = 0u; j < jn; j++) {
-      let ko = row(u.k, b, h, j);
-      let vo = row(u.v, b, h, j);
+      let ko = row(u.mk[0], b, h, j);
+      let vo = row(u.mv[0], b, h, j);
       let sd = score_and_dp(qo, ko, go, vo);
       let ds = exp(sd.x * sc - L) * (sd.y - D);
       for (var d = 0u; d < ${hs}u; d++) { a[d] = fma(ds, ld_k(ko + d), a[d]); }
     }
     for (var d = 0u; d < ${hs}u; d++) { a[d] = a[d] * sc; }
-    put_row(row(u.dq, b, h, i), &a);
+    put_row(row(u.mdq[0], b, h, i), &a);
   } else {
     // dV_j = sum_i P_ij dO_i; dK_j = scale * sum_i P_ij (dP_ij - D_i) q_i
     let j = r - Tq;
-    let ko = row(u.k, b, h, j);
-    let vo = row(u.v, b, h, j);
+    let ko = row(u.mk[0], b, h, j);
+    let vo = row(u.mv[0], b, h, j);
     let i0 = select(0u, j, causal);
     for (var i = i0; i < Tq; i++) {
-      let qo = row(u.q, b, h, i);
-      let go = row(u.y, b, h, i);
+      let qo = row(u.mq[0], b, h, i);
+      let go = row(u.my[0], b, h, i);
       let sd = score_and_dp(qo, ko, go, vo);
       let p = exp(sd.x * sc - lse[bh * Tq + i]);
       let ds = p * (sd.y - delta(b, h, i));
@@ -229,25 +222,62 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
       }
     }
     for (var d = 0u; d < ${hs}u; d++) { a[d] = a[d] * sc; }
-    put_row(row(u.dk, b, h, j), &a);
-    put_row(row(u.dv, b, h, j), &c);
+    put_row(row(u.mdk[0], b, h, j), &a);
+    put_row(row(u.mdv[0], b, h, j), &c);
   }
 }
 `;
 }
 
-function kernel(rt: Runtime, kind: "fwd" | "bwd", ls: Layout[], hs: number): Kernel {
-  const key = `attention_${kind}|${ls.map((l) => `${l.dtype.name}:${l.elem}`).join(",")}|${hs}`;
-  if (kind === "fwd") {
-    return rt.kernelFor(key, "attention", {
-      buffers: ["read", "read", "read", "read_write", "read_write"],
-      uniform: true,
-    }, () => forwardSource(ls.slice(0, 3), ls[3], hs));
-  }
-  return rt.kernelFor(key, "attention_bwd", {
-    buffers: ["read", "read", "read", "read", "read", "read", "read_write"],
-    uniform: true,
-  }, () => backwardSource(ls.slice(0, 4), ls[4], ls[5], hs));
+/** The program of one pass; operands named as the kernels read them. */
+function attentionProgram(rt: Runtime, kind: "fwd" | "bwd", ts: readonly Tensor[], hs: number) {
+  const l = ts.map((t) => layoutOf(t.dt, rt));
+  const read = (name: string, i: number): BindingSpec => ({ name, type: l[i], access: "read" });
+  const bindings: BindingSpec[] = kind === "fwd"
+    ? [
+      read("q", 0),
+      read("k", 1),
+      read("v", 2),
+      { name: "out", type: l[3], access: "read_write" },
+      { name: "lse", type: "f32", access: "read_write" },
+    ]
+    : [
+      read("q", 0),
+      read("k", 1),
+      read("v", 2),
+      read("y", 3),
+      { name: "lse", type: "f32", access: "read" },
+      read("g", 4),
+      { name: "out", type: l[5], access: "read_write" },
+    ];
+  return program(rt, `attention_${kind}|${hs}`, {
+    label: kind === "fwd" ? "attention" : "attention_bwd",
+    bindings,
+    uniforms: UNIFORMS,
+    workgroupSize: WG,
+    grid: "3d",
+  }, () => kind === "fwd" ? forwardSource(l[3], hs) : backwardSource(l[5], hs));
+}
+
+/**
+ * The element range rows of `maps` take for batch-heads bh0..bh1-1 (the grid's y): the
+ * smallest and largest row start over those (b, h), plus T rows of `hs` elements.
+ */
+function rowsRange(
+  g: Geometry,
+  maps: readonly [RowMap, number][],
+): (x0: number, x1: number, lo: Readonly<Box>, hi: Readonly<Box>) => [number, number] {
+  return (_x0, _x1, lo, hi) => {
+    let first = Infinity, last = -Infinity;
+    for (const [m, T] of maps) {
+      for (let bh = lo[1]; bh < hi[1]; bh++) {
+        const at = m.off + Math.floor(bh / g.nh) * m.sb + (bh % g.nh) * m.sh;
+        first = Math.min(first, at);
+        last = Math.max(last, at + (T - 1) * m.st + g.hs);
+      }
+    }
+    return [first, last];
+  };
 }
 
 /** Whether rows of `hs` elements at these maps fill whole storage words of `dt`. */
@@ -280,23 +310,52 @@ function run(
   const y = Tensor.empty(outShape, dt);
   if (y.size === 0) return y;
   const lse = Tensor.empty([g.B * g.nh * g.Tq], float32);
-  const fwd = kernel(rt, "fwd", [q, k, v, y].map((t) => layoutOf(t.dt, rt)), g.hs);
-  rt.dispatch(
-    fwd,
-    [q.buffer(op), k.buffer(op), v.buffer(op), y.buffer(op), lse.buffer(op)],
-    [Math.ceil(g.Tq / WG), g.B * g.nh, 1],
-    uniforms(g),
-  );
+  const groups = (rows: number): [number, number, number] => [Math.ceil(rows / WG), g.B * g.nh, 1];
+  attentionProgram(rt, "fwd", [q, k, v, y], g.hs).run({
+    buffers: {
+      q: q.buffer(op),
+      k: k.buffer(op),
+      v: v.buffer(op),
+      out: y.buffer(op),
+      lse: lse.buffer(op),
+    },
+    uniforms: uniforms(g),
+    groups: groups(g.Tq),
+    splitDim: 1,
+    ranges: {
+      q: rowsRange(g, [[g.q, g.Tq]]),
+      k: rowsRange(g, [[g.k, g.Tk]]),
+      v: rowsRange(g, [[g.v, g.Tk]]),
+      out: rowsRange(g, [[g.y, g.Tq]]),
+    },
+  });
   const out = attach(y, op, [...grad.inputs], (gy) => {
     const dx = Tensor.empty(grad.shape, dt);
     const gl = gy.dt === dt ? gy : gy.cast(dt);
-    const bwd = kernel(rt, "bwd", [q, k, v, y, gl, dx].map((t) => layoutOf(t.dt, rt)), g.hs);
-    rt.dispatch(
-      bwd,
-      [q, k, v, y, lse, gl, dx].map((t) => t.buffer(`${op} backward`)),
-      [Math.ceil((g.Tq + g.Tk) / WG), g.B * g.nh, 1],
-      uniforms(g, ...grad.maps),
-    );
+    const at = `${op} backward`;
+    const [dq, dk, dv] = grad.maps;
+    attentionProgram(rt, "bwd", [q, k, v, y, gl, dx], g.hs).run({
+      buffers: {
+        q: q.buffer(at),
+        k: k.buffer(at),
+        v: v.buffer(at),
+        y: y.buffer(at),
+        lse: lse.buffer(at),
+        g: gl.buffer(at),
+        out: dx.buffer(at),
+      },
+      uniforms: uniforms(g, dq, dk, dv),
+      groups: groups(g.Tq + g.Tk),
+      splitDim: 1,
+      ranges: {
+        q: rowsRange(g, [[g.q, g.Tq]]),
+        k: rowsRange(g, [[g.k, g.Tk]]),
+        v: rowsRange(g, [[g.v, g.Tk]]),
+        y: rowsRange(g, [[g.y, g.Tq]]),
+        g: rowsRange(g, [[g.y, g.Tq]]),
+        out: rowsRange(g, [[dq, g.Tq], [dk, g.Tk], [dv, g.Tk]]),
+      },
+    });
     if (gl !== gy) gl.dispose();
     lse.dispose(); // the graph is walked once
     return grad.split(dx);

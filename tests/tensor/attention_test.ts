@@ -5,7 +5,6 @@ import assert from "node:assert/strict";
 import {
   causalSelfAttention,
   DTypeError,
-  getRuntime,
   matmul,
   scaledDotProductAttention,
   ShapeError,
@@ -13,6 +12,7 @@ import {
   tensor,
   where,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { roundTo, values } from "./_reference.ts";
 
 /** Host attention for one (b, h): returns y and the gradients for an upstream gradient gy. */
@@ -197,4 +197,35 @@ Deno.test("attention checks shapes, head sizes and dtypes at the call", () => {
     () => causalSelfAttention(odd, 1),
     (e: unknown) => e instanceof ShapeError && /storage words/.test(e.message),
   );
+});
+
+Deno.test("causalSelfAttention() binds windows of operands larger than one binding, bit for bit", async () => {
+  const rt = await getRuntime();
+  // B = 4 sequences of T = 24, C = 32 (4 heads): qkv holds 36 KiB, y and dqkv 12 and 36 KiB
+  const B = 4, T = 24, C = 32, nh = 4;
+  const x = values("f32", B * T * 3 * C, 11, -1, 1), gv = values("f32", B * T * C, 12, -1, 1);
+  for (const dt of ["f32", "bf16"] as const) {
+    const pass = async () => {
+      const qkv = tensor(x, { shape: [B, T, 3 * C], dtype: dt, requiresGrad: true });
+      const y = causalSelfAttention(qkv, nh);
+      y.backward(tensor(gv, { shape: [B, T, C], dtype: dt }));
+      const out = [Array.from(await y.toArray()), Array.from(await qkv.grad!.toArray())];
+      qkv.dispose();
+      y.dispose();
+      return out;
+    };
+    const whole = await pass();
+    const before = rt.maxBindingBytes;
+    rt.maxBindingBytes = 16384; // one sequence's rows (9 KiB) fit, all four do not
+    let windowed: number[][];
+    try {
+      const d0 = rt.counters.dispatches;
+      windowed = await pass();
+      assert.ok(rt.counters.dispatches - d0 > 2, "the passes were split into windows");
+    } finally {
+      rt.maxBindingBytes = before;
+    }
+    assert.deepEqual(windowed[0], whole[0], `${dt} forward`);
+    assert.deepEqual(windowed[1], whole[1], `${dt} gradient`);
+  }
 });
