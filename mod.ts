@@ -7,6 +7,13 @@
  * tensor (an op before that throws a `DeviceError` that says so). Dtypes and their codecs
  * work on the host without a device.
  *
+ * The exports, grouped: tensors and ops; autograd; nn (modules, layers, GPT, losses);
+ * optimizers, precision strategies and mixed precision (`autocast`, `GradScaler`, FP8);
+ * dtypes; files (safetensors, checkpoints); the device and the errors. The folders' own
+ * `mod.ts` files (`tensor/mod.ts`, `gpu/mod.ts`, ...) also export the internals that ulp's
+ * examples, tests and kernels use (the runtime, kernel binding, layouts, WGSL codecs); they
+ * may change between versions.
+ *
  * @example
  * ```ts
  * import { dtype, finfo, ready, tensor } from "./mod.ts";
@@ -20,10 +27,254 @@
  * @module
  */
 
-export * from "./errors.ts";
-export * from "./dtypes/mod.ts";
-export * from "./gpu/mod.ts";
-export * from "./tensor/mod.ts";
-export * from "./autograd/mod.ts";
-export * from "./nn/mod.ts";
-export * from "./optim/mod.ts";
+// ---- tensors and ops ----------------------------------------------------------------------
+export { isTensor, type Operand, Tensor } from "./tensor/tensor.ts";
+export {
+  arange,
+  type CreateOptions,
+  fromCodes,
+  full,
+  getRngState,
+  manualSeed,
+  type NestedNumbers,
+  ones,
+  rand,
+  randn,
+  type RandomOptions,
+  setRngState,
+  tensor,
+  tensorBytes,
+  zeros,
+} from "./tensor/creation.ts";
+export {
+  abs,
+  add,
+  broadcastShapes,
+  cast,
+  div,
+  eq,
+  exp,
+  ge,
+  gelu,
+  gt,
+  le,
+  log,
+  lt,
+  maximum,
+  minimum,
+  mul,
+  ne,
+  neg,
+  pow,
+  relu,
+  rsqrt,
+  sigmoid,
+  sqrt,
+  square,
+  sub,
+  tanh,
+  where,
+} from "./tensor/elementwise.ts";
+export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum } from "./tensor/reduce.ts";
+export {
+  matmul,
+  type MatmulOptions,
+  type MatmulShapeClass,
+  type MatmulTuning,
+  type Tiles,
+  tuneMatmul,
+} from "./tensor/matmul.ts";
+export {
+  concat,
+  expand,
+  flatten,
+  gather,
+  indexSelect,
+  permute,
+  reshape,
+  slice,
+  squeeze,
+  transpose,
+  unsqueeze,
+} from "./tensor/shape_ops.ts";
+export {
+  type AttentionOptions,
+  causalSelfAttention,
+  scaledDotProductAttention,
+} from "./tensor/attention.ts";
+export { keep, tidy } from "./tensor/scope.ts";
+export { setFusion } from "./tensor/fusion.ts";
+
+// ---- autograd -----------------------------------------------------------------------------
+export { type BackwardOptions } from "./autograd/backward.ts";
+export { type GradModeGuard, isGradEnabled, noGrad } from "./autograd/graph.ts";
+
+// ---- nn ---------------------------------------------------------------------------------------
+export { Module, Parameter, type StateDict } from "./nn/module.ts";
+export {
+  Dropout,
+  Embedding,
+  GELU,
+  LayerNorm,
+  type LayerOptions,
+  Linear,
+  RMSNorm,
+} from "./nn/layers.ts";
+export { crossEntropy, dropout, layerNorm, linear, mseLoss, rmsNorm } from "./nn/functional.ts";
+export {
+  Block,
+  type BlockConfig,
+  CausalSelfAttention,
+  GPT,
+  GPT_PRESETS,
+  type GPTConfig,
+  type GPTOutput,
+  LMHead,
+  MLP,
+} from "./nn/gpt.ts";
+export { sharpness, type SharpnessOptions } from "./nn/sharpness.ts";
+export {
+  type ExportOptions,
+  exportPretrained,
+  fromPretrained,
+  pretrainedConfig,
+  type PretrainedOptimizer,
+  type PretrainedOptions,
+} from "./nn/pretrained.ts";
+
+// ---- optimizers, precision strategies, mixed precision ------------------------------------
+export {
+  type Diagnostics,
+  Optimizer,
+  type OptimizerStateDict,
+  type ParamGroup,
+  type ParamGroupInput,
+  type Params,
+  type ParamState,
+  type StepOptions,
+} from "./optim/optimizer.ts";
+export { SGD, type SGDOptions, type SGDParamGroup } from "./optim/sgd.ts";
+export { AdamW, type AdamWOptions, type AdamWParamGroup } from "./optim/adamw.ts";
+export { clipGradNorm } from "./optim/clip.ts";
+export {
+  cosineWithWarmup,
+  CosineWithWarmupLR,
+  type CosineWithWarmupOptions,
+  LambdaLR,
+  LRScheduler,
+  type LRSchedulerState,
+} from "./optim/schedule.ts";
+export {
+  applyPrecision,
+  precisionNames,
+  type PrecisionStrategy,
+  precisionStrategy,
+  type StateSpec,
+  type UpdateBody,
+  type UpdateBodyContext,
+} from "./optim/precision.ts";
+export {
+  autocast,
+  AUTOCAST_POLICY,
+  type AutocastGuard,
+  type AutocastOptions,
+  type CastPolicy,
+} from "./tensor/autocast.ts";
+export {
+  GradScaler,
+  type GradScalerOptions,
+  type GradScalerState,
+  type GradScalerStatus,
+} from "./optim/grad_scaler.ts";
+export {
+  defaultFP8Recipe,
+  type FP8Format,
+  FP8Recipe,
+  type FP8RecipeOptions,
+  type FP8Scaling,
+  type FP8StateDict,
+  type FP8Tensor,
+} from "./tensor/fp8.ts";
+export { MX_BLOCK, mxQuantize, type MXQuantizeOptions } from "./tensor/mx.ts";
+
+// ---- dtypes -------------------------------------------------------------------------------
+export {
+  bf16x2,
+  bfloat16,
+  boolean,
+  type DType,
+  dtype,
+  DTYPE_FORMS,
+  type DTypeKind,
+  type DTypeLike,
+  e4m3,
+  e5m2,
+  float16,
+  float32,
+  int32,
+  isFloat,
+  promoteTypes,
+  uint32,
+} from "./dtypes/dtype.ts";
+export {
+  type CodeArray,
+  type EncodeOptions,
+  type FloatFormat,
+  type FormatConstants,
+  type NanStyle,
+  type Rounding,
+} from "./dtypes/codec.ts";
+export { type FInfo, finfo, type IInfo, iinfo } from "./dtypes/finfo.ts";
+
+// ---- files: safetensors and checkpoints ---------------------------------------------------
+export {
+  deserialize,
+  type Loaded,
+  loadFile,
+  type LoadOptions,
+  MAX_HEADER_BYTES,
+  saveFile,
+  type SaveOptions,
+  serialize,
+  writeAtomic,
+} from "./nn/safetensors.ts";
+export {
+  type CheckpointInfo,
+  type CheckpointOptions,
+  type CheckpointTargets,
+  loadCheckpoint,
+  type LoadCheckpointOptions,
+  readCheckpoint,
+  type RngState,
+  saveCheckpoint,
+  type Stateful,
+  type TensorRecord,
+} from "./nn/checkpoint.ts";
+
+// ---- device and errors --------------------------------------------------------------------
+export {
+  configureDevice,
+  deviceInfo,
+  type DeviceOptions,
+  disposeDevice,
+  memory,
+  ready,
+  resetDevice,
+  sync,
+} from "./gpu/device.ts";
+export { type DeviceInfo, type MemoryInfo } from "./gpu/runtime.ts";
+export {
+  DEFAULT_MEMORY_LIMIT,
+  getMemoryLimit,
+  type MemoryLimit,
+  type Purpose,
+  setMemoryLimit,
+} from "./gpu/pool.ts";
+export {
+  DeviceError,
+  DTypeError,
+  FormatError,
+  ShapeError,
+  UlpError,
+  ValueError,
+} from "./errors.ts";

@@ -54,6 +54,15 @@ export interface GradModeGuard extends Disposable {
  * ```
  */
 export function noGrad(): GradModeGuard;
+/**
+ * Runs `fn` with graph recording off and returns its result.
+ *
+ * @example
+ * ```ts
+ * import { isGradEnabled, noGrad } from "./graph.ts";
+ * console.log(noGrad(() => isGradEnabled())); // false
+ * ```
+ */
 export function noGrad<T>(fn: () => T): T;
 export function noGrad<T>(fn?: () => T): T | GradModeGuard {
   gradDepth++;

@@ -49,8 +49,11 @@ export interface EncodeOptions {
 
 /** The derived constants of a format, computed once per descriptor. */
 export interface FormatConstants {
+  /** Exponent field width. */
   readonly e: number;
+  /** Mantissa field width. */
   readonly m: number;
+  /** Exponent bias. */
   readonly bias: number;
   /** Smallest normal exponent, 1 - bias. */
   readonly emin: number;
@@ -66,7 +69,9 @@ export interface FormatConstants {
   readonly nanCode: number;
   /** Position of the sign bit (e + m). */
   readonly signShift: number;
+  /** Whether the format has +-Inf. */
   readonly hasInf: boolean;
+  /** How NaN is encoded, if at all. */
   readonly nan: NanStyle;
 }
 

@@ -266,7 +266,7 @@ export const bf16x2: DType = register(mcfDType("bf16x2", bfloat16));
 const EXMY = /^e([0-9]+)m([0-9]+)(fn)?$/;
 
 /** The forms `dtype()` accepts, for error messages. */
-export const DTYPE_FORMS =
+export const DTYPE_FORMS: string =
   "f32, f16, bf16, e4m3, e5m2, i32, u32, bool, bf16x2, eXmY with X in 2..8 and Y in 1..23 " +
   "(IEEE-style, e.g. e8m3, e5m6, e3m2) or eXmYfn with X in 2..7 (finite, e.g. e2m1fn)";
 

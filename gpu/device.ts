@@ -217,19 +217,19 @@ export function currentRuntime(): Runtime {
 
 /**
  * Destroys the current device (every pooled buffer with it) and acquires a new one with the
- * options of `configureDevice`.
+ * options of `configureDevice`; returns its facts. Tensors of the old device are gone.
  *
  * @example
  * ```ts
  * import { getRuntime, resetDevice } from "./device.ts";
  * const a = await getRuntime();
- * const b = await resetDevice();
- * console.log(a !== b, a.lost); // true true
+ * const info = await resetDevice();
+ * console.log(a.lost, (await getRuntime()).info === info); // true true
  * ```
  */
-export async function resetDevice(): Promise<Runtime> {
+export async function resetDevice(): Promise<DeviceInfo> {
   await disposeDevice();
-  return getRuntime();
+  return (await getRuntime()).info;
 }
 
 /**
@@ -250,6 +250,25 @@ export async function disposeDevice(): Promise<void> {
     current = null;
   }
   lostBefore = null;
+}
+
+/**
+ * Waits until the GPU has finished the work recorded so far (acquiring the device if
+ * needed). For timing: elementwise ops are deferred until something needs their values, so
+ * call `t.realize()` on the result first.
+ *
+ * @example
+ * ```ts
+ * import { ready, sync, tensor } from "../mod.ts";
+ * await ready();
+ * const y = tensor([1, 2]).mul(3).realize();
+ * const t0 = performance.now();
+ * await sync();
+ * console.log(performance.now() - t0 >= 0, y.shape); // true [2]
+ * ```
+ */
+export async function sync(): Promise<void> {
+  await (await getRuntime()).sync();
 }
 
 /**

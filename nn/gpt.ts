@@ -102,9 +102,13 @@ export class CausalSelfAttention extends Module {
   c_attn: Linear;
   /** The output projection. */
   c_proj: Linear;
+  /** Dropout on the attention weights. */
   attn_dropout: Dropout;
+  /** Dropout on the output projection. */
   resid_dropout: Dropout;
+  /** The number of heads. */
   readonly nHead: number;
+  /** The embedding width. */
   readonly nEmbd: number;
   /** Whether the fused attention kernels may run (see `BlockConfig.fusedAttention`). */
   fused: boolean;
@@ -198,9 +202,13 @@ function causalMask(T: number): Tensor {
  * ```
  */
 export class MLP extends Module {
+  /** The up projection, [4 nEmbd, nEmbd]. */
   c_fc: Linear;
+  /** The activation. */
   gelu: GELU;
+  /** The down projection, [nEmbd, 4 nEmbd]. */
   c_proj: Linear;
+  /** Dropout on the output. */
   dropout: Dropout;
 
   /** An MLP on `nEmbd` channels. */
@@ -250,9 +258,13 @@ export class MLP extends Module {
  * ```
  */
 export class Block extends Module {
+  /** The norm before attention. */
   ln_1: LayerNorm;
+  /** Causal self-attention. */
   attn: CausalSelfAttention;
+  /** The norm before the MLP. */
   ln_2: LayerNorm;
+  /** The MLP. */
   mlp: MLP;
 
   /** A block of the given size. */
@@ -358,11 +370,17 @@ function gpt2Preset(nLayer: number, nHead: number, nEmbd: number): Readonly<GPTC
  * ```
  */
 export class GPT extends Module {
+  /** The configuration, defaults filled in. */
   readonly config: Required<Omit<GPTConfig, "seed">>;
+  /** Token embeddings, [vocabSize, nEmbd] (tied to the LM head). */
   wte: Embedding;
+  /** Position embeddings, [blockSize, nEmbd]. */
   wpe: Embedding;
+  /** Dropout on the embeddings. */
   drop: Dropout;
+  /** The transformer blocks. */
   h: Block[];
+  /** The final norm. */
   ln_f: LayerNorm;
   /** The LM head, tied to `wte` (keep it in higher precision with `setAutocast`). */
   lm_head: LMHead;

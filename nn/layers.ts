@@ -133,6 +133,7 @@ export class LayerNorm extends Module {
   weight: Tensor | null;
   /** Shift, [normalizedShape], or null. */
   bias: Tensor | null;
+  /** The sizes of the trailing dimensions it normalizes over. */
   readonly normalizedShape: number[];
 
   /** A layer norm over `normalizedShape` (a size or sizes of the trailing dimensions). */

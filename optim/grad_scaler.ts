@@ -256,6 +256,7 @@ export class GradScaler {
    * `backward()` on the result. Disabled: the outputs unchanged.
    */
   scale(outputs: Tensor): Tensor;
+  /** Each of `outputs` multiplied by the current scale (as the one-tensor form). */
   scale(outputs: readonly Tensor[]): Tensor[];
   scale(outputs: Tensor | readonly Tensor[]): Tensor | Tensor[] {
     if (Array.isArray(outputs)) return outputs.map((t) => this.scale(t as Tensor));

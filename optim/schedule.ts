@@ -220,6 +220,7 @@ export class LambdaLR extends LRScheduler {
     this.apply();
   }
 
+  /** The learning rate of group `k` at `step` (see `LRScheduler`). */
   protected lrAt(step: number, base: number, k: number): number {
     return base * this.#fns[k](step);
   }
@@ -250,6 +251,7 @@ export class CosineWithWarmupLR extends LRScheduler {
     this.apply();
   }
 
+  /** The learning rate at `step` (see `LRScheduler`). */
   protected lrAt(step: number, base: number): number {
     return cosineAt(step, base, this.#opts);
   }

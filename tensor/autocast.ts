@@ -275,6 +275,16 @@ function enter(opts: AutocastOptions): AutocastGuard {
  * ```
  */
 export function autocast(opts?: AutocastOptions): AutocastGuard;
+/**
+ * Runs `fn` under the autocast context `opts` and returns its result.
+ *
+ * @example
+ * ```ts
+ * import { autocast, tensor } from "../mod.ts";
+ * const y = autocast({ dtype: "bf16" }, () => tensor([[1, 2]]).matmul(tensor([[3], [4]])));
+ * console.log(y.dtype, await y.item()); // "bf16" 11
+ * ```
+ */
 export function autocast<T>(opts: AutocastOptions, fn: () => T): T;
 export function autocast<T>(opts: AutocastOptions = {}, fn?: () => T): T | AutocastGuard {
   const guard = enter(opts);

@@ -32,7 +32,8 @@ export type NestedNumbers = number | boolean | readonly NestedNumbers[];
  *
  * @example
  * ```ts
- * import { checkShape, ShapeError } from "../mod.ts";
+ * import { ShapeError } from "../mod.ts";
+ * import { checkShape } from "./mod.ts";
  * console.log(checkShape("zeros", [2, 3])); // [2, 3]
  * try { checkShape("zeros", [2, -1]); } catch (e) { console.log(e instanceof ShapeError); } // true
  * ```

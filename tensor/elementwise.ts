@@ -12,10 +12,17 @@
  * @module
  */
 
-import { boolean as boolDType, type DType, float32, isFloat, promoteTypes } from "../dtypes/mod.ts";
+import {
+  boolean as boolDType,
+  type DType,
+  float32,
+  isFloat,
+  promoteTypes,
+  type Rounding,
+} from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { attach } from "../autograd/graph.ts";
-import { type Expr, launch, type LaunchOptions } from "./fusion.ts";
+import { type Expr, launch } from "./fusion.ts";
 import { type Operand, Tensor } from "./tensor.ts";
 import { sumTo } from "./reduce.ts";
 import { AUTOCAST_POLICY, autocastState, autocastTarget, cachedCast } from "./autocast.ts";
@@ -704,7 +711,11 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await x.cast("e4m3", { saturate: true }).toArray())); // [0.1015625, 448]
  * ```
  */
-export function cast(x: Tensor, dt: DType, opts: LaunchOptions = {}): Tensor {
+export function cast(
+  x: Tensor,
+  dt: DType,
+  opts: { rounding?: Rounding; seed?: number; saturate?: boolean } = {},
+): Tensor {
   if (!(x instanceof Tensor)) throw new ValueError("cast(): expects a tensor");
   if (opts.seed !== undefined && !Number.isInteger(opts.seed)) {
     throw new ValueError(`cast(): seed must be an integer, got ${opts.seed}`);

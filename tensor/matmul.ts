@@ -287,7 +287,8 @@ export interface MatmulKernelConfig {
  * @example
  * ```ts
  * import { matmulSource } from "./matmul.ts";
- * import { dtype, layoutOf } from "../mod.ts";
+ * import { dtype } from "../mod.ts";
+ * import { layoutOf } from "./mod.ts";
  * const l = (n: string) => layoutOf(dtype(n), null);
  * const tiles = { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 16 };
  * const src = matmulSource({

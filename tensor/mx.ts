@@ -56,7 +56,7 @@ const MX_ELEMENTS: Readonly<Record<string, string>> = Object.freeze({
  *
  * @example
  * ```ts
- * import { mxElementDtype } from "../mod.ts";
+ * import { mxElementDtype } from "./mod.ts";
  * console.log(mxElementDtype("e2m1").name, mxElementDtype("e4m3").name); // e2m1fn e4m3
  * ```
  */
@@ -79,7 +79,7 @@ export function mxElementDtype(format: DTypeLike): DType {
  *
  * @example
  * ```ts
- * import { mxElementDtype, mxEmax } from "../mod.ts";
+ * import { mxElementDtype, mxEmax } from "./mod.ts";
  * console.log(["e4m3", "e5m2", "e3m2", "e2m3", "e2m1"].map((f) => mxEmax(mxElementDtype(f)))); // [8, 15, 4, 2, 2]
  * ```
  */

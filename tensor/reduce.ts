@@ -886,7 +886,8 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
  *
  * @example
  * ```ts
- * import { sumTo, tensor } from "../mod.ts";
+ * import { tensor } from "../mod.ts";
+ * import { sumTo } from "./mod.ts";
  * const g = tensor([[1, 2, 3], [4, 5, 6]]);
  * const r = sumTo(g, [1, 3]);
  * console.log(r.shape, Array.from(await r.toArray())); // [1, 3] [5, 7, 9]

@@ -35,7 +35,7 @@ export function track(t: Owned): void {
  * console.log(Array.from(await saved!.toArray())); // [2, 4]
  * ```
  */
-export function keep<T extends Owned>(t: T): T {
+export function keep<T extends { dispose(): void; readonly disposed: boolean }>(t: T): T {
   kept.add(t);
   for (const s of scopes) s.delete(t);
   return t;

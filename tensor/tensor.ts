@@ -65,9 +65,17 @@ export class Tensor {
   requiresGrad = false;
   /** The gradient accumulated by `backward()`, or null. */
   grad: Tensor | null = null;
-  /** The autograd node that made this tensor, or null for leaves. @internal */
+  /**
+   * The autograd node that made this tensor, or null for leaves.
+   *
+   * @ignore
+   */
   node: GradNode | null = null;
-  /** Whether a backward pass released this tensor's node (see `backward()`). @internal */
+  /**
+   * Whether a backward pass released this tensor's node (see `backward()`).
+   *
+   * @ignore
+   */
   graphReleased = false;
   /** Whether this tensor is a model parameter (see `Parameter` in nn/). */
   isParameter = false;
@@ -75,13 +83,19 @@ export class Tensor {
   gradDtype: DType | null = null;
   /**
    * The deferred elementwise kernel that computes this tensor, while it is not recorded yet
-   * (see fusion.ts); null once its values are (or will be) in the buffer. @internal
+   * (see fusion.ts); null once its values are (or will be) in the buffer.
+   *
+   * @ignore
    */
   lazy: LazyDef | null = null;
   #buf: PooledBuffer | null;
   #rt: Runtime;
 
-  /** Wraps a buffer that holds `shape` elements of `dt`. Use the creation functions instead. @internal */
+  /**
+   * Wraps a buffer that holds `shape` elements of `dt`. Use the creation functions instead.
+   *
+   * @ignore
+   */
   constructor(rt: Runtime, buf: PooledBuffer, shape: readonly number[], dt: DType) {
     this.#rt = rt;
     this.#buf = buf;
@@ -93,7 +107,9 @@ export class Tensor {
   }
 
   /**
-   * Allocates an uninitialised tensor. @internal
+   * Allocates an uninitialised tensor.
+   *
+   * @ignore
    */
   static empty(shape: readonly number[], dt: DType, purpose: Purpose = "activations"): Tensor {
     const rt = currentRuntime();
@@ -117,14 +133,20 @@ export class Tensor {
     return this.#buf === null;
   }
 
-  /** The runtime that owns the buffer. @internal */
+  /**
+   * The runtime that owns the buffer.
+   *
+   * @ignore
+   */
   get runtime(): Runtime {
     return this.#rt;
   }
 
   /**
    * The storage, checked for use after dispose; deferred work that computes it is recorded
-   * first. @internal
+   * first.
+   *
+   * @ignore
    */
   buffer(op: string): PooledBuffer {
     const buf = this.checkUsable(op);
@@ -152,7 +174,9 @@ export class Tensor {
 
   /**
    * Throws the error `buffer()` would throw (use after dispose, lost device) without
-   * recording deferred work; the storage. @internal
+   * recording deferred work; the storage.
+   *
+   * @ignore
    */
   checkUsable(op: string): PooledBuffer {
     if (this.#buf === null) {

@@ -25,7 +25,6 @@ import {
   fromCodes,
   full,
   gather,
-  getRuntime,
   GPT,
   GradScaler,
   indexSelect,
@@ -58,6 +57,7 @@ import {
   where,
   zeros,
 } from "../mod.ts";
+import { getRuntime } from "../gpu/mod.ts";
 
 type ErrorClass = new (...args: never[]) => Error;
 

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import {
   dtype,
-  getRuntime,
   isGradEnabled,
   memory,
   noGrad,
@@ -10,6 +9,7 @@ import {
   tidy,
   ValueError,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 
 Deno.test("backward() accumulates .grad across calls and zeroGrad() clears it", async () => {
   const x = tensor([1, 2, 3], { requiresGrad: true });

@@ -7,15 +7,8 @@
 // reports a GPUOutOfMemoryError, or a `createBuffer` that throws. A lost device is a
 // `device.destroy()` that ulp did not ask for.
 import assert from "node:assert/strict";
-import {
-  currentRuntime,
-  DeviceError,
-  getRuntime,
-  memory,
-  ready,
-  type Runtime,
-  tensor,
-} from "../../mod.ts";
+import { DeviceError, memory, ready, tensor } from "../../mod.ts";
+import { currentRuntime, getRuntime, type Runtime } from "../../gpu/mod.ts";
 
 /** Makes the device's next `popErrorScope()` report an out-of-memory error. */
 function injectOutOfMemory(rt: Runtime): () => void {

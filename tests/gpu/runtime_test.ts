@@ -1,14 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  configureDevice,
-  currentRuntime,
-  DeviceError,
-  disposeDevice,
-  getRuntime,
-  memory,
-  resetDevice,
-  sizeClass,
-} from "../../mod.ts";
+import { configureDevice, DeviceError, disposeDevice, memory, resetDevice } from "../../mod.ts";
+import { currentRuntime, getRuntime, sizeClass } from "../../gpu/mod.ts";
 
 const DOUBLE = `
 @group(0) @binding(0) var<storage, read_write> x: array<u32>;
@@ -175,7 +167,8 @@ Deno.test("disposing the device destroys every pooled buffer; the next use acqui
 Deno.test("f16: 'packed' turns native f16 off; 'native' without the feature says what to do", async () => {
   try {
     configureDevice({ f16: "packed" });
-    const rt = await resetDevice();
+    await resetDevice();
+    const rt = await getRuntime();
     assert.equal(rt.info.f16Storage, "packed");
     assert.equal(rt.device.features.has("shader-f16"), false);
     const adapter = await navigator.gpu.requestAdapter();

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { clipGradNorm, getRuntime, type Tensor, tensor, ValueError } from "../../mod.ts";
+import { clipGradNorm, type Tensor, tensor, ValueError } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { bf16, closeUlps, ulp32, ulpBf16, uniform } from "./_reference.ts";
 
 const SIZES = [1, 3, 17, 1000];

@@ -2,7 +2,8 @@
 // real optimizer kernels, random data against a host bf16 emulation bit for bit, the error
 // terms alive, and "1.0 moves under Collage as under f32, not under pure bf16".
 import assert from "node:assert/strict";
-import { AdamW, applyPrecision, getRuntime, Linear, SGD, type Tensor, tensor } from "../../mod.ts";
+import { AdamW, applyPrecision, Linear, SGD, type Tensor, tensor } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { normal, uniform } from "./_reference.ts";
 import {
   bits,

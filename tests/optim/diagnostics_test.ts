@@ -1,7 +1,8 @@
 // Diagnostics (DESIGN.md section 4) accumulated on the device by the update kernel,
 // against host computations, and without effect on the update.
 import assert from "node:assert/strict";
-import { AdamW, dtype, getRuntime, SGD, type Tensor, tensor } from "../../mod.ts";
+import { AdamW, dtype, SGD, type Tensor, tensor } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { bf16, normal, uniform } from "./_reference.ts";
 
 const f = Math.fround;

@@ -3,7 +3,6 @@
 import assert from "node:assert/strict";
 import {
   AdamW,
-  getRuntime,
   GradScaler,
   type GradScalerState,
   SGD,
@@ -12,6 +11,7 @@ import {
   tidy,
   ValueError,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { adamwF64, closeUlps, refState, ulp32, uniform } from "./_reference.ts";
 
 /** A scaler's state with the scale and the tracker read back as numbers (copies freed). */

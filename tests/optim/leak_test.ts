@@ -13,7 +13,6 @@ import {
   applyPrecision,
   autocast,
   disposeDevice,
-  getRuntime,
   GPT,
   GradScaler,
   memory,
@@ -23,6 +22,7 @@ import {
   tensor,
   tidy,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 
 const STEPS = Deno.permissions.querySync({ name: "env", variable: "LEAK_STEPS" }).state ===
     "granted"

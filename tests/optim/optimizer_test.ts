@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import {
   AdamW,
   DTypeError,
-  getRuntime,
   Linear,
   memory,
   mseLoss,
@@ -14,6 +13,7 @@ import {
   tidy,
   ValueError,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { bf16, uniform } from "./_reference.ts";
 
 const SIZES = [1, 3, 17, 1000];

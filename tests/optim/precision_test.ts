@@ -3,7 +3,6 @@
 import assert from "node:assert/strict";
 import {
   AdamW,
-  getRuntime,
   memory,
   precisionNames,
   precisionStrategy,
@@ -11,6 +10,7 @@ import {
   type Tensor,
   tensor,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { bf16, normal } from "./_reference.ts";
 
 Deno.test("pure bf16: 10,000 updates of -1e-4 leave a weight of 1.0 at exactly 1.0 (f32 moves)", async () => {

@@ -5,7 +5,6 @@ import {
   AdamW,
   applyPrecision,
   autocast,
-  getRuntime,
   GPT,
   GradScaler,
   memory,
@@ -15,6 +14,7 @@ import {
   tensor,
   tidy,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 
 const CFG = { vocabSize: 32, blockSize: 8, nLayer: 1, nHead: 2, nEmbd: 16, seed: 3 };
 

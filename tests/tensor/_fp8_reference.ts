@@ -1,6 +1,7 @@
 // Host references for the FP8 and MX tests, written from DESIGN.md section 4 with the host
 // codec (dtypes/codec.ts) and f64 arithmetic, independent of the WGSL kernels.
-import { dtype, finfo, mxElementDtype } from "../../mod.ts";
+import { dtype, finfo } from "../../mod.ts";
+import { mxElementDtype } from "../../tensor/mod.ts";
 
 /** `x` rounded to dtype `name` (RNE), saturating on request, as f64 values. */
 export function quant(name: string, x: ArrayLike<number>, saturate = false): Float64Array {

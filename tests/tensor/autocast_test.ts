@@ -3,10 +3,8 @@ import {
   AdamW,
   applyPrecision,
   autocast,
-  autocastState,
   dtype,
   DTypeError,
-  getRuntime,
   Linear,
   matmul,
   precisionStrategy,
@@ -16,6 +14,8 @@ import {
   tensor,
   tidy,
 } from "../../mod.ts";
+import { autocastState } from "../../tensor/mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { rng, ulpsOff } from "./_reference.ts";
 
 Deno.test("autocast runs matmul in the lower dtype, f32-list ops in f32, the rest at the widest input", () => {

@@ -10,7 +10,6 @@ import {
   ones,
   rand,
   randn,
-  randomU32,
   setRngState,
   ShapeError,
   tensor,
@@ -18,6 +17,7 @@ import {
   ValueError,
   zeros,
 } from "../../mod.ts";
+import { randomU32 } from "../../dtypes/mod.ts";
 
 Deno.test("tensor() takes numbers, nested arrays and typed arrays, and reads back decoded", async () => {
   using s = tensor(3.5);

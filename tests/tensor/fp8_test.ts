@@ -8,7 +8,6 @@ import {
   autocast,
   FP8Recipe,
   type FP8StateDict,
-  getRuntime,
   GPT,
   Linear,
   matmul,
@@ -20,6 +19,7 @@ import {
   tidy,
   ValueError,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { rng, roundTo } from "./_reference.ts";
 import {
   assertClose,

@@ -2,7 +2,8 @@
 // values of the unfused ops bit for bit (host references rounded op by op, and the same chain
 // with fusion off), and deferred work never reads a buffer after it was freed or overwritten.
 import assert from "node:assert/strict";
-import { getRuntime, rand, setFusion, type Tensor, tensor, tidy } from "../../mod.ts";
+import { rand, setFusion, type Tensor, tensor, tidy } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { roundTo, values } from "./_reference.ts";
 
 const rt = await getRuntime();

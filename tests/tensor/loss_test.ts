@@ -7,12 +7,12 @@ import {
   autocast,
   crossEntropy,
   DTypeError,
-  getRuntime,
   ShapeError,
   type Tensor,
   tensor,
   tidy,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { rng, roundTo, ulpsOff, values } from "./_reference.ts";
 
 const rt = await getRuntime();

@@ -4,7 +4,6 @@ import {
   type DType,
   dtype,
   DTypeError,
-  getRuntime,
   matmul,
   type MatmulOptions,
   type MatmulShapeClass,
@@ -15,6 +14,7 @@ import {
   tensor,
   tuneMatmul,
 } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { matmulTileCandidates, setMatmulTiles } from "../../tensor/matmul.ts";
 
 // ---- host reference ----------------------------------------------------------------------------

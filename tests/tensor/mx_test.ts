@@ -1,6 +1,7 @@
 // OCP MX block quantisation (tensor/mx.ts) against the host reference of _fp8_reference.ts.
 import assert from "node:assert/strict";
-import { DTypeError, mxElementDtype, mxEmax, mxQuantize, ShapeError, tensor } from "../../mod.ts";
+import { DTypeError, mxQuantize, ShapeError, tensor } from "../../mod.ts";
+import { mxElementDtype, mxEmax } from "../../tensor/mod.ts";
 import { rng } from "./_reference.ts";
 import { mxReference, transpose } from "./_fp8_reference.ts";
 

@@ -3,16 +3,8 @@
 // e4m3 inputs, odd row lengths, many rows, weight and bias present or not, gradients against
 // the host's analytic ones and against central finite differences, and dispatch counts.
 import assert from "node:assert/strict";
-import {
-  autocast,
-  getRuntime,
-  layerNorm,
-  rmsNorm,
-  ShapeError,
-  type Tensor,
-  tensor,
-  tidy,
-} from "../../mod.ts";
+import { autocast, layerNorm, rmsNorm, ShapeError, type Tensor, tensor, tidy } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { roundTo, ulpsOff, values } from "./_reference.ts";
 
 const rt = await getRuntime();

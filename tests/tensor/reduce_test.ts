@@ -4,7 +4,6 @@
 import assert from "node:assert/strict";
 import {
   argmax,
-  currentRuntime,
   type DType,
   dtype,
   logSoftmax,
@@ -15,11 +14,12 @@ import {
   ShapeError,
   softmax,
   sum,
-  sumTo,
   type Tensor,
   tensor,
   ValueError,
 } from "../../mod.ts";
+import { currentRuntime } from "../../gpu/mod.ts";
+import { sumTo } from "../../tensor/mod.ts";
 
 const FLOATS = ["f32", "f16", "bf16", "e4m3", "e5m2", "e8m3", "bf16x2"];
 

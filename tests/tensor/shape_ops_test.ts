@@ -5,7 +5,6 @@ import assert from "node:assert/strict";
 import {
   arange,
   concat,
-  currentRuntime,
   dtype,
   DTypeError,
   expand,
@@ -24,6 +23,7 @@ import {
   unsqueeze,
   ValueError,
 } from "../../mod.ts";
+import { currentRuntime } from "../../gpu/mod.ts";
 import { rng, roundTo, values } from "./_reference.ts";
 
 const DTYPES = ["f32", "f16", "bf16", "e4m3", "e5m2", "e8m3", "bf16x2", "i32", "bool"];
