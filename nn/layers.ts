@@ -12,6 +12,8 @@ import { fmtShape, full, rand, randn, type Tensor, tidy, zeros } from "../tensor
 import { dropout, layerNorm, linear, rmsNorm } from "./functional.ts";
 import { gelu } from "../tensor/mod.ts";
 import { Module, Parameter } from "./module.ts";
+import { currentRuntime } from "../gpu/mod.ts";
+import { checkIds } from "../tensor/_id_check.ts";
 
 /** Options shared by layers with weights. */
 export interface LayerOptions {
@@ -103,7 +105,12 @@ export class Embedding extends Module {
     );
   }
 
-  /** The rows of `ids` (an integer tensor of any shape): shape [...ids.shape, embeddingDim]. */
+  /**
+   * The rows of `ids` (an integer tensor of any shape): shape [...ids.shape, embeddingDim].
+   * Ids are checked on the device: one outside `[0, numEmbeddings)` makes the next readback
+   * throw a `ValueError` naming it (tensor/_id_check.ts). No ids (an empty batch) is a
+   * `ValueError` at the call.
+   */
   forward(ids: Tensor): Tensor {
     if (ids.dt.kind !== "int") {
       throw new ShapeError(
@@ -112,7 +119,22 @@ export class Embedding extends Module {
         }`,
       );
     }
+    if (ids.size === 0) {
+      throw new ValueError(
+        `Embedding.forward(): ids of shape ${fmtShape(ids.shape)} hold no ids (an empty ` +
+          `batch); skip empty batches`,
+      );
+    }
     const flat = ids.reshape([ids.size]);
+    const rt = currentRuntime();
+    checkIds(
+      rt,
+      "embedding",
+      flat.buffer("Embedding.forward()"),
+      flat.size,
+      this.numEmbeddings,
+      ids.dt.signed === true,
+    );
     return this.weight.indexSelect(0, flat).reshape([...ids.shape, this.embeddingDim]);
   }
 }

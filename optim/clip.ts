@@ -12,7 +12,7 @@
  * @module
  */
 
-import { WGSL_MATH } from "../tensor/fusion.ts";
+import { WGSL_MATH } from "../gpu/mod.ts";
 import { type DType, float32, wgslChunks } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";

@@ -22,13 +22,19 @@
  * 4 of them broadcast, 16 scalars, 16 ops); past that the inputs are computed on their own.
  * `setFusion(false)` records every op at the call (one kernel per op).
  *
+ * The kernel is a program of `gpu/program.ts`: a tensor larger than one storage binding is
+ * bound as windows, the output and same-shape operands by the elements each piece of the
+ * grid writes, a broadcast operand by the elements those read (`stridedRange`). A broadcast
+ * operand so large that one workgroup's share passes the limit is a `DeviceError` naming the
+ * operands.
+ *
  * @module
  */
 
-import { type DType, type Rounding, WGSL_RNG, wgslChunks, wgslCodec } from "../dtypes/mod.ts";
-import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type PooledBuffer } from "../gpu/mod.ts";
-import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
+import { type DType, type Rounding, wgslCodec } from "../dtypes/mod.ts";
+import { DeviceError, ShapeError, ValueError } from "../errors.ts";
+import { currentRuntime, type PooledBuffer, program, stridedRange } from "../gpu/mod.ts";
+import { layoutOf } from "./layout.ts";
 import { fmtShape, type Operand, Tensor } from "./tensor.ts";
 
 /** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
@@ -40,36 +46,6 @@ const WG = 256;
  * than one amortises the per-invocation cost, which dominates these memory-bound kernels.
  */
 const PER_THREAD = 4;
-
-/** Shared WGSL helpers (NaN tests on the bits, NaN-propagating max/min, pow, erf, tanh). */
-export const WGSL_MATH = `
-fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
-fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
-fn ulp_min(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
-fn ulp_pow(a: f32, b: f32) -> f32 {
-  if (b == 0.0) { return 1.0; }
-  if (a == 0.0) { return select(0.0, bitcast<f32>(0x7f800000u), b < 0.0); }
-  if (a < 0.0) {
-    if (floor(b) != b) { return bitcast<f32>(0x7fc00000u); }
-    let m = pow(-a, b);
-    return select(m, -m, fract(b * 0.5) != 0.0);
-  }
-  return pow(a, b);
-}
-fn ulp_erf(x: f32) -> f32 {
-  // Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7)
-  let t = 1.0 / (1.0 + 0.3275911 * abs(x));
-  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-x * x);
-  return select(-y, y, x >= 0.0);
-}
-fn ulp_tanh(x: f32) -> f32 {
-  // builtin tanh loses relative accuracy near 0: use its odd series there (|x| < 0.125)
-  let x2 = x * x;
-  let small = x * (1.0 + x2 * (-0.3333333333 + x2 * (0.1333333333 + x2 * (-0.0539682540 + x2 * 0.0218694885))));
-  let c = clamp(x, -15.0, 15.0);
-  return select(select(tanh(c), small, abs(x) < 0.125), x, ulp_isnan(x));
-}
-`;
 
 /** How an operand is indexed: its own index (same shape), index 0 (one element), or broadcast. */
 type Mode = "same" | "one" | "bcast";
@@ -406,7 +382,7 @@ function record(root: Tensor, def: LazyDef): void {
       if (mode === "bcast") idx = `bidx(i, ${bcastSlot.push(k) - 1}u)`;
       name = `a${k}`;
       leafName.set(t, name);
-      lines.push(`  let ${name} = ld${k}(${idx});`);
+      lines.push(`  let ${name} = ld_in${k}(${idx});`);
     }
     return name;
   };
@@ -415,7 +391,7 @@ function record(root: Tensor, def: LazyDef): void {
     const args = d.operands.map((o) => {
       if (!(o instanceof Tensor)) {
         const k = scalars.push(o) - 1;
-        return `u.s[${k >> 2}].${"xyzw"[k & 3]}`;
+        return `u_s(${k}u)`;
       }
       if (o.lazy === null) return leaf(o);
       // a pending input: computed inline (if alive, it stays pending for its own readers)
@@ -446,88 +422,87 @@ function record(root: Tensor, def: LazyDef): void {
 
   const outDt = root.dt;
   const outL = layoutOf(outDt, rt);
-  const layouts = leaves.map((t) => layoutOf(t.dt, rt));
   const body = `${lines.join("\n")}\n  return ${result};`;
-  const key = `ew|${body}|${layouts.map((l) => `${l.dtype.name}:${l.elem}`).join(",")}|` +
-    `${outDt.name}:${outL.elem}|${def.rounding}|${def.saturate}|${bcastSlot.length}`;
+  const nB = bcastSlot.length;
+  const key = `ew|${body}|${def.rounding}|${def.saturate}|${nB}`;
   const label = ops.length === 1 ? def.op : `fused(${ops.join("+")})`;
-  const kernel = rt.kernelFor(key, label, {
-    buffers: [...leaves.map(() => "read" as const), "read_write"],
-    uniform: true,
-  }, () => source(layouts, outL, bcastSlot.length, body, chunks, def.rounding, def.saturate));
-  // uniforms: n, rank, seed, pad | s (16 f32) | shape (8) | strides (8 per broadcast leaf)
-  const u = new Uint32Array(28 + 8 * Math.max(1, bcastSlot.length));
-  u[0] = root.size;
-  u[1] = shape.length;
-  u[2] = def.seed;
-  const f = new Float32Array(u.buffer, 16, 16);
-  scalars.forEach((v, k) => (f[k] = v));
-  shape.forEach((v, d) => (u[20 + d] = v));
+  const p = program(rt, key, {
+    label,
+    bindings: [
+      ...leaves.map((t, k) => ({
+        name: `in${k}`,
+        type: layoutOf(t.dt, rt),
+        access: "read" as const,
+      })),
+      {
+        name: "out",
+        type: outL,
+        access: "read_write" as const,
+        encode: { rounding: def.rounding, saturate: def.saturate },
+      },
+    ],
+    uniforms: [
+      { name: "n", type: "u32" },
+      { name: "rank", type: "u32" },
+      { name: "seed", type: "u32" },
+      { name: "s", type: "f32", length: LIMIT.scalars },
+      { name: "shape", type: "u32", length: MAX_RANK },
+      { name: "st", type: "u32", length: MAX_RANK * Math.max(1, nB) },
+    ],
+    workgroupSize: WG,
+  }, () => ({ source: source(outL.lanes, body, def.rounding), chunks }));
+  // strides of the broadcast leaves, MAX_RANK per slot
+  const st = new Array(MAX_RANK * Math.max(1, nB)).fill(0);
   bcastSlot.forEach((k, slot) => {
-    bcastStrides(leaves[k].shape, shape).forEach((v, d) => (u[28 + 8 * slot + d] = v));
+    bcastStrides(leaves[k].shape, shape).forEach((v, d) => (st[MAX_RANK * slot + d] = v));
   });
-  const words = Math.ceil(root.size / outL.lanes);
-  rt.dispatch(
-    kernel,
-    [...leaves.map((t) => held.get(t) ?? t.buffer(label)), root.checkUsable(label)],
-    rt.grid(Math.ceil(words / (WG * PER_THREAD))),
-    u,
-  );
+  // each workgroup writes PER_THREAD * WG words: the elements [g0, g1) of a piece
+  const n = root.size, per = WG * PER_THREAD * outL.lanes;
+  const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
+  const buffers: Record<string, PooledBuffer> = { out: root.checkUsable(label) };
+  const ranges: Record<string, (g0: number, g1: number) => readonly [number, number]> = {
+    out: own,
+  };
+  leaves.forEach((t, k) => {
+    buffers[`in${k}`] = held.get(t) ?? t.buffer(label);
+    const mode = modeOf(t, shape);
+    if (mode === "same") ranges[`in${k}`] = own;
+    else if (mode === "one") ranges[`in${k}`] = () => [0, 1];
+    else {
+      const s = bcastStrides(t.shape, shape);
+      const r = stridedRange(shape.map((size, d) => ({ size, stride: s[d] })));
+      ranges[`in${k}`] = (g0, g1) => r(...own(g0, g1));
+    }
+  });
+  try {
+    p.run({
+      buffers,
+      uniforms: { n, rank: shape.length, seed: def.seed, s: scalars, shape, st },
+      groups: Math.ceil(Math.ceil(n / outL.lanes) / (WG * PER_THREAD)),
+      ranges,
+    });
+  } catch (e) {
+    if (!(e instanceof DeviceError)) throw e;
+    // name the operands as the user knows them (the kernel calls them in0, in1, ...)
+    const ins = leaves.map((t, k) => `in${k}: ${fmtShape(t.shape)} ${t.dtype}`).join(", ");
+    throw new DeviceError(
+      `${e.message} (operands ${ins}; result ${fmtShape(shape)} ${outDt.name}; a broadcast ` +
+        `operand that large can be expanded to the result's shape first)`,
+      { cause: e },
+    );
+  }
 }
 
-function source(
-  layouts: Layout[],
-  outL: Layout,
-  nBcast: number,
-  body: string,
-  extra: readonly (readonly string[])[],
-  rounding: Rounding,
-  saturate: boolean,
-): string {
-  const nIn = layouts.length;
-  const chunks: (readonly string[])[] = [[WGSL_RNG, WGSL_MATH], ...extra];
-  let decl = "";
-  for (let k = 0; k < nIn; k++) {
-    decl += wgslBinding(layouts[k], 0, k, `in${k}`, "read");
-    chunks.push(wgslLoad(layouts[k], `in${k}`, `ld${k}`));
-  }
-  decl += wgslBinding(outL, 0, nIn, "out", "read_write");
-  const enc = wgslEncoder(outL, { rounding, saturate });
-  chunks.push(enc.chunks);
+/** The kernel: `value(i)` (the expression) for each lane of PER_THREAD words per invocation. */
+function source(lanes: number, body: string, rounding: Rounding): string {
   const rand = rounding === "stochastic" ? "ulp_rand(u.seed, i)" : "0u";
-  const lanes = outL.lanes, laneBits = outL.laneBits;
-  let store: string;
-  if (outL.elem === "f16") {
-    store = `  let i = w;
-  if (i >= u.n) { return; }
-  out[w] = f16(unpack2x16float(${enc.name}(value(i), ${rand})).x); // exact: already rounded`;
-  } else if (lanes === 1) {
-    store = `  let i = w;
-  if (i >= u.n) { return; }
-  out[w] = ${enc.name}(value(i), ${rand});`;
-  } else {
-    const mask = (2 ** laneBits - 1) >>> 0;
-    store = `  if (w * ${lanes}u >= u.n) { return; }
-  var word = 0u;
-  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-    let i = w * ${lanes}u + l;
-    if (i >= u.n) { break; }
-    word = word | ((${enc.name}(value(i), ${rand}) & ${mask}u) << (l * ${laneBits}u));
-  }
-  out[w] = word;`;
-  }
-  const f16 = needsF16([...layouts, outL]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-struct U { n: u32, rank: u32, seed: u32, pad: u32, s: array<vec4<f32>, 4>, shape: array<vec4<u32>, 2>, st: array<vec4<u32>, ${
-    2 * Math.max(1, nBcast)
-  }> }
-${decl}@group(0) @binding(${nIn + 1}) var<uniform> u: U;
+  return `
 fn bidx(i: u32, k: u32) -> u32 {
   var rem = i;
   var off = 0u;
   for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
-    let size = u.shape[d / 4][d % 4];
-    off = off + (rem % size) * u.st[2u * k + u32(d / 4)][d % 4];
+    let size = u_shape(u32(d));
+    off = off + (rem % size) * u_st(${MAX_RANK}u * k + u32(d));
     rem = rem / size;
   }
   return off;
@@ -535,12 +510,20 @@ fn bidx(i: u32, k: u32) -> u32 {
 fn value(i: u32) -> f32 {
 ${body}
 }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let base = (wid.x + wid.y * nwg.x) * ${WG * PER_THREAD}u + li;
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let base = wg * ${WG * PER_THREAD}u + li;
   for (var e = 0u; e < ${PER_THREAD}u; e = e + 1u) {
-  let w = base + e * ${WG}u;
-${store}
+    let w = base + e * ${WG}u;
+    if (w * ${lanes}u >= u.n) { return; }
+    var v = vec4<f32>(0.0);
+    var r = vec4<u32>(0u);
+    for (var l = 0u; l < ${lanes}u; l = l + 1u) {
+      let i = w * ${lanes}u + l;
+      if (i >= u.n) { break; }
+      v[l] = value(i);
+      r[l] = ${rand};
+    }
+    st_out(w, v, r);
   }
 }
 `;

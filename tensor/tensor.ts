@@ -11,6 +11,7 @@ import { DeviceError, DTypeError, ValueError } from "../errors.ts";
 import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../gpu/mod.ts";
 import { storageBytes } from "./layout.ts";
 import { keep, track } from "./scope.ts";
+import { readChecked } from "./_id_check.ts";
 import { noGrad } from "../autograd/graph.ts";
 import { type BackwardOptions, runBackward } from "../autograd/backward.ts";
 import { ones } from "./creation.ts";
@@ -227,7 +228,7 @@ export class Tensor {
   async toArray(): Promise<Float32Array | Int32Array | Uint32Array | Uint8Array> {
     const buf = this.buffer("toArray()");
     const n = this.size;
-    const bytes = await this.#rt.read(buf, 0, storageBytes(this.dt, n));
+    const bytes = await readChecked(this.#rt, buf, 0, storageBytes(this.dt, n));
     const d = this.dt;
     if (d.name === "f32") return new Float32Array(bytes, 0, n);
     if (d.kind === "int") {
@@ -244,7 +245,12 @@ export class Tensor {
 
   /** The raw codes (bit patterns) of the values, one per element. */
   async codes(): Promise<Uint8Array | Uint16Array | Uint32Array> {
-    const bytes = await this.#rt.read(this.buffer("codes()"), 0, storageBytes(this.dt, this.size));
+    const bytes = await readChecked(
+      this.#rt,
+      this.buffer("codes()"),
+      0,
+      storageBytes(this.dt, this.size),
+    );
     const n = this.size;
     return this.dt.laneBits === 8
       ? new Uint8Array(bytes, 0, n)
