@@ -143,6 +143,12 @@ export interface RunArgs<B extends string, U extends string> {
     ) => readonly [number, number];
   };
   /**
+   * Estimated work of the whole run, in nanoseconds of a CPU adapter (for example 0.2 ns per
+   * multiply-add); default 2 ns per invocation. A run whose work passes the runtime's
+   * `maxBatchCost` is cut into several dispatches, so that no submission runs for long.
+   */
+  readonly cost?: number;
+  /**
    * 3-D programs: the grid dimensions pieces may be cut along (default 0; `g0, g1` of a range
    * are along the first, and `lo`, `hi` give the piece's whole box of workgroups).
    */
@@ -590,17 +596,25 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       const end = Math.min(Math.ceil((a1 * bytes) / 4) * 4, pb.buffer.size);
       return { buffer: pb, offset, size: end - offset };
     };
+    const wgSize =
+      (typeof spec.workgroupSize === "number" ? [spec.workgroupSize] : spec.workgroupSize).reduce(
+        (p, q) => p * q,
+        1,
+      );
+    const total = dims[0] * dims[1] * dims[2];
+    const perGroup = (args.cost ?? total * wgSize * 2) / total;
     const dispatchBox = (lo: Box, hi: Box, binds: Binding[]): void => {
       if (is3d) {
         for (let z = lo[2]; z < hi[2]; z += maxG) {
           for (let y = lo[1]; y < hi[1]; y += maxG) {
             for (let x = lo[0]; x < hi[0]; x += maxG) {
               u[2] = x, u[3] = y, u[4] = z;
-              rt.dispatch(kernel, binds, [
+              const g: Box = [
                 Math.min(maxG, hi[0] - x),
                 Math.min(maxG, hi[1] - y),
                 Math.min(maxG, hi[2] - z),
-              ], u);
+              ];
+              rt.dispatch(kernel, binds, g, u, g[0] * g[1] * g[2] * perGroup);
             }
           }
         }
@@ -615,9 +629,10 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
         throw new DeviceError(`${label}: ${n} workgroups exceed the adapter's grid of ${maxG}^3`);
       }
       u[0] = lo[0], u[1] = hi[0];
-      rt.dispatch(kernel, binds, [x, y, z], u);
+      rt.dispatch(kernel, binds, [x, y, z], u, n * perGroup);
     };
-    if (!big.some((b) => b)) {
+    const maxCost = rt.maxBatchCost;
+    if (!big.some((b) => b) && total * perGroup <= maxCost) {
       dispatchBox([0, 0, 0], dims, bufs);
       return;
     }
@@ -633,8 +648,22 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       return w;
     };
     const todo: [Box, Box][] = [[[0, 0, 0], dims]];
+    const halve = (lo: Box, hi: Box, d: number) => {
+      const m = lo[d] + Math.ceil((hi[d] - lo[d]) / 2);
+      const hi1: Box = [...hi], lo2: Box = [...lo];
+      hi1[d] = m;
+      lo2[d] = m;
+      todo.push([lo2, hi], [lo, hi1]); // the first half first
+    };
     while (todo.length > 0) {
       const [lo, hi] = todo.pop()!;
+      const groups = (hi[0] - lo[0]) * (hi[1] - lo[1]) * (hi[2] - lo[2]);
+      if (groups > 1 && groups * perGroup > maxCost) {
+        // too much work for one submission: halve along the longest dimension
+        const ext = [0, 1, 2].map((d) => hi[d] - lo[d]);
+        halve(lo, hi, ext.indexOf(Math.max(...ext)));
+        continue;
+      }
       const w = worst(lo, hi);
       if (w.size <= maxBind) {
         const binds = bufs.map((pb, i): Binding => {
@@ -664,11 +693,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
             `batch, context or model`,
         );
       }
-      const m = lo[best.d] + Math.ceil((hi[best.d] - lo[best.d]) / 2);
-      const hi1: Box = [...hi], lo2: Box = [...lo];
-      hi1[best.d] = m;
-      lo2[best.d] = m;
-      todo.push([lo2, hi], [lo, hi1]); // the first half first
+      halve(lo, hi, best.d);
     }
   };
   return { kernel, uniformWords: words, run };

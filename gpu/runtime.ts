@@ -4,8 +4,9 @@
  * memory statistics.
  *
  * Nothing waits for the GPU until a value is read: `dispatch` records into the open pass;
- * the batch is submitted when a read needs it, when it reaches `maxBatch` dispatches, or on
- * `flush()`. Uniforms of a batch live in one buffer at 256-byte dynamic offsets, written once
+ * the batch is submitted when a read needs it, when it reaches `maxBatch` dispatches or
+ * `maxBatchCost` of estimated work (so that no submission runs long enough to trip a driver's
+ * or wgpu's timeouts on a software GPU), or on `flush()`. Uniforms of a batch live in one buffer at 256-byte dynamic offsets, written once
  * just before the submit.
  *
  * Faults become `DeviceError`s that name the request: a size beyond the adapter's limits at
@@ -145,6 +146,37 @@ function layoutKey(sig: KernelSignature): string {
   return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "");
 }
 
+const guarded = new WeakSet<typeof globalThis>();
+let guardedRuntime: Runtime | null = null;
+
+/**
+ * The exit guard: an uncaught error ends a Deno process at once, and wgpu then waits at most
+ * 5 s for submitted GPU work before it panics ("We timed out while waiting on the last
+ * successful submission to complete!"), which hides the error under a Deno bug report. When
+ * work is in flight, the guard prints the error as Deno would, waits for the GPU, and exits
+ * with status 1. It does nothing when no work is in flight, or when another listener has
+ * handled the error.
+ */
+function guardExit(rt: Runtime): void {
+  guardedRuntime = rt;
+  if (guarded.has(globalThis) || typeof addEventListener !== "function") return;
+  guarded.add(globalThis);
+  const handle = (ev: Event, err: unknown, kind: string) => {
+    const r = guardedRuntime;
+    if (ev.defaultPrevented || r === null || r.lost || r.inFlight === 0) return;
+    ev.preventDefault();
+    const text = err instanceof Error ? (err.stack ?? String(err)) : String(err);
+    console.error(`error: Uncaught ${kind}${text}`);
+    console.error("(ulp: waiting for the GPU to finish submitted work before exiting)");
+    r.device.queue.onSubmittedWorkDone().finally(() => Deno.exit(1));
+  };
+  addEventListener("error", (ev) => handle(ev, (ev as ErrorEvent).error, ""));
+  addEventListener(
+    "unhandledrejection",
+    (ev) => handle(ev, (ev as PromiseRejectionEvent).reason, "(in promise) "),
+  );
+}
+
 /** The runtime of one GPU device. Get it with `getRuntime()` (see `device.ts`). */
 export class Runtime {
   /** The WebGPU device. */
@@ -155,6 +187,15 @@ export class Runtime {
   readonly counters: RuntimeCounters = { dispatches: 0, submits: 0, readbacks: 0, compiles: 0 };
   /** Dispatches per batch before it is submitted on its own. */
   maxBatch = 512;
+  /**
+   * Estimated work (nanoseconds of a CPU adapter, as `dispatch`'s `cost`) per batch before
+   * it is submitted on its own: about half a second on a software GPU. wgpu waits at most
+   * 5 s for submitted work when a process exits (and panics past that), so no submission
+   * may take long.
+   */
+  maxBatchCost: number;
+  #batchCost = 0;
+  #inFlight = 0;
   #maxBinding = 0;
 
   /**
@@ -218,7 +259,13 @@ export class Runtime {
   constructor(device: GPUDevice, info: DeviceInfo, onLost?: (rt: Runtime, reason: string) => void) {
     this.device = device;
     this.info = info;
+    this.maxBatchCost = info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|warp/i.test(
+        info.description,
+      )
+      ? 5e8
+      : 5e10;
     this.#pool = new BufferPool(device);
+    guardExit(this);
     this.#pool.onOutOfMemory = (e) => this.#outOfMemory(e);
     this.#uniformBuf = device.createBuffer({
       size: UNIFORM_SLOT * this.maxBatch,
@@ -237,6 +284,11 @@ export class Runtime {
       const e = (ev as GPUUncapturedErrorEvent).error;
       this.#error ??= `${e.constructor.name}: ${e.message}`;
     });
+  }
+
+  /** Submitted batches whose work the GPU has not yet reported done. */
+  get inFlight(): number {
+    return this.#inFlight;
   }
 
   /** Whether the device was lost or destroyed. */
@@ -436,6 +488,7 @@ export class Runtime {
     bindings: readonly Binding[],
     groups: readonly [number, number?, number?],
     uniforms?: Uint32Array,
+    cost?: number,
   ): void {
     const buffers = bindings.map(bufferOf);
     this.beforeWrite?.(buffers, k.signature.buffers);
@@ -461,8 +514,13 @@ export class Runtime {
         );
       }
     }
-    if (this.#inBatch >= this.maxBatch) this.flush();
     const [x, y = 1, z = 1] = groups;
+    const work = cost ?? x * y * z * 128; // default: 64 invocations of about 2 ns
+    if (
+      this.#inBatch >= this.maxBatch ||
+      (this.#inBatch > 0 && this.#batchCost + work > this.maxBatchCost)
+    ) this.flush();
+    this.#batchCost += work;
     if (x === 0 || y === 0 || z === 0) return;
     const maxG = this.info.limits.maxComputeWorkgroupsPerDimension;
     if (x > maxG || y > maxG || z > maxG) {
@@ -551,6 +609,12 @@ export class Runtime {
     }
     this.device.queue.submit([enc.finish()]);
     this.counters.submits++;
+    this.#batchCost = 0;
+    this.#inFlight++;
+    this.device.queue.onSubmittedWorkDone().then(
+      () => this.#inFlight--,
+      () => this.#inFlight--,
+    );
     this.#encoder = null;
     const done = this.#batch;
     this.#batch++;

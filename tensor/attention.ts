@@ -311,6 +311,8 @@ function run(
   if (y.size === 0) return y;
   const lse = Tensor.empty([g.B * g.nh * g.Tq], float32);
   const groups = (rows: number): [number, number, number] => [Math.ceil(rows / WG), g.B * g.nh, 1];
+  // about 0.2 ns per multiply-add on a CPU adapter: q.k and p.v for each (query, key) pair
+  const work = 0.2 * 2 * g.B * g.nh * g.Tq * g.Tk * g.hs * (g.causal ? 0.5 : 1);
   attentionProgram(rt, "fwd", [q, k, v, y], g.hs).run({
     buffers: {
       q: q.buffer(op),
@@ -322,6 +324,7 @@ function run(
     uniforms: uniforms(g),
     groups: groups(g.Tq),
     splitDim: 1,
+    cost: work,
     ranges: {
       q: rowsRange(g, [[g.q, g.Tq]]),
       k: rowsRange(g, [[g.k, g.Tk]]),
@@ -347,6 +350,7 @@ function run(
       uniforms: uniforms(g, dq, dk, dv),
       groups: groups(g.Tq + g.Tk),
       splitDim: 1,
+      cost: 3 * work, // scores recomputed, dQ by query rows, dK and dV by key rows
       ranges: {
         q: rowsRange(g, [[g.q, g.Tq]]),
         k: rowsRange(g, [[g.k, g.Tk]]),

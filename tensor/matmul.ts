@@ -659,6 +659,7 @@ function gemm(
       },
       groups: [gx, gy, Z] as [number, number, number],
       splitDim: [0, 1, 2] as const,
+      cost: 0.2 * M * N * K * Z * R, // about 0.2 ns per multiply-add on a CPU adapter
       ranges: {
         a: (_g0: number, _g1: number, lo: Readonly<Box>, hi: Readonly<Box>) => {
           const p = piece(lo, hi);
@@ -689,7 +690,7 @@ function gemm(
       u.oa = A.trans ? k0 * A.cols : k0;
       u.ob = B.trans ? k0 : k0 * B.cols;
       u.acc = i > 0 ? 1 : 0;
-      prog.run({ ...args, buffers });
+      prog.run({ ...args, buffers, cost: 0.2 * M * N * (k1 - k0) * Z * R });
     }
   }
   if (direct) return out;

@@ -165,3 +165,35 @@ Deno.test("maxBindingBytes refuses values outside the adapter's range", async ()
     DeviceError,
   );
 });
+
+Deno.test("a run whose estimated work passes maxBatchCost is cut into several submissions", async () => {
+  const rt = await getRuntime();
+  const d = dtype("f32");
+  const n = 64 * 64;
+  const host = Float32Array.from({ length: n }, (_, i) => i - 100);
+  const x = rt.alloc(n * 4, { dtype: "f32", purpose: "scratch" });
+  const y = rt.alloc(n * 4, { dtype: "f32", purpose: "scratch" });
+  rt.write(x, host);
+  const before = rt.maxBatchCost;
+  rt.flush();
+  const d0 = rt.counters.dispatches, s0 = rt.counters.submits;
+  rt.maxBatchCost = 1000;
+  try {
+    // 64 workgroups costing 100 each: at most 10 per submission
+    axpb(rt, "f32").run({
+      buffers: { x, y },
+      uniforms: { n, ab: [3, -1] },
+      groups: 64,
+      cost: 6400,
+    });
+  } finally {
+    rt.maxBatchCost = before;
+  }
+  rt.flush();
+  assert.ok(rt.counters.dispatches - d0 >= 7, `${rt.counters.dispatches - d0} dispatches`);
+  assert.ok(rt.counters.submits - s0 >= 7, `${rt.counters.submits - s0} submissions`);
+  const got = new Float32Array(await rt.read(y));
+  assert.deepEqual(Array.from(got), Array.from(d.decode(d.encode(host.map((v) => 3 * v - 1)))));
+  rt.free(x);
+  rt.free(y);
+});
