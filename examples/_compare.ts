@@ -3,6 +3,7 @@
 // loss, updates lost, EDQ ratio, bytes per parameter, step time) and a chart of the losses
 // (Collage, Yu et al. ICML 2024; DESIGN.md section 4).
 
+import type { GPT } from "../mod.ts";
 import type { Corpus } from "./_text.ts";
 import { sample } from "./_text.ts";
 import { type RunConfig, runTraining, Trainer } from "./_train.ts";
@@ -42,6 +43,10 @@ export interface CompareOptions {
   /** Progress output (default: stdout) and whether it is a terminal. */
   write?: (text: string) => void;
   live?: boolean;
+  /** The model each strategy starts from (a pretrained one: finetune.ts); default: fresh. */
+  init?: () => Promise<GPT>;
+  /** Called with each trained strategy's trainer before it is freed (finetune's export). */
+  after?: (name: string, trainer: Trainer) => Promise<void>;
 }
 
 /** Trains `base` under each strategy of `names` in turn, freeing each model after it. */
@@ -68,7 +73,7 @@ export async function runStrategy(
   o: CompareOptions,
   width = name.length,
 ): Promise<StrategyResult> {
-  const trainer = new Trainer({ ...base, precision: name }, corpus);
+  const trainer = new Trainer({ ...base, precision: name }, corpus, await o.init?.());
   try {
     const progress = new Progress({
       total: base.steps,
@@ -112,6 +117,7 @@ export async function runStrategy(
       `${name.padEnd(width)} validation loss ${valLoss.toFixed(4)}, ` +
         `${r.msPerStep.toFixed(0)} ms/step`,
     );
+    await o.after?.(name, trainer);
     return r;
   } finally {
     trainer.dispose();

@@ -5,18 +5,20 @@
 
 import { Tiktoken } from "js-tiktoken/lite";
 import gpt2Ranks from "js-tiktoken/ranks/gpt2";
-import { type GPT, noGrad, type Tensor, tensor, tidy } from "../mod.ts";
-import type { Option } from "./_cli.ts";
-
-/** Folders whose source text makes the default corpus (the project's own code and docs). */
-const CORPUS_FOLDERS = ["dtypes", "gpu", "tensor", "autograd", "nn", "optim"];
+import { type GPT, type GPTConfig, noGrad, type Tensor, tensor, tidy } from "../mod.ts";
+import { type Option, UsageError } from "./_cli.ts";
 
 /** The path of the project root (this file lives in examples/). */
 export const ROOT = new URL("..", import.meta.url).pathname;
 
+/** The default corpus: a snapshot of ulp's own source and README (see data/make_corpus.ts). */
+export const DEFAULT_CORPUS = "data/corpus.txt";
+
 /**
  * Reads a text file (gzip-compressed when it ends in .gz), or, without a path, the default
- * corpus: the project's own TypeScript sources and README, in a fixed order.
+ * corpus: a fixed snapshot of the project's own TypeScript sources and README
+ * (`data/corpus.txt`, made once by `data/make_corpus.ts`), so that results do not change
+ * with every commit.
  */
 export async function loadText(path?: string): Promise<{ text: string; source: string }> {
   if (path) {
@@ -29,16 +31,8 @@ export async function loadText(path?: string): Promise<{ text: string; source: s
     }
     return { text: new TextDecoder().decode(bytes), source: path };
   }
-  const files: string[] = [];
-  for (const folder of CORPUS_FOLDERS) {
-    for await (const e of Deno.readDir(`${ROOT}${folder}`)) {
-      if (e.isFile && e.name.endsWith(".ts")) files.push(`${folder}/${e.name}`);
-    }
-  }
-  files.sort();
-  files.push("README.md");
-  const parts = await Promise.all(files.map((f) => Deno.readTextFile(`${ROOT}${f}`)));
-  return { text: parts.join("\n"), source: `the project's own source (${files.length} files)` };
+  const text = await Deno.readTextFile(`${ROOT}${DEFAULT_CORPUS}`);
+  return { text, source: `a snapshot of ulp's own source (${DEFAULT_CORPUS})` };
 }
 
 /** The tokenizers of `--tokenizer`. */
@@ -304,6 +298,55 @@ export async function loadCorpus(
     val: data.subarray(split),
     checksum: `${data.length}:${h.toString(16)}`,
   };
+}
+
+/**
+ * A model configuration read from a checkpoint's JSON, checked before anything is built
+ * (a hand-edited file can ask for nothing a preset could not): sizes are positive integers
+ * within GPT-2 XL's order of magnitude, and the options have their types. Throws a
+ * `UsageError` naming the field, prefixed by `where`.
+ */
+export function checkModelConfig(raw: unknown, where: string): GPTConfig {
+  const bad = (msg: string): never => {
+    throw new UsageError(`${where}: the model configuration ${msg}`);
+  };
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) bad("is not an object");
+  const c = raw as Record<string, unknown>;
+  const limits = {
+    vocabSize: 1 << 20,
+    blockSize: 1 << 16,
+    nLayer: 1024,
+    nHead: 4096,
+    nEmbd: 1 << 16,
+  };
+  for (const [k, max] of Object.entries(limits)) {
+    const v = c[k];
+    if (!Number.isSafeInteger(v) || (v as number) < 1 || (v as number) > max) {
+      bad(`has ${k} ${excerptValue(v)}; it must be an integer in [1, ${max}]`);
+    }
+  }
+  const kinds: Record<string, (v: unknown) => boolean> = {
+    dropout: (v) => typeof v === "number" && v >= 0 && v < 1,
+    bias: (v) => typeof v === "boolean",
+    fusedAttention: (v) => typeof v === "boolean",
+    gelu: (v) => v === "none" || v === "tanh",
+    layerNormEps: (v) => typeof v === "number" && v >= 0 && v < 1,
+    seed: (v) => Number.isSafeInteger(v) && (v as number) >= 0,
+  };
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(limits)) out[k] = c[k];
+  for (const [k, ok] of Object.entries(kinds)) {
+    if (c[k] === undefined || c[k] === null) continue;
+    if (!ok(c[k])) bad(`has ${k} ${excerptValue(c[k])}, which is not valid`);
+    out[k] = c[k];
+  }
+  return out as unknown as GPTConfig;
+}
+
+/** A value of a file, quoted short for a message. */
+function excerptValue(v: unknown): string {
+  const t = JSON.stringify(v) ?? String(v);
+  return t.length > 40 ? `${t.slice(0, 40)}...` : t;
 }
 
 /** The unigram entropy (nats) of `val` under the character frequencies of `train`. */

@@ -143,11 +143,16 @@ export class Trainer {
   /** What gradient underflow is counted against: a simulated format's dtype, else the default. */
   readonly #castDtype: { castDtype?: string };
 
-  constructor(readonly config: RunConfig, readonly corpus: Corpus) {
+  /**
+   * A run of `config` on `corpus`: a fresh GPT of the configured size, or `init` (a model
+   * built or loaded by the caller, f32 weights: a preset, a pretrained checkpoint), put into
+   * the run's precision. The trainer owns the model from then on.
+   */
+  constructor(readonly config: RunConfig, readonly corpus: Corpus, init?: GPT) {
     const c = config;
     this.precision = resolvePrecision(c.precision, c.rounding);
     manualSeed(c.seed);
-    const gpt = new GPT({
+    const gpt = init ?? new GPT({
       vocabSize: corpus.tokenizer.vocabSize,
       blockSize: c.block,
       nLayer: c.nLayer,
@@ -259,7 +264,8 @@ export class Trainer {
       meta: {
         ...meta,
         config: this.config,
-        vocab: this.corpus.tokenizer.chars,
+        vocab: this.corpus.tokenizer.chars ?? null,
+        tokenizer: this.corpus.tokenizer.name,
         data: { path: this.corpus.path, checksum: this.corpus.checksum },
       },
     });

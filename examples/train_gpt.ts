@@ -1,6 +1,8 @@
 /**
- * Trains a character-level GPT on a text file (or, by default, on ulp's own source code) in a
- * chosen precision, and writes the run to its output folder: `log.jsonl` (one JSON object per
+ * Trains a GPT on a text file (or, by default, on ulp's own source code) in a chosen
+ * precision: a character-level model (the default), a model of a named size (--model gpt2,
+ * char-tiny, ...) on GPT-2's BPE tokens (--tokenizer gpt2), or a Hugging Face GPT-2
+ * checkpoint fine-tuned (--init-from); and writes the run to its output folder: `log.jsonl` (one JSON object per
  * optimizer step, with `step` and `loss`, and one per evaluation), checkpoints
  * (`checkpoint.json` and a safetensors file, every --checkpoint-every steps and at the end),
  * and at the end `report.md`, `loss.svg` and `sample.txt`. A run stopped at any moment
@@ -11,11 +13,19 @@
  *   deno run --allow-read=. --allow-write=out examples/train_gpt.ts --precision collage-light --lr 1e-3
  *   deno run --allow-read=.,input.txt.gz --allow-write=out examples/train_gpt.ts --data input.txt.gz
  *   deno run --allow-read=. --allow-write=out examples/train_gpt.ts --resume out/run
+ *   deno run --allow-read=.,gpt2 --allow-write=out examples/train_gpt.ts --init-from gpt2 --lr 3e-5 --block 128
  *   deno run --allow-read=. examples/train_gpt.ts --help
  *
  * @module
  */
-import { deviceInfo, readCheckpoint } from "../mod.ts";
+import {
+  deviceInfo,
+  fromPretrained,
+  GPT,
+  GPT_PRESETS,
+  type GPTConfig,
+  readCheckpoint,
+} from "../mod.ts";
 import {
   checks,
   type CliIO,
@@ -25,14 +35,41 @@ import {
   permissionMessage,
   progressOutput,
   requirePermission,
+  requirePermissions,
   runCli,
   UsageError,
 } from "./_cli.ts";
-import { type Corpus, loadCorpus, ROOT, sample, unigramEntropy } from "./_text.ts";
-import { DEFAULT_RUN, type RunConfig, runTraining, Trainer } from "./_train.ts";
-import { runConfig, runOptions } from "./_run_flags.ts";
+import { openRunFolder } from "./_run_folder.ts";
+import {
+  checkModelConfig,
+  type Corpus,
+  loadCorpus,
+  ROOT,
+  sample,
+  tokenizeProgress,
+  type TokenizerName,
+  tokenizerOption,
+  unigramEntropy,
+} from "./_text.ts";
+import {
+  checkResume,
+  DEFAULT_RUN,
+  type GoodCheckpoint,
+  type RunConfig,
+  runTraining,
+  Trainer,
+} from "./_train.ts";
+import {
+  checkRunConfig,
+  memoryLimitOption,
+  parseBytes,
+  restoreSettings,
+  runConfig,
+  runOptions,
+} from "./_run_flags.ts";
 import { JsonlLog, Progress, readLog } from "./_progress.ts";
 import { lineChart } from "./_chart.ts";
+import { setMemoryLimit } from "../mod.ts";
 
 const PROGRAM = "train_gpt";
 const USAGE = "deno run --allow-read=. --allow-write=out examples/train_gpt.ts [options]";
@@ -42,6 +79,25 @@ export const OPTIONS: Record<string, Option> = {
   data: {
     type: "string",
     help: "text file to train on (.gz allowed); default: ulp's own source",
+    default: "",
+  },
+  tokenizer: {
+    ...tokenizerOption(),
+    help: "char (the text's characters) or gpt2 (GPT-2's BPE; the default with --init-from " +
+      "or a gpt2 --model; the token stream of --data is cached as a .bin in --out)",
+  },
+  model: {
+    type: "string",
+    help: `a named size instead of --layers/--heads/--width: ${
+      Object.keys(GPT_PRESETS).join(", ")
+    } (GPT-2's context of 1024, or --block if longer)`,
+    default: "",
+    check: checks.oneOf(() => Object.keys(GPT_PRESETS)),
+  },
+  "init-from": {
+    type: "string",
+    help: "start from a Hugging Face GPT-2 checkpoint: its model.safetensors, or the folder " +
+      "with it and config.json (the size comes from it)",
     default: "",
   },
   ...runOptions(DEFAULT_RUN),
@@ -88,9 +144,12 @@ export const OPTIONS: Record<string, Option> = {
   },
   "stop-on-nan": {
     type: "boolean",
-    help: "stop at the first NaN/Inf loss, naming the step (runs without a GradScaler)",
+    help: "stop at a blow-up, naming the step and the last good checkpoint: a NaN/Inf loss, " +
+      "the GradScaler's scale below 1 or 10 skipped steps in a row, weights no longer finite " +
+      "(without it: a warning)",
     default: false,
   },
+  "memory-limit": memoryLimitOption(),
   "sample-tokens": {
     type: "string",
     help: "characters to sample at the end",
@@ -122,6 +181,14 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
   let saved: { config: RunConfig; given: Set<string> } | undefined;
   let dataPath = String(v.data), vocab: string[] | undefined, checksum: string | undefined;
   let out = String(v.out);
+  let tokenizer: TokenizerName = given.has("tokenizer")
+    ? String(v.tokenizer) as TokenizerName
+    : v["init-from"] || String(v.model).startsWith("gpt2")
+    ? "gpt2"
+    : "char";
+  /** The model of a run with --model or --init-from (or a resumed one), else null. */
+  let modelConfig: GPTConfig | null = null;
+  const initFrom = String(v["init-from"]);
   if (resume) {
     if (!resume.endsWith(".json")) resume = `${resume.replace(/\/$/, "")}/checkpoint.json`;
     await requirePermission(PROGRAM, "read", resume, "the checkpoint (--resume)");
@@ -133,37 +200,89 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
     });
     const meta = info.meta as {
       config?: RunConfig;
-      vocab?: string[];
+      vocab?: string[] | null;
       data?: { path: string; checksum: string };
       options?: Record<string, string | boolean>;
+      tokenizer?: TokenizerName;
+      model?: GPTConfig;
     };
-    if (!meta.config || !meta.vocab || !meta.data) {
+    const savedTokenizer = meta.tokenizer ?? "char";
+    if (!meta.config || !meta.data || (savedTokenizer === "char" && !meta.vocab)) {
       throw new UsageError(`${PROGRAM}: --resume: '${resume}' was not written by train_gpt`);
     }
+    for (const k of ["model", "init-from"]) {
+      if (given.has(k)) {
+        throw new UsageError(
+          `${PROGRAM}: --${k}: a resumed run keeps the model of its checkpoint (leave it out)`,
+        );
+      }
+    }
+    if (given.has("tokenizer") && tokenizer !== savedTokenizer) {
+      throw new UsageError(
+        `${PROGRAM}: --tokenizer ${tokenizer} differs from the checkpoint's ${savedTokenizer}`,
+      );
+    }
+    tokenizer = savedTokenizer;
+    modelConfig = meta.model === undefined
+      ? null
+      : checkModelConfig(meta.model, `${PROGRAM}: --resume: '${resume}'`);
     saved = { config: meta.config, given };
     // the run's other options (evaluation, logging, checkpoints) continue too, unless given
-    for (const k of RUN_SETTINGS) {
-      if (!given.has(k) && meta.options?.[k] !== undefined) v[k] = meta.options[k];
-    }
+    restoreSettings(PROGRAM, OPTIONS, RUN_SETTINGS, meta.options, given, v);
+    // the step and data position against the run, before anything is built
+    checkResume(resume, info, checkRunConfig(PROGRAM, "--resume", meta.config));
     if (given.has("data") && dataPath !== meta.data.path) {
       throw new UsageError(
         `${PROGRAM}: --data '${dataPath}' differs from the checkpoint's '${meta.data.path}'`,
       );
     }
     dataPath = meta.data.path;
-    vocab = meta.vocab;
+    vocab = meta.vocab ?? undefined;
     checksum = meta.data.checksum;
     if (!given.has("out")) {
       out = resume.includes("/") ? resume.slice(0, resume.lastIndexOf("/")) : ".";
     }
   }
-  const config = runConfig(PROGRAM, v, DEFAULT_RUN, saved);
+  const sized = ["layers", "heads", "width"].filter((k) => given.has(k));
+  for (const k of ["model", "init-from"]) {
+    if (given.has(k) && sized.length) {
+      throw new UsageError(
+        `${PROGRAM}: --${k} sets the model's size; leave out --${sized.join(", --")}`,
+      );
+    }
+  }
+  if (initFrom && given.has("model")) {
+    throw new UsageError(
+      `${PROGRAM}: --init-from takes the size of its checkpoint: leave out --model`,
+    );
+  }
+  if (initFrom && tokenizer !== "gpt2") {
+    throw new UsageError(
+      `${PROGRAM}: --init-from: a GPT-2 checkpoint reads GPT-2's tokens; use --tokenizer gpt2`,
+    );
+  }
+  let config = runConfig(PROGRAM, v, DEFAULT_RUN, saved);
   const int = (name: string) => Number(v[name]);
   const stopAfter = v["stop-after"] ? int("stop-after") : undefined;
-  await requirePermission(PROGRAM, "read", dataPath || ROOT, "the data (--data)");
-  await requirePermission(PROGRAM, "write", out, "the output folder (--out)");
+  await requirePermissions(PROGRAM, [
+    { kind: "read", path: dataPath || ROOT, what: "the data (--data)" },
+    ...(initFrom
+      ? [{ kind: "read" as const, path: initFrom, what: "the checkpoint (--init-from)" }]
+      : []),
+    { kind: "read", path: out, what: "the output folder (--out)" },
+    { kind: "write", path: out, what: "the output folder (--out)" },
+  ]);
+  if (v["memory-limit"]) setMemoryLimit(parseBytes(String(v["memory-limit"]))!);
+  // one writer per folder: refused while another run holds it; released when run() returns
+  await using folder = await openRunFolder(PROGRAM, out, resume || null);
+  for (const note of folder.notes) log(note);
+  resume = folder.resume ?? "";
 
-  const corpus: Corpus = await loadCorpus(dataPath, vocab).catch((e) => {
+  const corpus: Corpus = await loadCorpus(dataPath, vocab, {
+    tokenizer,
+    cacheDir: out,
+    progress: tokenizeProgress(progressOutput(io).write, progressOutput(io).live),
+  }).catch((e) => {
     if (permissionMessage(PROGRAM, e)) throw e;
     throw new UsageError(`${PROGRAM}: --data: cannot read '${dataPath}': ${e.message}`);
   });
@@ -181,27 +300,68 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
   }
   const h0 = unigramEntropy(corpus.train, corpus.val, corpus.tokenizer.vocabSize);
   log(`GPU: ${(await deviceInfo()).description}`);
+  const unit = corpus.tokenizer.name === "char" ? "characters" : `${tokenizer} tokens`;
   log(
-    `data: ${corpus.source}, ${corpus.train.length + corpus.val.length} characters, ` +
+    `data: ${corpus.source}, ${corpus.train.length + corpus.val.length} ${unit}, ` +
       `vocabulary ${corpus.tokenizer.vocabSize}; unigram entropy ${h0.toFixed(3)} nats`,
   );
-  const trainer = new Trainer(config, corpus);
+  let init: GPT | undefined;
+  if (initFrom) {
+    const loaded = await fromPretrained(initFrom);
+    init = loaded;
+    log(
+      `init from ${initFrom}: a GPT-2 of ${loaded.config.nLayer} layers, width ${loaded.config.nEmbd}`,
+    );
+  } else if (modelConfig || given.has("model")) {
+    const cfg = modelConfig ?? GPT.config(String(v.model), {
+      vocabSize: corpus.tokenizer.vocabSize,
+      seed: config.seed,
+    });
+    init = new GPT({ ...cfg, blockSize: Math.max(cfg.blockSize, config.block) });
+  }
+  if (init) {
+    const m = init.config;
+    config = { ...config, nLayer: m.nLayer, nHead: m.nHead, nEmbd: m.nEmbd };
+    const problem = config.block > m.blockSize
+      ? `--block ${config.block} exceeds the model's context of ${m.blockSize}`
+      : maxId(corpus) >= m.vocabSize
+      ? `the text has token id ${maxId(corpus)}, beyond the model's vocabulary of ${m.vocabSize}`
+      : null;
+    if (problem) {
+      for (const p of init.parameters()) p.dispose();
+      throw new UsageError(`${PROGRAM}: ${problem}`);
+    }
+  }
+  const trainer = new Trainer(config, corpus, init);
   try {
     log(
-      `model: ${config.nLayer} layers, ${config.nHead} heads, width ${config.nEmbd}, ` +
+      `model: ${config.nLayer} layer${config.nLayer === 1 ? "" : "s"}, ${config.nHead} ` +
+        `head${config.nHead === 1 ? "" : "s"}, width ${config.nEmbd}, ` +
         `context ${config.block}, ${trainer.nParams} parameters; precision ${config.precision}`,
     );
     await Deno.mkdir(out, { recursive: true });
+    let lastGood: GoodCheckpoint | null = null;
     if (resume) {
       await trainer.resume(resume);
+      lastGood = { path: resume, step: trainer.step };
       log(`resumed from ${resume} at step ${trainer.step}`);
+      if (trainer.step >= config.steps) {
+        log(
+          `that run was finished: it trained all ${config.steps} steps, so there is nothing left ` +
+            `to train (--steps N with N > ${trainer.step} continues it); writing its report again`,
+        );
+      }
     }
     const jsonl = await JsonlLog.open(`${out}/log.jsonl`, resume ? trainer.step : undefined);
     const progress = new Progress({ total: config.steps, ...progressOutput(io) });
     const result = await runTraining(trainer, {
       progress,
       log: jsonl,
-      meta: { options: Object.fromEntries(RUN_SETTINGS.map((k) => [k, v[k]])) },
+      meta: {
+        options: Object.fromEntries(RUN_SETTINGS.map((k) => [k, v[k]])),
+        ...(init ? { model: modelMeta(init) } : {}),
+        ...(initFrom ? { initFrom } : {}),
+      },
       evalEvery: int("eval-every"),
       diagEvery: int("log-precision"),
       sharpnessEvery: int("log-sharpness"),
@@ -209,11 +369,18 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
       checkpointEvery: int("checkpoint-every"),
       stopAfter,
       stopOnNan: !!v["stop-on-nan"],
+      lastGood,
+      warn: (text) => io.error(`${PROGRAM}: ${text}`),
     });
     if (result.stopped) {
+      const good = result.lastGood;
       io.error(
-        `${PROGRAM}: stopped: ${result.stopped.reason} (--stop-on-nan); the last good ` +
-          `checkpoint is in ${out}/checkpoint.json`,
+        `${PROGRAM}: stopped at step ${result.stopped.step}: ${result.stopped.reason} ` +
+          `(--stop-on-nan); ${
+            good
+              ? `the last good checkpoint of this run is ${good.path} (step ${good.step})`
+              : "this run wrote no checkpoint before it"
+          }`,
       );
       return 1;
     }
@@ -230,6 +397,19 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
   }
 }
 
+/** The model's configuration as a checkpoint stores it (its seed only decided the init). */
+function modelMeta(model: GPT): Record<string, unknown> {
+  const { seed: _, ...rest } = model.config as GPTConfig;
+  return { ...rest };
+}
+
+/** The largest token id of a corpus. */
+function maxId(corpus: Corpus): number {
+  let m = 0;
+  for (const ids of [corpus.train, corpus.val]) for (const i of ids) if (i > m) m = i;
+  return m;
+}
+
 /** Writes `report.md`, `loss.svg` and `sample.txt` of a finished run (from its whole log). */
 async function report(
   out: string,
@@ -244,9 +424,14 @@ async function report(
   const c = trainer.config;
   let text = "";
   if (sampleTokens > 0) {
-    const prompt = "export function ";
-    const { tokenizer } = trainer.corpus;
-    const ids = await sample(trainer.model, tokenizer.encode(prompt), sampleTokens, {
+    const { tokenizer, val } = trainer.corpus;
+    let prompt = "export function ";
+    let start = tokenizer.encode(prompt);
+    if (start.some((i) => i >= trainer.model.config.vocabSize)) {
+      start = val.slice(0, 8); // a model of a reduced vocabulary: the text's own first tokens
+      prompt = tokenizer.decode(start);
+    }
+    const ids = await sample(trainer.model, start, sampleTokens, {
       temperature: 0.8,
       topK: 20,
       seed: c.seed,
@@ -270,9 +455,10 @@ async function report(
   await Deno.writeTextFile(
     `${out}/report.md`,
     `# train_gpt: ${c.precision}\n\n` +
-      `${c.nLayer} layers, ${c.nHead} heads, width ${c.nEmbd}, context ${c.block}, batch ` +
+      `${c.nLayer} layer${c.nLayer === 1 ? "" : "s"}, ${c.nHead} head${c.nHead === 1 ? "" : "s"}, ` +
+      `width ${c.nEmbd}, context ${c.block}, batch ` +
       `${c.batch}, AdamW lr ${c.lr} (${c.warmup} warmup, cosine), ${c.steps} steps, seed ` +
-      `${c.seed}; data: ${trainer.corpus.source}.\n\n` +
+      `${c.seed}; data: ${trainer.corpus.source} (${trainer.corpus.tokenizer.name} tokens).\n\n` +
       `| final train loss (mean of 10) | validation loss | unigram entropy | bytes/param |\n` +
       `|---|---|---|---|\n| ${smooth.at(-1)?.[1].toFixed(4)} | ${last?.toFixed(4) ?? "n/a"} | ` +
       `${h0.toFixed(3)} | ${
