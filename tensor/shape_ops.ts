@@ -18,14 +18,29 @@
  * Index VALUES out of range cannot be seen before the kernel runs: indexSelect and gather
  * clamp them to `[0, size - 1]` on the GPU (the gradient uses the same clamped index).
  *
+ * Tensors larger than one storage binding (kernels are programs of `gpu/program.ts`): the
+ * output, the index and the gradient sums' outputs are bound as windows of the elements each
+ * piece of the grid writes or reads. A source read anywhere (an embedding table, a tensor
+ * transposed or sliced) that is too large is read one window at a time: one run per window,
+ * each writing the lanes whose source lies in it and keeping the codes other runs wrote. A
+ * gradient too large is summed one window at a time in element order, the partial sums kept
+ * in f32 between runs, so every sum adds the same terms in the same order (bit-identical).
+ *
  * @module
  */
 
-import { type DType, float32, isFloat, wgslChunks } from "../dtypes/mod.ts";
+import { type DType, dtype, float32, isFloat } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type PooledBuffer, type Runtime } from "../gpu/mod.ts";
+import {
+  currentRuntime,
+  type PooledBuffer,
+  program,
+  type Runtime,
+  stridedRange,
+  type UniformSpec,
+} from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
-import { layoutOf, storageBytes, wgslEncoder, wgslLoad } from "./layout.ts";
+import { type Layout, layoutOf, storageBytes } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { sumTo } from "./reduce.ts";
 
@@ -88,80 +103,281 @@ function checkIndex(op: string, x: Tensor, index: unknown): Tensor {
   return ix;
 }
 
-/** Fills `u[at..at+8)` with `v` (a WGSL `array<vec4<u32>, 2>`). */
-function put8(u: Uint32Array, at: number, v: readonly number[]): void {
-  v.forEach((x, d) => (u[at + d] = x >>> 0));
+/** Whether a buffer is larger than one storage binding (it is then bound as windows). */
+function isBig(rt: Runtime, b: PooledBuffer): boolean {
+  return Math.ceil(b.bytes / 4) * 4 > rt.maxBindingBytes;
 }
 
-/** WGSL `fn <name>(i: u32) -> u32`: the code of element `i` of the u32 view `v` of dtype d. */
-function codeReader(d: DType, v: string, name: string): string {
-  const lanes = d.lanesPerWord;
-  if (lanes === 1) return `fn ${name}(i: u32) -> u32 { return ${v}[i]; }\n`;
-  const mask = (2 ** d.laneBits - 1) >>> 0;
-  return `fn ${name}(i: u32) -> u32 { return (${v}[i / ${lanes}u] >> ((i % ${lanes}u) * ${d.laneBits}u)) & ${mask}u; }\n`;
+/**
+ * Windows `[s0, s1)` of `n` elements, in order, that fit one storage binding for every layout
+ * in `ls` (tensors indexed alike): whole words, so that a window's offset and end need no
+ * more than the alignment's slack.
+ */
+function windows(rt: Runtime, n: number, ls: readonly Layout[]): [number, number][] {
+  const align = rt.info.limits.minStorageBufferOffsetAlignment ?? 256;
+  const cap = Math.min(...ls.map((l) => {
+    const bytes = l.elem === "f16" ? 2 : 4;
+    return Math.floor((rt.maxBindingBytes - align - 4) / bytes) * l.lanes;
+  }));
+  const out: [number, number][] = [];
+  for (let s0 = 0; s0 < n; s0 += cap) out.push([s0, Math.min(n, s0 + cap)]);
+  return out;
+}
+
+/** The index binding of a gather: the tensor and the elements output elements [e0, e1) read. */
+interface IndexInput {
+  readonly t: Tensor;
+  readonly range: (e0: number, e1: number) => [number, number];
 }
 
 /** WGSL `fn ix(l: u32) -> u32`: index value `l` clamped to `[0, u.A - 1]`. */
 function indexReader(ix: Tensor): string {
   return ix.dt.signed
-    ? `fn ix(l: u32) -> u32 { return u32(clamp(bitcast<i32>(idx[l]), 0i, i32(u.A) - 1i)); }\n`
-    : `fn ix(l: u32) -> u32 { return min(idx[l], u.A - 1u); }\n`;
+    ? `fn ix(l: u32) -> u32 { return u32(clamp(bitcast<i32>(get_idx(l)), 0i, i32(u.A) - 1i)); }\n`
+    : `fn ix(l: u32) -> u32 { return min(get_idx(l), u.A - 1u); }\n`;
 }
 
-const MAIN_HEAD = `@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let w = (wid.x + wid.y * nwg.x) * ${WG}u + li;
-`;
+/** A kernel that moves codes: see `moveCodes`. */
+interface Move {
+  readonly op: string;
+  /** What `at` depends on beyond the bindings and uniforms (for the program cache). */
+  readonly key: string;
+  readonly out: Tensor;
+  /** Tensors of out's dtype whose codes are moved (bindings `s0`, `s1`, ...). */
+  readonly sources: readonly Tensor[];
+  readonly index?: IndexInput;
+  /** The op's uniforms (besides `n`) and their values. */
+  readonly uniforms: readonly UniformSpec[];
+  readonly values: Readonly<Record<string, number | readonly number[]>>;
+  /**
+   * WGSL defining `fn at(i: u32) -> vec2<u32>`: the source (`k` of `s<k>`, or NONE for a
+   * zero) and the element whose code output element `i` takes.
+   */
+  readonly at: string;
+}
 
 /**
- * Compiles and dispatches a kernel that writes `out` (dtype `dt`, `n` elements) one u32 word
- * per invocation; `emit` is the WGSL u32 code of element `i` (a gather of codes, or an
- * encoded f32 value). Buffers bind in order: `inputs` (read), then `out`, then the uniform.
+ * Records the kernel that writes `out` one word per invocation, each lane the code of the
+ * source element `at(i)` names (bit-exact for every dtype: codes move, values are never
+ * decoded). Sources are viewed as u32 words whatever the adapter. The output is bound in
+ * windows of the elements each piece writes; a source larger than one binding (an embedding
+ * table, a large tensor sliced or transposed) is read one window at a time, one run per
+ * window, each run writing the lanes whose source element lies in its window and keeping the
+ * codes the other runs wrote.
  */
-function wordKernel(
-  op: string,
-  inputs: readonly { name: string; buf: PooledBuffer }[],
-  out: Tensor,
-  struct: string,
-  body: string,
-  emit: string,
-  uniforms: Uint32Array,
-): void {
-  const n = out.size;
+function moveCodes(m: Move): void {
+  const n = m.out.size;
   if (n === 0) return;
   const rt = currentRuntime();
-  const d = out.dt, lanes = d.lanesPerWord;
-  const mask = (2 ** d.laneBits - 1) >>> 0;
-  let decl = "";
-  inputs.forEach((b, k) => {
-    decl += `@group(0) @binding(${k}) var<storage, read> ${b.name}: array<u32>;\n`;
+  const l = layoutOf(m.out.dt, null);
+  const bufs = m.sources.map((t) => t.buffer(m.op));
+  const big = bufs.map((b) => isBig(rt, b));
+  const merge = big.some((b) => b);
+  const S = m.sources.length;
+  let pick = "";
+  m.sources.forEach((_, k) => {
+    const inWin = merge ? ` && a.y >= u_wlo(${k}u) && a.y < u_whi(${k}u)` : "";
+    pick += `  if (a.x == ${k}u${inWin}) { return code_s${k}(a.y); }\n`;
   });
-  const src = `${body}
-struct U { ${struct} }
-${decl}@group(0) @binding(${inputs.length}) var<storage, read_write> out: array<u32>;
-@group(0) @binding(${inputs.length + 1}) var<uniform> u: U;
-${MAIN_HEAD}  if (w * ${lanes}u >= u.n) { return; }
-  var word = 0u;
-  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-    let i = w * ${lanes}u + l;
+  pick += merge
+    ? `  if (a.x == ${NONE}u) { return 0u; }\n  return code_out(i);\n`
+    : "  return 0u;\n";
+  const p = program(rt, `shape|${m.op}|${m.key}|${merge}`, {
+    label: m.op,
+    bindings: [
+      ...m.sources.map((t, k) => ({
+        name: `s${k}`,
+        type: layoutOf(t.dt, null),
+        access: "read" as const,
+      })),
+      ...(m.index
+        ? [{ name: "idx", type: layoutOf(m.index.t.dt, null), access: "read" as const }]
+        : []),
+      { name: "out", type: l, access: "read_write" as const },
+    ],
+    uniforms: [
+      { name: "n", type: "u32" },
+      ...m.uniforms,
+      ...(merge
+        ? [{ name: "wlo", type: "u32", length: S }, {
+          name: "whi",
+          type: "u32",
+          length: S,
+        }] as const
+        : []),
+    ],
+    workgroupSize: WG,
+  }, () =>
+    `${m.index ? indexReader(m.index.t) : ""}${m.at}
+fn pick(i: u32) -> u32 {
+  let a = at(i);
+${pick}}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${WG}u + li;
+  if (w * ${l.lanes}u >= u.n) { return; }
+  var c = vec4<u32>(0u);
+  for (var k = 0u; k < ${l.lanes}u; k = k + 1u) {
+    let i = w * ${l.lanes}u + k;
     if (i >= u.n) { break; }
-    word = word | ((${emit} & ${mask}u) << (l * ${d.laneBits}u));
+    c[k] = pick(i);
   }
-  out[w] = word;
-}
-`;
-  const k = rt.kernel(op, src, {
-    buffers: [...inputs.map(() => "read" as const), "read_write"],
-    uniform: true,
+  stc_out(w, c);
+}`);
+  const per = WG * l.lanes;
+  const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
+  const buffers: Record<string, PooledBuffer> = { out: m.out.buffer(m.op) };
+  bufs.forEach((b, k) => (buffers[`s${k}`] = b));
+  const ranges: Record<string, (g0: number, g1: number) => readonly [number, number]> = {
+    out: own,
+  };
+  if (m.index) {
+    const r = m.index.range;
+    buffers.idx = m.index.t.buffer(m.op);
+    ranges.idx = (g0, g1) => r(...own(g0, g1));
+  }
+  const groups = Math.ceil(Math.ceil(n / l.lanes) / WG);
+  if (!merge) {
+    p.run({ buffers, uniforms: { n, ...m.values }, groups, ranges });
+    return;
+  }
+  m.sources.forEach((t, k) => {
+    if (!big[k]) return;
+    for (const [s0, s1] of windows(rt, t.size, [layoutOf(t.dt, null)])) {
+      const wlo = m.sources.map((_, j) => (j === k ? s0 : 0));
+      const whi = m.sources.map((x, j) => (j === k ? s1 : big[j] ? 0 : x.size));
+      m.sources.forEach((_, j) => {
+        if (big[j]) ranges[`s${j}`] = () => [wlo[j], whi[j]];
+      });
+      p.run({ buffers, uniforms: { n, ...m.values, wlo, whi }, groups, ranges });
+    }
   });
-  uniforms[0] = n;
-  const words = Math.ceil(n / lanes);
-  rt.dispatch(
-    k,
-    [...inputs.map((b) => b.buf), out.buffer(op)],
-    rt.grid(Math.ceil(words / WG)),
-    uniforms,
-  );
+}
+
+/** A kernel that sums gradient values: see `sumValues`. */
+interface Sum {
+  readonly op: string;
+  readonly key: string;
+  readonly out: Tensor;
+  /** The gradient read (binding `g`), in element order within each output element's sum. */
+  readonly g: Tensor;
+  /** The index tensor, read at the same elements as `g` (gather) or not at all. */
+  readonly index?: Tensor;
+  /** Raw u32 buffers the sum walks (bound whole), by binding name. */
+  readonly raw?: Readonly<Record<string, PooledBuffer>>;
+  /** Elements of `g` (and the index) that output elements [e0, e1) read. */
+  readonly range: (e0: number, e1: number) => [number, number];
+  /** Other layout bindings read at output-aligned elements, with their ranges. */
+  readonly aligned?: Readonly<
+    Record<
+      string,
+      { t: PooledBuffer; l: Layout; range: (e0: number, e1: number) => [number, number] }
+    >
+  >;
+  readonly uniforms: readonly UniformSpec[];
+  readonly values: Readonly<Record<string, number | readonly number[]>>;
+  /**
+   * WGSL defining `fn value(i: u32) -> f32`: the sum for output element `i`, started at
+   * `start(i)`, adding `ldg(e)` in increasing `e` for the `e` with `take(e)`.
+   */
+  readonly value: string;
+}
+
+/**
+ * Records the kernel that writes the f32 sums `value(i)` of gradient elements into `out`,
+ * encoded once (RNE) to its dtype, one word per invocation. A gradient larger than one
+ * binding is read one window at a time in increasing element order, the partial sums kept
+ * in f32 between runs: each sum adds the same terms in the same order, so the result is the
+ * same bit for bit.
+ */
+function sumValues(s: Sum): void {
+  const n = s.out.size;
+  if (n === 0) return;
+  const rt = currentRuntime();
+  const outL = layoutOf(s.out.dt, rt);
+  const gL = layoutOf(s.g.dt, rt);
+  const iL = s.index ? layoutOf(s.index.dt, null) : null;
+  const gb = s.g.buffer(s.op), ib = s.index?.buffer(s.op);
+  const split = isBig(rt, gb) || (ib !== undefined && isBig(rt, ib));
+  const raw = Object.entries(s.raw ?? {});
+  const aligned = Object.entries(s.aligned ?? {});
+  const p = program(rt, `shape|${s.op}|${s.key}|${split}`, {
+    label: s.op,
+    bindings: [
+      { name: "g", type: gL, access: "read" as const },
+      ...(iL ? [{ name: "idx", type: iL, access: "read" as const }] : []),
+      ...aligned.map(([name, a]) => ({ name, type: a.l, access: "read" as const })),
+      ...raw.map(([name]) => ({ name, type: "u32" as const, access: "read" as const })),
+      ...(split
+        ? [{ name: "acc", type: layoutOf(float32, rt), access: "read_write" as const }]
+        : []),
+      { name: "out", type: outL, access: "read_write" as const },
+    ],
+    uniforms: [
+      { name: "n", type: "u32" },
+      ...s.uniforms,
+      ...(split
+        ? [
+          { name: "glo", type: "u32" },
+          { name: "ghi", type: "u32" },
+          { name: "cont", type: "u32" },
+          { name: "last", type: "u32" },
+        ] as const
+        : []),
+    ],
+    workgroupSize: WG,
+  }, () => {
+    const store = split
+      ? `  if (u.last != 0u) { st_out(w, v, vec4<u32>(0u)); return; }
+  for (var k = 0u; k < ${outL.lanes}u; k = k + 1u) {
+    let i = w * ${outL.lanes}u + k;
+    if (i < u.n) { put_acc(i, bitcast<u32>(v[k])); }
+  }`
+      : "  st_out(w, v, vec4<u32>(0u));";
+    return `${s.index ? indexReader(s.index) : ""}
+fn ldg(e: u32) -> f32 { return ld_g(e); }
+fn take(e: u32) -> bool { return ${split ? "e >= u.glo && e < u.ghi" : "true"}; }
+fn start(i: u32) -> f32 { return ${split ? "select(0.0, ld_acc(i), u.cont != 0u)" : "0.0"}; }
+${s.value}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${WG}u + li;
+  if (w * ${outL.lanes}u >= u.n) { return; }
+  var v = vec4<f32>(0.0);
+  for (var k = 0u; k < ${outL.lanes}u; k = k + 1u) {
+    let i = w * ${outL.lanes}u + k;
+    if (i >= u.n) { break; }
+    v[k] = value(i);
+  }
+${store}
+}`;
+  });
+  const per = WG * outL.lanes;
+  const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
+  const buffers: Record<string, PooledBuffer> = { g: gb, out: s.out.buffer(s.op) };
+  const ranges: Record<string, (g0: number, g1: number) => readonly [number, number]> = {
+    out: own,
+  };
+  for (const [name, b] of raw) buffers[name] = b;
+  for (const [name, a] of aligned) {
+    buffers[name] = a.t;
+    ranges[name] = (g0, g1) => a.range(...own(g0, g1));
+  }
+  if (ib !== undefined) buffers.idx = ib;
+  const groups = Math.ceil(Math.ceil(n / outL.lanes) / WG);
+  if (!split) {
+    ranges.g = ranges.idx = (g0, g1) => s.range(...own(g0, g1));
+    p.run({ buffers, uniforms: { n, ...s.values }, groups, ranges });
+    return;
+  }
+  const acc = rt.alloc(4 * n, { dtype: "f32", purpose: "scratch" });
+  buffers.acc = acc;
+  ranges.acc = own;
+  const ws = windows(rt, s.g.size, iL ? [gL, iL] : [gL]);
+  ws.forEach(([s0, s1], k) => {
+    ranges.g = ranges.idx = () => [s0, s1];
+    const split = { glo: s0, ghi: s1, cont: k > 0 ? 1 : 0, last: k === ws.length - 1 ? 1 : 0 };
+    p.run({ buffers, uniforms: { n, ...s.values, ...split }, groups, ranges });
+  });
+  rt.free(acc);
 }
 
 /**
@@ -178,37 +394,35 @@ function strided(
   hi?: readonly number[],
 ): Tensor {
   const out = Tensor.empty(shape, src.dt);
-  const u = new Uint32Array(36);
-  u[1] = shape.length;
-  u[2] = base;
-  put8(u, 4, shape);
-  put8(u, 12, st);
-  put8(u, 20, lo ?? shape.map(() => 0));
-  put8(u, 28, hi ?? shape);
-  const body = `${codeReader(src.dt, "x", "rd")}
-fn code(i: u32) -> u32 {
+  const vec = (name: string) => ({ name, type: "u32" as const, length: MAX_RANK });
+  moveCodes({
+    op,
+    key: "strided",
+    out,
+    sources: [src],
+    uniforms: [
+      { name: "rank", type: "u32" },
+      { name: "base", type: "u32" },
+      vec("shape"),
+      vec("st"),
+      vec("lo"),
+      vec("hi"),
+    ],
+    values: { rank: shape.length, base, shape, st, lo: lo ?? shape.map(() => 0), hi: hi ?? shape },
+    at: `fn at(i: u32) -> vec2<u32> {
   var rem = i;
   var off = u.base;
   for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
-    let size = u.shape[d / 4][d % 4];
+    let size = u_shape(u32(d));
     let c = rem % size;
     rem = rem / size;
-    let lo = u.lo[d / 4][d % 4];
-    if (c < lo || c >= u.hi[d / 4][d % 4]) { return 0u; }
-    off = off + (c - lo) * u.st[d / 4][d % 4];
+    let lo = u_lo(u32(d));
+    if (c < lo || c >= u_hi(u32(d))) { return vec2<u32>(${NONE}u, 0u); }
+    off = off + (c - lo) * u_st(u32(d));
   }
-  return rd(off);
-}`;
-  wordKernel(
-    op,
-    [{ name: "x", buf: src.buffer(op) }],
-    out,
-    "n: u32, rank: u32, base: u32, pad: u32, shape: array<vec4u, 2>, st: array<vec4u, 2>, " +
-      "lo: array<vec4u, 2>, hi: array<vec4u, 2>",
-    body,
-    "code(i)",
-    u,
-  );
+  return vec2<u32>(0u, off);
+}`,
+  });
   return out;
 }
 
@@ -222,15 +436,6 @@ function copyAs(op: string, x: Tensor, shape: readonly number[]): Tensor {
 
 /** The dtype of a scatter-add gradient: the input's float dtype, else f32. */
 const gradDtype = (x: Tensor): DType => (isFloat(x.dt) ? x.dt : float32);
-
-/** WGSL that encodes `value(i)` to `dt`, and the decoder `ldg` of the gradient `g`. */
-function valueCodecs(g: Tensor, dt: DType): { chunks: string; emit: string } {
-  const enc = wgslEncoder(layoutOf(dt, null), { rounding: "rne", saturate: dt.saturate });
-  return {
-    chunks: wgslChunks(wgslLoad(layoutOf(g.dt, null), "g", "ldg"), enc.chunks),
-    emit: `${enc.name}(value(i), 0u)`,
-  };
-}
 
 // ---- reshape and friends ---------------------------------------------------------------------
 
@@ -565,38 +770,35 @@ function concatRaw(xs: readonly Tensor[], a: number): Tensor {
   shape[a] = xs.reduce((s, x) => s + x.shape[a], 0);
   const out = Tensor.empty(shape, x0.dt);
   const inner = prod(shape.slice(a + 1));
-  const live = xs.map((x, k) => ({ x, k })).filter(({ x }) => x.size > 0);
-  const u = new Uint32Array(12);
-  u[1] = inner;
-  u[2] = shape[a];
+  const live = xs.filter((x) => x.size > 0);
   const offs = [0];
-  for (const { x } of live) offs.push(offs[offs.length - 1] + x.shape[a]);
-  put8(u, 4, offs);
-  const O = (j: number) => `u.off[${j >> 2}][${j & 3}]`;
-  let body = "";
+  for (const x of live) offs.push(offs[offs.length - 1] + x.shape[a]);
+  const O = (j: number) => `u_off(${j}u)`;
   let sel = "";
   live.forEach((_, j) => {
-    body += codeReader(x0.dt, `in${j}`, `rd${j}`);
-    sel += `  if (c < ${O(j + 1)}) { return rd${j}((q * (${O(j + 1)} - ${O(j)}) + c - ${
+    sel += `  if (c < ${O(j + 1)}) { return vec2<u32>(${j}u, (q * (${O(j + 1)} - ${O(j)}) + c - ${
       O(j)
     }) * u.inner + r); }\n`;
   });
-  body += `fn code(i: u32) -> u32 {
+  moveCodes({
+    op: "concat",
+    key: `concat${live.length}`,
+    out,
+    sources: live,
+    uniforms: [
+      { name: "inner", type: "u32" },
+      { name: "total", type: "u32" },
+      { name: "off", type: "u32", length: CONCAT_INPUTS + 1 },
+    ],
+    values: { inner, total: shape[a], off: offs },
+    at: `fn at(i: u32) -> vec2<u32> {
   let r = i % u.inner;
   let t = i / u.inner;
   let c = t % u.total;
   let q = t / u.total;
-${sel}  return 0u;
-}`;
-  wordKernel(
-    "concat",
-    live.map(({ x }, j) => ({ name: `in${j}`, buf: x.buffer("concat") })),
-    out,
-    "n: u32, inner: u32, total: u32, pad: u32, off: array<vec4u, 2>",
-    body,
-    "code(i)",
-    u,
-  );
+${sel}  return vec2<u32>(${NONE}u, 0u);
+}`,
+  });
   return out;
 }
 
@@ -644,23 +846,33 @@ export function indexSelect(x: Tensor, axis: number, index: Tensor): Tensor {
   }
   const inner = prod(x.shape.slice(a + 1));
   const out = Tensor.empty(shape, x.dt);
-  const u = new Uint32Array([0, inner, A, L]);
-  wordKernel(
-    "indexSelect",
-    [{ name: "x", buf: x.buffer("indexSelect") }, { name: "idx", buf: ix.buffer("indexSelect") }],
+  const Q = prod(x.shape.slice(0, a));
+  moveCodes({
+    op: "indexSelect",
+    key: "indexSelect",
     out,
-    "n: u32, inner: u32, A: u32, L: u32",
-    `${codeReader(x.dt, "x", "rd")}${indexReader(ix)}
-fn code(i: u32) -> u32 {
+    sources: [x],
+    // output element (q, l, r) reads index l
+    index: {
+      t: ix,
+      range: stridedRange([{ size: Q, stride: 0 }, { size: L, stride: 1 }, {
+        size: inner,
+        stride: 0,
+      }]),
+    },
+    uniforms: [{ name: "inner", type: "u32" }, { name: "A", type: "u32" }, {
+      name: "L",
+      type: "u32",
+    }],
+    values: { inner, A, L },
+    at: `fn at(i: u32) -> vec2<u32> {
   let r = i % u.inner;
   let t = i / u.inner;
   let l = t % u.L;
   let q = t / u.L;
-  return rd((q * u.A + ix(l)) * u.inner + r);
+  return vec2<u32>(0u, (q * u.A + ix(l)) * u.inner + r);
 }`,
-    "code(i)",
-    u,
-  );
+  });
   return attach(out, "indexSelect", [x], (g) => [indexSelectGrad(g, x, a, ix)]);
 }
 
@@ -679,15 +891,21 @@ function indexSelectGrad(g: Tensor, x: Tensor, a: number, ix: Tensor): Tensor {
   if (out.size === 0) return out;
   const first = rt.alloc(4 * Math.max(A, 1), { dtype: "u32", purpose: "scratch" });
   const next = rt.alloc(4 * Math.max(L, 1), { dtype: "u32", purpose: "scratch" });
-  const chain = rt.kernel(
-    "indexSelect_chain",
-    `struct U { n: u32, L: u32, A: u32, pad: u32 }
-@group(0) @binding(0) var<storage, read> idx: array<u32>;
-@group(0) @binding(1) var<storage, read_write> first: array<u32>;
-@group(0) @binding(2) var<storage, read_write> next: array<u32>;
-@group(0) @binding(3) var<uniform> u: U;
-${indexReader(ix)}
-${MAIN_HEAD}  if (w >= u.n) { return; }
+  const u32 = layoutOf(dtype("u32"), null);
+  program(rt, "shape|indexSelect_chain", {
+    label: "indexSelect_chain",
+    bindings: [
+      { name: "idx", type: layoutOf(ix.dt, null), access: "read" },
+      { name: "first", type: u32, access: "read_write" },
+      { name: "next", type: "u32", access: "read_write" },
+    ],
+    uniforms: [{ name: "n", type: "u32" }, { name: "L", type: "u32" }, { name: "A", type: "u32" }],
+    workgroupSize: WG,
+  }, () =>
+    `${indexReader(ix)}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${WG}u + li;
+  if (w >= u.n) { return; }
   var f = ${NONE}u;
   var prev = ${NONE}u;
   for (var l = 0u; l < u.L; l = l + 1u) {
@@ -697,40 +915,57 @@ ${MAIN_HEAD}  if (w >= u.n) { return; }
     }
   }
   if (prev != ${NONE}u) { next[prev] = ${NONE}u; }
-  first[w] = f;
-}
-`,
-    { buffers: ["read", "read_write", "read_write"], uniform: true },
-  );
-  rt.dispatch(
-    chain,
-    [ix.buffer(op), first, next],
-    rt.grid(Math.ceil(A / WG)),
-    new Uint32Array([A, L, A, 0]),
-  );
-  const c = valueCodecs(g, dt);
-  wordKernel(
+  put_first(w, f);
+}`).run({
+      buffers: { idx: ix.buffer(op), first, next },
+      uniforms: { n: A, L, A },
+      groups: Math.ceil(A / WG),
+      // every row scans all the ids; row w's head is first[w]
+      ranges: { idx: () => [0, L], first: (g0, g1) => [g0 * WG, Math.min(A, g1 * WG)] },
+    });
+  const Q = prod(x.shape.slice(0, a));
+  sumValues({
     op,
-    [{ name: "g", buf: g.buffer(op) }, { name: "first", buf: first }, { name: "next", buf: next }],
+    key: "indexSelect_grad",
     out,
-    "n: u32, inner: u32, A: u32, L: u32",
-    `${c.chunks}
-fn value(i: u32) -> f32 {
+    g,
+    raw: { next },
+    aligned: {
+      first: {
+        t: first,
+        l: u32,
+        range: stridedRange([{ size: Q, stride: 0 }, { size: A, stride: 1 }, {
+          size: inner,
+          stride: 0,
+        }]),
+      },
+    },
+    // output element (q, a, r) reads g at (q, l, r) for the ids l that hit row a
+    range: stridedRange([
+      { size: Q, stride: L * inner },
+      { size: A, stride: inner, any: L },
+      { size: inner, stride: 1 },
+    ]),
+    uniforms: [{ name: "inner", type: "u32" }, { name: "A", type: "u32" }, {
+      name: "L",
+      type: "u32",
+    }],
+    values: { inner, A, L },
+    value: `fn value(i: u32) -> f32 {
   let r = i % u.inner;
   let t = i / u.inner;
   let a = t % u.A;
   let q = t / u.A;
-  var s = 0.0;
-  var l = first[a];
+  var s = start(i);
+  var l = get_first(a);
   for (var k = 0u; k < u.L && l != ${NONE}u; k = k + 1u) {
-    s = s + ldg((q * u.L + l) * u.inner + r);
+    let e = (q * u.L + l) * u.inner + r;
+    if (take(e)) { s = s + ldg(e); }
     l = next[l];
   }
   return s;
 }`,
-    c.emit,
-    new Uint32Array([0, inner, A, L]),
-  );
+  });
   rt.free(first);
   rt.free(next);
   return out;
@@ -775,32 +1010,33 @@ export function gather(x: Tensor, axis: number, index: Tensor): Tensor {
     );
   }
   const out = Tensor.empty(ix.shape, x.dt);
-  const u = new Uint32Array(20);
-  u[1] = x.ndim;
-  u[2] = a;
-  u[3] = A;
-  put8(u, 4, ix.shape);
-  put8(u, 12, stridesOf(x.shape));
-  wordKernel(
-    "gather",
-    [{ name: "x", buf: x.buffer("gather") }, { name: "idx", buf: ix.buffer("gather") }],
+  const vec = (name: string) => ({ name, type: "u32" as const, length: MAX_RANK });
+  moveCodes({
+    op: "gather",
+    key: "gather",
     out,
-    "n: u32, rank: u32, axis: u32, A: u32, shape: array<vec4u, 2>, st: array<vec4u, 2>",
-    `${codeReader(x.dt, "x", "rd")}${indexReader(ix)}
-fn code(i: u32) -> u32 {
+    sources: [x],
+    index: { t: ix, range: (e0, e1) => [e0, e1] }, // output element i reads index i
+    uniforms: [
+      { name: "rank", type: "u32" },
+      { name: "axis", type: "u32" },
+      { name: "A", type: "u32" },
+      vec("shape"),
+      vec("st"),
+    ],
+    values: { rank: x.ndim, axis: a, A, shape: ix.shape, st: stridesOf(x.shape) },
+    at: `fn at(i: u32) -> vec2<u32> {
   var rem = i;
   var off = 0u;
   for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
-    let size = u.shape[d / 4][d % 4];
+    let size = u_shape(u32(d));
     let c = select(rem % size, ix(i), u32(d) == u.axis);
     rem = rem / size;
-    off = off + c * u.st[d / 4][d % 4];
+    off = off + c * u_st(u32(d));
   }
-  return rd(off);
+  return vec2<u32>(0u, off);
 }`,
-    "code(i)",
-    u,
-  );
+  });
   return attach(out, "gather", [x], (g) => [gatherGrad(g, x, a, ix)]);
 }
 
@@ -812,46 +1048,60 @@ function gatherGrad(g: Tensor, x: Tensor, a: number, ix: Tensor): Tensor {
   const op = "gather_grad";
   const dt = gradDtype(x);
   const out = Tensor.empty(x.shape, dt);
-  const u = new Uint32Array(32);
-  u[1] = x.ndim;
-  u[2] = a;
-  u[3] = x.ndim === 0 ? 1 : x.shape[a];
-  u[4] = x.ndim === 0 ? 1 : ix.shape[a];
-  put8(u, 8, x.shape);
-  put8(u, 16, ix.shape);
-  put8(u, 24, stridesOf(ix.shape));
-  const c = valueCodecs(g, dt);
-  wordKernel(
+  const ish = ix.shape, ist = stridesOf(ix.shape);
+  const vec = (name: string) => ({ name, type: "u32" as const, length: MAX_RANK });
+  sumValues({
     op,
-    [{ name: "g", buf: g.buffer(op) }, { name: "idx", buf: ix.buffer(op) }],
+    key: "gather_grad",
     out,
-    "n: u32, rank: u32, axis: u32, A: u32, J: u32, p0: u32, p1: u32, p2: u32, " +
-      "xs: array<vec4u, 2>, ish: array<vec4u, 2>, ist: array<vec4u, 2>",
-    `${c.chunks}${indexReader(ix)}
-fn value(i: u32) -> f32 {
+    g,
+    index: ix,
+    // output element c reads g and the index along its line on the axis, where c fits them
+    range: stridedRange(
+      x.shape.map((size, d) =>
+        d === a ? { size, stride: ist[d], any: ish[d] } : { size, stride: ist[d], hi: ish[d] }
+      ),
+    ),
+    uniforms: [
+      { name: "rank", type: "u32" },
+      { name: "axis", type: "u32" },
+      { name: "A", type: "u32" },
+      { name: "J", type: "u32" },
+      vec("xs"),
+      vec("ish"),
+      vec("ist"),
+    ],
+    values: {
+      rank: x.ndim,
+      axis: a,
+      A: x.ndim === 0 ? 1 : x.shape[a],
+      J: x.ndim === 0 ? 1 : ish[a],
+      xs: x.shape,
+      ish,
+      ist,
+    },
+    value: `fn value(i: u32) -> f32 {
   var rem = i;
   var base = 0u;
   var ca = 0u;
   for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
-    let c = rem % u.xs[d / 4][d % 4];
-    rem = rem / u.xs[d / 4][d % 4];
+    let c = rem % u_xs(u32(d));
+    rem = rem / u_xs(u32(d));
     if (u32(d) == u.axis) {
       ca = c;
     } else {
-      if (c >= u.ish[d / 4][d % 4]) { return 0.0; }
-      base = base + c * u.ist[d / 4][d % 4];
+      if (c >= u_ish(u32(d))) { return 0.0; }
+      base = base + c * u_ist(u32(d));
     }
   }
-  let sa = select(1u, u.ist[u.axis / 4u][u.axis % 4u], u.rank > 0u);
-  var s = 0.0;
+  let sa = select(1u, u_ist(u.axis), u.rank > 0u);
+  var s = start(i);
   for (var j = 0u; j < u.J; j = j + 1u) {
     let p = base + j * sa;
-    if (ix(p) == ca) { s = s + ldg(p); }
+    if (take(p) && ix(p) == ca) { s = s + ldg(p); }
   }
   return s;
 }`,
-    c.emit,
-    u,
-  );
+  });
   return out;
 }

@@ -3,7 +3,16 @@
 // values and the same codes, bit for bit, as with the adapter's own limit. Packed dtypes at
 // odd sizes put partial words at the windows' edges.
 import assert from "node:assert/strict";
-import { DeviceError, type Tensor, tensor, tidy } from "../../mod.ts";
+import {
+  concat,
+  DeviceError,
+  expand,
+  gather,
+  indexSelect,
+  type Tensor,
+  tensor,
+  tidy,
+} from "../../mod.ts";
 import { getRuntime, type Runtime } from "../../gpu/mod.ts";
 import { roundTo, values } from "./_reference.ts";
 
@@ -104,4 +113,165 @@ Deno.test("a broadcast operand that no window of one workgroup holds is a Device
   });
   x.dispose();
   w.dispose();
+});
+
+// ---- shape ops -----------------------------------------------------------------------------
+
+const SHAPE_LIMIT = 16384;
+const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+
+function strides(shape: readonly number[]): number[] {
+  const st = new Array(shape.length).fill(1);
+  for (let d = shape.length - 2; d >= 0; d--) st[d] = st[d + 1] * shape[d + 1];
+  return st;
+}
+
+function unravel(i: number, shape: readonly number[]): number[] {
+  const c = new Array(shape.length);
+  for (let d = shape.length - 1; d >= 0; d--) {
+    c[d] = i % shape[d];
+    i = Math.floor(i / shape[d]);
+  }
+  return c;
+}
+
+/** Host reference of a code-moving op: output element i takes code src(c) (-1: zero). */
+function mapRef(codes: ArrayLike<number>, shape: readonly number[], src: (c: number[]) => number) {
+  return Array.from({ length: prod(shape) }, (_, i) => {
+    const k = src(unravel(i, shape));
+    return k < 0 ? 0 : codes[k];
+  });
+}
+
+/** Checks `f()` (windowed) against the host codes and against the whole run. */
+async function checkMove(label: string, f: () => Tensor, ref: number[]) {
+  const got = await windowed(SHAPE_LIMIT, f);
+  assert.ok(got.n > 1, `${label}: ${got.n} dispatches`);
+  assert.deepEqual(Array.from(got.codes), ref, label);
+  assert.deepEqual(got.codes, await whole(f), `${label}: whole run`);
+}
+
+function ints(v: number[], shape = [v.length]): Tensor {
+  return tensor(new Int32Array(v), { shape });
+}
+
+for (const dt of ["f32", "bf16", "e4m3"]) {
+  Deno.test(`permute, slice, expand and concat of ${dt} sources larger than one binding`, async () => {
+    const shape = [37, 41, 29]; // 43,993 elements: 176 KB of f32, 44 KB of e4m3
+    const x = tensor(values(dt, prod(shape), 21), { dtype: dt, shape });
+    const xc = Array.from(await x.codes());
+    const xs = strides(shape);
+    // permute [2, 0, 1]: output [29, 37, 41] reads x[c1, c2, c0]
+    await checkMove(
+      `${dt} permute`,
+      () => x.permute([2, 0, 1]),
+      mapRef(xc, [29, 37, 41], (c) => c[1] * xs[0] + c[2] * xs[1] + c[0]),
+    );
+    // slice with odd starts: partial words at both ends of every row
+    await checkMove(
+      `${dt} slice`,
+      () => x.slice([[3, 36], [1, 40], [5, 28]]),
+      mapRef(xc, [33, 39, 23], (c) => (c[0] + 3) * xs[0] + (c[1] + 1) * xs[1] + c[2] + 5),
+    );
+    // concat of a large and a small source along the middle axis
+    const y = tensor(values(dt, 37 * 3 * 29, 22), { dtype: dt, shape: [37, 3, 29] });
+    const yc = Array.from(await y.codes());
+    await checkMove(
+      `${dt} concat`,
+      () => concat([y, x], 1),
+      mapRef(
+        [...yc, ...xc],
+        [37, 44, 29],
+        (c) =>
+          c[1] < 3
+            ? (c[0] * 3 + c[1]) * 29 + c[2]
+            : yc.length + c[0] * xs[0] + (c[1] - 3) * 29 + c[2],
+      ),
+    );
+    // expand of a small source to a large output
+    const z = tensor(values(dt, 5003, 23), { dtype: dt, shape: [1, 5003] });
+    const zc = Array.from(await z.codes());
+    await checkMove(`${dt} expand`, () => expand(z, [7, 5003]), mapRef(zc, [7, 5003], (c) => c[1]));
+    for (const t of [x, y, z]) t.dispose();
+  });
+}
+
+/** The embedding backward's reference: rows of g summed in f32, in index order, per row. */
+function scatterRef(gv: ArrayLike<number>, idx: number[], A: number, inner: number) {
+  const out = new Float32Array(A * inner);
+  idx.forEach((id, l) => {
+    const a = Math.min(Math.max(id, 0), A - 1);
+    for (let r = 0; r < inner; r++) {
+      out[a * inner + r] = Math.fround(out[a * inner + r] + gv[l * inner + r]);
+    }
+  });
+  return out;
+}
+
+for (const dt of ["f32", "bf16", "e4m3"]) {
+  Deno.test(`an embedding table of ${dt} larger than one binding: rows and their gradient`, async () => {
+    const A = 2003, C = 33; // odd rows: packed words straddle rows
+    const w = tensor(values(dt, A * C, 31), { dtype: dt, shape: [A, C], requiresGrad: true });
+    const wc = Array.from(await w.codes());
+    // ids all over the table, repeated, and out of range (clamped)
+    const ids = Array.from({ length: 517 }, (_, l) => ((l * 7919) % (A + 40)) - 20);
+    ids[5] = ids[100] = ids[300] = 1999;
+    const ix = ints(ids);
+    const clamp = (v: number) => Math.min(Math.max(v, 0), A - 1);
+    await checkMove(
+      `${dt} indexSelect`,
+      () => indexSelect(w, 0, ix),
+      mapRef(wc, [ids.length, C], (c) => clamp(ids[c[0]]) * C + c[1]),
+    );
+    // the backward: g [517, 33] and the table's gradient both span several windows
+    const y = indexSelect(w, 0, ix);
+    const g = tensor(values(dt, ids.length * C, 32), { dtype: dt, shape: [ids.length, C] });
+    const gv = await g.toArray();
+    const back = () => y.node!.backward(g)[0]!;
+    const got = await windowed(SHAPE_LIMIT, back);
+    assert.ok(got.n > 2, `${got.n} dispatches`);
+    assert.deepEqual(got.values, roundTo(dt, scatterRef(gv, ids, A, C)));
+    assert.deepEqual(got.codes, await whole(back));
+    for (const t of [w, ix, y, g]) t.dispose();
+  });
+}
+
+Deno.test("gather and its gradient along each axis, with sources larger than one binding", async () => {
+  const shape = [211, 67]; // 56 KB of f32, 28 KB of bf16
+  for (const dt of ["f32", "bf16"]) {
+    for (const axis of [0, 1]) {
+      const x = tensor(values(dt, prod(shape), 41 + axis), {
+        dtype: dt,
+        shape,
+        requiresGrad: true,
+      });
+      const xc = Array.from(await x.codes());
+      const ishape = [209, 65];
+      const iv = Array.from({ length: prod(ishape) }, (_, i) => (i * 31 + axis) % shape[axis]);
+      const ix = ints(iv, ishape);
+      const at = (c: number[]) => {
+        const s = [...c];
+        s[axis] = iv[c[0] * ishape[1] + c[1]];
+        return s[0] * shape[1] + s[1];
+      };
+      await checkMove(
+        `${dt} gather axis ${axis}`,
+        () => gather(x, axis, ix),
+        mapRef(xc, ishape, at),
+      );
+      const y = gather(x, axis, ix);
+      const g = tensor(values(dt, prod(ishape), 43), { dtype: dt, shape: ishape });
+      const gv = await g.toArray();
+      const ref = new Float32Array(prod(shape));
+      for (let i = 0; i < gv.length; i++) {
+        const o = at(unravel(i, ishape));
+        ref[o] = Math.fround(ref[o] + gv[i]);
+      }
+      const back = () => y.node!.backward(g)[0]!;
+      const got = await windowed(SHAPE_LIMIT, back);
+      assert.deepEqual(got.values, roundTo(dt, ref), `${dt} axis ${axis}`);
+      assert.deepEqual(got.codes, await whole(back));
+      for (const t of [x, ix, y, g]) t.dispose();
+    }
+  }
 });
