@@ -2,7 +2,7 @@
 // train_gpt, precision_compare and the demo: option-table rows with checks and help, and the
 // configuration they give (checked against a resumed run's).
 
-import { precisionNames } from "../mod.ts";
+import { dtype, precisionNames } from "../mod.ts";
 import { checks, type Option, UsageError } from "./_cli.ts";
 import { precisionChoices, resolvePrecision, type RunConfig } from "./_train.ts";
 
@@ -16,9 +16,18 @@ export function checkPrecisionList(v: string): string | null {
       return true;
     }
   });
-  return bad.length
-    ? `unknown value '${bad.join(",")}'; valid: ${precisionChoices().join(", ")}`
-    : null;
+  if (!bad.length) return null;
+  // a name shaped as a format (e9m3) gets the reason it is not one (X <= 8, Y <= 23)
+  const format = bad.find((s) => /^e\d+m\d+(fn)?$/.test(s));
+  if (format) {
+    try {
+      dtype(format);
+    } catch (e) {
+      const why = (e as Error).message.replace(/^dtype\('[^']*'\): /, "").replace(/; valid.*$/, "");
+      return `'${format}' is not a format ulp can simulate: ${why}`;
+    }
+  }
+  return `unknown value '${bad.join(",")}'; valid: ${precisionChoices().join(", ")}`;
 }
 
 /** The command-line flags of a run's configuration, by flag name. */

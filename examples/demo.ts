@@ -108,20 +108,46 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
       ...progressOutput(io),
     });
     const table = comparisonTable(results);
+    const hidden = hiddenCurves(results);
     const samples = results.filter((r) => r.sample !== undefined).map((r) =>
       `--- ${r.strategy} ---\n${r.sample}\n`
     ).join("\n");
     await Deno.writeTextFile(`${out}/sample.txt`, samples);
     await Deno.writeTextFile(
       `${out}/loss.svg`,
-      comparisonChart(results, `GPT training loss: ${names.join(" vs ")}`),
+      comparisonChart(
+        results,
+        `GPT training loss: ${names.join(" vs ")}${hidden ? ` (${hidden})` : ""}`,
+      ),
     );
     await Deno.writeTextFile(
       `${out}/report.md`,
-      reportText(config, results, table, corpus.source, info.description, h0, samples),
+      reportText(config, results, table, corpus.source, info.description, h0, samples, hidden),
+    );
+    await Deno.writeTextFile(
+      `${out}/results.json`,
+      JSON.stringify(
+        {
+          corpus: {
+            source: corpus.source,
+            characters: corpus.train.length + corpus.val.length,
+            distinct: corpus.tokenizer.vocabSize,
+            unigramEntropy: h0,
+          },
+          config,
+          gpu: info.description,
+          seconds: (performance.now() - t0) / 1000,
+          results: results.map(({ losses: _l, lost, sample: _s, ...r }) => ({
+            ...r,
+            lostAtEnd: lateLost(lost),
+          })),
+        },
+        null,
+        2,
+      ) + "\n",
     );
     io.log(`\n${table}\n`);
-    io.log(`${whatItShows(results)}\n`);
+    io.log(`${whatItShows(results)}${hidden ? ` In the chart, ${hidden}.` : ""}\n`);
     io.log(
       `Report: ${out}/report.md (with loss.svg, log.jsonl and sample.txt), ` +
         `in ${duration((performance.now() - t0) / 1000)}.`,
@@ -130,14 +156,53 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
   }, io);
 }
 
+/** The mean fraction of updates lost over the last 3 measurements (the end of the run). */
+function lateLost(lost: [number, number][]): number {
+  const last = lost.slice(-3);
+  return last.reduce((a, [, f]) => a + f, 0) / Math.max(1, last.length);
+}
+
+/**
+ * Which loss curves of the chart lie on top of another (their 20-step means differ by less
+ * than 1% of the chart's range at every step), said in words: "collage-light's curve lies
+ * under amp-bf16's (they differ by at most 0.004)"; "" when none does.
+ */
+export function hiddenCurves(results: StrategyResult[], window = 20): string {
+  const mean = (r: StrategyResult) => {
+    const ok = r.losses.filter(([, v]) => Number.isFinite(v));
+    return new Map(ok.map(([s], i) => {
+      const w = ok.slice(Math.max(0, i - window + 1), i + 1);
+      return [s, w.reduce((a, [, v]) => a + v, 0) / w.length];
+    }));
+  };
+  const curves = results.map((r) => ({ name: r.strategy, m: mean(r) }));
+  const all = curves.flatMap((c) => [...c.m.values()]);
+  const range = Math.max(...all) - Math.min(...all);
+  const notes: string[] = [];
+  for (let i = 0; i < curves.length; i++) {
+    for (let j = i + 1; j < curves.length; j++) {
+      let diff = 0;
+      for (const [s, v] of curves[i].m) {
+        diff = Math.max(diff, Math.abs(v - (curves[j].m.get(s) ?? Infinity)));
+      }
+      if (diff < 0.01 * range) {
+        notes.push(
+          `${curves[i].name}'s curve lies under ${curves[j].name}'s (they differ by at most ` +
+            `${diff.toFixed(3)})`,
+        );
+      }
+    }
+  }
+  return notes.join("; ");
+}
+
 /** One paragraph on what the numbers say, from the numbers. */
 function whatItShows(results: StrategyResult[]): string {
   const get = (n: string) => results.find((r) => r.strategy === n);
   const bf16 = get("bf16"), collage = get("collage-light"), amp = get("amp-bf16");
   if (!bf16 || !collage || !amp) return "";
   const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-  const late = bf16.lost.slice(-3).reduce((a, [, f]) => a + f, 0) /
-    Math.max(1, bf16.lost.slice(-3).length);
+  const late = lateLost(bf16.lost);
   return `Pure bf16 lost ${pct(bf16.imprecision)} of its weight updates to rounding (the ` +
     `stored weight did not change), ${pct(late)} at the end as the learning rate decayed, and ` +
     `ended at validation loss ${bf16.valLoss.toFixed(3)}. Collage-light, also bf16 but ` +
@@ -155,10 +220,13 @@ function reportText(
   gpu: string,
   h0: number,
   samples: string,
+  hidden: string,
 ): string {
   return `# ulp demo: the same GPT in ${results.map((r) => r.strategy).join(", ")}
 
-A character-level GPT (${c.nLayer} layers, ${c.nHead} heads, width ${c.nEmbd}, context ${c.block})
+A character-level GPT (${c.nLayer} layer${c.nLayer === 1 ? "" : "s"}, ${c.nHead} head${
+    c.nHead === 1 ? "" : "s"
+  }, width ${c.nEmbd}, context ${c.block})
 trained on ${source}, ${c.steps} steps of batch ${c.batch} with AdamW (lr ${c.lr}, ${c.warmup}
 warmup steps, cosine decay, betas 0.9/0.95, weight decay ${c.weightDecay}), seed ${c.seed}, the same
 batches for every strategy. GPU: ${gpu}.
@@ -173,7 +241,7 @@ ${table}
 - **bytes/param**: weight + gradient + optimizer state, measured from \`memory()\`.
 
 ![training loss](loss.svg)
-
+${hidden ? `\n_In the chart, ${hidden}._\n` : ""}
 ${whatItShows(results)}
 
 Every step of every run is in \`log.jsonl\` (one JSON object per line with \`strategy\`, \`step\`,

@@ -19,6 +19,7 @@
  * @module
  */
 import { esc } from "./_chart.ts";
+import { didYouMean } from "./_cli.ts";
 import { parseArgs } from "node:util";
 import { type DType, dtype, DTYPE_FORMS, type FInfo, finfo } from "../dtypes/mod.ts";
 
@@ -660,12 +661,15 @@ export interface MainIO {
   log(s: string): void;
   error(s: string): void;
   writeTextFile(path: string, text: string): void;
+  /** Whether `path` may be written (checked before any work); absent: assumed. */
+  canWrite?(path: string): boolean;
 }
 
 const denoIO: MainIO = {
   log: (s) => console.log(s),
   error: (s) => console.error(s),
   writeTextFile: (path, text) => Deno.writeTextFileSync(path, text),
+  canWrite: (path) => Deno.permissions.querySync({ name: "write", path }).state === "granted",
 };
 
 /** Runs the command line; returns the exit code (0 ok, 1 write or codec failure, 2 usage). */
@@ -683,7 +687,9 @@ export function main(args: readonly string[], io: MainIO = denoIO): number {
       strict: true,
     });
   } catch (e) {
-    return fail(`${(e as Error).message}; see --help`);
+    const msg = (e as Error).message;
+    const hint = didYouMean(msg, Object.keys(OPTIONS));
+    return fail(`${hint ? msg.split(". ")[0] : msg}${hint}; see --help`);
   }
   const v = parsed.values as { svg?: string; all?: boolean; every?: string; help?: boolean };
   if (v.help) {
@@ -693,6 +699,12 @@ export function main(args: readonly string[], io: MainIO = denoIO): number {
   const every = v.every === undefined ? 32 : Number(v.every);
   if (!Number.isSafeInteger(every) || every < 1) {
     return fail(`--every must be an integer >= 1, got '${v.every}'`);
+  }
+  if (v.svg !== undefined && io.canWrite && !io.canWrite(v.svg)) {
+    return fail(
+      `no permission to write the chart (--svg) '${v.svg}'; run deno with ` +
+        `--allow-write=${v.svg} (or a folder that contains it)`,
+    );
   }
   const names = parsed.positionals.length > 0 ? parsed.positionals : DEFAULT_FORMATS;
   const tables: FormatTable[] = [];

@@ -295,3 +295,17 @@ Deno.test("a failed write gives exit code 1 and a message", () => {
   assert.equal(main(["e4m3", "--svg", "x.svg"], io), 1);
   assert.match(io.err[0], /cannot write x\.svg: denied/);
 });
+
+Deno.test("--svg without write permission fails before any work; mistyped flags get a suggestion", () => {
+  let io = { ...capture(), canWrite: () => false };
+  assert.equal(main(["e4m3", "--svg", "out/chart.svg"], io), 2);
+  assert.deepEqual(io.out, [], "no table printed before the permission error");
+  assert.deepEqual(io.err, [
+    "formats: no permission to write the chart (--svg) 'out/chart.svg'; run deno with " +
+    "--allow-write=out/chart.svg (or a folder that contains it)",
+  ]);
+  assert.equal(io.files.size, 0);
+  io = { ...capture(), canWrite: () => true };
+  assert.equal(main(["--al", "e4m3"], io), 2);
+  assert.deepEqual(io.err, ["formats: Unknown option '--al'; did you mean --all?; see --help"]);
+});
