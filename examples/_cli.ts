@@ -38,36 +38,6 @@ export const checks = {
     names().includes(v) ? null : `unknown value '${v}'; valid: ${names().join(", ")}`,
 };
 
-/** Edit distance (insertions, deletions, substitutions) between two short strings. */
-function distance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = row;
-  }
-  return prev[b.length];
-}
-
-/**
- * For a parser message about an unknown flag (`Unknown option '--step'`), a suggestion of the
- * closest flag of `names` (`; did you mean --steps?`): one that the unknown flag begins, or
- * that begins with it, or is at most 2 edits away. Empty when none is close.
- */
-export function didYouMean(message: string, names: readonly string[]): string {
-  const m = /Unknown option '-{1,2}([^'=]+)/.exec(message);
-  if (!m) return "";
-  const given = m[1];
-  let best = "", bestD = Infinity;
-  for (const n of names) {
-    const d = n.startsWith(given) || given.startsWith(n) ? 0.5 : distance(given, n);
-    if (d < bestD) [best, bestD] = [n, d];
-  }
-  return bestD <= Math.min(2, Math.max(1, given.length / 3)) ? `; did you mean --${best}?` : "";
-}
-
 /** The usage text generated from the table. */
 export function helpText(usage: string, table: Record<string, Option>): string {
   const lines = Object.entries(table).map(([k, o]) =>
@@ -105,7 +75,7 @@ export function parseOptions(
   } catch (e) {
     const msg = (e as Error).message.split("\n").map((l) => l.trim()).filter(Boolean)
       .map((l) => (/[.?!]$/.test(l) ? l : `${l}.`)).join(" ").replace(/\.$/, "");
-    throw new UsageError(`${program}: ${msg}${didYouMean(msg, Object.keys(table))}; see --help`);
+    throw new UsageError(`${program}: ${msg}; see --help`);
   }
   if (raw.help) throw new UsageError(helpText(usage, table), 0);
   const values: Record<string, string | boolean> = {};
@@ -178,6 +148,39 @@ export async function requirePermission(
   }
 }
 
+/** One permission a command needs: `kind` of `path`, described as `what` (with its flag). */
+export interface Need {
+  kind: "read" | "write";
+  path: string;
+  what: string;
+}
+
+/**
+ * Throws one UsageError that names every permission of `needs` the process lacks, with the
+ * flags to add, before any work is done (`requirePermission` for several at once).
+ */
+export async function requirePermissions(program: string, needs: readonly Need[]): Promise<void> {
+  const missing: Need[] = [];
+  for (const n of needs) {
+    const { state } = await Deno.permissions.query({ name: n.kind, path: n.path });
+    if (state !== "granted") missing.push(n);
+  }
+  if (missing.length === 0) return;
+  if (missing.length === 1) {
+    const m = missing[0];
+    return await requirePermission(program, m.kind, m.path, m.what);
+  }
+  const flags = (["read", "write"] as const).map((k) => {
+    const paths = [...new Set(missing.filter((m) => m.kind === k).map((m) => m.path))];
+    return paths.length ? `--allow-${k}=${paths.join(",")}` : "";
+  }).filter(Boolean);
+  throw new UsageError(
+    `${program}: no permission to ${
+      missing.map((m) => `${m.kind} ${m.what} '${m.path}'`).join(", ")
+    }; run deno with ${flags.join(" ")} (or folders that contain them)`,
+  );
+}
+
 /** A message for an error that Deno raised for a missing permission, else null. */
 export function permissionMessage(program: string, e: unknown): string | null {
   if (!(e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied)) {
@@ -213,9 +216,10 @@ export function progressOutput(io: CliIO): { write: (text: string) => void; live
 }
 
 /**
- * Runs a command's body and turns the errors a user can fix into one line and an exit code:
- * usage (2, or 0 for --help), a missing Deno permission (2), an error of ulp such as a
- * malformed checkpoint (1). Other errors are bugs and propagate.
+ * Runs a command's body and turns every error into one line and an exit code, never a stack
+ * trace: usage (2, or 0 for --help), a missing Deno permission (2), an error of ulp such as
+ * a malformed checkpoint (1), a file-system error (1: Deno's message names the path and the
+ * operation, never the file's content), anything else (1, named as an internal error).
  */
 export async function runCli(
   program: string,
@@ -238,6 +242,19 @@ export async function runCli(
       io.error(`${program}: ${e.message}`);
       return 1;
     }
-    throw e;
+    const err = e instanceof Error ? e : new Error(String(e));
+    const fs = Object.values(Deno.errors).some((c) => err instanceof c);
+    io.error(
+      fs
+        ? `${program}: ${oneLine(err.message)}`
+        : `${program}: internal error (${err.name}: ${oneLine(err.message)}); please report it`,
+    );
+    return 1;
   }
+}
+
+/** The first line of a message, at most 2000 characters. */
+function oneLine(msg: string): string {
+  const line = msg.split("\n")[0];
+  return line.length > 2000 ? `${line.slice(0, 2000)}...` : line;
 }

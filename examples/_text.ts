@@ -275,10 +275,10 @@ export async function loadCorpus(
   if (chars && tokenizer.name === "char") {
     const unknown = [...new Set(text)].filter((c) => !chars.includes(c));
     if (unknown.length) {
+      // how many, not which: an error never quotes a file ulp did not write
       throw new Error(
-        `the text has characters outside the saved vocabulary: ${
-          JSON.stringify(unknown.slice(0, 5).join(""))
-        }`,
+        `the text has ${unknown.length} distinct characters outside the saved vocabulary ` +
+          `(it is not the text the run was trained on)`,
       );
     }
   }

@@ -12,6 +12,7 @@ import {
   applyPrecision,
   autocast,
   type AutocastOptions,
+  type CheckpointInfo,
   cosineWithWarmup,
   dtype,
   FP8Recipe,
@@ -24,6 +25,7 @@ import {
   memory,
   precisionNames,
   precisionStrategy,
+  readCheckpoint,
   type Rounding,
   saveCheckpoint,
   sharpness,
@@ -33,6 +35,7 @@ import {
   ValueError,
 } from "../mod.ts";
 import { Batches, type Corpus, evaluate } from "./_text.ts";
+import { excerpt } from "../nn/_excerpt.ts";
 import type { JsonlLog, Progress } from "./_progress.ts";
 
 /** Everything that decides a run's trajectory (saved in its checkpoints). */
@@ -117,6 +120,8 @@ export interface StepRecord {
   ms: number;
   /** The GradScaler's scale after the step, when one is used. */
   scale?: number;
+  /** What the GradScaler reported after the step (`GradScaler.status()`), when it blew up. */
+  scalerProblem?: string;
   /** Last-token logit sharpness of this step's batch (Keskar's, DESIGN.md 4), when asked. */
   sharpness?: number;
   /** What low precision lost in this step (with diagnostics on). */
@@ -224,9 +229,9 @@ export class Trainer {
       return l.detach();
     });
     const sharp = phi as Tensor | null;
-    const [value, scale, diag, phiValue] = await Promise.all([
+    const [value, status, diag, phiValue] = await Promise.all([
       loss.item(),
-      scaler?.getScale(),
+      scaler?.status(),
       diagnostics ? opt.diagnostics() : null,
       sharp?.item(),
     ]);
@@ -234,7 +239,8 @@ export class Trainer {
     sharp?.dispose();
     this.step = step;
     const r: StepRecord = { step, loss: value, lr, ms: 0 };
-    if (scale !== undefined) r.scale = scale;
+    if (status !== undefined) r.scale = status.scale;
+    if (status?.problem) r.scalerProblem = status.problem;
     if (phiValue !== undefined) r.sharpness = phiValue;
     if (diag) {
       r.imprecision = diag.imprecision;
@@ -271,20 +277,29 @@ export class Trainer {
     });
   }
 
-  /** Continues from a checkpoint of a run with the same configuration. */
-  async resume(path: string): Promise<void> {
-    const info = await loadCheckpoint(path, {
+  /** Continues from a checkpoint of a run with the same configuration (see `checkResume`). */
+  async resume(path: string): Promise<CheckpointInfo> {
+    const info = await readCheckpoint(path);
+    checkResume(path, info, this.config); // before anything is loaded
+    await loadCheckpoint(path, {
       model: this.model,
       optimizer: this.optimizer,
       scaler: this.scaler,
       extra: this.extra,
     });
-    const position = (info.data as { position?: number } | null)?.position;
-    if (!Number.isSafeInteger(position)) {
-      throw new ValueError(`resume: ${path} has no data position`);
-    }
-    this.batches.skipTo(position!);
+    this.batches.skipTo(info.step);
     this.step = info.step;
+    return info;
+  }
+
+  /** Whether every parameter is finite (one readback): a checkpoint keeps only such weights. */
+  async finite(): Promise<boolean> {
+    const worst = tidy(() =>
+      this.model.parameters().map((p) => p.cast("f32").abs().max()).reduce((a, b) => a.add(b))
+    );
+    const v = await worst.item();
+    worst.dispose();
+    return Number.isFinite(v);
   }
 
   /** Frees the model, the optimizer state, the scaler and the extra state. */
@@ -294,6 +309,38 @@ export class Trainer {
     this.scaler?.dispose();
     for (const e of Object.values(this.extra)) (e as { dispose?: () => void }).dispose?.();
   }
+}
+
+/**
+ * Checks a checkpoint's step and data position against its run's configuration before a
+ * resume builds or loads anything: the step within the run's steps, and the data position
+ * exactly the step (the trainer draws one batch per step), so a hand-edited position can
+ * neither hang the data loader's skip nor start the data elsewhere.
+ */
+export function checkResume(path: string, info: CheckpointInfo, config: RunConfig): void {
+  const bad = (what: string): never => {
+    throw new ValueError(
+      `resume: ${path}: ${what}; the checkpoint was changed after it was written, or comes ` +
+        `from another program`,
+    );
+  };
+  if (info.step > config.steps) {
+    bad(`its step ${info.step} is beyond the run's ${config.steps} steps`);
+  }
+  const position = (info.data as { position?: unknown } | null)?.position;
+  if (position !== info.step) {
+    bad(
+      `its data position ${
+        typeof position === "number" ? position : excerpt(position)
+      } is not its step ${info.step} (one batch per step)`,
+    );
+  }
+}
+
+/** The checkpoint of this run that is known good: written after a step with finite weights. */
+export interface GoodCheckpoint {
+  path: string;
+  step: number;
 }
 
 /** Options of `runTraining`. */
@@ -316,8 +363,18 @@ export interface RunOptions {
   meta?: Record<string, unknown>;
   /** Stop after this step (a checkpoint is written); the schedule still spans all steps. */
   stopAfter?: number;
-  /** Stop at the first non-finite loss (runs without a GradScaler). */
+  /**
+   * Stop at a blow-up: the first non-finite loss (runs without a GradScaler), the GradScaler's
+   * report (`GradScaler.status()`: the scale below its floor, or too many skipped steps in a
+   * row), or weights that are no longer finite when a checkpoint is due. Without it, each is
+   * a warning (`warn` and a `warning` record in the log) and the run goes on; weights that are
+   * not finite are never written over the last good checkpoint.
+   */
   stopOnNan?: boolean;
+  /** Where warnings go (default: the progress output). */
+  warn?: (text: string) => void;
+  /** The last good checkpoint of this run before this call (the one it resumed from). */
+  lastGood?: GoodCheckpoint | null;
   /** Log the last-token sharpness every N steps (0 or absent: never). */
   sharpnessEvery?: number;
 }
@@ -328,6 +385,8 @@ export interface RunResult {
   evals: { step: number; valLoss: number }[];
   /** Why the run stopped before its last step, or null. */
   stopped: { step: number; reason: string } | null;
+  /** The last checkpoint of this run written with finite weights (or resumed from), if any. */
+  lastGood: GoodCheckpoint | null;
   /** Wall time of the steps in this call, ms. */
   ms: number;
 }
@@ -336,9 +395,22 @@ export interface RunResult {
 export async function runTraining(trainer: Trainer, o: RunOptions): Promise<RunResult> {
   const { config } = trainer;
   const last = Math.min(config.steps, o.stopAfter ?? config.steps);
-  const result: RunResult = { records: [], evals: [], stopped: null, ms: 0 };
+  const result: RunResult = {
+    records: [],
+    evals: [],
+    stopped: null,
+    lastGood: o.lastGood ?? null,
+    ms: 0,
+  };
   const tokens = config.batch * config.block;
   const write = (r: Record<string, unknown>) => o.log?.append({ ...o.fields, ...r });
+  const warned = new Set<string>(); // one warning per kind of blow-up
+  const warn = (step: number, kind: string, message: string) => {
+    if (warned.has(kind)) return;
+    warned.add(kind);
+    write({ type: "warning", step, message });
+    (o.warn ?? ((t: string) => o.progress.note(t)))(`warning: step ${step}: ${message}`);
+  };
   const t0 = performance.now();
   while (trainer.step < last) {
     const step = trainer.step + 1;
@@ -348,10 +420,20 @@ export async function runTraining(trainer: Trainer, o: RunOptions): Promise<RunR
     result.records.push(r);
     write({ type: "step", ...r, loss: Number.isFinite(r.loss) ? r.loss : String(r.loss) });
     o.progress.update(step, { loss: r.loss, tokens, ms: r.ms, scale: r.scale });
-    if (!Number.isFinite(r.loss) && o.stopOnNan && !trainer.scaler) {
-      result.stopped = { step, reason: `the loss is ${r.loss} at step ${step}` };
-      break;
+    if (!Number.isFinite(r.loss) && !trainer.scaler) {
+      if (o.stopOnNan) {
+        result.stopped = { step, reason: `the loss is ${r.loss} at step ${step}` };
+        break;
+      }
+      warn(step, "loss", `the loss is ${r.loss} (stop at the first with --stop-on-nan)`);
     }
+    if (r.scalerProblem) {
+      if (o.stopOnNan) {
+        result.stopped = { step, reason: `${r.scalerProblem} at step ${step}` };
+        break;
+      }
+      warn(step, "scaler", `${r.scalerProblem} (stop here with --stop-on-nan)`);
+    } else warned.delete("scaler");
     const end = step === last;
     if (o.evalEvery && (step % o.evalEvery === 0 || step === config.steps)) {
       const valLoss = await trainer.evaluate(o.evalBatches);
@@ -360,7 +442,29 @@ export async function runTraining(trainer: Trainer, o: RunOptions): Promise<RunR
       o.progress.note(`step ${step}: validation loss ${valLoss.toFixed(4)}`);
     }
     if (o.checkpoint && (end || (o.checkpointEvery && step % o.checkpointEvery === 0))) {
-      await trainer.save(o.checkpoint, o.meta);
+      // a checkpoint is written only of a healthy state: it replaces the last good one
+      const healthy = Number.isFinite(r.loss) && !r.scalerProblem;
+      if (!healthy) {
+        warn(
+          step,
+          "unhealthy",
+          `no checkpoint is written at step ${step} (${
+            r.scalerProblem ?? `the loss is ${r.loss}`
+          }); the last good one is kept`,
+        );
+      } else if (await trainer.finite()) {
+        await trainer.save(o.checkpoint, o.meta);
+        result.lastGood = { path: o.checkpoint, step };
+      } else if (o.stopOnNan) {
+        result.stopped = { step, reason: `the weights hold NaN or Inf after step ${step}` };
+        break;
+      } else {
+        warn(
+          step,
+          "weights",
+          `the weights hold NaN or Inf: no checkpoint is written over the last good one`,
+        );
+      }
     }
   }
   result.ms = performance.now() - t0;
