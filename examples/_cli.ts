@@ -38,6 +38,36 @@ export const checks = {
     names().includes(v) ? null : `unknown value '${v}'; valid: ${names().join(", ")}`,
 };
 
+/** Edit distance (insertions, deletions, substitutions) between two short strings. */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/**
+ * For a parser message about an unknown flag (`Unknown option '--step'`), a suggestion of the
+ * closest flag of `names` (`; did you mean --steps?`): one that the unknown flag begins, or
+ * that begins with it, or is at most 2 edits away. Empty when none is close.
+ */
+export function didYouMean(message: string, names: readonly string[]): string {
+  const m = /Unknown option '-{1,2}([^'=]+)/.exec(message);
+  if (!m) return "";
+  const given = m[1];
+  let best = "", bestD = Infinity;
+  for (const n of names) {
+    const d = n.startsWith(given) || given.startsWith(n) ? 0.5 : distance(given, n);
+    if (d < bestD) [best, bestD] = [n, d];
+  }
+  return bestD <= Math.min(2, Math.max(1, given.length / 3)) ? `; did you mean --${best}?` : "";
+}
+
 /** The usage text generated from the table. */
 export function helpText(usage: string, table: Record<string, Option>): string {
   const lines = Object.entries(table).map(([k, o]) =>
@@ -75,7 +105,7 @@ export function parseOptions(
   } catch (e) {
     const msg = (e as Error).message.split("\n").map((l) => l.trim()).filter(Boolean)
       .map((l) => (/[.?!]$/.test(l) ? l : `${l}.`)).join(" ").replace(/\.$/, "");
-    throw new UsageError(`${program}: ${msg}; see --help`);
+    throw new UsageError(`${program}: ${msg}${didYouMean(msg, Object.keys(table))}; see --help`);
   }
   if (raw.help) throw new UsageError(helpText(usage, table), 0);
   const values: Record<string, string | boolean> = {};
