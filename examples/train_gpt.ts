@@ -455,7 +455,9 @@ async function report(
   await Deno.writeTextFile(
     `${out}/report.md`,
     `# train_gpt: ${c.precision}\n\n` +
-      `${c.nLayer} layer${c.nLayer === 1 ? "" : "s"}, ${c.nHead} head${c.nHead === 1 ? "" : "s"}, ` +
+      `${c.nLayer} layer${c.nLayer === 1 ? "" : "s"}, ${c.nHead} head${
+        c.nHead === 1 ? "" : "s"
+      }, ` +
       `width ${c.nEmbd}, context ${c.block}, batch ` +
       `${c.batch}, AdamW lr ${c.lr} (${c.warmup} warmup, cosine), ${c.steps} steps, seed ` +
       `${c.seed}; data: ${trainer.corpus.source} (${trainer.corpus.tokenizer.name} tokens).\n\n` +
