@@ -137,6 +137,7 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
           config,
           gpu: info.description,
           seconds: (performance.now() - t0) / 1000,
+          hidden,
           results: results.map(({ losses: _l, lost, sample: _s, ...r }) => ({
             ...r,
             lostAtEnd: lateLost(lost),
