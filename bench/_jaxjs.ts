@@ -30,7 +30,7 @@ import {
 } from "@jax-js/jax";
 import type { Contestant } from "./_timing.ts";
 
-export { jit, nn, np };
+export { jit, nn, np, tree };
 
 /** The version that loaded (jax-js exports none): read from the path the import map gave. */
 export const JAXJS_VERSION: string =

@@ -54,6 +54,7 @@ import {
   nn as jnn,
   np,
   setupJaxjs,
+  tree,
 } from "./_jaxjs.ts";
 import { type Contestant, timeSideBySide, type Timing } from "./_timing.ts";
 import {
@@ -467,6 +468,7 @@ async function benchOptimizer(): Promise<void> {
       jaxStateContestant("jaxjs adamw", jaxState, (s) => jaxStep(s, jaxGrads.map((g) => g.ref))),
     );
   }
+  const check = jax ? await adamwAgreement() : "";
   const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
   const tfT = peer ? timings[made.length] : null;
   const jaxT = jax ? timings[jaxAt] : null;
@@ -479,7 +481,7 @@ async function benchOptimizer(): Promise<void> {
       m.name === "fp32" ? { tfjs: tfT, jaxjs: jaxT } : {},
       m.name === "fp32"
         ? "peers: tf.train.adam (Adam without decoupled weight decay), f32; jax-js: the same " +
-          "AdamW in jax-js ops, one jitted step, f32"
+          "AdamW in jax-js ops, one jitted step, f32" + check
         : "no peer (neither TF.js nor jax-js has bf16 optimizer states)",
     );
   });
@@ -500,12 +502,44 @@ async function benchOptimizer(): Promise<void> {
   jaxStep.dispose();
 }
 
+/**
+ * The check of the jax-js AdamW against ulp's (fp32, the row's settings): three steps with
+ * different gradients over a few thousand parameters, then the largest difference.
+ */
+async function adamwAgreement(): Promise<string> {
+  const n = 4096, steps = 3;
+  const p0 = hostData(n, 300, 0.02);
+  const gs = Array.from({ length: steps }, (_, k) => hostData(n, 301 + k, 1e-3));
+  const p = tensor(p0, { shape: [n] });
+  p.requiresGrad = true;
+  const opt = new AdamW([p], { lr: 1e-3, weightDecay: 0.01 }); // betas (0.9, 0.999), eps 1e-8
+  const step = jit((s: JaxAdamWState, g: np.Array[]) =>
+    jaxAdamWUpdate(s, g, { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01 })
+  );
+  let s = jaxAdamWState([np.array(p0)]);
+  for (const g of gs) {
+    p.grad?.dispose();
+    p.grad = tensor(g, { shape: [n] });
+    opt.step();
+    s = step(s, [np.array(g)]);
+  }
+  const d = maxDiff(await p.toArray(), await jaxValues(s.params[0]));
+  opt.dispose();
+  p.grad?.dispose();
+  p.dispose();
+  for (const x of [...s.params, ...s.m, ...s.v, s.t]) x.dispose();
+  step.dispose();
+  return `; after ${steps} steps (${n} parameters) max |ulp-jaxjs| ${fmtE(d)}`;
+}
+
 // ---------------------------------------------------------------------------------------
 // a GPT training step per precision strategy
 
 interface UlpStep {
   strategy: string;
   step: () => void;
+  /** The loss at the current weights (a forward pass outside the timing). */
+  loss: () => Promise<number>;
   dispose: () => void;
 }
 
@@ -536,6 +570,12 @@ function makeUlpStep(strategy: string, ids: Int32Array, tgt: Int32Array): UlpSte
         opt.step();
         opt.zeroGrad();
       }),
+    loss: async () => {
+      const l = tidy(() => model.forward(x, y).loss!);
+      const v = (await l.toArray())[0];
+      l.dispose();
+      return v;
+    },
     dispose: () => {
       opt.dispose();
       for (const p of model.parameters()) {
@@ -645,15 +685,10 @@ async function benchGptStep(): Promise<void> {
       const jaxLoss = jit((p: JaxGPTParams, x: np.Array, y: np.Array) =>
         jaxGptLoss(GPT_CFG, p, x, y)
       );
-      const jl = jaxLoss(
-        Object.fromEntries(Object.entries(params).map(([n, a]) => [n, a.ref])),
-        jaxIn[0].ref,
-        jaxIn[1].ref,
-      );
+      const jl = jaxLoss(tree.ref(params), jaxIn[0].ref, jaxIn[1].ref);
       const [lu, lj] = [(await ulpLoss.toArray())[0], (await jl.data())[0]];
       jaxNote = `; loss at the same initial weights ulp ${lu.toFixed(5)} jax-js ${lj.toFixed(5)}`;
       ulpLoss.dispose();
-      jaxLoss.dispose();
       for (const p of ref.parameters()) p.dispose();
       // ulp's GPT step: AdamW lr 3e-3, betas (0.9, 0.95), weight decay 0.1
       const step = jaxGptTrainStep(GPT_CFG, {
@@ -669,6 +704,16 @@ async function benchGptStep(): Promise<void> {
         c.run();
         await c.sync();
       }
+      // the check of gradients and AdamW: ulp's fp32 model took as many steps from the same
+      // weights on the same batch; the loss of both now
+      const ulpFp32 = made.find((u) => u.strategy === "fp32");
+      if (ulpFp32) {
+        const lu = await ulpFp32.loss();
+        const jl2 = jaxLoss(tree.ref(state.current.params), jaxIn[0].ref, jaxIn[1].ref);
+        const lj = (await jl2.data())[0];
+        jaxNote += `; after ${MODE.gpt.warmup} steps ulp ${lu.toFixed(5)} jax-js ${lj.toFixed(5)}`;
+      }
+      jaxLoss.dispose();
       jaxState = state;
       contestants.push(c);
     } catch (e) {
@@ -893,7 +938,7 @@ target(
     d?.dispatches ?? null,
     "<=",
     MAX_DISPATCHES,
-    `worst ${d?.strategy}; per step: ${each("dispatches")}`,
+    `worst ${d?.strategy ?? "-"}; per step: ${each("dispatches")}`,
   );
 }
 
