@@ -21,15 +21,14 @@
  * @module
  */
 
-import { type DType, float32, isFloat, promoteTypes, wgslChunks } from "../dtypes/mod.ts";
+import { type DType, float32, isFloat, promoteTypes } from "../dtypes/mod.ts";
 import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
+import { currentRuntime, type Layout, layoutOf, type PooledBuffer, program } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
-import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { zeros } from "./creation.ts";
+import { windowElems } from "./reduce.ts";
 
-/** Threads per workgroup (row kernels) and per workgroup of the word-owning kernels. */
 /** Workgroup size of the row kernels (norms and losses). @internal */
 export const WG = 64;
 
@@ -38,9 +37,9 @@ type Norm = "ln" | "rms";
 
 /** The WGSL of one row kernel: stats code, value expression, saved statistics. */
 interface Spec {
-  /** Tensor inputs, decoded with `wgslLoad` as `ld_<name>(i)`. */
+  /** Tensor inputs (bindings), read with the builder's `ld_<name>(i)`. */
   readonly ins: readonly string[];
-  /** f32 arrays read by row (`mu`, `rs` saved by the forward pass). */
+  /** f32 bindings read by row with `ld_<name>(row)` (`mu`, `rs` saved by the forward pass). */
   readonly saved: readonly string[];
   /** WGSL in `main` that sets the private `c0`, `c1` of the row (`base`, `li`, `cf` in scope). */
   readonly stats: string;
@@ -49,8 +48,6 @@ interface Spec {
 }
 
 // ---- WGSL --------------------------------------------------------------------------------------
-
-const WGSL_UNIFORMS = `struct U { rows: u32, C: u32, eps: f32, n: u32 }\n`;
 
 /** Workgroup tree sum of vec2<f32> over WG lanes (needs `var<workgroup> sv: array<vec2<f32>, WG>`). @internal */
 export const WGSL_SUM = `
@@ -97,7 +94,7 @@ ${
     };
   }
   const saved = norm === "ln" ? ["mu", "rs"] : ["rs"];
-  const xh = norm === "ln" ? "(ld_x(i) - mu[row]) * rs[row]" : "ld_x(i) * rs[row]";
+  const xh = norm === "ln" ? "(ld_x(i) - ld_mu(row)) * ld_rs(row)" : "ld_x(i) * ld_rs(row)";
   return {
     ins: ["x", "g", ...(hasW ? ["w"] : [])],
     saved,
@@ -109,20 +106,8 @@ ${
   c1 = m.y;\n`,
     val: `  let xh = ${xh};
   let gw = ld_g(i)${w};
-  return rs[row] * (gw${norm === "ln" ? " - c0" : ""} - xh * c1);`,
+  return ld_rs(row) * (gw${norm === "ln" ? " - c0" : ""} - xh * c1);`,
   };
-}
-
-/** The store of f32 `v` at element `idx` of a one-lane output `arr`. */
-function storeOne(l: Layout, enc: string, arr: string, idx: string, v: string): string {
-  if (l.elem === "f16") return `${arr}[${idx}] = f16(unpack2x16float(${enc}(${v}, 0u)).x);`;
-  return `${arr}[${idx}] = ${enc}(${v}, 0u);`;
-}
-
-/** Masked code of lane `l` of a packed word. */
-function laneBits(l: Layout, enc: string, v: string, lane: string): string {
-  const mask = (2 ** l.laneBits - 1) >>> 0;
-  return `((${enc}(${v}, 0u) & ${mask}u) << (${lane} * ${l.laneBits}u))`;
 }
 
 /**
@@ -132,136 +117,117 @@ function laneBits(l: Layout, enc: string, v: string, lane: string): string {
  */
 type Mode = "fused" | "stats" | "apply";
 
-function rowSource(
+/**
+ * The body of a row kernel. Bindings: the inputs `s.ins`, the saved statistics `s.saved` and
+ * `statIn` (f32, by row), the output `out` (not in `stats` mode), the statistics `statOut` it
+ * saves (f32, by row).
+ */
+function rowBody(
   s: Spec,
-  ls: readonly Layout[],
   outL: Layout,
   mode: Mode,
   statOut: readonly string[],
   statIn: readonly string[],
 ): string {
-  const chunks: (readonly string[])[] = [];
-  let decl = "";
-  let b = 0;
-  s.ins.forEach((name, k) => {
-    chunks.push(wgslLoad(ls[k], `in_${name}`, `ld_${name}`));
-    decl += wgslBinding(ls[k], 0, b++, `in_${name}`, "read");
-  });
-  for (const name of [...s.saved, ...statIn]) {
-    decl += `@group(0) @binding(${b++}) var<storage, read> ${name}: array<f32>;\n`;
-  }
-  const enc = wgslEncoder(outL);
-  if (mode !== "stats") {
-    chunks.push(enc.chunks);
-    decl += wgslBinding(outL, 0, b++, "out", "read_write");
-  }
-  for (const name of statOut) {
-    decl += `@group(0) @binding(${b++}) var<storage, read_write> ${name}: array<f32>;\n`;
-  }
-  decl += `@group(0) @binding(${b}) var<uniform> u: U;\n`;
   const lanes = outL.lanes;
   let body: string;
   if (mode === "apply") {
-    const load = statIn.map((n, k) => `c${k + 2 - statIn.length} = ${n}[row];`).join(" ");
-    const elem = (v: string) => `let row = i / u.C; let col = i - row * u.C; ${load} ${v}`;
+    const load = statIn.map((n, k) => `c${k + 2 - statIn.length} = ld_${n}(row);`).join(" ");
     // only packed outputs take this path (a one-lane output is always written fused)
-    body = `  let w = (wid.x + wid.y * nwg.x) * ${WG}u + li;
+    body = `  let w = wg * ${WG}u + li;
   if (w * ${lanes}u >= u.n) { return; }
-  var word = 0u;
+  var v = vec4<f32>(0.0);
   for (var l = 0u; l < ${lanes}u; l = l + 1u) {
     let i = w * ${lanes}u + l;
     if (i >= u.n) { break; }
-    ${elem(`word = word | ${laneBits(outL, enc.name, "val(i, row, col)", "l")};`)}
+    let row = i / u.C;
+    let col = i - row * u.C;
+    ${load}
+    v[l] = val(i, row, col);
   }
-  out[w] = word;\n`;
+  st_out(w, v, vec4<u32>(0u));\n`;
   } else {
     let store = "";
     if (mode === "fused") {
       store = lanes === 1
-        ? rowLoop(storeOne(outL, enc.name, "out", "i", "val(i, row, j)"))
+        ? rowLoop("st_out(i, vec4<f32>(val(i, row, j)), vec4<u32>(0u));")
         : `  for (var j = li; j < u.C / ${lanes}u; j = j + ${WG}u) {
-    var word = 0u;
+    var v = vec4<f32>(0.0);
     for (var l = 0u; l < ${lanes}u; l = l + 1u) {
       let col = j * ${lanes}u + l;
-      word = word | ${laneBits(outL, enc.name, "val(base + col, row, col)", "l")};
+      v[l] = val(base + col, row, col);
     }
-    out[base / ${lanes}u + j] = word;
+    st_out(base / ${lanes}u + j, v, vec4<u32>(0u));
   }\n`;
     }
-    const save = statOut.map((n, k) => `${n}[row] = c${k + 2 - statOut.length};`).join(" ");
-    body = `  let row = wid.x + wid.y * nwg.x;
-  if (row >= u.rows) { return; }
+    const save = statOut.map((n, k) => `put_${n}(row, bitcast<u32>(c${k + 2 - statOut.length}));`)
+      .join(" ");
+    body = `  let row = wg;
   let base = row * u.C;
   let cf = f32(u.C);
 ${s.stats}${save ? `  if (li == 0u) { ${save} }\n` : ""}${store}`;
   }
-  const f16 = needsF16([...ls, ...(mode === "stats" ? [] : [outL])]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-${WGSL_UNIFORMS}${decl}var<workgroup> sv: array<vec2<f32>, ${WG}>;
+  return `var<workgroup> sv: array<vec2<f32>, ${WG}>;
 var<private> c0: f32;
 var<private> c1: f32;
 ${WGSL_SUM}
 fn val(i: u32, row: u32, col: u32) -> f32 {
 ${s.val}
 }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+fn kernel(wg: u32, lid: vec3u, li: u32) {
 ${body}}
 `;
 }
 
 /**
  * `dw = sum_r g * xhat`, `db = sum_r g`: one invocation per group of `G` columns (the widest
- * packing of the two outputs), looping over the rows in order.
+ * packing of the two outputs), looping over rows `r0..r1` in order. `carry`: the sums go on
+ * from (`first` = 0) and are left in (`last` = 0) the f32 buffers `cw` and `cb`, so that rows
+ * can be taken in several dispatches with the same result.
  */
-function colSource(norm: Norm, ls: readonly Layout[], outs: readonly Layout[], which: string[]) {
+function colBody(norm: Norm, outs: readonly Layout[], which: string[], carry: boolean): string {
   const G = Math.max(...outs.map((l) => l.lanes));
-  const chunks: (readonly string[])[] = [
-    wgslLoad(ls[0], "in_x", "ld_x"),
-    wgslLoad(ls[1], "in_g", "ld_g"),
-  ];
-  let decl = wgslBinding(ls[0], 0, 0, "in_x", "read") + wgslBinding(ls[1], 0, 1, "in_g", "read");
-  const saved = norm === "ln" ? ["mu", "rs"] : ["rs"];
-  let b = 2;
-  for (const n of saved) {
-    decl += `@group(0) @binding(${b++}) var<storage, read> ${n}: array<f32>;\n`;
-  }
   let stores = "";
   outs.forEach((l, k) => {
-    const enc = wgslEncoder(l);
-    chunks.push(enc.chunks);
-    const arr = `out_${which[k]}`, acc = `s_${which[k]}`;
-    decl += wgslBinding(l, 0, b++, arr, "read_write");
+    const out = `o${which[k]}`, acc = `s_${which[k]}`;
     stores += l.lanes === 1
       ? `  for (var k = 0u; k < ${G}u; k = k + 1u) {
     let c = c0 + k;
     if (c >= u.C) { break; }
-    ${storeOne(l, enc.name, arr, "c", `${acc}[k]`)}
+    st_${out}(c, vec4<f32>(${acc}[k]), vec4<u32>(0u));
   }\n`
       : `  for (var k = 0u; k < ${G / l.lanes}u; k = k + 1u) {
     let c = c0 + k * ${l.lanes}u;
     if (c >= u.C) { break; }
-    var word = 0u;
+    var v = vec4<f32>(0.0);
     for (var l = 0u; l < ${l.lanes}u; l = l + 1u) {
-      if (c + l < u.C) { word = word | ${
-        laneBits(l, enc.name, `${acc}[k * ${l.lanes}u + l]`, "l")
-      }; }
+      if (c + l < u.C) { v[l] = ${acc}[k * ${l.lanes}u + l]; }
     }
-    ${arr}[c / ${l.lanes}u] = word;
+    st_${out}(c / ${l.lanes}u, v, vec4<u32>(0u));
   }\n`;
   });
-  decl += `@group(0) @binding(${b}) var<uniform> u: U;\n`;
-  const xh = norm === "ln" ? "(ld_x(i) - mu[r]) * rs[r]" : "ld_x(i) * rs[r]";
-  const f16 = needsF16([...ls, ...outs]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-${WGSL_UNIFORMS}${decl}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let c0 = ((wid.x + wid.y * nwg.x) * ${WG}u + li) * ${G}u;
+  const xh = norm === "ln" ? "(ld_x(i) - ld_mu(r)) * ld_rs(r)" : "ld_x(i) * ld_rs(r)";
+  const each = (s: string) =>
+    `  for (var k = 0u; k < ${G}u; k = k + 1u) {
+    let c = c0 + k;
+    if (c >= u.C) { break; }
+    ${s}
+  }\n`;
+  const resume = carry
+    ? `  if (u.first == 0u) {
+${each("s_w[k] = ld_cw(c); s_b[k] = ld_cb(c);")}  }\n`
+    : "";
+  const leave = carry
+    ? `  if (u.last == 0u) {
+${each("put_cw(c, bitcast<u32>(s_w[k])); put_cb(c, bitcast<u32>(s_b[k]));")}    return;
+  }\n`
+    : "";
+  return `fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let c0 = (wg * ${WG}u + li) * ${G}u;
   if (c0 >= u.C) { return; }
   var s_w: array<f32, ${G}>;
   var s_b: array<f32, ${G}>;
-  for (var r = 0u; r < u.rows; r = r + 1u) {
+${resume}  for (var r = u.r0; r < u.rows; r = r + 1u) {
     for (var k = 0u; k < ${G}u; k = k + 1u) {
       let c = c0 + k;
       if (c >= u.C) { break; }
@@ -271,34 +237,19 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
       s_b[k] = s_b[k] + g;
     }
   }
-${stores}}
+${leave}${stores}}
 `;
 }
 
 // ---- dispatch ----------------------------------------------------------------------------------
 
-function cachedKernel(
-  rt: Runtime,
-  key: string,
-  label: string,
-  access: ("read" | "read_write")[],
-  build: () => string,
-): Kernel {
-  return rt.kernelFor(`norm|${key}`, label, { buffers: access, uniform: true }, build);
-}
-
-function layoutKey(l: Layout): string {
-  return `${l.dtype.name}:${l.elem}`;
-}
-
-function uniforms(rows: number, C: number, eps: number): Uint32Array {
-  const u = new Uint32Array(4);
-  u[0] = rows;
-  u[1] = C;
-  new Float32Array(u.buffer, 8, 1)[0] = eps;
-  u[3] = rows * C;
-  return u;
-}
+/** Uniform fields of the row kernels: rows, columns, eps, elements. */
+const ROW_UNIFORMS = [
+  { name: "rows", type: "u32" },
+  { name: "C", type: "u32" },
+  { name: "eps", type: "f32" },
+  { name: "n", type: "u32" },
+] as const;
 
 const R = "read" as const, RW = "read_write" as const;
 
@@ -306,7 +257,7 @@ const R = "read" as const, RW = "read_write" as const;
  * Runs a row op: one fused dispatch, or (a packed output whose rows do not own whole words)
  * a statistics dispatch and a word-owning dispatch. `saved` are the forward statistics the
  * backward pass reads; `save` names the statistics the forward pass writes (into new f32
- * tensors of `rows` elements, returned).
+ * tensors of `rows` elements, returned). Row-sized operands are bound by windows of rows.
  */
 function runRows(
   label: string,
@@ -326,59 +277,104 @@ function runRows(
   const out = Tensor.empty(outShape, outDt);
   const stats = save.map(() => Tensor.empty([rows], float32, "scratch"));
   if (rows === 0 || C === 0) return { out, stats };
-  const ls = tensors.map((t) => layoutOf(t.dt, rt));
+  const f32 = layoutOf(float32, rt);
   const outL = layoutOf(outDt, rt);
-  const key = `${label}|${s.ins.map((n, k) => `${n}=${layoutKey(ls[k])}`).join(",")}|${
-    layoutKey(outL)
-  }`;
-  const u = uniforms(rows, C, eps);
-  const nIn = bufs.length + sbufs.length;
+  const u = { rows, C, eps, n: rows * C };
+  // the inputs named in s.ins ([x, w, b] or [x, g, w]): x and g are [rows, C], w and b [C]
+  const inputs = s.ins.map((name, k) => ({ name, type: layoutOf(tensors[k].dt, rt), access: R }));
+  const byRow = new Set(["x", "g", "out"]);
+  const buffers: Record<string, PooledBuffer> = { out: out.buffer(label) };
+  s.ins.forEach((name, k) => (buffers[name] = bufs[k]));
+  s.saved.forEach((name, k) => (buffers[name] = sbufs[k]));
+  /** The ranges of `names` for workgroups that own rows `rowsOf(g0, g1)`. */
+  const rangesFor = (names: readonly string[], rowsOf: (g0: number, g1: number) => number[]) => {
+    const r: Record<string, (g0: number, g1: number) => [number, number]> = {};
+    for (const name of names) {
+      if (name === "w" || name === "b") continue; // [C]: bound whole
+      r[name] = (g0, g1) => {
+        const [r0, r1] = rowsOf(g0, g1);
+        return byRow.has(name) ? [r0 * C, r1 * C] : [r0, r1]; // [rows, C] or f32 by row
+      };
+    }
+    return r;
+  };
+  const rowOwn = (g0: number, g1: number) => [g0, g1];
+  const key = `norm|${label}|${s.ins.join(",")}`;
   if (outL.lanes === 1 || C % outL.lanes === 0) {
-    const k = cachedKernel(
-      rt,
-      `${key}|fused|${save.length}`,
+    for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
+    const names = [...s.ins, ...s.saved, "out", ...save];
+    program(rt, `${key}|fused|${save.length}`, {
       label,
-      [...Array(nIn).fill(R), RW, ...save.map(() => RW)],
-      () => rowSource(s, ls, outL, "fused", save, []),
-    );
-    rt.dispatch(
-      k,
-      [...bufs, ...sbufs, out.buffer(label), ...stats.map((t) => t.buffer(label))],
-      rt.grid(rows),
-      u,
-    );
+      bindings: [
+        ...inputs,
+        ...s.saved.map((name) => ({ name, type: f32, access: R })),
+        { name: "out", type: outL, access: RW },
+        ...save.map((name) => ({ name, type: f32, access: RW })),
+      ],
+      uniforms: ROW_UNIFORMS,
+      workgroupSize: WG,
+    }, () => rowBody(s, outL, "fused", save, [])).run({
+      buffers,
+      uniforms: u,
+      groups: rows,
+      ranges: rangesFor(names, rowOwn),
+    });
     return { out, stats };
   }
   // statistics first (saved, or temporaries of the backward pass), then the output by words
   const tmp = save.length > 0 ? stats : [0, 1].map(() => Tensor.empty([rows], float32, "scratch"));
   const names = save.length > 0 ? save : ["t0", "t1"];
-  const ks = cachedKernel(
-    rt,
-    `${key}|stats|${names.length}`,
+  names.forEach((name, k) => (buffers[name] = tmp[k].buffer(label)));
+  program(rt, `${key}|stats|${names.length}`, {
     label,
-    [...Array(nIn).fill(R), ...names.map(() => RW)],
-    () => rowSource(s, ls, outL, "stats", names, []),
-  );
-  rt.dispatch(ks, [...bufs, ...sbufs, ...tmp.map((t) => t.buffer(label))], rt.grid(rows), u);
-  const ka = cachedKernel(
-    rt,
-    `${key}|apply|${names.length}`,
+    bindings: [
+      ...inputs,
+      ...s.saved.map((name) => ({ name, type: f32, access: R })),
+      ...names.map((name) => ({ name, type: f32, access: RW })),
+    ],
+    uniforms: ROW_UNIFORMS,
+    workgroupSize: WG,
+  }, () => rowBody(s, outL, "stats", names, [])).run({
+    buffers,
+    uniforms: u,
+    groups: rows,
+    ranges: rangesFor([...s.ins, ...s.saved, ...names], rowOwn),
+  });
+  // a workgroup writes WG words of the output: elements [e0, e1), rows of those
+  const n = rows * C, per = WG * outL.lanes;
+  const elems = (g0: number, g1: number) => [g0 * per, Math.min(n, g1 * per)];
+  const rowsOf = (g0: number, g1: number) => {
+    const [e0, e1] = elems(g0, g1);
+    return e1 <= e0 ? [0, 0] : [Math.floor(e0 / C), Math.floor((e1 - 1) / C) + 1];
+  };
+  const ranges = rangesFor([...s.ins, ...s.saved, ...names], rowsOf);
+  for (const name of [...s.ins, "out"]) {
+    if (byRow.has(name)) ranges[name] = (g0, g1) => elems(g0, g1) as [number, number];
+  }
+  program(rt, `${key}|apply|${names.length}`, {
     label,
-    [...Array(nIn + names.length).fill(R), RW],
-    () => rowSource(s, ls, outL, "apply", [], names),
-  );
-  const words = Math.ceil((rows * C) / outL.lanes);
-  rt.dispatch(
-    ka,
-    [...bufs, ...sbufs, ...tmp.map((t) => t.buffer(label)), out.buffer(label)],
-    rt.grid(Math.ceil(words / WG)),
-    u,
-  );
+    bindings: [
+      ...inputs,
+      ...[...s.saved, ...names].map((name) => ({ name, type: f32, access: R })),
+      { name: "out", type: outL, access: RW },
+    ],
+    uniforms: ROW_UNIFORMS,
+    workgroupSize: WG,
+  }, () => rowBody(s, outL, "apply", [], names)).run({
+    buffers,
+    uniforms: u,
+    groups: Math.ceil(Math.ceil(n / outL.lanes) / WG),
+    ranges,
+  });
   if (tmp !== stats) { for (const t of tmp) t.dispose(); }
   return { out, stats };
 }
 
-/** `dw` and `db` (either may be skipped) of a normalisation. */
+/**
+ * `dw` and `db` (either may be skipped) of a normalisation. When `x` or `g` is larger than
+ * one binding, the rows are taken in chunks that fit a window, in order, the column sums
+ * carried in f32 from one chunk to the next (the same sums as one pass).
+ */
 function colGrads(
   norm: Norm,
   x: Tensor,
@@ -392,24 +388,79 @@ function colGrads(
   const rt = currentRuntime();
   const res = outs.map((o) => Tensor.empty(o.shape, o.dt));
   if (outs.length === 0 || C === 0) return res;
-  const ls = [x, g].map((t) => layoutOf(t.dt, rt));
+  const f32 = layoutOf(float32, rt);
+  const xL = layoutOf(x.dt, rt), gL = layoutOf(g.dt, rt);
   const ols = outs.map((o) => layoutOf(o.dt, rt));
   const which = outs.map((o) => o.which);
   const G = Math.max(...ols.map((l) => l.lanes));
-  const k = cachedKernel(
-    rt,
-    `${norm}_bwd_cols|${ls.map(layoutKey).join(",")}|${ols.map(layoutKey).join(",")}|${which}`,
-    `${norm === "ln" ? "layerNorm" : "rmsNorm"}_bwd_cols`,
-    [R, R, ...saved.map(() => R), ...outs.map(() => RW)],
-    () => colSource(norm, ls, ols, which),
-  );
-  const threads = Math.ceil(C / G);
-  rt.dispatch(
-    k,
-    [x, g, ...saved, ...res].map((t) => t.buffer("norm backward")),
-    rt.grid(Math.ceil(threads / WG)),
-    uniforms(rows, C, 0),
-  );
+  const savedNames = norm === "ln" ? ["mu", "rs"] : ["rs"];
+  const label = `${norm === "ln" ? "layerNorm" : "rmsNorm"}_bwd_cols`;
+  const op = "norm backward";
+  const big = [x, g].some((t) => Math.ceil(t.buffer(op).bytes / 4) * 4 > rt.maxBindingBytes);
+  // rows per dispatch: all, or as many as a window of x, g and the statistics surely holds
+  const chunk = big
+    ? Math.max(
+      1,
+      Math.min(
+        Math.floor(Math.min(windowElems(rt, xL), windowElems(rt, gL)) / C),
+        windowElems(rt, f32),
+      ),
+    )
+    : rows;
+  const carry = chunk < rows;
+  const cw = carry ? Tensor.empty([C], float32, "scratch") : null;
+  const cb = carry ? Tensor.empty([C], float32, "scratch") : null;
+  const buffers: Record<string, PooledBuffer> = { x: x.buffer(op), g: g.buffer(op) };
+  savedNames.forEach((name, k) => (buffers[name] = saved[k].buffer(op)));
+  which.forEach((w, k) => (buffers[`o${w}`] = res[k].buffer(op)));
+  if (cw && cb) {
+    buffers.cw = cw.buffer(op);
+    buffers.cb = cb.buffer(op);
+  }
+  const prog = program(rt, `norm|${norm}_bwd_cols|${which}|${carry}`, {
+    label,
+    bindings: [
+      { name: "x", type: xL, access: R },
+      { name: "g", type: gL, access: R },
+      ...savedNames.map((name) => ({ name, type: f32, access: R })),
+      ...which.map((w, k) => ({ name: `o${w}`, type: ols[k], access: RW })),
+      ...(carry ? ["cw", "cb"].map((name) => ({ name, type: f32, access: RW })) : []),
+    ],
+    uniforms: [
+      { name: "rows", type: "u32" },
+      { name: "C", type: "u32" },
+      { name: "r0", type: "u32" },
+      { name: "first", type: "u32" },
+      { name: "last", type: "u32" },
+    ],
+    workgroupSize: WG,
+  }, () => colBody(norm, ols, which, carry));
+  const per = WG * G; // columns of one workgroup
+  const cols = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(C, g1 * per)];
+  const groups = Math.ceil(Math.ceil(C / G) / WG);
+  for (let r0 = 0; r0 < rows; r0 += chunk) {
+    const r1 = Math.min(rows, r0 + chunk);
+    const byRow = (g0: number, g1: number): [number, number] => {
+      const [c0, c1] = cols(g0, g1);
+      return [r0 * C + c0, (r1 - 1) * C + c1];
+    };
+    const ranges: Record<string, (g0: number, g1: number) => [number, number]> = {
+      x: byRow,
+      g: byRow,
+      cw: cols,
+      cb: cols,
+    };
+    for (const name of savedNames) ranges[name] = () => [r0, r1];
+    for (const w of which) ranges[`o${w}`] = cols;
+    prog.run({
+      buffers,
+      uniforms: { rows: r1, C, r0, first: r0 === 0 ? 1 : 0, last: r1 === rows ? 1 : 0 },
+      groups,
+      ranges,
+    });
+  }
+  cw?.dispose();
+  cb?.dispose();
   return res;
 }
 

@@ -17,19 +17,18 @@
  * @module
  */
 
-import { type DType, float32, int32, isFloat, uint32, wgslChunks } from "../dtypes/mod.ts";
+import { type DType, float32, int32, isFloat, uint32 } from "../dtypes/mod.ts";
 import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type PooledBuffer, type Runtime } from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
 import {
+  currentRuntime,
   type Layout,
   layoutOf,
-  needsF16,
+  type PooledBuffer,
+  program,
+  type Runtime,
   storageBytes,
-  wgslBinding,
-  wgslEncoder,
-  wgslLoad,
-} from "./layout.ts";
+} from "../gpu/mod.ts";
+import { attach } from "../autograd/graph.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { autocastInputs } from "./elementwise.ts";
 import { launch } from "./fusion.ts";
@@ -38,6 +37,17 @@ import { launch } from "./fusion.ts";
 const WG = 64;
 /** Most merged kept (or reduced) dimensions a kernel indexes (the uniform block holds 8). */
 const MAX_DIMS = 8;
+
+/**
+ * How many consecutive elements of layout `l` one window of a buffer larger than one binding
+ * surely holds, wherever they start: the binding limit less the offset alignment lost in front
+ * and the partial words at the ends. Kernels size their pieces (rows, parts) by it. @internal
+ */
+export function windowElems(rt: Runtime, l: Layout): number {
+  const align = rt.info.limits.minStorageBufferOffsetAlignment ?? 256;
+  const unit = l.elem === "f16" ? 2 : 4;
+  return Math.max(1, Math.floor((rt.maxBindingBytes - align) / unit - 1) * l.lanes);
+}
 
 // ---- the table ---------------------------------------------------------------------------------
 
@@ -67,38 +77,47 @@ const ROWS: Record<Exclude<Kind, "argmax" | "lse">, ReduceRow> = {
   },
 };
 
-const WGSL_HELPERS = `
-fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
-fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
-fn ulp_min(a: f32, b: f32) -> f32 { return select(min(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
-fn ulp_finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
-`;
+/** WGSL beyond the builder's prelude (which has `ulp_isnan`, `ulp_max` and `ulp_min`). */
+const WGSL_FINITE =
+  `fn ulp_finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }\n`;
 
-// Uniforms (40 words): outputs of this pass, reduced count, merged kept / reduced dims, the
-// split of the reduced range into parts, a scale for sums (mean), then sizes and strides.
-const WGSL_UNIFORMS =
-  `struct U { n: u32, R: u32, nk: u32, nr: u32, parts: u32, chunk: u32, scale: f32, pad: u32,
-  ks: array<vec4<u32>, 2>, kst: array<vec4<u32>, 2>, rs: array<vec4<u32>, 2>, rst: array<vec4<u32>, 2> }
-`;
+/**
+ * Uniform fields of every reduction kernel: outputs of this pass, reduced count, merged kept
+ * and reduced dims, the split of the reduced range into parts, a scale for sums (mean), then
+ * sizes and strides.
+ */
+const UNIFORMS = [
+  { name: "n", type: "u32" },
+  { name: "R", type: "u32" },
+  { name: "nk", type: "u32" },
+  { name: "nr", type: "u32" },
+  { name: "parts", type: "u32" },
+  { name: "chunk", type: "u32" },
+  { name: "scale", type: "f32" },
+  { name: "ks", type: "u32", length: MAX_DIMS },
+  { name: "kst", type: "u32", length: MAX_DIMS },
+  { name: "rs", type: "u32", length: MAX_DIMS },
+  { name: "rst", type: "u32", length: MAX_DIMS },
+] as const;
 
 const WGSL_INDEX = `
 fn kbase(q: u32) -> u32 {
   var rem = q;
   var off = 0u;
   for (var d = i32(u.nk) - 1; d >= 0; d = d - 1) {
-    let s = u.ks[d / 4][d % 4];
-    off = off + (rem % s) * u.kst[d / 4][d % 4];
+    let s = u_ks(u32(d));
+    off = off + (rem % s) * u_kst(u32(d));
     rem = rem / s;
   }
   return off;
 }
 fn roff(r: u32) -> u32 {
-  if (u.nr == 1u) { return r * u.rst[0].x; }
+  if (u.nr == 1u) { return r * u_rst(0u); }
   var rem = r;
   var off = 0u;
   for (var d = i32(u.nr) - 1; d >= 0; d = d - 1) {
-    let s = u.rs[d / 4][d % 4];
-    off = off + (rem % s) * u.rst[d / 4][d % 4];
+    let s = u_rs(u32(d));
+    off = off + (rem % s) * u_rst(u32(d));
     rem = rem / s;
   }
   return off;
@@ -114,29 +133,22 @@ function tree(step: string): string {
   }\n`;
 }
 
-/** WGSL `fn ld(i: u32) -> <acc>` for the input layout. */
-function loader(l: Layout, acc: Acc, v: string, fname: string): string[] {
-  if (acc === "f32") return wgslLoad(l, v, fname);
-  const d = l.dtype;
-  const e = d.kind === "bool"
-    ? `${acc}(${v}[i] != 0u)`
+/** WGSL `fn ld(i: u32) -> <acc>`: element `i` of the input `inp` in the accumulator type. */
+function loader(l: Layout, acc: Acc): string {
+  const e = acc === "f32"
+    ? "ld_inp(i)"
+    : l.dtype.kind === "bool"
+    ? `${acc}(get_inp(i) != 0u)`
     : acc === "i32"
-    ? `bitcast<i32>(${v}[i])`
-    : `${v}[i]`;
-  return [`fn ${fname}(i: u32) -> ${acc} { return ${e}; }\n`];
+    ? "bitcast<i32>(get_inp(i))"
+    : "get_inp(i)";
+  return `fn ld(i: u32) -> ${acc} { return ${e}; }\n`;
 }
 
-/** The statement that stores the value `v` (f32) at word `w` of a one-lane output. */
-function storeOne(outL: Layout, enc: string, w: string, v: string): string {
-  if (outL.elem === "f16") return `out[${w}] = f16(unpack2x16float(${enc}(${v}, 0u)).x);`;
-  return `out[${w}] = ${enc}(${v}, 0u);`;
-}
-
-function reduceSource(kind: Kind, acc: Acc, inL: Layout, outL: Layout): string {
-  const chunks: (readonly string[])[] = [[WGSL_HELPERS], loader(inL, acc, "inp", "ld")];
+/** The body of the generic kernel: workgroup `w` writes word `w` of `out`. */
+function reduceBody(kind: Kind, acc: Acc, inL: Layout, outL: Layout): string {
+  let fns = WGSL_FINITE + loader(inL, acc);
   const floatOut = kind !== "argmax" && acc === "f32";
-  const enc = floatOut ? wgslEncoder(outL) : null;
-  if (enc) chunks.push(enc.chunks);
   const head = `  var acc = IDENT;
   var r0 = 0u;
   var r1 = 0u;
@@ -158,9 +170,9 @@ function reduceSource(kind: Kind, acc: Acc, inL: Layout, outL: Layout): string {
   if (na != nb) { return nb; }
   if (na) { return ib < ia; }\n`
       : "";
-    chunks.push([`fn better(va: ${acc}, ia: u32, vb: ${acc}, ib: u32) -> bool {
+    fns += `fn better(va: ${acc}, ia: u32, vb: ${acc}, ib: u32) -> bool {
 ${nan}  return vb > va || (vb == va && ib < ia);
-}\n`]);
+}\n`;
     ret = "u32";
     red = head.replace("IDENT", ident) + `  var idx = 0xffffffffu;
   for (var r = r0 + li; r < r1; r = r + ${WG}u) {
@@ -210,33 +222,25 @@ ${tree(`sv[li] = ${row.comb(acc, "sv[li]", "sv[li + s]")};`)}  let res = sv[0]${
   let store: string;
   if (lanes === 1) {
     const code = floatOut
-      ? storeOne(outL, enc!.name, "w", "v")
-      : `out[w] = ${ret === "u32" ? "v" : "bitcast<u32>(v)"};`;
+      ? "st_out(w, vec4<f32>(v), vec4<u32>(0u));"
+      : `put_out(w, ${ret === "u32" ? "v" : "bitcast<u32>(v)"});`;
     store = `  let v = red(w, li);
   if (li == 0u) { ${code} }`;
   } else {
-    const mask = (2 ** outL.laneBits - 1) >>> 0;
-    store = `  var word = 0u;
+    // a packed output: the workgroup reduces the outputs of its word in turn
+    store = `  var vs = vec4<f32>(0.0);
   for (var l = 0u; l < ${lanes}u; l = l + 1u) {
     let o = w * ${lanes}u + l;
     let v = red(o, li);
-    if (o < u.n) { word = word | ((${enc!.name}(v, 0u) & ${mask}u) << (l * ${outL.laneBits}u)); }
+    if (o < u.n) { vs[l] = v; }
   }
-  if (li == 0u) { out[w] = word; }`;
+  if (li == 0u) { st_out(w, vs, vec4<u32>(0u)); }`;
   }
-  const f16 = needsF16([inL, outL]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-${WGSL_UNIFORMS}${wgslBinding(inL, 0, 0, "inp", "read")}${
-    wgslBinding(outL, 0, 1, "out", "read_write")
-  }@group(0) @binding(2) var<uniform> u: U;
-var<workgroup> sv: array<${acc}, ${WG}>;
-${kind === "argmax" ? `var<workgroup> si: array<u32, ${WG}>;\n` : ""}${WGSL_INDEX}
+  return `var<workgroup> sv: array<${acc}, ${WG}>;
+${kind === "argmax" ? `var<workgroup> si: array<u32, ${WG}>;\n` : ""}${fns}${WGSL_INDEX}
 fn red(o: u32, li: u32) -> ${ret} {
 ${red}}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let w = wid.x + wid.y * nwg.x;
-  if (w * ${lanes}u >= u.n) { return; }
+fn kernel(w: u32, lid: vec3u, li: u32) {
 ${store}
 }
 `;
@@ -247,67 +251,51 @@ ${store}
 /** A row kernel: forward (`x`) or backward (`y`, `g`). */
 type RowKind = "softmax" | "logsoftmax" | "softmax_bwd" | "logsoftmax_bwd";
 
-function rowSource(kind: RowKind, ins: Layout[], outL: Layout, words: boolean): string {
-  const chunks: (readonly string[])[] = [[WGSL_HELPERS]];
-  let decl = "";
-  ins.forEach((l, k) => {
-    chunks.push(wgslLoad(l, `in${k}`, `ld${k}`));
-    decl += wgslBinding(l, 0, k, `in${k}`, "read");
-  });
-  const enc = wgslEncoder(outL);
-  chunks.push(enc.chunks);
-  decl += wgslBinding(outL, 0, ins.length, "out", "read_write");
+/** The body of a row kernel over inputs `x0` (and `x1`): workgroup `row` writes its row. */
+function rowBody(kind: RowKind, outL: Layout, words: boolean): string {
   const loop = (body: string) =>
     `  for (var j = li; j < u.R; j = j + ${WG}u) { let i = base + j * st; ${body} }\n`;
   let stats: string;
   let val: string;
   if (kind === "softmax" || kind === "logsoftmax") {
     stats = `  var m = ${NEG_INF};
-${loop("m = ulp_max(m, ld0(i));")}  sv[li] = m;
+${loop("m = ulp_max(m, ld_x0(i));")}  sv[li] = m;
 ${tree("sv[li] = ulp_max(sv[li], sv[li + s]);")}  c0 = sv[0];
   workgroupBarrier();
   var t = 0.0;
-${loop("t = t + exp(ld0(i) - c0);")}  sv[li] = t;
+${loop("t = t + exp(ld_x0(i) - c0);")}  sv[li] = t;
 ${tree("sv[li] = sv[li] + sv[li + s];")}  c1 = sv[0];
   c2 = log(c1);\n`;
-    val = kind === "softmax" ? "exp(ld0(i) - c0) / c1" : "(ld0(i) - c0) - c2";
+    val = kind === "softmax" ? "exp(ld_x0(i) - c0) / c1" : "(ld_x0(i) - c0) - c2";
   } else {
-    // in0 = y (the forward output), in1 = g
-    const term = kind === "softmax_bwd" ? "ld1(i) * ld0(i)" : "ld1(i)";
+    // x0 = y (the forward output), x1 = g
+    const term = kind === "softmax_bwd" ? "ld_x1(i) * ld_x0(i)" : "ld_x1(i)";
     stats = `  var t = 0.0;
 ${loop(`t = t + ${term};`)}  sv[li] = t;
 ${tree("sv[li] = sv[li] + sv[li + s];")}  c0 = sv[0];\n`;
-    val = kind === "softmax_bwd" ? "ld0(i) * (ld1(i) - c0)" : "ld1(i) - exp(ld0(i)) * c0";
+    val = kind === "softmax_bwd" ? "ld_x0(i) * (ld_x1(i) - c0)" : "ld_x1(i) - exp(ld_x0(i)) * c0";
   }
   let store: string;
   if (words) {
-    const lanes = outL.lanes, bits = outL.laneBits, mask = (2 ** bits - 1) >>> 0;
+    const lanes = outL.lanes;
     store = `  let nw = u.R / ${lanes}u;
   for (var j = li; j < nw; j = j + ${WG}u) {
-    var word = 0u;
-    for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-      word = word | ((${enc.name}(val(base + j * ${lanes}u + l), 0u) & ${mask}u) << (l * ${bits}u));
-    }
-    out[base / ${lanes}u + j] = word;
+    var v = vec4<f32>(0.0);
+    for (var l = 0u; l < ${lanes}u; l = l + 1u) { v[l] = val(base + j * ${lanes}u + l); }
+    st_out(base / ${lanes}u + j, v, vec4<u32>(0u));
   }`;
   } else {
-    store = loop(storeOne(outL, enc.name, "i", "val(i)"));
+    store = loop("st_out(i, vec4<f32>(val(i)), vec4<u32>(0u));");
   }
-  const f16 = needsF16([...ins, outL]) ? "enable f16;\n" : "";
-  return `${f16}${wgslChunks(...chunks)}
-${WGSL_UNIFORMS}${decl}@group(0) @binding(${ins.length + 1}) var<uniform> u: U;
-var<workgroup> sv: array<f32, ${WG}>;
+  return `var<workgroup> sv: array<f32, ${WG}>;
 var<private> c0: f32;
 var<private> c1: f32;
 var<private> c2: f32;
 ${WGSL_INDEX}
 fn val(i: u32) -> f32 { return ${val}; }
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= u.n) { return; }
+fn kernel(row: u32, lid: vec3u, li: u32) {
   let base = kbase(row);
-  let st = u.rst[0].x;
+  let st = u_rst(0u);
 ${stats}${store}
 }
 `;
@@ -356,41 +344,80 @@ function plan(op: string, shape: readonly number[], axes: readonly number[]): Pl
   return p;
 }
 
-function cachedKernel(
-  rt: Runtime,
-  key: string,
-  label: string,
-  nIn: number,
-  build: () => string,
-): Kernel {
-  const buffers = [...Array.from({ length: nIn }, () => "read" as const), "read_write" as const];
-  return rt.kernelFor(`reduce|${key}`, label, { buffers, uniform: true }, build);
+/** The input offset of index `i` in mixed radix `sizes` with `strides` (kbase/roff on the host). */
+function offsetOf(sizes: readonly number[], strides: readonly number[], i: number): number {
+  let rem = i, off = 0;
+  for (let d = sizes.length - 1; d >= 0; d--) {
+    off += (rem % sizes[d]) * strides[d];
+    rem = Math.floor(rem / sizes[d]);
+  }
+  return off;
 }
 
-function uniforms(
-  n: number,
+/**
+ * The input elements [lo, hi) that outputs [o0, o1) of a pass read. Offsets grow with the kept
+ * index and with the reduced index (row-major), so the ends of the range come from the first
+ * and last outputs and their neighbours.
+ */
+function inputRange(
   p: Plan,
   parts: number,
   chunk: number,
-  scale: number,
-): Uint32Array {
-  const u = new Uint32Array(40);
-  u[0] = n;
-  u[1] = p.R;
-  u[2] = p.ks.length;
-  u[3] = p.rs.length;
-  u[4] = parts;
-  u[5] = chunk;
-  new Float32Array(u.buffer, 24, 1)[0] = scale;
-  p.ks.forEach((v, d) => (u[8 + d] = v));
-  p.kst.forEach((v, d) => (u[16 + d] = v));
-  p.rs.forEach((v, d) => (u[24 + d] = v));
-  p.rst.forEach((v, d) => (u[32 + d] = v));
-  return u;
+  o0: number,
+  o1: number,
+): [number, number] {
+  if (o1 <= o0 || p.R === 0) return [0, 0];
+  const kb = (q: number) => offsetOf(p.ks, p.kst, q);
+  const ro = (r: number) => offsetOf(p.rs, p.rst, Math.min(r, p.R - 1));
+  const q0 = Math.floor(o0 / parts), q1 = Math.floor((o1 - 1) / parts);
+  const first = ro((o0 - q0 * parts) * chunk);
+  const last = ro(Math.min(p.R, ((o1 - 1 - q1 * parts) + 1) * chunk) - 1);
+  if (q0 === q1) return [kb(q0) + first, kb(q0) + last + 1];
+  return [
+    Math.min(kb(q0) + first, kb(q0 + 1)),
+    Math.max(kb(q1) + last, kb(q1 - 1) + ro(p.R - 1)) + 1,
+  ];
 }
 
-function layoutKey(l: Layout): string {
-  return `${l.dtype.name}:${l.elem}`;
+/**
+ * How many reduced elements one part may take so that its reads fit one window of the input,
+ * or null when the whole reduction of an output fits (or the input is bound whole). Parts
+ * start on a boundary of the reduced dimension they split (all of it for the outermost), so a
+ * part never straddles an outer reduced index.
+ */
+function windowChunk(rt: Runtime, inBuf: PooledBuffer, inL: Layout, p: Plan): number | null {
+  if (p.R === 0 || Math.ceil(inBuf.bytes / 4) * 4 <= rt.maxBindingBytes) return null;
+  const L = windowElems(rt, inL);
+  if (offsetOf(p.rs, p.rst, p.R - 1) + 1 <= L) return null;
+  const nr = p.rs.length;
+  for (let k = 0; k < nr; k++) {
+    let inner = 1, P = 1;
+    for (let d = k + 1; d < nr; d++) {
+      inner += (p.rs[d] - 1) * p.rst[d];
+      P *= p.rs[d];
+    }
+    if (inner > L) continue;
+    let m = Math.min(p.rs[k], Math.floor((L - inner) / p.rst[k]) + 1);
+    if (k > 0) { while (p.rs[k] % m !== 0) m--; }
+    return m * P;
+  }
+  return 1; // not reached: the innermost dimension's parts of one element always fit
+}
+
+function planUniforms(n: number, p: Plan, parts: number, chunk: number, scale: number) {
+  return {
+    n,
+    R: p.R,
+    nk: p.ks.length,
+    nr: p.rs.length,
+    parts,
+    chunk,
+    scale,
+    ks: p.ks,
+    kst: p.kst,
+    rs: p.rs,
+    rst: p.rst,
+  };
 }
 
 /** One pass of the generic kernel: `n` outputs (`nOut * parts`) into `out`. */
@@ -403,24 +430,115 @@ function pass(
   out: Tensor,
   p: Plan,
   parts: number,
+  chunk: number,
   scale: number,
 ): void {
   const inL = layoutOf(inDt, rt), outL = layoutOf(out.dt, rt);
-  const k = cachedKernel(
-    rt,
-    `${kind}|${acc}|${layoutKey(inL)}|${layoutKey(outL)}`,
-    kind,
-    1,
-    () => reduceSource(kind, acc, inL, outL),
-  );
+  const label = kind === "lse" ? "logsumexp" : kind;
   const n = p.nOut * parts;
-  const chunk = Math.ceil(p.R / parts);
-  rt.dispatch(
-    k,
-    [inBuf, out.buffer(kind)],
-    rt.grid(Math.ceil(n / outL.lanes)),
-    uniforms(n, p, parts, chunk, scale),
-  );
+  const lanes = outL.lanes;
+  program(rt, `reduce|${kind}|${acc}`, {
+    label,
+    bindings: [
+      { name: "inp", type: inL, access: "read" },
+      { name: "out", type: outL, access: "read_write" },
+    ],
+    uniforms: UNIFORMS,
+    workgroupSize: WG,
+  }, () => reduceBody(kind, acc, inL, outL)).run({
+    buffers: { inp: inBuf, out: out.buffer(label) },
+    uniforms: planUniforms(n, p, parts, chunk, scale),
+    groups: Math.ceil(n / lanes),
+    ranges: {
+      inp: (g0, g1) => inputRange(p, parts, chunk, g0 * lanes, Math.min(n, g1 * lanes)),
+      out: (g0, g1) => [g0 * lanes, Math.min(n, g1 * lanes)],
+    },
+  });
+}
+
+/** The dtype of the partial results of accumulator type `acc`. */
+function accDt(acc: Acc): DType {
+  return acc === "f32" ? float32 : acc === "i32" ? int32 : uint32;
+}
+
+/**
+ * Reduces the input (`inBuf` of `inDt`, merged as `p`) into `out`: one pass, or partial
+ * results over parts of the reduced range first, then those reduced the same way. Parts are
+ * taken for long reductions into few outputs (so that many workgroups share the work) and
+ * when one output's reads do not fit one window of an input larger than one binding.
+ */
+function reduceInto(
+  rt: Runtime,
+  kind: Kind,
+  acc: Acc,
+  inBuf: PooledBuffer,
+  inDt: DType,
+  out: Tensor,
+  p: Plan,
+  scale: number,
+): void {
+  const forced = windowChunk(rt, inBuf, layoutOf(inDt, rt), p);
+  let parts = 1, chunk = p.R;
+  if (forced !== null) {
+    chunk = forced;
+    parts = Math.ceil(p.R / forced);
+  } else if (kind !== "argmax" && kind !== "lse" && p.R >= 8192 && p.nOut < 256) {
+    parts = Math.min(Math.ceil(p.R / 4096), Math.floor(1024 / p.nOut));
+    chunk = Math.ceil(p.R / parts);
+  }
+  if (parts < 2) {
+    pass(rt, kind, acc, inBuf, inDt, out, p, 1, p.R, scale);
+    return;
+  }
+  const p2: Plan = {
+    ks: p.nOut > 1 ? [p.nOut] : [],
+    kst: p.nOut > 1 ? [parts] : [],
+    rs: [parts],
+    rst: [1],
+    R: parts,
+    nOut: p.nOut,
+  };
+  const tmpDt = accDt(acc);
+  const tmp = Tensor.empty([p.nOut * parts], tmpDt, "scratch");
+  // partial sums, extrema and logsumexps combine as the whole; argmax also keeps indices
+  pass(rt, kind === "argmax" ? "max" : kind, acc, inBuf, inDt, tmp, p, parts, chunk, 1);
+  if (kind !== "argmax") {
+    reduceInto(rt, kind, acc, tmp.buffer(kind), tmpDt, out, p2, scale);
+    tmp.dispose();
+    return;
+  }
+  // argmax: the index of each part's maximum, the part of the first maximal partial maximum
+  // (parts are in order, so ties and NaN keep the first), and that part's index
+  const idx = Tensor.empty([p.nOut * parts], int32, "scratch");
+  pass(rt, "argmax", acc, inBuf, inDt, idx, p, parts, chunk, 1);
+  const best = Tensor.empty([p.nOut], int32, "scratch");
+  reduceInto(rt, "argmax", acc, tmp.buffer(kind), tmpDt, best, p2, 1);
+  const n = p.nOut;
+  const l32 = layoutOf(int32, rt);
+  program(rt, "reduce|argmax_pick", {
+    label: "argmax",
+    bindings: [
+      { name: "best", type: l32, access: "read" },
+      { name: "idx", type: l32, access: "read" },
+      { name: "out", type: l32, access: "read_write" },
+    ],
+    uniforms: [{ name: "n", type: "u32" }, { name: "parts", type: "u32" }],
+    workgroupSize: WG,
+  }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let q = wg * ${WG}u + li;
+  if (q < u.n) { put_out(q, get_idx(q * u.parts + get_best(q))); }
+}`).run({
+    buffers: { best: best.buffer(kind), idx: idx.buffer(kind), out: out.buffer(kind) },
+    uniforms: { n, parts },
+    groups: Math.ceil(n / WG),
+    ranges: {
+      best: (g0, g1) => [g0 * WG, Math.min(n, g1 * WG)],
+      idx: (g0, g1) => [g0 * WG * parts, Math.min(n, g1 * WG) * parts],
+      out: (g0, g1) => [g0 * WG, Math.min(n, g1 * WG)],
+    },
+  });
+  for (const t of [tmp, idx, best]) t.dispose();
 }
 
 /**
@@ -442,27 +560,7 @@ function reduceCore(
   const acc = accOf(kind, x.dt, outDt);
   const out = Tensor.empty(outShape, outDt);
   if (p.nOut === 0) return out;
-  // Long reductions into few outputs: partials first, so that many workgroups share the work.
-  const parts = kind !== "argmax" && kind !== "lse" && p.R >= 8192 && p.nOut < 256
-    ? Math.min(Math.ceil(p.R / 4096), Math.floor(1024 / p.nOut))
-    : 1;
-  if (parts < 2) {
-    pass(rt, kind, acc, inBuf, x.dt, out, p, 1, scale);
-    return out;
-  }
-  const tmpDt = acc === "f32" ? float32 : acc === "i32" ? int32 : uint32;
-  const tmp = Tensor.empty([p.nOut * parts], tmpDt, "scratch");
-  pass(rt, kind, acc, inBuf, x.dt, tmp, p, parts, 1);
-  const p2: Plan = {
-    ks: p.nOut > 1 ? [p.nOut] : [],
-    kst: p.nOut > 1 ? [parts] : [],
-    rs: [parts],
-    rst: [1],
-    R: parts,
-    nOut: p.nOut,
-  };
-  pass(rt, kind, acc, tmp.buffer(op), tmpDt, out, p2, 1, scale);
-  tmp.dispose();
+  reduceInto(rt, kind, acc, inBuf, x.dt, out, p, scale);
   return out;
 }
 
@@ -485,17 +583,34 @@ function rowKernel(kind: RowKind, ins: Tensor[], axis: number | null, outDt: DTy
   const direct = outL.lanes === 1 || words;
   const out = Tensor.empty(shape, direct ? outDt : float32);
   if (p.nOut === 0 || p.R === 0) return out;
-  const ls = ins.map((t) => layoutOf(t.dt, rt));
   const wL = layoutOf(out.dt, rt);
-  const k = cachedKernel(
-    rt,
-    `row|${kind}|${ls.map(layoutKey).join(",")}|${layoutKey(wL)}|${words}`,
-    kind,
-    ins.length,
-    () => rowSource(kind, ls, wL, words),
-  );
-  const pp: Plan = { ...p, rs: [p.R], rst: [p.rst[0] ?? 0] };
-  rt.dispatch(k, [...bufs, out.buffer(op)], rt.grid(p.nOut), uniforms(p.nOut, pp, 1, p.R, 1));
+  const st = p.rst[0] ?? 0;
+  // a workgroup's row: R elements from its kept offset, `st` apart (the output alike)
+  const rows = (g0: number, g1: number): [number, number] => [
+    offsetOf(p.ks, p.kst, g0),
+    offsetOf(p.ks, p.kst, g1 - 1) + (p.R - 1) * st + 1,
+  ];
+  const names = ins.map((_, k) => `x${k}`);
+  const buffers: Record<string, PooledBuffer> = { out: out.buffer(op) };
+  const ranges: Record<string, typeof rows> = { out: rows };
+  names.forEach((nm, k) => {
+    buffers[nm] = bufs[k];
+    ranges[nm] = rows;
+  });
+  program(rt, `reduce|row|${kind}|${words}`, {
+    label: op,
+    bindings: [
+      ...ins.map((t, k) => ({ name: names[k], type: layoutOf(t.dt, rt), access: "read" as const })),
+      { name: "out", type: wL, access: "read_write" as const },
+    ],
+    uniforms: UNIFORMS,
+    workgroupSize: WG,
+  }, () => rowBody(kind, wL, words)).run({
+    buffers,
+    uniforms: planUniforms(p.nOut, { ...p, rs: [p.R], rst: [st] }, 1, p.R, 1),
+    groups: p.nOut,
+    ranges,
+  });
   if (direct) return out;
   const cast = launch("cast", [out], ([a]) => a, outDt);
   out.dispose();
