@@ -18,19 +18,11 @@
  * @module
  */
 
-import {
-  type DType,
-  dtype,
-  type DTypeLike,
-  finfo,
-  float32,
-  wgslChunks,
-  wgslCodec,
-} from "../dtypes/mod.ts";
+import { type DType, dtype, type DTypeLike, finfo, float32, wgslCodec } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime } from "../gpu/mod.ts";
+import { currentRuntime, program } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
-import { layoutOf, needsF16, wgslBinding, wgslLoad } from "./layout.ts";
+import { layoutOf } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { cast } from "./elementwise.ts";
 
@@ -152,26 +144,27 @@ export function mxQuantizeBlocks(
   const perLine = Math.ceil(len / MX_BLOCK);
   const blocks = outer * perLine * inner;
   if (blocks === 0) return out;
-  const inL = layoutOf(x.dt, rt);
   const emax = mxEmax(element);
-  const kernel = rt.kernelFor(
-    `mx|${inL.dtype.name}:${inL.elem}|${element.name}`,
-    "mxQuantize",
-    { buffers: ["read", "read_write"], uniform: true },
-    () => {
-      const enc = wgslCodec(element, { rounding: "rne", saturate: true });
-      return `${needsF16([inL]) ? "enable f16;\n" : ""}${
-        wgslChunks(wgslLoad(inL, "x", "ld"), enc.chunks)
-      }
-struct U { len: u32, inner: u32, perLine: u32, blocks: u32, emax: i32, p0: u32, p1: u32, p2: u32 }
-${
-        wgslBinding(inL, 0, 0, "x", "read")
-      }@group(0) @binding(1) var<storage, read_write> out: array<u32>;
-@group(0) @binding(2) var<uniform> u: U;
-${WGSL_LDEXP}
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let b = (wid.x + wid.y * nwg.x) * 64u + li;
+  const enc = wgslCodec(element, { rounding: "rne", saturate: true });
+  const p = program(rt, `mx|${element.name}`, {
+    label: "mxQuantize",
+    bindings: [
+      { name: "x", type: layoutOf(x.dt, rt), access: "read" },
+      { name: "out", type: layoutOf(float32, rt), access: "read_write" },
+    ],
+    uniforms: [
+      { name: "len", type: "u32" },
+      { name: "inner", type: "u32" },
+      { name: "perLine", type: "u32" },
+      { name: "blocks", type: "u32" },
+      { name: "emax", type: "i32" },
+    ],
+    workgroupSize: 64,
+  }, () => ({
+    chunks: [enc.chunks, [WGSL_LDEXP]],
+    source: `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let b = wg * 64u + li;
   if (b >= u.blocks) { return; }
   let c = b % u.inner;
   let r = b / u.inner;
@@ -180,10 +173,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   let base = ((r / u.perLine) * u.len + start) * u.inner + c;
   var m = 0u;
   for (var j = 0u; j < cnt; j = j + 1u) {
-    m = max(m, bitcast<u32>(ld(base + j * u.inner)) & 0x7fffffffu);
+    m = max(m, bitcast<u32>(ld_x(base + j * u.inner)) & 0x7fffffffu);
   }
   if (m >= 0x7f800000u) {
-    for (var j = 0u; j < cnt; j = j + 1u) { out[base + j * u.inner] = 0x7fc00000u; }
+    for (var j = 0u; j < cnt; j = j + 1u) { put_out(base + j * u.inner, 0x7fc00000u); }
     return;
   }
   // the shared exponent: floor(log2 amax) - emax_elem, within E8M0's -127..127
@@ -195,16 +188,27 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   }
   for (var j = 0u; j < cnt; j = j + 1u) {
     let i = base + j * u.inner;
-    let y = bitcast<f32>(ulp_ldexp(bitcast<u32>(ld(i)), -se));
+    let y = bitcast<f32>(ulp_ldexp(bitcast<u32>(ld_x(i)), -se));
     let p = ${enc.decodeBits}(${enc.encode}(y, 0u));
-    out[i] = ulp_ldexp(p, se);
+    put_out(i, ulp_ldexp(p, se));
   }
-}
-`;
-    },
-  );
-  const u = new Uint32Array([len, inner, perLine, blocks, emax >>> 0, 0, 0, 0]);
-  rt.dispatch(kernel, [x.buffer(op), out.buffer(op)], rt.grid(Math.ceil(blocks / 64)), u);
+}`,
+  }));
+  // blocks b0..b1-1 read and write elements from block b0's first to block b1 - 1's last
+  const first = (b: number) => {
+    const r = Math.floor(b / inner), start = (r % perLine) * MX_BLOCK;
+    return { at: (Math.floor(r / perLine) * len + start) * inner + (b % inner), start };
+  };
+  const range = (g0: number, g1: number): [number, number] => {
+    const lo = first(g0 * 64), hi = first(Math.min(blocks, g1 * 64) - 1);
+    return [lo.at, hi.at + (Math.min(MX_BLOCK, len - hi.start) - 1) * inner + 1];
+  };
+  p.run({
+    buffers: { x: x.buffer(op), out: out.buffer(op) },
+    uniforms: { len, inner, perLine, blocks, emax },
+    groups: Math.ceil(blocks / 64),
+    ranges: { x: range, out: range },
+  });
   return out;
 }
 

@@ -13,10 +13,10 @@
  */
 
 import type { FP8StateDict } from "./fp8.ts";
-import { type DType, dtype, finfo, float32, wgslChunks, wgslCodec } from "../dtypes/mod.ts";
+import { type DType, dtype, finfo, float32 } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
-import { type Layout, layoutOf, needsF16, wgslBinding, wgslLoad } from "./layout.ts";
+import { currentRuntime, type PooledBuffer, program, type Runtime } from "../gpu/mod.ts";
+import { layoutOf } from "./layout.ts";
 import { fmtShape, isTensor, Tensor } from "./tensor.ts";
 import { keep } from "./scope.ts";
 import { zeros } from "./creation.ts";
@@ -38,15 +38,6 @@ export type SlotState = Pick<
   "position" | "slots" | "formats" | "amaxHistory" | "scale" | "amax"
 >;
 
-/** The uniforms of the quantise kernels: n, slot, the format's max and 2^margin. */
-function quantUniforms(n: number, slot: number, fmt: DType, margin: number): Uint32Array {
-  const u = new Uint32Array([n, slot, 0, 0]);
-  const f = new Float32Array(u.buffer);
-  f[2] = finfo(fmt).max;
-  f[3] = 2 ** margin;
-  return u;
-}
-
 /**
  * Current scaling: `x` quantised to `fmt` with the scale of its own amax,
  * `(fp8_max / amax) / 2^margin` (1 when the amax is 0, Inf or NaN; f32's max when the
@@ -55,18 +46,22 @@ function quantUniforms(n: number, slot: number, fmt: DType, margin: number): Uin
 export function quantizeCurrent(x: Tensor, fmt: DType, margin: number): Scaled {
   const rt = currentRuntime();
   const op = "FP8Recipe.quantize()";
-  const inL = layoutOf(x.dt, rt), outL = layoutOf(fmt, rt);
   const data = Tensor.empty(x.shape, fmt, "casts");
   const scale = Tensor.empty([], float32, "casts");
-  const groups = rt.grid(Math.ceil(Math.ceil(x.size / outL.lanes) / WG));
-  const u = quantUniforms(x.size, 0, fmt, margin);
   const amax = zeros([1], { dtype: "u32" });
-  rt.dispatch(quantKernel(rt, inL, outL, "amax"), [x.buffer(op), amax.buffer(op)], groups, u);
-  rt.dispatch(
-    quantKernel(rt, inL, outL, "current"),
-    [x.buffer(op), data.buffer(op), amax.buffer(op), scale.buffer(op)],
-    groups,
-    u,
+  runQuant(rt, "amax", x, fmt, null, { amax: amax.buffer(op) }, 0, margin);
+  runQuant(
+    rt,
+    "current",
+    x,
+    fmt,
+    data,
+    {
+      src: amax.buffer(op),
+      used: scale.buffer(op),
+    },
+    0,
+    margin,
   );
   amax.dispose();
   return { data, scale };
@@ -103,21 +98,21 @@ export class ScalingSlots {
     const rt = currentRuntime();
     const op = "FP8Recipe.quantize()";
     const slot = this.#slot(key, fmt);
-    const inL = layoutOf(x.dt, rt), outL = layoutOf(fmt, rt);
     const data = Tensor.empty(x.shape, fmt, "casts");
     const scale = Tensor.empty([], float32, "casts");
-    const groups = rt.grid(Math.ceil(Math.ceil(x.size / outL.lanes) / WG));
-    rt.dispatch(
-      quantKernel(rt, inL, outL, "delayed"),
-      [
-        x.buffer(op),
-        data.buffer(op),
-        this.#scale!.buffer(op),
-        this.#amax!.buffer(op),
-        scale.buffer(op),
-      ],
-      groups,
-      quantUniforms(x.size, slot, fmt, this.margin),
+    runQuant(
+      rt,
+      "delayed",
+      x,
+      fmt,
+      data,
+      {
+        src: this.#scale!.buffer(op),
+        amax: this.#amax!.buffer(op),
+        used: scale.buffer(op),
+      },
+      slot,
+      this.margin,
     );
     return { data, scale };
   }
@@ -132,15 +127,11 @@ export class ScalingSlots {
     if (n === 0) return;
     const rt = currentRuntime();
     const op = "FP8Recipe.update()";
-    const u = new Uint32Array(8);
-    u.set([n, this.len, this.#position]);
-    new Float32Array(u.buffer)[4] = 2 ** this.margin;
-    rt.dispatch(
-      stateKernel(rt, "update"),
-      [this.#amax!, this.#hist!, this.#scale!, this.#fmax!].map((t) => t.buffer(op)),
-      [Math.ceil(n / 64)],
-      u,
-    );
+    stateProgram(rt, "update").run({
+      buffers: this.#state(op),
+      uniforms: { n, len: this.len, pos: this.#position, p2: 2 ** this.margin },
+      groups: Math.ceil(n / 64),
+    });
     this.#position = (this.#position + 1) % this.len;
   }
 
@@ -249,15 +240,21 @@ export class ScalingSlots {
 
   /** Sets slot `s`'s format maximum and, with `reset`, its scale (1), amax and history (0). */
   #init(s: number, reset: boolean): void {
-    const rt = currentRuntime();
-    const u = new Uint32Array([s, this.len, reset ? 1 : 0, 0]);
-    new Float32Array(u.buffer)[3] = finfo(this.#formats[s]).max;
-    rt.dispatch(
-      stateKernel(rt, "init"),
-      [this.#amax!, this.#hist!, this.#scale!, this.#fmax!].map((t) => t.buffer("FP8Recipe")),
-      [1],
-      u,
-    );
+    stateProgram(currentRuntime(), "init").run({
+      buffers: this.#state("FP8Recipe"),
+      uniforms: { slot: s, len: this.len, full: reset ? 1 : 0, fmax: finfo(this.#formats[s]).max },
+      groups: 1,
+    });
+  }
+
+  /** The state buffers by binding name. */
+  #state(op: string): Record<"amax" | "hist" | "scale" | "fmax", PooledBuffer> {
+    return {
+      amax: this.#amax!.buffer(op),
+      hist: this.#hist!.buffer(op),
+      scale: this.#scale!.buffer(op),
+      fmax: this.#fmax!.buffer(op),
+    };
   }
 
   /** Grows the state buffers to hold at least `n` slots, keeping their contents. */
@@ -287,67 +284,94 @@ type QuantMode = "amax" | "delayed" | "current";
 
 /**
  * The per-tensor kernels: `amax` records max |x| (as bits) into `amax[slot]`; `delayed`
- * quantises with `scales[slot]` and records the amax; `current` quantises with the scale of
- * the amax in `src[0]`. An invocation owns one output word; a workgroup reduces its amax in
- * workgroup memory and makes one atomic max on the device buffer.
+ * quantises `x` into `data` with `src[slot]` (the slot's scale) and records the amax;
+ * `current` quantises with the scale of the amax in `src[0]`. Both write the scale they used
+ * to `used[0]`. An invocation owns one output word; a workgroup reduces its amax in
+ * workgroup memory and makes one atomic max on the device buffer. `x` and `data` are bound
+ * as windows when larger than one binding.
  */
-function quantKernel(rt: Runtime, inL: Layout, outL: Layout, mode: QuantMode): Kernel {
-  const bufs: ("read" | "read_write")[] = mode === "amax"
-    ? ["read", "read_write"]
-    : mode === "delayed"
-    ? ["read", "read_write", "read", "read_write", "read_write"]
-    : ["read", "read_write", "read", "read_write"];
-  const key = `fp8q|${mode}|${inL.dtype.name}:${inL.elem}|${outL.dtype.name}`;
-  return rt.kernelFor(key, `fp8 ${mode}`, { buffers: bufs, uniform: true }, () => {
-    const enc = wgslCodec(outL.dtype, { rounding: "rne", saturate: true });
-    const lanes = outL.lanes, bits = outL.laneBits, mask = (2 ** bits - 1) >>> 0;
-    const q = mode !== "amax";
-    let decl = wgslBinding(inL, 0, 0, "x", "read");
-    let scale = "";
-    if (mode === "amax") {
-      decl += "@group(0) @binding(1) var<storage, read_write> amax: array<atomic<u32>>;\n";
-    } else {
-      decl += `@group(0) @binding(1) var<storage, read_write> out: array<u32>;
-@group(0) @binding(2) var<storage, read> src: array<u32>;\n`;
-      decl += mode === "delayed"
-        ? `@group(0) @binding(3) var<storage, read_write> amax: array<atomic<u32>>;
-@group(0) @binding(4) var<storage, read_write> used: array<u32>;\n`
-        : "@group(0) @binding(3) var<storage, read_write> used: array<u32>;\n";
-      scale = mode === "delayed"
-        ? "fn scale_now() -> f32 { return bitcast<f32>(src[u.slot]); }\n"
-        : `fn scale_now() -> f32 {
+function runQuant(
+  rt: Runtime,
+  mode: QuantMode,
+  x: Tensor,
+  fmt: DType,
+  data: Tensor | null,
+  state: Readonly<Record<string, PooledBuffer>>,
+  slot: number,
+  margin: number,
+): void {
+  const op = "FP8Recipe.quantize()";
+  const outL = layoutOf(fmt, rt);
+  const lanes = outL.lanes;
+  const q = mode !== "amax";
+  const raw = (name: string, type: "u32" | "atomic<u32>", access: "read" | "read_write") => ({
+    name,
+    type,
+    access,
+  });
+  const p = program(rt, `fp8q|${mode}|${fmt.name}`, {
+    label: `fp8 ${mode}`,
+    bindings: [
+      { name: "x", type: layoutOf(x.dt, rt), access: "read" },
+      ...(q
+        ? [
+          {
+            name: "out",
+            type: outL,
+            access: "read_write" as const,
+            encode: { rounding: "rne" as const, saturate: true },
+          },
+          raw("src", "u32", "read"),
+        ]
+        : []),
+      ...(mode !== "current" ? [raw("amax", "atomic<u32>", "read_write")] : []),
+      ...(q ? [raw("used", "u32", "read_write")] : []),
+    ],
+    uniforms: [
+      { name: "n", type: "u32" },
+      { name: "slot", type: "u32" },
+      { name: "fmax", type: "f32" },
+      { name: "p2", type: "f32" },
+    ],
+    workgroupSize: WG,
+  }, () => {
+    const scale = mode === "delayed"
+      ? "fn scale_now() -> f32 { return bitcast<f32>(src[u.slot]); }\n"
+      : mode === "current"
+      ? `fn scale_now() -> f32 {
   let m = src[0];
   if (m == 0u || m >= 0x7f800000u) { return 1.0; }
   let s = (u.fmax / bitcast<f32>(m)) / u.p2;
   return select(s, bitcast<f32>(${F32_MAX_BITS}u), (bitcast<u32>(s) & 0x7f800000u) == 0x7f800000u);
-}\n`;
-    }
-    const nb = mode === "amax" ? 2 : mode === "delayed" ? 5 : 4;
+}\n`
+      : "";
     const record = mode === "current" ? "" : `  atomicMax(&wmax, m);
   workgroupBarrier();
   if (li == 0u) { atomicMax(&amax[u.slot], atomicLoad(&wmax)); }\n`;
-    return `${needsF16([inL]) ? "enable f16;\n" : ""}${
-      wgslChunks(wgslLoad(inL, "x", "ld"), q ? enc.chunks : [])
-    }
-struct U { n: u32, slot: u32, fmax: f32, p2: f32 }
-${decl}@group(0) @binding(${nb}) var<uniform> u: U;
-var<workgroup> wmax: atomic<u32>;
+    return `var<workgroup> wmax: atomic<u32>;
 ${scale}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let w = (wid.x + wid.y * nwg.x) * ${WG}u + li;
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${WG}u + li;
 ${q ? "  let s = scale_now();\n" : ""}  var m = 0u;
   if (w * ${lanes}u < u.n) {
-    var word = 0u;
+    var v4 = vec4<f32>(0.0);
     for (var l = 0u; l < ${lanes}u; l = l + 1u) {
       let i = w * ${lanes}u + l;
       if (i >= u.n) { break; }
-      let v = ld(i);
+      let v = ld_x(i);
       m = max(m, bitcast<u32>(v) & 0x7fffffffu);
-${q ? `      word = word | ((${enc.encode}(v * s, 0u) & ${mask}u) << (l * ${bits}u));\n` : ""}    }
-${q ? "    out[w] = word;\n" : ""}  }
+${q ? "      v4[l] = v * s;\n" : ""}    }
+${q ? "    st_out(w, v4, vec4<u32>(0u));\n" : ""}  }
 ${record}${q ? "  if (w == 0u) { used[0] = bitcast<u32>(s); }\n" : ""}}
 `;
+  });
+  const n = x.size, per = WG * lanes;
+  const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
+  p.run({
+    buffers: { x: x.buffer(op), ...(data ? { out: data.buffer(op) } : {}), ...state },
+    uniforms: { n, slot, fmax: finfo(fmt).max, p2: 2 ** margin },
+    groups: Math.ceil(Math.ceil(n / lanes) / WG),
+    ranges: { x: own, out: own },
   });
 }
 
@@ -356,22 +380,34 @@ ${record}${q ? "  if (w == 0u) { used[0] = bitcast<u32>(s); }\n" : ""}}
  * slot (or only sets its format's max, for a slot restored by `loadStateDict`); `update`
  * commits every slot's amax, one invocation per slot.
  */
-function stateKernel(rt: Runtime, which: "init" | "update"): Kernel {
-  const access = which === "init" ? "read_write" : "read";
-  const sig = {
-    buffers: ["read_write", "read_write", "read_write", access] as const,
-    uniform: true,
-  };
-  return rt.kernelFor(`fp8state|${which}`, `FP8Recipe.${which}`, sig, () => {
-    const decl = `@group(0) @binding(0) var<storage, read_write> amax: array<u32>;
-@group(0) @binding(1) var<storage, read_write> hist: array<u32>;
-@group(0) @binding(2) var<storage, read_write> scale: array<u32>;
-@group(0) @binding(3) var<storage, ${access}> fmax: array<u32>;\n`;
-    if (which === "init") {
-      return `struct U { slot: u32, len: u32, full: u32, fmax: f32 }
-${decl}@group(0) @binding(4) var<uniform> u: U;
-@compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) li: u32) {
+function stateProgram(rt: Runtime, which: "init" | "update") {
+  const init = which === "init";
+  return program(rt, `fp8state|${which}`, {
+    label: `FP8Recipe.${which}`,
+    bindings: [
+      { name: "amax", type: "u32", access: "read_write" },
+      { name: "hist", type: "u32", access: "read_write" },
+      { name: "scale", type: "u32", access: "read_write" },
+      { name: "fmax", type: "u32", access: init ? "read_write" : "read" },
+    ],
+    uniforms: init
+      ? [
+        { name: "slot", type: "u32" },
+        { name: "len", type: "u32" },
+        { name: "full", type: "u32" },
+        { name: "fmax", type: "f32" },
+      ]
+      : [
+        { name: "n", type: "u32" },
+        { name: "len", type: "u32" },
+        { name: "pos", type: "u32" },
+        { name: "p2", type: "f32" },
+      ],
+    workgroupSize: 64,
+  }, () =>
+    init
+      ? `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
   if (u.full != 0u) {
     for (var k = li; k < u.len; k = k + 64u) { hist[u.slot * u.len + k] = 0u; }
     if (li == 0u) {
@@ -381,13 +417,10 @@ fn main(@builtin(local_invocation_index) li: u32) {
   }
   if (li == 0u) { fmax[u.slot] = bitcast<u32>(u.fmax); }
 }
-`;
-    }
-    return `struct U { n: u32, len: u32, pos: u32, pad: u32, p2: f32, q0: f32, q1: f32, q2: f32 }
-${decl}@group(0) @binding(4) var<uniform> u: U;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let s = g.x;
+`
+      : `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let s = wg * 64u + li;
   if (s >= u.n) { return; }
   let base = s * u.len;
   hist[base + u.pos] = amax[s];
@@ -401,6 +434,5 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   }
   amax[s] = 0u;
 }
-`;
-  });
+`);
 }

@@ -7,14 +7,17 @@ import {
   concat,
   DeviceError,
   expand,
+  FP8Recipe,
   gather,
   indexSelect,
+  mxQuantize,
   type Tensor,
   tensor,
   tidy,
 } from "../../mod.ts";
 import { getRuntime, type Runtime } from "../../gpu/mod.ts";
 import { roundTo, values } from "./_reference.ts";
+import { fp8Values, mxReference, scaleFromAmax, transpose } from "./_fp8_reference.ts";
 
 const rt = await getRuntime();
 
@@ -273,5 +276,71 @@ Deno.test("gather and its gradient along each axis, with sources larger than one
       assert.deepEqual(got.codes, await whole(back));
       for (const t of [x, ix, y, g]) t.dispose();
     }
+  }
+});
+
+// ---- FP8 scaling and MX --------------------------------------------------------------------
+
+/** Equal as values, NaN matching NaN and -0 told from +0. */
+function assertSame(got: ArrayLike<number>, want: ArrayLike<number>, what: string) {
+  assert.equal(got.length, want.length, what);
+  for (let i = 0; i < want.length; i++) {
+    if (Number.isNaN(want[i]) && Number.isNaN(got[i])) continue;
+    assert.ok(Object.is(got[i], want[i]), `${what}[${i}]: got ${got[i]}, want ${want[i]}`);
+  }
+}
+
+for (const dt of ["f32", "bf16"]) {
+  Deno.test(`FP8 current and delayed scaling of ${dt} tensors larger than one binding`, async () => {
+    const n = 100_003; // 400 KB of f32; e4m3 codes: 100 KB, a partial last word
+    const xv = values(dt, n, 51, -2, 2);
+    xv[77_777] = -37.5; // the amax, far from the first window
+    const x = tensor(xv, { dtype: dt });
+    // current scaling: the amax of every window, then the codes with its scale
+    const current = new FP8Recipe({ scaling: "current", margin: 1 });
+    const q = await lowered(SHAPE_LIMIT, () => current.quantize(x, { key: "x" }));
+    const scale = await q.scale.item();
+    assert.equal(scale, scaleFromAmax(448, 37.5, 1));
+    assertSame(await q.data.toArray(), fp8Values("e4m3", xv, scale), "current");
+    const whole = current.quantize(x, { key: "x" });
+    assert.deepEqual(await q.data.codes(), await whole.data.codes());
+    // delayed scaling: the amax recorded through windows sets the next step's scale
+    const delayed = new FP8Recipe({ amaxHistoryLen: 4, margin: 0 });
+    const first = await lowered(SHAPE_LIMIT, () => {
+      const a = delayed.quantize(x, { key: "x" });
+      delayed.update();
+      return a;
+    });
+    const second = await lowered(SHAPE_LIMIT, () => delayed.quantize(x, { key: "x" }));
+    assert.equal(await first.scale.item(), 1);
+    assert.equal(await second.scale.item(), scaleFromAmax(448, 37.5, 0));
+    assertSame(await first.data.toArray(), fp8Values("e4m3", xv, 1), "delayed, scale 1");
+    assertSame(
+      await second.data.toArray(),
+      fp8Values("e4m3", xv, await second.scale.item()),
+      "delayed",
+    );
+    for (const t of [x, q.data, q.scale, whole.data, whole.scale]) t.dispose();
+    for (const t of [first.data, first.scale, second.data, second.scale]) t.dispose();
+    current.dispose();
+    delayed.dispose();
+  });
+}
+
+Deno.test("mxQuantize() of tensors larger than one binding, along either axis", async () => {
+  const rows = 401, len = 41; // 66 KB of f32; blocks of 32 and 9 along rows, 32 x 12 + 17 down
+  const r = values("f32", rows * len, 61, -1, 1);
+  const xv = r.map((v, i) => v * 2 ** ((i % 37) - 18)); // blocks of many scales
+  for (const dt of ["f32", "bf16"]) {
+    const x = tensor(xv, { dtype: dt, shape: [rows, len] });
+    const held = await x.toArray();
+    const last = await windowed(SHAPE_LIMIT, () => mxQuantize(x, "e4m3"));
+    assertSame(last.values, mxReference("e4m3", held, len), `${dt} last axis`);
+    assert.ok(last.n > 1);
+    const first = await windowed(SHAPE_LIMIT, () => mxQuantize(x, "e2m1", { axis: 0 }));
+    const want = transpose(mxReference("e2m1", transpose(held, rows, len), rows), len, rows);
+    assertSame(first.values, want, `${dt} axis 0`);
+    assert.deepEqual(first.codes, await whole(() => mxQuantize(x, "e2m1", { axis: 0 })));
+    x.dispose();
   }
 });
