@@ -146,7 +146,11 @@ export function tensor(
   const dt = toDType(opts.dtype ?? defaultDt);
   const rt = currentRuntime();
   const t = Tensor.empty(shape, dt, opts.purpose);
-  if (flat.length > 0) rt.write(t.buffer("tensor()"), dt.name === "f32" ? flat : dt.encode(flat));
+  if (flat.length > 0) {
+    const data = dt.name === "f32" ? flat : dt.encode(flat);
+    rt.write(t.buffer("tensor()"), data);
+    t.noteWritten(data); // inspecting it shows its values
+  }
   return finish(t, opts);
 }
 
@@ -163,10 +167,9 @@ function fromInts(
   }
   const t = Tensor.empty(shape, dt, opts.purpose);
   if (arr.length > 0) {
-    currentRuntime().write(
-      t.buffer("tensor()"),
-      dt.kind === "int" ? arr : dt.encode(Float32Array.from(arr)),
-    );
+    const data = dt.kind === "int" ? arr : dt.encode(Float32Array.from(arr));
+    currentRuntime().write(t.buffer("tensor()"), data);
+    t.noteWritten(data);
   }
   return finish(t, opts);
 }
@@ -201,7 +204,10 @@ export function fromCodes(
     );
   }
   const t = Tensor.empty(s, d);
-  if (n > 0) currentRuntime().write(t.buffer("fromCodes()"), codes);
+  if (n > 0) {
+    currentRuntime().write(t.buffer("fromCodes()"), codes);
+    t.noteWritten(codes);
+  }
   return finish(t, opts);
 }
 

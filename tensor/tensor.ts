@@ -91,6 +91,10 @@ export class Tensor {
   lazy: LazyDef | null = null;
   #buf: PooledBuffer | null;
   #rt: Runtime;
+  /** Values known on the host (all of a small tensor, else the ends), for inspect; or null. */
+  #preview: Preview | null = null;
+  /** Bumped whenever the storage is handed out (it may be written): older previews are void. */
+  #version = 0;
 
   /**
    * Wraps a buffer that holds `shape` elements of `dt`. Use the creation functions instead.
@@ -180,6 +184,8 @@ export class Tensor {
    * @ignore
    */
   checkUsable(op: string): PooledBuffer {
+    this.#version++;
+    this.#preview = null; // whoever takes the storage may write it
     if (this.#buf === null) {
       throw new ValueError(
         `${op}: tensor of shape ${fmtShape(this.shape)} and dtype ${this.dtype} was used after ` +
@@ -217,7 +223,9 @@ export class Tensor {
 
   /** Counts this tensor's bytes under another purpose in `memory()` (params, grads, ...). */
   setPurpose(purpose: Purpose): this {
+    const preview = this.#preview; // a new tag changes no value
     this.#rt.retag(this.checkUsable("setPurpose"), { dtype: this.dtype, purpose });
+    this.#preview = preview;
     return this;
   }
 
@@ -227,20 +235,32 @@ export class Tensor {
    */
   async toArray(): Promise<Float32Array | Int32Array | Uint32Array | Uint8Array> {
     const buf = this.buffer("toArray()");
+    const version = this.#version;
     const n = this.size;
     const bytes = await readChecked(this.#rt, buf, 0, storageBytes(this.dt, n));
-    const d = this.dt;
-    if (d.name === "f32") return new Float32Array(bytes, 0, n);
-    if (d.kind === "int") {
-      return d.signed ? new Int32Array(bytes, 0, n) : new Uint32Array(bytes, 0, n);
-    }
-    if (d.kind === "bool") return Uint8Array.from(new Uint32Array(bytes, 0, n), (v) => (v ? 1 : 0));
-    const codes = d.laneBits === 8
-      ? new Uint8Array(bytes, 0, n)
-      : d.laneBits === 16
-      ? new Uint16Array(bytes, 0, n)
-      : new Uint32Array(bytes, 0, n);
-    return d.decode(codes);
+    const values = decodeBytes(this.dt, bytes, n);
+    // the values as read, unless the storage was handed out again meanwhile
+    if (this.#version === version) this.#preview = previewOf(values);
+    return values;
+  }
+
+  /**
+   * Records the values just written from the host (`data`, as `rt.write` got it: f32 values,
+   * integers, or codes of the dtype), so that inspecting a new tensor shows them.
+   *
+   * @ignore
+   */
+  noteWritten(data: ArrayLike<number> & ArrayBufferView): void {
+    const n = this.size;
+    if (data.length !== n) return;
+    const at = n <= PREVIEW_ALL ? [...Array(n).keys()] : [0, 1, 2, n - 3, n - 2, n - 1];
+    // the same element type (f32 values, integers, or codes of the dtype), just those elements
+    const Ctor = data.constructor as new (v: number[]) => ArrayLike<number> & ArrayBufferView;
+    const sub = new Ctor(at.map((i) => data[i]));
+    const values = Array.from(decodeBytes(this.dt, sub.buffer as ArrayBuffer, at.length));
+    this.#preview = n <= PREVIEW_ALL
+      ? { head: values, tail: null }
+      : { head: values.slice(0, 3), tail: values.slice(3) };
   }
 
   /** The raw codes (bit patterns) of the values, one per element. */
@@ -286,11 +306,47 @@ export class Tensor {
     return build(0, 0);
   }
 
-  /** A short description: shape and dtype. */
+  /**
+   * A description as PyTorch's repr gives it: the values (all of a tensor of up to 12
+   * elements, nested by shape; else the first and last three), the shape, the dtype, and
+   * `requiresGrad`/`gradFn` when set. The values are those known on the host (the ones it was
+   * made from, or the last read); values still on the GPU only are not waited for (reading
+   * is asynchronous): the text says to `await t.toArray()`. `console.log(t)` prints this.
+   *
+   * @example
+   * ```ts
+   * import { tensor } from "../mod.ts";
+   * const x = tensor([[1, 2], [3, 4]], { dtype: "bf16" });
+   * console.log(String(x)); // "Tensor([[1, 2], [3, 4]], shape=[2,2], dtype=bf16)"
+   * const y = x.mul(1.5);
+   * console.log(String(y)); // "Tensor(shape=[2,2], dtype=bf16, values on the GPU: await t.toArray())"
+   * await y.toArray();
+   * console.log(String(y)); // "Tensor([[1.5, 3], [4.5, 6]], shape=[2,2], dtype=bf16)"
+   * ```
+   */
   toString(): string {
-    return `Tensor(shape=${fmtShape(this.shape)}, dtype=${this.dtype}${
-      this.disposed ? ", disposed" : ""
-    })`;
+    const attrs = [`shape=${fmtShape(this.shape)}`, `dtype=${this.dtype}`];
+    if (this.requiresGrad) attrs.push("requiresGrad=true");
+    if (this.node) attrs.push(`gradFn=${this.node.op}`);
+    if (this.disposed) return `Tensor(${[...attrs, "disposed"].join(", ")})`;
+    const p = this.#preview;
+    if (p === null) {
+      return `Tensor(${attrs.join(", ")}, values on the GPU: await t.toArray())`;
+    }
+    const values = p.tail === null
+      ? nested(p.head, this.shape)
+      : `[${[...p.head.map(fmtValue), "…", ...p.tail.map(fmtValue)].join(", ")}]`;
+    return `Tensor(${values}, ${attrs.join(", ")})`;
+  }
+
+  /** What `console.log(t)` and Deno's inspect print: `toString()`. */
+  [Symbol.for("Deno.customInspect")](): string {
+    return this.toString();
+  }
+
+  /** What Node's `util.inspect` prints: `toString()`. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
   }
 
   // ---- autograd ---------------------------------------------------------------------------------
@@ -580,6 +636,63 @@ export class Tensor {
   gather(axis: number, index: Tensor): Tensor {
     return sh.gather(this, axis, index);
   }
+}
+
+/** The values a tensor shows: all when small (tail null), else the first and last three. */
+interface Preview {
+  head: number[];
+  tail: number[] | null;
+}
+
+const PREVIEW_ALL = 12;
+
+function previewOf(values: ArrayLike<number>): Preview {
+  const n = values.length;
+  if (n <= PREVIEW_ALL) return { head: Array.from(values), tail: null };
+  return {
+    head: [values[0], values[1], values[2]],
+    tail: [values[n - 3], values[n - 2], values[n - 1]],
+  };
+}
+
+/** Flat element values from the bytes of a buffer, as `toArray()` returns them. */
+function decodeBytes(
+  d: DType,
+  bytes: ArrayBuffer,
+  n: number,
+): Float32Array | Int32Array | Uint32Array | Uint8Array {
+  if (d.name === "f32") return new Float32Array(bytes, 0, n);
+  if (d.kind === "int") {
+    return d.signed ? new Int32Array(bytes, 0, n) : new Uint32Array(bytes, 0, n);
+  }
+  if (d.kind === "bool") return Uint8Array.from(new Uint32Array(bytes, 0, n), (v) => (v ? 1 : 0));
+  const codes = d.laneBits === 8
+    ? new Uint8Array(bytes, 0, n)
+    : d.laneBits === 16
+    ? new Uint16Array(bytes, 0, n)
+    : new Uint32Array(bytes, 0, n);
+  return d.decode(codes);
+}
+
+/** A value as the repr shows it: integers as they are, others with 4 significant digits. */
+function fmtValue(v: number): string {
+  if (Number.isInteger(v) || !Number.isFinite(v)) return Object.is(v, -0) ? "-0" : String(v);
+  return String(Number(v.toPrecision(4)));
+}
+
+/** Values nested by shape: `[[1, 2], [3, 4]]`; a 0-d tensor's one value bare. */
+function nested(values: number[], shape: readonly number[]): string {
+  if (shape.length === 0) return fmtValue(values[0]);
+  const build = (dim: number, off: number): string => {
+    const stride = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
+    const parts = Array.from(
+      { length: shape[dim] },
+      (_, i) =>
+        dim === shape.length - 1 ? fmtValue(values[off + i]) : build(dim + 1, off + i * stride),
+    );
+    return `[${parts.join(", ")}]`;
+  };
+  return build(0, 0);
 }
 
 /** Whether `v` is a Tensor. */
