@@ -13,7 +13,7 @@
  */
 
 import { ValueError } from "../errors.ts";
-import { type PooledBuffer, type Runtime } from "../gpu/mod.ts";
+import { type PooledBuffer, program, type Runtime } from "../gpu/mod.ts";
 
 /** The ops whose ids are checked: their bit in the flag and the name errors give. */
 export const ID_OPS = {
@@ -49,18 +49,15 @@ export function idFlag(rt: Runtime, op: keyof typeof ID_OPS, bound: number): Poo
 }
 
 /**
- * WGSL: the flag binding (`bad`, at `binding`) and `ulp_bad_id(v, bit)`, which records id `v`
- * (out of range) for the op of `bit`.
+ * WGSL of `ulp_bad_id(v, bit)`, which records id `v` (out of range) for the op of `bit` in the
+ * flag: a program declares the flag as its raw binding `bad` of type `atomic<i32>`.
  */
-export function idCheckWgsl(binding: number): string {
-  return `@group(0) @binding(${binding}) var<storage, read_write> bad: array<atomic<i32>>;
-fn ulp_bad_id(v: i32, bit: u32) {
+export const WGSL_BAD_ID = `fn ulp_bad_id(v: i32, bit: u32) {
   atomicOr(&bad[0], i32(bit));
   atomicMax(&bad[1], v);
   atomicMin(&bad[2], v);
 }
 `;
-}
 
 /**
  * `rt.read(buf, offset, size)`, and, when ops that check ids ran since the last readback, the
@@ -93,23 +90,6 @@ export async function readChecked(
   );
 }
 
-/** The separate check of ids in `[0, bound)` (Embedding): one thread per id. */
-export function idCheckSource(signed: boolean, wg: number): string {
-  const outside = signed ? "v < 0i || v >= i32(u.bound)" : "t >= u.bound";
-  return `struct U { n: u32, bound: u32, bit: u32, pad: u32 }
-@group(0) @binding(0) var<storage, read> ids: array<u32>;
-${idCheckWgsl(1)}@group(0) @binding(2) var<uniform> u: U;
-@compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let i = (wid.x + wid.y * nwg.x) * ${wg}u + li;
-  if (i >= u.n) { return; }
-  let t = ids[i];
-  let v = bitcast<i32>(t);
-  if (${outside}) { ulp_bad_id(v, u.bit); }
-}
-`;
-}
-
 /** Records a check of the ids of `idsBuf` (`n` of them) against `[0, bound)` for `op`. */
 export function checkIds(
   rt: Runtime,
@@ -121,17 +101,31 @@ export function checkIds(
 ): void {
   if (n === 0) return;
   const flag = idFlag(rt, op, bound);
-  const wg = 64;
-  const k = rt.kernelFor(
-    `idCheck|${signed}`,
-    "idCheck",
-    { buffers: ["read", "read_write"], uniform: true },
-    () => idCheckSource(signed, wg),
-  );
-  rt.dispatch(
-    k,
-    [idsBuf, flag],
-    rt.grid(Math.ceil(n / wg)),
-    new Uint32Array([n, bound, ID_OPS[op].bit, 0]),
-  );
+  const WG = 64;
+  const outside = signed ? "v < 0i || v >= i32(u.bound)" : "t >= u.bound";
+  program(rt, `idCheck|${signed}`, {
+    label: "idCheck",
+    bindings: [
+      { name: "ids", type: "u32", access: "read" },
+      { name: "bad", type: "atomic<i32>", access: "read_write" },
+    ],
+    uniforms: [
+      { name: "n", type: "u32" },
+      { name: "bound", type: "u32" },
+      { name: "bit", type: "u32" },
+    ],
+    workgroupSize: WG,
+  }, () =>
+    `${WGSL_BAD_ID}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let i = wg * ${WG}u + li;
+  if (i >= u.n) { return; }
+  let t = ids[i];
+  let v = bitcast<i32>(t);
+  if (${outside}) { ulp_bad_id(v, u.bit); }
+}`).run({
+      buffers: { ids: idsBuf, bad: flag },
+      uniforms: { n, bound, bit: ID_OPS[op].bit },
+      groups: Math.ceil(n / WG),
+    });
 }

@@ -88,8 +88,8 @@ function fixtures() {
 }
 
 /** The table: rows refer to the fixtures `f` and the adapter's binding limit. */
-function table(f: ReturnType<typeof fixtures>, maxBinding: number): Row[] {
-  const BIG = Math.ceil((maxBinding + 4) / 4); // f32 elements just past the binding limit
+function table(f: ReturnType<typeof fixtures>, maxBuffer: number): Row[] {
+  const BIG = Math.ceil((maxBuffer + 4) / 4); // f32 elements just past the buffer limit
   return [
     // ---- creation: shapes and values --------------------------------------------------------
     row({
@@ -141,16 +141,16 @@ function table(f: ReturnType<typeof fixtures>, maxBinding: number): Row[] {
       message: /full\(\): shape \[1073741824,1073741824,1073741824\] has .* elements/,
     }),
     row({
-      case: "zeros() beyond the adapter's maxStorageBufferBindingSize",
+      case: "zeros() beyond the adapter's maxBufferSize",
       call: () => zeros([BIG]),
       error: DeviceError,
-      message: new RegExp(`exceed.*maxStorageBufferBindingSize of ${maxBinding} bytes`),
+      message: new RegExp(`\\(f32, activations\\) exceed.*maxBufferSize of ${maxBuffer} bytes`),
     }),
     row({
       case: "randn() with a huge size",
       call: () => randn([2 ** 40]),
       error: DeviceError,
-      message: /maxStorageBufferBindingSize/,
+      message: /4398046511104 bytes .* maxBufferSize/,
     }),
     row({
       case: "full() with a value that is not a number",
@@ -262,14 +262,14 @@ function table(f: ReturnType<typeof fixtures>, maxBinding: number): Row[] {
       message: /matmul\(\).*bool/,
     }),
     row({
-      case: "matmul() whose output exceeds the adapter's maxStorageBufferBindingSize",
+      case: "matmul() whose output exceeds the adapter's maxBufferSize",
       setup: () => [
         zeros([Math.ceil(Math.sqrt(BIG)) + 1, 1]),
         zeros([1, Math.ceil(Math.sqrt(BIG)) + 1]),
       ],
       call: ([a, b]: Tensor[]) => matmul(a, b),
       error: DeviceError,
-      message: /maxStorageBufferBindingSize/,
+      message: /maxBufferSize/,
     }),
 
     // ---- shape ops -----------------------------------------------------------------------------
@@ -758,7 +758,7 @@ Deno.test("every bad call in the table raises its error class with a message tha
   const sentinel = tensor([1.5, -2, 3.25], { dtype: "bf16" });
   const want = [1.5, -2, 3.25];
   const failures: string[] = [];
-  for (const r of table(f, rt.info.limits.maxStorageBufferBindingSize)) {
+  for (const r of table(f, rt.info.limits.maxBufferSize)) {
     const live0 = memory().liveBytes;
     const s = r.setup?.();
     let thrown: unknown = null;
