@@ -11,41 +11,42 @@
  * on ignored rows, rounded once to the logits' dtype.
  *
  * A target outside `[0, C)` that is not `ignoreIndex` is clamped to the nearest class in the
- * kernel (PyTorch raises a device-side assert; a kernel here cannot): check targets on the
- * host when they may be out of range.
+ * kernel and recorded in the device's id flag (`_id_check.ts`): the next readback of any
+ * tensor throws a `ValueError` naming it (PyTorch raises a device-side assert at its next
+ * synchronization). An empty batch (N = 0) is a `ValueError` at the call (PyTorch's mean
+ * over no rows is NaN).
  *
  * @module
  */
 
 import { WG, WGSL_SUM } from "./norm.ts";
-import { type DType, float32, isFloat, wgslChunks } from "../dtypes/mod.ts";
+import { windowElems } from "./reduce.ts";
+import { type DType, float32, isFloat } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
+import { currentRuntime, type Layout, layoutOf, type PooledBuffer, program } from "../gpu/mod.ts";
 import { attach } from "../autograd/graph.ts";
-import { type Layout, layoutOf, needsF16, wgslBinding, wgslEncoder, wgslLoad } from "./layout.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
-
-/** Threads per workgroup. */
-
-const WGSL_HEAD = `
-fn ulp_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
-fn ulp_max(a: f32, b: f32) -> f32 { return select(max(a, b), a + b, ulp_isnan(a) || ulp_isnan(b)); }
-fn ulp_finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
-`;
+import { ID_OPS, idFlag, WGSL_BAD_ID } from "./_id_check.ts";
 
 // N rows, C classes, the ignored target's bits and whether there is one.
-const WGSL_UNIFORMS = `struct U { N: u32, C: u32, ign: u32, hasIgn: u32 }\n`;
+const UNIFORMS = [
+  { name: "N", type: "u32" },
+  { name: "C", type: "u32" },
+  { name: "ign", type: "u32" },
+  { name: "hasIgn", type: "u32" },
+] as const;
 
 /** WGSL: whether row `r`'s target counts, and its class clamped into [0, C). */
 function targetFns(signed: boolean): string {
   const clamp = signed ? "u32(clamp(bitcast<i32>(t), 0i, i32(u.C) - 1i))" : "min(t, u.C - 1u)";
   return `
-fn counted(r: u32) -> bool { return u.hasIgn == 0u || tgt[r] != u.ign; }
-fn cls(r: u32) -> u32 { let t = tgt[r]; return ${clamp}; }
+fn counted(r: u32) -> bool { return u.hasIgn == 0u || get_tgt(r) != u.ign; }
+fn cls(r: u32) -> u32 { let t = get_tgt(r); return ${clamp}; }
 `;
 }
 
-const WGSL_TREE = `${WGSL_SUM}
+const WGSL_TREE = `var<workgroup> sv: array<vec2<f32>, ${WG}>;
+${WGSL_SUM}
 fn wmax(li: u32, v: f32) -> f32 {
   sv[li] = vec2<f32>(v, 0.0);
   workgroupBarrier();
@@ -57,132 +58,93 @@ fn wmax(li: u32, v: f32) -> f32 {
   workgroupBarrier();
   return r;
 }
+fn ulp_finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 `;
 
-const MAIN = `@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {`;
-
-/** Pass 1: `lse` of each row. Bindings: logits, lse. */
-function lseSource(zL: Layout): string {
-  return `${needsF16([zL]) ? "enable f16;\n" : ""}${
-    wgslChunks([WGSL_HEAD], wgslLoad(zL, "z", "ld"))
-  }
-${WGSL_UNIFORMS}${
-    wgslBinding(zL, 0, 0, "z", "read")
-  }@group(0) @binding(1) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(2) var<uniform> u: U;
-var<workgroup> sv: array<vec2<f32>, ${WG}>;
-${WGSL_TREE}
-${MAIN}
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= u.N) { return; }
+/**
+ * Pass 1, a workgroup per row: the row's `lse` and its loss `lse - z[target]` (used when the
+ * row counts), and a counted target outside [0, C) recorded in the id flag `bad`
+ * (`_id_check.ts`). Bindings: logits, targets, lse, rl, bad.
+ */
+function lseBody(signed: boolean): string {
+  const outside = signed ? "bitcast<i32>(t) < 0i || bitcast<i32>(t) >= i32(u.C)" : "t >= u.C";
+  return `${WGSL_TREE}${targetFns(signed)}
+${WGSL_BAD_ID}fn kernel(row: u32, lid: vec3u, li: u32) {
   let base = row * u.C;
   var m = bitcast<f32>(0xff800000u);
-  for (var j = li; j < u.C; j = j + ${WG}u) { m = ulp_max(m, ld(base + j)); }
+  for (var j = li; j < u.C; j = j + ${WG}u) { m = ulp_max(m, ld_z(base + j)); }
   m = wmax(li, m);
   var t = 0.0;
   if (ulp_finite(m)) {
-    for (var j = li; j < u.C; j = j + ${WG}u) { t = t + exp(ld(base + j) - m); }
+    for (var j = li; j < u.C; j = j + ${WG}u) { t = t + exp(ld_z(base + j) - m); }
   }
   t = wsum(li, vec2<f32>(t, 0.0)).x;
-  if (li == 0u) { lse[row] = select(m, m + log(t), ulp_finite(m)); }
+  if (li == 0u) {
+    let l = select(m, m + log(t), ulp_finite(m));
+    put_lse(row, bitcast<u32>(l));
+    put_rl(row, bitcast<u32>(l - ld_z(base + cls(row))));
+    let t = get_tgt(row);
+    if (counted(row) && (${outside})) { ulp_bad_id(bitcast<i32>(t), ${ID_OPS.crossEntropy.bit}u); }
+  }
 }
 `;
 }
 
-/** Pass 2, one workgroup: the mean over counted rows. Bindings: logits, tgt, lse, out, cnt. */
-function meanSource(zL: Layout, signed: boolean, outL: Layout): string {
-  const enc = wgslEncoder(outL);
-  const mask = (2 ** outL.laneBits - 1) >>> 0;
-  const store = outL.elem === "f16"
-    ? `out[0] = f16(unpack2x16float(${enc.name}(v, 0u)).x);`
-    : `out[0] = ${enc.name}(v, 0u) & ${mask}u;`;
-  return `${needsF16([zL, outL]) ? "enable f16;\n" : ""}${
-    wgslChunks([WGSL_HEAD], wgslLoad(zL, "z", "ld"), enc.chunks)
-  }
-${WGSL_UNIFORMS}${
-    wgslBinding(zL, 0, 0, "z", "read")
-  }@group(0) @binding(1) var<storage, read> tgt: array<u32>;
-@group(0) @binding(2) var<storage, read> lse: array<f32>;
-${
-    wgslBinding(outL, 0, 3, "out", "read_write")
-  }@group(0) @binding(4) var<storage, read_write> cnt: array<f32>;
-@group(0) @binding(5) var<uniform> u: U;
-var<workgroup> sv: array<vec2<f32>, ${WG}>;
-${WGSL_TREE}${targetFns(signed)}
-${MAIN}
+/**
+ * Pass 2, one workgroup: the mean of the losses of the counted rows among `r0..r1`. Bindings:
+ * targets, rl, out, cnt (and `carry`: each lane's running sum and count, resumed unless
+ * `first` and left unless `last`, so that rows can be taken in several dispatches).
+ */
+function meanBody(signed: boolean, carry: boolean): string {
+  return `${WGSL_TREE}${targetFns(signed)}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
   var acc = vec2<f32>(0.0, 0.0);
-  for (var r = li; r < u.N; r = r + ${WG}u) {
-    if (counted(r)) { acc = acc + vec2<f32>(lse[r] - ld(r * u.C + cls(r)), 1.0); }
+${carry ? "  if (u.first == 0u) { acc = vec2<f32>(carry[2u * li], carry[2u * li + 1u]); }\n" : ""}\
+  for (var r = u.r0 + li; r < u.r1; r = r + ${WG}u) {
+    if (counted(r)) { acc = acc + vec2<f32>(ld_rl(r), 1.0); }
   }
-  let s = wsum(li, acc);
+${
+    carry
+      ? "  if (u.last == 0u) {\n    carry[2u * li] = acc.x;\n    carry[2u * li + 1u] = acc.y;\n    return;\n  }\n"
+      : ""
+  }  let s = wsum(li, acc);
   if (li == 0u) {
     cnt[0] = s.y;
-    let v = s.x / max(s.y, 1.0);
-    ${store}
+    st_out(0u, vec4<f32>(s.x / max(s.y, 1.0), 0.0, 0.0, 0.0), vec4<u32>(0u));
   }
 }
 `;
 }
 
-/** Backward, a word of dz per invocation. Bindings: logits, tgt, lse, cnt, g, out. */
-function gradSource(zL: Layout, signed: boolean, gL: Layout, outL: Layout): string {
-  const enc = wgslEncoder(outL);
-  const lanes = outL.lanes, bits = outL.laneBits, mask = (2 ** bits - 1) >>> 0;
+/** Backward, a word of dz per invocation. Bindings: logits, targets, lse, cnt, g, out. */
+function gradBody(signed: boolean, outL: Layout): string {
+  const lanes = outL.lanes;
   const store = lanes === 1
-    ? `  let i = w;
-  if (i >= u.N * u.C) { return; }
-  ${
-      outL.elem === "f16"
-        ? `out[i] = f16(unpack2x16float(${enc.name}(val(i), 0u)).x);`
-        : `out[i] = ${enc.name}(val(i), 0u);`
-    }`
+    ? `  if (w >= u.N * u.C) { return; }
+  st_out(w, vec4<f32>(val(w)), vec4<u32>(0u));`
     : `  if (w * ${lanes}u >= u.N * u.C) { return; }
-  var word = 0u;
+  var v = vec4<f32>(0.0);
   for (var l = 0u; l < ${lanes}u; l = l + 1u) {
     let i = w * ${lanes}u + l;
     if (i >= u.N * u.C) { break; }
-    word = word | ((${enc.name}(val(i), 0u) & ${mask}u) << (l * ${bits}u));
+    v[l] = val(i);
   }
-  out[w] = word;`;
-  return `${needsF16([zL, gL, outL]) ? "enable f16;\n" : ""}${
-    wgslChunks([WGSL_HEAD], wgslLoad(zL, "z", "ld"), wgslLoad(gL, "gin", "ldg"), enc.chunks)
-  }
-${WGSL_UNIFORMS}${
-    wgslBinding(zL, 0, 0, "z", "read")
-  }@group(0) @binding(1) var<storage, read> tgt: array<u32>;
-@group(0) @binding(2) var<storage, read> lse: array<f32>;
-@group(0) @binding(3) var<storage, read> cnt: array<f32>;
-${wgslBinding(gL, 0, 4, "gin", "read")}${
-    wgslBinding(outL, 0, 5, "out", "read_write")
-  }@group(0) @binding(6) var<uniform> u: U;
-${targetFns(signed)}
+  st_out(w, v, vec4<u32>(0u));`;
+  return `${targetFns(signed)}
 fn val(i: u32) -> f32 {
   let row = i / u.C;
   if (!counted(row)) { return 0.0; }
   let col = i - row * u.C;
-  let p = exp(ld(i) - lse[row]);
-  return (p - select(0.0, 1.0, col == cls(row))) * (ldg(0u) / max(cnt[0], 1.0));
+  let p = exp(ld_z(i) - ld_lse(row));
+  return (p - select(0.0, 1.0, col == cls(row))) * (ld_g(0u) / max(cnt[0], 1.0));
 }
-${MAIN}
-  let w = (wid.x + wid.y * nwg.x) * ${WG}u + li;
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${WG}u + li;
 ${store}
 }
 `;
 }
 
-// ---- dispatch ----------------------------------------------------------------------------------
-
-function cachedKernel(
-  rt: Runtime,
-  key: string,
-  access: ("read" | "read_write")[],
-  build: () => string,
-): Kernel {
-  return rt.kernelFor(`loss|${key}`, key.split("|")[0], { buffers: access, uniform: true }, build);
-}
-
-const lk = (l: Layout) => `${l.dtype.name}:${l.elem}`;
 const R = "read" as const, RW = "read_write" as const;
 
 /** Options of `crossEntropyLast`. */
@@ -233,7 +195,13 @@ export function crossEntropyLast(
     throw new ValueError(`${op}(): ignoreIndex must be an integer, got ${ign}`);
   }
   const [N, C] = logits.shape;
-  if (C === 0 && N > 0) {
+  if (N === 0) {
+    throw new ValueError(
+      `${op}(): the batch is empty (logits ${fmtShape(logits.shape)}, targets ` +
+        `${fmtShape(targets.shape)}): a mean over no rows has no value; skip empty batches`,
+    );
+  }
+  if (C === 0) {
     throw new ShapeError(`${op}(): logits ${fmtShape(logits.shape)} have no classes`);
   }
   const zb = logits.buffer(`${op}()`), tb = targets.buffer(`${op}()`);
@@ -241,38 +209,119 @@ export function crossEntropyLast(
   const outDt: DType = isFloat(logits.dt) ? logits.dt : float32;
   const out = Tensor.empty([], outDt);
   const lse = Tensor.empty([N], float32, "scratch");
+  const rl = Tensor.empty([N], float32, "scratch");
   const cnt = Tensor.empty([1], float32, "scratch");
-  const zL = layoutOf(logits.dt, rt), outL = layoutOf(outDt, rt);
+  const zL = layoutOf(logits.dt, rt), tL = layoutOf(targets.dt, rt);
+  const f32 = layoutOf(float32, rt), outL = layoutOf(outDt, rt);
   const signed = targets.dt.signed === true;
-  const u = new Uint32Array([N, C, (ign ?? 0) >>> 0, ign === undefined ? 0 : 1]);
-  if (N > 0) {
-    const k1 = cachedKernel(rt, `crossEntropy_lse|${lk(zL)}`, [R, RW], () => lseSource(zL));
-    rt.dispatch(k1, [zb, lse.buffer(op)], rt.grid(N), u);
+  const u = { N, C, ign: (ign ?? 0) >>> 0, hasIgn: ign === undefined ? 0 : 1 };
+  const byRow = (g0: number, g1: number): [number, number] => [g0, g1];
+  program(rt, `loss|crossEntropy_lse|${signed}`, {
+    label: "crossEntropy_lse",
+    bindings: [
+      { name: "z", type: zL, access: R },
+      { name: "tgt", type: tL, access: R },
+      { name: "lse", type: f32, access: RW },
+      { name: "rl", type: f32, access: RW },
+      { name: "bad", type: "atomic<i32>", access: RW },
+    ],
+    uniforms: UNIFORMS,
+    workgroupSize: WG,
+  }, () => lseBody(signed)).run({
+    buffers: {
+      z: zb,
+      tgt: tb,
+      lse: lse.buffer(op),
+      rl: rl.buffer(op),
+      bad: idFlag(rt, "crossEntropy", C),
+    },
+    uniforms: u,
+    groups: N,
+    ranges: { z: (g0, g1) => [g0 * C, g1 * C], tgt: byRow, lse: byRow, rl: byRow },
+  });
+  // the mean: one workgroup, over all rows at once or (rows larger than one binding) over
+  // chunks of whole strides of the workgroup, each lane's sums carried between them
+  const big = [tb, rl.buffer(op)].some((b) => Math.ceil(b.bytes / 4) * 4 > rt.maxBindingBytes);
+  const chunk = big
+    ? Math.max(WG, Math.floor(Math.min(windowElems(rt, tL), windowElems(rt, f32)) / WG) * WG)
+    : N;
+  const carry = chunk < N ? Tensor.empty([2 * WG], float32, "scratch") : null;
+  const mean = program(rt, `loss|crossEntropy_mean|${signed}|${carry !== null}`, {
+    label: "crossEntropy_mean",
+    bindings: [
+      { name: "tgt", type: tL, access: R },
+      { name: "rl", type: f32, access: R },
+      { name: "out", type: outL, access: RW },
+      { name: "cnt", type: "f32", access: RW },
+      ...(carry ? [{ name: "carry", type: "f32" as const, access: RW }] : []),
+    ],
+    uniforms: [
+      ...UNIFORMS,
+      { name: "r0", type: "u32" },
+      { name: "r1", type: "u32" },
+      { name: "first", type: "u32" },
+      { name: "last", type: "u32" },
+    ],
+    workgroupSize: WG,
+  }, () => meanBody(signed, carry !== null));
+  const buffers: Record<string, PooledBuffer> = {
+    tgt: tb,
+    rl: rl.buffer(op),
+    out: out.buffer(op),
+    cnt: cnt.buffer(op),
+  };
+  if (carry) buffers.carry = carry.buffer(op);
+  for (let r0 = 0; r0 < N; r0 += chunk) {
+    const r1 = Math.min(N, r0 + chunk);
+    mean.run({
+      buffers,
+      uniforms: { ...u, r0, r1, first: r0 === 0 ? 1 : 0, last: r1 === N ? 1 : 0 },
+      groups: 1,
+      ranges: { tgt: () => [r0, r1], rl: () => [r0, r1] },
+    });
   }
-  const k2 = cachedKernel(
-    rt,
-    `crossEntropy_mean|${lk(zL)}|${signed}|${lk(outL)}`,
-    [R, R, R, RW, RW],
-    () => meanSource(zL, signed, outL),
-  );
-  rt.dispatch(k2, [zb, tb, lse.buffer(op), out.buffer(op), cnt.buffer(op)], [1], u);
+  carry?.dispose();
+  rl.dispose();
   attach(out, op, [logits], (g) => {
     const gdt = isFloat(logits.dt) ? logits.dt : float32;
     const dz = Tensor.empty(logits.shape, gdt);
     const gL = layoutOf(g.dt, rt), dL = layoutOf(gdt, rt);
-    const k3 = cachedKernel(
-      rt,
-      `crossEntropy_bwd|${lk(zL)}|${signed}|${lk(gL)}|${lk(dL)}`,
-      [R, R, R, R, R, RW],
-      () => gradSource(zL, signed, gL, dL),
-    );
-    const words = Math.ceil((N * C) / dL.lanes);
-    rt.dispatch(
-      k3,
-      [logits, targets, lse, cnt, g, dz].map((t) => t.buffer(`${op} backward`)),
-      rt.grid(Math.ceil(words / WG)),
-      u,
-    );
+    // a workgroup writes WG words of dz: elements [e0, e1) of dz and the logits, their rows
+    const n = N * C, per = WG * dL.lanes;
+    const elems = (g0: number, g1: number): [number, number] => [
+      g0 * per,
+      Math.min(n, g1 * per),
+    ];
+    const rows = (g0: number, g1: number): [number, number] => {
+      const [e0, e1] = elems(g0, g1);
+      return e1 <= e0 ? [0, 0] : [Math.floor(e0 / C), Math.floor((e1 - 1) / C) + 1];
+    };
+    const bop = `${op} backward`;
+    program(rt, `loss|crossEntropy_bwd|${signed}`, {
+      label: "crossEntropy_bwd",
+      bindings: [
+        { name: "z", type: zL, access: R },
+        { name: "tgt", type: tL, access: R },
+        { name: "lse", type: f32, access: R },
+        { name: "cnt", type: "f32", access: R },
+        { name: "g", type: gL, access: R },
+        { name: "out", type: dL, access: RW },
+      ],
+      uniforms: UNIFORMS,
+      workgroupSize: WG,
+    }, () => gradBody(signed, dL)).run({
+      buffers: {
+        z: logits.buffer(bop),
+        tgt: targets.buffer(bop),
+        lse: lse.buffer(bop),
+        cnt: cnt.buffer(bop),
+        g: g.buffer(bop),
+        out: dz.buffer(bop),
+      },
+      uniforms: u,
+      groups: Math.ceil(Math.ceil(n / dL.lanes) / WG),
+      ranges: { z: elems, out: elems, tgt: rows, lse: rows },
+    });
     lse.dispose();
     cnt.dispose();
     return [dz];
