@@ -11,12 +11,14 @@
  * ```
  *
  * t counts the updates of that parameter (a parameter without a gradient is skipped and
- * its t does not advance). All parameters of a group are updated by one dispatch
- * (`_multi_tensor.ts`).
+ * its t does not advance). AdamW is an update rule (`ADAMW_RULE`, `rule.ts`): its states,
+ * named hyperparameters, bias corrections and WGSL body; each parameter tensor is updated
+ * in place by one kernel (`_update_kernel.ts`).
  *
- * Bias corrections are computed on the host in f64 and passed as uniforms, except once the
- * optimizer has stepped under a GradScaler: then the step counts live on the device and the
- * kernel computes them in f32 (see `_multi_tensor.ts`), so skipped steps do not count.
+ * The bias corrections are defined once (`perStep`); they are evaluated on the host in f64
+ * and passed as uniforms, except once the optimizer has stepped under a GradScaler: then the
+ * step counts live on the device and the same definition is computed by the kernel in f32,
+ * so skipped steps do not count.
  *
  * Storage follows `precision` (see `precision.ts`; "fp32", "bf16", "amp-bf16", "amp-f16",
  * "collage-light", "collage-plus", the last two with Collage's MCF update of `collage.ts`):
@@ -29,7 +31,6 @@
  */
 
 import { ValueError } from "../errors.ts";
-import type { UpdateProgram } from "./_multi_tensor.ts";
 import { splitBf16 } from "./collage.ts";
 import {
   checkBool,
@@ -39,6 +40,7 @@ import {
   type ParamGroup,
   type Params,
 } from "./optimizer.ts";
+import type { UpdateRule } from "./rule.ts";
 
 /**
  * AdamW's hyperparameters (each optional; PyTorch's defaults), for the constructor and for
@@ -110,9 +112,6 @@ export interface AdamWParamGroup extends ParamGroup {
  * ```
  */
 export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
-  /** AdamW keeps `step` per parameter in its state dict. */
-  protected readonly savesStep = true;
-
   /** An AdamW over `params` (tensors or parameter groups). */
   constructor(params: Params<AdamWOptions>, opts: AdamWOptions & { precision?: string } = {}) {
     const { precision, ...rest } = opts;
@@ -128,79 +127,48 @@ export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
     for (const [k, v] of Object.entries(rest)) {
       if (v !== undefined) (defaults as Record<string, unknown>)[k] = Array.isArray(v) ? [...v] : v;
     }
-    validate(defaults as AdamWParamGroup, "AdamW");
-    super("AdamW", params, defaults, precision);
-  }
-
-  protected validateGroup(g: AdamWParamGroup, where: string): void {
-    validate(g, where);
-  }
-
-  protected programKey(g: AdamWParamGroup): string {
-    return `adamw|${g.amsgrad}|${g.maximize}`;
-  }
-
-  protected buildProgram(g: AdamWParamGroup): UpdateProgram {
-    const s = this.precision;
-    const states = [
-      { name: "expAvg", dtype: s.stateDtype("expAvg") },
-      { name: "expAvgSq", dtype: s.stateDtype("expAvgSq") },
-      ...(g.amsgrad ? [{ name: "maxExpAvgSq", dtype: s.stateDtype("maxExpAvgSq") }] : []),
-      ...s.extraStates.filter((e) => !e.optimizers || e.optimizers.includes("adamw")),
-    ];
-    const buffers = [
-      { name: "param", dtype: s.param, access: "read_write" as const },
-      { name: "grad", dtype: s.grad, access: "read" as const },
-      ...states.map((b) => ({ ...b, access: "read_write" as const })),
-    ];
-    const flags = { amsgrad: g.amsgrad, maximize: g.maximize };
-    const custom = s.updates.adamw;
-    if (custom && g.amsgrad) {
-      throw new ValueError(
-        `AdamW: amsgrad is not supported with precision '${s.name}'; set amsgrad: false`,
-      );
-    }
-    return {
-      label: "adamw",
-      buffers,
-      hyper: ["lr", "decay", "w1", "beta1", "beta2", "c2", "eps", "wd", "b2hi", "b2lo", "lrwd"],
-      classVals: ["stepSize", "bc2Sqrt", "stepCount"],
-      body: custom ? custom({ flags, buffers }) : adamwBody(flags),
-      deviceClass: `  let bc1 = 1.0 - ulp_powu(beta1, t);
-  let bc2 = 1.0 - ulp_powu(beta2, t);
-  kv = vec4<f32>(lr / bc1, sqrt(bc2), f32(t), 0.0);`,
-      effective: s.effective ?? undefined,
-    };
-  }
-
-  protected hyper(g: AdamWParamGroup): number[] {
-    const [b1, b2] = g.betas;
-    const [b2hi, b2lo] = splitBf16(b2);
-    return [
-      g.lr,
-      1 - g.lr * g.weightDecay,
-      1 - b1,
-      b1,
-      b2,
-      1 - b2,
-      g.eps,
-      g.weightDecay,
-      b2hi,
-      b2lo,
-      g.lr * g.weightDecay,
-    ];
-  }
-
-  protected classKey(_g: AdamWParamGroup, step: number): number {
-    return step;
-  }
-
-  protected classValues(g: AdamWParamGroup, step: number): number[] {
-    const [b1, b2] = g.betas;
-    const bc1 = 1 - b1 ** step, bc2 = 1 - b2 ** step;
-    return [g.lr / bc1, Math.sqrt(bc2), step];
+    validate(defaults as AdamWParamGroup, "AdamW", null);
+    super(ADAMW_RULE, params, defaults, precision);
   }
 }
+
+/**
+ * AdamW as data: states m and v (and vmax with amsgrad), the hyperparameters the body reads
+ * by name, the bias corrections as per-step values, the f32 body.
+ *
+ * @example
+ * ```ts
+ * import { ADAMW_RULE } from "./adamw.ts";
+ * console.log(ADAMW_RULE.states({ amsgrad: true })); // ["expAvg", "expAvgSq", "maxExpAvgSq"]
+ * ```
+ */
+export const ADAMW_RULE: UpdateRule<AdamWParamGroup> = {
+  name: "adamw",
+  label: "AdamW",
+  flags: (g) => ({ amsgrad: g.amsgrad, maximize: g.maximize }),
+  states: (f) => ["expAvg", "expAvgSq", ...(f.amsgrad ? ["maxExpAvgSq"] : [])],
+  hyper: {
+    lr: (g) => g.lr,
+    decay: (g) => 1 - g.lr * g.weightDecay,
+    w1: (g) => 1 - g.betas[0],
+    beta1: (g) => g.betas[0],
+    beta2: (g) => g.betas[1],
+    c2: (g) => 1 - g.betas[1],
+    eps: (g) => g.eps,
+    wd: (g) => g.weightDecay,
+    b2hi: (g) => splitBf16(g.betas[1])[0],
+    b2lo: (g) => splitBf16(g.betas[1])[1],
+    lrwd: (g) => g.lr * g.weightDecay,
+  },
+  // bias corrections: stepSize = lr / (1 - beta1^t), bc2Sqrt = sqrt(1 - beta2^t)
+  perStep: (h, m) => ({
+    stepSize: m.div(h.lr, m.sub(m.num(1), m.powT(h.beta1))),
+    bc2Sqrt: m.sqrt(m.sub(m.num(1), m.powT(h.beta2))),
+  }),
+  body: (f) => adamwBody({ amsgrad: f.amsgrad, maximize: f.maximize }),
+  savesStep: true,
+  validate,
+};
 
 /** The f32 AdamW body: each stored value rounded once by q_<name>. */
 function adamwBody(flags: { amsgrad: boolean; maximize: boolean }): string {
@@ -220,7 +188,7 @@ ${
   y.intended = -(lrwd * x.param) - stepSize * (m / denom);`;
 }
 
-function validate(g: AdamWParamGroup, where: string): void {
+function validate(g: AdamWParamGroup, where: string, custom: string | null): void {
   checkRange(where, "lr", g.lr, 0, Infinity, { hiOpen: true });
   if (!Array.isArray(g.betas) || g.betas.length !== 2) {
     throw new ValueError(`${where}: betas must be a pair [beta1, beta2], got ${String(g.betas)}`);
@@ -231,4 +199,9 @@ function validate(g: AdamWParamGroup, where: string): void {
   checkRange(where, "weightDecay", g.weightDecay, 0, Infinity, { hiOpen: true });
   checkBool(where, "amsgrad", g.amsgrad);
   checkBool(where, "maximize", g.maximize);
+  if (custom !== null && g.amsgrad) {
+    throw new ValueError(
+      `${where}: amsgrad is not supported with precision '${custom}'; set amsgrad: false`,
+    );
+  }
 }

@@ -4,21 +4,21 @@
  * `min(maxNorm / (norm + 1e-6), 1)` is computed by a one-workgroup kernel into a GPU
  * buffer, and the gradients are scaled in place by a kernel that reads it.
  *
- * Like the optimizers' step, the work does not grow in dispatches with the number of
- * gradients: the gradients of each dtype are copied into one flat scratch buffer (segments
- * aligned to whole words), then one partial-reduction dispatch per dtype, one final
- * dispatch, one scaling dispatch per dtype, and a copy back per gradient.
+ * Each gradient is read and scaled in place, with no staging copy: one partial-reduction
+ * dispatch per gradient (each workgroup writes the partial of its chunk, at an offset that
+ * counts the chunks of the gradients before), one final dispatch, one scaling dispatch per
+ * gradient (per window of a gradient larger than one storage binding). The partials are
+ * ordered by dtype (first seen first), then by gradient, so the norm's f32 sums do not
+ * depend on how the gradients are interleaved.
  *
  * @module
  */
 
-import { WGSL_MATH } from "../gpu/mod.ts";
-import { type DType, float32, wgslChunks } from "../dtypes/mod.ts";
+import { type DType, float32 } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
-import { isTensor, Tensor, tensor, zeros } from "../tensor/mod.ts";
-import { layoutOf, needsF16, wgslBinding, wgslLoad } from "../tensor/layout.ts";
-import { ALIGN, byDtype, flatInPlaceSource, groupElems, stage, WG } from "./_multi_tensor.ts";
+import { currentRuntime, layoutOf, type Program, program, type Runtime } from "../gpu/mod.ts";
+import { isTensor, Tensor, zeros } from "../tensor/mod.ts";
+import { byDtype, chunkRange, inPlaceProgram, runInPlace, WG } from "./_inplace.ts";
 
 type NormKind = "l2" | "l1" | "inf" | "p";
 
@@ -41,31 +41,34 @@ function term(kind: NormKind, a: string): string {
   }
 }
 
-/** Partial sums (or maxima) of |x|^p per chunk of a flat buffer. */
-function partialKernel(rt: Runtime, dt: DType, kind: NormKind): Kernel {
-  return rt.kernelFor(`clip|partial|${dt.name}|${kind}`, "clipGradNorm", {
-    buffers: ["read", "read", "read_write"],
-    uniform: true,
-  }, () => {
-    const l = layoutOf(dt, rt);
-    const src = `${needsF16([l]) ? "enable f16;\n" : ""}${wgslChunks(wgslLoad(l, "x", "ld"))}
-${WGSL_MATH}struct U { n: u32, base: u32, p: f32, pad: u32 }
-${
-      wgslBinding(l, 0, 0, "x", "read")
-    }@group(0) @binding(1) var<storage, read> chunks: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(3) var<uniform> u: U;
-var<workgroup> sh: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let c = wid.x + wid.y * nwg.x;
+/** Elements one workgroup of the partial kernel over dtype `dt` covers. */
+function clipChunk(rt: Runtime, dt: DType): number {
+  return WG * layoutOf(dt, rt).lanes * CLIP_ITEMS;
+}
+
+/** Partial sums (or maxima) of |x|^p per chunk of one tensor, at `partials[u.base + wg]`. */
+function partialProgram(rt: Runtime, dt: DType, kind: NormKind): Program {
+  const chunk = clipChunk(rt, dt);
+  return program(rt, `clip|partial|${kind}`, {
+    label: "clipGradNorm",
+    bindings: [
+      { name: "x", type: layoutOf(dt, rt), access: "read" },
+      { name: "partials", type: "f32", access: "read_write" },
+    ],
+    uniforms: [{ name: "n", type: "u32" }, { name: "base", type: "u32" }, {
+      name: "p",
+      type: "f32",
+    }],
+    workgroupSize: WG,
+  }, () =>
+    `var<workgroup> sh: array<f32, ${WG}>;
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let e0 = wg * ${chunk}u;
+  let e1 = min(u.n, e0 + ${chunk}u);
   var acc = 0.0;
-  if (c < u.n) {
-    let e = chunks[c];
-    for (var i = e.x + li; i < e.y; i = i + ${WG}u) {
-      let a = abs(ld(i));
-      acc = ${combine(kind, "acc", term(kind, "a"))};
-    }
+  for (var i = e0 + li; i < e1; i = i + ${WG}u) {
+    let a = abs(ld_x(i));
+    acc = ${combine(kind, "acc", term(kind, "a"))};
   }
   sh[li] = acc;
   workgroupBarrier();
@@ -73,28 +76,28 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     if (li < s) { sh[li] = ${combine(kind, "sh[li]", "sh[li + s]")}; }
     workgroupBarrier();
   }
-  if (li == 0u && c < u.n) { partials[u.base + c] = sh[0]; }
-}
-`;
-    return src;
-  });
+  if (li == 0u) { partials[u.base + wg] = sh[0]; }
+}`);
 }
 
 /** Total norm from the partials, and the clip coefficient. */
-function finalKernel(rt: Runtime, kind: NormKind): Kernel {
-  return rt.kernelFor(`clip|final|${kind}`, "clipGradNorm", {
-    buffers: ["read", "read_write", "read_write"],
-    uniform: true,
-  }, () => {
-    const root = kind === "l2" ? "sqrt(sh[0])" : kind === "p" ? "pow(sh[0], 1.0 / u.p)" : "sh[0]";
-    const src = `${WGSL_MATH}struct U { n: u32, maxNorm: f32, p: f32, pad: u32 }
-@group(0) @binding(0) var<storage, read> partials: array<f32>;
-@group(0) @binding(1) var<storage, read_write> total: array<f32>;
-@group(0) @binding(2) var<storage, read_write> coef: array<f32>;
-@group(0) @binding(3) var<uniform> u: U;
-var<workgroup> sh: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) li: u32) {
+function finalProgram(rt: Runtime, kind: NormKind): Program {
+  const root = kind === "l2" ? "sqrt(sh[0])" : kind === "p" ? "pow(sh[0], 1.0 / u.p)" : "sh[0]";
+  return program(rt, `clip|final|${kind}`, {
+    label: "clipGradNorm",
+    bindings: [
+      { name: "partials", type: "f32", access: "read" },
+      { name: "total", type: "f32", access: "read_write" },
+      { name: "coef", type: "f32", access: "read_write" },
+    ],
+    uniforms: [{ name: "n", type: "u32" }, { name: "maxNorm", type: "f32" }, {
+      name: "p",
+      type: "f32",
+    }],
+    workgroupSize: WG,
+  }, () =>
+    `var<workgroup> sh: array<f32, ${WG}>;
+fn kernel(wg: u32, lid: vec3u, li: u32) {
   var acc = 0.0;
   for (var i = li; i < u.n; i = i + ${WG}u) { acc = ${combine(kind, "acc", "partials[i]")}; }
   sh[li] = acc;
@@ -109,22 +112,18 @@ fn main(@builtin(local_invocation_index) li: u32) {
     let c = u.maxNorm / (t + 1e-6);
     coef[0] = select(min(c, 1.0), c, ulp_isnan(c));
   }
-}
-`;
-    return src;
-  });
+}`);
 }
 
-/** Scales a flat buffer by coef[0], whole words per invocation. */
-function scaleKernel(rt: Runtime, dt: DType): Kernel {
-  return rt.kernelFor(`clip|scale|${dt.name}`, "clipGradNorm", {
-    buffers: ["read_write", "read", "read"],
-    uniform: true,
-  }, () =>
-    flatInPlaceSource(layoutOf(dt, rt), {
-      bindings: ["var<storage, read> coef: array<f32>"],
-      lane: (a, v) => `${v} = ${a} * coef[0];`,
-    }));
+/** Scales a tensor in place by coef[0]. */
+function scaleProgram(rt: Runtime, dt: DType): Program {
+  return inPlaceProgram(rt, dt, {
+    label: "clipGradNorm",
+    key: "clip|scale",
+    bindings: [{ name: "coef", type: "f32", access: "read" }],
+    items: CLIP_ITEMS,
+    lane: (a, v) => `${v} = ${a} * coef[0];`,
+  });
 }
 
 /**
@@ -174,62 +173,36 @@ export function clipGradNorm(
   const grads = list.map((p) => p.grad).filter((g): g is Tensor => g !== null);
   if (grads.length === 0) return zeros([]);
   const rt = currentRuntime();
-  // gradients by dtype: one flat buffer each
-  const groups = byDtype(op, grads);
-  const scratch: Tensor[] = [];
+  // gradients by dtype (first seen first), each read in place
+  const ordered = [...byDtype(op, grads).values()].flat();
+  const bases: number[] = [];
+  let nPartials = 0;
+  for (const g of ordered) {
+    bases.push(nPartials);
+    nPartials += Math.ceil(g.size / clipChunk(rt, g.dt));
+  }
+  const partials = Tensor.empty([Math.max(1, nPartials)], float32, "scratch");
+  const coef = Tensor.empty([4], float32, "scratch");
   try {
-    const buckets = [...groups].map(([dt, gs]) => {
-      const l = layoutOf(dt, rt);
-      const chunk = WG * groupElems([l]) * CLIP_ITEMS;
-      const { flat, rows, unstage } = stage(op, dt, gs, chunk);
-      scratch.push(flat);
-      const table = tensor(new Uint32Array(rows.length ? rows : [0, 0, 0, 0]), {
-        dtype: "u32",
-        purpose: "scratch",
-      });
-      scratch.push(table);
-      return { dt, flat, table, n: rows.length / 4, unstage };
-    });
-    const nPartials = buckets.reduce((a, b) => a + b.n, 0);
-    const partials = Tensor.empty([Math.max(1, nPartials)], float32, "scratch");
-    const coef = Tensor.empty([ALIGN], float32, "scratch");
-    scratch.push(partials, coef);
     const total = Tensor.empty([], float32);
-    const u = new Uint32Array(4);
-    const uf = new Float32Array(u.buffer);
-    let base = 0;
-    for (const b of buckets) {
-      u[0] = b.n;
-      u[1] = base;
-      uf[2] = normType;
-      rt.dispatch(
-        partialKernel(rt, b.dt, kind),
-        [b.flat.buffer(op), b.table.buffer(op), partials.buffer(op)],
-        rt.grid(b.n),
-        u,
-      );
-      base += b.n;
-    }
-    u[0] = nPartials;
-    uf[1] = maxNorm;
-    uf[2] = normType;
-    rt.dispatch(
-      finalKernel(rt, kind),
-      [partials.buffer(op), total.buffer(op), coef.buffer(op)],
-      [1],
-      u,
-    );
-    for (const b of buckets) {
-      rt.dispatch(
-        scaleKernel(rt, b.dt),
-        [b.flat.buffer(op), b.table.buffer(op), coef.buffer(op)],
-        rt.grid(b.n),
-        new Uint32Array([b.n, 0, 0, 0]),
-      );
-      b.unstage();
-    }
+    ordered.forEach((g, k) => {
+      const chunk = clipChunk(rt, g.dt);
+      partialProgram(rt, g.dt, kind).run({
+        buffers: { x: g.buffer(op), partials: partials.buffer(op) },
+        uniforms: { n: g.size, base: bases[k], p: normType },
+        groups: Math.ceil(g.size / chunk),
+        ranges: { x: chunkRange(g.size, chunk) },
+      });
+    });
+    finalProgram(rt, kind).run({
+      buffers: { partials: partials.buffer(op), total: total.buffer(op), coef: coef.buffer(op) },
+      uniforms: { n: nPartials, maxNorm, p: normType },
+      groups: 1,
+    });
+    for (const g of ordered) runInPlace(scaleProgram(rt, g.dt), g, op, CLIP_ITEMS, { coef });
     return total;
   } finally {
-    for (const t of scratch) t.dispose();
+    partials.dispose();
+    coef.dispose();
   }
 }

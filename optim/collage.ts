@@ -44,7 +44,7 @@
  * @module
  */
 
-import type { UpdateBody } from "./precision.ts";
+import type { UpdateBody } from "./rule.ts";
 
 /** WGSL of Grow((x, dx), y) into `out_hi`, `out_lo`; fl is `q`. Local names get `tag`. */
 function grow(q: string, x: string, dx: string, y: string, tag: string): string {

@@ -5,7 +5,8 @@
  *
  * - `scale(loss)` multiplies by the scale tensor (a kernel);
  * - `unscale(opt)` checks every gradient for Inf/NaN on the exponent bits and multiplies it
- *   by 1/scale (one kernel per gradient dtype over a flat copy, as `clipGradNorm` does);
+ *   by 1/scale, in place (one kernel per gradient, windowed for one larger than a storage
+ *   binding; no staging copy);
  * - `step(opt)` runs `opt.step({ foundInf })`: the update kernel reads the flag and changes
  *   nothing when it is set, and the optimizer's step counts (bias corrections) live on the
  *   device so a skipped step does not advance them;
@@ -31,18 +32,9 @@
 
 import type { DType } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import { currentRuntime, type Kernel, type Runtime } from "../gpu/mod.ts";
+import { currentRuntime, type Program, program, type Runtime } from "../gpu/mod.ts";
 import { full, isTensor, keep, Tensor, tensor } from "../tensor/mod.ts";
-import { layoutOf } from "../tensor/layout.ts";
-import {
-  byDtype,
-  cachedKernel,
-  flatInPlaceSource,
-  groupElems,
-  stage,
-  WG,
-  zeroFlag,
-} from "./_multi_tensor.ts";
+import { byDtype, inPlaceProgram, runInPlace, zeroFlag } from "./_inplace.ts";
 import type { Optimizer } from "./optimizer.ts";
 
 /**
@@ -362,30 +354,21 @@ export class GradScaler {
       const comb = this.#combined.buffer(op);
       rt.copy(flags[0].buffer(op), 0, comb, 0, 4);
       for (const f of flags.slice(1)) {
-        rt.dispatch(
-          cachedKernel(rt, "gradScalerOr", OR_SRC, ["read_write", "read"]),
-          [comb, f.buffer(op)],
-          [1],
-          new Uint32Array(4),
-        );
+        orProgram(rt).run({ buffers: { dst: comb, src: f.buffer(op) }, groups: 1 });
       }
-      const u = new Uint32Array(4);
-      const f = new Float32Array(u.buffer);
-      f[0] = this.#growthFactor;
-      f[1] = this.#backoffFactor;
-      new Int32Array(u.buffer)[2] = this.#growthInterval;
-      rt.dispatch(
-        cachedKernel(rt, "gradScalerUpdate", UPDATE_SRC, ["read_write", "read_write", "read"]),
-        [scale.buffer(op), tracker.buffer(op), comb],
-        [1],
-        u,
-      );
-      rt.dispatch(
-        cachedKernel(rt, "gradScalerSkips", SKIPS_SRC, ["read_write", "read"]),
-        [this.#skipCounts().buffer(op), comb],
-        [1],
-        new Uint32Array(4),
-      );
+      updateProgram(rt).run({
+        buffers: { scale: scale.buffer(op), tracker: tracker.buffer(op), found: comb },
+        uniforms: {
+          growth: this.#growthFactor,
+          backoff: this.#backoffFactor,
+          interval: this.#growthInterval,
+        },
+        groups: 1,
+      });
+      skipsProgram(rt).run({
+        buffers: { skips: this.#skipCounts().buffer(op), found: comb },
+        groups: 1,
+      });
     }
     this.#stages.clear();
   }
@@ -587,13 +570,22 @@ function checkFactors(growth: unknown, backoff: unknown, interval: unknown, op: 
 }
 
 /** `_amp_update_scale_`, one thread. */
-const UPDATE_SRC = `struct U { growth: f32, backoff: f32, interval: i32, pad: u32 }
-@group(0) @binding(0) var<storage, read_write> scale: array<f32>;
-@group(0) @binding(1) var<storage, read_write> tracker: array<i32>;
-@group(0) @binding(2) var<storage, read> found: array<u32>;
-@group(0) @binding(3) var<uniform> u: U;
-@compute @workgroup_size(1)
-fn main() {
+function updateProgram(rt: Runtime): Program {
+  return program(rt, "gradScaler|update", {
+    label: "GradScaler.update",
+    bindings: [
+      { name: "scale", type: "f32", access: "read_write" },
+      { name: "tracker", type: "i32", access: "read_write" },
+      { name: "found", type: "u32", access: "read" },
+    ],
+    uniforms: [
+      { name: "growth", type: "f32" },
+      { name: "backoff", type: "f32" },
+      { name: "interval", type: "i32" },
+    ],
+    workgroupSize: 1,
+  }, () =>
+    `fn kernel(wg: u32, lid: vec3u, li: u32) {
   if (found[0] != 0u) {
     scale[0] = scale[0] * u.backoff;
     tracker[0] = 0;
@@ -607,49 +599,54 @@ fn main() {
       tracker[0] = successful;
     }
   }
+}`);
 }
-`;
 
 /** Skipped-step counts: [consecutive, total] after a step whose found_inf is `found[0]`. */
-const SKIPS_SRC = `struct U { p0: u32, p1: u32, p2: u32, p3: u32 }
-@group(0) @binding(0) var<storage, read_write> skips: array<i32>;
-@group(0) @binding(1) var<storage, read> found: array<u32>;
-@group(0) @binding(2) var<uniform> u: U;
-@compute @workgroup_size(1)
-fn main() {
+function skipsProgram(rt: Runtime): Program {
+  return program(rt, "gradScaler|skips", {
+    label: "GradScaler.update",
+    bindings: [
+      { name: "skips", type: "i32", access: "read_write" },
+      { name: "found", type: "u32", access: "read" },
+    ],
+    workgroupSize: 1,
+  }, () =>
+    `fn kernel(wg: u32, lid: vec3u, li: u32) {
   if (found[0] != 0u) {
     skips[0] = skips[0] + 1;
     skips[1] = skips[1] + 1;
   } else {
     skips[0] = 0;
   }
+}`);
 }
-`;
 
 /** dst[0] |= src[0], one thread (found_inf of several optimizers combined). */
-const OR_SRC = `struct U { p0: u32, p1: u32, p2: u32, p3: u32 }
-@group(0) @binding(0) var<storage, read_write> dst: array<u32>;
-@group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<uniform> u: U;
-@compute @workgroup_size(1)
-fn main() { dst[0] = dst[0] | src[0]; }
-`;
+function orProgram(rt: Runtime): Program {
+  return program(rt, "gradScaler|or", {
+    label: "GradScaler.update",
+    bindings: [
+      { name: "dst", type: "u32", access: "read_write" },
+      { name: "src", type: "u32", access: "read" },
+    ],
+    workgroupSize: 1,
+  }, () => "fn kernel(wg: u32, lid: vec3u, li: u32) { dst[0] = dst[0] | src[0]; }");
+}
 
 /** Element groups per invocation in one chunk of the unscale kernel. */
 const ITEMS = 16;
 
 /** The unscale kernel of one dtype: x *= 1/scale in place, found |= any non-finite x. */
-function unscaleKernel(rt: Runtime, dt: DType): Kernel {
-  const sig = { buffers: ["read_write", "read", "read", "read_write"] as const, uniform: true };
-  return rt.kernelFor(`unscale|${dt.name}`, "GradScaler.unscale", sig, () => unscaleSource(rt, dt));
-}
-
-function unscaleSource(rt: Runtime, dt: DType): string {
-  return flatInPlaceSource(layoutOf(dt, rt), {
+function unscaleProgram(rt: Runtime, dt: DType): Program {
+  return inPlaceProgram(rt, dt, {
+    label: "GradScaler.unscale",
+    key: "unscale",
     bindings: [
-      "var<storage, read> scale: array<f32>",
-      "var<storage, read_write> found: array<atomic<u32>>",
+      { name: "scale", type: "f32", access: "read" },
+      { name: "found", type: "atomic<u32>", access: "read_write" },
     ],
+    items: ITEMS,
     helpers:
       `fn nonfinite(v: f32) -> bool { return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u; }
 // 1/scale: exact (bit arithmetic) for a normal power of two, else a division
@@ -665,7 +662,10 @@ fn recip(v: f32) -> f32 {
   });
 }
 
-/** Unscales `grads` in place (one flat copy and one dispatch per dtype), flagging Inf/NaN. */
+/**
+ * Unscales `grads` in place (one dispatch per gradient, per window of one larger than a
+ * storage binding; no staging copy), flagging Inf/NaN.
+ */
 function unscaleGrads(
   rt: Runtime,
   grads: readonly Tensor[],
@@ -673,26 +673,8 @@ function unscaleGrads(
   found: Tensor,
   op: string,
 ): void {
-  const groups = byDtype(op, grads);
-  const scratch: Tensor[] = [];
-  try {
-    for (const [dt, gs] of groups) {
-      const chunk = WG * groupElems([layoutOf(dt, rt)]) * ITEMS;
-      const { flat, rows, unstage } = stage(op, dt, gs, chunk);
-      scratch.push(flat);
-      const n = rows.length / 4;
-      if (n === 0) continue;
-      const table = tensor(new Uint32Array(rows), { dtype: "u32", purpose: "scratch" });
-      scratch.push(table);
-      rt.dispatch(
-        unscaleKernel(rt, dt),
-        [flat.buffer(op), table.buffer(op), scale.buffer(op), found.buffer(op)],
-        rt.grid(n),
-        new Uint32Array([n, 0, 0, 0]),
-      );
-      unstage();
-    }
-  } finally {
-    for (const t of scratch) t.dispose();
+  for (const [dt, gs] of byDtype(op, grads)) {
+    const p = unscaleProgram(rt, dt);
+    for (const g of gs) runInPlace(p, g, op, ITEMS, { scale, found });
   }
 }

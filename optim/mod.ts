@@ -1,6 +1,8 @@
 /**
  * Optimizers for low-precision training: `SGD` and `AdamW` with PyTorch's semantics,
- * parameter groups, state dicts, a multi-tensor update (one dispatch per parameter group),
+ * parameter groups, state dicts, optimizers as data (`UpdateRule`: states, named
+ * hyperparameters, per-step values and a WGSL body), an in-place update (one kernel per
+ * parameter tensor, windowed for tensors larger than one storage binding),
  * precision strategies ("fp32", pure "bf16", "amp-bf16", "amp-f16", "collage-light",
  * "collage-plus") with `applyPrecision`, a device-side `GradScaler`, diagnostics of what
  * low precision lost, `clipGradNorm` and learning-rate schedules.
@@ -39,8 +41,16 @@ export {
   type GradScalerState,
   type GradScalerStatus,
 } from "./grad_scaler.ts";
-export { AdamW, type AdamWOptions, type AdamWParamGroup } from "./adamw.ts";
-export { SGD, type SGDOptions, type SGDParamGroup } from "./sgd.ts";
+export { AdamW, ADAMW_RULE, type AdamWOptions, type AdamWParamGroup } from "./adamw.ts";
+export { SGD, SGD_RULE, type SGDOptions, type SGDParamGroup } from "./sgd.ts";
+export {
+  hostStepMath,
+  type HyperParameter,
+  type PerStep,
+  type StepMath,
+  type UpdateRule,
+  wgslStepMath,
+} from "./rule.ts";
 export {
   applyPrecision,
   precisionNames,

@@ -1,11 +1,13 @@
 /**
- * The base of the optimizers: parameter groups (each with its own hyperparameters and `lr`,
- * the value learning-rate schedules change), validation, `zeroGrad`, `step` through the
- * multi-tensor kernel of `_multi_tensor.ts` (one dispatch per group), and state dicts in
- * PyTorch's shape: `{ state: { [paramIndex]: { step, expAvg, ... } }, paramGroups: [...] }`.
+ * The optimizers: parameter groups (each with its own hyperparameters and `lr`, the value
+ * learning-rate schedules change), validation, `zeroGrad`, `step` and state dicts in
+ * PyTorch's shape: `{ state: { [paramIndex]: { step, expAvg, ... } }, paramGroups: [...] }`,
+ * for any update rule (`rule.ts`: an optimizer is data; `AdamW` and `SGD` are rules).
  *
- * Optimizer state lives on the GPU in flat buffers counted as "optimizer" in `memory()`
- * and never freed by `tidy`; `dispose()` frees it. `step()` never waits for the GPU.
+ * `step()` updates each parameter tensor in place, one kernel per tensor (`_update_kernel.ts`;
+ * per window of a tensor larger than one storage binding), with no staging copy.
+ * Optimizer state lives on the GPU, per parameter, in tensors counted as "optimizer" in
+ * `memory()` and never freed by `tidy`; `dispose()` frees it. `step()` never waits for the GPU.
  *
  * @module
  */
@@ -13,8 +15,11 @@
 import { type DType, dtype as toDType, type DTypeLike } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { fmtShape, isTensor, keep, type Tensor, zeros } from "../tensor/mod.ts";
-import { DIAG_COUNTERS, FlatGroup, type UpdateProgram } from "./_multi_tensor.ts";
+import { DIAG_COUNTERS } from "./_diagnostics.ts";
+import { GroupState } from "./_group_state.ts";
+import { checkStrategy, resolveProgram, type UpdateProgram } from "./_update_kernel.ts";
 import { type PrecisionStrategy, precisionStrategy } from "./precision.ts";
+import { hostStepMath, type UpdateRule } from "./rule.ts";
 
 /**
  * The hyperparameters every parameter group has. Optimizers extend it (`AdamWParamGroup`,
@@ -204,37 +209,50 @@ export function checkBool(op: string, name: string, v: unknown): void {
 }
 
 /**
- * The base class of `SGD` and `AdamW`. A subclass gives its hyperparameter validation, its
- * update program (WGSL body), the uniforms of a step and the step classes.
+ * An optimizer running an update rule (`UpdateRule`, `rule.ts`): the base of `SGD` and
+ * `AdamW`, which only give their rule, options and defaults. The rule declares its states,
+ * named hyperparameters, per-step values and WGSL body; this class holds the groups, checks
+ * that the precision strategy has a body for the rule (at construction), packs the
+ * hyperparameters by name and runs the update kernels.
  *
  * @example
  * ```ts
  * import { AdamW, Optimizer, zeros } from "../mod.ts";
  * const opt = new AdamW([zeros([2])]);
- * console.log(opt instanceof Optimizer, opt.paramGroups.length); // true 1
+ * console.log(opt instanceof Optimizer, opt.paramGroups.length, opt.rule.name); // true 1 adamw
  * ```
  */
-export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unknown>> {
+export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unknown>> {
   /** The parameter groups, in order; each group's hyperparameters may be changed. */
   readonly paramGroups: G[] = [];
   /** The precision strategy (dtypes of params, grads and states). */
   readonly precision: PrecisionStrategy;
   /** The defaults a new group's missing hyperparameters are taken from. */
   readonly defaults: Readonly<Omit<G, "params">>;
-  /** The optimizer's name, for errors. */
+  /** The optimizer's name, for errors (the rule's label). */
   readonly name: string;
-  #flat: FlatGroup[] = [];
+  /** The update rule: states, hyperparameters, per-step values and body. */
+  readonly rule: UpdateRule<G>;
+  #groups: GroupState[] = [];
   #programs = new Map<string, UpdateProgram>();
   #device = false;
   #diagDtype: DType | null = null;
 
   /**
-   * Builds the groups from `params` (tensors or groups), with `defaults` for the missing
+   * An optimizer of `rule` over `params` (tensors or groups), with `defaults` for the missing
    * hyperparameters, and resolves `precision` (inferred from the parameters' dtype when
-   * undefined: all f32 gives "fp32", all bf16 gives "bf16").
+   * undefined: all f32 gives "fp32", all bf16 gives "bf16"). A precision strategy that
+   * replaces update bodies but has none for `rule` is a ValueError here.
    */
-  constructor(name: string, params: Params<O>, defaults: Omit<G, "params">, precision?: string) {
+  constructor(
+    rule: UpdateRule<G>,
+    params: Params<O>,
+    defaults: Omit<G, "params">,
+    precision?: string,
+  ) {
+    const name = rule.label;
     this.name = name;
+    this.rule = rule;
     const list = checkParamList(name, params);
     const groups: readonly ParamGroupInput<O>[] = isTensor(list[0])
       ? [{ params: list as readonly Tensor[] } as ParamGroupInput<O>]
@@ -248,27 +266,15 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
       return g.params;
     });
     this.precision = precisionStrategy(precision ?? inferPrecision(name, all), name);
+    checkStrategy(rule, this.precision);
     this.defaults = defaults;
     for (const g of groups) this.addParamGroup(g);
   }
 
-  /** Validates a group's hyperparameters; throws a ValueError naming the option. */
-  protected abstract validateGroup(g: G, where: string): void;
-  /** A key of everything the update program depends on (flags, dtypes). */
-  protected abstract programKey(g: G): string;
-  /** The update program of a group. */
-  protected abstract buildProgram(g: G): UpdateProgram;
-  /** The hyperparameter uniforms of a group for this step, in program order. */
-  protected abstract hyper(g: G): number[];
-  /** The step class of a parameter that is at update number `step` (1-based). */
-  protected abstract classKey(g: G, step: number): number;
-  /** The per-class uniforms (a vec4) of class `key`. */
-  protected abstract classValues(g: G, key: number): number[];
-  /** Whether the state dict holds `step` per parameter (AdamW: yes; SGD: no). */
-  protected abstract readonly savesStep: boolean;
-  /** States saved as null when the group keeps no buffer for them (SGD without momentum). */
-  protected nullStates(_g: G): string[] {
-    return [];
+  /** Validates a group's hyperparameters (the rule's checks); a ValueError naming the option. */
+  #validate(g: G, where: string): void {
+    const s = this.precision;
+    this.rule.validate(g, where, s.updates[this.rule.name] !== undefined ? s.name : null);
   }
 
   /**
@@ -314,26 +320,27 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
     } as unknown as Record<string, unknown>);
     checkOptionNames(where, g, ["params", "initialLr", ...Object.keys(this.defaults)]);
     const group = g as unknown as G;
-    this.validateGroup(group, where);
+    this.#validate(group, where);
     this.paramGroups.push(group);
-    this.#flat.push(
-      new FlatGroup(this.name, group.params, this.precision.param, this.precision.grad),
-    );
+    this.#groups.push(new GroupState(this.name, group.params));
   }
 
-  #program(g: G): [string, UpdateProgram] {
-    const key = this.programKey(g);
+  /** The update program of a group (the rule resolved for its flags and the strategy). */
+  #program(g: G): UpdateProgram {
+    const flags = this.rule.flags(g);
+    const key = Object.entries(flags).map(([k, v]) => `${k}=${v}`).join(",");
     let p = this.#programs.get(key);
     if (!p) {
-      p = this.buildProgram(g);
+      p = resolveProgram(this.rule, this.precision, flags);
       this.#programs.set(key, p);
     }
-    return [key, p];
+    return p;
   }
 
   /**
    * Updates every parameter that has a gradient (those whose `.grad` is null are skipped,
-   * as in PyTorch): one dispatch per parameter group, no readback. With a `closure` (or
+   * as in PyTorch), in place: one kernel per parameter tensor (per window of one larger than a
+   * storage binding), no staging copy, no readback. With a `closure` (or
    * `{ closure }`), it is called first and its result returned.
    *
    * Options: `foundInf`, a u32 tensor whose first word, when non-zero, turns the step into a
@@ -357,18 +364,19 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
     if (opts.foundInf) this.#device = true;
     this.#diagDtype = diag;
     this.paramGroups.forEach((g, k) => {
-      this.validateGroup(g, `${this.name}: parameter group ${k}`);
-      const [key, prog] = this.#program(g);
-      this.#flat[k].step(
+      this.#validate(g, `${this.name}: parameter group ${k}`);
+      const prog = this.#program(g);
+      // the hyperparameters by name, in f64 (the uniforms round them to f32)
+      const hyper: Record<string, number> = {};
+      for (const [name, f] of Object.entries(this.rule.hyper)) hyper[name] = f(g);
+      this.#groups[k].step(
         `${this.name}.step()`,
-        key,
         prog,
-        this.hyper(g),
-        (s) => this.classKey(g, s),
-        (c) => this.classValues(g, c),
+        hyper,
+        (t) => this.rule.perStep(hyper, hostStepMath(t)),
         { foundInf: this.#device ? opts.foundInf ?? null : null, diag },
       );
-      if (this.#device) this.#flat[k].toDeviceSteps();
+      if (this.#device) this.#groups[k].toDeviceSteps();
     });
     return loss;
   }
@@ -391,7 +399,7 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
    * ```
    */
   async diagnostics(): Promise<Diagnostics | null> {
-    const parts = this.#flat.map((f) => f.diagnostics).filter((d) => d !== null);
+    const parts = this.#groups.map((f) => f.diagnostics).filter((d) => d !== null);
     if (this.#diagDtype === null || parts.length === 0) return null;
     const reads = await Promise.all(
       parts.flatMap((p) => [p.counters.toArray(), p.sums.toArray()]),
@@ -449,17 +457,16 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
     const paramGroups: Record<string, unknown>[] = [];
     let index = 0;
     this.paramGroups.forEach((g, k) => {
-      const flat = this.#flat[k];
+      const gs = this.#groups[k];
+      const nulls = this.rule.nullStates?.(this.rule.flags(g)) ?? [];
       const ids: number[] = [];
       g.params.forEach((_, i) => {
         ids.push(index);
-        if (flat.steps[i] > 0) {
+        if (gs.steps[i] > 0) {
           const s: ParamState = {};
-          if (this.savesStep) s.step = flat.deviceSteps ? flat.readStep(i) : flat.steps[i];
-          for (const spec of flat.allocated ? flat.states : []) {
-            s[spec.name] = flat.readState(i, spec.name);
-          }
-          for (const n of this.nullStates(g)) s[n] = null;
+          if (this.rule.savesStep) s.step = gs.deviceSteps ? gs.readStep(i) : gs.steps[i];
+          for (const spec of gs.states) s[spec.name] = gs.readState(i, spec.name);
+          for (const n of nulls) s[n] = null;
           state[index] = s;
         }
         index++;
@@ -509,7 +516,7 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
         }
         merged[key] = Array.isArray(v) ? [...v] : v;
       }
-      this.validateGroup(merged as unknown as G, `${op}: parameter group ${k}`);
+      this.#validate(merged as unknown as G, `${op}: parameter group ${k}`);
       next.push(merged as unknown as G);
     });
     const entries = Object.entries(sd.state).map(([id, s]) => {
@@ -520,9 +527,9 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
       }
       return { id, k: w[0], i: w[1], s };
     });
-    const programs = next.map((g) => this.#program(g)[1]);
+    const programs = next.map((g) => this.#program(g));
     for (const { id, k, i, s } of entries) {
-      const specs = programs[k].buffers.filter((b) => b.name !== "param" && b.name !== "grad");
+      const specs = programs[k].states;
       const names = specs.map((b) => b.name);
       const p = this.paramGroups[k].params[i];
       for (const [key, v] of Object.entries(s)) {
@@ -567,33 +574,33 @@ export abstract class Optimizer<G extends ParamGroup = ParamGroup, O = Record<st
       for (const n of names) {
         if (!isTensor(s[n])) throw new ValueError(`${op}: state ${id} has no tensor '${n}'`);
       }
-      if (this.savesStep && typeof s.step !== "number" && !isTensor(s.step)) {
+      if (this.rule.savesStep && typeof s.step !== "number" && !isTensor(s.step)) {
         throw new ValueError(`${op}: state ${id} has no 'step'`);
       }
     }
     // apply
     next.forEach((g, k) => {
       Object.assign(this.paramGroups[k], g);
-      const flat = this.#flat[k];
-      flat.prepare(programs[k]);
-      flat.resetStates();
+      const gs = this.#groups[k];
+      gs.prepare(programs[k].states);
+      gs.resetStates();
     });
     if (entries.some(({ s }) => isTensor(s.step))) this.#device = true;
-    if (this.#device) { for (const f of this.#flat) f.toDeviceSteps(); }
+    if (this.#device) { for (const f of this.#groups) f.toDeviceSteps(); }
     for (const { id, k, i, s } of entries) {
-      const flat = this.#flat[k];
+      const gs = this.#groups[k];
       // a tensor step (device counts) is not known on the host: 1 marks "has state"
-      flat.steps[i] = typeof s.step === "number" ? s.step : 1;
-      if (flat.deviceSteps) flat.writeStep(i, isTensor(s.step) ? s.step : flat.steps[i]);
-      for (const spec of flat.states) {
-        flat.writeState(i, spec.name, s[spec.name] as Tensor, `state ${id}`);
+      gs.steps[i] = typeof s.step === "number" ? s.step : 1;
+      if (gs.deviceSteps) gs.writeStep(i, isTensor(s.step) ? s.step : gs.steps[i]);
+      for (const spec of gs.states) {
+        gs.writeState(i, spec.name, s[spec.name] as Tensor, `state ${id}`);
       }
     }
   }
 
-  /** Frees the optimizer's GPU buffers (states and staging). */
+  /** Frees the optimizer's GPU tensors (states, step counts, diagnostics). */
   dispose(): void {
-    for (const f of this.#flat) f.dispose();
+    for (const f of this.#groups) f.dispose();
   }
 
   /** `using opt = new AdamW(...)` frees the state at the end of the block. */

@@ -30,7 +30,8 @@
  * To add a strategy, add a row to `STRATEGIES` below: the dtypes; `extraStates`, buffers
  * the optimizer allocates, zero-initialises, passes to the kernel and saves in its state
  * dict (Collage's `paramLo`, `expAvgSqLo`); `updates.adamw` / `updates.sgd`, replacement
- * kernel bodies (see `UpdateBodyContext`).
+ * kernel bodies (see `UpdateBodyContext`), keyed by the update rule's name (`rule.ts`): a
+ * strategy with bodies or extra states and no body for an optimizer refuses that optimizer.
  *
  * @module
  */
@@ -41,69 +42,9 @@ import type { AutocastOptions, Tensor } from "../tensor/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
 import { Module, Parameter } from "../nn/module.ts";
 import { collageAdamWBody, collageSGDBody } from "./collage.ts";
+import type { StateSpec, UpdateBody } from "./rule.ts";
 
-/**
- * One per-element buffer of the multi-tensor kernel: its name (a WGSL identifier) and dtype.
- *
- * @example
- * ```ts
- * import { bfloat16, type StateSpec } from "../mod.ts";
- * const lo: StateSpec = { name: "paramLo", dtype: bfloat16 }; // Collage's low part of the weights
- * console.log(lo.dtype.name); // bf16
- * ```
- */
-export interface StateSpec {
-  /** Name in the kernel (`x.<name>`) and in the state dict (`expAvg`, `paramLo`, ...). */
-  readonly name: string;
-  /** Storage dtype. */
-  readonly dtype: DType;
-  /** The optimizers that keep this buffer (default: all). */
-  readonly optimizers?: readonly ("adamw" | "sgd")[];
-}
-
-/**
- * What an update body may use. The body is WGSL statements inside
- * `fn update(x: St, kv: vec4<f32>) -> St` that assign the new values to `y.<name>` (y starts
- * as a copy of x). In scope: `x.param`, `x.grad` and `x.<state>` decoded to f32; the
- * optimizer's hyperparameters by name (`lr`, `beta2`, ...); the per-step values by name
- * (`stepSize`, `bc2Sqrt`, ...); `q_<name>(v)` which rounds v to the dtype `<name>` is stored
- * in (once: store what q_ returns); `u.one`, a uniform 1.0 that keeps the shader compiler
- * from reassociating error-free transforms (DESIGN.md's numerics pitfalls); `ulp_isnan(v)`,
- * `ulp_max(a, b)` (NaN-propagating) and `ulp_nan()`. For the diagnostics a body assigns
- * `y.intended`, the intended update of the parameter in f32 (new value minus old, before any
- * rounding to storage); the effective one is read from the stored values.
- *
- * @example
- * ```ts
- * import { precisionStrategy, type UpdateBodyContext } from "../mod.ts";
- * const s = precisionStrategy("bf16");
- * const ctx: UpdateBodyContext = {
- *   flags: { amsgrad: false },
- *   buffers: [{ name: "param", dtype: s.param }, { name: "grad", dtype: s.grad }],
- * };
- * console.log(ctx.buffers.map((b) => b.name)); // ["param", "grad"]
- * ```
- */
-export interface UpdateBodyContext {
-  /** Compile-time flags of the optimizer (amsgrad, maximize, nesterov, momentum, ...). */
-  readonly flags: Readonly<Record<string, boolean>>;
-  /** The buffers bound, in order (param, grad, states, extra states). */
-  readonly buffers: readonly StateSpec[];
-}
-
-/**
- * A replacement update body for one optimizer: WGSL statements (see `UpdateBodyContext`),
- * what a strategy's `updates.adamw` or `updates.sgd` gives.
- *
- * @example
- * ```ts
- * import type { UpdateBody } from "../mod.ts";
- * // plain SGD written as a body: the new parameter, rounded once to its dtype
- * const body: UpdateBody = () => "  y.param = q_param(x.param - lr * x.grad);";
- * console.log(body({ flags: {}, buffers: [] }).includes("q_param")); // true
- * ```
- */
-export type UpdateBody = (ctx: UpdateBodyContext) => string;
+export type { StateSpec, UpdateBody, UpdateBodyContext } from "./rule.ts";
 
 /**
  * A precision strategy: the dtypes of parameters, gradients and optimizer states, extra
@@ -129,8 +70,12 @@ export interface PrecisionStrategy {
   stateDtype(state: string): DType;
   /** Per-element buffers kept besides the optimizer's own states (zero-initialised). */
   readonly extraStates: readonly StateSpec[];
-  /** Replacement update bodies by optimizer (`adamw`, `sgd`); default: the f32 body. */
-  readonly updates: Readonly<Partial<Record<"adamw" | "sgd", UpdateBody>>>;
+  /**
+   * Replacement update bodies by update rule name (`adamw`, `sgd`); empty: every rule's own
+   * f32 body. A strategy with bodies must have one for every optimizer it is used with (an
+   * error when the optimizer is built, never a silent fallback to the f32 body).
+   */
+  readonly updates: Readonly<Record<string, UpdateBody>>;
   /**
    * The dtype the forward's low-precision ops run in under `autocast` (amp strategies, and
    * `fp8`'s GEMM outputs), or null (no autocast).

@@ -10,16 +10,15 @@
  * p = p - lr * d
  * ```
  *
- * The momentum buffer starts as the first gradient (PyTorch's rule), not as zeros. All
- * parameters of a group are updated by one dispatch (`_multi_tensor.ts`); with
- * `precision: "bf16"` the parameters, gradients and buffer are bf16 and each stored value
- * is rounded once from f32.
+ * The momentum buffer starts as the first gradient (PyTorch's rule), not as zeros. SGD is an
+ * update rule (`SGD_RULE`, `rule.ts`); each parameter tensor is updated in place by one
+ * kernel (`_update_kernel.ts`); with `precision: "bf16"` the parameters, gradients and
+ * buffer are bf16 and each stored value is rounded once from f32.
  *
  * @module
  */
 
 import { ValueError } from "../errors.ts";
-import type { UpdateProgram } from "./_multi_tensor.ts";
 import {
   checkBool,
   checkOptionNames,
@@ -28,6 +27,7 @@ import {
   type ParamGroup,
   type Params,
 } from "./optimizer.ts";
+import type { UpdateRule } from "./rule.ts";
 
 /**
  * SGD's hyperparameters (each optional; PyTorch's defaults).
@@ -93,9 +93,6 @@ export interface SGDParamGroup extends ParamGroup {
  * ```
  */
 export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
-  /** SGD's state dict holds only the momentum buffer, as PyTorch's. */
-  protected readonly savesStep = false;
-
   /** An SGD over `params` (tensors or parameter groups). */
   constructor(params: Params<SGDOptions>, opts: SGDOptions & { precision?: string } = {}) {
     const { precision, ...rest } = opts;
@@ -112,59 +109,38 @@ export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
       if (v !== undefined) (defaults as Record<string, unknown>)[k] = v;
     }
     validate(defaults as SGDParamGroup, "SGD");
-    super("SGD", params, defaults, precision);
-  }
-
-  protected validateGroup(g: SGDParamGroup, where: string): void {
-    validate(g, where);
-  }
-
-  protected programKey(g: SGDParamGroup): string {
-    return `sgd|${g.momentum !== 0}|${g.nesterov}|${g.maximize}`;
-  }
-
-  protected buildProgram(g: SGDParamGroup): UpdateProgram {
-    const s = this.precision;
-    const flags = { momentum: g.momentum !== 0, nesterov: g.nesterov, maximize: g.maximize };
-    const states = [
-      ...(flags.momentum
-        ? [{ name: "momentumBuffer", dtype: s.stateDtype("momentumBuffer") }]
-        : []),
-      ...s.extraStates.filter((e) => !e.optimizers || e.optimizers.includes("sgd")),
-    ];
-    const buffers = [
-      { name: "param", dtype: s.param, access: "read_write" as const },
-      { name: "grad", dtype: s.grad, access: "read" as const },
-      ...states.map((b) => ({ ...b, access: "read_write" as const })),
-    ];
-    const custom = s.updates.sgd;
-    return {
-      label: "sgd",
-      buffers,
-      hyper: ["lr", "momentum", "damp1", "wd"],
-      classVals: ["isFirst"],
-      body: custom ? custom({ flags, buffers }) : sgdBody(flags),
-      deviceClass: "  kv = vec4<f32>(select(0.0, 1.0, t == 1u && momentum != 0.0), 0.0, 0.0, 0.0);",
-      effective: s.effective ?? undefined,
-    };
-  }
-
-  protected hyper(g: SGDParamGroup): number[] {
-    return [g.lr, g.momentum, 1 - g.dampening, g.weightDecay];
-  }
-
-  protected classKey(g: SGDParamGroup, step: number): number {
-    return g.momentum !== 0 && step === 1 ? 1 : 0;
-  }
-
-  protected classValues(_g: SGDParamGroup, key: number): number[] {
-    return [key];
-  }
-
-  protected override nullStates(g: SGDParamGroup): string[] {
-    return g.momentum === 0 ? ["momentumBuffer"] : [];
+    super(SGD_RULE, params, defaults, precision);
   }
 }
+
+/**
+ * SGD as data: the momentum buffer (when momentum is non-zero), the hyperparameters by name,
+ * `isFirst` (the buffer starts as the first gradient) as the per-step value, the f32 body.
+ * Its state dict holds no `step` and a null `momentumBuffer` without momentum, as PyTorch's.
+ *
+ * @example
+ * ```ts
+ * import { SGD_RULE } from "./sgd.ts";
+ * console.log(SGD_RULE.states({ momentum: true }), SGD_RULE.states({ momentum: false })); // ["momentumBuffer"] []
+ * ```
+ */
+export const SGD_RULE: UpdateRule<SGDParamGroup> = {
+  name: "sgd",
+  label: "SGD",
+  flags: (g) => ({ momentum: g.momentum !== 0, nesterov: g.nesterov, maximize: g.maximize }),
+  states: (f) => (f.momentum ? ["momentumBuffer"] : []),
+  hyper: {
+    lr: (g) => g.lr,
+    momentum: (g) => g.momentum,
+    damp1: (g) => 1 - g.dampening,
+    wd: (g) => g.weightDecay,
+  },
+  perStep: (_h, m) => ({ isFirst: m.first() }),
+  body: (f) => sgdBody({ momentum: f.momentum, nesterov: f.nesterov, maximize: f.maximize }),
+  savesStep: false,
+  nullStates: (f) => (f.momentum ? [] : ["momentumBuffer"]),
+  validate: (g, where) => validate(g, where),
+};
 
 /** The f32 SGD body: each stored value rounded once by q_<name>. */
 function sgdBody(flags: { momentum: boolean; nesterov: boolean; maximize: boolean }): string {

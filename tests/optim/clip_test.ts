@@ -77,7 +77,7 @@ Deno.test("clipGradNorm() takes other norms (1, 3, Infinity) and gradients of se
   }
 });
 
-Deno.test("clipGradNorm() records the same dispatches for 2 and for 20 gradients (3 per dtype)", async () => {
+Deno.test("clipGradNorm() works in place: two dispatches per gradient and one final, no staging copy", async () => {
   const rt = await getRuntime();
   const count = (n: number) => {
     const { ps } = withGrads(Array.from({ length: n }, (_, i) => SIZES[i % 4]));
@@ -85,8 +85,16 @@ Deno.test("clipGradNorm() records the same dispatches for 2 and for 20 gradients
     clipGradNorm(ps, 0.1).dispose();
     return rt.counters.dispatches - d;
   };
-  assert.equal(count(2), 3);
-  assert.equal(count(20), 3);
+  assert.equal(count(2), 5);
+  assert.equal(count(20), 41);
+  // no staging copy: during the call, live bytes grow by the partials, the coefficient and
+  // the norm only (14 partials of 4 bytes, 16, 4), not by a copy of the gradients (406 KB)
+  const { ps } = withGrads([100_000, 3000], ["f32", "bf16"]);
+  rt.resetPeak();
+  const live0 = rt.memory().liveBytes;
+  const norm = clipGradNorm(ps, 0.1);
+  assert.equal(rt.memory().peakBytes - live0, 14 * 4 + 16 + 4);
+  norm.dispose();
 });
 
 Deno.test("clipGradNorm() validates maxNorm and normType", () => {

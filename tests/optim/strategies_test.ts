@@ -36,6 +36,7 @@ const purposes = () => memory().byPurpose;
 async function train(name: string, steps: number) {
   const s = precisionStrategy(name);
   const base = purposes();
+  const live0 = memory().liveBytes;
   const model = applyPrecision(new GPT(CFG), name);
   const params = model.parameters();
   const opt = new AdamW(params, { lr: 3e-3, weightDecay: 0, precision: name });
@@ -60,6 +61,7 @@ async function train(name: string, steps: number) {
     readbacks += rt.counters.readbacks - r0;
   }
   const now = purposes();
+  const live = memory().liveBytes - live0;
   const d = (k: string) => (now[k] ?? 0) - (base[k] ?? 0);
   const out = {
     n: params.reduce((a, p) => a + p.size, 0),
@@ -69,6 +71,8 @@ async function train(name: string, steps: number) {
     grads: d("grads"),
     optimizer: d("optimizer"),
     scratch: d("scratch"),
+    other: d("other"),
+    live,
     casts,
     losses: await Promise.all(losses.map((l) => l.item())),
     readbacks,
@@ -140,8 +144,12 @@ Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, col
     assert.equal(held, want[name] * r.n, `${name}: ${held / r.n} bytes per parameter`);
     assert.equal(r.params, s.param.laneBits / 8 * r.n, `${name}: parameters`);
     assert.equal(r.grads, s.grad.laneBits / 8 * r.n, `${name}: gradients`);
-    // the staging copies of the multi-tensor step are scratch, one copy of params and grads
-    assert.equal(r.scratch >= r.params + r.grads, true, `${name}: scratch ${r.scratch}`);
+    // the step updates in place: no staging copy of the parameters or gradients remains
+    assert.equal(r.scratch, 0, `${name}: scratch ${r.scratch}`);
+    // everything live after the step (the scaler's and FP8 recipes' small state, "other",
+    // aside): bytes/param x params within 2%
+    const rel = (r.live - r.other) / (want[name] * r.n) - 1;
+    assert.ok(Math.abs(rel) <= 0.02, `${name}: live ${r.live - r.other} vs ${want[name] * r.n}`);
     if (s.autocast) {
       assert.ok(r.casts > 0, `${name}: the weights' casts are counted as casts`);
     } else {
@@ -152,7 +160,7 @@ Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, col
     report.push(
       `${name}: ${(held / r.n).toFixed(2)} B/param (params ${r.params}, grads ${r.grads}, ` +
         `optimizer ${r.optimizer}${stepCounts ? ` incl. ${stepCounts} of step counts` : ""}), ` +
-        `casts ${r.casts}, scratch ${r.scratch}, n ${r.n}`,
+        `casts ${r.casts}, scratch ${r.scratch}, other ${r.other}, live ${r.live}, n ${r.n}`,
     );
   }
   console.log(report.join("\n"));

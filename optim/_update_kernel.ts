@@ -1,0 +1,296 @@
+/**
+ * The update kernel of the optimizers: one program of the builder (`gpu/program.ts`) per
+ * update rule, precision strategy, flags and mode, run once per parameter tensor, IN PLACE:
+ * it binds the parameter, its gradient and the parameter's own state tensors, so a step
+ * copies nothing (no staging buffer) and a tensor larger than one storage binding is updated
+ * window by window (the builder splits the dispatch into pieces whose windows fit).
+ *
+ * Each workgroup covers `chunk = WG * E * ITEMS` consecutive elements of the tensor; an
+ * invocation handles E consecutive elements (E = the largest lanes-per-word among the bound
+ * dtypes: 1 for fp32, 2 for bf16) and writes whole words of every buffer, never a word past
+ * the tensor's end (DESIGN.md: a thread owns whole words). The kernel decodes each buffer
+ * with its dtype's decoder, runs the update body in f32 and encodes each stored value once
+ * (`q_<name>` rounds to the stored dtype).
+ *
+ * The hyperparameters are uniforms packed by name (`u.h<name>`, aliased to `<name>` in the
+ * body); the per-step values are uniforms (`u.s<name>`) computed on the host in f64 from the
+ * parameter's step count, or, in device mode, computed in the kernel in f32 from the
+ * device step count of the parameter (`steps[u.pidx] + 1`), both from the rule's one
+ * `perStep` definition (`rule.ts`).
+ *
+ * Modes (`KernelMode`): `device` binds the group's device step counts and a skip flag (a
+ * GradScaler's `found_inf`): when the flag is set no invocation writes anything, so a
+ * skipped step leaves parameters and states bit-identical. `diag` adds the diagnostics
+ * (`_diagnostics.ts`).
+ *
+ * Reference: NVIDIA apex `multi_tensor_apply`; PyTorch `_foreach` and capturable optimizers.
+ *
+ * @module
+ */
+
+import { type DType, wgslCodec } from "../dtypes/mod.ts";
+import { ValueError } from "../errors.ts";
+import { layoutOf, type Program, program, type Runtime } from "../gpu/mod.ts";
+import { diagAccountSource, diagReduceSource } from "./_diagnostics.ts";
+import { WG } from "./_inplace.ts";
+import type { PrecisionStrategy } from "./precision.ts";
+import { type StateSpec, type UpdateRule, wgslStepMath } from "./rule.ts";
+
+/** Element groups per invocation in one workgroup's chunk. */
+const ITEMS = 4;
+
+/** A bound buffer of an update program. */
+export interface BufferSpec extends StateSpec {
+  /** Whether the kernel writes it. */
+  readonly access: "read" | "read_write";
+}
+
+/** An update rule resolved for one strategy and one set of flags: what the kernel binds and runs. */
+export interface UpdateProgram {
+  /** The rule's name, for the pipeline label. */
+  readonly label: string;
+  /** A cache key of everything the WGSL depends on (rule, strategy, flags). */
+  readonly key: string;
+  /** Bound buffers: `param` and `grad` first, then the states. */
+  readonly buffers: readonly BufferSpec[];
+  /** The states (the buffers after `param` and `grad`). */
+  readonly states: readonly StateSpec[];
+  /** Names of the f32 hyperparameters. */
+  readonly hyper: readonly string[];
+  /** Names of the per-step values. */
+  readonly perStep: readonly string[];
+  /** WGSL statements assigning `y.<name>` from `x.<name>` (see `UpdateBodyContext`). */
+  readonly body: string;
+  /** WGSL expressions of the per-step values from `t: u32` (hyperparameters in scope). */
+  readonly deviceStep: readonly string[];
+  /** WGSL of the effective update of the stored value, for the diagnostics. */
+  readonly effective: string;
+}
+
+/** A strategy's states for rule `name` besides the rule's own (Collage's low parts). */
+export function extraStates(s: PrecisionStrategy, name: string): StateSpec[] {
+  return s.extraStates.filter((e) => !e.optimizers || e.optimizers.includes(name));
+}
+
+/**
+ * Checks that strategy `s` can run rule `rule`: a strategy that replaces the update bodies
+ * of some optimizers, or keeps extra states for this one, must have a body for it (else its
+ * states would be allocated and ignored). A ValueError at construction.
+ */
+export function checkStrategy<G>(rule: UpdateRule<G>, s: PrecisionStrategy): void {
+  if (s.updates[rule.name]) return;
+  const bodies = Object.keys(s.updates);
+  const extra = extraStates(s, rule.name);
+  if (bodies.length > 0 || extra.length > 0) {
+    throw new ValueError(
+      `${rule.label}: precision '${s.name}' has no update body for ${rule.label} (it has ` +
+        `bodies for ${bodies.join(", ") || "no optimizer"}${
+          extra.length ? ` and keeps ${extra.map((e) => e.name).join(", ")}` : ""
+        }), and the plain f32 body would ignore its arithmetic; use ${
+          bodies.map((b) => `'${b}'`).join(" or ") || "another optimizer"
+        } with this precision, or a precision without replacement bodies`,
+    );
+  }
+}
+
+/** The update program of `rule` under strategy `s` for `flags`. */
+export function resolveProgram<G>(
+  rule: UpdateRule<G>,
+  s: PrecisionStrategy,
+  flags: Readonly<Record<string, boolean>>,
+): UpdateProgram {
+  checkStrategy(rule, s);
+  const states: StateSpec[] = [
+    ...rule.states(flags).map((name) => ({ name, dtype: s.stateDtype(name) })),
+    ...extraStates(s, rule.name).map((e) => ({ name: e.name, dtype: e.dtype })),
+  ];
+  const buffers: BufferSpec[] = [
+    { name: "param", dtype: s.param, access: "read_write" },
+    { name: "grad", dtype: s.grad, access: "read" },
+    ...states.map((b) => ({ ...b, access: "read_write" as const })),
+  ];
+  const custom = s.updates[rule.name];
+  const hyper = Object.keys(rule.hyper);
+  const names = Object.fromEntries(hyper.map((h) => [h, h]));
+  const device = rule.perStep(names, wgslStepMath());
+  const flagKey = Object.entries(flags).map(([k, v]) => `${k}=${v}`).join(",");
+  return {
+    label: rule.name,
+    key: `${rule.name}#${ruleKey(rule)}|${s.name}|${flagKey}`,
+    buffers,
+    states,
+    hyper,
+    perStep: Object.keys(device),
+    body: custom ? custom({ flags, buffers }) : rule.body(flags),
+    deviceStep: Object.values(device),
+    effective: s.effective ?? "y.param - x.param",
+  };
+}
+
+let nextRule = 1;
+const ruleKeys = new WeakMap<object, number>();
+
+/** A number unique to each rule object (two rules may share a name). */
+function ruleKey(rule: object): number {
+  let k = ruleKeys.get(rule);
+  if (k === undefined) ruleKeys.set(rule, k = nextRule++);
+  return k;
+}
+
+/**
+ * How a dispatch of an update program runs, besides the program itself.
+ *
+ * - `device`: the group keeps its step counts on the device and a skip flag is bound (a
+ *   GradScaler's `found_inf`): the per-step values are computed in the kernel from the
+ *   device count, and when the flag is non-zero the kernel writes nothing, so parameters,
+ *   states and step counts stay as they were (PyTorch's skipped `optimizer.step()`).
+ * - `diag`: the kernel also accumulates the diagnostics; the dtype is the one gradients are
+ *   checked against for underflow and overflow. null: off.
+ */
+export interface KernelMode {
+  /** Device step counts and a skip flag are bound. */
+  readonly device: boolean;
+  /** The dtype of the gradient under/overflow counts when diagnostics are on, else null. */
+  readonly diag: DType | null;
+}
+
+/** Elements per invocation: the largest lanes-per-word of the program's buffers. */
+function elemsPerInvocation(rt: Runtime, prog: UpdateProgram): number {
+  return Math.max(1, ...prog.buffers.map((b) => layoutOf(b.dtype, rt).lanes));
+}
+
+/** Elements one workgroup of the update kernel covers. */
+export function updateChunk(rt: Runtime, prog: UpdateProgram): number {
+  return WG * elemsPerInvocation(rt, prog) * ITEMS;
+}
+
+/** `fn q_<name>(v) -> f32`: v rounded to the dtype `<name>` is stored in, and its chunks. */
+function quantizer(name: string, d: DType): { fn: string; chunks: readonly string[] } {
+  const c = wgslCodec(d);
+  return {
+    fn: `fn q_${name}(v: f32) -> f32 { return ${c.decode}(${c.encode}(v, 0u)); }\n`,
+    chunks: c.chunks,
+  };
+}
+
+/** The compiled update kernel of `prog` in `mode` on the runtime (built once, cached). */
+export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode): Program {
+  const layouts = prog.buffers.map((b) => layoutOf(b.dtype, rt));
+  const E = elemsPerInvocation(rt, prog);
+  const chunk = WG * E * ITEMS;
+  const bindings = [
+    ...prog.buffers.map((b, k) => ({ name: b.name, type: layouts[k], access: b.access })),
+    ...(mode.device
+      ? [
+        { name: "steps", type: "u32" as const, access: "read" as const },
+        { name: "finf", type: "u32" as const, access: "read" as const },
+      ]
+      : []),
+    ...(mode.diag
+      ? [
+        { name: "partials", type: "f32" as const, access: "read_write" as const },
+        { name: "counters", type: "atomic<u32>" as const, access: "read_write" as const },
+      ]
+      : []),
+  ];
+  const uniforms = [
+    { name: "n", type: "u32" as const },
+    { name: "pidx", type: "u32" as const },
+    { name: "pbase", type: "u32" as const },
+    { name: "one", type: "f32" as const },
+    ...prog.hyper.map((h) => ({ name: `h${h}`, type: "f32" as const })),
+    ...(mode.device ? [] : prog.perStep.map((s) => ({ name: `s${s}`, type: "f32" as const }))),
+  ];
+  const key = `optim|update|${prog.key}|${mode.device}|${mode.diag?.name ?? ""}`;
+  return program(rt, key, {
+    label: prog.label,
+    bindings,
+    uniforms,
+    workgroupSize: WG,
+  }, () => {
+    const chunks: (readonly string[])[] = [];
+    let quant = "", fields = "", loadArgs = "", stores = "";
+    prog.buffers.forEach((b, k) => {
+      const q = quantizer(b.name, b.dtype);
+      chunks.push(q.chunks);
+      quant += q.fn;
+      fields += `  ${b.name}: f32,\n`;
+      loadArgs += `ld_${b.name}(i), `;
+      if (b.access !== "read_write") return;
+      const L = layouts[k].lanes;
+      for (let w = 0; w < E / L; w++) {
+        const vals = Array.from(
+          { length: 4 },
+          (_, j) => (j < L ? `r${w * L + j}.${b.name}` : "0.0"),
+        );
+        const st = `st_${b.name}(s / ${L}u + ${w}u, vec4<f32>(${vals.join(", ")}), vec4<u32>(0u));`;
+        stores += w === 0 ? `      ${st}\n` : `      if (s + ${w * L}u < e1) { ${st} }\n`;
+      }
+    });
+    const hyperAliases = prog.hyper.map((h) => `  let ${h} = u.h${h};\n`).join("");
+    const psFields = prog.perStep.map((s) => `  ${s}: f32,\n`).join("");
+    const psAliases = prog.perStep.map((s) => `  let ${s} = ps.${s};\n`).join("");
+    const perStep = mode.device
+      ? `fn ulp_powu(b: f32, t: u32) -> f32 {
+  var r = 1.0;
+  var x = b;
+  var k = t;
+  loop {
+    if (k == 0u) { break; }
+    if ((k & 1u) == 1u) { r = r * x; }
+    x = x * x;
+    k = k >> 1u;
+  }
+  return r;
+}
+fn perStep() -> Ps {
+  let t = steps[u.pidx] + 1u;
+${hyperAliases}  return Ps(${[...prog.deviceStep, "0.0"].join(", ")});
+}
+`
+      : `fn perStep() -> Ps { return Ps(${
+        [...prog.perStep.map((s) => `u.s${s}`), "0.0"].join(", ")
+      }); }\n`;
+    let diag = "";
+    if (mode.diag) {
+      const q = quantizer("diagcast", mode.diag);
+      chunks.push(q.chunks);
+      diag = diagAccountSource(q.fn, prog.effective);
+    }
+    const acct = (j: number) => (mode.diag ? ` account(x${j}, r${j});` : "");
+    let lanes = "";
+    for (let j = 0; j < E; j++) {
+      lanes += j === 0
+        ? `      let x0 = load(s);\n      let r0 = update(x0, ps);${acct(0)}\n`
+        : `      var r${j}: St;\n      if (s + ${j}u < e1) { let x${j} = load(s + ${j}u); r${j} = update(x${j}, ps);${
+          acct(j)
+        } }\n`;
+    }
+    const guard = mode.device ? "finf[0] == 0u" : "true";
+    const source = `${quant}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+struct St {
+${fields}  intended: f32,
+}
+struct Ps {
+${psFields}  pad: f32,
+}
+fn load(i: u32) -> St { return St(${loadArgs}0.0); }
+fn update(x: St, ps: Ps) -> St {
+${hyperAliases}${psAliases}  var y = x;
+${prog.body}
+  return y;
+}
+${perStep}${diag}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let e0 = wg * ${chunk}u;
+  let e1 = min(u.n, e0 + ${chunk}u);
+  if (${guard}) {
+    let ps = perStep();
+    for (var s = e0 + li * ${E}u; s < e1; s = s + ${WG * E}u) {
+${lanes}${stores}    }
+  }
+${mode.diag ? diagReduceSource() : ""}}
+`;
+    return { source, chunks };
+  });
+}
