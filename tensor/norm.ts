@@ -32,6 +32,13 @@ import { windowElems } from "./reduce.ts";
 /** Workgroup size of the row kernels (norms and losses). @internal */
 export const WG = 64;
 
+/**
+ * Estimated work per element, in nanoseconds of a CPU adapter (a run's `cost`), measured on
+ * lavapipe: a row pass (statistics and output), the word-owning output pass, and the column
+ * sums of `dw`, `db` (which the rows are chunked by, as the builder cannot cut a column).
+ */
+const COST = { rows: 15, apply: 5, cols: 10 };
+
 /** Which normalisation. */
 type Norm = "ln" | "rms";
 
@@ -317,6 +324,7 @@ function runRows(
       buffers,
       uniforms: u,
       groups: rows,
+      cost: rows * C * COST.rows,
       ranges: rangesFor(names, rowOwn),
     });
     return { out, stats };
@@ -338,6 +346,7 @@ function runRows(
     buffers,
     uniforms: u,
     groups: rows,
+    cost: rows * C * COST.rows,
     ranges: rangesFor([...s.ins, ...s.saved, ...names], rowOwn),
   });
   // a workgroup writes WG words of the output: elements [e0, e1), rows of those
@@ -364,6 +373,7 @@ function runRows(
     buffers,
     uniforms: u,
     groups: Math.ceil(Math.ceil(n / outL.lanes) / WG),
+    cost: n * COST.apply,
     ranges,
   });
   if (tmp !== stats) { for (const t of tmp) t.dispose(); }
@@ -372,8 +382,9 @@ function runRows(
 
 /**
  * `dw` and `db` (either may be skipped) of a normalisation. When `x` or `g` is larger than
- * one binding, the rows are taken in chunks that fit a window, in order, the column sums
- * carried in f32 from one chunk to the next (the same sums as one pass).
+ * one binding, or the work passes one submission's budget (`maxBatchCost`), the rows are
+ * taken in chunks that fit, in order, the column sums carried in f32 from one chunk to the
+ * next (the same sums as one pass).
  */
 function colGrads(
   norm: Norm,
@@ -398,15 +409,13 @@ function colGrads(
   const op = "norm backward";
   const big = [x, g].some((t) => Math.ceil(t.buffer(op).bytes / 4) * 4 > rt.maxBindingBytes);
   // rows per dispatch: all, or as many as a window of x, g and the statistics surely holds
-  const chunk = big
-    ? Math.max(
-      1,
-      Math.min(
-        Math.floor(Math.min(windowElems(rt, xL), windowElems(rt, gL)) / C),
-        windowElems(rt, f32),
-      ),
-    )
-    : rows;
+  // and one submission's budget of work allows
+  let chunk = Math.max(1, Math.floor(rt.maxBatchCost / (C * COST.cols)));
+  if (big) {
+    const fit = Math.floor(Math.min(windowElems(rt, xL), windowElems(rt, gL)) / C);
+    chunk = Math.max(1, Math.min(chunk, fit, windowElems(rt, f32)));
+  }
+  chunk = Math.min(chunk, rows);
   const carry = chunk < rows;
   const cw = carry ? Tensor.empty([C], float32, "scratch") : null;
   const cb = carry ? Tensor.empty([C], float32, "scratch") : null;
@@ -456,6 +465,7 @@ function colGrads(
       buffers,
       uniforms: { rows: r1, C, r0, first: r0 === 0 ? 1 : 0, last: r1 === rows ? 1 : 0 },
       groups,
+      cost: (r1 - r0) * C * COST.cols,
       ranges,
     });
   }

@@ -35,6 +35,12 @@ import { launch } from "./fusion.ts";
 
 /** Threads per workgroup of every reduction kernel. */
 const WG = 64;
+/**
+ * Estimated work per element read, in nanoseconds of a CPU adapter (the unit of a run's
+ * `cost`; matmul counts 0.2 ns per multiply-add), measured on lavapipe: a reduction, a
+ * logsumexp (two passes and an exp), softmax forward and backward (three and two passes).
+ */
+const COST = { reduce: 3, lse: 8, softmax: 20, softmaxBwd: 25 };
 /** Most merged kept (or reduced) dimensions a kernel indexes (the uniform block holds 8). */
 const MAX_DIMS = 8;
 
@@ -449,6 +455,7 @@ function pass(
     buffers: { inp: inBuf, out: out.buffer(label) },
     uniforms: planUniforms(n, p, parts, chunk, scale),
     groups: Math.ceil(n / lanes),
+    cost: p.nOut * p.R * (kind === "lse" ? COST.lse : COST.reduce),
     ranges: {
       inp: (g0, g1) => inputRange(p, parts, chunk, g0 * lanes, Math.min(n, g1 * lanes)),
       out: (g0, g1) => [g0 * lanes, Math.min(n, g1 * lanes)],
@@ -609,6 +616,7 @@ function rowKernel(kind: RowKind, ins: Tensor[], axis: number | null, outDt: DTy
     buffers,
     uniforms: planUniforms(p.nOut, { ...p, rs: [p.R], rst: [st] }, 1, p.R, 1),
     groups: p.nOut,
+    cost: p.nOut * p.R * (kind.endsWith("bwd") ? COST.softmaxBwd : COST.softmax),
     ranges,
   });
   if (direct) return out;

@@ -446,3 +446,33 @@ Deno.test("crossEntropy over windows of rows, its mean over chunks of rows, and 
     for (const x of [z, tg, seedG, y.t, dz.t, whole, wdz]) x.dispose();
   }
 });
+
+Deno.test("work beyond one submission's budget is cut into more dispatches with the same bits: norm gradients by chunks of rows", async () => {
+  const rows = 24, C = 50;
+  const xv = values("f32", rows * C, 90, -2, 2), gv = values("f32", rows * C, 91);
+  const x = tensor(xv, { shape: [rows, C], requiresGrad: true });
+  const w = tensor(values("f32", C, 92, 0.5, 1.5), { requiresGrad: true });
+  const b = tensor(values("f32", C, 93), { requiresGrad: true });
+  const g = tensor(gv, { shape: [rows, C] });
+  const grads = async (budget: number) => {
+    const before = rt.maxBatchCost;
+    rt.maxBatchCost = budget;
+    try {
+      const y = layerNormLast(x, w, b);
+      const d0 = rt.counters.dispatches;
+      const gs = y.node!.backward(g);
+      const dispatches = rt.counters.dispatches - d0;
+      const v = await Promise.all(gs.map((t) => t!.toArray()));
+      for (const t of [y, ...gs]) t!.dispose();
+      return { v: v.map((a) => Array.from(a)), dispatches };
+    } finally {
+      rt.maxBatchCost = before;
+    }
+  };
+  const whole = await grads(rt.maxBatchCost);
+  const cut = await grads(2000); // 4 rows of 50 columns per dispatch of dw and db
+  assert.equal(whole.dispatches, 2, "dx, then dw and db");
+  assert.ok(cut.dispatches >= 2 + rows / 4, `${cut.dispatches} dispatches`);
+  assert.deepEqual(cut.v, whole.v);
+  for (const t of [x, w, b, g]) t.dispose();
+});
