@@ -3,9 +3,15 @@
  * backward.
  *
  * Forward, two dispatches: one workgroup per row finds the row's maximum and `lse =
- * max + log(sum(exp(z - max)))` in f32 (saved for the backward pass); then one workgroup sums
- * `lse - z[target]` over the rows whose target is not `ignoreIndex` and counts them, and
- * writes the mean, rounded once to the loss dtype. The count stays on the GPU (no readback).
+ * max + log(sum(exp(z - max)))` in f32 (saved for the backward pass) and the row's loss
+ * `lse - z[target]`; then one workgroup sums the losses of the rows whose target is not
+ * `ignoreIndex` and counts them, and writes the mean, rounded once to the loss dtype. The
+ * count stays on the GPU (no readback).
+ *
+ * The kernels are programs of `gpu/program.ts`: logits, targets and row statistics larger
+ * than one storage binding (GPT-2's logits `[1024, 50257]` f32 are 206 MB) are bound as
+ * windows of rows; the mean then takes the rows in chunks of whole workgroup strides, each
+ * lane's sums carried in f32 between dispatches (the same bits as one pass).
  *
  * Backward, one word-owning dispatch: `dz = (softmax(z) - onehot(target)) * g / count`, zero
  * on ignored rows, rounded once to the logits' dtype.

@@ -15,6 +15,11 @@
  * - `dw = sum over rows of g * xhat`, `db = sum over rows of g`: one invocation per word of
  *   columns loops over the rows in order, so the sums are deterministic.
  *
+ * The kernels are programs of `gpu/program.ts`; `x`, `g`, `y` and the statistics larger than
+ * one storage binding are bound as windows of whole rows (`w`, `b` and the `[C]` gradients
+ * whole). The column sums take the rows in chunks that fit a window and one submission's
+ * budget, in order, carrying the sums in f32 between dispatches: the same bits as one pass.
+ *
  * References: Ba, Kiros & Hinton, "Layer Normalization" (2016); Zhang & Sennrich, "Root Mean
  * Square Layer Normalization" (2019).
  *

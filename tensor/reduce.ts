@@ -11,6 +11,15 @@
  * word per workgroup: the workgroup reduces the 2 or 4 outputs of its word in turn. Long
  * reductions into few outputs run in two passes (partials, then the partials reduced).
  *
+ * Every kernel is a program of `gpu/program.ts`. An input larger than one storage binding is
+ * bound as windows: a piece of workgroups binds the input elements its outputs read (offsets
+ * grow with both the kept and the reduced index, so the ends come from its first and last
+ * outputs). When one output reads more than a window holds (a reduction over a non-last axis
+ * or over everything), the reduced range is split into parts whose reads fit, aligned on the
+ * reduced dimension they split, and the partial results are reduced again (argmax: partial
+ * maxima and their indices, then the first part with the maximum). Softmax rows are bound by
+ * windows of rows; a row longer than a window is a `DeviceError`.
+ *
  * The result is rounded once to the output dtype (fl(x)). Gradients are recorded with
  * `attach()` when an input requires one.
  *
@@ -48,6 +57,16 @@ const MAX_DIMS = 8;
  * How many consecutive elements of layout `l` one window of a buffer larger than one binding
  * surely holds, wherever they start: the binding limit less the offset alignment lost in front
  * and the partial words at the ends. Kernels size their pieces (rows, parts) by it. @internal
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, layoutOf } from "../gpu/mod.ts";
+ * import { dtype } from "../dtypes/mod.ts";
+ * import { windowElems } from "./reduce.ts";
+ * const rt = await getRuntime();
+ * // 128 MiB bindings, 256-byte offsets: 33,554,367 f32 or twice as many bf16
+ * console.log(windowElems(rt, layoutOf(dtype("bf16"), rt)) === 2 * windowElems(rt, layoutOf(dtype("f32"), rt))); // true
+ * ```
  */
 export function windowElems(rt: Runtime, l: Layout): number {
   const align = rt.info.limits.minStorageBufferOffsetAlignment ?? 256;
