@@ -96,8 +96,8 @@ const { values: flags } = (() => {
 if (flags.help) {
   console.log(`Usage: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer]
 
-  --quick    sizes up to 1024, fewer repetitions (2 to 4 minutes on 2 CPU cores)
-  --json     print one JSON document on stdout (progress goes to stderr)
+  --quick    sizes up to 1024, fewer repetitions (about 4 minutes on 2 shared CPU cores)
+  --json     print one JSON document on stdout (progress and the text report go to stderr)
   --peers    the peers to run, comma-separated (default ${PEERS.join(",")}):
              tfjs   TensorFlow.js ${TFJS_VERSION}, WebGPU backend
              jaxjs  jax-js ${JAXJS_VERSION}, WebGPU backend, jit
