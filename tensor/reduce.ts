@@ -504,12 +504,18 @@ function reduceInto(
   scale: number,
 ): void {
   const forced = windowChunk(rt, inBuf, layoutOf(inDt, rt), p);
+  // parts that let many workgroups share a long reduction into few outputs
+  const many = p.R >= 8192 && p.nOut < 256
+    ? Math.min(Math.ceil(p.R / 4096), Math.floor(1024 / p.nOut))
+    : 1;
   let parts = 1, chunk = p.R;
   if (forced !== null) {
-    chunk = forced;
-    parts = Math.ceil(p.R / forced);
-  } else if (kind !== "argmax" && kind !== "lse" && p.R >= 8192 && p.nOut < 256) {
-    parts = Math.min(Math.ceil(p.R / 4096), Math.floor(1024 / p.nOut));
+    // parts that fit a window; no fewer than `many` when a smaller chunk fits too (one
+    // reduced dimension: the reads of a chunk grow with it), the same parts as whole bindings
+    chunk = p.rs.length <= 1 && many > 1 ? Math.min(forced, Math.ceil(p.R / many)) : forced;
+    parts = Math.ceil(p.R / chunk);
+  } else if (kind !== "argmax" && kind !== "lse" && many > 1) {
+    parts = many;
     chunk = Math.ceil(p.R / parts);
   }
   if (parts < 2) {

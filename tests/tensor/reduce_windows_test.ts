@@ -191,6 +191,19 @@ Deno.test("reductions whose one output reads more than a window take partial res
   await checkReduce("i32", [50, 100], 0, ["sum", "max", "argmax", "mean"], 9);
 });
 
+Deno.test("a long reduction into one output takes the same parts windowed as whole: the same bits", async () => {
+  const x = tensor(values("f32", 40_000, 10, -3, 3)); // parts of 4,000: each fits a 64 KiB window
+  for (const f of [(t: Tensor) => sum(t), (t: Tensor) => mean(t), (t: Tensor) => max(t)]) {
+    const w = await run(() => f(x), 65536);
+    assert.ok(w.dispatches >= 3, "parts, windows, then the parts reduced");
+    const whole = f(x);
+    assert.deepEqual(w.v, Array.from(await whole.toArray()));
+    w.t.dispose();
+    whole.dispose();
+  }
+  x.dispose();
+});
+
 Deno.test("argmax over partial results keeps the first of tied maxima and the first NaN", async () => {
   const n = 5000;
   const xv = new Float32Array(n);
