@@ -114,6 +114,8 @@ export interface RuntimeCounters {
   readbacks: number;
   /** Pipelines compiled (cache misses). */
   compiles: number;
+  /** Storage bindings bound as windows of a buffer larger than one binding. */
+  windows: number;
 }
 
 /** Memory statistics, as `memory()` reports them. */
@@ -184,7 +186,13 @@ export class Runtime {
   /** Facts about the adapter and device. */
   readonly info: DeviceInfo;
   /** Counters of dispatches, submits, readbacks and compiles. */
-  readonly counters: RuntimeCounters = { dispatches: 0, submits: 0, readbacks: 0, compiles: 0 };
+  readonly counters: RuntimeCounters = {
+    dispatches: 0,
+    submits: 0,
+    readbacks: 0,
+    compiles: 0,
+    windows: 0,
+  };
   /** Dispatches per batch before it is submitted on its own. */
   maxBatch = 512;
   /**
@@ -504,6 +512,7 @@ export class Runtime {
       if (buffers[i].released) {
         throw new DeviceError(`dispatch(${k.label}): a buffer was used after it was released`);
       }
+      if (isWindow(b)) this.counters.windows++;
       const size = isWindow(b) ? b.size : Math.ceil(b.bytes / 4) * 4;
       if (size > max) {
         throw new DeviceError(
