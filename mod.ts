@@ -103,6 +103,7 @@ export {
   scaledDotProductAttention,
 } from "./tensor/attention.ts";
 export { keep, tidy } from "./tensor/scope.ts";
+export { setLeakWarning } from "./tensor/_leaks.ts";
 export { setFusion } from "./tensor/fusion.ts";
 
 // ---- autograd -----------------------------------------------------------------------------

@@ -85,6 +85,7 @@ export {
   unsqueeze,
 } from "./shape_ops.ts";
 export { keep, tidy } from "./scope.ts";
+export { setLeakWarning } from "./_leaks.ts";
 export {
   autocast,
   AUTOCAST_POLICY,

@@ -11,6 +11,7 @@ import { DeviceError, DTypeError, ValueError } from "../errors.ts";
 import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../gpu/mod.ts";
 import { storageBytes } from "./layout.ts";
 import { keep, track } from "./scope.ts";
+import { forget, noteBirth, noteStep, watch } from "./_leaks.ts";
 import { readChecked } from "./_id_check.ts";
 import { noGrad } from "../autograd/graph.ts";
 import { type BackwardOptions, runBackward } from "../autograd/backward.ts";
@@ -109,6 +110,8 @@ export class Tensor {
     this.size = shape.reduce((a, b) => a * b, 1);
     this.id = nextId++;
     track(this);
+    watch(this, rt, buf); // freed if it becomes unreachable without dispose()
+    noteBirth(this);
   }
 
   /**
@@ -205,6 +208,7 @@ export class Tensor {
   /** Frees the GPU storage now. Safe to call twice. */
   dispose(): void {
     if (this.#buf !== null) {
+      forget(this);
       let kept = false;
       try {
         kept = released(this, this.#buf); // kept while deferred work still reads it
@@ -417,6 +421,7 @@ export class Tensor {
         gc.realize(); // a gradient is final: compute it now, freeing what it was fused from
       },
     }, opts);
+    noteStep(this.#rt.memory().liveBuffers); // one training step: are live buffers growing?
   }
 
   /** Frees `.grad` and sets it to null. */
