@@ -174,6 +174,7 @@ export {
   type UpdateBody,
   type UpdateBodyContext,
 } from "./optim/precision.ts";
+export { type HyperParameter, type PerStep, type StepMath, type UpdateRule } from "./optim/rule.ts";
 export {
   autocast,
   AUTOCAST_POLICY,

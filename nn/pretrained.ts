@@ -81,8 +81,11 @@ export interface ExportOptions {
  * ```
  */
 export interface PretrainedOptimizer {
+  /** The parameter groups, whose parameters are the model's (in the model's order). */
   readonly paramGroups: readonly { readonly params: readonly Tensor[] }[];
+  /** The precision strategy the optimizer keeps its state in. */
   readonly precision: { readonly name: string };
+  /** The optimizer's state (Collage's low parts among it). */
   stateDict(): { state: Record<number, Record<string, unknown>> };
 }
 
