@@ -14,7 +14,7 @@
 import { parseArgs } from "node:util";
 import { GPT, ready } from "../mod.ts";
 import { main as demoMain } from "../examples/demo.ts";
-import { loadCorpus, unigramEntropy } from "../examples/_text.ts";
+import { DEFAULT_CORPUS, loadCorpus, unigramEntropy } from "../examples/_text.ts";
 import { DEFAULT_RUN } from "../examples/_train.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -32,6 +32,10 @@ const out = `${ROOT}${v.out}`;
 const only = new Set(String(v.only).split(","));
 
 const int = (n: number) => n.toLocaleString("en-US");
+/** The default corpus, described: what both paragraphs train on. */
+const corpusText = (characters: number, distinct: number) =>
+  `a snapshot of ulp's own source (\`${DEFAULT_CORPUS}\`, ${int(characters)} characters, ` +
+  `${distinct} distinct)`;
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
 /** The number of parameters of the default-size character GPT on the default corpus. */
@@ -82,8 +86,9 @@ async function demoParagraph(): Promise<string> {
   return `_The demo's chart (\`deno task demo\`, ${c.steps} steps per strategy, ` +
     `${Math.round(r.seconds / 60)} minutes on ${v.machine}, through Mesa's software GPU): a ` +
     `${c.nLayer}-layer GPT of ${int(params)} parameters trained three times on the same ` +
-    `batches of ${r.corpus.source} (${int(r.corpus.characters)} characters, ` +
-    `${r.corpus.distinct} distinct). Pure bf16 (8 bytes per parameter with AdamW) rounds away ` +
+    `batches of ${
+      corpusText(r.corpus.characters, r.corpus.distinct)
+    }. Pure bf16 (8 bytes per parameter with AdamW) rounds away ` +
     `${pct(bf16.imprecision)} of its weight updates, ${pct(bf16.lostAtEnd)} by the end as the ` +
     `learning rate decays, and ends at validation loss ${bf16.valLoss.toFixed(3)} against ` +
     `${amp.valLoss.toFixed(3)} for the run with f32 master weights (amp-bf16, 16 bytes). ` +
@@ -104,7 +109,7 @@ async function trainParagraph(): Promise<string> {
   }
   const lines = (await Deno.readTextFile(`${out}/train/log.jsonl`)).split("\n").filter(Boolean)
     .map((l) => JSON.parse(l));
-  const stepLines = lines.filter((l) => l.type === undefined && typeof l.loss === "number");
+  const stepLines = lines.filter((l) => l.type === "step" && typeof l.loss === "number");
   const evals = new Map<number, number>(
     lines.filter((l) => l.type === "eval").map((l) => [l.step, l.valLoss]),
   );
@@ -115,10 +120,11 @@ async function trainParagraph(): Promise<string> {
   const params = await parameters(c.nLayer, c.nHead, c.nEmbd, c.block);
   const tokens = steps * c.batch * c.block;
   return `Measured here (${v.machine}, lavapipe): the default run — a ${c.nLayer}-layer, ` +
-    `${c.nHead}-head, width-${c.nEmbd} GPT (${int(params)} parameters) on ${corpus.source} ` +
-    `(${int(corpus.train.length + corpus.val.length)} characters, ` +
-    `${corpus.tokenizer.vocabSize} distinct), batch ${c.batch}, context ${c.block}, AdamW at ` +
-    `${c.lr} with ${warmup} warmup steps, ${steps} steps — took ${Math.round(seconds)} s ` +
+    `${c.nHead}-head, width-${c.nEmbd} GPT (${int(params)} parameters) on ` +
+    `${corpusText(corpus.train.length + corpus.val.length, corpus.tokenizer.vocabSize)}, ` +
+    `batch ${c.batch}, context ${c.block}, AdamW at ${c.lr.toExponential()} with ${warmup} warmup steps, ${steps} steps — took ${
+      Math.round(seconds)
+    } s ` +
     `(about ${Math.round(tokens / seconds / 10) * 10} tokens/s) and brought the training loss ` +
     `from ${stepLines[0].loss.toFixed(1)} to a validation loss of ` +
     `**${evals.get(steps)?.toFixed(2)} nats**, against a unigram entropy of ` +
