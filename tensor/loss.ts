@@ -26,7 +26,7 @@
  */
 
 import { WG, WGSL_SUM } from "./norm.ts";
-import { windowElems } from "./reduce.ts";
+import { MAX_LOOP, windowElems } from "./reduce.ts";
 import { type DType, float32, isFloat } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, type Layout, layoutOf, type PooledBuffer, program } from "../gpu/mod.ts";
@@ -255,9 +255,13 @@ export function crossEntropyLast(
   // the mean: one workgroup, over all rows at once or (rows larger than one binding) over
   // chunks of whole strides of the workgroup, each lane's sums carried between them
   const big = [tb, rl.buffer(op)].some((b) => Math.ceil(b.bytes / 4) * 4 > rt.maxBindingBytes);
-  const chunk = big
-    ? Math.max(WG, Math.floor(Math.min(windowElems(rt, tL), windowElems(rt, f32)) / WG) * WG)
-    : N;
+  // (and at most WG * MAX_LOOP rows: each lane's loop stays under llvmpipe's cap)
+  const chunk = Math.min(
+    big
+      ? Math.max(WG, Math.floor(Math.min(windowElems(rt, tL), windowElems(rt, f32)) / WG) * WG)
+      : N,
+    WG * MAX_LOOP,
+  );
   const carry = chunk < N ? Tensor.empty([2 * WG], float32, "scratch") : null;
   const mean = program(rt, `loss|crossEntropy_mean|${signed}|${carry !== null}`, {
     label: "crossEntropy_mean",

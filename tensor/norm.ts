@@ -32,7 +32,7 @@ import { currentRuntime, type Layout, layoutOf, type PooledBuffer, program } fro
 import { attach } from "../autograd/graph.ts";
 import { fmtShape, Tensor } from "./tensor.ts";
 import { zeros } from "./creation.ts";
-import { windowElems } from "./reduce.ts";
+import { MAX_LOOP, windowElems } from "./reduce.ts";
 
 /** Workgroup size of the row kernels (norms and losses). @internal */
 export const WG = 64;
@@ -387,8 +387,9 @@ function runRows(
 
 /**
  * `dw` and `db` (either may be skipped) of a normalisation. When `x` or `g` is larger than
- * one binding, or the work passes one submission's budget (`maxBatchCost`), the rows are
- * taken in chunks that fit, in order, the column sums carried in f32 from one chunk to the
+ * one binding, the work passes one submission's budget (`maxBatchCost`) or the loop over rows
+ * passes llvmpipe's cap on loop iterations (`MAX_LOOP`), the rows are taken in chunks that
+ * fit, in order, the column sums carried in f32 from one chunk to the
  * next (the same sums as one pass).
  */
 function colGrads(
@@ -415,7 +416,9 @@ function colGrads(
   const big = [x, g].some((t) => Math.ceil(t.buffer(op).bytes / 4) * 4 > rt.maxBindingBytes);
   // rows per dispatch: all, or as many as a window of x, g and the statistics surely holds
   // and one submission's budget of work allows
+  // and one invocation's loop (rows times the G columns) may take (MAX_LOOP, llvmpipe's cap)
   let chunk = Math.max(1, Math.floor(rt.maxBatchCost / (C * COST.cols)));
+  chunk = Math.min(chunk, Math.floor(MAX_LOOP / (G + 2)));
   if (big) {
     const fit = Math.floor(Math.min(windowElems(rt, xL), windowElems(rt, gL)) / C);
     chunk = Math.max(1, Math.min(chunk, fit, windowElems(rt, f32)));

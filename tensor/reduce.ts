@@ -54,6 +54,15 @@ const COST = { reduce: 3, lse: 8, softmax: 20, softmaxBwd: 25 };
 const MAX_DIMS = 8;
 
 /**
+ * Iterations one invocation may run through a loop. llvmpipe (Mesa's software rasteriser
+ * behind lavapipe and GL) ends any loop after 65,535 iterations without a word (nested loops
+ * count more; measured: a loop of 100,000 additions gives 65,535), so kernels whose loops
+ * grow with the data cut the work (parts of a reduction, chunks of rows) to stay well under
+ * it. @internal
+ */
+export const MAX_LOOP = 16384;
+
+/**
  * How many consecutive elements of layout `l` one window of a buffer larger than one binding
  * surely holds, wherever they start: the binding limit less the offset alignment lost in front
  * and the partial words at the ends. Kernels size their pieces (rows, parts) by it. @internal
@@ -405,15 +414,17 @@ function inputRange(
 }
 
 /**
- * How many reduced elements one part may take so that its reads fit one window of the input,
- * or null when the whole reduction of an output fits (or the input is bound whole). Parts
- * start on a boundary of the reduced dimension they split (all of it for the outermost), so a
- * part never straddles an outer reduced index.
+ * How many reduced elements one part may take, or null when one workgroup may reduce all of
+ * an output: a part's reads must fit one window of an input larger than one binding, and a
+ * part may not take more than `WG * MAX_LOOP` elements (each invocation's loop stays under
+ * llvmpipe's cap). Parts start on a boundary of the reduced dimension they split (all of it
+ * for the outermost), so a part never straddles an outer reduced index.
  */
-function windowChunk(rt: Runtime, inBuf: PooledBuffer, inL: Layout, p: Plan): number | null {
-  if (p.R === 0 || Math.ceil(inBuf.bytes / 4) * 4 <= rt.maxBindingBytes) return null;
-  const L = windowElems(rt, inL);
-  if (offsetOf(p.rs, p.rst, p.R - 1) + 1 <= L) return null;
+function partChunk(rt: Runtime, inBuf: PooledBuffer, inL: Layout, p: Plan): number | null {
+  if (p.R === 0) return null;
+  const M = WG * MAX_LOOP;
+  const L = Math.ceil(inBuf.bytes / 4) * 4 > rt.maxBindingBytes ? windowElems(rt, inL) : Infinity;
+  if (p.R <= M && offsetOf(p.rs, p.rst, p.R - 1) + 1 <= L) return null;
   const nr = p.rs.length;
   for (let k = 0; k < nr; k++) {
     let inner = 1, P = 1;
@@ -421,8 +432,8 @@ function windowChunk(rt: Runtime, inBuf: PooledBuffer, inL: Layout, p: Plan): nu
       inner += (p.rs[d] - 1) * p.rst[d];
       P *= p.rs[d];
     }
-    if (inner > L) continue;
-    let m = Math.min(p.rs[k], Math.floor((L - inner) / p.rst[k]) + 1);
+    if (inner > L || P > M) continue;
+    let m = Math.min(p.rs[k], Math.floor((L - inner) / p.rst[k]) + 1, Math.floor(M / P));
     if (k > 0) { while (p.rs[k] % m !== 0) m--; }
     return m * P;
   }
@@ -490,8 +501,9 @@ function accDt(acc: Acc): DType {
 /**
  * Reduces the input (`inBuf` of `inDt`, merged as `p`) into `out`: one pass, or partial
  * results over parts of the reduced range first, then those reduced the same way. Parts are
- * taken for long reductions into few outputs (so that many workgroups share the work) and
- * when one output's reads do not fit one window of an input larger than one binding.
+ * taken for long reductions into few outputs (so that many workgroups share the work), when
+ * one output's reads do not fit one window of an input larger than one binding, and when one
+ * output has more elements than a workgroup's loops may take (`MAX_LOOP`).
  */
 function reduceInto(
   rt: Runtime,
@@ -503,7 +515,7 @@ function reduceInto(
   p: Plan,
   scale: number,
 ): void {
-  const forced = windowChunk(rt, inBuf, layoutOf(inDt, rt), p);
+  const forced = partChunk(rt, inBuf, layoutOf(inDt, rt), p);
   // parts that let many workgroups share a long reduction into few outputs
   const many = p.R >= 8192 && p.nOut < 256
     ? Math.min(Math.ceil(p.R / 4096), Math.floor(1024 / p.nOut))

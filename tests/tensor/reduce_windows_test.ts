@@ -489,3 +489,40 @@ Deno.test("work beyond one submission's budget is cut into more dispatches with 
   assert.deepEqual(cut.v, whole.v);
   for (const t of [x, w, b, g]) t.dispose();
 });
+
+// llvmpipe (lavapipe and GL) ends a loop after 65,535 iterations without a word: a kernel whose
+// one invocation loops over 64 * 65,535 elements (or rows) would silently drop the rest.
+Deno.test("reductions longer than an invocation's loop may run take parts: argmax, max and logsumexp of 4.5M elements", async () => {
+  const n = 4_500_000;
+  const xv = values("f32", n, 100, -3, 3);
+  xv[4_400_000] = 5; // beyond 64 * 65,535 elements from the start
+  const x = tensor(xv);
+  const [am, mx, lse] = await Promise.all([argmax(x).item(), max(x).item(), logsumexp(x).item()]);
+  assert.equal(am, 4_400_000);
+  assert.equal(mx, 5);
+  let t = 0;
+  for (let i = 0; i < n; i++) t += Math.exp(xv[i] - 5);
+  const ref = 5 + Math.log(t);
+  assert.ok(Math.abs(lse - ref) <= 1e-5 * Math.abs(ref), `logsumexp ${lse} vs ${ref}`);
+  x.dispose();
+});
+
+Deno.test("norm gradients over more rows than an invocation's loop may run are the f32 sums of every row", async () => {
+  const rows = 40_000, C = 8;
+  const x = tensor(values("f32", rows * C, 101, -2, 2), { shape: [rows, C], requiresGrad: true });
+  const w = tensor(new Float32Array(C).fill(1), { requiresGrad: true });
+  const b = tensor(new Float32Array(C), { requiresGrad: true });
+  const y = layerNormLast(x, w, b);
+  const yv = await y.toArray(); // xhat, as the backward pass recomputes it
+  const [, dw, db] = y.node!.backward(
+    tensor(new Float32Array(rows * C).fill(1), { shape: [rows, C] }),
+  );
+  const [gw, gb] = await Promise.all([dw!.toArray(), db!.toArray()]);
+  for (let j = 0; j < C; j++) {
+    let s = 0;
+    for (let r = 0; r < rows; r++) s = Math.fround(s + yv[r * C + j]); // the kernel's order
+    assert.equal(gw[j], s, `dw[${j}]`);
+    assert.equal(gb[j], rows, `db[${j}]`);
+  }
+  for (const t of [x, w, b, y, dw!, db!]) t.dispose();
+});
