@@ -21,7 +21,7 @@ import {
   type Option,
   parseOptions,
   progressOutput,
-  requirePermission,
+  requirePermissions,
   runCli,
 } from "./_cli.ts";
 import { loadCorpus, ROOT, unigramEntropy } from "./_text.ts";
@@ -86,8 +86,10 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
     const config = runConfig(PROGRAM, v, DEMO_RUN);
     const names = String(v.strategies).split(",").map((s) => s.trim()).filter(Boolean);
     const out = String(v.out);
-    await requirePermission(PROGRAM, "read", ROOT, "the project's source (the corpus)");
-    await requirePermission(PROGRAM, "write", out, "the report folder (--out)");
+    await requirePermissions(PROGRAM, [
+      { kind: "read", path: ROOT, what: "the project (the corpus, data/corpus.txt)" },
+      { kind: "write", path: out, what: "the report folder (--out)" },
+    ]);
     const t0 = performance.now();
     const info = await deviceInfo();
     const corpus = await loadCorpus();
