@@ -55,15 +55,7 @@ export {
   setMemoryLimit,
   sizeClass,
 } from "./pool.ts";
-export {
-  type Layout,
-  layoutOf,
-  needsF16,
-  storageBytes,
-  wgslBinding,
-  wgslEncoder,
-  wgslLoad,
-} from "./layout.ts";
+export { type Layout, layoutOf, storageBytes } from "./layout.ts";
 export {
   type BindingSpec,
   type Box,
