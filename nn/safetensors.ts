@@ -387,27 +387,3 @@ export async function loadFile(path: string, opts: LoadOptions = {}): Promise<Lo
   await getRuntime();
   return deserialize(bytes, opts);
 }
-
-/**
- * The old name of `saveFile`, with the path first. Kept for code inside ulp that still
- * calls it; not part of the public entry.
- *
- * @deprecated Use `saveFile(tensors, path)`, the argument order of safetensors' `save_file`.
- */
-export function save(
-  path: string,
-  tensors: Record<string, Tensor>,
-  opts: SaveOptions = {},
-): Promise<void> {
-  return saveFile(tensors, path, opts);
-}
-
-/**
- * The old name of `loadFile`. Kept for code inside ulp that still calls it; not part of the
- * public entry.
- *
- * @deprecated Use `loadFile(path)`, the name of safetensors' `load_file`.
- */
-export function load(path: string, opts: LoadOptions = {}): Promise<Loaded> {
-  return loadFile(path, opts);
-}
