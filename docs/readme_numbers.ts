@@ -145,4 +145,4 @@ let readme = await Deno.readTextFile(`${ROOT}README.md`);
 if (only.has("demo")) readme = replaceBlock(readme, "demo", await demoParagraph());
 if (only.has("train")) readme = replaceBlock(readme, "train", await trainParagraph());
 await Deno.writeTextFile(`${ROOT}README.md`, readme);
-console.log("README.md updated (run deno fmt README.md to wrap its lines)");
+console.log("README.md and docs/demo_loss.svg updated: run deno fmt README.md docs/demo_loss.svg");
