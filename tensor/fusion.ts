@@ -495,7 +495,14 @@ function record(root: Tensor, def: LazyDef): void {
 
 /** The kernel: `value(i)` (the expression) for each lane of PER_THREAD words per invocation. */
 function source(lanes: number, body: string, rounding: Rounding): string {
-  const rand = rounding === "stochastic" ? "ulp_rand(u.seed, i)" : "0u";
+  const rand = (i: string) => rounding === "stochastic" ? `ulp_rand(u.seed, ${i})` : "0u";
+  // the lanes of word w, unrolled (constant vector indices keep v and r in registers)
+  let word = "";
+  for (let l = 0; l < lanes; l++) {
+    const i = l === 0 ? "i0" : `i0 + ${l}u`, c = "xyzw"[l];
+    const set = `v.${c} = value(${i}); r.${c} = ${rand(i)};`;
+    word += l === 0 ? `    ${set}\n` : `    if (${i} < u.n) { ${set} }\n`;
+  }
   return `
 fn bidx(i: u32, k: u32) -> u32 {
   var rem = i;
@@ -515,15 +522,10 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   for (var e = 0u; e < ${PER_THREAD}u; e = e + 1u) {
     let w = base + e * ${WG}u;
     if (w * ${lanes}u >= u.n) { return; }
+    let i0 = w * ${lanes}u;
     var v = vec4<f32>(0.0);
     var r = vec4<u32>(0u);
-    for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-      let i = w * ${lanes}u + l;
-      if (i >= u.n) { break; }
-      v[l] = value(i);
-      r[l] = ${rand};
-    }
-    st_out(w, v, r);
+${word}    st_out(w, v, r);
   }
 }
 `;
