@@ -195,7 +195,7 @@ function parseEntry(
     const ulpName = meta[ulpKey];
     try {
       dt = dtype(ulpName);
-    } catch (e) {
+    } catch {
       return fail(
         `${what}: its ulp dtype in __metadata__ (${excerpt(ulpName)}) is not a dtype ulp knows`,
       );
