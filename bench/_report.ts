@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { Gpt2Row } from "./gpt2.ts";
+
 /** The peers ulp is compared with, in the order the report shows them. */
 export const PEERS = ["tfjs", "jaxjs"] as const;
 /** A peer's key in rows and JSON (`tfjs_ms`, `vs_jaxjs`...). */
@@ -114,6 +116,8 @@ export interface Report {
   steps: StepStats[];
   targets: Target[];
   unavailable: { case: string; reason: string }[];
+  /** GPT-2-sized training steps per strategy (bench/gpt2.ts). */
+  gpt2: Gpt2Row[];
   elapsedS: number;
 }
 
@@ -175,6 +179,7 @@ export function printReport(r: Report): void {
       steps: r.steps,
       targets: r.targets,
       unavailable: r.unavailable,
+      gpt2: r.gpt2,
       elapsed_s: r.elapsedS,
     };
     console.log(JSON.stringify(out, null, 2));
@@ -230,6 +235,23 @@ function printText(r: Report, out: (line: string) => void): void {
     ));
     const k = r.metrics.find((m) => m.metric === "tfjs_kernels_per_step");
     if (k) out(`TF.js: ${k.value} kernels per fp32 step (tf.profile)`);
+  }
+  if (r.gpt2.length) {
+    out(`\nGPT-2-sized training step, batch 1 (live: after the step, gradients kept):`);
+    out(table(
+      ["model", "strategy", "context", "ms/step", "tokens/s", "live MiB", "B/param", "peak MiB"],
+      r.gpt2.map((g) => [
+        `${g.model} (${(g.params / 1e6).toFixed(1)}M)`,
+        g.strategy,
+        String(g.context),
+        String(g.msPerStep),
+        String(g.tokensPerS),
+        String(g.liveMiB),
+        String(g.bytesPerParam),
+        String(g.peakMiB),
+      ]),
+      [false, false, true, true, true, true, true, true],
+    ));
   }
   if (r.unavailable.length) {
     out(`\nnot measured:`);

@@ -25,6 +25,7 @@ import {
   GPT,
   layerNorm,
   memory,
+  precisionNames,
   precisionStrategy,
   type Tensor,
   tensor,
@@ -57,6 +58,7 @@ import {
   tree,
 } from "./_jaxjs.ts";
 import { type Contestant, timeSideBySide, type Timing } from "./_timing.ts";
+import { type Gpt2Row, gpt2Step } from "./gpt2.ts";
 import {
   type Metric,
   PEER_LABEL,
@@ -84,6 +86,7 @@ const { values: flags } = (() => {
         json: { type: "boolean", default: false },
         peers: { type: "string", default: PEERS.join(",") },
         "no-peer": { type: "boolean", default: false },
+        gpt2: { type: "string" },
         help: { type: "boolean", default: false },
       },
       strict: true,
@@ -102,6 +105,9 @@ if (flags.help) {
              tfjs   TensorFlow.js ${TFJS_VERSION}, WebGPU backend
              jaxjs  jax-js ${JAXJS_VERSION}, WebGPU backend, jit
   --no-peer  no peer (ulp only; the same as --peers "")
+  --gpt2     strategies of the GPT-2 small step (batch 1, context 64), comma-separated, or
+             "none" (default: every strategy; with --quick, amp-bf16); bench/gpt2.ts runs
+             more (other sizes, contexts)
 
 Speedups are peer_ms / ulp_ms (above 1: ulp is faster).`);
   Deno.exit(0);
@@ -833,6 +839,19 @@ await safely("layer norm 8192x512", () =>
 await safely("optimizer", benchOptimizer);
 await safely("gpt step", benchGptStep);
 
+// GPT-2 small, one training step per strategy after a warm-up step (issue 14)
+const gpt2: Gpt2Row[] = [];
+const gpt2Arg = flags.gpt2 ?? (QUICK ? "amp-bf16" : "all");
+const gpt2Strategies = gpt2Arg === "all"
+  ? precisionNames()
+  : gpt2Arg.split(",").map((x) => x.trim()).filter((x) => x && x !== "none");
+for (const s of gpt2Strategies) {
+  await safely(`gpt2 step ${s}`, async () => {
+    log(`gpt2 step ${s} ...`);
+    gpt2.push(await gpt2Step("gpt2", s, 64, 1));
+  });
+}
+
 // ---------------------------------------------------------------------------------------
 // targets
 
@@ -992,5 +1011,6 @@ printReport({
   steps,
   targets,
   unavailable,
+  gpt2,
   elapsedS: (performance.now() - t0) / 1000,
 });

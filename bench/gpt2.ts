@@ -1,0 +1,159 @@
+/**
+ * GPT-2 at scale (issue 14): one training step per precision strategy of a GPT-2-sized model
+ * at batch 1, on whatever adapter Deno finds: ms per step, tokens per second, the live bytes
+ * after the step against the strategy's bytes per parameter, and the peak bytes of the step
+ * (activations included); then, for one strategy, the peak at several contexts (activation
+ * memory grows linearly: fused attention keeps no T x T buffer).
+ *
+ * Run: deno task bench:gpt2 [--model gpt2] [--context 64] [--steps 2] [--strategies a,b]
+ *      [--contexts 256,512,1024] [--json]
+ * `deno task bench` runs a short version of it (GPT-2 small, context 64, one step after a warm-up).
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  AdamW,
+  applyPrecision,
+  autocast,
+  GPT,
+  GradScaler,
+  memory,
+  precisionNames,
+  precisionStrategy,
+  ready,
+  type Tensor,
+  tensor,
+  tidy,
+} from "../mod.ts";
+import { getRuntime } from "../gpu/mod.ts";
+
+/** One strategy's step at one shape. */
+export interface Gpt2Row {
+  model: string;
+  strategy: string;
+  params: number;
+  context: number;
+  msPerStep: number;
+  tokensPerS: number;
+  /** Live bytes after the step (gradients kept), and per parameter. */
+  liveMiB: number;
+  bytesPerParam: number;
+  /** Peak live bytes during the measured step. */
+  peakMiB: number;
+  losses: number[];
+}
+
+const MiB = 2 ** 20;
+
+/**
+ * Trains `steps` steps (after one warm-up step) of `model` under `strategy` at batch 1 and
+ * context `T`, and frees everything after.
+ */
+export async function gpt2Step(
+  model: string,
+  strategy: string,
+  T: number,
+  steps: number,
+): Promise<Gpt2Row> {
+  const rt = await getRuntime();
+  const s = precisionStrategy(strategy);
+  const live0 = memory().liveBytes;
+  const preset = GPT.config(model);
+  const cfg = GPT.config(model, { blockSize: Math.max(T, preset.blockSize), seed: 1 });
+  const net = applyPrecision(new GPT(cfg), strategy);
+  const params = net.parameters();
+  const n = params.reduce((a, p) => a + p.size, 0);
+  const opt = new AdamW(params, { lr: 1e-4, precision: strategy });
+  const scaler = new GradScaler({ enabled: s.gradScaler });
+  const ids = Int32Array.from({ length: T + 1 }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
+  const x = tensor(ids.slice(0, T), { shape: [1, T] });
+  const y = tensor(ids.slice(1), { shape: [1, T] });
+  const losses: number[] = [];
+  const times: number[] = [];
+  let peak = 0;
+  try {
+    for (let t = 0; t <= steps; t++) {
+      await rt.sync();
+      rt.resetPeak();
+      const t0 = performance.now();
+      opt.zeroGrad();
+      const loss = tidy(() => {
+        using _ = autocast(s.autocastOptions ?? { enabled: false });
+        const { loss } = net.forward(x, y);
+        scaler.scale(loss!).backward();
+        return loss!.detach();
+      });
+      scaler.step(opt);
+      scaler.update();
+      losses.push(await loss.item());
+      loss.dispose();
+      if (t > 0) times.push(performance.now() - t0); // the first step compiles and warms up
+      peak = Math.max(peak, memory().peakBytes - live0);
+    }
+    const live = memory().liveBytes - live0;
+    const ms = times.sort((a, b) => a - b)[times.length >> 1];
+    return {
+      model,
+      strategy,
+      params: n,
+      context: T,
+      msPerStep: Math.round(ms),
+      tokensPerS: Math.round((T / ms) * 1000 * 10) / 10,
+      liveMiB: Math.round((live / MiB) * 10) / 10,
+      bytesPerParam: Math.round((live / n) * 100) / 100,
+      peakMiB: Math.round((peak / MiB) * 10) / 10,
+      losses: losses.map((l) => Math.round(l * 1e4) / 1e4),
+    };
+  } finally {
+    opt.zeroGrad();
+    for (const t of [x, y, ...params] as Tensor[]) t.dispose();
+    opt.dispose?.();
+    await rt.sync();
+  }
+}
+
+/** The rows as a Markdown table. */
+export function gpt2Table(rows: readonly Gpt2Row[]): string {
+  const head = "| model | strategy | context | ms/step | tokens/s | live MiB | bytes/param | " +
+    "peak MiB | losses |\n|---|---|---|---|---|---|---|---|---|\n";
+  return head +
+    rows.map((r) =>
+      `| ${r.model} (${(r.params / 1e6).toFixed(1)}M) | ${r.strategy} | ${r.context} | ` +
+      `${r.msPerStep} | ${r.tokensPerS} | ${r.liveMiB} | ${r.bytesPerParam} | ${r.peakMiB} | ` +
+      `${r.losses.map((l) => l.toFixed(3)).join(" -> ")} |`
+    ).join("\n");
+}
+
+if (import.meta.main) {
+  const { values: a } = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string", default: "gpt2" },
+      context: { type: "string", default: "64" },
+      steps: { type: "string", default: "2" },
+      strategies: { type: "string" },
+      contexts: { type: "string" },
+      json: { type: "boolean", default: false },
+    },
+  });
+  const info = await ready();
+  const strategies = a.strategies?.split(",") ?? precisionNames();
+  const rows: Gpt2Row[] = [];
+  for (const s of strategies) {
+    const row = await gpt2Step(a.model!, s, Number(a.context), Number(a.steps));
+    rows.push(row);
+    if (!a.json) console.log(JSON.stringify(row));
+  }
+  const ctx: Gpt2Row[] = [];
+  for (const T of a.contexts?.split(",").map(Number) ?? []) {
+    const row = await gpt2Step(a.model!, strategies[0], T, 1);
+    ctx.push(row);
+    if (!a.json) console.log(JSON.stringify(row));
+  }
+  if (a.json) console.log(JSON.stringify({ adapter: info.description, rows, contexts: ctx }));
+  else {
+    console.log(`\n${info.description}\n\n${gpt2Table([...rows, ...ctx])}`);
+  }
+}
