@@ -348,6 +348,16 @@ function runQuant(
     const record = mode === "current" ? "" : `  atomicMax(&wmax, m);
   workgroupBarrier();
   if (li == 0u) { atomicMax(&amax[u.slot], atomicLoad(&wmax)); }\n`;
+    // the lanes of word w, unrolled (constant vector indices keep v4 in registers)
+    let lanes4 = "";
+    for (let l = 0; l < lanes; l++) {
+      const i = `w * ${lanes}u + ${l}u`;
+      lanes4 += `    if (${i} < u.n) {
+      let v${l} = ld_x(${i});
+      m = max(m, bitcast<u32>(v${l}) & 0x7fffffffu);
+${q ? `      v4.${"xyzw"[l]} = v${l} * s;\n` : ""}    }
+`;
+    }
     return `var<workgroup> wmax: atomic<u32>;
 ${scale}
 fn kernel(wg: u32, lid: vec3u, li: u32) {
@@ -355,13 +365,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
 ${q ? "  let s = scale_now();\n" : ""}  var m = 0u;
   if (w * ${lanes}u < u.n) {
     var v4 = vec4<f32>(0.0);
-    for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-      let i = w * ${lanes}u + l;
-      if (i >= u.n) { break; }
-      let v = ld_x(i);
-      m = max(m, bitcast<u32>(v) & 0x7fffffffu);
-${q ? "      v4[l] = v * s;\n" : ""}    }
-${q ? "    st_out(w, v4, vec4<u32>(0u));\n" : ""}  }
+${lanes4}${q ? "    st_out(w, v4, vec4<u32>(0u));\n" : ""}  }
 ${record}${q ? "  if (w == 0u) { used[0] = bitcast<u32>(s); }\n" : ""}}
 `;
   });

@@ -103,6 +103,19 @@ function checkIndex(op: string, x: Tensor, index: unknown): Tensor {
   return ix;
 }
 
+/**
+ * WGSL setting the lanes of word `w` (elements `i0 + l`, `i0 = w * lanes`) with `set(c, i)`,
+ * unrolled: constant vector indices keep the word's vector in registers.
+ */
+function lanesOf(lanes: number, set: (c: string, i: string) => string, declare = true): string {
+  let out = declare ? `  let i0 = w * ${lanes}u;\n` : "";
+  for (let l = 0; l < lanes; l++) {
+    const i = l === 0 ? "i0" : `i0 + ${l}u`;
+    out += l === 0 ? `  ${set("xyzw"[l], i)}\n` : `  if (${i} < u.n) { ${set("xyzw"[l], i)} }\n`;
+  }
+  return out;
+}
+
 /** Whether a buffer is larger than one storage binding (it is then bound as windows). */
 function isBig(rt: Runtime, b: PooledBuffer): boolean {
   return Math.ceil(b.bytes / 4) * 4 > rt.maxBindingBytes;
@@ -216,12 +229,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   let w = wg * ${WG}u + li;
   if (w * ${l.lanes}u >= u.n) { return; }
   var c = vec4<u32>(0u);
-  for (var k = 0u; k < ${l.lanes}u; k = k + 1u) {
-    let i = w * ${l.lanes}u + k;
-    if (i >= u.n) { break; }
-    c[k] = pick(i);
-  }
-  stc_out(w, c);
+${lanesOf(l.lanes, (c, i) => `c.${c} = pick(${i});`)}  stc_out(w, c);
 }`);
   const per = WG * l.lanes;
   const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
@@ -328,10 +336,7 @@ function sumValues(s: Sum): void {
   }, () => {
     const store = split
       ? `  if (u.last != 0u) { st_out(w, v, vec4<u32>(0u)); return; }
-  for (var k = 0u; k < ${outL.lanes}u; k = k + 1u) {
-    let i = w * ${outL.lanes}u + k;
-    if (i < u.n) { put_acc(i, bitcast<u32>(v[k])); }
-  }`
+${lanesOf(outL.lanes, (c, i) => `put_acc(${i}, bitcast<u32>(v.${c}));`, false)}`
       : "  st_out(w, v, vec4<u32>(0u));";
     return `${s.index ? indexReader(s.index) : ""}
 fn ldg(e: u32) -> f32 { return ld_g(e); }
@@ -342,12 +347,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   let w = wg * ${WG}u + li;
   if (w * ${outL.lanes}u >= u.n) { return; }
   var v = vec4<f32>(0.0);
-  for (var k = 0u; k < ${outL.lanes}u; k = k + 1u) {
-    let i = w * ${outL.lanes}u + k;
-    if (i >= u.n) { break; }
-    v[k] = value(i);
-  }
-${store}
+${lanesOf(outL.lanes, (c, i) => `v.${c} = value(${i});`)}${store}
 }`;
   });
   const per = WG * outL.lanes;
