@@ -33,7 +33,7 @@
  * division and sqrt may differ from a correctly rounded host result (WGSL allows it).
  *
  * stepSize = lr / bc1 and bc2Sqrt = sqrt(bc2) (bias corrections) come from the host, or are
- * computed in the kernel for groups whose step counts live on the device (`_multi_tensor.ts`).
+ * computed in the kernel for groups whose step counts live on the device (`_update_kernel.ts`).
  *
  * Every f32 product that feeds a sum is multiplied by the uniform `one` first, so that a
  * compiler that contracts `a*b + c` into a fused multiply-add computes the same bits as
