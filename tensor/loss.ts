@@ -128,14 +128,16 @@ function gradBody(signed: boolean, outL: Layout): string {
   const store = lanes === 1
     ? `  if (w >= u.N * u.C) { return; }
   st_out(w, vec4<f32>(val(w)), vec4<u32>(0u));`
-    : `  if (w * ${lanes}u >= u.N * u.C) { return; }
+    : `  let i0 = w * ${lanes}u;
+  if (i0 >= u.N * u.C) { return; }
   var v = vec4<f32>(0.0);
-  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-    let i = w * ${lanes}u + l;
-    if (i >= u.N * u.C) { break; }
-    v[l] = val(i);
-  }
-  st_out(w, v, vec4<u32>(0u));`;
+  v.x = val(i0);
+${
+      // the lanes unrolled (constant vector indices), each while inside the output
+      Array.from(
+        { length: lanes - 1 },
+        (_, k) => `  if (i0 + ${k + 1}u < u.N * u.C) { v.${"yzw"[k]} = val(i0 + ${k + 1}u); }\n`,
+      ).join("")}  st_out(w, v, vec4<u32>(0u));`;
   return `${targetFns(signed)}
 fn val(i: u32) -> f32 {
   let row = i / u.C;

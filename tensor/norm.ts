@@ -146,30 +146,28 @@ function rowBody(
   if (mode === "apply") {
     const load = statIn.map((n, k) => `c${k + 2 - statIn.length} = ld_${n}(row);`).join(" ");
     // only packed outputs take this path (a one-lane output is always written fused)
+    // the lanes of the word unrolled (constant vector indices), each while inside the output
+    const lane = (k: number) => {
+      const e = `{ let i = i0 + ${k}u; let row = i / u.C; let col = i - row * u.C; ${load} ` +
+        `v.${"xyzw"[k]} = val(i, row, col); }`;
+      return k === 0 ? `  ${e}\n` : `  if (i0 + ${k}u < u.n) ${e}\n`;
+    };
     body = `  let w = wg * ${WG}u + li;
-  if (w * ${lanes}u >= u.n) { return; }
+  let i0 = w * ${lanes}u;
+  if (i0 >= u.n) { return; }
   var v = vec4<f32>(0.0);
-  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-    let i = w * ${lanes}u + l;
-    if (i >= u.n) { break; }
-    let row = i / u.C;
-    let col = i - row * u.C;
-    ${load}
-    v[l] = val(i, row, col);
-  }
-  st_out(w, v, vec4<u32>(0u));\n`;
+${Array.from({ length: lanes }, (_, k) => lane(k)).join("")}  st_out(w, v, vec4<u32>(0u));\n`;
   } else {
     let store = "";
     if (mode === "fused") {
       store = lanes === 1
         ? rowLoop("st_out(i, vec4<f32>(val(i, row, j)), vec4<u32>(0u));")
         : `  for (var j = li; j < u.C / ${lanes}u; j = j + ${WG}u) {
-    var v = vec4<f32>(0.0);
-    for (var l = 0u; l < ${lanes}u; l = l + 1u) {
-      let col = j * ${lanes}u + l;
-      v[l] = val(base + col, row, col);
-    }
-    st_out(base / ${lanes}u + j, v, vec4<u32>(0u));
+    let col = j * ${lanes}u;
+    st_out(base / ${lanes}u + j, vec4<f32>(${
+          [0, 1, 2, 3].map((k) => (k < lanes ? `val(base + col + ${k}u, row, col + ${k}u)` : "0.0"))
+            .join(", ")
+        }), vec4<u32>(0u));
   }\n`;
     }
     const save = statOut.map((n, k) => `put_${n}(row, bitcast<u32>(c${k + 2 - statOut.length}));`)

@@ -312,11 +312,13 @@ ${tree("sv[li] = sv[li] + sv[li + s];")}  c0 = sv[0];\n`;
   let store: string;
   if (words) {
     const lanes = outL.lanes;
+    // the lanes of a word unrolled (constant indices: a loop over dynamic vector indices costs
+    // lavapipe about a fifth more)
+    const v = [0, 1, 2, 3].map((k) => (k < lanes ? `val(e + ${k}u)` : "0.0")).join(", ");
     store = `  let nw = u.R / ${lanes}u;
   for (var j = li; j < nw; j = j + ${WG}u) {
-    var v = vec4<f32>(0.0);
-    for (var l = 0u; l < ${lanes}u; l = l + 1u) { v[l] = val(base + j * ${lanes}u + l); }
-    st_out(base / ${lanes}u + j, v, vec4<u32>(0u));
+    let e = base + j * ${lanes}u;
+    st_out(base / ${lanes}u + j, vec4<f32>(${v}), vec4<u32>(0u));
   }`;
   } else {
     store = loop("st_out(i, vec4<f32>(val(i)), vec4<u32>(0u));");
