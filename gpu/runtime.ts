@@ -202,6 +202,13 @@ export class Runtime {
    * may take long.
    */
   maxBatchCost: number;
+  /**
+   * The most loop iterations one invocation may run: llvmpipe and lavapipe stop every loop of
+   * an invocation after 65,535 iterations in all, silently (measured: a matmul with K = 60,000
+   * summed only 52,428 products). Kernels whose loops grow with the data split their work to
+   * stay below this; unlimited on other adapters.
+   */
+  maxLoopIterations: number;
   #batchCost = 0;
   #inFlight = 0;
   #maxBinding = 0;
@@ -267,6 +274,9 @@ export class Runtime {
   constructor(device: GPUDevice, info: DeviceInfo, onLost?: (rt: Runtime, reason: string) => void) {
     this.device = device;
     this.info = info;
+    const software = info.isFallbackAdapter ||
+      /llvmpipe|lavapipe|swiftshader|warp/i.test(info.description);
+    this.maxLoopIterations = software ? 60_000 : Infinity;
     this.maxBatchCost = info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|warp/i.test(
         info.description,
       )

@@ -529,10 +529,13 @@ function batchStrides(v: View, full: readonly number[]): number[] {
 }
 
 /**
- * How `gemm` runs the K dimension: in one pass, or, when an operand whose stored rows run
- * along K (B as [K, N], A transposed as [K, M]) is larger than one binding, in splits of K
- * whose rows fit half a binding each (2-D products only; windows do the rest). GPT-2's tied
- * LM head needs this: dLogits @ wte reads all 50257 rows of the 154 MB table.
+ * How `gemm` runs the K dimension: in one pass, or in splits whose results add into an f32
+ * output. Splits are needed when an operand whose stored rows run along K (B as [K, N], A
+ * transposed as [K, M]) is larger than one binding (2-D products; windows do the rest):
+ * GPT-2's tied LM head, dLogits @ wte, reads all 50257 rows of the 154 MB table. And on
+ * adapters that cap an invocation's loop iterations (`rt.maxLoopIterations`: llvmpipe), when
+ * the K loop would pass the cap: each K-slice of `bk` runs one iteration of the slice loop,
+ * the loads of both tiles and the inner products.
  */
 function splitsOfK(
   rt: Runtime,
@@ -540,15 +543,25 @@ function splitsOfK(
   B: View,
   full: readonly number[],
   K: number,
+  tiles: Tiles,
+  R: number,
 ): [number, number][] {
   const max = rt.maxBindingBytes;
   const rowBytes = (v: View) => v.cols * v.t.dt.bits / 8;
   const big = (v: View, kRows: boolean) => kRows && v.t.buffer("matmul").bytes > max;
-  if (prod(full) !== 1 || !(big(A, A.trans) || big(B, !B.trans)) || K <= 4) return [[0, K]];
   let kc = K;
-  for (const v of [A.trans ? A : null, B.trans ? null : B]) {
-    if (v !== null) kc = Math.min(kc, Math.floor(max / 2 / rowBytes(v)));
+  if (prod(full) === 1 && (big(A, A.trans) || big(B, !B.trans))) {
+    for (const v of [A.trans ? A : null, B.trans ? null : B]) {
+      if (v !== null) kc = Math.min(kc, Math.floor(max / 2 / rowBytes(v)));
+    }
   }
+  const { tm, tn, wgx, wgy, bk } = tiles;
+  const threads = wgx * wgy;
+  const perSlice = 2 + bk + Math.ceil((wgy * tm * bk) / 4 / threads) +
+    Math.ceil((wgx * tn * bk) / 4 / threads);
+  const loopK = Math.floor(rt.maxLoopIterations / Math.max(1, R) / perSlice) * bk;
+  if (Number.isFinite(loopK)) kc = Math.min(kc, loopK);
+  if (kc >= K || K <= 4) return [[0, K]];
   kc = Math.max(4, kc - (kc % 4));
   const out: [number, number][] = [];
   for (let k0 = 0; k0 < K; k0 += kc) out.push([k0, Math.min(K, k0 + kc)]);
@@ -576,7 +589,8 @@ function gemm(
   B.t.buffer(`${op}()`);
   const M = logicalRows(A), K = logicalCols(A), N = logicalCols(B);
   const outL = layoutOf(outDt, rt);
-  const kSplits = splitsOfK(rt, A, B, full, K);
+  const reduced = full.reduce((r, v, d) => (keep[d] ? r : r * v), 1);
+  const kSplits = splitsOfK(rt, A, B, full, K, tilesFor(rt, M, N), reduced);
   const direct = kSplits.length === 1 && (outL.lanes === 1 || N % outL.lanes === 0);
   const target = direct ? outDt : float32;
   const out = Tensor.empty(outShape, target);

@@ -552,3 +552,19 @@ Deno.test("matmul() names the operand when one workgroup's share exceeds a bindi
     b.dispose();
   });
 });
+
+Deno.test("matmul() sums every product of a long K on adapters that cap an invocation's loops", async () => {
+  // llvmpipe stops an invocation's loops after 65,535 iterations: K = 60,000 once summed 52,428
+  const rt = await getRuntime();
+  for (const K of [60_000, 150_000]) {
+    const a = tensor(new Float32Array(2 * K).fill(1), { shape: [2, K] });
+    const b = tensor(Float32Array.from({ length: K * 3 }, (_, i) => (i % 3) + 1), {
+      shape: [K, 3],
+    });
+    const c = matmul(a, b);
+    assert.deepEqual(Array.from(await c.toArray()), [K, 2 * K, 3 * K, K, 2 * K, 3 * K]);
+    for (const t of [a, b, c]) t.dispose();
+  }
+  // the cap is what makes the splits: without it (a GPU) K runs in one pass
+  assert.ok(rt.maxLoopIterations > 0);
+});
