@@ -227,6 +227,34 @@ export function getMemoryLimit(): MemoryLimit {
   return chosenLimit ?? (defaultLimit ??= hostDefault());
 }
 
+const gpuBufferKeys = new WeakMap<GPUBuffer, number>();
+let nextGpuBufferKey = 1;
+
+/**
+ * A small number that names a GPU buffer for as long as it exists (a cache key): the pool
+ * hands the same buffer to many allocations, and caches keyed by it (bind groups) are hit
+ * again when it comes back, where a key of the allocation would miss every step.
+ *
+ * @example
+ * ```ts
+ * import { getRuntime } from "./device.ts";
+ * import { gpuBufferKey } from "./pool.ts";
+ * const rt = await getRuntime();
+ * const a = rt.alloc(64, { dtype: "f32", purpose: "scratch" });
+ * const key = gpuBufferKey(a.buffer);
+ * rt.free(a);
+ * rt.flush();
+ * const b = rt.alloc(64, { dtype: "f32", purpose: "scratch" }); // the same buffer, reused
+ * console.log(a.id !== b.id, gpuBufferKey(b.buffer) === key); // true true
+ * rt.free(b);
+ * ```
+ */
+export function gpuBufferKey(buffer: GPUBuffer): number {
+  let k = gpuBufferKeys.get(buffer);
+  if (k === undefined) gpuBufferKeys.set(buffer, k = nextGpuBufferKey++);
+  return k;
+}
+
 /** The buffer pool of one device. */
 export class BufferPool {
   #device: GPUDevice;

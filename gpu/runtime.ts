@@ -22,6 +22,7 @@ import {
   BufferPool,
   type BufferTag,
   createBufferScoped,
+  gpuBufferKey,
   type OutOfMemory,
   type PooledBuffer,
   type Purpose,
@@ -467,8 +468,13 @@ export class Runtime {
 
   #bindGroup(k: Kernel, buffers: readonly Binding[]): GPUBindGroup {
     let key = layoutKey(k.signature);
+    // keyed by the GPU buffers (reused by the pool), not by the allocations (new each step):
+    // a training step then finds its bind groups again instead of making new ones, whose
+    // native memory only the JS garbage collector would give back (25-37 KB per step)
     for (const b of buffers) {
-      key += isWindow(b) ? `,${b.buffer.id}@${b.offset}+${b.size}` : "," + b.id;
+      key += isWindow(b)
+        ? `,${gpuBufferKey(b.buffer.buffer)}@${b.offset}+${b.size}`
+        : `,${gpuBufferKey(b.buffer)}:${b.buffer.size <= this.maxBindingBytes ? "" : b.bytes}`;
     }
     let bg = this.#bindGroups.get(key);
     if (!bg) {
