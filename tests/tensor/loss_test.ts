@@ -133,9 +133,10 @@ Deno.test("ignoreIndex rows neither add to the loss nor count; all ignored gives
   assert.equal(await all.item(), 0);
   all.backward();
   assert.ok((await z.grad!.toArray()).every((v) => v === 0));
-  // without ignoreIndex a target of -100 is an ordinary (out-of-range, clamped) target
+  // without ignoreIndex a target of -100 is an ordinary target, out of range: an error at the
+  // next readback (tests/tensor/id_check_test.ts)
   const l2 = crossEntropy(z, tensor(new Int32Array([-100, 0, 0, 0])));
-  assertClose("no ignoreIndex", "f32", await l2.item(), reference(zv, 5, [0, 0, 0, 0]).loss);
+  await assert.rejects(l2.item(), /a target outside \[0, 5\) .*out-of-range ids -100\)/);
 });
 
 Deno.test("logits of 1000 and -1000 give a finite loss and finite gradients", async () => {
@@ -154,12 +155,15 @@ Deno.test("logits of 1000 and -1000 give a finite loss and finite gradients", as
   }
 });
 
-Deno.test("out-of-range targets are clamped to the nearest class, for i32 and u32 targets", async () => {
+Deno.test("out-of-range targets are clamped in the kernel and reported at the next readback, for i32 and u32 targets", async () => {
   const zv = values("f32", 3 * 4, 60);
   const z = tensor(zv, { shape: [3, 4] });
   const i = crossEntropy(z, tensor(new Int32Array([-5, 99, 2])));
+  await assert.rejects(i.item(), /a target outside \[0, 4\) .*out-of-range ids from -5 to 99\)/);
+  // the kernel clamped them (the value, read again once the error is reported)
   assertClose("i32", "f32", await i.item(), reference(zv, 4, [0, 3, 2]).loss);
   const u = crossEntropy(z, tensor(new Uint32Array([1, 99, 3])));
+  await assert.rejects(u.item(), /out-of-range ids 99\)/);
   assertClose("u32", "f32", await u.item(), reference(zv, 4, [1, 3, 3]).loss);
 });
 
