@@ -1,4 +1,4 @@
-// Bad input gets a clear error, at the call, and nothing is lost (issue #9, item 1).
+// Bad input gets a clear error, at the call, and nothing is lost (issue #9, item 1; issue #18).
 //
 // One table: each row is a bad call, the error class it must raise and a pattern its
 // message must match (the message names the function, the shapes/dtypes/values and what to
@@ -56,6 +56,14 @@ import {
   ValueError,
   where,
   zeros,
+} from "../mod.ts";
+import {
+  applyPrecision,
+  loadCheckpoint,
+  type OptimizerStateDict,
+  readCheckpoint,
+  saveCheckpoint,
+  setMemoryLimit,
 } from "../mod.ts";
 import { getRuntime } from "../gpu/mod.ts";
 
@@ -720,6 +728,150 @@ function table(f: ReturnType<typeof fixtures>, maxBuffer: number): Row[] {
       error: FormatError,
       message: /'__metadata__' is reserved/,
     }),
+
+    // ---- issue #18: conversions, budgets, blow-up options, ids, empty batches, checkpoints ----
+    row({
+      case: "copy_() of another dtype without { cast: true }",
+      call: () => f.b23.copy_(f.a23),
+      error: DTypeError,
+      message:
+        /copy_\(\): source of dtype f32 differs from the destination's bf16 .*\{ cast: true \}/,
+    }),
+    row({
+      case: "Module.loadStateDict() of another dtype without { cast: true }",
+      setup: () => ({ a: new Linear(2, 2), b: applyPrecision(new Linear(2, 2), "bf16") }),
+      call: ({ a, b }: { a: Linear; b: Linear }) => b.loadStateDict(a.stateDict()),
+      error: DTypeError,
+      message: /loadStateDict\(\): 'weight' has dtype f32 in the state dict but bf16 in the model/,
+    }),
+    row({
+      case: "AdamW.loadStateDict() of states in another dtype without { cast: true }",
+      setup: () => {
+        const p = tensor([1, 2], { requiresGrad: true });
+        const a = new AdamW([p]);
+        p.grad = tensor([0.5, 0.5]);
+        a.step();
+        const q = tensor([1, 2], { dtype: "bf16", requiresGrad: true });
+        return { p, q, a, b: new AdamW([q]), sd: a.stateDict() };
+      },
+      call: ({ b, sd }: { b: AdamW; sd: OptimizerStateDict }) => b.loadStateDict(sd),
+      error: DTypeError,
+      message: /state 0\.expAvg has dtype f32, this optimizer keeps bf16/,
+    }),
+    row({
+      case: "setMemoryLimit() of 0 bytes",
+      call: () => setMemoryLimit(0),
+      error: ValueError,
+      message: /setMemoryLimit\(\): bytes must be a positive integer/,
+    }),
+    row({
+      case: "an allocation past the memory budget",
+      setup: () => setMemoryLimit(memory().liveBytes + 4096),
+      call: () => zeros([2048]),
+      error: DeviceError,
+      message:
+        /alloc\(\): 8192 bytes \(f32, activations\) would pass the memory budget: \d+ bytes are live and the budget is \d+ bytes/,
+    }),
+    row({
+      case: "GradScaler with a negative minScale",
+      call: () => new GradScaler({ minScale: -1 }),
+      error: ValueError,
+      message: /GradScaler: minScale must be a finite number >= 0, got -1/,
+    }),
+    row({
+      case: "GradScaler with maxConsecutiveSkips 0",
+      call: () => new GradScaler({ maxConsecutiveSkips: 0 }),
+      error: ValueError,
+      message: /GradScaler: maxConsecutiveSkips must be a positive integer, got 0/,
+    }),
+    row({
+      case: "GradScaler.loadStateDict() with a growthTracker past growthInterval",
+      setup: () => new GradScaler(),
+      call: (s: GradScaler) =>
+        s.loadStateDict({
+          scale: 1024,
+          growthFactor: 2,
+          backoffFactor: 0.5,
+          growthInterval: 10,
+          growthTracker: 10,
+        }),
+      error: ValueError,
+      message: /growthTracker must be an integer in \[0, growthInterval 10\), got 10/,
+    }),
+    row({
+      case: "crossEntropy() of an empty batch",
+      setup: () => [tensor(new Float32Array(0), { shape: [0, 3] }), tensor(new Int32Array(0))],
+      call: ([z, t]: Tensor[]) => crossEntropy(z, t),
+      error: ValueError,
+      message: /crossEntropy\(\): the batch is empty \(logits \[0,3\], targets \[0\]\)/,
+    }),
+    row({
+      case: "Embedding.forward() of no ids",
+      setup: () => [new Embedding(4, 2), tensor(new Int32Array(0), { shape: [2, 0] })],
+      call: ([e, ids]: [Embedding, Tensor]) => e.forward(ids),
+      error: ValueError,
+      message: /Embedding\.forward\(\): ids of shape \[2,0\] hold no ids/,
+    }),
+    row({
+      case: "crossEntropy() with a target past the classes (reported at the next readback)",
+      setup: () => tensor(new Int32Array([0, 3])),
+      call: async (t: Tensor) => {
+        const loss = crossEntropy(f.a23, t);
+        try {
+          await loss.item();
+        } finally {
+          loss.dispose();
+        }
+      },
+      error: ValueError,
+      message: /crossEntropy\(\): a target outside \[0, 3\) reached the GPU .*out-of-range ids 3\)/,
+    }),
+    row({
+      case: "Embedding.forward() of a negative id (reported at the next readback)",
+      setup: () => [new Embedding(4, 2), tensor(new Int32Array([1, -1]))],
+      call: async ([e, ids]: [Embedding, Tensor]) => {
+        const out = tidy(() => e.forward(ids)); // the graph's intermediates are freed
+        try {
+          await out.toArray();
+        } finally {
+          out.dispose();
+        }
+      },
+      error: ValueError,
+      message: /Embedding\.forward\(\): an id outside \[0, 4\) .*out-of-range ids -1\)/,
+    }),
+    row({
+      case: "loadCheckpoint() of a tensor file whose dtype was changed F32 -> I32",
+      setup: () => new Linear(2, 2, { seed: 1 }),
+      call: async (m: Linear) => {
+        const path = ".test-tmp/bad_input/ckpt.json";
+        await saveCheckpoint(path, { model: m, step: 1 });
+        const file = `.test-tmp/bad_input/${(await readCheckpoint(path)).tensors}`;
+        const bytes = await Deno.readFile(file);
+        const text = new TextDecoder().decode(bytes.subarray(8, 200));
+        const at = 8 + text.indexOf('"F32"');
+        bytes.set(new TextEncoder().encode('"I32"'), at); // same byte size
+        await Deno.writeFile(file, bytes);
+        await loadCheckpoint(path, { model: m });
+      },
+      error: FormatError,
+      message: /tensor "model\.(weight|bias)" has dtype i32 in the file, f32 in the JSON/,
+    }),
+    row({
+      case: "loadCheckpoint() of a tensor file with a flipped bit",
+      setup: () => new Linear(2, 2, { seed: 1 }),
+      call: async (m: Linear) => {
+        const path = ".test-tmp/bad_input/bit.json";
+        await saveCheckpoint(path, { model: m, step: 1 });
+        const file = `.test-tmp/bad_input/${(await readCheckpoint(path)).tensors}`;
+        const bytes = await Deno.readFile(file);
+        bytes[bytes.length - 1] ^= 1;
+        await Deno.writeFile(file, bytes);
+        await loadCheckpoint(path, { model: m });
+      },
+      error: FormatError,
+      message: /the bytes of tensor "model\.\w+" do not match their SHA-256 checksum/,
+    }),
   ];
 }
 
@@ -752,7 +904,13 @@ Deno.test("every bad call in the table raises its error class with a message tha
     scaler.step(opt);
     scaler.update();
     cleanup([opt, scaler]);
+    // and the device's id flag (crossEntropy and Embedding check their ids into it)
+    const e = new Embedding(2, 2);
+    const out = e.forward(tensor(new Int32Array([1])));
+    await out.toArray();
+    cleanup([e, out]);
   }
+  await Deno.mkdir(".test-tmp/bad_input", { recursive: true });
   const f = fixtures();
   const rt = await getRuntime();
   const sentinel = tensor([1.5, -2, 3.25], { dtype: "bf16" });
@@ -769,6 +927,7 @@ Deno.test("every bad call in the table raises its error class with a message tha
       thrown = e;
     }
     cleanup(s);
+    setMemoryLimit(null); // a row may set the budget
     if (thrown === null) failures.push(`${r.case}: did not throw`);
     else if (!(thrown instanceof r.error)) {
       failures.push(
