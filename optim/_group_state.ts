@@ -17,6 +17,7 @@
 import { ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, program, type Runtime } from "../gpu/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
+import { randomU32 } from "../dtypes/mod.ts";
 import { fmtShape, keep, storageBytes, Tensor, tensor, zeros } from "../tensor/mod.ts";
 import { DiagBuffers } from "./_diagnostics.ts";
 import { chunkRange, zeroFlag } from "./_inplace.ts";
@@ -67,6 +68,17 @@ export class GroupState {
    * skipped ones included (an upper bound; > 0 means the parameter has state).
    */
   readonly steps: number[];
+  /**
+   * The random stream of each parameter for strategies that round stochastically: its seed
+   * (u32, from the optimizer's seed and the parameter's index) ...
+   */
+  readonly rngSeeds: number[];
+  /**
+   * ... and its counter: the updates that drew from it (one per step the parameter had a
+   * gradient in, skipped ones included). Update c of parameter i draws its bits at
+   * `ulp_rand(randomU32(rngSeeds[i], c) ^ stream, element)`.
+   */
+  readonly rngCounters: number[];
   #label: string;
   #specs: StateSpec[] | null = null;
   #states: (Map<string, Tensor> | null)[];
@@ -75,11 +87,16 @@ export class GroupState {
   #idsKey = "";
   #diag = new DiagBuffers();
 
-  /** The state of `params`, for errors named after optimizer `label`. */
-  constructor(label: string, params: readonly Tensor[]) {
+  /**
+   * The state of `params`, for errors named after optimizer `label`; `rngSeeds` the seeds
+   * of their random streams (default 0).
+   */
+  constructor(label: string, params: readonly Tensor[], rngSeeds?: readonly number[]) {
     this.#label = label;
     this.params = params;
     this.steps = params.map(() => 0);
+    this.rngSeeds = params.map((_, i) => (rngSeeds?.[i] ?? 0) >>> 0);
+    this.rngCounters = params.map(() => 0);
     this.#states = params.map(() => null);
   }
 
@@ -174,6 +191,7 @@ export class GroupState {
       this.#states[i] = null;
     });
     this.steps.fill(0);
+    this.rngCounters.fill(0);
     if (this.#devSteps) {
       currentRuntime().write(
         this.#devSteps.buffer("loadStateDict()"),
@@ -298,6 +316,9 @@ export class GroupState {
       uniforms.n = p.size;
       uniforms.pidx = i;
       uniforms.pbase = pbase;
+      if (prog.stochastic.length > 0) {
+        uniforms.rkey = randomU32(this.rngSeeds[i], this.rngCounters[i]++);
+      }
       const states = this.#stateOf(i);
       const buffers: Record<string, ReturnType<Tensor["buffer"]>> = {
         param: p.buffer(op),

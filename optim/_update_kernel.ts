@@ -65,6 +65,8 @@ export interface UpdateProgram {
   readonly deviceStep: readonly string[];
   /** WGSL of the effective update of the stored value, for the diagnostics. */
   readonly effective: string;
+  /** Buffers whose `q_<name>` rounds stochastically (the strategy's `stochastic`). */
+  readonly stochastic: readonly string[];
 }
 
 /** A strategy's states for rule `name` besides the rule's own (Collage's low parts). */
@@ -110,6 +112,18 @@ export function resolveProgram<G>(
     ...states.map((b) => ({ ...b, access: "read_write" as const })),
   ];
   const custom = s.updates[rule.name];
+  const stochastic = s.stochastic.filter((n) => buffers.some((b) => b.name === n));
+  for (const n of stochastic) {
+    const d = buffers.find((b) => b.name === n)!.dtype;
+    const c = d.constants;
+    if (d.kind !== "float" || c === null || c.e !== 8 || c.m >= 23) {
+      throw new ValueError(
+        `${rule.label}: precision '${s.name}' rounds '${n}' stochastically, which needs a ` +
+          `float format with f32's 8-bit exponent and fewer mantissa bits (bf16, e8m5), but ` +
+          `'${n}' is stored in ${d.name}; store it in such a format or round it to nearest`,
+      );
+    }
+  }
   const hyper = Object.keys(rule.hyper);
   const names = Object.fromEntries(hyper.map((h) => [h, h]));
   const device = rule.perStep(names, wgslStepMath());
@@ -124,6 +138,7 @@ export function resolveProgram<G>(
     body: custom ? custom({ flags, buffers }) : rule.body(flags),
     deviceStep: Object.values(device),
     effective: s.effective ?? "y.param - x.param",
+    stochastic,
   };
 }
 
@@ -164,14 +179,42 @@ export function updateChunk(rt: Runtime, prog: UpdateProgram): number {
   return WG * elemsPerInvocation(rt, prog) * ITEMS;
 }
 
-/** `fn q_<name>(v) -> f32`: v rounded to the dtype `<name>` is stored in, and its chunks. */
-function quantizer(name: string, d: DType): { fn: string; chunks: readonly string[] } {
+/**
+ * `fn q_<name>(v) -> f32`: v rounded to the dtype `<name>` is stored in, and its chunks.
+ * With `stream` (the buffer's number among the stochastic ones) the rounding is stochastic:
+ * `ulp_sr` adds random bits below the stored mantissa (from `ulp_rand(u.rkey ^ stream,
+ * element)`) and truncates, which lands on a value of the format (8-bit exponent), then the
+ * format's own encoder stores it exactly.
+ */
+function quantizer(
+  name: string,
+  d: DType,
+  stream: number | null = null,
+): { fn: string; chunks: readonly string[] } {
   const c = wgslCodec(d);
+  const v = stream === null
+    ? "v"
+    : `ulp_sr(v, ulp_rand(u.rkey ^ ${stream}u, ulp_elem), ${23 - d.constants!.m}u)`;
   return {
-    fn: `fn q_${name}(v: f32) -> f32 { return ${c.decode}(${c.encode}(v, 0u)); }\n`,
+    fn: `fn q_${name}(v: f32) -> f32 { return ${c.decode}(${c.encode}(${v}, 0u)); }\n`,
     chunks: c.chunks,
   };
 }
+
+/**
+ * WGSL of stochastic rounding to 23 - drop mantissa bits: the top drop bits of the random
+ * word r added below the kept mantissa of the f32 magnitude, then truncated (Inf and NaN
+ * unchanged; a carry out of the largest finite binade gives Inf, never reaches the sign).
+ * Rounds |v| up with probability (|v| - down) / (up - down): E = v.
+ */
+const WGSL_SR = `var<private> ulp_elem: u32;
+fn ulp_sr(v: f32, r: u32, drop: u32) -> f32 {
+  let b = bitcast<u32>(v);
+  if ((b & 0x7f800000u) == 0x7f800000u) { return v; }
+  let mask = (1u << drop) - 1u;
+  return bitcast<f32>((b + (r >> (32u - drop))) & ~mask);
+}
+`;
 
 /** The compiled update kernel of `prog` in `mode` on the runtime (built once, cached). */
 export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode): Program {
@@ -200,6 +243,7 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
     { name: "one", type: "f32" as const },
     ...prog.hyper.map((h) => ({ name: `h${h}`, type: "f32" as const })),
     ...(mode.device ? [] : prog.perStep.map((s) => ({ name: `s${s}`, type: "f32" as const }))),
+    ...(prog.stochastic.length > 0 ? [{ name: "rkey", type: "u32" as const }] : []),
   ];
   const key = `optim|update|${prog.key}|${mode.device}|${mode.diag?.name ?? ""}`;
   return program(rt, key, {
@@ -209,9 +253,10 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
     workgroupSize: WG,
   }, () => {
     const chunks: (readonly string[])[] = [];
-    let quant = "", fields = "", loadArgs = "", stores = "";
+    let quant = prog.stochastic.length > 0 ? WGSL_SR : "", fields = "", loadArgs = "", stores = "";
     prog.buffers.forEach((b, k) => {
-      const q = quantizer(b.name, b.dtype);
+      const stream = prog.stochastic.indexOf(b.name);
+      const q = quantizer(b.name, b.dtype, stream < 0 ? null : stream);
       chunks.push(q.chunks);
       quant += q.fn;
       fields += `  ${b.name}: f32,\n`;
@@ -258,13 +303,15 @@ ${hyperAliases}  return Ps(${[...prog.deviceStep, "0.0"].join(", ")});
       diag = diagAccountSource(q.fn, prog.effective);
     }
     const acct = (j: number) => (mode.diag ? ` account(x${j}, r${j});` : "");
+    // the element index the stochastic roundings draw their bits at
+    const elem = (j: number) => prog.stochastic.length > 0 ? `      ulp_elem = s + ${j}u;\n` : "";
     let lanes = "";
     for (let j = 0; j < E; j++) {
       lanes += j === 0
-        ? `      let x0 = load(s);\n      let r0 = update(x0, ps);${acct(0)}\n`
-        : `      var r${j}: St;\n      if (s + ${j}u < e1) { let x${j} = load(s + ${j}u); r${j} = update(x${j}, ps);${
-          acct(j)
-        } }\n`;
+        ? `      let x0 = load(s);\n${elem(0)}      let r0 = update(x0, ps);${acct(0)}\n`
+        : `      var r${j}: St;\n      if (s + ${j}u < e1) { let x${j} = load(s + ${j}u);${
+          elem(j)
+        } r${j} = update(x${j}, ps);${acct(j)} }\n`;
     }
     const guard = mode.device ? "finf[0] == 0u" : "true";
     const source = `${quant}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }

@@ -112,9 +112,15 @@ export interface AdamWParamGroup extends ParamGroup {
  * ```
  */
 export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
-  /** An AdamW over `params` (tensors or parameter groups). */
-  constructor(params: Params<AdamWOptions>, opts: AdamWOptions & { precision?: string } = {}) {
-    const { precision, ...rest } = opts;
+  /**
+   * An AdamW over `params` (tensors or parameter groups); `precision` a strategy name,
+   * `seed` (default 0) the seed of a stochastic-rounding strategy's streams (`bf16-sr`).
+   */
+  constructor(
+    params: Params<AdamWOptions>,
+    opts: AdamWOptions & { precision?: string; seed?: number } = {},
+  ) {
+    const { precision, seed, ...rest } = opts;
     const defaults = {
       lr: 1e-3,
       betas: [0.9, 0.999] as [number, number],
@@ -123,12 +129,12 @@ export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
       amsgrad: false,
       maximize: false,
     };
-    checkOptionNames("AdamW", rest, [...Object.keys(defaults), "precision"]);
+    checkOptionNames("AdamW", rest, [...Object.keys(defaults), "precision", "seed"]);
     for (const [k, v] of Object.entries(rest)) {
       if (v !== undefined) (defaults as Record<string, unknown>)[k] = Array.isArray(v) ? [...v] : v;
     }
     validate(defaults as AdamWParamGroup, "AdamW", null);
-    super(ADAMW_RULE, params, defaults, precision);
+    super(ADAMW_RULE, params, defaults, precision, seed);
   }
 }
 

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { type DType, dtype as toDType, type DTypeLike } from "../dtypes/mod.ts";
+import { type DType, dtype as toDType, type DTypeLike, randomU32 } from "../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { fmtShape, isTensor, keep, type Tensor, zeros } from "../tensor/mod.ts";
 import { DIAG_COUNTERS } from "./_diagnostics.ts";
@@ -233,6 +233,13 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
   readonly name: string;
   /** The update rule: states, hyperparameters, per-step values and body. */
   readonly rule: UpdateRule<G>;
+  /**
+   * The seed of the random streams of strategies that round stochastically (`bf16-sr`): the
+   * parameter with index k (counted over the groups in order) draws from the stream seeded
+   * `randomU32(seed, k)`, saved per parameter in the state dict as `rngSeed` with its
+   * counter `rngCounter`.
+   */
+  readonly seed: number;
   #groups: GroupState[] = [];
   #programs = new Map<string, UpdateProgram>();
   #device = false;
@@ -242,17 +249,21 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
    * An optimizer of `rule` over `params` (tensors or groups), with `defaults` for the missing
    * hyperparameters, and resolves `precision` (inferred from the parameters' dtype when
    * undefined: all f32 gives "fp32", all bf16 gives "bf16"). A precision strategy that
-   * replaces update bodies but has none for `rule` is a ValueError here.
+   * replaces update bodies but has none for `rule` is a ValueError here. `seed` (an integer
+   * in [0, 2^32), default 0) seeds the random streams of stochastic rounding.
    */
   constructor(
     rule: UpdateRule<G>,
     params: Params<O>,
     defaults: Omit<G, "params">,
     precision?: string,
+    seed = 0,
   ) {
     const name = rule.label;
     this.name = name;
     this.rule = rule;
+    checkSeed(name, seed);
+    this.seed = seed;
     const list = checkParamList(name, params);
     const groups: readonly ParamGroupInput<O>[] = isTensor(list[0])
       ? [{ params: list as readonly Tensor[] } as ParamGroupInput<O>]
@@ -321,8 +332,10 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
     checkOptionNames(where, g, ["params", "initialLr", ...Object.keys(this.defaults)]);
     const group = g as unknown as G;
     this.#validate(group, where);
+    const base = this.paramGroups.reduce((a, g) => a + g.params.length, 0);
+    const seeds = group.params.map((_, i) => randomU32(this.seed, base + i));
     this.paramGroups.push(group);
-    this.#groups.push(new GroupState(this.name, group.params));
+    this.#groups.push(new GroupState(this.name, group.params, seeds));
   }
 
   /** The update program of a group (the rule resolved for its flags and the strategy). */
@@ -450,7 +463,8 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
 
   /**
    * The state: per updated parameter a copy of each state tensor (GPU tensors the caller
-   * owns) and `step`; per group its hyperparameters and parameter indices.
+   * owns) and `step` (and `rngSeed`, `rngCounter` under a strategy that rounds
+   * stochastically); per group its hyperparameters and parameter indices.
    */
   stateDict(): OptimizerStateDict {
     const state: Record<number, ParamState> = {};
@@ -467,6 +481,10 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
           if (this.rule.savesStep) s.step = gs.deviceSteps ? gs.readStep(i) : gs.steps[i];
           for (const spec of gs.states) s[spec.name] = gs.readState(i, spec.name);
           for (const n of nulls) s[n] = null;
+          if (this.precision.stochastic.length > 0) {
+            s.rngSeed = gs.rngSeeds[i];
+            s.rngCounter = gs.rngCounters[i];
+          }
           state[index] = s;
         }
         index++;
@@ -546,6 +564,12 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
                 `{ cast: true } to convert it`,
             );
           }
+        } else if (key === "rngSeed" || key === "rngCounter") {
+          if (!(typeof v === "number" && Number.isInteger(v) && v >= 0 && v < 2 ** 32)) {
+            throw new ValueError(
+              `${op}: state ${id}.${key} must be an integer in [0, 2^32), got ${String(v)}`,
+            );
+          }
         } else if (v !== null && !names.includes(key)) {
           throw new ValueError(
             `${op}: state ${id} has '${key}', which ${this.name} with these options does not ` +
@@ -592,6 +616,9 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
       // a tensor step (device counts) is not known on the host: 1 marks "has state"
       gs.steps[i] = typeof s.step === "number" ? s.step : 1;
       if (gs.deviceSteps) gs.writeStep(i, isTensor(s.step) ? s.step : gs.steps[i]);
+      // the random stream (saved by a strategy that rounds stochastically; else kept, from 0)
+      if (typeof s.rngSeed === "number") gs.rngSeeds[i] = s.rngSeed;
+      if (typeof s.rngCounter === "number") gs.rngCounters[i] = s.rngCounter;
       for (const spec of gs.states) {
         gs.writeState(i, spec.name, s[spec.name] as Tensor, `state ${id}`);
       }
@@ -606,6 +633,13 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
   /** `using opt = new AdamW(...)` frees the state at the end of the block. */
   [Symbol.dispose](): void {
     this.dispose();
+  }
+}
+
+/** Checks an optimizer's `seed`: an integer in [0, 2^32). @internal */
+export function checkSeed(op: string, seed: unknown): void {
+  if (!(typeof seed === "number" && Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) {
+    throw new ValueError(`${op}: seed must be an integer in [0, 2^32), got ${String(seed)}`);
   }
 }
 

@@ -8,6 +8,7 @@
  * |-----------------|--------|-------|------|------------------|--------------------|-------|
  * | `fp32`          | f32    | f32   | f32  | f32              |                    | 16    |
  * | `bf16`          | bf16   | bf16  | bf16 | bf16             | (pure bf16)        | 8     |
+ * | `bf16-sr`       | bf16   | bf16  | bf16 | bf16             | SR of the weights  | 8     |
  * | `amp-bf16`      | f32    | f32   | f32  | f32              | bf16 casts / fwd   | 16    |
  * | `amp-f16`       | f32    | f32   | f32  | f32              | f16 casts, scaler  | 16    |
  * | `collage-light` | bf16   | bf16  | bf16 | bf16             | `paramLo` bf16     | 10    |
@@ -21,7 +22,10 @@
  * `memory()`, and `amp-f16` wants a `GradScaler` (`strategy.gradScaler`). `fp8` quantises
  * the GEMM inputs with an FP8 recipe (e4m3 forward, e5m2 gradients, delayed scaling; the
  * recipe's amax histories and scales are its extra state, outside the optimizer). The
- * Collage rows replace the update bodies (`collage.ts`). Any float format name (`e8m5`,
+ * Collage rows replace the update bodies (`collage.ts`). `bf16-sr` keeps the rules' own
+ * bodies and rounds the stored weight stochastically (`stochastic`; Zamirai et al. 2020,
+ * arXiv 2010.06192): its random stream's seed and counter per parameter are in the state
+ * dict, so a resumed run draws the same bits. Any float format name (`e8m5`,
  * `e5m6`, `f16`) is a pure strategy in that format: weights, gradients and optimizer states
  * stored in it, each rounded once (RNE) per update, for simulated formats beyond the GEMM
  * inputs that autocast covers. `applyPrecision(model, name)` puts a model's parameters into
@@ -98,6 +102,15 @@ export interface PrecisionStrategy {
    * and `y` (new); null: `y.param - x.param`.
    */
   readonly effective: string | null;
+  /**
+   * Buffers (`param`, or a state's name) whose `q_<name>` rounds stochastically instead of to
+   * nearest (`bf16-sr`): the f32 value plus uniform random bits below the stored mantissa,
+   * truncated, so E[q(v)] = v. The bits come from the optimizer's counter-based stream
+   * (`ulp_rand`, keyed by the parameter's seed, its update counter and the element), saved
+   * in the state dict as `rngSeed` and `rngCounter`. Only dtypes with f32's 8-bit exponent
+   * (bf16, `e8mY`). Empty: every rounding is RNE.
+   */
+  readonly stochastic: readonly string[];
 }
 
 function row(
@@ -120,6 +133,7 @@ function row(
     gradScaler: false,
     computeDtype: d,
     effective: null,
+    stochastic: [],
     ...extra,
   });
 }
@@ -134,6 +148,13 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
     "pure bf16: parameters, gradients and states in bf16, arithmetic in f32, each stored value " +
       "rounded once (RNE)",
     bfloat16,
+  ),
+  "bf16-sr": row(
+    "bf16-sr",
+    "pure bf16 as 'bf16', the weight update rounded stochastically (seeded, counter-based, " +
+      "unbiased: E[w_new] = w + u), m and v rounded once (RNE)",
+    bfloat16,
+    { stochastic: ["param"] },
   ),
   "amp-bf16": row(
     "amp-bf16",
@@ -200,7 +221,7 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
  * ```ts
  * import { precisionNames } from "../mod.ts";
  * console.log(precisionNames());
- * // ["fp32", "bf16", "amp-bf16", "amp-f16", "fp8", "collage-light", "collage-plus"]
+ * // ["fp32", "bf16", "bf16-sr", "amp-bf16", "amp-f16", "fp8", "collage-light", "collage-plus"]
  * ```
  */
 export function precisionNames(): string[] {

@@ -69,7 +69,8 @@ export interface StateSpec {
  * copy of x). In scope: `x.param`, `x.grad` and `x.<state>` decoded to f32; the rule's
  * hyperparameters by name (`lr`, `beta2`, ...); its per-step values by name (`stepSize`,
  * `bc2Sqrt`, ...); `q_<name>(v)` which rounds v to the dtype `<name>` is stored in (once:
- * store what q_ returns); `u.one`, a uniform 1.0 that keeps the shader compiler from
+ * store what q_ returns; stochastically, with the element's random bits, for the buffers a
+ * strategy lists in `stochastic`); `u.one`, a uniform 1.0 that keeps the shader compiler from
  * reassociating error-free transforms (DESIGN.md's numerics pitfalls); `ulp_isnan(v)`,
  * `ulp_max(a, b)` (NaN-propagating) and `ulp_nan()`. For the diagnostics a body assigns
  * `y.intended`, the intended update of the parameter in f32 (new value minus old, before any

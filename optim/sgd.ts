@@ -93,9 +93,15 @@ export interface SGDParamGroup extends ParamGroup {
  * ```
  */
 export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
-  /** An SGD over `params` (tensors or parameter groups). */
-  constructor(params: Params<SGDOptions>, opts: SGDOptions & { precision?: string } = {}) {
-    const { precision, ...rest } = opts;
+  /**
+   * An SGD over `params` (tensors or parameter groups); `precision` a strategy name,
+   * `seed` (default 0) the seed of a stochastic-rounding strategy's streams (`bf16-sr`).
+   */
+  constructor(
+    params: Params<SGDOptions>,
+    opts: SGDOptions & { precision?: string; seed?: number } = {},
+  ) {
+    const { precision, seed, ...rest } = opts;
     const defaults = {
       lr: 1e-3,
       momentum: 0,
@@ -104,12 +110,12 @@ export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
       nesterov: false,
       maximize: false,
     };
-    checkOptionNames("SGD", rest, [...Object.keys(defaults), "precision"]);
+    checkOptionNames("SGD", rest, [...Object.keys(defaults), "precision", "seed"]);
     for (const [k, v] of Object.entries(rest)) {
       if (v !== undefined) (defaults as Record<string, unknown>)[k] = v;
     }
     validate(defaults as SGDParamGroup, "SGD");
-    super(SGD_RULE, params, defaults, precision);
+    super(SGD_RULE, params, defaults, precision, seed);
   }
 }
 

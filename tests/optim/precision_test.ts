@@ -80,6 +80,7 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
   assert.deepEqual(precisionNames(), [
     "fp32",
     "bf16",
+    "bf16-sr",
     "amp-bf16",
     "amp-f16",
     "fp8",
@@ -94,7 +95,7 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
   ]);
   assert.throws(
     () => precisionStrategy("fp16"),
-    /unknown precision 'fp16'; supported: 'fp32', 'bf16', 'amp-bf16', 'amp-f16', 'fp8', 'collage-light', 'collage-plus'/,
+    /unknown precision 'fp16'; supported: 'fp32', 'bf16', 'bf16-sr', 'amp-bf16', 'amp-f16', 'fp8', 'collage-light', 'collage-plus'/,
   );
 });
 

@@ -85,10 +85,11 @@ async function train(name: string, steps: number) {
   return out;
 }
 
-Deno.test("precision names the seven strategies of DESIGN.md's table; unknown ones list them", () => {
+Deno.test("precision names the eight strategies of DESIGN.md's table; unknown ones list them", () => {
   assert.deepEqual(precisionNames(), [
     "fp32",
     "bf16",
+    "bf16-sr",
     "amp-bf16",
     "amp-f16",
     "fp8",
@@ -110,6 +111,7 @@ Deno.test("precision names the seven strategies of DESIGN.md's table; unknown on
   assert.deepEqual(rows, [
     ["fp32", "f32", "f32", "f32", null, false, []],
     ["bf16", "bf16", "bf16", "bf16", null, false, []],
+    ["bf16-sr", "bf16", "bf16", "bf16", null, false, []],
     ["amp-bf16", "f32", "f32", "f32", "bf16", false, []],
     ["amp-f16", "f32", "f32", "f32", "f16", true, []],
     ["fp8", "f32", "f32", "f32", "bf16", false, []],
@@ -118,14 +120,15 @@ Deno.test("precision names the seven strategies of DESIGN.md's table; unknown on
   ]);
   assert.throws(
     () => precisionStrategy("fp64"),
-    /unknown precision 'fp64'; supported: 'fp32', 'bf16', 'amp-bf16'/,
+    /unknown precision 'fp64'; supported: 'fp32', 'bf16', 'bf16-sr', 'amp-bf16'/,
   );
 });
 
-Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, collage-light 10, collage-plus 12, amp 16", async () => {
+Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf16-sr 8, collage-light 10, collage-plus 12, amp 16", async () => {
   const want: Record<string, number> = {
     fp32: 16,
     bf16: 8,
+    "bf16-sr": 8,
     "amp-bf16": 16,
     "amp-f16": 16,
     fp8: 16,
