@@ -226,19 +226,38 @@ function encode(v: unknown, name: string, out: Map<string, Tensor>, where: strin
   );
 }
 
-function decode(v: unknown, tensors: Record<string, Tensor>, op: string, where: string): unknown {
-  if (Array.isArray(v)) return v.map((x, i) => decode(x, tensors, op, `${where}[${i}]`));
+/**
+ * The value `encode` wrote: `where` names the place for errors, `name` the tensor key that
+ * `encode` gave a tensor found there (its path), which a reference must name: a reference
+ * changed to another tensor of the file (a flipped bit in "state.1" -> "state.0") is refused.
+ */
+function decode(
+  v: unknown,
+  tensors: Record<string, Tensor>,
+  op: string,
+  where: string,
+  name = "",
+): unknown {
+  const sub = (k: string | number) => (name ? `${name}.${k}` : `${k}`);
+  if (Array.isArray(v)) {
+    return v.map((x, i) => decode(x, tensors, op, `${where}[${i}]`, sub(i)));
+  }
   if (v === null || typeof v !== "object") return v;
   const o = v as Record<string, unknown>;
   const keys = Object.keys(o);
   if (keys.length === 1 && keys[0] === "$tensor") {
-    const t = typeof o.$tensor === "string" && Object.hasOwn(tensors, o.$tensor)
-      ? tensors[o.$tensor]
-      : undefined;
+    const ref = o.$tensor;
+    const t = typeof ref === "string" && Object.hasOwn(tensors, ref) ? tensors[ref] : undefined;
     if (!t) {
       throw new FormatError(
-        `${op}: ${where} refers to tensor ${excerpt(o.$tensor)}, which the tensor file ` +
+        `${op}: ${where} refers to tensor ${excerpt(ref)}, which the tensor file ` +
           `does not hold; the checkpoint is incomplete or its files come from different saves`,
+      );
+    }
+    if (ref !== name && !(ref as string).startsWith(`${name}#`)) {
+      throw new FormatError(
+        `${op}: ${where} refers to tensor ${excerpt(ref)}, saved from another place ` +
+          `(${excerpt(name)}); the checkpoint's JSON was changed after it was written`,
       );
     }
     return t;
@@ -250,7 +269,9 @@ function decode(v: unknown, tensors: Record<string, Tensor>, op: string, where: 
     }
     return n;
   }
-  return Object.fromEntries(keys.map((k) => [k, decode(o[k], tensors, op, `${where}.${k}`)]));
+  return Object.fromEntries(
+    keys.map((k) => [k, decode(o[k], tensors, op, `${where}.${k}`, sub(k))]),
+  );
 }
 
 /**

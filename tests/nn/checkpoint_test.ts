@@ -459,3 +459,19 @@ Deno.test("files that are not a checkpoint's JSON are refused without echoing th
   for (const p of model.parameters()) p.dispose();
   await Deno.stat(path);
 });
+
+Deno.test("a reference in the JSON moved to another tensor of the file is refused (each tensor in its own place)", async () => {
+  const { path, json } = await savedRun("moved");
+  const opt = json.state.optimizer.state;
+  // parameters 0 and 1 of the Tiny model are fc1.weight [8,4] and fc1.bias [8]; 2 and 3 are
+  // the layer norm's [8] and [8]: the same shape, so only the place tells them apart
+  opt["3"].expAvg = { $tensor: "optimizer.state.2.expAvg" };
+  await Deno.writeTextFile(path, JSON.stringify(json));
+  const t = setup("fp32", 42);
+  await refused(
+    path,
+    t,
+    /state\.optimizer\.state\.3\.expAvg refers to tensor "optimizer\.state\.2\.expAvg", saved from another place \("optimizer\.state\.3\.expAvg"\)/,
+  );
+  free(t);
+});

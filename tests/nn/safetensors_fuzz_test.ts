@@ -9,6 +9,7 @@
 //     --allow-env=FUZZ_CASES,FUZZ_SEED tests/nn/safetensors_fuzz_test.ts
 import assert from "node:assert/strict";
 import {
+  AdamW,
   deserialize,
   dtype,
   FormatError,
@@ -19,6 +20,14 @@ import {
   serialize,
   type Tensor,
   tensor,
+} from "../../mod.ts";
+import {
+  GPT,
+  GradScaler,
+  loadCheckpoint,
+  readCheckpoint,
+  saveCheckpoint,
+  tidy,
 } from "../../mod.ts";
 import { rng } from "../tensor/_reference.ts";
 
@@ -547,4 +556,132 @@ Deno.test("loadFile() of a .gz file stops decompressing where its header says th
     globalThis.DecompressionStream = Real;
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// ---- hostile checkpoints (issue #18, items 1 and 6) ------------------------------------------
+// Seeded mutations of a training checkpoint (a GPT with AdamW and a GradScaler): bytes of the
+// tensor file or of the JSON flipped, overwritten, cut, duplicated. loadCheckpoint() must end
+// in a FormatError, or load exactly the saved tensors, each into its own place (the JSON's
+// numbers may differ: a changed step or learning rate is a valid checkpoint, and is checked
+// for range); nothing else may be thrown, nothing hangs, nothing leaks. A changed byte of a
+// tensor is always caught (per-tensor SHA-256).
+const CKPT_CASES = envInt("FUZZ_CKPT_CASES", 600);
+
+Deno.test(`loadCheckpoint() survives ${CKPT_CASES} mutated checkpoints: a FormatError or the saved tensors, each in its place`, async () => {
+  const dir = ".test-tmp/checkpoint_fuzz";
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+  const cfg = { vocabSize: 8, blockSize: 4, nLayer: 1, nHead: 2, nEmbd: 8, seed: 3 };
+  const build = () => {
+    const model = new GPT(cfg);
+    return {
+      model,
+      optimizer: new AdamW(model.parameters(), { lr: 1e-2 }),
+      scaler: new GradScaler({ initScale: 1024 }),
+    };
+  };
+  const a = build();
+  {
+    const ids = tensor(new Int32Array([1, 2, 3, 4, 5, 6, 7, 0]), { shape: [2, 4] });
+    const loss = tidy(() => {
+      const l = a.model.forward(ids, ids).loss!;
+      a.scaler.scale(l).backward();
+      return l.detach();
+    });
+    a.scaler.step(a.optimizer);
+    a.scaler.update();
+    a.optimizer.zeroGrad();
+    for (const t of [ids, loss]) t.dispose();
+  }
+  await saveCheckpoint(`${dir}/base.json`, { ...a, step: 1, data: { position: 1 } });
+  const json = await Deno.readFile(`${dir}/base.json`);
+  const info = await readCheckpoint(`${dir}/base.json`);
+  const tensorsFile = await Deno.readFile(`${dir}/${info.tensors}`);
+  // what each target holds after a faithful load: the saved codes, by place
+  const snapshot = async (t: ReturnType<typeof build>) => {
+    const sd = t.optimizer.stateDict();
+    const places: [string, Tensor][] = [
+      ...t.model.namedParameters().map(([k, p]): [string, Tensor] => [`model.${k}`, p]),
+      ...Object.entries(sd.state).flatMap(([i, s]) =>
+        Object.entries(s).filter(([, v]) => v && typeof v === "object").map((
+          [k, v],
+        ): [string, Tensor] => [`optimizer.${i}.${k}`, v as Tensor])
+      ),
+    ];
+    const codes = await Promise.all(places.map(([, x]) => x.codes()));
+    const out = Object.fromEntries(places.map(([k], i) => [k, Array.from(codes[i]).join()]));
+    for (const s of Object.values(sd.state)) {
+      for (const v of Object.values(s)) if (v && typeof v === "object") (v as Tensor).dispose();
+    }
+    return out;
+  };
+  const want = await snapshot(a);
+  const free = (t: ReturnType<typeof build>) => {
+    for (const p of t.model.parameters()) p.dispose();
+    t.optimizer.dispose();
+    t.scaler.dispose();
+  };
+  free(a);
+
+  const r = rng(SEED + 18);
+  const mutateBytes = (src: Uint8Array): [string, Uint8Array] => {
+    const b = src.slice();
+    const at = Math.floor(r() * b.length);
+    const k = Math.floor(r() * 4);
+    if (k === 0) {
+      const bit = 1 << Math.floor(r() * 8);
+      b[at] ^= bit;
+      return [`bit ${bit} of byte ${at} flipped`, b];
+    }
+    if (k === 1) {
+      b[at] = Math.floor(r() * 256);
+      return [`byte ${at} set`, b];
+    }
+    if (k === 2) return [`cut at ${at}`, b.slice(0, at)];
+    const n = 1 + Math.floor(r() * 16);
+    const out = new Uint8Array(b.length + n);
+    out.set(b.subarray(0, at));
+    out.set(b.subarray(at, at + n), at);
+    out.set(b.subarray(at), at + Math.min(n, b.length - at));
+    return [`${n} bytes at ${at} repeated`, out.subarray(0, b.length + Math.min(n, b.length - at))];
+  };
+  const counts = { formatError: 0, loaded: 0 };
+  const failures: string[] = [];
+  const live0 = memory().liveBytes;
+  let slowest = 0;
+  for (let c = 0; c < CKPT_CASES && failures.length < 10; c++) {
+    const inTensors = c % 2 === 0;
+    const [what, bytes] = mutateBytes(inTensors ? tensorsFile : json);
+    const label = `case ${c}: ${inTensors ? "tensor file" : "JSON"}: ${what}`;
+    await Deno.writeFile(`${dir}/base.json`, inTensors ? json : bytes);
+    await Deno.writeFile(`${dir}/${info.tensors}`, inTensors ? bytes : tensorsFile);
+    const b = build();
+    const t0 = performance.now();
+    try {
+      await loadCheckpoint(`${dir}/base.json`, { ...b, restoreRng: false });
+      counts.loaded++;
+      const got = await snapshot(b);
+      for (const [k, v] of Object.entries(want)) {
+        if (got[k] !== v) failures.push(`${label}: loaded, but ${k} differs from the save`);
+      }
+      if (inTensors) {
+        // a tensor file that loads holds the saved bytes: a change may only be in its header's
+        // JSON whitespace, never in the data
+        const hlen = 8 + Number(new DataView(tensorsFile.buffer).getBigUint64(0, true));
+        const changed = bytes.length !== tensorsFile.length ||
+          bytes.some((x, i) => i >= hlen && x !== tensorsFile[i]);
+        if (changed) failures.push(`${label}: a tensor file with changed data loaded`);
+      }
+    } catch (e) {
+      if (e instanceof FormatError) counts.formatError++;
+      else failures.push(`${label}: threw ${(e as Error).name}: ${(e as Error).message}`);
+    } finally {
+      slowest = Math.max(slowest, performance.now() - t0);
+      free(b);
+    }
+  }
+  assert.deepEqual(failures, [], failures.join("\n"));
+  assert.equal(memory().liveBytes, live0, "live GPU bytes after every case");
+  assert.ok(counts.formatError > CKPT_CASES / 2, JSON.stringify(counts));
+  assert.ok(slowest < 5000, `the slowest case took ${slowest.toFixed(0)} ms`);
+  console.log(`  ${JSON.stringify(counts)}, slowest ${slowest.toFixed(0)} ms`);
 });
