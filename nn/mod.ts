@@ -67,3 +67,17 @@ export {
   type Stateful,
   type TensorRecord,
 } from "./checkpoint.ts";
+export {
+  type FirstNonFinite,
+  type FormatStats,
+  HEATMAP_STATS,
+  inspect,
+  type InspectFormat,
+  inspectHeatmap,
+  inspectJsonl,
+  type InspectOptions,
+  Inspector,
+  type InspectRecord,
+  type TensorStats,
+  type UpdateLoss,
+} from "./inspect.ts";
