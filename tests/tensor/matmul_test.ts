@@ -482,7 +482,7 @@ Deno.test("matmul() under autocast computes in the context's dtype, gradients re
 // ---- operands larger than one binding ----------------------------------------------------------
 
 /** Runs `fn` with the runtime's binding limit lowered to `bytes` (windows on small tensors). */
-async function withBindingLimit(bytes: number, fn: () => Promise<void>): Promise<void> {
+async function withBindingLimit(bytes: number, fn: () => Promise<void> | void): Promise<void> {
   const rt = await getRuntime();
   const before = rt.maxBindingBytes;
   rt.maxBindingBytes = bytes;
@@ -544,7 +544,7 @@ Deno.test("matmul() gradients agree with and without windows and splits of K", a
 });
 
 Deno.test("matmul() names the operand when one workgroup's share exceeds a binding", async () => {
-  await withBindingLimit(1024, async () => {
+  await withBindingLimit(1024, () => {
     const a = tensor(new Float32Array(4 * 1000), { shape: [4, 1000] });
     const b = tensor(new Float32Array(1000 * 4), { shape: [1000, 4] });
     assert.throws(() => matmul(a, b), /matmul: one workgroup reads .* of its 'a' operand \(f32/);
