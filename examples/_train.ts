@@ -34,6 +34,7 @@ import {
   tidy,
   ValueError,
 } from "../mod.ts";
+import { fp8Recipe } from "../tensor/mod.ts";
 import { Batches, type Corpus, evaluate } from "./_text.ts";
 import { excerpt } from "../nn/_excerpt.ts";
 import type { JsonlLog, Progress } from "./_progress.ts";
@@ -176,7 +177,11 @@ export class Trainer {
     const ac = this.precision.autocast;
     if (ac?.dtype === "fp8") {
       // this run's own FP8 scaling state (amax histories, scales), saved with its checkpoints
-      const recipe = ac.recipe ?? new FP8Recipe();
+      const recipe = ac.recipe instanceof FP8Recipe
+        ? ac.recipe
+        : ac.recipe !== undefined
+        ? fp8Recipe(ac.recipe)
+        : new FP8Recipe();
       this.precision = { ...this.precision, autocast: { ...ac, recipe } };
       this.extra.fp8 = recipe;
     }

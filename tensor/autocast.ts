@@ -26,7 +26,13 @@ import { type DType, dtype, type DTypeLike, isFloat, type Rounding } from "../dt
 import { DTypeError, ValueError } from "../errors.ts";
 import type { Tensor } from "./tensor.ts";
 import { cast } from "./elementwise.ts";
-import { defaultFP8Recipe, FP8Recipe } from "./fp8.ts";
+import {
+  defaultFP8Recipe,
+  FP8_RECIPES,
+  FP8Recipe,
+  type FP8RecipeName,
+  namedFP8Recipe,
+} from "./fp8.ts";
 
 /** What autocast does with an op's float inputs. */
 export type CastPolicy = "lower" | "f32" | "widest";
@@ -69,8 +75,11 @@ export interface AutocastOptions {
   rounding?: Rounding;
   /** Seed for stochastic rounding of the casts. */
   seed?: number;
-  /** The FP8 recipe of an `fp8` context (giving one implies `dtype: "fp8"`). */
-  recipe?: FP8Recipe;
+  /**
+   * The FP8 recipe of an `fp8` context (giving one implies `dtype: "fp8"`), or a recipe's
+   * name (`"block"`, `"nvfp4"`, ...: `namedFP8Recipe(name)`, one recipe per name).
+   */
+  recipe?: FP8Recipe | FP8RecipeName;
 }
 
 /** The state of one active context. */
@@ -215,9 +224,18 @@ export function autocastStateOf(opts: AutocastOptions): AutocastState | null {
         }'; drop the recipe or the dtype`,
       );
     }
-    const recipe = opts.recipe ?? defaultFP8Recipe();
+    const given = opts.recipe;
+    if (typeof given === "string" && !FP8_RECIPES.includes(given)) {
+      throw new ValueError(
+        `autocast(): unknown FP8 recipe '${given}'; use one of ${FP8_RECIPES.join(", ")} or an ` +
+          `FP8Recipe`,
+      );
+    }
+    const recipe = typeof given === "string" ? namedFP8Recipe(given) : given ?? defaultFP8Recipe();
     if (!(recipe instanceof FP8Recipe)) {
-      throw new ValueError("autocast(): recipe must be an FP8Recipe (new FP8Recipe({...}))");
+      throw new ValueError(
+        "autocast(): recipe must be an FP8Recipe (new FP8Recipe({...})) or a recipe's name",
+      );
     }
     return { dtype: recipe.outDtype, rounding, seed, fp8: recipe };
   }

@@ -97,14 +97,29 @@ export {
   type CastPolicy,
 } from "./autocast.ts";
 export {
+  type AmaxComputeAlgo,
   defaultFP8Recipe,
+  FP8_BLOCK,
+  FP8_RECIPES,
   type FP8Format,
   FP8Recipe,
+  fp8Recipe,
+  type FP8RecipeName,
   type FP8RecipeOptions,
   type FP8Scaling,
   type FP8StateDict,
   type FP8Tensor,
+  namedFP8Recipe,
 } from "./fp8.ts";
+export {
+  blockQuantize,
+  type BlockQuantized,
+  type BlockQuantizeOptions,
+  NVFP4_BLOCK,
+  nvfp4Quantize,
+  type NVFP4Quantized,
+  type NVFP4QuantizeOptions,
+} from "./block_scaling.ts";
 export { MX_BLOCK, mxElementDtype, mxEmax, mxQuantize, type MXQuantizeOptions } from "./mx.ts";
 export { layoutOf, storageBytes } from "./layout.ts";
 export {

@@ -22,6 +22,11 @@ import { keep } from "./scope.ts";
 import { zeros } from "./creation.ts";
 
 const F32_MAX_BITS = 0x7f7fffff;
+
+/** The bits of `v` rounded to f32 (a non-negative amax floor as a u32 uniform). */
+function f32BitsOf(v: number): number {
+  return new Uint32Array(Float32Array.of(v).buffer)[0];
+}
 const WG = 256;
 
 /** A quantised tensor: `data` = cast_sat(x * scale), `scale` one f32 on the device. @internal */
@@ -40,10 +45,18 @@ export type SlotState = Pick<
 
 /**
  * Current scaling: `x` quantised to `fmt` with the scale of its own amax,
- * `(fp8_max / amax) / 2^margin` (1 when the amax is 0, Inf or NaN; f32's max when the
- * scale overflows), in three dispatches (zero, amax, quantise). @internal
+ * `(fp8_max / max(amax, eps)) / 2^margin` (1 when that amax is 0, Inf or NaN; f32's max when
+ * the scale overflows; with `pow2`, its mantissa cleared: rounded down to a power of two, as
+ * Transformer Engine's `compute_scale_from_amax` with `force_pow_2_scales`), in three
+ * dispatches (zero, amax, quantise). @internal
  */
-export function quantizeCurrent(x: Tensor, fmt: DType, margin: number): Scaled {
+export function quantizeCurrent(
+  x: Tensor,
+  fmt: DType,
+  margin: number,
+  eps = 0,
+  pow2 = false,
+): Scaled {
   const rt = currentRuntime();
   const op = "FP8Recipe.quantize()";
   const data = Tensor.empty(x.shape, fmt, "casts");
@@ -62,9 +75,21 @@ export function quantizeCurrent(x: Tensor, fmt: DType, margin: number): Scaled {
     },
     0,
     margin,
+    eps,
+    pow2,
   );
   amax.dispose();
   return { data, scale };
+}
+
+/**
+ * The amax of `x` (max |x|, NaN above Inf) as the bits of an f32 in a one-element u32
+ * tensor on the device, in two dispatches (zero, amax). @internal
+ */
+export function tensorAmax(x: Tensor, op: string): Tensor {
+  const amax = zeros([1], { dtype: "u32" });
+  runQuant(currentRuntime(), "amax", x, float32, null, { amax: amax.buffer(op) }, 0, 0);
+  return amax;
 }
 
 /**
@@ -85,8 +110,11 @@ export class ScalingSlots {
   #loaded = 0;
   #position = 0;
 
-  /** Slots with histories of `len` amaxes; scales divided by 2^margin. */
-  constructor(readonly len: number, readonly margin: number) {}
+  /**
+   * Slots with histories of `len` amaxes; scales divided by 2^margin, computed from the
+   * history's maximum, or with `recent` from the newest amax (`most_recent`).
+   */
+  constructor(readonly len: number, readonly margin: number, readonly recent = false) {}
 
   /** The slot names in creation order. */
   get names(): readonly string[] {
@@ -119,7 +147,8 @@ export class ScalingSlots {
 
   /**
    * Commits every slot's amax (one dispatch): into its history at the current position,
-   * then scale = (fmax / max of the history) / 2^margin, kept when that maximum is not
+   * then scale = (fmax / max of the history) / 2^margin (the newest amax instead of the
+   * maximum under `most_recent`), kept when that amax is not
    * finite and positive, f32's max when it overflows; the amax starts again from 0.
    */
   update(): void {
@@ -129,7 +158,13 @@ export class ScalingSlots {
     const op = "FP8Recipe.update()";
     stateProgram(rt, "update").run({
       buffers: this.#state(op),
-      uniforms: { n, len: this.len, pos: this.#position, p2: 2 ** this.margin },
+      uniforms: {
+        n,
+        len: this.len,
+        pos: this.#position,
+        p2: 2 ** this.margin,
+        recent: this.recent ? 1 : 0,
+      },
       groups: Math.ceil(n / 64),
     });
     this.#position = (this.#position + 1) % this.len;
@@ -299,6 +334,8 @@ function runQuant(
   state: Readonly<Record<string, PooledBuffer>>,
   slot: number,
   margin: number,
+  eps = 0,
+  pow2 = false,
 ): void {
   const op = "FP8Recipe.quantize()";
   const outL = layoutOf(fmt, rt);
@@ -332,6 +369,8 @@ function runQuant(
       { name: "slot", type: "u32" },
       { name: "fmax", type: "f32" },
       { name: "p2", type: "f32" },
+      { name: "eps", type: "u32" },
+      { name: "pow2", type: "u32" },
     ],
     workgroupSize: WG,
   }, () => {
@@ -339,10 +378,12 @@ function runQuant(
       ? "fn scale_now() -> f32 { return bitcast<f32>(src[u.slot]); }\n"
       : mode === "current"
       ? `fn scale_now() -> f32 {
-  let m = src[0];
+  // the amax floored at eps (both non-negative: their bits order as their values)
+  let m = max(src[0], u.eps);
   if (m == 0u || m >= 0x7f800000u) { return 1.0; }
   let s = (u.fmax / bitcast<f32>(m)) / u.p2;
-  return select(s, bitcast<f32>(${F32_MAX_BITS}u), (bitcast<u32>(s) & 0x7f800000u) == 0x7f800000u);
+  let r = select(s, bitcast<f32>(${F32_MAX_BITS}u), (bitcast<u32>(s) & 0x7f800000u) == 0x7f800000u);
+  return select(r, bitcast<f32>(bitcast<u32>(r) & 0xff800000u), u.pow2 != 0u);
 }\n`
       : "";
     const record = mode === "current" ? "" : `  atomicMax(&wmax, m);
@@ -373,7 +414,14 @@ ${record}${q ? "  if (w == 0u) { used[0] = bitcast<u32>(s); }\n" : ""}}
   const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
   p.run({
     buffers: { x: x.buffer(op), ...(data ? { out: data.buffer(op) } : {}), ...state },
-    uniforms: { n, slot, fmax: finfo(fmt).max, p2: 2 ** margin },
+    uniforms: {
+      n,
+      slot,
+      fmax: finfo(fmt).max,
+      p2: 2 ** margin,
+      eps: f32BitsOf(eps),
+      pow2: pow2 ? 1 : 0,
+    },
     groups: Math.ceil(Math.ceil(n / lanes) / WG),
     ranges: { x: own, out: own },
   });
@@ -406,6 +454,7 @@ function stateProgram(rt: Runtime, which: "init" | "update") {
         { name: "len", type: "u32" },
         { name: "pos", type: "u32" },
         { name: "p2", type: "f32" },
+        { name: "recent", type: "u32" },
       ],
     workgroupSize: 64,
   }, () =>
@@ -428,9 +477,11 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   if (s >= u.n) { return; }
   let base = s * u.len;
   hist[base + u.pos] = amax[s];
-  var m = 0u;
-  for (var k = 0u; k < u.len; k = k + 1u) { m = max(m, hist[base + k] & 0x7fffffffu); }
-  // keep the old scale unless the window's amax is finite and positive
+  var m = amax[s] & 0x7fffffffu;
+  if (u.recent == 0u) {
+    for (var k = 0u; k < u.len; k = k + 1u) { m = max(m, hist[base + k] & 0x7fffffffu); }
+  }
+  // keep the old scale unless the amax (window's or newest) is finite and positive
   if (m != 0u && m < 0x7f800000u) {
     let sc = (bitcast<f32>(fmax[s]) / bitcast<f32>(m)) / u.p2;
     let inf = (bitcast<u32>(sc) & 0x7f800000u) == 0x7f800000u;
