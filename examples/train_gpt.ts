@@ -70,6 +70,7 @@ import {
 import { JsonlLog, Progress, readLog } from "./_progress.ts";
 import { lineChart } from "./_chart.ts";
 import { setMemoryLimit } from "../mod.ts";
+import { inspect, inspectHeatmap, inspectJsonl, type Inspector } from "../nn/inspect.ts";
 
 const PROGRAM = "train_gpt";
 const USAGE = "deno run --allow-read=. --allow-write=out examples/train_gpt.ts [options]";
@@ -117,6 +118,14 @@ export const OPTIONS: Record<string, Option> = {
   "log-sharpness": {
     type: "string",
     help: "log the last-token logit sharpness of the batch every N steps (Lee et al. 2024); 0: off",
+    default: "0",
+    check: checks.int(0),
+  },
+  inspect: {
+    type: "string",
+    help: "record where precision is lost every N steps (per layer and tensor: amax, zeros, " +
+      "underflow/saturation in e4m3, e5m2, bf16, updates lost, the first Inf/NaN): " +
+      "inspect.jsonl and heat maps in the report; 0: off",
     default: "0",
     check: checks.int(0),
   },
@@ -352,6 +361,13 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
         );
       }
     }
+    const inspector = int("inspect") > 0
+      ? inspect(trainer.model, {
+        every: int("inspect"),
+        optimizer: trainer.optimizer,
+        startStep: trainer.step + 1, // the log numbers steps from 1
+      })
+      : null;
     const jsonl = await JsonlLog.open(`${out}/log.jsonl`, resume ? trainer.step : undefined);
     const progress = new Progress({ total: config.steps, ...progressOutput(io) });
     const result = await runTraining(trainer, {
@@ -372,6 +388,7 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
       lastGood,
       warn: (text) => io.error(`${PROGRAM}: ${text}`),
     });
+    const maps = inspector ? await writeInspection(out, inspector, log) : [];
     if (result.stopped) {
       const good = result.lastGood;
       io.error(
@@ -390,7 +407,7 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
       return 0;
     }
     log(`trained to step ${trainer.step} in ${secs} s; log, checkpoint and report in ${out}/`);
-    await report(out, trainer, h0, int("sample-tokens"), log);
+    await report(out, trainer, h0, int("sample-tokens"), log, maps);
     return 0;
   } finally {
     trainer.dispose();
@@ -410,6 +427,49 @@ function maxId(corpus: Corpus): number {
   return m;
 }
 
+/** The heat maps of an inspected run. */
+const INSPECT_MAPS = [
+  "amax",
+  "binades",
+  "zeros",
+  "e4m3.underflow",
+  "e4m3.saturate",
+  "e5m2.underflow",
+  "bf16.underflow",
+  "nonFinite",
+  "lost",
+];
+
+/**
+ * Reads the inspector's records (one readback per inspected step), writes `inspect.jsonl`
+ * and one heat map per statistic, logs the first non-finite; returns the maps' file names.
+ */
+async function writeInspection(
+  out: string,
+  inspector: Inspector,
+  log: (line: string) => void,
+): Promise<string[]> {
+  const records = await inspector.read();
+  inspector.remove();
+  if (records.length === 0) return [];
+  await Deno.writeTextFile(`${out}/inspect.jsonl`, inspectJsonl(records));
+  const files: string[] = [];
+  for (const stat of INSPECT_MAPS) {
+    const file = `inspect_${stat.replace(".", "_")}.svg`;
+    await Deno.writeTextFile(`${out}/${file}`, inspectHeatmap(records, stat));
+    files.push(file);
+  }
+  const bad = records.find((r) => r.firstNonFinite !== null);
+  if (bad) {
+    const f = bad.firstNonFinite!;
+    log(
+      `inspect: first Inf/NaN at step ${bad.step}, ${f.phase}: ${f.layer} ${f.tensor} (${f.op})`,
+    );
+  }
+  log(`inspect: ${records.length} inspected steps in ${out}/inspect.jsonl, heat maps beside it`);
+  return files;
+}
+
 /** Writes `report.md`, `loss.svg` and `sample.txt` of a finished run (from its whole log). */
 async function report(
   out: string,
@@ -417,6 +477,7 @@ async function report(
   h0: number,
   sampleTokens: number,
   log: (line: string) => void,
+  maps: string[] = [],
 ): Promise<void> {
   const records = await readLog(`${out}/log.jsonl`);
   const steps = records.filter((r) => r.type === "step" && typeof r.loss === "number");
@@ -467,6 +528,11 @@ async function report(
         trainer.bytesPerParam ? trainer.bytesPerParam.toFixed(0) : "n/a"
       } |\n\n` +
       `![loss](loss.svg)\n\n` +
+      (maps.length
+        ? `Where precision is lost (--inspect, inspect.jsonl):\n\n${
+          maps.map((f) => `![${f}](${f})`).join("\n\n")
+        }\n\n`
+        : "") +
       (text ? `Sample (temperature 0.8, top-k 20):\n\n\`\`\`\n${text}\n\`\`\`\n` : ""),
   );
 }

@@ -67,6 +67,11 @@ export interface InspectOptions {
   /** Inspect every N-th step: steps 0, N, 2N, ... (default 1). */
   every?: number;
   /**
+   * The number of the first step (default 0): a resumed run passes the step it resumes at,
+   * so that records and `every` follow the run's own numbering.
+   */
+  startStep?: number;
+  /**
    * An optimizer whose `step` the inspector wraps: on inspected steps it records each
    * parameter's gradient before the step, and its update (new minus old) and the updates
    * lost after it.
@@ -146,7 +151,7 @@ export interface FirstNonFinite {
 
 /** One inspected step. */
 export interface InspectRecord {
-  /** The step (the count of the model's forwards with grad on before it). */
+  /** The step (`startStep` plus the count of the model's forwards with grad on before it). */
   step: number;
   /** Every recorded tensor, in recording order. */
   tensors: TensorStats[];
@@ -382,6 +387,11 @@ export class Inspector {
       throw new ValueError(`inspect(): every must be a positive integer, got ${every}`);
     }
     this.every = every;
+    const start = opts.startStep ?? 0;
+    if (!Number.isSafeInteger(start) || start < 0) {
+      throw new ValueError(`inspect(): startStep must be a non-negative integer, got ${start}`);
+    }
+    this.#step = start - 1;
     const given = opts.formats ?? ["e4m3", "e5m2", "bf16"];
     this.#fmts = given.map((f) => {
       const spec: InspectFormat = typeof f === "object" && f !== null && "dtype" in f
@@ -417,7 +427,7 @@ export class Inspector {
     if (opts.optimizer) this.#hookOptimizer(opts.optimizer);
   }
 
-  /** The current step: the number of the model's forwards with grad on, minus one. */
+  /** The current step: `startStep` plus the model's forwards with grad on, minus one. */
   get step(): number {
     return this.#step;
   }
