@@ -807,7 +807,8 @@ function table(f: ReturnType<typeof fixtures>, maxBuffer: number): Row[] {
     }),
     row({
       case: "Embedding.forward() of no ids",
-      setup: () => [new Embedding(4, 2), tensor(new Int32Array(0), { shape: [2, 0] })],
+      setup: () =>
+        [new Embedding(4, 2), tensor(new Int32Array(0), { shape: [2, 0] })] as [Embedding, Tensor],
       call: ([e, ids]: [Embedding, Tensor]) => e.forward(ids),
       error: ValueError,
       message: /Embedding\.forward\(\): ids of shape \[2,0\] hold no ids/,
@@ -828,7 +829,7 @@ function table(f: ReturnType<typeof fixtures>, maxBuffer: number): Row[] {
     }),
     row({
       case: "Embedding.forward() of a negative id (reported at the next readback)",
-      setup: () => [new Embedding(4, 2), tensor(new Int32Array([1, -1]))],
+      setup: () => [new Embedding(4, 2), tensor(new Int32Array([1, -1]))] as [Embedding, Tensor],
       call: async ([e, ids]: [Embedding, Tensor]) => {
         const out = tidy(() => e.forward(ids)); // the graph's intermediates are freed
         try {

@@ -100,7 +100,7 @@ const cases: [string, Main, string[]][] = [
     "--lrs",
     "1e-3",
   ]],
-  ["formats", formats as Main, ["bf16", "--svg", `${FILE}/chart.svg`]],
+  ["formats", formats as unknown as Main, ["bf16", "--svg", `${FILE}/chart.svg`]],
 ];
 
 Deno.test("every command line ends a hostile file-system state in short lines and an exit code, quoting no file", async () => {

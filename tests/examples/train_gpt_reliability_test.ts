@@ -104,7 +104,11 @@ async function tampered(name: string, edit: (j: Record<string, unknown>) => void
 }
 
 Deno.test("a hand-edited checkpoint.json is refused before anything is built, in a short line", async () => {
-  type J = Record<string, Record<string, Record<string, unknown>>>;
+  type J = {
+    step: number;
+    data: Record<string, unknown>;
+    meta: { config: Record<string, unknown>; options: Record<string, unknown> };
+  };
   const cases: [string, (j: J) => void, number, RegExp][] = [
     [
       "position-huge",
@@ -116,7 +120,7 @@ Deno.test("a hand-edited checkpoint.json is refused before anything is built, in
     [
       "step-beyond",
       (j) => {
-        (j as unknown as Record<string, number>).step = 500;
+        j.step = 500;
         j.data.position = 500;
       },
       1,
@@ -136,7 +140,7 @@ Deno.test("a hand-edited checkpoint.json is refused before anything is built, in
     ],
     [
       "lr-string",
-      (j) => (j.meta.config.lr = "fast" as unknown as number),
+      (j) => (j.meta.config.lr = "fast"),
       2,
       /lr \(--lr\) must be a number, got "fast"/,
     ],
@@ -154,7 +158,7 @@ Deno.test("a hand-edited checkpoint.json is refused before anything is built, in
     ],
   ];
   for (const [name, edit, code, re] of cases) {
-    const dir = await tampered(name, edit as (j: Record<string, unknown>) => void);
+    const dir = await tampered(name, edit as unknown as (j: Record<string, unknown>) => void);
     const t0 = performance.now();
     const r = await run(["--resume", dir]);
     refused(r, code, re);
