@@ -34,7 +34,7 @@ import {
   tidy,
   ValueError,
 } from "../mod.ts";
-import { fp8Recipe } from "../tensor/mod.ts";
+import { FP8_RECIPES, fp8Recipe, type FP8RecipeName } from "../tensor/mod.ts";
 import { Batches, type Corpus, evaluate } from "./_text.ts";
 import { excerpt } from "../nn/_excerpt.ts";
 import type { JsonlLog, Progress } from "./_progress.ts";
@@ -87,8 +87,15 @@ export interface Precision {
 
 /** The valid `--precision` values, for help and errors. */
 export function precisionChoices(): string[] {
-  return [...precisionNames(), "eXmY (a simulated format such as e8m3: f32 master weights)"];
+  return [
+    ...precisionNames(),
+    ...FP8_RECIPE_PRECISIONS,
+    "eXmY (a simulated format such as e8m3: f32 master weights)",
+  ];
 }
+
+/** `fp8-<recipe>`: the `fp8` strategy with another FP8 recipe (`fp8Recipe(name)`). */
+const FP8_RECIPE_PRECISIONS = FP8_RECIPES.filter((r) => r !== "delayed").map((r) => `fp8-${r}`);
 
 /**
  * Resolves a `--precision` name: a strategy, or a simulated float format run as autocast of
@@ -99,6 +106,10 @@ export function resolvePrecision(name: string, rounding: Rounding = "rne"): Prec
     const s = precisionStrategy(name);
     const ac = s.autocastOptions ? { ...s.autocastOptions } : null;
     return { name, storage: name, autocast: ac, gradScaler: s.gradScaler };
+  }
+  if (FP8_RECIPE_PRECISIONS.includes(name)) {
+    const recipe = name.slice(4) as FP8RecipeName;
+    return { name, storage: "fp8", autocast: { dtype: "fp8", recipe }, gradScaler: false };
   }
   let ok = false;
   try {
@@ -186,7 +197,8 @@ export class Trainer {
       this.extra.fp8 = recipe;
     }
     this.batches = new Batches(corpus.train, c.batch, c.block, c.seed);
-    const simulated = !precisionNames().includes(c.precision);
+    const simulated = !precisionNames().includes(c.precision) &&
+      this.precision.storage === "amp-bf16";
     this.#castDtype = simulated ? { castDtype: c.precision } : {};
     this.#schedule = cosineWithWarmup({
       warmupSteps: Math.min(c.warmup, c.steps),

@@ -57,7 +57,7 @@ async function log(dir: string): Promise<Record<string, unknown>[]> {
   return text.trim().split("\n").map((l) => JSON.parse(l));
 }
 
-for (const precision of ["amp-f16", "collage-plus", "fp8"]) {
+for (const precision of ["amp-f16", "collage-plus", "fp8", "fp8-nvfp4"]) {
   Deno.test(`train_gpt --precision ${precision}: stopped at step 4 and resumed, it logs the losses of an uninterrupted run bit for bit`, async () => {
     const full = `${DIR}/${precision}-full`, half = `${DIR}/${precision}-half`;
     const a = await run([...TINY, "--precision", precision, "--out", full]);
