@@ -21,6 +21,7 @@
  * | `st_x(w, v: vec4<f32>, r: vec4<u32>)` | layouts | encodes the lanes of word `w` from `v` (random bits `r` for stochastic rounding) and stores the word |
  * | `enc_x(v, r) -> u32` | layouts | the code of `v` in the binding's dtype |
  * | `stc_x(w, c: vec4<u32>)` | layouts | stores the codes `c` as the lanes of word `w`, unchanged (ops that move codes, not values) |
+| `st4_x(q, v: vec4<f32>, r: vec4<u32>)` | `vec4` bindings | encodes and stores elements 4q..4q+3 as one 16-byte store |
  * | `get_x(j)`, `put_x(j, v)` | all | raw array element `j` of the buffer (windowed) |
  * | `x[j]` | raw, whole | direct access (raw bindings are always bound whole) |
  * | `u.name`, `u_name(k)` | uniforms | a scalar field; element `k` of an array field |
@@ -82,6 +83,14 @@ export interface BindingSpec {
   readonly access: "read" | "read_write";
   /** How `st_`/`enc_` round into the dtype (default: round to nearest even, the dtype's saturation). */
   readonly encode?: WgslCodecOptions;
+  /**
+   * A one-word-per-element layout (f32, i32, u32, bool) bound as `array<vec4<u32>>`: `ld4_x`
+   * at a multiple of 4 is one 16-byte load, and `st4_x(q, v, r)` stores elements 4q..4q+3 as
+   * one. The buffer's bound bytes must hold whole quads (a tensor of a multiple of 4
+   * elements); single-element stores (`st_x`, `put_x`) are not offered (they would write the
+   * whole quad).
+   */
+  readonly vec4?: boolean;
 }
 
 /** Scalar types of uniform fields. */
@@ -173,8 +182,9 @@ interface Field {
 }
 
 /** Bytes of one WGSL array element of a binding, and values per element. */
-function unit(t: Layout | RawType): { bytes: number; lanes: number } {
+function unit(t: Layout | RawType, vec4 = false): { bytes: number; lanes: number } {
   if (typeof t === "string") return { bytes: 4, lanes: 1 };
+  if (vec4) return { bytes: 16, lanes: 4 };
   return t.elem === "f16" ? { bytes: 2, lanes: 1 } : { bytes: 4, lanes: t.lanes };
 }
 
@@ -228,8 +238,12 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
   if (needCodec) out.push(...c.chunks);
   const mask = `${(2 ** l.laneBits - 1) >>> 0}u`;
   // the raw array element j of the buffer, through the window
-  out.push(`fn get_${x}(j: u32) -> ${l.elem} { return ${v}[j - ${base}]; }\n`);
-  if (b.access === "read_write") {
+  if (b.vec4) {
+    // the window base counts quads
+    out.push(`fn get4_${x}(q: u32) -> vec4<u32> { return ${v}[q - ${base}]; }\n`);
+    out.push(`fn get_${x}(j: u32) -> u32 { return get4_${x}(j / 4u)[j % 4u]; }\n`);
+  } else out.push(`fn get_${x}(j: u32) -> ${l.elem} { return ${v}[j - ${base}]; }\n`);
+  if (b.access === "read_write" && !b.vec4) {
     out.push(`fn put_${x}(j: u32, w: ${l.elem}) { ${v}[j - ${base}] = w; }\n`);
   }
   if (uses("code") || uses("ld") || uses("ld4")) {
@@ -241,8 +255,8 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
         : `fn code_${x}(i: u32) -> u32 { return (get_${x}(i / ${l.lanes}u) >> ((i % ${l.lanes}u) * ${l.laneBits}u)) & ${mask}; }\n`,
     );
   }
+  let value = "";
   if (uses("ld") || uses("ld4")) {
-    let value: string;
     if (l.elem === "f16") value = `f32(get_${x}(i))`;
     else if (d.name === "f32") value = `bitcast<f32>(get_${x}(i))`;
     else if (d.kind === "int") {
@@ -252,7 +266,23 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
     out.push(`fn ld_${x}(i: u32) -> f32 { return ${value}; }\n`);
   }
   if (uses("ld4")) {
-    if (l.lanes === 1) {
+    if (b.vec4) {
+      // the element's word is its code (one lane per word)
+      const dec = (k: string) =>
+        value.includes(`get_${x}(i)`)
+          ? value.replaceAll(`get_${x}(i)`, `q.${k}`)
+          : `${c.decode}(q.${k})`;
+      out.push(`fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
+  var v: vec4<f32>;
+  if (at % 4u == 0u) {
+    let q = get4_${x}(at / 4u);
+    v = vec4<f32>(${dec("x")}, ${dec("y")}, ${dec("z")}, ${dec("w")});
+  } else {
+    v = vec4<f32>(ld_${x}(at), ld_${x}(at + 1u), ld_${x}(at + 2u), ld_${x}(at + 3u));
+  }
+  return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
+}\n`);
+    } else if (l.lanes === 1) {
       out.push(`fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
   let v = vec4<f32>(ld_${x}(at), ld_${x}(at + 1u), ld_${x}(at + 2u), ld_${x}(at + 3u));
   return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_ok));
@@ -278,7 +308,7 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
 }\n`);
     }
   }
-  if (uses("st") || uses("enc")) {
+  if (uses("st") || uses("st4") || uses("enc")) {
     const e = wgslCodec(d, b.encode ?? {});
     out.push(...e.chunks);
     out.push(`fn enc_${x}(v: f32, r: u32) -> u32 { return ${e.encode}(v, r); }\n`);
@@ -293,10 +323,16 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
         word = `(enc_${x}(v.x, r.x) & ${mask}) | ((enc_${x}(v.y, r.y) & ${mask}) << 8u) | ` +
           `((enc_${x}(v.z, r.z) & ${mask}) << 16u) | ((enc_${x}(v.w, r.w) & ${mask}) << 24u)`;
       }
-      out.push(`fn st_${x}(w: u32, v: vec4<f32>, r: vec4<u32>) { put_${x}(w, ${word}); }\n`);
+      if (b.vec4) {
+        out.push(`fn st4_${x}(q: u32, v: vec4<f32>, r: vec4<u32>) {
+  ${v}[q - ${base}] = vec4<u32>(enc_${x}(v.x, r.x), enc_${x}(v.y, r.y), enc_${x}(v.z, r.z), enc_${x}(v.w, r.w));
+}\n`);
+      } else {
+        out.push(`fn st_${x}(w: u32, v: vec4<f32>, r: vec4<u32>) { put_${x}(w, ${word}); }\n`);
+      }
     }
   }
-  if (uses("stc") && b.access === "read_write") {
+  if (uses("stc") && b.access === "read_write" && !b.vec4) {
     let word: string;
     if (l.elem === "f16") word = "f16(unpack2x16float(c.x).x)";
     else if (l.lanes === 1) word = "c.x";
@@ -320,8 +356,8 @@ function generate(spec: ProgramSpec, body: ProgramBody, struct: string): string 
     if (typeof b.type === "string") {
       decl += `@group(0) @binding(${i}) var<storage, ${b.access}> ${b.name}: array<${b.type}>;\n`;
     } else {
-      decl +=
-        `@group(0) @binding(${i}) var<storage, ${b.access}> b_${b.name}: array<${b.type.elem}>;\n`;
+      const elem = b.vec4 ? "vec4<u32>" : b.type.elem;
+      decl += `@group(0) @binding(${i}) var<storage, ${b.access}> b_${b.name}: array<${elem}>;\n`;
       chunks.push(layoutHelpers(b, b.type, src));
     }
   });
@@ -477,7 +513,9 @@ export function program<const S extends ProgramSpec>(
   for (const b of spec.bindings) {
     sig += `|${b.name}:${b.access}:${
       typeof b.type === "string" ? b.type : `${b.type.dtype.name}/${b.type.elem}`
-    }${b.encode ? `:${b.encode.rounding ?? ""}${b.encode.saturate ?? ""}` : ""}`;
+    }${b.encode ? `:${b.encode.rounding ?? ""}${b.encode.saturate ?? ""}` : ""}${
+      b.vec4 ? ":v4" : ""
+    }`;
   }
   for (const f of spec.uniforms ?? []) sig += `|${f.name}:${f.type}${f.length ?? ""}`;
   let p = cache.get(sig);
@@ -518,7 +556,12 @@ export function runProgram<const S extends ProgramSpec>(
 
 function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramBody): Program {
   const label = spec.label;
-  spec.bindings.forEach((b) => checkName(label, "binding", b.name));
+  spec.bindings.forEach((b) => {
+    checkName(label, "binding", b.name);
+    if (b.vec4 && (typeof b.type === "string" || b.type.lanes !== 1 || b.type.elem !== "u32")) {
+      throw new Error(`internal: program ${label}: binding '${b.name}' cannot be a vec4 view`);
+    }
+  });
   (spec.uniforms ?? []).forEach((f) => checkName(label, "uniform", f.name));
   const { fields, words, struct } = layoutFields(spec);
   const byName = new Map(fields.map((f) => [f.name, f]));
@@ -528,7 +571,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
     { buffers: spec.bindings.map((b) => b.access), uniform: true },
     () => generate(spec, body(), struct),
   );
-  const units = spec.bindings.map((b) => unit(b.type));
+  const units = spec.bindings.map((b) => unit(b.type, b.vec4));
   const is3d = spec.grid === "3d";
   const userFields = (spec.uniforms ?? []).map((f) => byName.get(f.name)!);
   const baseWord = spec.bindings.map((b) => byName.get(`wb${b.name}`)?.word ?? -1);

@@ -46,6 +46,12 @@ const WG = 256;
  * than one amortises the per-invocation cost, which dominates these memory-bound kernels.
  */
 const PER_THREAD = 4;
+/**
+ * Quads (4 consecutive elements) each invocation computes when the result has whole quads:
+ * a workgroup covers as many elements as with single f32 words, which keeps the share of a
+ * broadcast operand one workgroup reads (its window) as small.
+ */
+const QUADS = 1;
 
 /** How an operand is indexed: its own index (same shape), index 0 (one element), or broadcast. */
 type Mode = "same" | "one" | "bcast";
@@ -372,6 +378,11 @@ function record(root: Tensor, def: LazyDef): void {
   const inlined = new Map<LazyDef, string>();
   const ops: string[] = [];
 
+  // Quads: each invocation computes groups of 4 consecutive elements, the operands of the
+  // result's shape loaded 4 at a time (one 16-byte load of a one-word-per-element dtype, whole
+  // words of a packed one) and passed to value() as parameters; needs whole quads.
+  const quad = root.size % 4 === 0;
+  const params: { k: number; mode: Mode }[] = [];
   const leaf = (t: Tensor): string => {
     let name = leafName.get(t);
     if (name === undefined) {
@@ -382,7 +393,8 @@ function record(root: Tensor, def: LazyDef): void {
       if (mode === "bcast") idx = `bidx(i, ${bcastSlot.push(k) - 1}u)`;
       name = `a${k}`;
       leafName.set(t, name);
-      lines.push(`  let ${name} = ld_in${k}(${idx});`);
+      if (quad && mode !== "bcast") params.push({ k, mode });
+      else lines.push(`  let ${name} = ld_in${k}(${idx});`);
     }
     return name;
   };
@@ -424,7 +436,15 @@ function record(root: Tensor, def: LazyDef): void {
   const outL = layoutOf(outDt, rt);
   const body = `${lines.join("\n")}\n  return ${result};`;
   const nB = bcastSlot.length;
-  const key = `ew|${body}|${def.rounding}|${def.saturate}|${nB}`;
+  const key = `ew|${
+    quad ? params.map((p) => p.mode).join(",") : "-"
+  }|${body}|${def.rounding}|${def.saturate}|${nB}`;
+  // one-word-per-element operands of the result's shape, and such a result, are read and
+  // written as vec4s in quads
+  const v4 = (t: Tensor | null): boolean => {
+    const l = t === null ? outL : layoutOf(t.dt, rt);
+    return quad && l.lanes === 1 && l.elem === "u32" && (t === null || modeOf(t, shape) === "same");
+  };
   const label = ops.length === 1 ? def.op : `fused(${ops.join("+")})`;
   const p = program(rt, key, {
     label,
@@ -433,12 +453,14 @@ function record(root: Tensor, def: LazyDef): void {
         name: `in${k}`,
         type: layoutOf(t.dt, rt),
         access: "read" as const,
+        vec4: v4(t),
       })),
       {
         name: "out",
         type: outL,
         access: "read_write" as const,
         encode: { rounding: def.rounding, saturate: def.saturate },
+        vec4: v4(null),
       },
     ],
     uniforms: [
@@ -450,14 +472,19 @@ function record(root: Tensor, def: LazyDef): void {
       { name: "st", type: "u32", length: MAX_RANK * Math.max(1, nB) },
     ],
     workgroupSize: WG,
-  }, () => ({ source: source(outL.lanes, body, def.rounding), chunks }));
+  }, () => ({
+    source: quad
+      ? quadSource(outL.lanes, v4(null), params, body, def.rounding)
+      : source(outL.lanes, body, def.rounding),
+    chunks,
+  }));
   // strides of the broadcast leaves, MAX_RANK per slot
   const st = new Array(MAX_RANK * Math.max(1, nB)).fill(0);
   bcastSlot.forEach((k, slot) => {
     bcastStrides(leaves[k].shape, shape).forEach((v, d) => (st[MAX_RANK * slot + d] = v));
   });
-  // each workgroup writes PER_THREAD * WG words: the elements [g0, g1) of a piece
-  const n = root.size, per = WG * PER_THREAD * outL.lanes;
+  // each workgroup writes PER_THREAD * WG words (QUADS * WG quads): the elements [g0, g1) of a piece
+  const n = root.size, per = WG * (quad ? 4 * QUADS : PER_THREAD * outL.lanes);
   const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
   const buffers: Record<string, PooledBuffer> = { out: root.checkUsable(label) };
   const ranges: Record<string, (g0: number, g1: number) => readonly [number, number]> = {
@@ -478,7 +505,7 @@ function record(root: Tensor, def: LazyDef): void {
     p.run({
       buffers,
       uniforms: { n, rank: shape.length, seed: def.seed, s: scalars, shape, st },
-      groups: Math.ceil(Math.ceil(n / outL.lanes) / (WG * PER_THREAD)),
+      groups: Math.ceil(n / per),
       ranges,
     });
   } catch (e) {
@@ -527,6 +554,68 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
     var r = vec4<u32>(0u);
 ${word}    st_out(w, v, r);
   }
+}
+`;
+}
+
+/**
+ * The kernel over quads: QUADS groups of 4 consecutive elements per invocation, strided
+ * by the workgroup size; operands of the result's shape loaded as one vec4 each, one-element
+ * operands once; the result stored as one vec4 (`vec4Out`) or as its 1, 2 or 4 words.
+ */
+function quadSource(
+  lanes: number,
+  vec4Out: boolean,
+  params: readonly { k: number; mode: Mode }[],
+  body: string,
+  rounding: Rounding,
+): string {
+  const rand = (i: string) => rounding === "stochastic" ? `ulp_rand(u.seed, ${i})` : "0u";
+  const decl = params.map((p) => `, a${p.k}: f32`).join("");
+  const ones = params.filter((p) => p.mode === "one")
+    .map((p) => `  let a${p.k} = ld_in${p.k}(0u);\n`).join("");
+  const loads = params.filter((p) => p.mode === "same")
+    .map((p) => `    let q${p.k} = ld4_in${p.k}(i0, 4u);\n`).join("");
+  let calls = "";
+  for (let l = 0; l < 4; l++) {
+    const c = "xyzw"[l], i = l === 0 ? "i0" : `i0 + ${l}u`;
+    const args = params.map((p) => p.mode === "one" ? `, a${p.k}` : `, q${p.k}.${c}`).join("");
+    calls += `    v.${c} = value(${i}${args}); r.${c} = ${rand(i)};\n`;
+  }
+  let store: string;
+  if (vec4Out) store = "    st4_out(q, v, r);\n";
+  else if (lanes === 4) store = "    st_out(q, v, r);\n";
+  else if (lanes === 2) {
+    store = "    st_out(2u * q, v.xyxy, r.xyxy);\n    st_out(2u * q + 1u, v.zwzw, r.zwzw);\n";
+  } else {
+    store = [0, 1, 2, 3].map((l) => {
+      const c = "xyzw"[l];
+      return `    st_out(i0 + ${l}u, vec4<f32>(v.${c}), vec4<u32>(r.${c}));\n`;
+    }).join("");
+  }
+  return `
+fn bidx(i: u32, k: u32) -> u32 {
+  var rem = i;
+  var off = 0u;
+  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
+    let size = u_shape(u32(d));
+    off = off + (rem % size) * u_st(${MAX_RANK}u * k + u32(d));
+    rem = rem / size;
+  }
+  return off;
+}
+fn value(i: u32${decl}) -> f32 {
+${body}
+}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+${ones}  let base = wg * ${WG * QUADS}u + li;
+  for (var e = 0u; e < ${QUADS}u; e = e + 1u) {
+    let q = base + e * ${WG}u;
+    let i0 = q * 4u;
+    if (i0 >= u.n) { return; }
+${loads}    var v = vec4<f32>(0.0);
+    var r = vec4<u32>(0u);
+${calls}${store}  }
 }
 `;
 }

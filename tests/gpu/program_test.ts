@@ -94,6 +94,50 @@ for (const dt of ["f32", "bf16", "e4m3"]) {
   });
 }
 
+Deno.test("vec4 views: ld4_ and st4_ move four f32 elements at once, through windows", async () => {
+  await withBindingLimit(4096, async (rt) => {
+    const l = layoutOf(dtype("f32"), rt);
+    const p = program(rt, "test|axpb4", {
+      label: "axpb4",
+      bindings: [
+        { name: "x", type: l, access: "read", vec4: true },
+        { name: "y", type: l, access: "read_write", vec4: true },
+      ],
+      uniforms: [{ name: "n", type: "u32" }, { name: "ab", type: "f32", length: 2 }],
+      workgroupSize: WG,
+    }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let q = wg * ${WG}u + li;
+  if (q * 4u >= u.n) { return; }
+  // an unaligned quad (read element by element) beside the aligned one
+  let odd = ld4_x(select(q * 4u + 1u, q * 4u, q * 4u + 4u >= u.n), 4u);
+  let v = u_ab(0u) * ld4_x(q * 4u, 4u) + u_ab(1u) + 0.0 * odd + ld_x(q * 4u) * 0.0;
+  st4_y(q, v, vec4<u32>(0u));
+}`);
+    const n = 10_000; // 40,000 bytes: ten windows of 4 KiB
+    const host = new Float32Array(n).map((_, i) => ((i * 37) % 101) / 8 - 6);
+    const x = rt.alloc(n * 4, { dtype: "f32", purpose: "scratch" });
+    const y = rt.alloc(n * 4, { dtype: "f32", purpose: "scratch" });
+    rt.write(x, host);
+    const per = WG * 4;
+    const before = rt.counters.dispatches;
+    p.run({
+      buffers: { x, y },
+      uniforms: { n, ab: [2, 1] },
+      groups: Math.ceil(n / per),
+      ranges: {
+        x: (g0, g1) => [g0 * per, Math.min(n, g1 * per + 4)],
+        y: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
+      },
+    });
+    assert.ok(rt.counters.dispatches - before >= 10);
+    const got = new Float32Array(await rt.read(y));
+    assert.deepEqual(Array.from(got), Array.from(host, (v) => Math.fround(Math.fround(2 * v) + 1)));
+    rt.free(x);
+    rt.free(y);
+  });
+});
+
 Deno.test("a 1-D grid beyond maxComputeWorkgroupsPerDimension folds into 2-D", async () => {
   const rt = await getRuntime();
   const maxG = rt.info.limits.maxComputeWorkgroupsPerDimension;
