@@ -18,11 +18,13 @@ import { ShapeError, ValueError } from "../errors.ts";
 import { currentRuntime, program, type Runtime } from "../gpu/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
 import { randomU32 } from "../dtypes/mod.ts";
+import { float32 } from "../dtypes/mod.ts";
 import { fmtShape, keep, storageBytes, Tensor, tensor, zeros } from "../tensor/mod.ts";
 import { DiagBuffers } from "./_diagnostics.ts";
 import { chunkRange, zeroFlag } from "./_inplace.ts";
 import {
   type KernelMode,
+  scaleCommitKernel,
   updateChunk,
   updateKernel,
   type UpdateProgram,
@@ -82,6 +84,8 @@ export class GroupState {
   #label: string;
   #specs: StateSpec[] | null = null;
   #states: (Map<string, Tensor> | null)[];
+  /** Per parameter, the scales of its scaled states (u32 words: scale bits, amax bits). */
+  #scales: (Tensor | null)[];
   #devSteps: Tensor | null = null;
   #ids: Tensor | null = null;
   #idsKey = "";
@@ -98,6 +102,7 @@ export class GroupState {
     this.rngSeeds = params.map((_, i) => (rngSeeds?.[i] ?? 0) >>> 0);
     this.rngCounters = params.map(() => 0);
     this.#states = params.map(() => null);
+    this.#scales = params.map(() => null);
   }
 
   /** The state specs every parameter with state keeps (empty before the first step or load). */
@@ -184,8 +189,46 @@ export class GroupState {
     return m;
   }
 
+  /**
+   * Parameter `i`'s scales buffer for `k` scaled states: word 2j the scale of state j (f32
+   * bits, 1.0 at first), word 2j + 1 the amax of the pass in progress (0 between steps).
+   */
+  #scalesOf(i: number, k: number): Tensor {
+    let t = this.#scales[i];
+    if (t && t.size !== 2 * k) {
+      t.dispose();
+      t = null;
+    }
+    if (!t) {
+      const init = new Uint32Array(2 * k);
+      for (let j = 0; j < k; j++) init[2 * j] = 0x3f800000; // 1.0
+      t = this.#scales[i] = keep(tensor(init, { dtype: "u32", purpose: "optimizer" }));
+    }
+    return t;
+  }
+
+  /** Parameter `i`'s scale of scaled state `k` (of `count`), as a one-element f32 tensor. */
+  readScale(i: number, k: number, count: number): Tensor {
+    const src = this.#scalesOf(i, count);
+    const out = Tensor.empty([1], float32, "optimizer");
+    currentRuntime().copy(src.buffer("stateDict()"), 8 * k, out.buffer("stateDict()"), 0, 4);
+    return out;
+  }
+
+  /** Sets parameter `i`'s scale of scaled state `k` (of `count`) from a one-element tensor. */
+  writeScale(i: number, k: number, count: number, v: Tensor): void {
+    const dst = this.#scalesOf(i, count);
+    const c = v.dt === float32 ? v : noGrad(() => v.cast(float32));
+    currentRuntime().copy(c.buffer("loadStateDict()"), 0, dst.buffer("loadStateDict()"), 8 * k, 4);
+    if (c !== v) c.dispose();
+  }
+
   /** Frees every state and zeroes every step count (before loading a state dict). */
   resetStates(): void {
+    this.#scales.forEach((t, i) => {
+      t?.dispose();
+      this.#scales[i] = null;
+    });
     this.#states.forEach((m, i) => {
       if (m) { for (const t of m.values()) t.dispose(); }
       this.#states[i] = null;
@@ -249,6 +292,10 @@ export class GroupState {
 
   /** Frees every tensor. */
   dispose(): void {
+    this.#scales.forEach((t, i) => {
+      t?.dispose();
+      this.#scales[i] = null;
+    });
     this.#states.forEach((m, i) => {
       if (m) { for (const t of m.values()) t.dispose(); }
       this.#states[i] = null;
@@ -297,6 +344,10 @@ export class GroupState {
     const rt = currentRuntime();
     this.prepare(prog.states);
     const kernel = updateKernel(rt, prog, mode);
+    // scaled states: an amax pass first, and the scales committed after the update
+    const K = prog.scaled.length;
+    const amaxKernel = K > 0 ? updateKernel(rt, prog, { device, diag: null, amax: true }) : null;
+    const commit = K > 0 ? scaleCommitKernel(rt, prog, device) : null;
     const chunk = updateChunk(rt, prog);
     const flag = device ? (run.foundInf ?? zeroFlag(rt)) : null;
     const workgroups = active.reduce((a, i) => a + Math.ceil(this.params[i].size / chunk), 0);
@@ -337,8 +388,26 @@ export class GroupState {
       const ranges: Record<string, typeof range> = { param: range, grad: range };
       for (const s of prog.states) ranges[s.name] = range;
       const before = rt.counters.dispatches;
+      if (K > 0) {
+        const scales = this.#scalesOf(i, K).buffer(op);
+        const { partials: _p, counters: _c, ...plain } = buffers;
+        amaxKernel!.run({
+          buffers: { ...plain, scales },
+          uniforms,
+          groups: Math.ceil(p.size / chunk),
+          ranges,
+        });
+        buffers.scales = scales;
+      }
       kernel.run({ buffers, uniforms, groups: Math.ceil(p.size / chunk), ranges });
       dispatches += rt.counters.dispatches - before;
+      if (commit) {
+        commit.run({
+          buffers: { scales: buffers.scales, ...(flag ? { finf: buffers.finf } : {}) },
+          uniforms: { one: 1 },
+          groups: 1,
+        });
+      }
       pbase += Math.ceil(p.size / chunk);
       if (gc !== g) gc.dispose();
     }

@@ -28,7 +28,7 @@
  * @module
  */
 
-import { type DType, wgslCodec } from "../dtypes/mod.ts";
+import { type DType, finfo, wgslCodec } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { layoutOf, type Program, program, type Runtime } from "../gpu/mod.ts";
 import { diagAccountSource, diagReduceSource } from "./_diagnostics.ts";
@@ -67,6 +67,12 @@ export interface UpdateProgram {
   readonly effective: string;
   /** Buffers whose `q_<name>` rounds stochastically (the strategy's `stochastic`). */
   readonly stochastic: readonly string[];
+  /**
+   * States stored with a per-tensor scale (the strategy's `scaled`), with the largest finite
+   * value of their dtype; state k's scale and amax are words 2k and 2k + 1 of the
+   * parameter's `scales` buffer.
+   */
+  readonly scaled: readonly { readonly name: string; readonly fmax: number }[];
 }
 
 /** A strategy's states for rule `name` besides the rule's own (Collage's low parts). */
@@ -124,6 +130,16 @@ export function resolveProgram<G>(
       );
     }
   }
+  const scaled = s.scaled.filter((n) => states.some((b) => b.name === n)).map((n) => {
+    const d = states.find((b) => b.name === n)!.dtype;
+    if (d.kind !== "float") {
+      throw new ValueError(
+        `${rule.label}: precision '${s.name}' scales state '${n}' per tensor, which needs a ` +
+          `float format, but it is stored in ${d.name}`,
+      );
+    }
+    return { name: n, fmax: finfo(d).max };
+  });
   const hyper = Object.keys(rule.hyper);
   const names = Object.fromEntries(hyper.map((h) => [h, h]));
   const device = rule.perStep(names, wgslStepMath());
@@ -139,6 +155,7 @@ export function resolveProgram<G>(
     deviceStep: Object.values(device),
     effective: s.effective ?? "y.param - x.param",
     stochastic,
+    scaled,
   };
 }
 
@@ -167,6 +184,11 @@ export interface KernelMode {
   readonly device: boolean;
   /** The dtype of the gradient under/overflow counts when diagnostics are on, else null. */
   readonly diag: DType | null;
+  /**
+   * The first pass of a program with scaled states: the body runs, nothing is stored, and
+   * the amax of each scaled state's new values is accumulated into its `scales` word.
+   */
+  readonly amax?: boolean;
 }
 
 /** Elements per invocation: the largest lanes-per-word of the program's buffers. */
@@ -199,6 +221,71 @@ function quantizer(
     fn: `fn q_${name}(v: f32) -> f32 { return ${c.decode}(${c.encode}(${v}, 0u)); }\n`,
     chunks: c.chunks,
   };
+}
+
+/**
+ * `fn q_<name>(v) -> f32` of a state with a per-tensor scale: in the amax pass it records
+ * |v| and returns v; in the update pass it returns v rounded at the new scale (exact
+ * power-of-two scaling: the stored code is q(v * s), the value code / s).
+ */
+function scaledQuantizer(name: string, d: DType, k: number, amaxPass: boolean) {
+  const c = wgslCodec(d);
+  return {
+    fn: amaxPass
+      ? `fn q_${name}(v: f32) -> f32 { sc_am${k} = ulp_max(sc_am${k}, abs(v)); return v; }\n`
+      : `fn q_${name}(v: f32) -> f32 { return ${c.decode}(${c.encode}(v * sc_new${k}, 0u)) / sc_new${k}; }\n`,
+    chunks: c.chunks,
+  };
+}
+
+/**
+ * WGSL of MS-AMP's per-tensor scale from an amax, `2^floor(log2(fmax / amax))`, computed
+ * exactly from the binary exponents and fractions (no log2 rounding), clamped to f32's
+ * normal range; 1 when amax is 0 or not finite (`ScalingMeta.compute_scaling_factor(amax,
+ * 1, fmax, 0)`).
+ */
+const WGSL_POW2_SCALE = `fn ulp_pow2scale(amax: f32, fmax: f32) -> f32 {
+  if (!(amax > 0.0) || (bitcast<u32>(amax) & 0x7f800000u) == 0x7f800000u) { return 1.0; }
+  let a = frexp(amax);
+  let f = frexp(fmax);
+  let e = f.exp - a.exp - select(0, 1, a.fract > f.fract);
+  return ldexp(1.0, clamp(e, -126, 127));
+}
+`;
+
+/**
+ * The program that commits the scales after an update with scaled states: per state the
+ * new scale from the amax of the pass, and the amax reset (nothing when the skip flag is set).
+ */
+export function scaleCommitKernel(rt: Runtime, prog: UpdateProgram, device: boolean): Program {
+  const key = `optim|scaleCommit|${prog.scaled.map((s) => s.fmax).join(",")}|${device}`;
+  return program(rt, key, {
+    label: "commitScales",
+    bindings: [
+      { name: "scales", type: "atomic<u32>", access: "read_write" },
+      ...(device ? [{ name: "finf", type: "u32" as const, access: "read" as const }] : []),
+    ],
+    uniforms: [{ name: "one", type: "f32" }],
+    workgroupSize: 1,
+  }, () => {
+    const body = prog.scaled.map((s, k) =>
+      `    atomicStore(&scales[${
+        2 * k
+      }u], bitcast<u32>(ulp_pow2scale(bitcast<f32>(atomicLoad(&scales[${2 * k + 1}u])), ${
+        wgslF32(s.fmax)
+      })));\n    atomicStore(&scales[${2 * k + 1}u], 0u);\n`
+    ).join("");
+    return `${WGSL_POW2_SCALE}fn kernel(wg: u32, lid: vec3u, li: u32) {
+  if (${device ? "finf[0] == 0u" : "true"}) {
+${body}  }
+}
+`;
+  });
+}
+
+/** A WGSL f32 literal holding exactly fround(v). */
+function wgslF32(v: number): string {
+  return `bitcast<f32>(${new Uint32Array(new Float32Array([v]).buffer)[0]}u)`;
 }
 
 /**
@@ -235,6 +322,9 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
         { name: "counters", type: "atomic<u32>" as const, access: "read_write" as const },
       ]
       : []),
+    ...(prog.scaled.length > 0
+      ? [{ name: "scales", type: "atomic<u32>" as const, access: "read_write" as const }]
+      : []),
   ];
   const uniforms = [
     { name: "n", type: "u32" as const },
@@ -245,7 +335,8 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
     ...(mode.device ? [] : prog.perStep.map((s) => ({ name: `s${s}`, type: "f32" as const }))),
     ...(prog.stochastic.length > 0 ? [{ name: "rkey", type: "u32" as const }] : []),
   ];
-  const key = `optim|update|${prog.key}|${mode.device}|${mode.diag?.name ?? ""}`;
+  const amaxPass = mode.amax === true;
+  const key = `optim|update|${prog.key}|${mode.device}|${mode.diag?.name ?? ""}|${amaxPass}`;
   return program(rt, key, {
     label: prog.label,
     bindings,
@@ -256,17 +347,21 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
     let quant = prog.stochastic.length > 0 ? WGSL_SR : "", fields = "", loadArgs = "", stores = "";
     prog.buffers.forEach((b, k) => {
       const stream = prog.stochastic.indexOf(b.name);
-      const q = quantizer(b.name, b.dtype, stream < 0 ? null : stream);
+      const sk = prog.scaled.findIndex((e) => e.name === b.name);
+      const q = sk >= 0
+        ? scaledQuantizer(b.name, b.dtype, sk, amaxPass)
+        : quantizer(b.name, b.dtype, stream < 0 ? null : stream);
       chunks.push(q.chunks);
       quant += q.fn;
       fields += `  ${b.name}: f32,\n`;
-      loadArgs += `ld_${b.name}(i), `;
-      if (b.access !== "read_write") return;
+      loadArgs += sk >= 0 ? `ld_${b.name}(i) * sc_inv${sk}, ` : `ld_${b.name}(i), `;
+      if (b.access !== "read_write" || amaxPass) return;
+      const scale = sk >= 0 ? ` * sc_new${sk}` : "";
       const L = layouts[k].lanes;
       for (let w = 0; w < E / L; w++) {
         const vals = Array.from(
           { length: 4 },
-          (_, j) => (j < L ? `r${w * L + j}.${b.name}` : "0.0"),
+          (_, j) => (j < L ? `r${w * L + j}.${b.name}${scale}` : "0.0"),
         );
         const st = `st_${b.name}(s / ${L}u + ${w}u, vec4<f32>(${vals.join(", ")}), vec4<u32>(0u));`;
         stores += w === 0 ? `      ${st}\n` : `      if (s + ${w * L}u < e1) { ${st} }\n`;
@@ -297,12 +392,31 @@ ${hyperAliases}  return Ps(${[...prog.deviceStep, "0.0"].join(", ")});
         [...prog.perStep.map((s) => `u.s${s}`), "0.0"].join(", ")
       }); }\n`;
     let diag = "";
-    if (mode.diag) {
+    // scaled states: the old scale's inverse (both passes), the new scale (update pass), the
+    // amax of the values written (amax pass); words 2k, 2k + 1 of `scales`
+    let scaleVars = "", scaleInit = "", scaleEnd = "";
+    if (prog.scaled.length > 0) {
+      quant += WGSL_POW2_SCALE;
+      prog.scaled.forEach((e, k) => {
+        scaleVars += `var<private> sc_inv${k}: f32;\nvar<private> sc_new${k}: f32;\n` +
+          `var<private> sc_am${k}: f32;\n`;
+        scaleInit += `  sc_inv${k} = 1.0 / bitcast<f32>(atomicLoad(&scales[${2 * k}u]));\n` +
+          (amaxPass
+            ? ""
+            : `  sc_new${k} = ulp_pow2scale(bitcast<f32>(atomicLoad(&scales[${2 * k + 1}u])), ${
+              wgslF32(e.fmax)
+            });\n`);
+        if (amaxPass) {
+          scaleEnd += `    atomicMax(&scales[${2 * k + 1}u], bitcast<u32>(sc_am${k}));\n`;
+        }
+      });
+    }
+    if (mode.diag && !amaxPass) {
       const q = quantizer("diagcast", mode.diag);
       chunks.push(q.chunks);
       diag = diagAccountSource(q.fn, prog.effective);
     }
-    const acct = (j: number) => (mode.diag ? ` account(x${j}, r${j});` : "");
+    const acct = (j: number) => (mode.diag && !amaxPass ? ` account(x${j}, r${j});` : "");
     // the element index the stochastic roundings draw their bits at
     const elem = (j: number) => prog.stochastic.length > 0 ? `      ulp_elem = s + ${j}u;\n` : "";
     let lanes = "";
@@ -314,7 +428,7 @@ ${hyperAliases}  return Ps(${[...prog.deviceStep, "0.0"].join(", ")});
         } r${j} = update(x${j}, ps);${acct(j)} }\n`;
     }
     const guard = mode.device ? "finf[0] == 0u" : "true";
-    const source = `${quant}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+    const source = `${quant}${scaleVars}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 struct St {
 ${fields}  intended: f32,
 }
@@ -331,12 +445,12 @@ ${perStep}${diag}
 fn kernel(wg: u32, lid: vec3u, li: u32) {
   let e0 = wg * ${chunk}u;
   let e1 = min(u.n, e0 + ${chunk}u);
-  if (${guard}) {
+${scaleInit}  if (${guard}) {
     let ps = perStep();
     for (var s = e0 + li * ${E}u; s < e1; s = s + ${WG * E}u) {
 ${lanes}${stores}    }
-  }
-${mode.diag ? diagReduceSource() : ""}}
+${scaleEnd}  }
+${mode.diag && !amaxPass ? diagReduceSource() : ""}}
 `;
     return { source, chunks };
   });

@@ -464,7 +464,8 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
   /**
    * The state: per updated parameter a copy of each state tensor (GPU tensors the caller
    * owns) and `step` (and `rngSeed`, `rngCounter` under a strategy that rounds
-   * stochastically); per group its hyperparameters and parameter indices.
+   * stochastically; `<state>Scale`, a one-element f32 tensor, per state a strategy scales
+   * per tensor); per group its hyperparameters and parameter indices.
    */
   stateDict(): OptimizerStateDict {
     const state: Record<number, ParamState> = {};
@@ -485,6 +486,8 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
             s.rngSeed = gs.rngSeeds[i];
             s.rngCounter = gs.rngCounters[i];
           }
+          const scaled = this.#program(g).scaled;
+          scaled.forEach((e, k) => (s[`${e.name}Scale`] = gs.readScale(i, k, scaled.length)));
           state[index] = s;
         }
         index++;
@@ -549,6 +552,7 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
     for (const { id, k, i, s } of entries) {
       const specs = programs[k].states;
       const names = specs.map((b) => b.name);
+      const scaleKeys = programs[k].scaled.map((e) => `${e.name}Scale`);
       const p = this.paramGroups[k].params[i];
       for (const [key, v] of Object.entries(s)) {
         if (key === "step") {
@@ -561,6 +565,16 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
           if (isTensor(v) && v.dtype !== "f32" && !opts.cast) {
             throw new DTypeError(
               `${op}: state ${id}.step is a ${v.dtype} tensor, stateDict() saves f32; pass ` +
+                `{ cast: true } to convert it`,
+            );
+          }
+        } else if (scaleKeys.includes(key)) {
+          if (!isTensor(v) || v.size !== 1) {
+            throw new ValueError(`${op}: state ${id}.${key} must be a one-element tensor`);
+          }
+          if (v.dtype !== "f32" && !opts.cast) {
+            throw new DTypeError(
+              `${op}: state ${id}.${key} is a ${v.dtype} tensor, stateDict() saves f32; pass ` +
                 `{ cast: true } to convert it`,
             );
           }
@@ -619,6 +633,12 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
       // the random stream (saved by a strategy that rounds stochastically; else kept, from 0)
       if (typeof s.rngSeed === "number") gs.rngSeeds[i] = s.rngSeed;
       if (typeof s.rngCounter === "number") gs.rngCounters[i] = s.rngCounter;
+      // per-tensor scales (absent: 1, as a fresh state)
+      const scaled = programs[k].scaled;
+      scaled.forEach((e, j) => {
+        const v = s[`${e.name}Scale`];
+        if (isTensor(v)) gs.writeScale(i, j, scaled.length, v);
+      });
       for (const spec of gs.states) {
         gs.writeState(i, spec.name, s[spec.name] as Tensor, `state ${id}`);
       }

@@ -14,6 +14,7 @@
  * | `collage-light` | bf16   | bf16  | bf16 | bf16             | `paramLo` bf16     | 10    |
  * | `collage-plus`  | bf16   | bf16  | bf16 | bf16 + `expAvgSqLo` | `paramLo` bf16  | 12    |
  * | `fp8`           | f32    | f32   | f32  | f32              | e4m3/e5m2 GEMM inputs, scales | 16 |
+ * | `msamp-o2`      | f16    | f16   | e4m3 | f16              | a scale per tensor of m and v; fp8 GEMMs | 7 |
  * | `eXmY` (any)    | eXmY   | eXmY  | eXmY | eXmY             | (pure simulated format) | 4 x its lane bytes |
  *
  * `amp-*` and `fp8` store what `fp32` stores (f32 master weights); the forward runs under
@@ -25,7 +26,8 @@
  * Collage rows replace the update bodies (`collage.ts`). `bf16-sr` keeps the rules' own
  * bodies and rounds the stored weight stochastically (`stochastic`; Zamirai et al. 2020,
  * arXiv 2010.06192): its random stream's seed and counter per parameter are in the state
- * dict, so a resumed run draws the same bits. Any float format name (`e8m5`,
+ * dict, so a resumed run draws the same bits. `msamp-o2` is MS-AMP's O2 level (`msamp.ts`): m
+ * and v `scaled` per tensor, MS-AMP's two-stage AdamW body; SGD is refused (no body). Any float format name (`e8m5`,
  * `e5m6`, `f16`) is a pure strategy in that format: weights, gradients and optimizer states
  * stored in it, each rounded once (RNE) per update, for simulated formats beyond the GEMM
  * inputs that autocast covers. `applyPrecision(model, name)` puts a model's parameters into
@@ -40,12 +42,13 @@
  * @module
  */
 
-import { bfloat16, type DType, dtype, float16, float32 } from "../dtypes/mod.ts";
+import { bfloat16, type DType, dtype, e4m3, float16, float32 } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import type { AutocastOptions, Tensor } from "../tensor/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
 import { Module, Parameter } from "../nn/module.ts";
 import { collageAdamWBody, collageSGDBody } from "./collage.ts";
+import { msampAdamWBody } from "./msamp.ts";
 import type { StateSpec, UpdateBody } from "./rule.ts";
 
 export type { StateSpec, UpdateBody, UpdateBodyContext } from "./rule.ts";
@@ -111,6 +114,15 @@ export interface PrecisionStrategy {
    * (bf16, `e8mY`). Empty: every rounding is RNE.
    */
   readonly stochastic: readonly string[];
+  /**
+   * States stored with a per-tensor power-of-two scale (MS-AMP's `ScalingTensor`): the
+   * stored code is `q(x * s)` and the body reads `x.<name>` = stored / s; at each write
+   * `s = 2^floor(log2(fmax / amax))` of the values written (fmax the format's largest finite
+   * value; 1 when amax is 0 or not finite), computed just in time: the update runs twice
+   * per tensor, first for the amax, then to store (`_update_kernel.ts`). Each parameter keeps
+   * the scales as state `<name>Scale` (f32, one element). Empty: no scaled state.
+   */
+  readonly scaled: readonly string[];
 }
 
 function row(
@@ -134,6 +146,7 @@ function row(
     computeDtype: d,
     effective: null,
     stochastic: [],
+    scaled: [],
     ...extra,
   });
 }
@@ -180,6 +193,20 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
       autocast: bfloat16,
       autocastOptions: Object.freeze({ dtype: "fp8" }),
       computeDtype: bfloat16,
+    },
+  ),
+  "msamp-o2": row(
+    "msamp-o2",
+    "MS-AMP O2: f16 master weights and gradients, AdamW's m in e4m3 and v in f16, each " +
+      "with a per-tensor power-of-two scale; the forward under autocast({ dtype: 'fp8' })",
+    float16,
+    {
+      stateDtype: (name: string) => (name === "expAvg" ? e4m3 : float16),
+      scaled: ["expAvg", "expAvgSq"],
+      updates: { adamw: msampAdamWBody },
+      autocast: bfloat16,
+      autocastOptions: Object.freeze({ dtype: "fp8" }),
+      computeDtype: float16,
     },
   ),
   "collage-light": row(

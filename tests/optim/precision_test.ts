@@ -84,6 +84,7 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
     "amp-bf16",
     "amp-f16",
     "fp8",
+    "msamp-o2",
     "collage-light",
     "collage-plus",
   ]);
@@ -95,7 +96,7 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
   ]);
   assert.throws(
     () => precisionStrategy("fp16"),
-    /unknown precision 'fp16'; supported: 'fp32', 'bf16', 'bf16-sr', 'amp-bf16', 'amp-f16', 'fp8', 'collage-light', 'collage-plus'/,
+    /unknown precision 'fp16'; supported: 'fp32', 'bf16', 'bf16-sr', 'amp-bf16', 'amp-f16', 'fp8', 'msamp-o2', 'collage-light', 'collage-plus'/,
   );
 });
 

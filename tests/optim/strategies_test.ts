@@ -85,7 +85,7 @@ async function train(name: string, steps: number) {
   return out;
 }
 
-Deno.test("precision names the eight strategies of DESIGN.md's table; unknown ones list them", () => {
+Deno.test("precision names the nine strategies of DESIGN.md's table; unknown ones list them", () => {
   assert.deepEqual(precisionNames(), [
     "fp32",
     "bf16",
@@ -93,6 +93,7 @@ Deno.test("precision names the eight strategies of DESIGN.md's table; unknown on
     "amp-bf16",
     "amp-f16",
     "fp8",
+    "msamp-o2",
     "collage-light",
     "collage-plus",
   ]);
@@ -115,6 +116,7 @@ Deno.test("precision names the eight strategies of DESIGN.md's table; unknown on
     ["amp-bf16", "f32", "f32", "f32", "bf16", false, []],
     ["amp-f16", "f32", "f32", "f32", "f16", true, []],
     ["fp8", "f32", "f32", "f32", "bf16", false, []],
+    ["msamp-o2", "f16", "f16", "f16", "bf16", false, []],
     ["collage-light", "bf16", "bf16", "bf16", null, false, ["paramLo"]],
     ["collage-plus", "bf16", "bf16", "bf16", null, false, ["paramLo", "expAvgSqLo"]],
   ]);
@@ -124,7 +126,7 @@ Deno.test("precision names the eight strategies of DESIGN.md's table; unknown on
   );
 });
 
-Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf16-sr 8, collage-light 10, collage-plus 12, amp 16", async () => {
+Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf16-sr 8, msamp-o2 7, collage-light 10, collage-plus 12, amp 16", async () => {
   const want: Record<string, number> = {
     fp32: 16,
     bf16: 8,
@@ -132,6 +134,7 @@ Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf1
     "amp-bf16": 16,
     "amp-f16": 16,
     fp8: 16,
+    "msamp-o2": 7,
     "collage-light": 10,
     "collage-plus": 12,
   };
@@ -142,7 +145,8 @@ Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf1
     assert.deepEqual(r.dtypes, [s.param.name], `${name}: parameters stored as ${s.param.name}`);
     // amp-f16 steps through a GradScaler: the optimizer then keeps its step counts on the
     // device, one u32 per parameter tensor
-    const stepCounts = s.gradScaler ? 4 * r.tensors : 0;
+    // (and a strategy with per-tensor scaled states keeps 2 words per such state and tensor)
+    const stepCounts = (s.gradScaler ? 4 * r.tensors : 0) + 8 * s.scaled.length * r.tensors;
     const held = r.params + r.grads + r.optimizer - stepCounts;
     assert.equal(held, want[name] * r.n, `${name}: ${held / r.n} bytes per parameter`);
     assert.equal(r.params, s.param.laneBits / 8 * r.n, `${name}: parameters`);
@@ -162,7 +166,9 @@ Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf1
     assert.ok(r.losses.every(Number.isFinite), `${name}: ${r.losses}`);
     report.push(
       `${name}: ${(held / r.n).toFixed(2)} B/param (params ${r.params}, grads ${r.grads}, ` +
-        `optimizer ${r.optimizer}${stepCounts ? ` incl. ${stepCounts} of step counts` : ""}), ` +
+        `optimizer ${r.optimizer}${
+          stepCounts ? ` incl. ${stepCounts} of step counts and scales` : ""
+        }), ` +
         `casts ${r.casts}, scratch ${r.scratch}, other ${r.other}, live ${r.live}, n ${r.n}`,
     );
   }
