@@ -505,7 +505,10 @@ export class Inspector {
     if (this.#rec !== null && kind === null && out !== null && typeof out === "object") {
       const fields = isTensor(out) ? [["output", out] as const] : Object.entries(out);
       for (const [k, v] of fields) {
-        if (isTensor(v)) this.#record(v, name, k, "forward", v.node?.op ?? "forward");
+        if (!isTensor(v)) continue;
+        // a tapped output: the op of the tensor behind the tap
+        const op = v.node?.op === "inspect" ? v.node.inputs[0].node?.op : v.node?.op;
+        this.#record(v, name, k, "forward", op ?? "forward");
       }
     }
     return out;
@@ -573,7 +576,8 @@ export class Inspector {
   /**
    * Records the statistics of `t` under `layer` / `name` in the current step, when it is
    * inspected (for tensors the hooks do not see: a loss computed outside the model, a
-   * custom op's output). Changes no value and reads nothing back.
+   * custom op's output). Its phase is `forward`, or `backward` under `noGrad` (as inside a
+   * custom backward). Changes no value and reads nothing back.
    *
    * @example
    * ```ts
