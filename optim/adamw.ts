@@ -21,7 +21,8 @@
  * so skipped steps do not count.
  *
  * Storage follows `precision` (see `precision.ts`; "fp32", "bf16", "amp-bf16", "amp-f16",
- * "collage-light", "collage-plus", the last two with Collage's MCF update of `collage.ts`):
+ * "collage-light", "collage-plus", the last two with Collage's MCF update of `collage.ts`;
+ * "bf16-sr", the weights rounded stochastically; "msamp-o2", MS-AMP's body of `msamp.ts`):
  * with "bf16", parameters, gradients, m and v are bf16; the kernel computes in f32 and rounds each stored value once (RNE), and
  * the update uses the stored (rounded) m and v, as PyTorch's does. PyTorch itself rounds
  * after each op of a bf16 update (p after the decay, v after `mul_` and after `addcmul_`);

@@ -176,3 +176,27 @@ Deno.test("msamp-o2: 1 + 2 bytes of state per parameter, the scales 16 bytes per
   opt.dispose();
   opt2.dispose();
 });
+
+Deno.test("msamp-o2: a step skipped by a found_inf flag changes no weight, moment or scale", async () => {
+  await getRuntime();
+  const n = 257;
+  const w = tensor(F16.decode(F16.encode(uniform(n, 61))), { dtype: "f16" });
+  const opt = new AdamW([w], { lr: 1e-3, precision: "msamp-o2" });
+  w.grad = tensor(uniform(n, 62, -1e-2, 1e-2), { dtype: "f16" });
+  opt.step({ foundInf: tensor(new Uint32Array([0]), { dtype: "u32" }) });
+  const read = async () => {
+    const s = opt.stateDict().state[0];
+    const out: number[][] = [await codes(w)];
+    for (const k of ["expAvg", "expAvgSq", "expAvgScale", "expAvgSqScale"]) {
+      out.push(await codes(s[k]));
+      (s[k] as Tensor).dispose();
+    }
+    (s.step as Tensor).dispose();
+    return out;
+  };
+  const before = await read();
+  assert.ok(before[3][0] !== 0x3f800000, "the first step set m's scale");
+  opt.step({ foundInf: tensor(new Uint32Array([1]), { dtype: "u32" }) });
+  assert.deepEqual(await read(), before);
+  opt.dispose();
+});
