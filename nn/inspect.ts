@@ -444,13 +444,17 @@ export class Inspector {
     if (typeof inner !== "function") {
       throw new ValueError(`inspect(): ${obj.constructor.name} has no ${key}() to hook`);
     }
+    const wrapper = make(inner);
     Object.defineProperty(obj, key, {
-      value: make(inner),
+      value: wrapper,
       enumerable: false,
       writable: true,
       configurable: true,
     });
     this.#undo.push(() => {
+      // wrapped again since (setAutocast after inspect): that wrapper calls ours, which
+      // passes through once removed; taking ours out would take the later one out too
+      if (o[key] !== wrapper) return;
       if (own) Object.defineProperty(obj, key, own);
       else delete o[key];
     });
@@ -483,6 +487,7 @@ export class Inspector {
     layer: (args: unknown[]) => unknown,
     args: unknown[],
   ): unknown {
+    if (this.#removed) return layer(args);
     if (!isGradEnabled()) {
       const saved = this.#rec;
       this.#rec = null; // an evaluation forward records nothing and does not count

@@ -303,3 +303,20 @@ Deno.test("inspect() refuses bad options with what to do", () => {
   assert.throws(() => inspect(fc, { formats: ["e4m3", "e4m3"] }), /listed twice/);
   assert.equal(bits(1), 0x3f800000);
 });
+
+Deno.test("remove() takes the hooks off, and keeps a setAutocast made after inspect()", () => {
+  const a = new Linear(2, 2, { seed: 0 });
+  const opt = new AdamW(a.parameters());
+  const ins = inspect(a, { optimizer: opt });
+  assert.ok(Object.hasOwn(a, "forward") && Object.hasOwn(opt, "step"));
+  ins.remove();
+  assert.ok(!Object.hasOwn(a, "forward") && !Object.hasOwn(opt, "step"));
+  const b = new Linear(2, 2, { seed: 0 });
+  const ins2 = inspect(b);
+  b.setAutocast({ dtype: "bf16" });
+  ins2.remove();
+  const y = b.forward(tensor([[1, 2]]));
+  assert.equal(y.dtype, "bf16");
+  y.dispose();
+  opt.dispose();
+});
