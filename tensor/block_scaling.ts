@@ -408,6 +408,100 @@ ${body}
   return out;
 }
 
+/**
+ * Transformer Engine's sign vector of NVFP4's random Hadamard transform (fixed, as TE's
+ * `get_wgrad_sign_vector`).
+ */
+export const RHT_SIGNS: readonly number[] = Object.freeze([
+  1,
+  1,
+  1,
+  -1,
+  1,
+  -1,
+  -1,
+  -1,
+  -1,
+  -1,
+  -1,
+  1,
+  -1,
+  1,
+  -1,
+  -1,
+]);
+
+/**
+ * NVFP4's 16-point random Hadamard transform of `x` read as `[batch, rows, cols]`, along its
+ * rows (`rows` a multiple of 16), into a new f32 tensor: each group of 16 consecutive rows of
+ * a column becomes `y_i = (1/4) sum_j H_ij s_j x_j` (H Sylvester's Hadamard matrix, s the
+ * signs, the sum in f32 in order j = 0..15), Transformer Engine's `x @ (diag(s) H / 4)`. The
+ * transform is orthogonal, so `(H x)^T (H g) = x^T g`: applied to both inputs of the
+ * weight-gradient GEMM it spreads outliers over 16 values before they are quantised.
+ * @internal
+ */
+export function randomHadamard16(x: Tensor, rows: number, cols: number): Tensor {
+  const rt = currentRuntime();
+  const op = "nvfp4 random Hadamard transform";
+  if (rows % 16 !== 0 || rows * cols === 0 || x.size % (rows * cols) !== 0) {
+    throw new ShapeError(
+      `${op}: needs a multiple of 16 rows, got ${rows} rows x ${cols} cols of ${fmtShape(x.shape)}`,
+    );
+  }
+  const out = Tensor.empty(x.shape, float32);
+  const groups = x.size / 16;
+  if (groups === 0) return out;
+  const signs = RHT_SIGNS.map((v) => (v < 0 ? 1 : 0)).reduce<number>(
+    (m, b, i) => m | (b << i),
+    0,
+  );
+  const p = program(rt, "nvfp4|rht16", {
+    label: op,
+    bindings: [
+      { name: "x", type: layoutOf(x.dt, rt), access: "read" },
+      { name: "out", type: layoutOf(float32, rt), access: "read_write" },
+    ],
+    uniforms: [
+      { name: "C", type: "u32" },
+      { name: "groups", type: "u32" },
+      { name: "signs", type: "u32" },
+    ],
+    workgroupSize: 64,
+  }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let k = wg * 64u + li;
+  if (k >= u.groups) { return; }
+  // group k: column k % C of the 16 rows starting at row 16 (k / C) (a batch's rows follow on)
+  let base = (k / u.C) * 16u * u.C + k % u.C;
+  var v: array<f32, 16>;
+  for (var j = 0u; j < 16u; j = j + 1u) {
+    let xj = ld_x(base + j * u.C);
+    v[j] = select(xj, -xj, ((u.signs >> j) & 1u) == 1u);
+  }
+  for (var i = 0u; i < 16u; i = i + 1u) {
+    var acc = 0.0;
+    for (var j = 0u; j < 16u; j = j + 1u) {
+      acc = acc + select(v[j], -v[j], (countOneBits(i & j) & 1u) == 1u);
+    }
+    put_out(base + i * u.C, bitcast<u32>(acc * 0.25));
+  }
+}`);
+  const range = (g0: number, g1: number): [number, number] => {
+    const k1 = Math.min(groups, g1 * 64) - 1;
+    return [
+      Math.floor(g0 * 64 / cols) * 16 * cols + (g0 * 64) % cols,
+      Math.floor(k1 / cols) * 16 * cols + (k1 % cols) + 15 * cols + 1,
+    ];
+  };
+  p.run({
+    buffers: { x: x.buffer(op), out: out.buffer(op) },
+    uniforms: { C: cols, groups, signs },
+    groups: Math.ceil(groups / 64),
+    ranges: { x: range, out: range },
+  });
+  return out;
+}
+
 /** NVFP4's per-tensor decode scale from the amax bits (a one-element f32 tensor). */
 function nvfp4TensorScale(tam: Tensor): Tensor {
   const rt = currentRuntime();

@@ -36,7 +36,9 @@
  *   in both passes), powers of two by default, e4m3 in both passes by default.
  * - `nvfp4` (NVFP4BlockScaling, simulated): E2M1 elements, an E4M3 decode scale per 1x16
  *   values (16x16 for weights) and an f32 one per tensor; gradients rounded stochastically
- *   from a counter-based stream keyed by (seed, step, GEMM call, element).
+ *   from a counter-based stream keyed by (seed, step, GEMM call, element); a linear layer's
+ *   weight-gradient GEMM takes both inputs through TE's 16-point random Hadamard transform
+ *   first (along the tokens, when their count is a multiple of 16; `hadamard: false` to skip).
  * The block recipes (`block_scaling.ts`) give the GEMM the dequantised operands in f32, which
  * is exactly `A_q B_q / (s_A s_B)` per block pair, accumulated in f32.
  *
@@ -56,7 +58,13 @@ import { DTypeError, ValueError } from "../errors.ts";
 import { isTensor, type Tensor } from "./tensor.ts";
 import { mxElementDtype, mxQuantizeBlocks } from "./mx.ts";
 import { quantizeCurrent, ScalingSlots } from "./scaling.ts";
-import { blockMatrix, type BlockSpec, groupQuantize, NVFP4_BLOCK } from "./block_scaling.ts";
+import {
+  blockMatrix,
+  type BlockSpec,
+  groupQuantize,
+  NVFP4_BLOCK,
+  randomHadamard16,
+} from "./block_scaling.ts";
 import { randomU32 } from "../dtypes/mod.ts";
 import type { GemmOperand, GemmSite } from "./autocast.ts";
 
@@ -91,6 +99,12 @@ export interface FP8RecipeOptions {
   powerOfTwoScales?: boolean;
   /** Stream of NVFP4's stochastic rounding of gradients (default 0). */
   seed?: number;
+  /**
+   * NVFP4: a 16-point random Hadamard transform of both inputs of a linear layer's
+   * weight-gradient GEMM along its reduction (token) axis, when that is a multiple of 16
+   * (default true, as Transformer Engine).
+   */
+  hadamard?: boolean;
   /** Scales are divided by 2^margin (default 0). */
   margin?: number;
   /** MX element format of the forward pass (default `e4m3`; `e5m2`, `e3m2`, `e2m3`, `e2m1`). */
@@ -196,6 +210,8 @@ export class FP8Recipe {
   readonly powerOfTwoScales: boolean;
   /** Stream of NVFP4's stochastic rounding of gradients. */
   readonly seed: number;
+  /** NVFP4: random Hadamard transform of the weight-gradient GEMM's inputs. */
+  readonly hadamard: boolean;
   /** Scales are divided by 2^margin. */
   readonly margin: number;
   /** MX element format of the forward pass. */
@@ -222,6 +238,7 @@ export class FP8Recipe {
       "amaxEpsilon",
       "powerOfTwoScales",
       "seed",
+      "hadamard",
       "margin",
       "mxFormat",
       "outDtype",
@@ -278,6 +295,7 @@ export class FP8Recipe {
     this.powerOfTwoScales = opts.powerOfTwoScales ??
       (scaling === "rowwise" || scaling === "block");
     this.seed = seed;
+    this.hadamard = opts.hadamard ?? scaling === "nvfp4";
     this.margin = margin;
     this.mxFormat = mxElementDtype(opts.mxFormat ?? "e4m3");
     this.outDtype = out;
@@ -461,10 +479,17 @@ export class FP8Recipe {
     }
     if (this.scaling === "rowwise" || this.scaling === "block" || this.scaling === "nvfp4") {
       const weight = { a: aParam !== null, b: bParam !== null };
+      // a layer's input times its weight (x W): the backward GEMM that reduces the input and
+      // the gradient over their rows (tokens) is the weight gradient's
+      const wgrad = (along: string, rows: number) =>
+        this.hadamard && this.scaling === "nvfp4" && aParam === null && bParam !== null &&
+        along === "rows" && rows % 16 === 0;
       return {
         perTensor: false,
-        operand: (w, t, rows, cols, along) => this.#blocks(t, rows, cols, along, weight[w], false),
-        grad: (g, rows, cols, along) => this.#blocks(g, rows, cols, along, false, true),
+        operand: (w, t, rows, cols, along) =>
+          this.#blocks(t, rows, cols, along, weight[w], false, !weight[w] && wgrad(along, rows)),
+        grad: (g, rows, cols, along) =>
+          this.#blocks(g, rows, cols, along, false, true, wgrad(along, rows)),
       };
     }
     return {
@@ -486,6 +511,7 @@ export class FP8Recipe {
     along: "rows" | "cols",
     weight: boolean,
     grad: boolean,
+    hadamard = false,
   ): GemmOperand {
     const nv = this.scaling === "nvfp4";
     const side = this.scaling === "rowwise"
@@ -510,7 +536,9 @@ export class FP8Recipe {
         pow2: this.powerOfTwoScales,
         eps: this.amaxEpsilon,
       };
-    const q = groupQuantize(t, blockMatrix(t.size, rows, cols, br, bc), spec, false);
+    const h = hadamard ? randomHadamard16(t, rows, cols) : t;
+    const q = groupQuantize(h, blockMatrix(t.size, rows, cols, br, bc), spec, false);
+    if (h !== t) h.dispose();
     return { t: q.values.setPurpose("casts"), scale: null };
   }
 

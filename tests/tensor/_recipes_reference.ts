@@ -137,3 +137,36 @@ export function wideValues(n: number, r: () => number, lo = -12, hi = 6): Float3
 export function f32BitsOf(x: ArrayLike<number>): number[] {
   return Array.from(new Uint32Array(Float32Array.from(x).buffer));
 }
+
+/** TE's sign vector of NVFP4's random Hadamard transform (get_wgrad_sign_vector). */
+const RHT_SIGNS = [1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1];
+
+/**
+ * The 16-point random Hadamard transform along the rows of [batch, rows, cols]: each group
+ * of 16 rows of a column times diag(signs) H16 / 4 (H16 by Sylvester's construction), the sum
+ * in f32 in order.
+ */
+export function rht16(x: ArrayLike<number>, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(x.length);
+  const h = (i: number, j: number) => {
+    let b = i & j, p = 0;
+    while (b) {
+      p ^= b & 1;
+      b >>= 1;
+    }
+    return p ? -1 : 1;
+  };
+  for (let base = 0; base < x.length; base += rows * cols) {
+    for (let r0 = 0; r0 < rows; r0 += 16) {
+      for (let c = 0; c < cols; c++) {
+        const at = (j: number) => base + (r0 + j) * cols + c;
+        for (let i = 0; i < 16; i++) {
+          let acc = 0;
+          for (let j = 0; j < 16; j++) acc = Math.fround(acc + h(i, j) * RHT_SIGNS[j] * x[at(j)]);
+          out[at(i)] = Math.fround(acc * 0.25);
+        }
+      }
+    }
+  }
+  return out;
+}

@@ -10,12 +10,14 @@ import {
   namedFP8Recipe,
   nvfp4Quantize,
 } from "../../tensor/mod.ts";
+import { randomHadamard16 } from "../../tensor/block_scaling.ts";
 import { rng } from "./_reference.ts";
 import {
   blocksOf,
   f32BitsOf,
   fp8BlocksRef,
   nvfp4Ref,
+  rht16,
   teScale,
   torchaoRowwiseScale,
   wideValues,
@@ -225,11 +227,14 @@ function close(got: number[], ref: Float64Array, what: string) {
 }
 
 Deno.test("block, rowwise and nvfp4 recipes in a GEMM: forward and both backward GEMMs multiply the operands quantised along their reduction axes (weights in square blocks)", async () => {
-  const [M, K, N] = [20, 140, 24];
-  const r = rng(5);
-  const xv = wideValues(M * K, r, -6, 3), wv = wideValues(K * N, r, -8, 1);
-  const gv = wideValues(M * N, r, -10, 0);
-  for (const name of ["block", "rowwise", "nvfp4"] as const) {
+  for (const [name, M] of [["block", 20], ["rowwise", 20], ["nvfp4", 20], ["nvfp4", 32]] as const) {
+    const [K, N] = [140, 24];
+    const r = rng(5);
+    const xv = wideValues(M * K, r, -6, 3), wv = wideValues(K * N, r, -8, 1);
+    const gv = wideValues(M * N, r, -10, 0);
+    // NVFP4's weight-gradient GEMM takes both inputs through the Hadamard transform when the
+    // token count is a multiple of 16
+    const rht = name === "nvfp4" && M % 16 === 0;
     const recipe = fp8Recipe(name, { outDtype: "f32", seed: 77 });
     const x = tensor(xv, { shape: [M, K], requiresGrad: true });
     const w = tensor(wv, { shape: [K, N], requiresGrad: true });
@@ -270,13 +275,13 @@ Deno.test("block, rowwise and nvfp4 recipes in a GEMM: forward and both backward
     close(await arr(x.grad!), dx, `${name} dX`);
     // dW = x^T g: x along M (its rows), g along M (its rows, gradient call 1)
     const dw = mm(
-      transpose(deq(xv, M, K, line(M), 1), M, K),
-      deq(gv, M, N, line(M), 1, 2),
+      transpose(deq(rht ? rht16(xv, M, K) : xv, M, K, line(M), 1), M, K),
+      deq(rht ? rht16(gv, M, N) : gv, M, N, line(M), 1, 2),
       K,
       M,
       N,
     );
-    close(await arr(w.grad!), dw, `${name} dW`);
+    close(await arr(w.grad!), dw, `${name} dW (M ${M})`);
     for (const t of [x, w, y]) t.dispose();
   }
 });
@@ -306,4 +311,27 @@ Deno.test("recipes by name: fp8Recipe presets, autocast({ recipe: name }) uses o
   assert.throws(() => blk.quantize(a, { key: "a" }), /blockQuantize/);
   assert.throws(() => fp8Recipe("x" as "block"), ValueError);
   assert.throws(() => new FP8Recipe({ scaling: "tile" as "block" }), /scaling must be one of/);
+});
+
+Deno.test("NVFP4's random Hadamard transform: TE's signs and Sylvester's H16 / 4 along the rows, bit for bit, and orthogonal", async () => {
+  const [B, R, C] = [2, 32, 5];
+  const x = wideValues(B * R * C, rng(8), -4, 4);
+  const y = tidy(() => randomHadamard16(tensor(x, { shape: [B, R, C] }), R, C));
+  const got = await arr(y);
+  await bitsEq(y, rht16(x, R, C), "transform");
+  // orthogonal: the energy of each column group is kept (up to f32 rounding)
+  for (let g = 0; g < B * (R / 16) * C; g++) {
+    const base = Math.floor(g / C) * 16 * C + (g % C);
+    let ex = 0, ey = 0;
+    for (let j = 0; j < 16; j++) {
+      ex += x[base + j * C] ** 2;
+      ey += got[base + j * C] ** 2;
+    }
+    assert.ok(Math.abs(ex - ey) <= 1e-5 * ex, `group ${g}: ${ex} vs ${ey}`);
+  }
+  y.dispose();
+  assert.throws(
+    () => randomHadamard16(tensor(x.slice(0, 15 * 2), { shape: [15, 2] }), 15, 2),
+    /multiple of 16/,
+  );
 });
