@@ -123,7 +123,12 @@ export interface TensorStats {
   formats: Record<string, FormatStats>;
 }
 
-/** The updates lost in one optimizer step, for one parameter. */
+/**
+ * The updates lost in one optimizer step, for one parameter: elements with a non-zero
+ * gradient whose stored model weight did not change. Under Collage the model weight is the
+ * bf16 high part (its low part keeps what hi loses: the optimizer's `diagnostics()` count
+ * hi + lo); under AdamW an element may also move without a gradient (momentum, decay).
+ */
 export interface UpdateLoss {
   /** The layer's dotted name. */
   layer: string;
