@@ -17,6 +17,9 @@
  * - the first non-finite: the first recorded tensor (in the order the forward, the backward
  *   and the step produced them) that holds an Inf or NaN names the layer and op.
  *
+ * Under a GradScaler the gradients recorded in the backward carry the loss scale (they are
+ * the tensors the kernels see); `weight.grad` is recorded after unscaling, in the step.
+ *
  * Statistics are counted by two kernels per tensor (atomics into a u32 record buffer of the
  * step); nothing is read back until `await inspector.read()`, which reads each recorded
  * step's buffer once. Steps that are not inspected run exactly as without the inspector.
