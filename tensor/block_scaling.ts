@@ -44,6 +44,9 @@ import { tensorAmax } from "./scaling.ts";
 /** Elements of an NVFP4 block (1x16; 16x16 for weights). */
 export const NVFP4_BLOCK = 16;
 
+/** The most iterations a loop may run (llvmpipe stops longer loops without a word). */
+const LOOP_CAP = 65535;
+
 /** The largest E2M1 magnitude times the largest E4M3 one: NVFP4's per-tensor range. */
 const NVFP4_RANGE = 6 * 448;
 
@@ -170,10 +173,15 @@ export function nvfp4Quantize(x: Tensor, opts: NVFP4QuantizeOptions = {}): NVFP4
 
 /** A tensor read as `[batch, rows, cols]`, cut into `[br, bc]` blocks. @internal */
 export interface BlockMatrix {
+  /** Matrices (the leading dimensions' product). */
   readonly batch: number;
+  /** Rows of each matrix. */
   readonly rows: number;
+  /** Columns of each matrix. */
   readonly cols: number;
+  /** Block rows. */
   readonly br: number;
+  /** Block columns. */
   readonly bc: number;
   /** The shape of the per-block scales. */
   readonly scaleShape: number[];
@@ -258,6 +266,13 @@ export function groupQuantize(
   const { rows: R, cols: C, br, bc } = m;
   const nbr = Math.ceil(R / br), nbc = Math.ceil(C / bc);
   const blocks = m.batch * nbr * nbc;
+  if (Math.min(R, br) > LOOP_CAP || Math.min(C, bc) > LOOP_CAP) {
+    throw new ValueError(
+      `${op}: a block of ${Math.min(R, br)} x ${Math.min(C, bc)} elements has a side longer ` +
+        `than ${LOOP_CAP} (one invocation loops over a block, and llvmpipe ends loops after ` +
+        `${LOOP_CAP} iterations); use smaller blocks or fewer rows per line`,
+    );
+  }
   const values = Tensor.empty(x.shape, float32);
   const codes = full ? Tensor.empty(x.shape, float32) : null;
   const scales = full ? Tensor.empty([Math.max(blocks, 0)], float32) : null;

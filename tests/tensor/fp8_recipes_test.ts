@@ -76,6 +76,9 @@ Deno.test("block scaling: 1x128 tiles and 128x128 blocks, power-of-two and f32 s
     for (const t of [q.data, q.scale, q.values]) t.dispose();
   }
   assert.throws(() => blockQuantize(tensor([1]), { block: [0, 4] }), /two positive integers/);
+  const long = tensor(new Float32Array(70000), { shape: [1, 70000] });
+  assert.throws(() => blockQuantize(long, { block: [1, 70000] }), /longer than 65535/);
+  long.dispose();
 });
 
 Deno.test("rowwise scaling matches torchao's amax_to_scale rounded down to a power of two (EPS 1e-12 for a zero row)", async () => {
