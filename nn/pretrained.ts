@@ -35,6 +35,7 @@ import { noGrad } from "../autograd/mod.ts";
 import { ready } from "../gpu/mod.ts";
 import { type Entry, headerLength, parseHeader } from "./_safetensors_header.ts";
 import { writeAtomic } from "./safetensors.ts";
+import { jsonProblem } from "./_excerpt.ts";
 import { GPT, type GPTConfig } from "./gpt.ts";
 
 /** Options of `fromPretrained` (`GPT.fromPretrained`). */
@@ -333,7 +334,8 @@ export async function fromPretrained(path: string, opts: PretrainedOptions = {})
     try {
       raw = JSON.parse(await Deno.readTextFile(config));
     } catch (e) {
-      throw new FormatError(`fromPretrained(): '${config}' is not JSON (${(e as Error).message})`);
+      // V8's message quotes the file: say where, not what
+      throw new FormatError(`fromPretrained(): '${config}' is not JSON (${jsonProblem(e)})`);
     }
     if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
       throw new FormatError(`fromPretrained(): '${config}' is not a JSON object`);
