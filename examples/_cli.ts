@@ -3,6 +3,7 @@
 // it and exits (for scripts).
 import { parseArgs } from "node:util";
 import { UlpError } from "../errors.ts";
+import { jsonProblem } from "../nn/_excerpt.ts";
 
 /** One option: its kind, help text, default and (optionally) a check of its value. */
 export interface Option {
@@ -275,8 +276,9 @@ export async function runCli(
     const err = e instanceof Error ? e : new Error(String(e));
     const fs = Object.values(Deno.errors).some((c) => err instanceof c);
     io.error(
-      fs
-        ? `${program}: ${oneLine(err.message)}`
+      fs ? `${program}: ${oneLine(err.message)}` : err instanceof SyntaxError
+        // JSON.parse's message quotes the file: say what, not the content
+        ? `${program}: a file it read is not valid JSON (${jsonProblem(err)})`
         : `${program}: internal error (${err.name}: ${oneLine(err.message)}); please report it`,
     );
     return 1;

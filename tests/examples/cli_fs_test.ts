@@ -4,7 +4,7 @@
 // short lines that begin with the program's name and an exit code, never a stack trace, and
 // no error quotes the content of a file ulp did not write.
 import assert from "node:assert/strict";
-import type { CliIO } from "../../examples/_cli.ts";
+import { type CliIO, runCli } from "../../examples/_cli.ts";
 import { main as demo } from "../../examples/demo.ts";
 import { main as precisionCompare } from "../../examples/precision_compare.ts";
 import { main as sample } from "../../examples/sample.ts";
@@ -126,4 +126,20 @@ Deno.test("every command line ends a hostile file-system state in short lines an
     }
   }
   assert.deepEqual(failures, [], failures.join("\n"));
+});
+
+Deno.test("runCli() turns any error into one line: file-system errors by Deno's message, JSON errors without the file's text", async () => {
+  const lines: string[] = [];
+  const io: CliIO = { log: () => {}, error: (l) => lines.push(l) };
+  const codes = [
+    await runCli("prog", () => Promise.reject(new Deno.errors.NotFound("open 'x/y.json'")), io),
+    await runCli("prog", async () => JSON.parse("root:x:0:0:root:/root:/bin/bash"), io),
+    await runCli("prog", () => Promise.reject(new TypeError("boom\n    at somewhere")), io),
+  ];
+  assert.deepEqual(codes, [1, 1, 1]);
+  assert.deepEqual(lines, [
+    "prog: open 'x/y.json'",
+    "prog: a file it read is not valid JSON (a syntax error)",
+    "prog: internal error (TypeError: boom); please report it",
+  ]);
 });
