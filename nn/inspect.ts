@@ -252,6 +252,44 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
 }`);
 }
 
+/** A bound of a class of |x| s: the f32 bits of a midpoint, and whether the tie is inside. */
+interface Bound {
+  bits: number;
+  tie: boolean;
+}
+
+/**
+ * The midpoints where round-to-nearest-even into `d` changes class, as f32 bits: at or below
+ * `uf` a value rounds to zero; below `sub` (above `uf`) to a subnormal; beyond `of` past the
+ * largest finite value; beyond `sat` (below `of`) onto it. A tie goes to the neighbour whose
+ * last mantissa bit is even (zero; the smallest normal; the top: even for e4m3fn's 448, odd for
+ * IEEE-like formats). Null for a format these do not describe exactly (no mantissa bits, a
+ * midpoint that f32 cannot hold): the codec decides there.
+ */
+function roundingThresholds(
+  d: DType,
+): { uf: Bound; sub: Bound; sat: Bound; of: Bound } | null {
+  const fi = finfo(d), m = d.mantissaBits;
+  if (m < 1) return null;
+  const e = Math.floor(Math.log2(fi.max));
+  const ulp = 2 ** (e - m);
+  const topOdd = Math.round((fi.max / 2 ** e - 1) * 2 ** m) % 2 === 1;
+  const mids = [
+    fi.smallestSubnormal / 2,
+    fi.smallestNormal - fi.smallestSubnormal / 2,
+    fi.max - ulp / 2,
+    fi.max + ulp / 2,
+  ];
+  if (mids.some((v) => Math.fround(v) !== v || !Number.isFinite(Math.fround(v)))) return null;
+  const [uf, sub, sat, of] = mids.map(f32bits);
+  return {
+    uf: { bits: uf, tie: true }, // 0 is even
+    sub: { bits: sub, tie: false }, // the smallest normal is even
+    sat: { bits: sat, tie: !topOdd }, // the top's neighbour below is even when the top is odd
+    of: { bits: of, tie: topOdd },
+  };
+}
+
 /** The per-format counts of a tensor, at the scale of each format's recipe, into its slot. */
 function formatProgram(rt: Runtime, dt: DType, fmts: readonly Fmt[]) {
   const key = fmts.map((f) => `${f.name}:${f.scaled ? "a" : "n"}`).join(",");
@@ -268,8 +306,6 @@ function formatProgram(rt: Runtime, dt: DType, fmts: readonly Fmt[]) {
     const chunks: (readonly string[])[] = [];
     let scales = "", body = "", flush = "";
     fmts.forEach((f, j) => {
-      const c = wgslCodec(f.dt, { saturate: false });
-      chunks.push(c.chunks);
       const fi = finfo(f.dt);
       const at = `u.slot + ${HEAD + PER_FMT * j}u`;
       scales += `  var s${j} = 1.0;\n`;
@@ -280,7 +316,21 @@ function formatProgram(rt: Runtime, dt: DType, fmts: readonly Fmt[]) {
   }\n`;
       }
       scales += `  if (wg == 0u && li == 0u) { atomicStore(&rec[${at}], bitcast<u32>(s${j})); }\n`;
-      body += `      {
+      const t = roundingThresholds(f.dt);
+      if (t !== null) {
+        // round-to-nearest-even decided by comparing the bits of |x| s with the midpoints
+        // (non-negative floats order as their bits, subnormals included)
+        body += `      {
+        let v = bitcast<u32>(select(a * s${j}, a, s${j} == 1.0));
+        if (v ${t.uf.tie ? "<=" : "<"} ${t.uf.bits}u) { c[${4 * j}] += 1u; }
+        else if (v ${t.sub.tie ? "<=" : "<"} ${t.sub.bits}u) { c[${4 * j + 1}] += 1u; }
+        else if (v ${t.of.tie ? ">=" : ">"} ${t.of.bits}u) { c[${4 * j + 3}] += 1u; }
+        else if (v ${t.sat.tie ? ">=" : ">"} ${t.sat.bits}u) { c[${4 * j + 2}] += 1u; }
+      }\n`;
+      } else {
+        const c = wgslCodec(f.dt, { saturate: false });
+        chunks.push(c.chunks);
+        body += `      {
         let v = select(a * s${j}, a, s${j} == 1.0);
         let q = ${c.decodeBits}(${c.encode}(v, 0u)) & 0x7fffffffu;
         if (q == 0u) { c[${4 * j}] += 1u; }
@@ -288,6 +338,7 @@ function formatProgram(rt: Runtime, dt: DType, fmts: readonly Fmt[]) {
         else if (q == ${f32bits(fi.max)}u) { c[${4 * j + 2}] += 1u; }
         else if (q < ${f32bits(fi.smallestNormal)}u) { c[${4 * j + 1}] += 1u; }
       }\n`;
+      }
       flush += `    for (var k = 0u; k < 4u; k = k + 1u) {
       let v = atomicLoad(&w_c[${4 * j}u + k]);
       if (v != 0u) { atomicAdd(&rec[${at} + 1u + k], v); }

@@ -65,7 +65,12 @@ function spread(n: number, seed: number): Float32Array {
   return out;
 }
 
-function checkAgainstHost(t: TensorStats, values: Float32Array, names: string[]) {
+function checkAgainstHost(
+  t: TensorStats,
+  values: Float32Array,
+  names: string[],
+  scaled = (name: string) => dtype(name).bits <= 8,
+) {
   const formats = names.map((name) => ({ name, scale: t.formats[name].scale }));
   const h = hostStats(values, formats);
   const n = values.length;
@@ -78,7 +83,7 @@ function checkAgainstHost(t: TensorStats, values: Float32Array, names: string[])
   for (const name of names) {
     const f = t.formats[name];
     const fi = finfo(name);
-    if (dtype(name).bits <= 8) {
+    if (scaled(name)) {
       // the recipe's per-tensor scale fmax / amax (WGSL division: within one ulp)
       assert.ok(Math.abs(f.scale - fi.max / h.amax) <= (fi.max / h.amax) * 2 ** -23, name);
     } else assert.equal(f.scale, 1);
@@ -123,6 +128,41 @@ Deno.test("inspector statistics equal a host computation on the same values (f32
   });
   a.dispose();
   b.dispose();
+});
+
+/** The f32 neighbours of v: the value below, v, the value above. */
+function around(v: number): number[] {
+  const b = new Uint32Array(new Float32Array([v]).buffer)[0];
+  return [b - 1, b, b + 1].map((x) => new Float32Array(new Uint32Array([x]).buffer)[0]);
+}
+
+Deno.test("inspector classes at every rounding midpoint of each format (ties included)", async () => {
+  const names = ["e4m3", "e5m2", "bf16", "f16", "e3m2", "e8m3"];
+  const vals: number[] = [];
+  for (const name of names) {
+    const fi = finfo(name), m = dtype(name).mantissaBits;
+    const e = Math.floor(Math.log2(fi.max)), ulp = 2 ** (e - m);
+    for (
+      const mid of [
+        fi.smallestSubnormal / 2,
+        fi.smallestSubnormal,
+        fi.smallestNormal - fi.smallestSubnormal / 2,
+        fi.smallestNormal,
+        fi.max - ulp / 2,
+        fi.max,
+        fi.max + ulp / 2,
+      ]
+    ) vals.push(...around(mid), ...around(-mid));
+  }
+  const raw = new Float32Array(vals);
+  const fc = new Linear(2, 2, { seed: 0 });
+  using ins = inspect(fc, { formats: names.map((dtype) => ({ dtype, scaling: "none" as const })) });
+  fc.forward(tensor([[1, 2]]).requiresGrad_());
+  const a = tensor(raw);
+  ins.record(a, "edges", "f32");
+  const [rec] = await ins.read();
+  checkAgainstHost(rec.tensors.find((t) => t.layer === "edges")!, raw, names, () => false);
+  a.dispose();
 });
 
 Deno.test("inspector statistics of a tensor larger than one binding go through windows", async () => {
