@@ -414,6 +414,12 @@ export class FP8Recipe {
           `create the recipe with the saved scaling`,
       );
     }
+    if (sd.amaxComputeAlgo !== undefined && sd.amaxComputeAlgo !== this.amaxComputeAlgo) {
+      throw new ValueError(
+        `${op}: the state reduces amax histories by '${sd.amaxComputeAlgo}', this recipe by ` +
+          `'${this.amaxComputeAlgo}'; create the recipe with the saved amaxComputeAlgo`,
+      );
+    }
     const step = sd.step ?? 0;
     if (!Number.isSafeInteger(step) || step < 0) {
       throw new ValueError(`${op}: step must be a non-negative integer, got ${step}`);

@@ -314,6 +314,20 @@ Deno.test("recipes by name: fp8Recipe presets, autocast({ recipe: name }) uses o
   assert.throws(() => blk.quantize(a, { key: "a" }), /blockQuantize/);
   assert.throws(() => fp8Recipe("x" as "block"), ValueError);
   assert.throws(() => new FP8Recipe({ scaling: "tile" as "block" }), /scaling must be one of/);
+  // every recipe's state loads into a fresh recipe of the same name (the step count with it),
+  // and into no other kind
+  for (const name of FP8_RECIPES) {
+    const src = fp8Recipe(name);
+    src.beginStep();
+    src.beginStep();
+    const sd = src.stateDict();
+    const dst = fp8Recipe(name);
+    dst.loadStateDict(sd);
+    assert.equal(dst.step, 2, name);
+    const other = name === "nvfp4" ? "block" : name === "delayed" ? "most_recent" : "nvfp4";
+    assert.throws(() => fp8Recipe(other).loadStateDict(sd), ValueError, `${name} into ${other}`);
+    for (const t of [sd.amaxHistory, sd.scale, sd.amax]) t.dispose();
+  }
 });
 
 Deno.test("NVFP4's random Hadamard transform: TE's signs and Sylvester's H16 / 4 along the rows, bit for bit, and orthogonal", async () => {
