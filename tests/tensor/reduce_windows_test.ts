@@ -285,6 +285,8 @@ Deno.test("softmax and logSoftmax, forward and backward, over windows of rows gi
     // workgroups read 16 KiB of f32 each
     ["e4m3", [260, 131], 1, 32768],
     ["f32", [4, 10, 100], 1, LIMIT], // strided rows along a non-last axis
+    ["f32", [70, 20], 1, LIMIT], // rows of whole quads: 16 rows a workgroup, vec4 loads
+    ["bf16", [120, 24], 1, LIMIT],
   ];
   let seed = 20;
   for (const [name, shape, axis, limit] of cases) {
