@@ -37,7 +37,14 @@ import {
   runCli,
   UsageError,
 } from "./_cli.ts";
-import { type Corpus, loadCorpus, ROOT, unigramEntropy } from "./_text.ts";
+import {
+  type Corpus,
+  loadCorpus,
+  ROOT,
+  type TokenizerName,
+  tokenizerOption,
+  unigramEntropy,
+} from "./_text.ts";
 import { DEFAULT_RUN, precisionChoices, type RunConfig } from "./_train.ts";
 import { checkPrecisionList, runConfig, runOptions } from "./_run_flags.ts";
 import { CellProgress, JsonlLog } from "./_progress.ts";
@@ -82,6 +89,7 @@ export const OPTIONS: Record<string, Option> = {
     check: checkPrecisionList,
   },
   data: { type: "string", help: "text file (.gz allowed); default: ulp's own source", default: "" },
+  tokenizer: tokenizerOption(),
   ...runOptions(BASE, ["precision"]),
   "diag-every": {
     type: "string",
@@ -121,7 +129,8 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
     await requirePermission(PROGRAM, "read", data || ROOT, "the data (--data)");
     await requirePermission(PROGRAM, "read", out, "the output folder (--out)");
     await requirePermission(PROGRAM, "write", out, "the output folder (--out)");
-    const corpus = await loadCorpus(data);
+    const tokenizer = String(v.tokenizer) as TokenizerName; // in the settings via the ids' checksum
+    const corpus = await loadCorpus(data, undefined, { tokenizer, cacheDir: out });
     const settings: CompareSettings = {
       config,
       diagEvery: Number(v["diag-every"]),

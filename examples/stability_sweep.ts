@@ -63,7 +63,7 @@ import {
   runCli,
   UsageError,
 } from "./_cli.ts";
-import { Batches, evaluate, loadCorpus } from "./_text.ts";
+import { Batches, evaluate, loadCorpus, type TokenizerName, tokenizerOption } from "./_text.ts";
 import {
   ALLOW_ENV,
   type Cell,
@@ -156,6 +156,7 @@ export const OPTIONS: Record<string, Option> = {
     check: checks.positive(),
   },
   data: { type: "string", help: "text file (.gz allowed); default: ulp's own source", default: "" },
+  tokenizer: tokenizerOption(),
   batch: { type: "string", help: "sequences per batch", default: "16", check: checks.int(1) },
   block: { type: "string", help: "context length", default: "64", check: checks.int(1) },
   layers: { type: "string", help: "transformer blocks", default: "2", check: checks.int(1) },
@@ -304,7 +305,11 @@ async function sweep(args: readonly string[], io: CliIO): Promise<number> {
   }
   await requirePermission(PROGRAM, "read", out, "the output folder");
   await requirePermission(PROGRAM, "write", out, "the output folder");
-  const corpus = await loadCorpus(String(v.data));
+  // the tokenizer enters the cells' settings through the token ids' checksum
+  const corpus = await loadCorpus(String(v.data), undefined, {
+    tokenizer: String(v.tokenizer) as TokenizerName,
+    cacheDir: out,
+  });
   const cfg: SweepConfig = {
     data: corpus.path,
     dataChecksum: corpus.checksum,
