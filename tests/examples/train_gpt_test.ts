@@ -89,7 +89,7 @@ Deno.test("train_gpt refuses bad flags with one line naming the flag and the val
     [["--lr", "fast"], /--lr must be a positive number, got 'fast'/],
     [
       ["--precision", "fp64"],
-      /--precision unknown value 'fp64'; valid: fp32, bf16, amp-bf16, .*collage-plus.*eXmY/,
+      /--precision unknown value 'fp64'; valid: fp32, bf16, .*amp-bf16, .*collage-plus, .*fp8-nvfp4, eXmY/,
     ],
     [["--rounding", "up"], /--rounding unknown value 'up'; valid: rne, truncate, stochastic/],
     [["--width", "30", "--heads", "4"], /--width \(30\) must be a multiple of --heads \(4\)/],
