@@ -884,7 +884,7 @@ const escXml = (s: string) =>
  * order they were recorded) or, for `lost`, per parameter; a column per inspected step;
  * the colour scale (viridis, linear between the smallest and largest value shown) in a
  * legend. `amax` and `minNonZero` are shown as log2. Cells of tensors not recorded in a
- * step are grey. A `ValueError` names the statistics for an unknown one.
+ * step are grey; `filter` keeps the rows of the tensors it accepts. A `ValueError` names the statistics for an unknown one.
  *
  * @example
  * ```ts
@@ -899,7 +899,12 @@ const escXml = (s: string) =>
 export function inspectHeatmap(
   records: readonly InspectRecord[],
   stat: string,
-  opts: { title?: string } = {},
+  opts: {
+    /** The title (default: the statistic). */
+    title?: string;
+    /** Only the tensors it accepts get a row (default: all). */
+    filter?: (t: TensorStats) => boolean;
+  } = {},
 ): string {
   const fmts = new Set(records.flatMap((r) => r.tensors.flatMap((t) => Object.keys(t.formats))));
   const [f, k] = stat.split(".");
@@ -924,7 +929,13 @@ export function inspectHeatmap(
       if (v !== undefined && Number.isFinite(v)) cells.set(`${row}\0${c}`, v);
     };
     if (stat === "lost") { for (const u of r.updates) put(u.param, u.share); }
-    else for (const t of r.tensors) put(`${t.layer} ${t.tensor}`, statOf(t, stat));
+    else {
+      for (const t of r.tensors) {
+        if (opts.filter === undefined || opts.filter(t)) {
+          put(`${t.layer} ${t.tensor}`, statOf(t, stat));
+        }
+      }
+    }
   });
   const values = [...cells.values()];
   const lo = values.length ? Math.min(...values) : 0, hi = values.length ? Math.max(...values) : 1;

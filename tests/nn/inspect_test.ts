@@ -311,6 +311,17 @@ Deno.test("no readback before read(), one per inspected step at read(); values u
     21 + 2 * new Set(r.tensors.map((t) => `${t.layer} ${t.tensor}`)).size,
   );
   assert.throws(() => inspectHeatmap(seen.recs, "e4m3.nope"), ValueError);
+  // a filter keeps its rows; each cell's title holds the recorded value
+  const back = (t: TensorStats) => t.phase === "backward";
+  const grads = inspectHeatmap(seen.recs, "e4m3.underflow", { filter: back });
+  assert.equal(
+    (grads.match(/<rect x=/g) ?? []).length,
+    21 + 2 * new Set(r.tensors.filter(back).map((t) => `${t.layer} ${t.tensor}`)).size,
+  );
+  const fc = r.tensors.find((t) => t.layer === "h.0.mlp.c_fc" && t.tensor === "grad_output")!;
+  assert.ok(
+    grads.includes(`<title>h.0.mlp.c_fc grad_output, step 0: ${fc.formats.e4m3.underflow}`),
+  );
 });
 
 Deno.test("updates lost: a bf16 weight whose update is below half an ulp", async () => {
