@@ -107,11 +107,9 @@ export function blockQuantize(x: Tensor, opts: BlockQuantizeOptions): BlockQuant
     pow2: opts.powerOfTwo ?? true,
     eps,
   }, true);
-  return {
-    data: cast(r.codes!, fmt),
-    scale: r.scales!.reshape(m.scaleShape),
-    values: r.values,
-  };
+  const data = cast(r.codes!, fmt);
+  r.codes!.dispose();
+  return { data, scale: r.scales!, values: r.values };
 }
 
 /** An NVFP4 tensor: E2M1 codes, an E4M3 decode scale per block and an f32 per tensor. */
@@ -161,12 +159,10 @@ export function nvfp4Quantize(x: Tensor, opts: NVFP4QuantizeOptions = {}): NVFP4
     stochastic: opts.stochastic === true,
     seed,
   }, true);
-  return {
-    data: cast(r.codes!, dtype("e2m1fn")),
-    blockScale: cast(r.scales!.reshape(m.scaleShape), e4m3),
-    tensorScale: r.tensorScale!,
-    values: r.values,
-  };
+  const data = cast(r.codes!, dtype("e2m1fn")), blockScale = cast(r.scales!, e4m3);
+  r.codes!.dispose();
+  r.scales!.dispose();
+  return { data, blockScale, tensorScale: r.tensorScale!, values: r.values };
 }
 
 // ---- shared by the recipes and autocast's GEMM hook ----------------------------------------
@@ -275,7 +271,7 @@ export function groupQuantize(
   }
   const values = Tensor.empty(x.shape, float32);
   const codes = full ? Tensor.empty(x.shape, float32) : null;
-  const scales = full ? Tensor.empty([Math.max(blocks, 0)], float32) : null;
+  const scales = full ? Tensor.empty(m.scaleShape, float32) : null;
   const nv = spec.kind === "nvfp4";
   const tam = nv ? tensorAmax(x, op) : null;
   const out: GroupResult = { values };

@@ -2,7 +2,16 @@
 // codes against host computations of their published formulas (_recipes_reference.ts), and
 // each recipe in the GEMMs of autocast, forward and backward.
 import assert from "node:assert/strict";
-import { autocast, FP8Recipe, matmul, type Tensor, tensor, tidy, ValueError } from "../../mod.ts";
+import {
+  autocast,
+  FP8Recipe,
+  matmul,
+  memory,
+  type Tensor,
+  tensor,
+  tidy,
+  ValueError,
+} from "../../mod.ts";
 import {
   blockQuantize,
   FP8_RECIPES,
@@ -351,4 +360,33 @@ Deno.test("NVFP4's random Hadamard transform: TE's signs and Sylvester's H16 / 4
     () => randomHadamard16(tensor(x.slice(0, 15 * 2), { shape: [15, 2] }), 15, 2),
     /multiple of 16/,
   );
+});
+
+Deno.test("the block recipes leave no live buffers behind: quantisers, GEMM hooks forward and backward", async () => {
+  const x = tensor(wideValues(32 * 40, rng(1), -4, 4), { shape: [32, 40], requiresGrad: true });
+  const w = tensor(wideValues(40 * 24, rng(2), -4, 4), { shape: [40, 24], requiresGrad: true });
+  const once = () => {
+    const b = blockQuantize(x, { block: [1, 16] });
+    const n = nvfp4Quantize(x, { block: [16, 16], stochastic: true });
+    for (const t of [b.data, b.scale, b.values, n.data, n.blockScale, n.tensorScale, n.values]) {
+      t.dispose();
+    }
+    for (const name of ["rowwise", "block", "nvfp4"] as const) {
+      tidy(() => {
+        using _ = autocast({ recipe: fp8Recipe(name) });
+        matmul(x.mul(1), w).sum().backward();
+      });
+    }
+    x.grad?.dispose();
+    w.grad?.dispose();
+    x.grad = null;
+    w.grad = null;
+  };
+  once(); // compile, warm the pool
+  const before = memory().liveBuffers;
+  once();
+  assert.equal(memory().liveBuffers, before);
+  await x.toArray();
+  x.dispose();
+  w.dispose();
 });
