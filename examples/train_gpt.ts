@@ -70,7 +70,13 @@ import {
 import { JsonlLog, Progress, readLog } from "./_progress.ts";
 import { lineChart } from "./_chart.ts";
 import { setMemoryLimit } from "../mod.ts";
-import { inspect, inspectHeatmap, inspectJsonl, type Inspector } from "../nn/inspect.ts";
+import {
+  inspect,
+  inspectHeatmap,
+  inspectJsonl,
+  type Inspector,
+  type InspectRecord,
+} from "../nn/inspect.ts";
 
 const PROGRAM = "train_gpt";
 const USAGE = "deno run --allow-read=. --allow-write=out examples/train_gpt.ts [options]";
@@ -176,6 +182,7 @@ const RUN_SETTINGS = [
   "checkpoint-every",
   "stop-on-nan",
   "sample-tokens",
+  "inspect",
 ];
 
 /** Runs the command line; returns the exit code (0 done, 1 failed, 2 bad usage or permission). */
@@ -361,11 +368,12 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
         );
       }
     }
+    const inspectFrom = trainer.step + 1; // the log numbers steps from 1
     const inspector = int("inspect") > 0
       ? inspect(trainer.model, {
         every: int("inspect"),
         optimizer: trainer.optimizer,
-        startStep: trainer.step + 1, // the log numbers steps from 1
+        startStep: inspectFrom,
       })
       : null;
     const jsonl = await JsonlLog.open(`${out}/log.jsonl`, resume ? trainer.step : undefined);
@@ -388,7 +396,7 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
       lastGood,
       warn: (text) => io.error(`${PROGRAM}: ${text}`),
     });
-    const maps = inspector ? await writeInspection(out, inspector, log) : [];
+    const maps = inspector ? await writeInspection(out, inspector, inspectFrom, log) : [];
     if (result.stopped) {
       const good = result.lastGood;
       io.error(
@@ -442,15 +450,24 @@ const INSPECT_MAPS = [
 
 /**
  * Reads the inspector's records (one readback per inspected step), writes `inspect.jsonl`
+ * (after the records of the run's steps before `first`, kept from a run this one resumes)
  * and one heat map per statistic, logs the first non-finite; returns the maps' file names.
  */
 async function writeInspection(
   out: string,
   inspector: Inspector,
+  first: number,
   log: (line: string) => void,
 ): Promise<string[]> {
-  const records = await inspector.read();
+  const fresh = await inspector.read();
   inspector.remove();
+  const earlier = await Deno.readTextFile(`${out}/inspect.jsonl`)
+    .then((text) =>
+      text.split("\n").filter((l) => l.trim() !== "")
+        .map((l) => JSON.parse(l) as InspectRecord).filter((r) => r.step < first)
+    )
+    .catch(() => [] as InspectRecord[]); // none, or unreadable: this part's records alone
+  const records = [...earlier, ...fresh];
   if (records.length === 0) return [];
   await Deno.writeTextFile(`${out}/inspect.jsonl`, inspectJsonl(records));
   const files: string[] = [];

@@ -47,3 +47,16 @@ Deno.test("train_gpt --inspect writes the records, the heat maps and the report'
   // the inspector changes no value
   assert.deepEqual(await losses(`${DIR}/inspect`), await losses(`${DIR}/plain`));
 });
+
+Deno.test("train_gpt --inspect stopped and resumed keeps the records of the first part", async () => {
+  const dir = `${DIR}/resumed`;
+  const a = await run([...TINY, "--inspect", "1", "--stop-after", "2", "--out", dir]);
+  assert.equal(a.code, 0, a.out);
+  const b = await run(["--resume", dir, "--data", DATA]); // --inspect 1 continues
+  assert.equal(b.code, 0, b.out);
+  const lines = (await Deno.readTextFile(`${dir}/inspect.jsonl`)).trim().split("\n")
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(lines.map((r) => r.step), [1, 2, 3, 4]);
+  const svg = await Deno.readTextFile(`${dir}/inspect_amax.svg`);
+  assert.ok(svg.includes(", step 1: ") && svg.includes(", step 4: "));
+});
