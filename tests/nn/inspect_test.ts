@@ -254,12 +254,15 @@ async function train(steps: number, withInspector: boolean) {
   const rt = currentRuntime();
   const idx = tensor(new Int32Array([1, 5, 3, 9, 2, 7]), { shape: [1, 6] });
   const readbacks = rt.counters.readbacks;
+  const dispatches: number[] = [];
   for (let s = 0; s < steps; s++) {
+    const d0 = rt.counters.dispatches;
     const { loss } = model.forward(idx, idx);
     loss!.backward();
     opt.step();
     opt.zeroGrad();
     loss!.dispose();
+    dispatches.push(rt.counters.dispatches - d0);
   }
   const stepsReadbacks = rt.counters.readbacks - readbacks;
   const before = rt.counters.readbacks;
@@ -270,13 +273,16 @@ async function train(steps: number, withInspector: boolean) {
   opt.dispose();
   for (const p of model.parameters()) p.dispose();
   idx.dispose();
-  return { stepsReadbacks, readReadbacks, recs, params };
+  return { stepsReadbacks, readReadbacks, recs, params, dispatches };
 }
 
 Deno.test("no readback before read(), one per inspected step at read(); values unchanged", async () => {
   const plain = await train(3, false);
   const seen = await train(3, true);
   assert.equal(seen.stepsReadbacks, 0);
+  // a step that is not inspected runs the same kernels as without the inspector
+  assert.equal(seen.dispatches[1], plain.dispatches[1]);
+  assert.ok(seen.dispatches[0] > plain.dispatches[0]);
   assert.deepEqual(seen.recs.map((r) => r.step), [0, 2]);
   assert.equal(seen.readReadbacks, 2);
   // bit-identical parameters with and without the inspector
