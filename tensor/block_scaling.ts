@@ -6,8 +6,9 @@
  * NVFP4 (E2M1 elements, an E4M3 scale per 16 values and an f32 per-tensor scale).
  *
  * A matrix `[rows, cols]` (a tensor's last two dimensions; the leading ones are a batch) is
- * cut into blocks of `[br, bc]` elements from its first element. One invocation owns one
- * block: it finds the block's amax, then quantises and dequantises its elements. What a GEMM
+ * cut into blocks of `[br, bc]` elements from its first element. One invocation owns a block
+ * (a workgroup of 64, with the amax reduced in workgroup memory, for blocks of more than 1024
+ * elements): it finds the block's amax, then quantises and dequantises its elements. What a GEMM
  * on such operands computes, `A_q B_q / (s_A s_B)` with the scales of the blocks each
  * product touches, is simulated exactly by a GEMM of the dequantised operands (`q / s`, or
  * `q * d` for NVFP4's decode scale), accumulated in f32: that is what `autocast` multiplies.
@@ -43,6 +44,9 @@ import { tensorAmax } from "./scaling.ts";
 
 /** Elements of an NVFP4 block (1x16; 16x16 for weights). */
 export const NVFP4_BLOCK = 16;
+
+/** Invocations per workgroup. */
+const WG = 64;
 
 /** The most iterations a loop may run (llvmpipe stops longer loops without a word). */
 const LOOP_CAP = 65535;
@@ -262,10 +266,15 @@ export function groupQuantize(
   const { rows: R, cols: C, br, bc } = m;
   const nbr = Math.ceil(R / br), nbc = Math.ceil(C / bc);
   const blocks = m.batch * nbr * nbc;
-  if (Math.min(R, br) > LOOP_CAP || Math.min(C, bc) > LOOP_CAP) {
+  // a block of more than 1024 elements is a workgroup's (64 invocations share it: 128x128
+  // weight blocks, long rows), a smaller one an invocation's (on lavapipe a workgroup per 1x128
+  // tile took 3x the time of an invocation per tile)
+  const per = Math.min(R, br) * Math.min(C, bc);
+  const wide = per > 1024;
+  if (Math.ceil(per / WG) > LOOP_CAP) {
     throw new ValueError(
-      `${op}: a block of ${Math.min(R, br)} x ${Math.min(C, bc)} elements has a side longer ` +
-        `than ${LOOP_CAP} (one invocation loops over a block, and llvmpipe ends loops after ` +
+      `${op}: a block of ${Math.min(R, br)} x ${Math.min(C, bc)} elements is more than ` +
+        `${WG * LOOP_CAP} (${WG} invocations loop over a block, and llvmpipe ends loops after ` +
         `${LOOP_CAP} iterations); use smaller blocks or fewer rows per line`,
     );
   }
@@ -288,7 +297,8 @@ export function groupQuantize(
   const sr = nv && spec.stochastic;
   const enc = wgslCodec(el, { rounding: sr ? "stochastic" : "rne", saturate: true });
   const f32L = layoutOf(float32, rt);
-  const p = program(rt, `blockq|${spec.kind}|${el.name}|${sr ? "sr" : "rne"}|${full ? 1 : 0}`, {
+  const key = `blockq|${spec.kind}|${el.name}|${sr ? "sr" : "rne"}|${full ? 1 : 0}|${+wide}`;
+  const p = program(rt, key, {
     label: spec.kind === "fp8" ? "blockQuantize" : "nvfp4Quantize",
     bindings: [
       { name: "x", type: layoutOf(x.dt, rt), access: "read" },
@@ -317,48 +327,54 @@ export function groupQuantize(
     workgroupSize: 64,
   }, () => {
     const keepCode = full ? "put_codes(i, qv);" : "";
+    // each element i of the block (the invocation's share of it when wide)
+    const each = (body: string) =>
+      wide
+        ? `for (var e = li; e < n; e = e + ${WG}u) {
+    let i = base + (r0 + e / w) * u.C + c0 + e % w;
+    ${body}
+  }`
+        : `for (var r = r0; r < r1; r = r + 1u) {
+    for (var c = c0; c < c1; c = c + 1u) {
+      let i = base + r * u.C + c;
+      ${body}
+    }
+  }`;
+    const first = wide ? "li == 0u" : "true";
     const body = nv
       ? `
   let tb = tam[0] & 0x7fffffffu;
   if (tb >= 0x7f800000u) {
-    for (var r = r0; r < r1; r = r + 1u) {
-      for (var c = c0; c < c1; c = c + 1u) { put_out(base + r * u.C + c, 0x7fc00000u); }
-    }
-    ${full ? "put_scales(k, 0x7fc00000u);" : ""}
+    ${each("put_out(i, 0x7fc00000u);")}
+    ${full ? `if (${first}) { put_scales(k, 0x7fc00000u); }` : ""}
     return;
   }
   let S = select(bitcast<f32>(tb) / ${NVFP4_RANGE}.0, 1.0, tb == 0u);
   let sb = e4m3_up((bitcast<f32>(m) / 6.0) / S);
   let d = sb * S;
-  ${full ? "put_scales(k, bitcast<u32>(sb));" : ""}
-  for (var r = r0; r < r1; r = r + 1u) {
-    for (var c = c0; c < c1; c = c + 1u) {
-      let i = base + r * u.C + c;
-      var qv = 0u;
-      if (d > 0.0) {
-        qv = ${enc.decodeBits}(${enc.encode}(ld_x(i) / d, ${sr ? "ulp_rand(u.seed, i)" : "0u"}));
-      }
-      ${keepCode}
-      put_out(i, bitcast<u32>(bitcast<f32>(qv) * d));
+  ${full ? `if (${first}) { put_scales(k, bitcast<u32>(sb)); }` : ""}
+  ${
+        each(`var qv = 0u;
+    if (d > 0.0) {
+      qv = ${enc.decodeBits}(${enc.encode}(ld_x(i) / d, ${sr ? "ulp_rand(u.seed, i)" : "0u"}));
     }
-  }`
+    ${keepCode}
+    put_out(i, bitcast<u32>(bitcast<f32>(qv) * d));`)
+      }`
       : `
   let s = scale_of(m);
   let inv = 1.0 / s;
-  ${full ? "put_scales(k, bitcast<u32>(s));" : ""}
-  for (var r = r0; r < r1; r = r + 1u) {
-    for (var c = c0; c < c1; c = c + 1u) {
-      let i = base + r * u.C + c;
-      let qv = ${enc.decodeBits}(${enc.encode}(ld_x(i) * s, 0u));
-      ${keepCode}
-      put_out(i, bitcast<u32>(bitcast<f32>(qv) * inv));
-    }
-  }`;
+  ${full ? `if (${first}) { put_scales(k, bitcast<u32>(s)); }` : ""}
+  ${
+        each(`let qv = ${enc.decodeBits}(${enc.encode}(ld_x(i) * s, 0u));
+    ${keepCode}
+    put_out(i, bitcast<u32>(bitcast<f32>(qv) * inv));`)
+      }`;
     return {
       chunks: [enc.chunks, [...(sr ? [WGSL_RNG] : []), nv ? WGSL_E4M3_UP : WGSL_SCALE]],
-      source: `
+      source: `${wide ? "var<workgroup> bmax: atomic<u32>;\n" : ""}
 fn kernel(wg: u32, lid: vec3u, li: u32) {
-  let k = wg * 64u + li;
+  let k = ${wide ? "wg" : `wg * ${WG}u + li`};
   if (k >= u.blocks) { return; }
   let bj = k % u.nbc;
   let t = k / u.nbc;
@@ -368,17 +384,24 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   let r1 = min(u.R, r0 + u.br);
   let c0 = bj * u.bc;
   let c1 = min(u.C, c0 + u.bc);
-  var m = 0u;
-  for (var r = r0; r < r1; r = r + 1u) {
-    for (var c = c0; c < c1; c = c + 1u) {
-      m = max(m, bitcast<u32>(ld_x(base + r * u.C + c)) & 0x7fffffffu);
-    }
-  }
+  let w = c1 - c0;
+  let n = (r1 - r0) * w;
+  var m0 = 0u;
+  ${each("m0 = max(m0, bitcast<u32>(ld_x(i)) & 0x7fffffffu);")}
+${
+        wide
+          ? `  atomicMax(&bmax, m0);
+  workgroupBarrier();
+  let m = atomicLoad(&bmax);`
+          : "  let m = m0;"
+      }
 ${body}
 }`,
     };
   });
-  // blocks g0*64 .. g1*64-1 touch elements from the first one's first to the last one's last
+  // blocks k0 .. k1-1 (a workgroup's when wide, else 64 per workgroup) touch elements from the
+  // first one's first to the last one's last
+  const per1 = wide ? 1 : WG;
   const first = (k: number) => {
     const bj = k % nbc, t = Math.floor(k / nbc), bi = t % nbr, b = Math.floor(t / nbr);
     return b * R * C + bi * br * C + bj * bc;
@@ -388,8 +411,8 @@ ${body}
     return b * R * C + (Math.min(R, (bi + 1) * br) - 1) * C + Math.min(C, (bj + 1) * bc) - 1;
   };
   const range = (g0: number, g1: number): [number, number] => [
-    first(g0 * 64),
-    last(Math.min(blocks, g1 * 64) - 1) + 1,
+    first(g0 * per1),
+    last(Math.min(blocks, g1 * per1) - 1) + 1,
   ];
   const fmax = finfo(el).max;
   p.run({
@@ -412,8 +435,15 @@ ${body}
       pow2: spec.kind === "fp8" && spec.pow2 ? 1 : 0,
       seed: spec.kind === "nvfp4" ? spec.seed >>> 0 : 0,
     },
-    groups: Math.ceil(blocks / 64),
-    ranges: full ? { x: range, out: range, codes: range } : { x: range, out: range },
+    groups: Math.ceil(blocks / per1),
+    ranges: full
+      ? {
+        x: range,
+        out: range,
+        codes: range,
+        scales: (g0, g1) => [g0 * per1, Math.min(blocks, g1 * per1)],
+      }
+      : { x: range, out: range },
   });
   tam?.dispose();
   return out;
