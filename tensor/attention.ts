@@ -90,6 +90,12 @@ const UNIFORMS = [
   { name: "tk", type: "u32" },
   { name: "causal", type: "u32" },
   { name: "sc", type: "f32" },
+  // the slice of the loop over keys (forward, dQ) or queries (dK, dV) this dispatch runs, and
+  // whether it is the first (no state to load) or last (write the result, no state to keep)
+  { name: "c0", type: "u32" },
+  { name: "c1", type: "u32" },
+  { name: "first", type: "u32" },
+  { name: "last", type: "u32" },
   // where the rows of q, k, v, y, dq, dk, dv lie: offset, batch, head and time strides
   ...(["mq", "mk", "mv", "my", "mdq", "mdk", "mdv"] as const).map((name) => ({
     name,
@@ -125,20 +131,27 @@ function putRow(l: Layout, hs: number): string {
 }
 
 function forwardSource(outL: Layout, hs: number): string {
+  // st: between slices of the keys, each query row's running max, sum and output (hs + 2)
   return `${ROW}${putRow(outL, hs)}
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let nh = u.nh; let Tq = u.tq; let Tk = u.tk;
   let i = wg.x * ${WG}u + li;
   if (i >= Tq) { return; }
   let bh = wg.y; let b = bh / nh; let h = bh % nh;
+  let sb = (bh * Tq + i) * ${hs + 2}u;
   var qv: array<f32, ${hs}>;
   var o: array<f32, ${hs}>;
   let qo = row(u.mq[0], b, h, i);
   for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); o[d] = 0.0; }
   var m = -3.0e38;
   var l = 0.0;
-  let jn = select(Tk, min(i + 1u, Tk), u.causal == 1u);
-  for (var j = 0u; j < jn; j++) {
+  if (u.first == 0u) {
+    m = st[sb];
+    l = st[sb + 1u];
+    for (var d = 0u; d < ${hs}u; d++) { o[d] = st[sb + 2u + d]; }
+  }
+  let jn = min(select(Tk, min(i + 1u, Tk), u.causal == 1u), u.c1);
+  for (var j = u.c0; j < jn; j++) {
     let ko = row(u.mk[0], b, h, j);
     var s = 0.0;
     for (var d = 0u; d < ${hs}u; d++) { s = fma(qv[d], ld_k(ko + d), s); }
@@ -150,6 +163,12 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
     let vo = row(u.mv[0], b, h, j);
     for (var d = 0u; d < ${hs}u; d++) { o[d] = fma(p, ld_v(vo + d), o[d] * c); }
     m = mn;
+  }
+  if (u.last == 0u) {
+    st[sb] = m;
+    st[sb + 1u] = l;
+    for (var d = 0u; d < ${hs}u; d++) { st[sb + 2u + d] = o[d]; }
+    return;
   }
   let inv = select(0.0, 1.0 / l, l > 0.0);
   for (var d = 0u; d < ${hs}u; d++) { o[d] = o[d] * inv; }
@@ -184,9 +203,14 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   if (r >= Tq + Tk) { return; }
   let bh = wg.y; let b = bh / nh; let h = bh % nh;
   let sc = u.sc;
+  // st: between slices, each row's sums a (and c for key rows), 2 hs values a row
+  let sb = (bh * (Tq + Tk) + r) * ${2 * hs}u;
   var a: array<f32, ${hs}>;
   var c: array<f32, ${hs}>;
   for (var d = 0u; d < ${hs}u; d++) { a[d] = 0.0; c[d] = 0.0; }
+  if (u.first == 0u) {
+    for (var d = 0u; d < ${hs}u; d++) { a[d] = st[sb + d]; c[d] = st[sb + ${hs}u + d]; }
+  }
   if (r < Tq) {
     // dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP_ij = dO_i . v_j
     let i = r;
@@ -194,13 +218,17 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
     let go = row(u.my[0], b, h, i);
     let L = lse[bh * Tq + i];
     let D = delta(b, h, i);
-    let jn = select(Tk, min(i + 1u, Tk), causal);
-    for (var j = 0u; j < jn; j++) {
+    let jn = min(select(Tk, min(i + 1u, Tk), causal), u.c1);
+    for (var j = u.c0; j < jn; j++) {
       let ko = row(u.mk[0], b, h, j);
       let vo = row(u.mv[0], b, h, j);
       let sd = score_and_dp(qo, ko, go, vo);
       let ds = exp(sd.x * sc - L) * (sd.y - D);
       for (var d = 0u; d < ${hs}u; d++) { a[d] = fma(ds, ld_k(ko + d), a[d]); }
+    }
+    if (u.last == 0u) {
+      for (var d = 0u; d < ${hs}u; d++) { st[sb + d] = a[d]; }
+      return;
     }
     for (var d = 0u; d < ${hs}u; d++) { a[d] = a[d] * sc; }
     put_row(row(u.mdq[0], b, h, i), &a);
@@ -209,8 +237,9 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
     let j = r - Tq;
     let ko = row(u.mk[0], b, h, j);
     let vo = row(u.mv[0], b, h, j);
-    let i0 = select(0u, j, causal);
-    for (var i = i0; i < Tq; i++) {
+    let i0 = max(select(0u, j, causal), u.c0);
+    let i1 = min(Tq, u.c1);
+    for (var i = i0; i < i1; i++) {
       let qo = row(u.mq[0], b, h, i);
       let go = row(u.my[0], b, h, i);
       let sd = score_and_dp(qo, ko, go, vo);
@@ -220,6 +249,10 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
         c[d] = fma(p, ld_g(go + d), c[d]);
         a[d] = fma(ds, ld_q(qo + d), a[d]);
       }
+    }
+    if (u.last == 0u) {
+      for (var d = 0u; d < ${hs}u; d++) { st[sb + d] = a[d]; st[sb + ${hs}u + d] = c[d]; }
+      return;
     }
     for (var d = 0u; d < ${hs}u; d++) { a[d] = a[d] * sc; }
     put_row(row(u.mdk[0], b, h, j), &a);
@@ -240,6 +273,7 @@ function attentionProgram(rt: Runtime, kind: "fwd" | "bwd", ts: readonly Tensor[
       read("v", 2),
       { name: "out", type: l[3], access: "read_write" },
       { name: "lse", type: "f32", access: "read_write" },
+      { name: "st", type: "f32", access: "read_write" },
     ]
     : [
       read("q", 0),
@@ -249,6 +283,7 @@ function attentionProgram(rt: Runtime, kind: "fwd" | "bwd", ts: readonly Tensor[
       { name: "lse", type: "f32", access: "read" },
       read("g", 4),
       { name: "out", type: l[5], access: "read_write" },
+      { name: "st", type: "f32", access: "read_write" },
     ];
   return program(rt, `attention_${kind}|${hs}`, {
     label: kind === "fwd" ? "attention" : "attention_bwd",
@@ -257,6 +292,28 @@ function attentionProgram(rt: Runtime, kind: "fwd" | "bwd", ts: readonly Tensor[
     workgroupSize: WG,
     grid: "3d",
   }, () => kind === "fwd" ? forwardSource(l[3], hs) : backwardSource(l[5], hs));
+}
+
+/**
+ * Slices [c0, c1) of a loop over `n` items whose iterations each run `perItem` loop iterations,
+ * beside `fixed` ones, within `maxLoop` iterations per invocation: one slice unless the adapter
+ * caps loops (`rt.maxLoopIterations`).
+ */
+function slices(n: number, maxLoop: number, perItem: number, fixed: number): [number, number][] {
+  const per = Number.isFinite(maxLoop) ? Math.max(1, Math.floor((maxLoop - fixed) / perItem)) : n;
+  const out: [number, number][] = [];
+  for (let c0 = 0; c0 < n || out.length === 0; c0 += per) out.push([c0, Math.min(n, c0 + per)]);
+  return out;
+}
+
+/** The uniforms of slice `n` of `all`. */
+function slice(n: number, all: readonly [number, number][]) {
+  return {
+    c0: all[n][0],
+    c1: all[n][1],
+    first: n === 0 ? 1 : 0,
+    last: n === all.length - 1 ? 1 : 0,
+  };
 }
 
 /**
@@ -313,53 +370,75 @@ function run(
   const groups = (rows: number): [number, number, number] => [Math.ceil(rows / WG), g.B * g.nh, 1];
   // about 0.2 ns per multiply-add on a CPU adapter: q.k and p.v for each (query, key) pair
   const work = 0.2 * 2 * g.B * g.nh * g.Tq * g.Tk * g.hs * (g.causal ? 0.5 : 1);
-  attentionProgram(rt, "fwd", [q, k, v, y], g.hs).run({
-    buffers: {
-      q: q.buffer(op),
-      k: k.buffer(op),
-      v: v.buffer(op),
-      out: y.buffer(op),
-      lse: lse.buffer(op),
-    },
-    uniforms: uniforms(g),
-    groups: groups(g.Tq),
-    splitDim: 1,
-    cost: work,
-    ranges: {
-      q: rowsRange(g, [[g.q, g.Tq]]),
-      k: rowsRange(g, [[g.k, g.Tk]]),
-      v: rowsRange(g, [[g.v, g.Tk]]),
-      out: rowsRange(g, [[g.y, g.Tq]]),
-    },
-  });
+  // Slices of the loop over keys, so that no invocation runs more loop iterations than the
+  // adapter allows (llvmpipe stops them silently after 65,535: from a context of about 400 on);
+  // between slices each query row keeps its running max, sum and output in \`st\` (f32), so the
+  // result is the one pass's, bit for bit.
+  const fwdSlices = slices(g.Tk, rt.maxLoopIterations, 2 * g.hs + 2, 4 * g.hs);
+  const fst = Tensor.empty([fwdSlices.length > 1 ? g.B * g.nh * g.Tq * (g.hs + 2) : 1], float32);
+  for (const [n, [c0, c1]] of fwdSlices.entries()) {
+    attentionProgram(rt, "fwd", [q, k, v, y], g.hs).run({
+      buffers: {
+        q: q.buffer(op),
+        k: k.buffer(op),
+        v: v.buffer(op),
+        out: y.buffer(op),
+        lse: lse.buffer(op),
+        st: fst.buffer(op),
+      },
+      uniforms: { ...uniforms(g), ...slice(n, fwdSlices) },
+      groups: groups(g.Tq),
+      splitDim: 1,
+      cost: (work * (c1 - c0)) / g.Tk,
+      ranges: {
+        q: rowsRange(g, [[g.q, g.Tq]]),
+        k: rowsRange(g, [[g.k, g.Tk]]),
+        v: rowsRange(g, [[g.v, g.Tk]]),
+        out: rowsRange(g, [[g.y, g.Tq]]),
+      },
+    });
+  }
+  fst.dispose();
   const out = attach(y, op, [...grad.inputs], (gy) => {
     const dx = Tensor.empty(grad.shape, dt);
     const gl = gy.dt === dt ? gy : gy.cast(dt);
     const at = `${op} backward`;
     const [dq, dk, dv] = grad.maps;
-    attentionProgram(rt, "bwd", [q, k, v, y, gl, dx], g.hs).run({
-      buffers: {
-        q: q.buffer(at),
-        k: k.buffer(at),
-        v: v.buffer(at),
-        y: y.buffer(at),
-        lse: lse.buffer(at),
-        g: gl.buffer(at),
-        out: dx.buffer(at),
-      },
-      uniforms: uniforms(g, dq, dk, dv),
-      groups: groups(g.Tq + g.Tk),
-      splitDim: 1,
-      cost: 3 * work, // scores recomputed, dQ by query rows, dK and dV by key rows
-      ranges: {
-        q: rowsRange(g, [[g.q, g.Tq]]),
-        k: rowsRange(g, [[g.k, g.Tk]]),
-        v: rowsRange(g, [[g.v, g.Tk]]),
-        y: rowsRange(g, [[g.y, g.Tq]]),
-        g: rowsRange(g, [[g.y, g.Tq]]),
-        out: rowsRange(g, [[dq, g.Tq], [dk, g.Tk], [dv, g.Tk]]),
-      },
-    });
+    // slices of the loops over keys (dQ) and queries (dK, dV); the sums kept in \`st\` between
+    const T = Math.max(g.Tq, g.Tk);
+    const bwdSlices = slices(T, rt.maxLoopIterations, 3 * g.hs + 3, 8 * g.hs);
+    const bst = Tensor.empty(
+      [bwdSlices.length > 1 ? g.B * g.nh * (g.Tq + g.Tk) * 2 * g.hs : 1],
+      float32,
+    );
+    for (const [n, [c0, c1]] of bwdSlices.entries()) {
+      attentionProgram(rt, "bwd", [q, k, v, y, gl, dx], g.hs).run({
+        buffers: {
+          q: q.buffer(at),
+          k: k.buffer(at),
+          v: v.buffer(at),
+          y: y.buffer(at),
+          lse: lse.buffer(at),
+          g: gl.buffer(at),
+          out: dx.buffer(at),
+          st: bst.buffer(at),
+        },
+        uniforms: { ...uniforms(g, dq, dk, dv), ...slice(n, bwdSlices) },
+        groups: groups(g.Tq + g.Tk),
+        splitDim: 1,
+        // scores recomputed, dQ by query rows, dK and dV by key rows
+        cost: (3 * work * (c1 - c0)) / T,
+        ranges: {
+          q: rowsRange(g, [[g.q, g.Tq]]),
+          k: rowsRange(g, [[g.k, g.Tk]]),
+          v: rowsRange(g, [[g.v, g.Tk]]),
+          y: rowsRange(g, [[g.y, g.Tq]]),
+          g: rowsRange(g, [[g.y, g.Tq]]),
+          out: rowsRange(g, [[dq, g.Tq], [dk, g.Tk], [dv, g.Tk]]),
+        },
+      });
+    }
+    bst.dispose();
     if (gl !== gy) gl.dispose();
     lse.dispose(); // the graph is walked once
     return grad.split(dx);
