@@ -57,6 +57,8 @@ interface Spec {
   readonly stats: string;
   /** Body of `fn val(i: u32, row: u32, col: u32) -> f32`, using `c0`, `c1`. */
   readonly val: string;
+  /** The same over quads (`quadSpec`): contiguous rows of whole quads take it. */
+  readonly quad?: { readonly stats: string; readonly val: string };
 }
 
 // ---- WGSL --------------------------------------------------------------------------------------
@@ -82,6 +84,10 @@ function rowLoop(body: string): string {
 }
 
 function spec(norm: Norm, pass: "fwd" | "bwd", hasW: boolean, hasB: boolean): Spec {
+  return { ...spec1(norm, pass, hasW, hasB), quad: quadSpec(norm, pass, hasW, hasB) };
+}
+
+function spec1(norm: Norm, pass: "fwd" | "bwd", hasW: boolean, hasB: boolean): Spec {
   const w = hasW ? " * ld_w(col)" : "";
   if (pass === "fwd") {
     if (norm === "ln") {
@@ -187,6 +193,140 @@ ${s.val}
 fn kernel(wg: u32, lid: vec3u, li: u32) {
 ${body}}
 `;
+}
+
+/**
+ * Rows of a fused row kernel's workgroup on rows of whole quads (4 elements): 16, with 16
+ * invocations a row (lavapipe, layer norm over rows of 512: see BENCHMARKS.md).
+ */
+const QROWS = 16;
+
+/** Tree sums of this row's 64 lane partials, held 4 to an invocation (`a`, `b`), as `wsum`'s. */
+const WGSL_QSUM = `
+var<workgroup> sa: array<vec4<f32>, ${QROWS * 16}>;
+var<workgroup> sb: array<vec4<f32>, ${QROWS * 16}>;
+fn qsum2(li: u32, k: u32, a: vec4<f32>, b: vec4<f32>) -> vec2<f32> {
+  sa[li] = a;
+  sb[li] = b;
+  workgroupBarrier();
+  for (var s = 8u; s > 0u; s = s >> 1u) {
+    if (k < s) {
+      sa[li] = sa[li] + sa[li + s];
+      sb[li] = sb[li] + sb[li + s];
+    }
+    workgroupBarrier();
+  }
+  let x = sa[li - k];
+  let y = sb[li - k];
+  workgroupBarrier();
+  return vec2<f32>((x.x + x.z) + (x.y + x.w), (y.x + y.z) + (y.y + y.w));
+}
+fn qsum(li: u32, k: u32, a: vec4<f32>) -> f32 { return qsum2(li, k, a, vec4<f32>(0.0)).x; }
+`;
+
+/**
+ * The statistics and value of `spec()`'s kernels over quads: invocation `k` of a row holds the
+ * partials of lanes `4k..4k+3` of the one-row kernel in vec4s (the same terms in the same
+ * order), `val(x, g, w, b)` the value of one element from its operands' values.
+ */
+function quadSpec(norm: Norm, pass: "fwd" | "bwd", hasW: boolean, hasB: boolean) {
+  const loop = (body: string) =>
+    `  for (var j = k; j < nq; j = j + 16u) { if (ok) { let at = base + 4u * j; let cq = 4u * j; ${body} } }\n`;
+  const x = "ld4_x(at, 4u)", w = hasW ? " * ld4_w(cq, 4u)" : "";
+  if (pass === "fwd") {
+    const ws = hasW ? " * w" : "";
+    if (norm === "ln") {
+      return {
+        stats: `  var t = vec4<f32>(0.0);
+${loop(`t = t + ${x};`)}  c0 = qsum(li, k, t) / cf;
+  var q = vec4<f32>(0.0);
+${loop(`let d = ${x} - c0; q = q + d * d;`)}  c1 = inverseSqrt(qsum(li, k, q) / cf + u.eps);\n`,
+        val: `(x - c0) * c1${ws}${hasB ? " + b" : ""}`,
+      };
+    }
+    return {
+      stats: `  var q = vec4<f32>(0.0);
+${loop(`let v = ${x}; q = q + v * v;`)}  c1 = inverseSqrt(qsum(li, k, q) / cf + u.eps);\n`,
+      val: `x * c1${ws}`,
+    };
+  }
+  const xh = (v: string) => (norm === "ln" ? `(${v} - mu) * rs` : `${v} * rs`);
+  return {
+    stats: `  var ta = vec4<f32>(0.0);
+  var tb = vec4<f32>(0.0);
+${
+      loop(`let xh = ${xh(x)}; let gw = ld4_g(at, 4u)${w}; ta = ta + gw; tb = tb + gw * xh;`)
+    }  let m = qsum2(li, k, ta, tb) / cf;
+  c0 = m.x;
+  c1 = m.y;\n`,
+    val: `rs * (g${hasW ? " * w" : ""}${norm === "ln" ? " - c0" : ""} - ${xh("x")} * c1)`,
+  };
+}
+
+/**
+ * The fused row kernel over contiguous rows of whole quads, `QROWS` rows a workgroup: the
+ * statistics of `quadSpec`, the saved statistics, the output stored 4 elements at a time (one
+ * vec4 for one-word outputs). Same bits as `rowBody`'s fused kernel.
+ */
+function quadBody(
+  q: { stats: string; val: string },
+  s: Spec,
+  outL: Layout,
+  vec4Out: boolean,
+  statOut: readonly string[],
+): string {
+  const has = (n: string) => s.ins.includes(n);
+  const ld = (n: string, at: string) => (has(n) ? `ld4_${n}(${at}, 4u)` : "vec4<f32>(0.0)");
+  // the saved statistics of the row: locals of the kernel, privates of val
+  const saved = s.saved.map((n) => `  let ${n} = ld_${n}(srow);\n  p_${n} = ${n};\n`).join("");
+  const save = statOut.map((n, k) => `put_${n}(row, bitcast<u32>(c${k + 2 - statOut.length}));`)
+    .join(" ");
+  const lanes = outL.lanes;
+  let store: string;
+  if (vec4Out) store = "st4_out(at / 4u, v, vec4<u32>(0u));";
+  else if (lanes === 4) store = "st_out(at / 4u, v, vec4<u32>(0u));";
+  else if (lanes === 2) {
+    store = "st_out(at / 2u, v.xyxy, vec4<u32>(0u)); st_out(at / 2u + 1u, v.zwzw, vec4<u32>(0u));";
+  } else {
+    store = [0, 1, 2, 3].map((l) => `st_out(at + ${l}u, vec4<f32>(v.${"xyzw"[l]}), vec4<u32>(0u));`)
+      .join(" ");
+  }
+  const call = (c: string) => `val(x4.${c}, g4.${c}, w4.${c}, b4.${c})`;
+  return `var<private> c0: f32;
+var<private> c1: f32;
+${WGSL_QSUM}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let k = li % 16u;
+  let row = wg * ${QROWS}u + li / 16u;
+  let ok = row < u.rows;
+  let srow = min(row, u.rows - 1u);
+  let base = row * u.C;
+  let nq = u.C / 4u;
+  let cf = f32(u.C);
+${saved}${q.stats}${
+    save ? `  if (k == 0u && ok) { ${save} }\n` : ""
+  }  for (var j = k; j < nq; j = j + 16u) {
+    if (ok) {
+      let at = base + 4u * j;
+      let cq = 4u * j;
+      let x4 = ${ld("x", "at")};
+      let g4 = ${ld("g", "at")};
+      let w4 = ${ld("w", "cq")};
+      let b4 = ${ld("b", "cq")};
+      let v = vec4<f32>(${call("x")}, ${call("y")}, ${call("z")}, ${call("w")});
+      ${store}
+    }
+  }
+}
+${valFn(q.val, s.saved)}`;
+}
+
+/** `fn val` of `quadBody`: the saved statistics it reads are privates the kernel sets. */
+function valFn(val: string, saved: readonly string[]): string {
+  const priv = saved.map((n) => `var<private> p_${n}: f32;\n`).join("");
+  let v = val;
+  for (const n of saved) v = v.replace(new RegExp(`\\b${n}\\b`, "g"), `p_${n}`);
+  return `${priv}fn val(x: f32, g: f32, w: f32, b: f32) -> f32 { return ${v}; }\n`;
 }
 
 /**
@@ -310,6 +450,33 @@ function runRows(
   };
   const rowOwn = (g0: number, g1: number) => [g0, g1];
   const key = `norm|${label}|${s.ins.join(",")}`;
+  // contiguous rows of whole quads, QROWS of them within half a window of each row operand
+  const fits = [...tensors.map((t) => t.dt), outDt].every((d) =>
+    QROWS * C <= windowElems(rt, layoutOf(d, rt)) / 2
+  );
+  if (s.quad && C % 4 === 0 && fits) {
+    for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
+    const names = [...s.ins, ...s.saved, "out", ...save];
+    const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
+    program(rt, `${key}|quad|${save.length}`, {
+      label,
+      bindings: [
+        ...inputs.map((b) => ({ ...b, vec4: one(b.type) })),
+        ...s.saved.map((name) => ({ name, type: f32, access: R })),
+        { name: "out", type: outL, access: RW, vec4: one(outL) },
+        ...save.map((name) => ({ name, type: f32, access: RW })),
+      ],
+      uniforms: ROW_UNIFORMS,
+      workgroupSize: QROWS * 16,
+    }, () => quadBody(s.quad!, s, outL, one(outL), save)).run({
+      buffers,
+      uniforms: u,
+      groups: Math.ceil(rows / QROWS),
+      cost: rows * C * COST.rows,
+      ranges: rangesFor(names, (g0, g1) => [g0 * QROWS, Math.min(rows, g1 * QROWS)]),
+    });
+    return { out, stats };
+  }
   if (outL.lanes === 1 || C % outL.lanes === 0) {
     for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
     const names = [...s.ins, ...s.saved, "out", ...save];

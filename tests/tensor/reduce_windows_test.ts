@@ -365,6 +365,8 @@ Deno.test("layerNorm and rmsNorm, forward and backward, over windows of rows giv
     ["bf16", 37, 129, true], // rows inside words: statistics, then the output by words
     ["f16", 33, 101, true],
     ["e4m3", 45, 131, false], // forward only: e4m3 gradients are too coarse for the reference
+    ["f32", 100, 20, true], // rows of whole quads: 16 rows a workgroup, vec4 loads and stores
+    ["bf16", 150, 24, true],
   ];
   let seed = 40;
   for (const [name, rows, C, grads] of cases) {
