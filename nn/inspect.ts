@@ -4,7 +4,8 @@
  * blocks and the model itself), taps the gradients that flow back through them, and wraps an
  * optimizer's `step`; on every `every`-th step it records on the device, without changing
  * any value, for each named tensor of each layer (GEMM inputs and outputs, weights,
- * gradients, weight updates):
+ * gradients, weight updates; inside an unfused attention also q, k, the scores, the
+ * probabilities, v and the context, found in the autograd graph):
  *
  * - amax (largest finite magnitude), the smallest non-zero magnitude, the share of zeros and
  *   of non-finite values, and the dynamic range in binades (log2 amax / min);
@@ -49,7 +50,7 @@ import { isGradEnabled, noGrad } from "../autograd/mod.ts";
 import { isTensor, keep, Tensor, tensor, tidy } from "../tensor/mod.ts";
 import { Module } from "./module.ts";
 import { Embedding, GELU, LayerNorm, Linear, RMSNorm } from "./layers.ts";
-import { Block, LMHead } from "./gpt.ts";
+import { Block, CausalSelfAttention, LMHead } from "./gpt.ts";
 
 /** A format the inspector checks tensors against, and how its recipe scales them. */
 export interface InspectFormat {
@@ -373,8 +374,9 @@ ${flush}  }
 }
 
 /** The modules the inspector hooks by default, and whether each is a GEMM. */
-function hookKind(m: Module): "gemm" | "layer" | null {
+function hookKind(m: Module): "gemm" | "layer" | "attention" | null {
   if (m instanceof Linear || m instanceof LMHead) return "gemm";
+  if (m instanceof CausalSelfAttention) return "attention";
   if (
     m instanceof Embedding || m instanceof LayerNorm || m instanceof RMSNorm ||
     m instanceof GELU || m instanceof Block
@@ -519,7 +521,12 @@ export class Inspector {
     });
   }
 
-  #hook(m: Module, name: string, kind: "gemm" | "layer" | null, root: boolean): void {
+  #hook(
+    m: Module,
+    name: string,
+    kind: "gemm" | "layer" | "attention" | null,
+    root: boolean,
+  ): void {
     this.#wrap(m, "forward", (inner) => {
       const layer = (args: unknown[]): unknown => {
         if (kind === null || this.#rec === null || !isGradEnabled()) return inner.apply(m, args);
@@ -531,6 +538,7 @@ export class Inspector {
         }
         const y = inner.apply(m, a);
         if (!isTensor(y)) return y;
+        if (kind === "attention") this.#attentionGemms(y, a[0], name);
         this.#record(y, name, "output", "forward", y.node?.op ?? m.constructor.name);
         return y.requiresGrad ? this.#tap(y, name, "grad_output", "") : y;
       };
@@ -541,7 +549,7 @@ export class Inspector {
   }
 
   #rootForward(
-    kind: "gemm" | "layer" | null,
+    kind: "gemm" | "layer" | "attention" | null,
     name: string,
     layer: (args: unknown[]) => unknown,
     args: unknown[],
@@ -576,6 +584,38 @@ export class Inspector {
       }
     }
     return out;
+  }
+
+  /**
+   * The GEMMs between activations inside an attention (q k^T and p v of the unfused path;
+   * none when the fused kernel ran): found in the autograd graph from its output back to its
+   * input, in the order they ran; a GEMM with a weight operand belongs to a Linear.
+   */
+  #attentionGemms(y: Tensor, input: unknown, name: string): void {
+    const weight = (t: Tensor) =>
+      t.isParameter || (t.node?.op === "cast" && t.node.inputs[0].isParameter);
+    const found: Tensor[] = [];
+    const seen = new Set<number>();
+    const stack: Tensor[] = [y];
+    while (stack.length > 0) {
+      const t = stack.pop()!;
+      if (t === input || t.node === null || seen.has(t.id)) continue;
+      seen.add(t.id);
+      const [a, b] = t.node.inputs;
+      if (t.node.op === "matmul" && !weight(a) && !weight(b)) found.push(t);
+      stack.push(...t.node.inputs);
+    }
+    found.sort((p, q) => p.id - q.id);
+    const names = found.length === 2
+      ? [["q", "k", "scores"], ["probs", "v", "context"]]
+      : found.map((_, k) => [`gemm${k + 1}.a`, `gemm${k + 1}.b`, `gemm${k + 1}.out`]);
+    found.forEach((t, k) => {
+      const [a, b] = t.node!.inputs;
+      const [na, nb, no] = names[k];
+      this.#record(a, name, na, "forward", "attention GEMM input");
+      this.#record(b, name, nb, "forward", "attention GEMM input");
+      this.#record(t, name, no, "forward", "matmul");
+    });
   }
 
   #hookOptimizer(opt: { step: (...args: never[]) => unknown }): void {

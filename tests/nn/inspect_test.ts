@@ -377,3 +377,30 @@ Deno.test("remove() takes the hooks off, and keeps a setAutocast made after insp
   y.dispose();
   opt.dispose();
 });
+
+Deno.test("the attention's own GEMMs are recorded when attention runs unfused", async () => {
+  const T = 6, B = 2, nh = 2, C = 8;
+  const idx = tensor(new Int32Array(B * T).map((_, i) => (i * 5 + 1) % 16), { shape: [B, T] });
+  for (const fused of [false, true]) {
+    const model = new GPT({ ...cfg, nHead: nh, nEmbd: C, fusedAttention: fused });
+    using ins = inspect(model, { formats: ["e4m3"] });
+    model.forward(idx, idx).loss!.backward();
+    const [rec] = await ins.read();
+    const attn = new Map(
+      rec.tensors.filter((t) => t.layer === "h.0.attn").map((t) => [t.tensor, t]),
+    );
+    if (fused) {
+      assert.ok(!attn.has("q") && !attn.has("probs"));
+    } else {
+      for (const n of ["q", "k", "scores", "probs", "v", "context"]) assert.ok(attn.has(n), n);
+      assert.equal(attn.get("q")!.elements, B * T * C);
+      assert.equal(attn.get("scores")!.elements, B * nh * T * T);
+      // the causal mask zeroes T(T-1)/2 of each T x T block of probabilities
+      const p = attn.get("probs")!;
+      assert.equal(p.zeros, (T - 1) / (2 * T));
+      assert.ok(p.amax <= 1 && p.amax > 1 / T);
+    }
+    for (const prm of model.parameters()) prm.dispose();
+  }
+  idx.dispose();
+});
