@@ -142,6 +142,20 @@ export {
   type PretrainedOptimizer,
   type PretrainedOptions,
 } from "./nn/pretrained.ts";
+export {
+  type FirstNonFinite,
+  type FormatStats,
+  HEATMAP_STATS,
+  inspect,
+  type InspectFormat,
+  inspectHeatmap,
+  inspectJsonl,
+  type InspectOptions,
+  Inspector,
+  type InspectRecord,
+  type TensorStats,
+  type UpdateLoss,
+} from "./nn/inspect.ts";
 
 // ---- optimizers, precision strategies, mixed precision ------------------------------------
 export {
