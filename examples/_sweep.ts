@@ -188,6 +188,26 @@ export function toJson(v: unknown, indent?: number): string {
 /** A cell record read back from JSON (null -> NaN where numbers are expected). */
 export function fromJson(line: string): CellRecord {
   const c = JSON.parse(line) as CellRecord;
+  // a record is ulp's own output: anything else (a hand-edited "finalLoss": "x") is refused,
+  // never counted as a divergence
+  const num = (x: unknown) => x === null || typeof x === "number";
+  const bad = !c || typeof c !== "object"
+    ? "not an object"
+    : !num(c.finalLoss)
+    ? "finalLoss is not a number"
+    : !num(c.maxSharpness)
+    ? "maxSharpness is not a number"
+    : !Array.isArray(c.loss) || !c.loss.every(num)
+    ? "loss is not a list of numbers"
+    : !Array.isArray(c.sharpness) ||
+        !c.sharpness.every((p) => Array.isArray(p) && p.length === 2 && p.every(num))
+    ? "sharpness is not a list of [step, value] pairs"
+    : c.divergedAt !== null && typeof c.divergedAt !== "number"
+    ? "divergedAt is not a step"
+    : null;
+  if (bad !== null) {
+    throw new Error(`a cell record is malformed (${bad}); delete it to rerun the cell`);
+  }
   const n = (x: number | null) => (x === null ? NaN : x);
   return {
     ...c,

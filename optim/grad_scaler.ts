@@ -102,9 +102,10 @@ export interface GradScalerStatus {
  *
  * @example
  * ```ts
- * import { GradScaler, type GradScalerState } from "../mod.ts";
+ * import { GradScaler, type GradScalerState, type Tensor } from "../mod.ts";
  * const sd = new GradScaler().stateDict() as GradScalerState;
- * console.log(await sd.scale.item(), sd.growthInterval, await sd.growthTracker.item()); // 65536 2000 0
+ * const [scale, tracker] = [sd.scale as Tensor, sd.growthTracker as Tensor];
+ * console.log(await scale.item(), sd.growthInterval, await tracker.item()); // 65536 2000 0
  * const numbers = { ...sd, scale: 1024, growthTracker: 3 };
  * const s = new GradScaler();
  * s.loadStateDict(numbers);
