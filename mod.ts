@@ -203,14 +203,29 @@ export {
   type GradScalerStatus,
 } from "./optim/grad_scaler.ts";
 export {
+  type AmaxComputeAlgo,
   defaultFP8Recipe,
+  FP8_BLOCK,
+  FP8_RECIPES,
   type FP8Format,
   FP8Recipe,
+  fp8Recipe,
+  type FP8RecipeName,
   type FP8RecipeOptions,
   type FP8Scaling,
   type FP8StateDict,
   type FP8Tensor,
+  namedFP8Recipe,
 } from "./tensor/fp8.ts";
+export {
+  blockQuantize,
+  type BlockQuantized,
+  type BlockQuantizeOptions,
+  NVFP4_BLOCK,
+  nvfp4Quantize,
+  type NVFP4Quantized,
+  type NVFP4QuantizeOptions,
+} from "./tensor/block_scaling.ts";
 export { MX_BLOCK, mxQuantize, type MXQuantizeOptions } from "./tensor/mx.ts";
 
 // ---- dtypes -------------------------------------------------------------------------------
