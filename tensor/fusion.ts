@@ -26,7 +26,11 @@
  * bound as windows, the output and same-shape operands by the elements each piece of the
  * grid writes, a broadcast operand by the elements those read (`stridedRange`). A broadcast
  * operand so large that one workgroup's share passes the limit is a `DeviceError` naming the
- * operands.
+ * operands. A result of whole quads (a multiple of 4 elements) is computed a quad per
+ * invocation: operands of its shape are loaded as one vec4 each (a vec4 view of one-word
+ * dtypes, whole words of packed ones), one-element operands once, and an f32 result is stored
+ * as one vec4; the expression still runs per element, so the bits are those of one element
+ * per invocation.
  *
  * @module
  */
