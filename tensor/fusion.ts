@@ -26,11 +26,11 @@
  * bound as windows, the output and same-shape operands by the elements each piece of the
  * grid writes, a broadcast operand by the elements those read (`stridedRange`). A broadcast
  * operand so large that one workgroup's share passes the limit is a `DeviceError` naming the
- * operands. A result of whole quads (a multiple of 4 elements) is computed a quad per
- * invocation: operands of its shape are loaded as one vec4 each (a vec4 view of one-word
- * dtypes, whole words of packed ones), one-element operands once, and an f32 result is stored
- * as one vec4; the expression still runs per element, so the bits are those of one element
- * per invocation.
+ * operands. A one-word or f16 result of whole quads (a multiple of 4 elements) is computed a
+ * quad per invocation: operands of its shape are loaded as one vec4 each (a vec4 view of
+ * one-word dtypes, whole words of packed ones), one-element operands once, and a one-word
+ * result is stored as one vec4; the expression still runs per element, so the bits are those
+ * of one element per invocation. Packed results keep a word per step.
  *
  * @module
  */
@@ -385,7 +385,8 @@ function record(root: Tensor, def: LazyDef): void {
   // Quads: each invocation computes groups of 4 consecutive elements, the operands of the
   // result's shape loaded 4 at a time (one 16-byte load of a one-word-per-element dtype, whole
   // words of a packed one) and passed to value() as parameters; needs whole quads.
-  const quad = root.size % 4 === 0;
+  // (packed results keep a word per step: a quad of them measured no faster on lavapipe)
+  const quad = root.size % 4 === 0 && layoutOf(root.dt, rt).lanes === 1;
   const params: { k: number; mode: Mode }[] = [];
   const leaf = (t: Tensor): string => {
     let name = leafName.get(t);
@@ -478,7 +479,7 @@ function record(root: Tensor, def: LazyDef): void {
     workgroupSize: WG,
   }, () => ({
     source: quad
-      ? quadSource(outL.lanes, v4(null), params, body, def.rounding)
+      ? quadSource(v4(null), params, body, def.rounding)
       : source(outL.lanes, body, def.rounding),
     chunks,
   }));
@@ -565,10 +566,9 @@ ${word}    st_out(w, v, r);
 /**
  * The kernel over quads: QUADS groups of 4 consecutive elements per invocation, strided
  * by the workgroup size; operands of the result's shape loaded as one vec4 each, one-element
- * operands once; the result stored as one vec4 (`vec4Out`) or as its 1, 2 or 4 words.
+ * operands once; the result stored as one vec4 (`vec4Out`) or element by element (f16).
  */
 function quadSource(
-  lanes: number,
   vec4Out: boolean,
   params: readonly { k: number; mode: Mode }[],
   body: string,
@@ -586,12 +586,10 @@ function quadSource(
     const args = params.map((p) => p.mode === "one" ? `, a${p.k}` : `, q${p.k}.${c}`).join("");
     calls += `    v.${c} = value(${i}${args}); r.${c} = ${rand(i)};\n`;
   }
+  // one-lane results only (an f16 one element by element)
   let store: string;
   if (vec4Out) store = "    st4_out(q, v, r);\n";
-  else if (lanes === 4) store = "    st_out(q, v, r);\n";
-  else if (lanes === 2) {
-    store = "    st_out(2u * q, v.xyxy, r.xyxy);\n    st_out(2u * q + 1u, v.zwzw, r.zwzw);\n";
-  } else {
+  else {
     store = [0, 1, 2, 3].map((l) => {
       const c = "xyzw"[l];
       return `    st_out(i0 + ${l}u, vec4<f32>(v.${c}), vec4<u32>(r.${c}));\n`;
