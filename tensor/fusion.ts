@@ -387,7 +387,10 @@ function record(root: Tensor, def: LazyDef): void {
   // words of a packed one) and passed to value() as parameters; needs whole quads.
   // (packed results keep a word per step: a quad of them measured no faster on lavapipe)
   const quad = root.size % 4 === 0 && layoutOf(root.dt, rt).lanes === 1;
-  const params: { k: number; mode: Mode }[] = [];
+  // rows (the last dimension) of whole quads: a quad never crosses a row, so a broadcast
+  // operand's 4 elements lie one last-dimension stride apart from the first (one bidx a quad)
+  const rowQuads = quad && shape[shape.length - 1] % 4 === 0;
+  const params: { k: number; mode: Mode; slot?: number }[] = [];
   const leaf = (t: Tensor): string => {
     let name = leafName.get(t);
     if (name === undefined) {
@@ -395,10 +398,12 @@ function record(root: Tensor, def: LazyDef): void {
       const mode = modeOf(t, shape);
       let idx = "i";
       if (mode === "one") idx = "0u";
-      if (mode === "bcast") idx = `bidx(i, ${bcastSlot.push(k) - 1}u)`;
+      const slot = mode === "bcast" ? bcastSlot.push(k) - 1 : -1;
+      if (mode === "bcast") idx = `bidx(i, ${slot}u)`;
       name = `a${k}`;
       leafName.set(t, name);
       if (quad && mode !== "bcast") params.push({ k, mode });
+      else if (rowQuads) params.push({ k, mode, slot });
       else lines.push(`  let ${name} = ld_in${k}(${idx});`);
     }
     return name;
@@ -442,7 +447,7 @@ function record(root: Tensor, def: LazyDef): void {
   const body = `${lines.join("\n")}\n  return ${result};`;
   const nB = bcastSlot.length;
   const key = `ew|${
-    quad ? params.map((p) => p.mode).join(",") : "-"
+    quad ? params.map((p) => p.mode).join(",") + (rowQuads ? `|rank${shape.length}` : "") : "-"
   }|${body}|${def.rounding}|${def.saturate}|${nB}`;
   // one-word-per-element operands of the result's shape, and such a result, are read and
   // written as vec4s in quads
@@ -479,7 +484,7 @@ function record(root: Tensor, def: LazyDef): void {
     workgroupSize: WG,
   }, () => ({
     source: quad
-      ? quadSource(v4(null), params, body, def.rounding)
+      ? quadSource(v4(null), params, body, def.rounding, shape.length)
       : source(outL.lanes, body, def.rounding),
     chunks,
   }));
@@ -570,16 +575,23 @@ ${word}    st_out(w, v, r);
  */
 function quadSource(
   vec4Out: boolean,
-  params: readonly { k: number; mode: Mode }[],
+  params: readonly { k: number; mode: Mode; slot?: number }[],
   body: string,
   rounding: Rounding,
+  rank: number,
 ): string {
   const rand = (i: string) => rounding === "stochastic" ? `ulp_rand(u.seed, ${i})` : "0u";
   const decl = params.map((p) => `, a${p.k}: f32`).join("");
   const ones = params.filter((p) => p.mode === "one")
     .map((p) => `  let a${p.k} = ld_in${p.k}(0u);\n`).join("");
-  const loads = params.filter((p) => p.mode === "same")
-    .map((p) => `    let q${p.k} = ld4_in${p.k}(i0, 4u);\n`).join("");
+  // a broadcast operand (rows of whole quads): the first element's offset, then its stride
+  const bc = (p: { k: number; slot?: number }) => {
+    const o = `o${p.k}`, st = `u_st(${MAX_RANK * p.slot! + rank - 1}u)`;
+    return `    let ${o} = bidx(i0, ${p.slot}u);\n    let q${p.k} = vec4<f32>(ld_in${p.k}(${o}), ` +
+      `ld_in${p.k}(${o} + ${st}), ld_in${p.k}(${o} + 2u * ${st}), ld_in${p.k}(${o} + 3u * ${st}));\n`;
+  };
+  const loads = params.filter((p) => p.mode !== "one")
+    .map((p) => p.mode === "same" ? `    let q${p.k} = ld4_in${p.k}(i0, 4u);\n` : bc(p)).join("");
   let calls = "";
   for (let l = 0; l < 4; l++) {
     const c = "xyzw"[l], i = l === 0 ? "i0" : `i0 + ${l}u`;
