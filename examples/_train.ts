@@ -183,6 +183,7 @@ export class Trainer {
       betas: [0.9, 0.95],
       weightDecay: c.weightDecay,
       precision: this.precision.storage,
+      seed: c.seed, // the random stream of stochastic rounding (bf16-sr) follows --seed
     });
     this.scaler = this.precision.gradScaler ? new GradScaler() : null;
     const ac = this.precision.autocast;
