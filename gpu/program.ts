@@ -681,14 +681,17 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
     }
     // Boxes of the grid whose windows all fit: a box that does not fit is halved along the
     // split dimension that shrinks its largest window most.
-    const worst = (lo: Box, hi: Box): { i: number; size: number } => {
+    // the windows of the large bindings for a box, and the largest of them
+    const worst = (lo: Box, hi: Box) => {
+      const wins = new Map<number, BufferWindow>();
       let w = { i: -1, size: 0 };
       big.forEach((isBig, i) => {
         if (!isBig) return;
-        const size = windowOf(i, lo, hi).size;
-        if (size > w.size) w = { i, size };
+        const win = windowOf(i, lo, hi);
+        wins.set(i, win);
+        if (win.size > w.size) w = { i, size: win.size };
       });
-      return w;
+      return { ...w, wins };
     };
     const todo: [Box, Box][] = [[[0, 0, 0], dims]];
     const halve = (lo: Box, hi: Box, d: number) => {
@@ -710,8 +713,8 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       const w = worst(lo, hi);
       if (w.size <= maxBind) {
         const binds = bufs.map((pb, i): Binding => {
-          if (!big[i]) return pb;
-          const win = windowOf(i, lo, hi);
+          const win = w.wins.get(i);
+          if (win === undefined) return pb;
           u[baseWord[i]] = win.offset / units[i].bytes;
           return win;
         });

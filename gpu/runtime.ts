@@ -149,7 +149,7 @@ function layoutKey(sig: KernelSignature): string {
   return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "");
 }
 
-const guarded = new WeakSet<typeof globalThis>();
+let guardInstalled = false;
 let guardedRuntime: Runtime | null = null;
 
 /**
@@ -162,8 +162,8 @@ let guardedRuntime: Runtime | null = null;
  */
 function guardExit(rt: Runtime): void {
   guardedRuntime = rt;
-  if (guarded.has(globalThis) || typeof addEventListener !== "function") return;
-  guarded.add(globalThis);
+  if (guardInstalled || typeof addEventListener !== "function") return;
+  guardInstalled = true;
   const handle = (ev: Event, err: unknown, kind: string) => {
     const r = guardedRuntime;
     if (ev.defaultPrevented || r === null || r.lost || r.inFlight === 0) return;
@@ -278,11 +278,7 @@ export class Runtime {
     const software = info.isFallbackAdapter ||
       /llvmpipe|lavapipe|swiftshader|warp/i.test(info.description);
     this.maxLoopIterations = software ? 60_000 : Infinity;
-    this.maxBatchCost = info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader|warp/i.test(
-        info.description,
-      )
-      ? 5e8
-      : 5e10;
+    this.maxBatchCost = software ? 5e8 : 5e10;
     this.#pool = new BufferPool(device);
     guardExit(this);
     this.#pool.onOutOfMemory = (e) => this.#outOfMemory(e);
