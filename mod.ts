@@ -28,7 +28,7 @@
  */
 
 // ---- tensors and ops ----------------------------------------------------------------------
-export { isTensor, type Operand, Tensor } from "./tensor/tensor.ts";
+export { isTensor, type Operand, Tensor } from "./tensor/core/tensor.ts";
 export {
   arange,
   type CreateOptions,
@@ -45,7 +45,7 @@ export {
   tensor,
   tensorBytes,
   zeros,
-} from "./tensor/creation.ts";
+} from "./tensor/ops/creation.ts";
 export {
   abs,
   add,
@@ -74,8 +74,17 @@ export {
   sub,
   tanh,
   where,
-} from "./tensor/elementwise.ts";
-export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum } from "./tensor/reduce.ts";
+} from "./tensor/ops/elementwise.ts";
+export {
+  argmax,
+  logSoftmax,
+  logsumexp,
+  max,
+  mean,
+  min,
+  softmax,
+  sum,
+} from "./tensor/ops/reduce.ts";
 export {
   matmul,
   type MatmulOptions,
@@ -83,7 +92,7 @@ export {
   type MatmulTuning,
   type Tiles,
   tuneMatmul,
-} from "./tensor/matmul.ts";
+} from "./tensor/ops/matmul.ts";
 export {
   concat,
   expand,
@@ -96,15 +105,15 @@ export {
   squeeze,
   transpose,
   unsqueeze,
-} from "./tensor/shape_ops.ts";
+} from "./tensor/ops/shape_ops.ts";
 export {
   type AttentionOptions,
   causalSelfAttention,
   scaledDotProductAttention,
-} from "./tensor/attention.ts";
-export { keep, tidy } from "./tensor/scope.ts";
-export { setLeakWarning } from "./tensor/_leaks.ts";
-export { setFusion } from "./tensor/fusion.ts";
+} from "./tensor/ops/attention.ts";
+export { keep, tidy } from "./tensor/core/scope.ts";
+export { setLeakWarning } from "./tensor/core/_leaks.ts";
+export { setFusion } from "./tensor/kernels/fusion.ts";
 
 // ---- autograd -----------------------------------------------------------------------------
 export { type BackwardOptions } from "./autograd/backward.ts";
@@ -195,7 +204,7 @@ export {
   type AutocastGuard,
   type AutocastOptions,
   type CastPolicy,
-} from "./tensor/autocast.ts";
+} from "./tensor/amp/autocast.ts";
 export {
   GradScaler,
   type GradScalerOptions,
@@ -216,7 +225,7 @@ export {
   type FP8StateDict,
   type FP8Tensor,
   namedFP8Recipe,
-} from "./tensor/fp8.ts";
+} from "./tensor/amp/fp8.ts";
 export {
   blockQuantize,
   type BlockQuantized,
@@ -225,8 +234,8 @@ export {
   nvfp4Quantize,
   type NVFP4Quantized,
   type NVFP4QuantizeOptions,
-} from "./tensor/block_scaling.ts";
-export { MX_BLOCK, mxQuantize, type MXQuantizeOptions } from "./tensor/mx.ts";
+} from "./tensor/amp/block_scaling.ts";
+export { MX_BLOCK, mxQuantize, type MXQuantizeOptions } from "./tensor/amp/mx.ts";
 
 // ---- dtypes -------------------------------------------------------------------------------
 export {

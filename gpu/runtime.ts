@@ -237,7 +237,7 @@ export class Runtime {
    * Called before a command that writes buffers is recorded, with its buffers and, for a
    * dispatch, the access of each (only `read_write` ones are written; without `access`,
    * all are: a copy's destination, a host write). Deferred work that reads them (elementwise
-   * fusion, tensor/fusion.ts) records itself here first, so that it sees the values it was
+   * fusion, tensor/kernels/fusion.ts) records itself here first, so that it sees the values it was
    * given. @internal
    */
   beforeWrite:

@@ -8,8 +8,8 @@
 
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import { autocastInputs, fmtShape, matmul, rand, type Tensor, where } from "../tensor/mod.ts";
-import { layerNormLast, rmsNormLast } from "../tensor/norm.ts";
-import { crossEntropyLast } from "../tensor/loss.ts";
+import { layerNormLast, rmsNormLast } from "../tensor/ops/norm.ts";
+import { crossEntropyLast } from "../tensor/ops/loss.ts";
 
 // The tensor layer defines these ops once; they are part of the functional API too.
 export { gelu, logSoftmax, softmax } from "../tensor/mod.ts";

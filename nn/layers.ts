@@ -13,7 +13,7 @@ import { dropout, layerNorm, linear, rmsNorm } from "./functional.ts";
 import { gelu } from "../tensor/mod.ts";
 import { Module, Parameter } from "./module.ts";
 import { currentRuntime } from "../gpu/mod.ts";
-import { checkIds } from "../tensor/_id_check.ts";
+import { checkIds } from "../tensor/core/_id_check.ts";
 
 /** Options shared by layers with weights. */
 export interface LayerOptions {
@@ -108,7 +108,7 @@ export class Embedding extends Module {
   /**
    * The rows of `ids` (an integer tensor of any shape): shape [...ids.shape, embeddingDim].
    * Ids are checked on the device: one outside `[0, numEmbeddings)` makes the next readback
-   * throw a `ValueError` naming it (tensor/_id_check.ts). No ids (an empty batch) is a
+   * throw a `ValueError` naming it (tensor/core/_id_check.ts). No ids (an empty batch) is a
    * `ValueError` at the call.
    */
   forward(ids: Tensor): Tensor {

@@ -15,7 +15,7 @@ import {
   keep,
   type Tensor,
 } from "../tensor/mod.ts";
-import { autocastStateOf } from "../tensor/autocast.ts";
+import { autocastStateOf } from "../tensor/amp/autocast.ts";
 
 /**
  * Marks a tensor as a model parameter: a leaf that requires a gradient, counted as `params`

@@ -12,7 +12,7 @@
  * @module
  */
 
-export { fmtShape, type GradNode, isTensor, type Operand, Tensor } from "./tensor.ts";
+export { fmtShape, type GradNode, isTensor, type Operand, Tensor } from "./core/tensor.ts";
 export {
   arange,
   checkShape,
@@ -30,7 +30,7 @@ export {
   tensor,
   tensorBytes,
   zeros,
-} from "./creation.ts";
+} from "./ops/creation.ts";
 export {
   abs,
   add,
@@ -60,9 +60,19 @@ export {
   sub,
   tanh,
   where,
-} from "./elementwise.ts";
-export { setFusion } from "./fusion.ts";
-export { argmax, logSoftmax, logsumexp, max, mean, min, softmax, sum, sumTo } from "./reduce.ts";
+} from "./ops/elementwise.ts";
+export { setFusion } from "./kernels/fusion.ts";
+export {
+  argmax,
+  logSoftmax,
+  logsumexp,
+  max,
+  mean,
+  min,
+  softmax,
+  sum,
+  sumTo,
+} from "./ops/reduce.ts";
 export {
   matmul,
   type MatmulOptions,
@@ -70,7 +80,7 @@ export {
   type MatmulTuning,
   type Tiles,
   tuneMatmul,
-} from "./matmul.ts";
+} from "./ops/matmul.ts";
 export {
   concat,
   expand,
@@ -83,9 +93,9 @@ export {
   squeeze,
   transpose,
   unsqueeze,
-} from "./shape_ops.ts";
-export { keep, tidy } from "./scope.ts";
-export { setLeakWarning } from "./_leaks.ts";
+} from "./ops/shape_ops.ts";
+export { keep, tidy } from "./core/scope.ts";
+export { setLeakWarning } from "./core/_leaks.ts";
 export {
   autocast,
   AUTOCAST_POLICY,
@@ -95,7 +105,7 @@ export {
   autocastState,
   autocastTarget,
   type CastPolicy,
-} from "./autocast.ts";
+} from "./amp/autocast.ts";
 export {
   type AmaxComputeAlgo,
   defaultFP8Recipe,
@@ -110,7 +120,7 @@ export {
   type FP8StateDict,
   type FP8Tensor,
   namedFP8Recipe,
-} from "./fp8.ts";
+} from "./amp/fp8.ts";
 export {
   blockQuantize,
   type BlockQuantized,
@@ -119,13 +129,13 @@ export {
   nvfp4Quantize,
   type NVFP4Quantized,
   type NVFP4QuantizeOptions,
-} from "./block_scaling.ts";
-export { MX_BLOCK, mxElementDtype, mxEmax, mxQuantize, type MXQuantizeOptions } from "./mx.ts";
-export { layoutOf, storageBytes } from "./layout.ts";
+} from "./amp/block_scaling.ts";
+export { MX_BLOCK, mxElementDtype, mxEmax, mxQuantize, type MXQuantizeOptions } from "./amp/mx.ts";
+export { layoutOf, storageBytes } from "../gpu/layout.ts";
 export {
   type AttentionOptions,
   causalSelfAttention,
   fusedAttentionFits,
   MAX_HEAD_SIZE,
   scaledDotProductAttention,
-} from "./attention.ts";
+} from "./ops/attention.ts";

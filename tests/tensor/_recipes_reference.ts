@@ -1,4 +1,4 @@
-// Host references for the FP8 recipes beyond delayed scaling (tensor/block_scaling.ts),
+// Host references for the FP8 recipes beyond delayed scaling (tensor/amp/block_scaling.ts),
 // written from ../shared/RECIPES.md and the published sources it names (Transformer Engine's
 // compute_scale_from_amax, torchao's amax_to_scale with round_scales_to_power_of_2, TE's
 // NVFP4 / cuDNN block scale quantize), with the host codec and f64 arithmetic rounded to f32

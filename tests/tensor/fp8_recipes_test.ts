@@ -1,4 +1,4 @@
-// The FP8 recipes beside delayed scaling (tensor/fp8.ts, tensor/block_scaling.ts): scales and
+// The FP8 recipes beside delayed scaling (tensor/amp/fp8.ts, tensor/amp/block_scaling.ts): scales and
 // codes against host computations of their published formulas (_recipes_reference.ts), and
 // each recipe in the GEMMs of autocast, forward and backward.
 import assert from "node:assert/strict";
@@ -19,7 +19,7 @@ import {
   namedFP8Recipe,
   nvfp4Quantize,
 } from "../../tensor/mod.ts";
-import { randomHadamard16 } from "../../tensor/block_scaling.ts";
+import { randomHadamard16 } from "../../tensor/amp/block_scaling.ts";
 import { rng } from "./_reference.ts";
 import {
   blocksOf,

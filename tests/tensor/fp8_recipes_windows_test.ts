@@ -1,4 +1,4 @@
-// The block recipes' kernels (tensor/block_scaling.ts) on tensors larger than one storage
+// The block recipes' kernels (tensor/amp/block_scaling.ts) on tensors larger than one storage
 // binding: with the binding limit lowered so that small tensors need several windows, block
 // and NVFP4 quantisation and the random Hadamard transform give the same bits as with the
 // adapter's own limit, and as the host formulas.
@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { type Tensor, tensor, tidy } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
 import { blockQuantize, nvfp4Quantize } from "../../tensor/mod.ts";
-import { randomHadamard16 } from "../../tensor/block_scaling.ts";
+import { randomHadamard16 } from "../../tensor/amp/block_scaling.ts";
 import { rng } from "./_reference.ts";
 import {
   blocksOf,

@@ -1,4 +1,4 @@
-// FP8 training (tensor/fp8.ts, and its hook in matmul): per-tensor delayed and current
+// FP8 training (tensor/amp/fp8.ts, and its hook in matmul): per-tensor delayed and current
 // scaling, MX block scaling of GEMM operands, the backward in e5m2, state dicts, per-module
 // overrides, and a short training run against amp-bf16. References: _fp8_reference.ts.
 import assert from "node:assert/strict";

@@ -1,4 +1,4 @@
-// Elementwise fusion (tensor/fusion.ts): chains of elementwise ops run as one kernel, with the
+// Elementwise fusion (tensor/kernels/fusion.ts): chains of elementwise ops run as one kernel, with the
 // values of the unfused ops bit for bit (host references rounded op by op, and the same chain
 // with fusion off), and deferred work never reads a buffer after it was freed or overwritten.
 import assert from "node:assert/strict";

@@ -1,8 +1,8 @@
-// Memory that forgives (tensor/_leaks.ts): the FinalizationRegistry behind tidy/using/dispose
+// Memory that forgives (tensor/core/_leaks.ts): the FinalizationRegistry behind tidy/using/dispose
 // frees the buffers of tensors that became unreachable, and a loop whose live buffers grow
 // gets one warning naming where the tensors were made.
 import assert from "node:assert/strict";
-import { noteBirth, noteStep, resetLeakWatch, setLeakWarning } from "../../tensor/_leaks.ts";
+import { noteBirth, noteStep, resetLeakWatch, setLeakWarning } from "../../tensor/core/_leaks.ts";
 
 /** `deno` as this process may run it: its own binary if allowed, else the one on PATH. */
 function denoCommand(): string {

@@ -1,4 +1,4 @@
-// Fused cross-entropy (tensor/loss.ts, through nn's crossEntropy) against an f64 host reference
+// Fused cross-entropy (tensor/ops/loss.ts, through nn's crossEntropy) against an f64 host reference
 // rounded once to the loss dtype, on the real adapter: f32, bf16, f16 and e4m3 logits, odd
 // class counts, many rows, ignoreIndex, large logits, out-of-range targets, gradients against
 // the analytic softmax - onehot and central finite differences, and dispatch counts.

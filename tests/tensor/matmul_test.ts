@@ -15,7 +15,7 @@ import {
   tuneMatmul,
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { matmulTileCandidates, setMatmulTiles } from "../../tensor/matmul.ts";
+import { matmulTileCandidates, setMatmulTiles } from "../../tensor/ops/matmul.ts";
 
 // ---- host reference ----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-// OCP MX block quantisation (tensor/mx.ts) against the host reference of _fp8_reference.ts.
+// OCP MX block quantisation (tensor/amp/mx.ts) against the host reference of _fp8_reference.ts.
 import assert from "node:assert/strict";
 import { DTypeError, mxQuantize, ShapeError, tensor } from "../../mod.ts";
 import { mxElementDtype, mxEmax } from "../../tensor/mod.ts";

@@ -1,4 +1,4 @@
-// Fused layer norm and RMS norm (tensor/norm.ts, through nn's layerNorm and rmsNorm) against an
+// Fused layer norm and RMS norm (tensor/ops/norm.ts, through nn's layerNorm and rmsNorm) against an
 // f64 host reference rounded once to the output dtype, on the real adapter: f32, bf16, f16 and
 // e4m3 inputs, odd row lengths, many rows, weight and bias present or not, gradients against
 // the host's analytic ones and against central finite differences, and dispatch counts.

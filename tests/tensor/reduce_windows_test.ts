@@ -22,8 +22,8 @@ import {
   tensor,
 } from "../../mod.ts";
 import { getRuntime, type Runtime } from "../../gpu/mod.ts";
-import { layerNormLast, rmsNormLast } from "../../tensor/norm.ts";
-import { crossEntropyLast } from "../../tensor/loss.ts";
+import { layerNormLast, rmsNormLast } from "../../tensor/ops/norm.ts";
+import { crossEntropyLast } from "../../tensor/ops/loss.ts";
 import { rng, roundTo, ulpsOff, values } from "./_reference.ts";
 
 const rt = await getRuntime();

@@ -26,8 +26,8 @@
  * @module
  */
 
-import { type DType, float32, int32, isFloat, uint32 } from "../dtypes/mod.ts";
-import { ShapeError, ValueError } from "../errors.ts";
+import { type DType, float32, int32, isFloat, uint32 } from "../../dtypes/mod.ts";
+import { ShapeError, ValueError } from "../../errors.ts";
 import {
   currentRuntime,
   type Layout,
@@ -36,11 +36,11 @@ import {
   program,
   type Runtime,
   storageBytes,
-} from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
+} from "../../gpu/mod.ts";
+import { attach } from "../../autograd/graph.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
 import { autocastInputs } from "./elementwise.ts";
-import { launch } from "./fusion.ts";
+import { launch } from "../kernels/fusion.ts";
 
 /** Threads per workgroup of every reduction kernel. */
 const WG = 64;
@@ -69,8 +69,8 @@ export const MAX_LOOP = 16384;
  *
  * @example
  * ```ts
- * import { getRuntime, layoutOf } from "../gpu/mod.ts";
- * import { dtype } from "../dtypes/mod.ts";
+ * import { getRuntime, layoutOf } from "../../gpu/mod.ts";
+ * import { dtype } from "../../dtypes/mod.ts";
  * import { windowElems } from "./reduce.ts";
  * const rt = await getRuntime();
  * // 128 MiB bindings, 256-byte offsets: 33,554,367 f32 or twice as many bf16
@@ -913,7 +913,7 @@ function expand(
  *
  * @example
  * ```ts
- * import { sum, tensor } from "../mod.ts";
+ * import { sum, tensor } from "../../mod.ts";
  * const x = tensor([[1, 2, 3], [4, 5, 6]], { dtype: "bf16" });
  * console.log(Array.from(await sum(x).toArray())); // [21]
  * console.log(Array.from(await sum(x, 1).toArray())); // [6, 15]
@@ -940,7 +940,7 @@ export function sum(x: Tensor, axis?: number | readonly number[], keepDims = fal
  *
  * @example
  * ```ts
- * import { mean, tensor } from "../mod.ts";
+ * import { mean, tensor } from "../../mod.ts";
  * const x = tensor([[1, 2], [3, 5]]);
  * console.log(Array.from(await mean(x).toArray())); // [2.75]
  * console.log(Array.from(await mean(x, 0).toArray())); // [2, 3.5]
@@ -1009,7 +1009,7 @@ function extremum(
  *
  * @example
  * ```ts
- * import { max, tensor } from "../mod.ts";
+ * import { max, tensor } from "../../mod.ts";
  * const x = tensor([[1, 7, 3], [4, -5, 6]], { dtype: "e4m3" });
  * console.log(Array.from(await max(x, 1).toArray())); // [7, 6]
  * console.log(await max(tensor([1, NaN, 3])).item()); // NaN
@@ -1024,7 +1024,7 @@ export function max(x: Tensor, axis?: number | readonly number[], keepDims = fal
  *
  * @example
  * ```ts
- * import { min, tensor } from "../mod.ts";
+ * import { min, tensor } from "../../mod.ts";
  * const x = tensor([[1, 7, 3], [4, -5, 6]]);
  * console.log(Array.from(await min(x, 0).toArray())); // [1, -5, 3]
  * ```
@@ -1039,7 +1039,7 @@ export function min(x: Tensor, axis?: number | readonly number[], keepDims = fal
  *
  * @example
  * ```ts
- * import { argmax, tensor } from "../mod.ts";
+ * import { argmax, tensor } from "../../mod.ts";
  * const x = tensor([[1, 9, 9], [8, 2, 3]]);
  * console.log(Array.from(await argmax(x, 1).toArray())); // [1, 0]
  * console.log(await argmax(x).item()); // 1
@@ -1061,7 +1061,7 @@ export function argmax(x: Tensor, axis?: number, keepDims = false): Tensor {
  *
  * @example
  * ```ts
- * import { logsumexp, tensor } from "../mod.ts";
+ * import { logsumexp, tensor } from "../../mod.ts";
  * const x = tensor([[1000, 1000], [0, Math.log(3)]]);
  * console.log(Array.from(await logsumexp(x, 1).toArray()).map((v) => v.toFixed(4))); // ["1000.6932", "1.3863"]
  * ```
@@ -1102,7 +1102,7 @@ export function logsumexp(
  *
  * @example
  * ```ts
- * import { softmax, tensor } from "../mod.ts";
+ * import { softmax, tensor } from "../../mod.ts";
  * const p = softmax(tensor([[1000, 1000], [0, Math.log(3)]]));
  * console.log(Array.from(await p.toArray()).map((v) => v.toFixed(4))); // ["0.5000", "0.5000", "0.2500", "0.7500"]
  * ```
@@ -1132,7 +1132,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
  *
  * @example
  * ```ts
- * import { logSoftmax, tensor } from "../mod.ts";
+ * import { logSoftmax, tensor } from "../../mod.ts";
  * const y = logSoftmax(tensor([0, Math.log(3)]));
  * console.log(Array.from(await y.exp().toArray()).map((v) => v.toFixed(4))); // ["0.2500", "0.7500"]
  * ```
@@ -1162,8 +1162,8 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
- * import { sumTo } from "./mod.ts";
+ * import { tensor } from "../../mod.ts";
+ * import { sumTo } from "../mod.ts";
  * const g = tensor([[1, 2, 3], [4, 5, 6]]);
  * const r = sumTo(g, [1, 3]);
  * console.log(r.shape, Array.from(await r.toArray())); // [1, 3] [5, 7, 9]

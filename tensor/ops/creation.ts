@@ -6,12 +6,12 @@
  * @module
  */
 
-import { dtype as toDType, type DTypeLike, float32, int32 } from "../dtypes/mod.ts";
-import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Purpose } from "../gpu/mod.ts";
-import { storageBytes } from "./layout.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
-import { launch } from "./fusion.ts";
+import { dtype as toDType, type DTypeLike, float32, int32 } from "../../dtypes/mod.ts";
+import { ShapeError, ValueError } from "../../errors.ts";
+import { currentRuntime, type Purpose } from "../../gpu/mod.ts";
+import { storageBytes } from "../../gpu/layout.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
+import { launch } from "../kernels/fusion.ts";
 
 /** Options of the creation functions. */
 export interface CreateOptions {
@@ -32,8 +32,8 @@ export type NestedNumbers = number | boolean | readonly NestedNumbers[];
  *
  * @example
  * ```ts
- * import { ShapeError } from "../mod.ts";
- * import { checkShape } from "./mod.ts";
+ * import { ShapeError } from "../../mod.ts";
+ * import { checkShape } from "../mod.ts";
  * console.log(checkShape("zeros", [2, 3])); // [2, 3]
  * try { checkShape("zeros", [2, -1]); } catch (e) { console.log(e instanceof ShapeError); } // true
  * ```
@@ -93,7 +93,7 @@ function finish(t: Tensor, opts: CreateOptions): Tensor {
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
+ * import { tensor } from "../../mod.ts";
  * const x = tensor([[1, 2, 3], [4, 5, 6]], { dtype: "e4m3" });
  * console.log(x.shape, x.dtype); // [2, 3] "e4m3"
  * const y = tensor(new Float32Array([1, 2, 3, 4]), { shape: [2, 2] });
@@ -180,7 +180,7 @@ function fromInts(
  *
  * @example
  * ```ts
- * import { fromCodes } from "../mod.ts";
+ * import { fromCodes } from "../../mod.ts";
  * const t = fromCodes(new Uint16Array([0x3f80, 0xc000]), [2], "bf16");
  * console.log(Array.from(await t.toArray())); // [1, -2]
  * ```
@@ -216,7 +216,7 @@ export function fromCodes(
  *
  * @example
  * ```ts
- * import { full } from "../mod.ts";
+ * import { full } from "../../mod.ts";
  * console.log(Array.from(await full([2, 2], 0.1, { dtype: "bf16" }).toArray())); // [0.10009765625, ...x4]
  * ```
  */
@@ -233,7 +233,7 @@ export function full(shape: readonly number[], value: number, opts: CreateOption
  *
  * @example
  * ```ts
- * import { zeros } from "../mod.ts";
+ * import { zeros } from "../../mod.ts";
  * console.log(Array.from(await zeros([3]).toArray())); // [0, 0, 0]
  * ```
  */
@@ -246,7 +246,7 @@ export function zeros(shape: readonly number[], opts: CreateOptions = {}): Tenso
  *
  * @example
  * ```ts
- * import { ones } from "../mod.ts";
+ * import { ones } from "../../mod.ts";
  * console.log(Array.from(await ones([2], { dtype: "e5m2" }).toArray())); // [1, 1]
  * ```
  */
@@ -260,7 +260,7 @@ export function ones(shape: readonly number[], opts: CreateOptions = {}): Tensor
  *
  * @example
  * ```ts
- * import { arange } from "../mod.ts";
+ * import { arange } from "../../mod.ts";
  * console.log(Array.from(await arange(5).toArray())); // [0, 1, 2, 3, 4]
  * console.log(Array.from(await arange(0, 1, 0.25).toArray())); // [0, 0.25, 0.5, 0.75]
  * ```
@@ -293,7 +293,7 @@ let globalCounter = 0;
  *
  * @example
  * ```ts
- * import { manualSeed, randn } from "../mod.ts";
+ * import { manualSeed, randn } from "../../mod.ts";
  * manualSeed(1);
  * const a = await randn([3]).toArray();
  * manualSeed(1);
@@ -341,7 +341,7 @@ function streamSeed(op: string, opts: RandomOptions): number {
  *
  * @example
  * ```ts
- * import { rand } from "../mod.ts";
+ * import { rand } from "../../mod.ts";
  * const x = Array.from(await rand([1000], { seed: 3 }).toArray());
  * console.log(Math.min(...x) >= 0 && Math.max(...x) < 1); // true
  * ```
@@ -367,7 +367,7 @@ export function rand(shape: readonly number[], opts: RandomOptions = {}): Tensor
  *
  * @example
  * ```ts
- * import { randn } from "../mod.ts";
+ * import { randn } from "../../mod.ts";
  * const x = Array.from(await randn([10000], { seed: 3 }).toArray());
  * const mean = x.reduce((a, b) => a + b, 0) / x.length;
  * console.log(Math.abs(mean) < 0.05); // true

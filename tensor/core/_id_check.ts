@@ -12,8 +12,8 @@
  * @module
  */
 
-import { ValueError } from "../errors.ts";
-import { type PooledBuffer, program, type Runtime } from "../gpu/mod.ts";
+import { ValueError } from "../../errors.ts";
+import { type PooledBuffer, program, type Runtime } from "../../gpu/mod.ts";
 
 /** The ops whose ids are checked: their bit in the flag and the name errors give. */
 export const ID_OPS = {

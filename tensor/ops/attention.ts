@@ -15,8 +15,8 @@
  * @module
  */
 
-import { type DType, float32, isFloat } from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
+import { type DType, float32, isFloat } from "../../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
 import {
   type BindingSpec,
   type Box,
@@ -24,10 +24,10 @@ import {
   program,
   type Runtime,
   type UniformSpec,
-} from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
-import { type Layout, layoutOf, storageBytes } from "./layout.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
+} from "../../gpu/mod.ts";
+import { attach } from "../../autograd/graph.ts";
+import { type Layout, layoutOf, storageBytes } from "../../gpu/layout.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
 import { autocastInputs } from "./elementwise.ts";
 
 /** Largest head size the kernels hold in registers. */
@@ -468,7 +468,7 @@ function checkFloat(op: string, ts: Tensor[]): DType {
  *
  * @example
  * ```ts
- * import { scaledDotProductAttention, tensor } from "../mod.ts";
+ * import { scaledDotProductAttention, tensor } from "../../mod.ts";
  * const q = tensor([[[[1, 0], [0, 1]]]]); // (1, 1, 2, 2)
  * const y = scaledDotProductAttention(q, q, tensor([[[[1, 2], [3, 4]]]]), { causal: true });
  * console.log(Array.from(await y.toArray()).map((x) => x.toFixed(3)));
@@ -548,7 +548,7 @@ export function scaledDotProductAttention(
  *
  * @example
  * ```ts
- * import { causalSelfAttention, tensor } from "../mod.ts";
+ * import { causalSelfAttention, tensor } from "../../mod.ts";
  * const qkv = tensor([[[1, 0, 1, 0, 1, 2], [0, 1, 0, 1, 3, 4]]]); // (1, 2, 3 * 2), one head
  * const y = causalSelfAttention(qkv, 1);
  * console.log(y.shape, Array.from(await y.toArray()).map((x) => x.toFixed(3)));

@@ -18,13 +18,13 @@
  * @module
  */
 
-import { type DType, dtype, type DTypeLike, finfo, float32, wgslCodec } from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, program } from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
-import { layoutOf } from "./layout.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
-import { cast } from "./elementwise.ts";
+import { type DType, dtype, type DTypeLike, finfo, float32, wgslCodec } from "../../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
+import { currentRuntime, program } from "../../gpu/mod.ts";
+import { attach } from "../../autograd/graph.ts";
+import { layoutOf } from "../../gpu/layout.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
+import { cast } from "../ops/elementwise.ts";
 
 /** Elements per MX block (OCP MX v1.0: k = 32 for every concrete format). */
 export const MX_BLOCK = 32;
@@ -48,7 +48,7 @@ const MX_ELEMENTS: Readonly<Record<string, string>> = Object.freeze({
  *
  * @example
  * ```ts
- * import { mxElementDtype } from "./mod.ts";
+ * import { mxElementDtype } from "../mod.ts";
  * console.log(mxElementDtype("e2m1").name, mxElementDtype("e4m3").name); // e2m1fn e4m3
  * ```
  */
@@ -71,7 +71,7 @@ export function mxElementDtype(format: DTypeLike): DType {
  *
  * @example
  * ```ts
- * import { mxElementDtype, mxEmax } from "./mod.ts";
+ * import { mxElementDtype, mxEmax } from "../mod.ts";
  * console.log(["e4m3", "e5m2", "e3m2", "e2m3", "e2m1"].map((f) => mxEmax(mxElementDtype(f)))); // [8, 15, 4, 2, 2]
  * ```
  */
@@ -93,7 +93,7 @@ export interface MXQuantizeOptions {
  *
  * @example
  * ```ts
- * import { mxQuantize, tensor } from "../mod.ts";
+ * import { mxQuantize, tensor } from "../../mod.ts";
  * // amax 3: scale 2^(1 - 8) = 2^-7, so 0.01 becomes the e4m3 code nearest 0.01 * 128 = 1.28
  * const y = mxQuantize(tensor([3, 0.01, -1.1, 0]), "e4m3");
  * console.log(Array.from(await y.toArray())); // [3, 0.009765625, -1.125, 0]

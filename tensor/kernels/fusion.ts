@@ -35,11 +35,11 @@
  * @module
  */
 
-import { type DType, type Rounding, wgslCodec } from "../dtypes/mod.ts";
-import { DeviceError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type PooledBuffer, program, stridedRange } from "../gpu/mod.ts";
-import { layoutOf } from "./layout.ts";
-import { fmtShape, type Operand, Tensor } from "./tensor.ts";
+import { type DType, type Rounding, wgslCodec } from "../../dtypes/mod.ts";
+import { DeviceError, ShapeError, ValueError } from "../../errors.ts";
+import { currentRuntime, type PooledBuffer, program, stridedRange } from "../../gpu/mod.ts";
+import { layoutOf } from "../../gpu/layout.ts";
+import { fmtShape, type Operand, Tensor } from "../core/tensor.ts";
 
 /** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
 export const MAX_RANK = 8;
@@ -128,7 +128,7 @@ const held = new Map<Tensor, PooledBuffer>();
  *
  * @example
  * ```ts
- * import { setFusion, tensor } from "../mod.ts";
+ * import { setFusion, tensor } from "../../mod.ts";
  * const before = setFusion(false);
  * const y = tensor([1, -2]).mul(2).relu(); // two kernels
  * console.log(Array.from(await y.toArray())); // [2, 0]

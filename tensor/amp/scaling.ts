@@ -13,13 +13,13 @@
  */
 
 import type { FP8StateDict } from "./fp8.ts";
-import { type DType, dtype, finfo, float32 } from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type PooledBuffer, program, type Runtime } from "../gpu/mod.ts";
-import { layoutOf } from "./layout.ts";
-import { fmtShape, isTensor, Tensor } from "./tensor.ts";
-import { keep } from "./scope.ts";
-import { zeros } from "./creation.ts";
+import { type DType, dtype, finfo, float32 } from "../../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
+import { currentRuntime, type PooledBuffer, program, type Runtime } from "../../gpu/mod.ts";
+import { layoutOf } from "../../gpu/layout.ts";
+import { fmtShape, isTensor, Tensor } from "../core/tensor.ts";
+import { keep } from "../core/scope.ts";
+import { zeros } from "../ops/creation.ts";
 
 const F32_MAX_BITS = 0x7f7fffff;
 

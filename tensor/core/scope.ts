@@ -6,7 +6,7 @@
  * @module
  */
 
-import { ValueError } from "../errors.ts";
+import { ValueError } from "../../errors.ts";
 
 /** What the scope stack needs of a tensor. */
 export interface Owned {
@@ -29,7 +29,7 @@ export function track(t: Owned): void {
  *
  * @example
  * ```ts
- * import { keep, tidy, tensor } from "../mod.ts";
+ * import { keep, tidy, tensor } from "../../mod.ts";
  * let saved;
  * tidy(() => { saved = keep(tensor([1, 2]).mul(2)); });
  * console.log(Array.from(await saved!.toArray())); // [2, 4]
@@ -63,7 +63,7 @@ function collect(v: unknown, out: Set<Owned>, depth = 0): void {
  *
  * @example
  * ```ts
- * import { memory, tensor, tidy } from "../mod.ts";
+ * import { memory, tensor, tidy } from "../../mod.ts";
  * const x = tensor([1, 2, 3]);
  * const before = memory().liveBytes;
  * const y = tidy(() => x.mul(2).add(1).exp()); // x.mul(2) and .add(1) are freed

@@ -22,10 +22,10 @@
  * @module
  */
 
-import { type DType, dtype, type DTypeLike, isFloat, type Rounding } from "../dtypes/mod.ts";
-import { DTypeError, ValueError } from "../errors.ts";
-import type { Tensor } from "./tensor.ts";
-import { cast } from "./elementwise.ts";
+import { type DType, dtype, type DTypeLike, isFloat, type Rounding } from "../../dtypes/mod.ts";
+import { DTypeError, ValueError } from "../../errors.ts";
+import type { Tensor } from "../core/tensor.ts";
+import { cast } from "../ops/elementwise.ts";
 import {
   defaultFP8Recipe,
   FP8_RECIPES,
@@ -278,7 +278,7 @@ function enter(opts: AutocastOptions): AutocastGuard {
  *
  * @example
  * ```ts
- * import { autocast, FP8Recipe, tensor } from "../mod.ts";
+ * import { autocast, FP8Recipe, tensor } from "../../mod.ts";
  * const a = tensor([[1, 2]]), b = tensor([[3], [4]]);
  * const y = autocast({ dtype: "bf16" }, () => a.matmul(b));
  * console.log(y.dtype); // "bf16"
@@ -298,7 +298,7 @@ export function autocast(opts?: AutocastOptions): AutocastGuard;
  *
  * @example
  * ```ts
- * import { autocast, tensor } from "../mod.ts";
+ * import { autocast, tensor } from "../../mod.ts";
  * const y = autocast({ dtype: "bf16" }, () => tensor([[1, 2]]).matmul(tensor([[3], [4]])));
  * console.log(y.dtype, await y.item()); // "bf16" 11
  * ```

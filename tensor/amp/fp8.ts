@@ -53,9 +53,9 @@
  * @module
  */
 
-import { type DType, dtype, type DTypeLike, e4m3, e5m2, isFloat } from "../dtypes/mod.ts";
-import { DTypeError, ValueError } from "../errors.ts";
-import { isTensor, type Tensor } from "./tensor.ts";
+import { type DType, dtype, type DTypeLike, e4m3, e5m2, isFloat } from "../../dtypes/mod.ts";
+import { DTypeError, ValueError } from "../../errors.ts";
+import { isTensor, type Tensor } from "../core/tensor.ts";
 import { mxElementDtype, mxQuantizeBlocks } from "./mx.ts";
 import { quantizeCurrent, ScalingSlots } from "./scaling.ts";
 import {
@@ -65,7 +65,7 @@ import {
   NVFP4_BLOCK,
   randomHadamard16,
 } from "./block_scaling.ts";
-import { randomU32 } from "../dtypes/mod.ts";
+import { randomU32 } from "../../dtypes/mod.ts";
 import type { GemmOperand, GemmSite } from "./autocast.ts";
 
 /** Which FP8 formats a recipe uses: e4m3 forward and e5m2 backward (`hybrid`), or e4m3 only. */
@@ -119,7 +119,7 @@ export interface FP8RecipeOptions {
  *
  * @example
  * ```ts
- * import { FP8Recipe, tensor } from "../mod.ts";
+ * import { FP8Recipe, tensor } from "../../mod.ts";
  * const r = new FP8Recipe({ scaling: "current" });
  * const q = r.quantize(tensor([0.5, -2]), { key: "x" });
  * console.log(q.data.dtype, await q.scale.item()); // "e4m3" 224
@@ -139,7 +139,7 @@ export interface FP8Tensor {
  *
  * @example
  * ```ts
- * import { FP8Recipe, tensor } from "../mod.ts";
+ * import { FP8Recipe, tensor } from "../../mod.ts";
  * const r = new FP8Recipe({ amaxHistoryLen: 4 });
  * r.quantize(tensor([3.5, -1]), { key: "x" });
  * r.update(); // scale = 448 / 3.5
@@ -182,7 +182,7 @@ export interface FP8StateDict {
  *
  * @example
  * ```ts
- * import { autocast, FP8Recipe, Linear, tensor, tidy } from "../mod.ts";
+ * import { autocast, FP8Recipe, Linear, tensor, tidy } from "../../mod.ts";
  * const fc = new Linear(4, 2, { seed: 0 });
  * const recipe = new FP8Recipe({ margin: 0, amaxHistoryLen: 16 });
  * for (let step = 0; step < 3; step++) {
@@ -554,7 +554,7 @@ export class FP8Recipe {
    *
    * @example
    * ```ts
-   * import { FP8Recipe } from "../mod.ts";
+   * import { FP8Recipe } from "../../mod.ts";
    * const r = new FP8Recipe({ scaling: "nvfp4", seed: 7 });
    * console.log(r.gradSeed(1, 0) === r.gradSeed(1, 0), r.gradSeed(1, 0) !== r.gradSeed(1, 1)); // true true
    * ```
@@ -598,7 +598,7 @@ export const FP8_RECIPES: readonly FP8RecipeName[] = Object.freeze(
  *
  * @example
  * ```ts
- * import { fp8Recipe } from "./mod.ts";
+ * import { fp8Recipe } from "../mod.ts";
  * const r = fp8Recipe("block");
  * console.log(r.scaling, r.format, r.powerOfTwoScales, fp8Recipe("mxfp8").backwardDtype.name); // block e4m3 true e4m3
  * ```
@@ -620,7 +620,7 @@ const named = new Map<string, FP8Recipe>();
  *
  * @example
  * ```ts
- * import { namedFP8Recipe } from "./mod.ts";
+ * import { namedFP8Recipe } from "../mod.ts";
  * console.log(namedFP8Recipe("nvfp4") === namedFP8Recipe("nvfp4"), namedFP8Recipe("nvfp4").scaling); // true nvfp4
  * ```
  */
@@ -641,7 +641,7 @@ let defaultRecipe: FP8Recipe | null = null;
  *
  * @example
  * ```ts
- * import { defaultFP8Recipe } from "../mod.ts";
+ * import { defaultFP8Recipe } from "../../mod.ts";
  * const r = defaultFP8Recipe();
  * console.log(r.format, r.scaling, r.amaxHistoryLen, r === defaultFP8Recipe()); // hybrid delayed 1024 true
  * ```

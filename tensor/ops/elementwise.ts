@@ -19,13 +19,13 @@ import {
   isFloat,
   promoteTypes,
   type Rounding,
-} from "../dtypes/mod.ts";
-import { ValueError } from "../errors.ts";
-import { attach } from "../autograd/graph.ts";
-import { type Expr, launch } from "./fusion.ts";
-import { type Operand, Tensor } from "./tensor.ts";
+} from "../../dtypes/mod.ts";
+import { ValueError } from "../../errors.ts";
+import { attach } from "../../autograd/graph.ts";
+import { type Expr, launch } from "../kernels/fusion.ts";
+import { type Operand, Tensor } from "../core/tensor.ts";
 import { sumTo } from "./reduce.ts";
-import { AUTOCAST_POLICY, autocastState, autocastTarget, cachedCast } from "./autocast.ts";
+import { AUTOCAST_POLICY, autocastState, autocastTarget, cachedCast } from "../amp/autocast.ts";
 
 // ---- the op table ----------------------------------------------------------------------------
 
@@ -371,7 +371,7 @@ function mul3(
  *
  * @example
  * ```ts
- * import { add, tensor } from "../mod.ts";
+ * import { add, tensor } from "../../mod.ts";
  * console.log(Array.from(await add(tensor([1, 2]), 1).toArray())); // [2, 3]
  * ```
  */
@@ -383,7 +383,7 @@ export function add(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { sub, tensor } from "../mod.ts";
+ * import { sub, tensor } from "../../mod.ts";
  * console.log(Array.from(await sub(tensor([1, 2]), tensor([[1], [2]])).toArray())); // [0, 1, -1, 0]
  * ```
  */
@@ -395,7 +395,7 @@ export function sub(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { mul, tensor } from "../mod.ts";
+ * import { mul, tensor } from "../../mod.ts";
  * console.log(Array.from(await mul(tensor([1, 2], { dtype: "bf16" }), 3).toArray())); // [3, 6]
  * ```
  */
@@ -408,7 +408,7 @@ export function mul(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { square, tensor } from "../mod.ts";
+ * import { square, tensor } from "../../mod.ts";
  * console.log(Array.from(await square(tensor([-3, 0.5])).toArray())); // [9, 0.25]
  * ```
  */
@@ -420,7 +420,7 @@ export function square(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { div, tensor } from "../mod.ts";
+ * import { div, tensor } from "../../mod.ts";
  * console.log(Array.from(await div(tensor([1, 3]), 2).toArray())); // [0.5, 1.5]
  * ```
  */
@@ -432,7 +432,7 @@ export function div(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { pow, tensor } from "../mod.ts";
+ * import { pow, tensor } from "../../mod.ts";
  * console.log(Array.from(await pow(tensor([-2, 3]), 2).toArray())); // [4, 9]
  * ```
  */
@@ -444,7 +444,7 @@ export function pow(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { maximum, tensor } from "../mod.ts";
+ * import { maximum, tensor } from "../../mod.ts";
  * console.log(Array.from(await maximum(tensor([1, 5]), 3).toArray())); // [3, 5]
  * ```
  */
@@ -456,7 +456,7 @@ export function maximum(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { minimum, tensor } from "../mod.ts";
+ * import { minimum, tensor } from "../../mod.ts";
  * console.log(Array.from(await minimum(tensor([1, 5]), 3).toArray())); // [1, 3]
  * ```
  */
@@ -468,7 +468,7 @@ export function minimum(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { neg, tensor } from "../mod.ts";
+ * import { neg, tensor } from "../../mod.ts";
  * console.log(Array.from(await neg(tensor([1, -2])).toArray())); // [-1, 2]
  * ```
  */
@@ -480,7 +480,7 @@ export function neg(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { abs, tensor } from "../mod.ts";
+ * import { abs, tensor } from "../../mod.ts";
  * console.log(Array.from(await abs(tensor([1, -2])).toArray())); // [1, 2]
  * ```
  */
@@ -492,7 +492,7 @@ export function abs(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { exp, tensor } from "../mod.ts";
+ * import { exp, tensor } from "../../mod.ts";
  * console.log(Array.from(await exp(tensor([0])).toArray())); // [1]
  * ```
  */
@@ -504,7 +504,7 @@ export function exp(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { log, tensor } from "../mod.ts";
+ * import { log, tensor } from "../../mod.ts";
  * console.log(Array.from(await log(tensor([1])).toArray())); // [0]
  * ```
  */
@@ -516,7 +516,7 @@ export function log(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { sqrt, tensor } from "../mod.ts";
+ * import { sqrt, tensor } from "../../mod.ts";
  * console.log(Array.from(await sqrt(tensor([4, 9])).toArray())); // [2, 3]
  * ```
  */
@@ -528,7 +528,7 @@ export function sqrt(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { rsqrt, tensor } from "../mod.ts";
+ * import { rsqrt, tensor } from "../../mod.ts";
  * console.log(Array.from(await rsqrt(tensor([4])).toArray())); // [0.5]
  * ```
  */
@@ -540,7 +540,7 @@ export function rsqrt(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { tanh, tensor } from "../mod.ts";
+ * import { tanh, tensor } from "../../mod.ts";
  * console.log(Array.from(await tanh(tensor([0])).toArray())); // [0]
  * ```
  */
@@ -552,7 +552,7 @@ export function tanh(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { sigmoid, tensor } from "../mod.ts";
+ * import { sigmoid, tensor } from "../../mod.ts";
  * console.log(Array.from(await sigmoid(tensor([0])).toArray())); // [0.5]
  * ```
  */
@@ -564,7 +564,7 @@ export function sigmoid(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { relu, tensor } from "../mod.ts";
+ * import { relu, tensor } from "../../mod.ts";
  * console.log(Array.from(await relu(tensor([-1, 2])).toArray())); // [0, 2]
  * ```
  */
@@ -576,7 +576,7 @@ export function relu(a: Tensor): Tensor {
  *
  * @example
  * ```ts
- * import { gelu, tensor } from "../mod.ts";
+ * import { gelu, tensor } from "../../mod.ts";
  * console.log((await gelu(tensor([1])).item()).toFixed(4)); // "0.8413"
  * ```
  */
@@ -588,7 +588,7 @@ export function gelu(a: Tensor, approximate: "none" | "tanh" = "none"): Tensor {
  *
  * @example
  * ```ts
- * import { eq, tensor } from "../mod.ts";
+ * import { eq, tensor } from "../../mod.ts";
  * console.log(Array.from(await eq(tensor([1, 2]), 2).toArray())); // [0, 1]
  * ```
  */
@@ -600,7 +600,7 @@ export function eq(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { ne, tensor } from "../mod.ts";
+ * import { ne, tensor } from "../../mod.ts";
  * console.log(Array.from(await ne(tensor([1, 2]), 2).toArray())); // [1, 0]
  * ```
  */
@@ -612,7 +612,7 @@ export function ne(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { lt, tensor } from "../mod.ts";
+ * import { lt, tensor } from "../../mod.ts";
  * console.log(Array.from(await lt(tensor([1, 2]), 2).toArray())); // [1, 0]
  * ```
  */
@@ -624,7 +624,7 @@ export function lt(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { le, tensor } from "../mod.ts";
+ * import { le, tensor } from "../../mod.ts";
  * console.log(Array.from(await le(tensor([1, 3]), 2).toArray())); // [1, 0]
  * ```
  */
@@ -636,7 +636,7 @@ export function le(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { gt, tensor } from "../mod.ts";
+ * import { gt, tensor } from "../../mod.ts";
  * console.log(Array.from(await gt(tensor([1, 3]), 2).toArray())); // [0, 1]
  * ```
  */
@@ -648,7 +648,7 @@ export function gt(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { ge, tensor } from "../mod.ts";
+ * import { ge, tensor } from "../../mod.ts";
  * console.log(Array.from(await ge(tensor([1, 2]), 2).toArray())); // [0, 1]
  * ```
  */
@@ -661,7 +661,7 @@ export function ge(a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { tensor, where } from "../mod.ts";
+ * import { tensor, where } from "../../mod.ts";
  * const x = tensor([-1, 2, -3]);
  * console.log(Array.from(await where(x.gt(0), x, 0).toArray())); // [0, 2, 0]
  * ```
@@ -706,7 +706,7 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
+ * import { tensor } from "../../mod.ts";
  * const x = tensor([0.1, 1000]);
  * console.log(Array.from(await x.cast("e4m3", { saturate: true }).toArray())); // [0.1015625, 448]
  * ```
@@ -725,4 +725,4 @@ export function cast(
 }
 
 export { OPS as ELEMENTWISE_OPS };
-export { broadcastShapes } from "./fusion.ts";
+export { broadcastShapes } from "../kernels/fusion.ts";

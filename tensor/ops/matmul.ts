@@ -35,14 +35,20 @@ import {
   float32,
   isFloat,
   promoteTypes,
-} from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { type BindingSpec, type Box, currentRuntime, program, type Runtime } from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
-import { type Layout, layoutOf } from "./layout.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
+} from "../../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
+import {
+  type BindingSpec,
+  type Box,
+  currentRuntime,
+  program,
+  type Runtime,
+} from "../../gpu/mod.ts";
+import { attach } from "../../autograd/graph.ts";
+import { type Layout, layoutOf } from "../../gpu/layout.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
 import { autocastInputs, cast } from "./elementwise.ts";
-import { autocastGemm, type GemmSite } from "./autocast.ts";
+import { autocastGemm, type GemmSite } from "../amp/autocast.ts";
 import { rand } from "./creation.ts";
 
 /** Options of `matmul`: transposed operands and the output dtype. */
@@ -183,7 +189,7 @@ export interface MatmulTuning {
  *
  * @example
  * ```ts
- * import { tuneMatmul } from "../mod.ts";
+ * import { tuneMatmul } from "../../mod.ts";
  * const result = await tuneMatmul({ classes: ["small"], repeats: 1 });
  * console.log(result[0].shapeClass, result[0].candidates.length > 0); // "small" true
  * ```
@@ -287,8 +293,8 @@ export interface MatmulKernelConfig {
  * @example
  * ```ts
  * import { matmulSource } from "./matmul.ts";
- * import { dtype } from "../mod.ts";
- * import { layoutOf } from "./mod.ts";
+ * import { dtype } from "../../mod.ts";
+ * import { layoutOf } from "../mod.ts";
  * const l = (n: string) => layoutOf(dtype(n), null);
  * const tiles = { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 16 };
  * const src = matmulSource({
@@ -746,7 +752,7 @@ function describe(a: Tensor, b: Tensor, o: MatmulOptions): string {
  *
  * @example
  * ```ts
- * import { matmul, tensor } from "../mod.ts";
+ * import { matmul, tensor } from "../../mod.ts";
  * const a = tensor([[1, 2], [3, 4]], { dtype: "bf16" });
  * const b = tensor([[5, 6], [7, 8]], { dtype: "e4m3" });
  * const c = matmul(a, b);

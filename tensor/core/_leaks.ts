@@ -9,7 +9,7 @@
 //   step records where each new tensor is made (a stack trace, only then), and one step later
 //   one warning names the places whose tensors are still not freed. Private to tensor/.
 
-import type { PooledBuffer, Runtime } from "../gpu/mod.ts";
+import type { PooledBuffer, Runtime } from "../../gpu/mod.ts";
 
 /** What the registry needs to free an unreachable tensor's storage (never the tensor). */
 interface Held {
@@ -67,7 +67,7 @@ let growth = { from: 0, to: 0, steps: 0 };
  *
  * @example
  * ```ts
- * import { setLeakWarning } from "../mod.ts";
+ * import { setLeakWarning } from "../../mod.ts";
  * const was = setLeakWarning(false); // this script keeps tensors on purpose
  * console.log(was); // true
  * setLeakWarning(was);

@@ -27,12 +27,18 @@
 
 import { WG, WGSL_SUM } from "./norm.ts";
 import { MAX_LOOP, windowElems } from "./reduce.ts";
-import { type DType, float32, isFloat } from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Layout, layoutOf, type PooledBuffer, program } from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
-import { ID_OPS, idFlag, WGSL_BAD_ID } from "./_id_check.ts";
+import { type DType, float32, isFloat } from "../../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
+import {
+  currentRuntime,
+  type Layout,
+  layoutOf,
+  type PooledBuffer,
+  program,
+} from "../../gpu/mod.ts";
+import { attach } from "../../autograd/graph.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
+import { ID_OPS, idFlag, WGSL_BAD_ID } from "../core/_id_check.ts";
 
 // N rows, C classes, the ignored target's bits and whether there is one.
 const UNIFORMS = [
@@ -177,7 +183,7 @@ export interface CrossEntropyOptions {
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
+ * import { tensor } from "../../mod.ts";
  * import { crossEntropyLast } from "./loss.ts";
  * const z = tensor([[1000, 1000], [0, 0], [5, 1]]);
  * const loss = crossEntropyLast(z, tensor(new Int32Array([0, 1, -100])), { ignoreIndex: -100 });

@@ -29,8 +29,8 @@
  * @module
  */
 
-import { type DType, dtype, float32, isFloat } from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
+import { type DType, dtype, float32, isFloat } from "../../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
 import {
   currentRuntime,
   type PooledBuffer,
@@ -38,10 +38,10 @@ import {
   type Runtime,
   stridedRange,
   type UniformSpec,
-} from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
-import { type Layout, layoutOf, storageBytes } from "./layout.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
+} from "../../gpu/mod.ts";
+import { attach } from "../../autograd/graph.ts";
+import { type Layout, layoutOf, storageBytes } from "../../gpu/layout.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
 import { sumTo } from "./reduce.ts";
 
 /** Largest rank of permute, slice and gather (the uniform block holds 8 sizes per vector). */
@@ -446,7 +446,7 @@ const gradDtype = (x: Tensor): DType => (isFloat(x.dt) ? x.dt : float32);
  *
  * @example
  * ```ts
- * import { arange, reshape } from "../mod.ts";
+ * import { arange, reshape } from "../../mod.ts";
  * const x = reshape(arange(6), [2, -1]);
  * console.log(x.shape, await x.toNested()); // [2, 3] [[0, 1, 2], [3, 4, 5]]
  * ```
@@ -492,7 +492,7 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
  *
  * @example
  * ```ts
- * import { flatten, zeros } from "../mod.ts";
+ * import { flatten, zeros } from "../../mod.ts";
  * console.log(flatten(zeros([2, 3, 4]), 1).shape); // [2, 12]
  * ```
  */
@@ -516,7 +516,7 @@ export function flatten(x: Tensor, startDim = 0, endDim = -1): Tensor {
  *
  * @example
  * ```ts
- * import { squeeze, zeros } from "../mod.ts";
+ * import { squeeze, zeros } from "../../mod.ts";
  * console.log(squeeze(zeros([1, 3, 1])).shape, squeeze(zeros([1, 3, 1]), 0).shape); // [3] [3, 1]
  * ```
  */
@@ -533,7 +533,7 @@ export function squeeze(x: Tensor, axis?: number): Tensor {
  *
  * @example
  * ```ts
- * import { unsqueeze, zeros } from "../mod.ts";
+ * import { unsqueeze, zeros } from "../../mod.ts";
  * console.log(unsqueeze(zeros([3]), 0).shape, unsqueeze(zeros([3]), -1).shape); // [1, 3] [3, 1]
  * ```
  */
@@ -558,7 +558,7 @@ export function unsqueeze(x: Tensor, axis: number): Tensor {
  *
  * @example
  * ```ts
- * import { permute, zeros } from "../mod.ts";
+ * import { permute, zeros } from "../../mod.ts";
  * console.log(permute(zeros([2, 3, 4]), [2, 0, 1]).shape); // [4, 2, 3]
  * ```
  */
@@ -592,7 +592,7 @@ export function permute(x: Tensor, dims: readonly number[]): Tensor {
  *
  * @example
  * ```ts
- * import { tensor, transpose } from "../mod.ts";
+ * import { tensor, transpose } from "../../mod.ts";
  * console.log(await transpose(tensor([[1, 2, 3], [4, 5, 6]])).toNested()); // [[1, 4], [2, 5], [3, 6]]
  * ```
  */
@@ -611,7 +611,7 @@ export function transpose(x: Tensor, dim0 = -2, dim1 = -1): Tensor {
  *
  * @example
  * ```ts
- * import { expand, tensor } from "../mod.ts";
+ * import { expand, tensor } from "../../mod.ts";
  * console.log(await expand(tensor([[1], [2]]), [2, 3]).toNested()); // [[1, 1, 1], [2, 2, 2]]
  * ```
  */
@@ -656,7 +656,7 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
  *
  * @example
  * ```ts
- * import { arange, slice } from "../mod.ts";
+ * import { arange, slice } from "../../mod.ts";
  * const x = arange(12).reshape([3, 4]);
  * console.log(await slice(x, [[1, 3], [-3, 100]]).toNested()); // [[5, 6, 7], [9, 10, 11]]
  * ```
@@ -712,7 +712,7 @@ function pad(op: string, g: Tensor, shape: readonly number[], start: readonly nu
  *
  * @example
  * ```ts
- * import { concat, tensor } from "../mod.ts";
+ * import { concat, tensor } from "../../mod.ts";
  * const a = tensor([[1, 2]]), b = tensor([[3, 4], [5, 6]]);
  * console.log(await concat([a, b], 0).toNested()); // [[1, 2], [3, 4], [5, 6]]
  * ```
@@ -815,7 +815,7 @@ ${sel}  return vec2<u32>(${NONE}u, 0u);
  *
  * @example
  * ```ts
- * import { indexSelect, tensor } from "../mod.ts";
+ * import { indexSelect, tensor } from "../../mod.ts";
  * const weight = tensor([[0, 0], [1, 1], [2, 2]], { dtype: "bf16" });
  * const ids = tensor(new Int32Array([2, 0, 2]));
  * console.log(await indexSelect(weight, 0, ids).toNested()); // [[2, 2], [0, 0], [2, 2]]
@@ -982,7 +982,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
  *
  * @example
  * ```ts
- * import { gather, tensor } from "../mod.ts";
+ * import { gather, tensor } from "../../mod.ts";
  * const x = tensor([[1, 2, 3], [4, 5, 6]]);
  * const idx = tensor(new Int32Array([2, 0]), { shape: [2, 1] });
  * console.log(await gather(x, 1, idx).toNested()); // [[3], [4]]

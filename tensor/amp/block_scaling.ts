@@ -34,12 +34,12 @@
  * @module
  */
 
-import { type DType, dtype, e4m3, finfo, float32, WGSL_RNG, wgslCodec } from "../dtypes/mod.ts";
-import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, program } from "../gpu/mod.ts";
-import { layoutOf } from "./layout.ts";
-import { fmtShape, isTensor, Tensor } from "./tensor.ts";
-import { cast } from "./elementwise.ts";
+import { type DType, dtype, e4m3, finfo, float32, WGSL_RNG, wgslCodec } from "../../dtypes/mod.ts";
+import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
+import { currentRuntime, program } from "../../gpu/mod.ts";
+import { layoutOf } from "../../gpu/layout.ts";
+import { fmtShape, isTensor, Tensor } from "../core/tensor.ts";
+import { cast } from "../ops/elementwise.ts";
 import { tensorAmax } from "./scaling.ts";
 
 /** Elements of an NVFP4 block (1x16; 16x16 for weights). */
@@ -85,8 +85,8 @@ export interface BlockQuantizeOptions {
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
- * import { blockQuantize } from "./mod.ts";
+ * import { tensor } from "../../mod.ts";
+ * import { blockQuantize } from "../mod.ts";
  * // two rows, one scale each: 448 / 3 -> 128 and 448 / 0.5 -> 512 (powers of two)
  * const q = blockQuantize(tensor([[3, -1], [0.5, 0.25]]), { block: [1, 2] });
  * console.log(Array.from(await q.scale.toArray())); // [128, 512]
@@ -144,8 +144,8 @@ export interface NVFP4QuantizeOptions {
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
- * import { nvfp4Quantize } from "./mod.ts";
+ * import { tensor } from "../../mod.ts";
+ * import { nvfp4Quantize } from "../mod.ts";
  * // amax 6: S = 6 / 2688 (in f32); the block's scale (6 / 6) / S rounds up to 448; d ~ 1
  * const q = nvfp4Quantize(tensor([6, 2.4, -0.7, 0]));
  * console.log(Array.from(await q.blockScale.toArray())); // [448]

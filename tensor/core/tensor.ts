@@ -6,21 +6,21 @@
  * @module
  */
 
-import { type DType, dtype as toDType, type DTypeLike, type Rounding } from "../dtypes/mod.ts";
-import { DeviceError, DTypeError, ValueError } from "../errors.ts";
-import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../gpu/mod.ts";
-import { storageBytes } from "./layout.ts";
+import { type DType, dtype as toDType, type DTypeLike, type Rounding } from "../../dtypes/mod.ts";
+import { DeviceError, DTypeError, ValueError } from "../../errors.ts";
+import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../../gpu/mod.ts";
+import { storageBytes } from "../../gpu/layout.ts";
 import { keep, track } from "./scope.ts";
 import { forget, noteBirth, noteStep, watch } from "./_leaks.ts";
 import { readChecked } from "./_id_check.ts";
-import { noGrad } from "../autograd/graph.ts";
-import { type BackwardOptions, runBackward } from "../autograd/backward.ts";
-import { ones } from "./creation.ts";
-import * as ew from "./elementwise.ts";
-import * as red from "./reduce.ts";
-import * as mm from "./matmul.ts";
-import * as sh from "./shape_ops.ts";
-import { type LazyDef, materialize, released } from "./fusion.ts";
+import { noGrad } from "../../autograd/graph.ts";
+import { type BackwardOptions, runBackward } from "../../autograd/backward.ts";
+import { ones } from "../ops/creation.ts";
+import * as ew from "../ops/elementwise.ts";
+import * as red from "../ops/reduce.ts";
+import * as mm from "../ops/matmul.ts";
+import * as sh from "../ops/shape_ops.ts";
+import { type LazyDef, materialize, released } from "../kernels/fusion.ts";
 
 /** A node of the autograd graph: the op's inputs and how to push a gradient back to them. */
 export interface GradNode {
@@ -48,7 +48,7 @@ export function fmtShape(shape: readonly number[]): string {
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
+ * import { tensor } from "../../mod.ts";
  * const x = tensor([[1, 2], [3, 4]], { dtype: "bf16" });
  * console.log(x.shape, x.dtype, x.size); // [2, 2] "bf16" 4
  * console.log(Array.from(await x.mul(x).sum().toArray())); // [30]
@@ -170,7 +170,7 @@ export class Tensor {
    *
    * @example
    * ```ts
-   * import { tensor } from "../mod.ts";
+   * import { tensor } from "../../mod.ts";
    * const y = tensor([1, 2]).mul(3).add(1).realize(); // one kernel, recorded now
    * console.log(Array.from(await y.toArray())); // [4, 7]
    * ```
@@ -319,7 +319,7 @@ export class Tensor {
    *
    * @example
    * ```ts
-   * import { tensor } from "../mod.ts";
+   * import { tensor } from "../../mod.ts";
    * const x = tensor([[1, 2], [3, 4]], { dtype: "bf16" });
    * console.log(String(x)); // "Tensor([[1, 2], [3, 4]], shape=[2,2], dtype=bf16)"
    * const y = x.mul(1.5);
@@ -364,7 +364,7 @@ export class Tensor {
    *
    * @example
    * ```ts
-   * import { tensor } from "../mod.ts";
+   * import { tensor } from "../../mod.ts";
    * const x = tensor([1, 2], { requiresGrad: true });
    * const y = x.square().sum();
    * y.backward(undefined, { retainGraph: true });

@@ -26,11 +26,17 @@
  * @module
  */
 
-import { type DType, float32, isFloat, promoteTypes } from "../dtypes/mod.ts";
-import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, type Layout, layoutOf, type PooledBuffer, program } from "../gpu/mod.ts";
-import { attach } from "../autograd/graph.ts";
-import { fmtShape, Tensor } from "./tensor.ts";
+import { type DType, float32, isFloat, promoteTypes } from "../../dtypes/mod.ts";
+import { ShapeError, ValueError } from "../../errors.ts";
+import {
+  currentRuntime,
+  type Layout,
+  layoutOf,
+  type PooledBuffer,
+  program,
+} from "../../gpu/mod.ts";
+import { attach } from "../../autograd/graph.ts";
+import { fmtShape, Tensor } from "../core/tensor.ts";
 import { zeros } from "./creation.ts";
 import { MAX_LOOP, windowElems } from "./reduce.ts";
 
@@ -770,7 +776,7 @@ function normOp(
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
+ * import { tensor } from "../../mod.ts";
  * import { layerNormLast } from "./norm.ts";
  * const y = layerNormLast(tensor([[1, 2, 3], [0, 0, 4]], { dtype: "bf16" }));
  * console.log(y.dtype, Array.from(await y.toArray()).map((v) => v.toFixed(2)));
@@ -794,7 +800,7 @@ export function layerNormLast(
  *
  * @example
  * ```ts
- * import { tensor } from "../mod.ts";
+ * import { tensor } from "../../mod.ts";
  * import { rmsNormLast } from "./norm.ts";
  * const y = rmsNormLast(tensor([[3, 4]]), tensor([1, 2]), 0);
  * console.log(Array.from(await y.toArray()).map((v) => v.toFixed(3))); // ["0.849", "2.263"]
