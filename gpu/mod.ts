@@ -68,6 +68,7 @@ export {
   runProgram,
   type StridedDim,
   stridedRange,
+  type TextureSpec,
   type UniformSpec,
   type UniformType,
   WGSL_MATH,

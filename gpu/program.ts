@@ -21,10 +21,12 @@
  * | `st_x(w, v: vec4<f32>, r: vec4<u32>)` | layouts | encodes the lanes of word `w` from `v` (random bits `r` for stochastic rounding) and stores the word |
  * | `enc_x(v, r) -> u32` | layouts | the code of `v` in the binding's dtype |
  * | `stc_x(w, c: vec4<u32>)` | layouts | stores the codes `c` as the lanes of word `w`, unchanged (ops that move codes, not values) |
-| `st4_x(q, v: vec4<f32>, r: vec4<u32>)` | `vec4` bindings | encodes and stores elements 4q..4q+3 as one 16-byte store |
+ * | `st4_x(q, v: vec4<f32>, r: vec4<u32>)` | `vec4` bindings | encodes and stores elements 4q..4q+3 as one 16-byte store |
  * | `get_x(j)`, `put_x(j, v)` | all | raw array element `j` of the buffer (windowed) |
  * | `x[j]` | raw, whole | direct access (raw bindings are always bound whole) |
  * | `u.name`, `u_name(k)` | uniforms | a scalar field; element `k` of an array field |
+ * | `tl_t(c, r) -> vec4<f32>` | read textures | the texel at column `c`, row `r` (`textureLoad`) |
+ * | `ts_t(c, r, v: vec4<f32>)` | write textures | stores the texel at column `c`, row `r` |
  *
  * A 1-D program's `kernel(wg: u32, lid: vec3u, li: u32)` receives the linear workgroup index
  * (the builder returns early past the end, uniformly for the whole workgroup, so barriers
@@ -93,6 +95,19 @@ export interface BindingSpec {
   readonly vec4?: boolean;
 }
 
+/**
+ * One texture of a program: a 2-D texture of `rgba32float` texels (four f32 values each),
+ * read with `tl_<name>(c, r)` (a sampled `texture_2d<f32>`, `textureLoad`) or written with
+ * `ts_<name>(c, r, v)` (a write-only storage texture). Textures are bound whole, after the
+ * storage bindings and the uniform block; `Runtime.scratchTexture` gives them.
+ */
+export interface TextureSpec {
+  /** WGSL-safe name; the helpers are named after it (`tl_<name>`, `ts_<name>`). */
+  readonly name: string;
+  /** Read (sampled, `textureLoad`) or written (storage texture, `textureStore`). */
+  readonly access: "read" | "write";
+}
+
 /** Scalar types of uniform fields. */
 export type UniformType = "u32" | "i32" | "f32";
 
@@ -114,6 +129,8 @@ export interface ProgramSpec {
   readonly bindings: readonly BindingSpec[];
   /** Uniform fields. */
   readonly uniforms?: readonly UniformSpec[];
+  /** Textures of `rgba32float` texels, in binding order after the uniform block. */
+  readonly textures?: readonly TextureSpec[];
   /** Workgroup size: x, or [x, y] / [x, y, z]. */
   readonly workgroupSize: number | readonly number[];
   /** A 1-D grid (linear workgroup index, default) or a 3-D one. */
@@ -128,11 +145,15 @@ export type ProgramBody = string | {
 
 type BindingNames<S extends ProgramSpec> = S["bindings"][number]["name"];
 type UniformNames<S extends ProgramSpec> = NonNullable<S["uniforms"]>[number]["name"];
+type TextureNames<S extends ProgramSpec> = S extends
+  { readonly textures: readonly { readonly name: infer N extends string }[] } ? N : never;
 
 /** Arguments of one run of a program. */
-export interface RunArgs<B extends string, U extends string> {
+export interface RunArgs<B extends string, U extends string, T extends string = never> {
   /** The buffer of each binding, by name. */
   readonly buffers: { readonly [K in B]: PooledBuffer };
+  /** The texture of each texture binding, by name (bound whole). */
+  readonly textures?: { readonly [K in T]: GPUTexture };
   /** The value of each uniform field, by name (arrays: up to `length` numbers). */
   readonly uniforms?: { readonly [K in U]: number | ArrayLike<number> };
   /** Workgroups: a count (1-D programs) or [x, y, z] (3-D programs). */
@@ -165,13 +186,17 @@ export interface RunArgs<B extends string, U extends string> {
 }
 
 /** A compiled program: run it with buffers and uniforms by name. */
-export interface Program<B extends string = string, U extends string = string> {
+export interface Program<
+  B extends string = string,
+  U extends string = string,
+  T extends string = string,
+> {
   /** The compiled kernel. */
   readonly kernel: Kernel;
   /** Words of the uniform block. */
   readonly uniformWords: number;
   /** Records the program's dispatches (several when windows or the grid split it). */
-  run(args: RunArgs<B, U>): void;
+  run(args: RunArgs<B, U, T>): void;
 }
 
 interface Field {
@@ -362,6 +387,18 @@ function generate(spec: ProgramSpec, body: ProgramBody, struct: string): string 
     }
   });
   decl += `@group(0) @binding(${spec.bindings.length}) var<uniform> u: U;\n`;
+  (spec.textures ?? []).forEach((t, i) => {
+    const at = `@group(0) @binding(${spec.bindings.length + 1 + i})`;
+    if (t.access === "read") {
+      decl += `${at} var t_${t.name}: texture_2d<f32>;\n`;
+      decl += `fn tl_${t.name}(c: u32, r: u32) -> vec4<f32> { ` +
+        `return textureLoad(t_${t.name}, vec2<u32>(c, r), 0); }\n`;
+    } else {
+      decl += `${at} var t_${t.name}: texture_storage_2d<rgba32float, write>;\n`;
+      decl += `fn ts_${t.name}(c: u32, r: u32, v: vec4<f32>) { ` +
+        `textureStore(t_${t.name}, vec2<u32>(c, r), v); }\n`;
+    }
+  });
   let access = "";
   for (const f of spec.uniforms ?? []) {
     if (f.length !== undefined && src.includes(`u_${f.name}(`)) {
@@ -506,7 +543,7 @@ export function program<const S extends ProgramSpec>(
   key: string,
   spec: S,
   body: () => ProgramBody,
-): Program<BindingNames<S>, UniformNames<S>> {
+): Program<BindingNames<S>, UniformNames<S>, TextureNames<S>> {
   let cache = programs.get(rt);
   if (!cache) programs.set(rt, cache = new Map());
   let sig = `${key}|${spec.label}|${spec.grid ?? "1d"}|${spec.workgroupSize}`;
@@ -518,12 +555,13 @@ export function program<const S extends ProgramSpec>(
     }`;
   }
   for (const f of spec.uniforms ?? []) sig += `|${f.name}:${f.type}${f.length ?? ""}`;
+  for (const t of spec.textures ?? []) sig += `|tex:${t.name}:${t.access}`;
   let p = cache.get(sig);
   if (!p) {
     p = build(rt, sig, spec, body);
     cache.set(sig, p);
   }
-  return p as Program<BindingNames<S>, UniformNames<S>>;
+  return p as Program<BindingNames<S>, UniformNames<S>, TextureNames<S>>;
 }
 
 /**
@@ -549,7 +587,7 @@ export function runProgram<const S extends ProgramSpec>(
   key: string,
   spec: S,
   body: () => ProgramBody,
-  args: RunArgs<BindingNames<S>, UniformNames<S>>,
+  args: RunArgs<BindingNames<S>, UniformNames<S>, TextureNames<S>>,
 ): void {
   program(rt, key, spec, body).run(args);
 }
@@ -563,12 +601,17 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
     }
   });
   (spec.uniforms ?? []).forEach((f) => checkName(label, "uniform", f.name));
+  (spec.textures ?? []).forEach((t) => checkName(label, "texture", t.name));
   const { fields, words, struct } = layoutFields(spec);
   const byName = new Map(fields.map((f) => [f.name, f]));
   const kernel = rt.kernelFor(
     sig,
     label,
-    { buffers: spec.bindings.map((b) => b.access), uniform: true },
+    {
+      buffers: spec.bindings.map((b) => b.access),
+      uniform: true,
+      textures: (spec.textures ?? []).map((t) => t.access),
+    },
     () => generate(spec, body(), struct),
   );
   const units = spec.bindings.map((b) => unit(b.type, b.vec4));
@@ -576,7 +619,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
   const userFields = (spec.uniforms ?? []).map((f) => byName.get(f.name)!);
   const baseWord = spec.bindings.map((b) => byName.get(`wb${b.name}`)?.word ?? -1);
 
-  const run = (args: RunArgs<string, string>): void => {
+  const run = (args: RunArgs<string, string, string>): void => {
     const lim = rt.info.limits;
     const maxBind = rt.maxBindingBytes;
     const align = lim.minStorageBufferOffsetAlignment ?? 256;
@@ -600,6 +643,11 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       const pb = (args.buffers as Record<string, PooledBuffer>)[b.name];
       if (pb === undefined) throw new Error(`internal: ${label}: buffer '${b.name}' not given`);
       return pb;
+    });
+    const texs = (spec.textures ?? []).map((t) => {
+      const tx = (args.textures as Record<string, GPUTexture> | undefined)?.[t.name];
+      if (tx === undefined) throw new Error(`internal: ${label}: texture '${t.name}' not given`);
+      return tx;
     });
     const groups = args.groups;
     const dims: Box = typeof groups === "number"
@@ -657,7 +705,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
                 Math.min(maxG, hi[1] - y),
                 Math.min(maxG, hi[2] - z),
               ];
-              rt.dispatch(kernel, binds, g, u, g[0] * g[1] * g[2] * perGroup);
+              rt.dispatch(kernel, binds, g, u, g[0] * g[1] * g[2] * perGroup, texs);
             }
           }
         }
@@ -672,7 +720,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
         throw new DeviceError(`${label}: ${n} workgroups exceed the adapter's grid of ${maxG}^3`);
       }
       u[0] = lo[0], u[1] = hi[0];
-      rt.dispatch(kernel, binds, [x, y, z], u, n * perGroup);
+      rt.dispatch(kernel, binds, [x, y, z], u, n * perGroup, texs);
     };
     const maxCost = rt.maxBatchCost;
     if (!big.some((b) => b) && total * perGroup <= maxCost) {

@@ -22,6 +22,7 @@ import {
   BufferPool,
   type BufferTag,
   createBufferScoped,
+  getMemoryLimit,
   gpuBufferKey,
   type OutOfMemory,
   type PooledBuffer,
@@ -89,6 +90,12 @@ export interface KernelSignature {
   readonly buffers: readonly ("read" | "read_write")[];
   /** Whether binding `buffers.length` is a uniform block (up to 256 bytes). */
   readonly uniform: boolean;
+  /**
+   * Textures of `rgba32float` texels, bound after the buffers and the uniform, in order:
+   * `"read"` a sampled `texture_2d<f32>` (read with `textureLoad`), `"write"` a
+   * `texture_storage_2d<rgba32float, write>`.
+   */
+  readonly textures?: readonly ("read" | "write")[];
 }
 
 /** A compiled kernel: its pipeline and bind group layout. */
@@ -146,7 +153,17 @@ function what(bytes: number, tag: BufferTag): string {
 }
 
 function layoutKey(sig: KernelSignature): string {
-  return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "");
+  return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "") +
+    (sig.textures ?? []).map((a) => (a === "read" ? "t" : "s")).join("");
+}
+
+/** Ids of textures, for bind group keys. */
+const textureIds = new WeakMap<GPUTexture, number>();
+let nextTextureId = 1;
+function textureKey(t: GPUTexture): number {
+  let id = textureIds.get(t);
+  if (id === undefined) textureIds.set(t, id = nextTextureId++);
+  return id;
 }
 
 let guardInstalled = false;
@@ -418,6 +435,22 @@ export class Runtime {
           buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: UNIFORM_SLOT },
         });
       }
+      const t0 = sig.buffers.length + (sig.uniform ? 1 : 0);
+      (sig.textures ?? []).forEach((a, i) =>
+        entries.push(
+          a === "read"
+            ? {
+              binding: t0 + i,
+              visibility: GPUShaderStage.COMPUTE,
+              texture: { sampleType: "unfilterable-float", viewDimension: "2d" },
+            }
+            : {
+              binding: t0 + i,
+              visibility: GPUShaderStage.COMPUTE,
+              storageTexture: { access: "write-only", format: "rgba32float", viewDimension: "2d" },
+            },
+        )
+      );
       l = this.device.createBindGroupLayout({ entries });
       this.#layouts.set(key, l);
     }
@@ -462,8 +495,13 @@ export class Runtime {
     return k;
   }
 
-  #bindGroup(k: Kernel, buffers: readonly Binding[]): GPUBindGroup {
+  #bindGroup(
+    k: Kernel,
+    buffers: readonly Binding[],
+    textures: readonly GPUTexture[],
+  ): GPUBindGroup {
     let key = layoutKey(k.signature);
+    for (const t of textures) key += `,t${textureKey(t)}`;
     // keyed by the GPU buffers (reused by the pool), not by the allocations (new each step):
     // a training step then finds its bind groups again instead of making new ones, whose
     // native memory only the JS garbage collector would give back (25-37 KB per step)
@@ -492,6 +530,8 @@ export class Runtime {
           resource: { buffer: this.#uniformBuf, offset: 0, size: UNIFORM_SLOT },
         });
       }
+      const t0 = buffers.length + (k.signature.uniform ? 1 : 0);
+      textures.forEach((t, i) => entries.push({ binding: t0 + i, resource: t.createView() }));
       bg = this.device.createBindGroup({ layout: k.layout, entries });
       if (this.#bindGroups.size > 4096) this.#bindGroups.clear();
       this.#bindGroups.set(key, bg);
@@ -502,6 +542,7 @@ export class Runtime {
   /**
    * Records one dispatch into the open compute pass. `uniforms` (at most 128 u32 words) is
    * copied now. `groups` is the workgroup grid; see `grid()` for large 1-D launches.
+   * `textures` are the kernel's textures (`signature.textures`), in order.
    */
   dispatch(
     k: Kernel,
@@ -509,6 +550,7 @@ export class Runtime {
     groups: readonly [number, number?, number?],
     uniforms?: Uint32Array,
     cost?: number,
+    textures: readonly GPUTexture[] = [],
   ): void {
     const buffers = bindings.map(bufferOf);
     this.beforeWrite?.(buffers, k.signature.buffers);
@@ -517,6 +559,12 @@ export class Runtime {
       throw new DeviceError(
         `dispatch(${k.label}): ${buffers.length} buffers given, the kernel binds ` +
           `${k.signature.buffers.length}`,
+      );
+    }
+    if (textures.length !== (k.signature.textures?.length ?? 0)) {
+      throw new DeviceError(
+        `dispatch(${k.label}): ${textures.length} textures given, the kernel binds ` +
+          `${k.signature.textures?.length ?? 0}`,
       );
     }
     const max = this.maxBindingBytes;
@@ -562,9 +610,9 @@ export class Runtime {
         }
         this.#uniformU32.set(uniforms, (slot * UNIFORM_SLOT) / 4);
       }
-      pass.setBindGroup(0, this.#bindGroup(k, bindings), [slot * UNIFORM_SLOT]);
+      pass.setBindGroup(0, this.#bindGroup(k, bindings, textures), [slot * UNIFORM_SLOT]);
     } else {
-      pass.setBindGroup(0, this.#bindGroup(k, bindings));
+      pass.setBindGroup(0, this.#bindGroup(k, bindings, textures));
     }
     pass.dispatchWorkgroups(x, y, z);
     for (const b of buffers) b.lastBatch = this.#batch;
@@ -615,9 +663,81 @@ export class Runtime {
     dst.lastBatch = this.#batch;
   }
 
+  #textures = new Map<string, { texture: GPUTexture; bytes: number }>();
+  #retired: GPUTexture[] = [];
+  #textureBytes = 0;
+
+  /** Bytes of the scratch textures the runtime holds (`scratchTexture`). */
+  get textureBytes(): number {
+    return this.#textureBytes;
+  }
+
+  /**
+   * A scratch texture of `rgba32float` texels, `width` x `height`, for slot `slot` (a kernel's
+   * operand: kernels that pack an operand into a texture and read it in the next dispatch). It
+   * is the same texture for the same slot and size until evicted (the runtime keeps a few
+   * sizes per slot), so its contents last only until the next request for the slot: recorded
+   * dispatches run in order, so a pack and the reads after it see their own texels. Null when
+   * the size passes `maxTextureDimension2D` or the memory budget (the caller then takes a
+   * path without textures).
+   *
+   * @example
+   * ```ts
+   * import { getRuntime } from "./mod.ts";
+   * const rt = await getRuntime();
+   * const t = rt.scratchTexture("doc", 4, 2);
+   * console.log(t?.width, t?.height); // 4 2
+   * ```
+   */
+  scratchTexture(slot: string, width: number, height: number): GPUTexture | null {
+    const max = this.device.limits.maxTextureDimension2D;
+    if (width < 1 || height < 1 || width > max || height > max) return null;
+    const key = `${slot}|${width}x${height}`;
+    const hit = this.#textures.get(key);
+    if (hit) {
+      this.#textures.delete(key); // most recently used last
+      this.#textures.set(key, hit);
+      return hit.texture;
+    }
+    const bytes = width * height * 16;
+    // the slot's other sizes go first, beyond the few kept
+    const same = [...this.#textures.keys()].filter((k) => k.startsWith(`${slot}|`));
+    for (const k of same.slice(0, Math.max(0, same.length - 3))) this.#retire(k);
+    if (this.memory().liveBytes + this.#textureBytes + bytes > getMemoryLimit().bytes) {
+      for (const k of [...this.#textures.keys()]) this.#retire(k);
+      if (this.memory().liveBytes + bytes > getMemoryLimit().bytes) return null;
+    }
+    let texture: GPUTexture;
+    try {
+      texture = this.device.createTexture({
+        label: `scratch ${slot}`,
+        size: [width, height],
+        format: "rgba32float",
+        usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING,
+      });
+    } catch {
+      return null;
+    }
+    this.#textures.set(key, { texture, bytes });
+    this.#textureBytes += bytes;
+    return texture;
+  }
+
+  /** Drops a scratch texture; it is destroyed after the submit of the open batch. */
+  #retire(key: string): void {
+    const t = this.#textures.get(key);
+    if (!t) return;
+    this.#textures.delete(key);
+    this.#textureBytes -= t.bytes;
+    this.#retired.push(t.texture);
+  }
+
   /** Submits the open batch, if it holds any work. */
   flush(): void {
-    if (!this.#encoder) return;
+    if (!this.#encoder) {
+      for (const t of this.#retired.splice(0)) t.destroy();
+      return;
+    }
     const enc = this.#closePass();
     if (this.#inBatch > 0) {
       this.device.queue.writeBuffer(
@@ -641,6 +761,8 @@ export class Runtime {
     this.#batch++;
     this.#inBatch = 0;
     this.#pool.submitted(done);
+    // destroyed textures wait for the work submitted before (WebGPU's destroy())
+    for (const t of this.#retired.splice(0)) t.destroy();
   }
 
   /**
@@ -756,6 +878,7 @@ export class Runtime {
 
   /** Frees the pool's unused buffers. */
   emptyCache(): void {
+    for (const k of [...this.#textures.keys()]) this.#retire(k);
     this.flush();
     this.#pool.emptyCache();
   }
@@ -768,6 +891,9 @@ export class Runtime {
     } catch { /* a lost device cannot flush */ }
     this.#pool.destroyAll();
     this.#uniformBuf.destroy();
+    for (const t of this.#textures.values()) t.texture.destroy();
+    this.#textures.clear();
+    this.#textureBytes = 0;
     this.#bindGroups.clear();
     this.#kernels.clear();
     this.#byKey.clear();

@@ -241,3 +241,65 @@ Deno.test("a run whose estimated work passes maxBatchCost is cut into several su
   rt.free(x);
   rt.free(y);
 });
+
+Deno.test("textures: ts_ writes rgba32float texels, tl_ reads them in the next dispatch", async () => {
+  const rt = await getRuntime();
+  const l = layoutOf(dtype("f32"), rt);
+  const W = 5, H = 3; // 15 texels, 60 values
+  const fill = program(rt, "test|texfill", {
+    label: "texfill",
+    bindings: [{ name: "x", type: l, access: "read" }],
+    uniforms: [{ name: "w", type: "u32" }],
+    textures: [{ name: "t", access: "write" }],
+    workgroupSize: [8, 8],
+    grid: "3d",
+  }, () => `
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  let c = lid.x;
+  let r = lid.y;
+  if (c >= u.w || r >= ${H}u) { return; }
+  ts_t(c, r, ld4_x((r * u.w + c) * 4u, 4u));
+}`);
+  // the transpose of the texels, read back through a second texture binding
+  const read = program(rt, "test|texread", {
+    label: "texread",
+    bindings: [{ name: "y", type: l, access: "read_write" }],
+    uniforms: [{ name: "w", type: "u32" }],
+    textures: [{ name: "s", access: "read" }],
+    workgroupSize: [8, 8],
+    grid: "3d",
+  }, () => `
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  let c = lid.x;
+  let r = lid.y;
+  if (c >= u.w || r >= ${H}u) { return; }
+  let v = tl_s(c, r);
+  for (var j = 0u; j < 4u; j = j + 1u) { st_y((c * ${H}u + r) * 4u + j, vec4<f32>(v[j]), vec4<u32>(0u)); }
+}`);
+  const host = Float32Array.from({ length: W * H * 4 }, (_, i) => i * 0.5 - 7);
+  const x = rt.alloc(host.byteLength, { dtype: "f32", purpose: "scratch" });
+  const y = rt.alloc(host.byteLength, { dtype: "f32", purpose: "scratch" });
+  rt.write(x, host);
+  const t = rt.scratchTexture("test", W, H)!;
+  assert.equal(rt.scratchTexture("test", W, H), t, "the same texture for the same slot and size");
+  fill.run({ buffers: { x }, uniforms: { w: W }, textures: { t }, groups: [1, 1, 1] });
+  read.run({ buffers: { y }, uniforms: { w: W }, textures: { s: t }, groups: [1, 1, 1] });
+  const got = new Float32Array(await rt.read(y));
+  const want = new Float32Array(host.length);
+  for (let r = 0; r < H; r++) {
+    for (let c = 0; c < W; c++) {
+      for (let j = 0; j < 4; j++) want[(c * H + r) * 4 + j] = host[(r * W + c) * 4 + j];
+    }
+  }
+  assert.deepEqual(Array.from(got), Array.from(want));
+  // past the adapter's texture size: null (the caller takes another path)
+  const max = rt.device.limits.maxTextureDimension2D;
+  assert.equal(rt.scratchTexture("test", max + 1, 1), null);
+  assert.ok(rt.textureBytes >= W * H * 16);
+  assert.throws(
+    () => read.run({ buffers: { y }, uniforms: { w: W }, groups: [1, 1, 1] } as never),
+    /texture 's' not given/,
+  );
+  rt.free(x);
+  rt.free(y);
+});
