@@ -16,6 +16,7 @@ import {
   cosineWithWarmup,
   dtype,
   FP8Recipe,
+  fp8Recipe,
   GPT,
   GradScaler,
   isFloat,
@@ -34,7 +35,6 @@ import {
   tidy,
   ValueError,
 } from "../mod.ts";
-import { FP8_RECIPES, fp8Recipe, type FP8RecipeName } from "../tensor/mod.ts";
 import { Batches, type Corpus, evaluate } from "./_text.ts";
 import { excerpt } from "../nn/_excerpt.ts";
 import type { JsonlLog, Progress } from "./_progress.ts";
@@ -89,16 +89,13 @@ export interface Precision {
 export function precisionChoices(): string[] {
   return [
     ...precisionNames(),
-    ...FP8_RECIPE_PRECISIONS,
     "eXmY (a simulated format such as e8m3: f32 master weights)",
   ];
 }
 
-/** `fp8-<recipe>`: the `fp8` strategy with another FP8 recipe (`fp8Recipe(name)`). */
-const FP8_RECIPE_PRECISIONS = FP8_RECIPES.filter((r) => r !== "delayed").map((r) => `fp8-${r}`);
-
 /**
- * Resolves a `--precision` name: a strategy, or a simulated float format run as autocast of
+ * Resolves a `--precision` name: a strategy of `precisionNames()` (`fp8-<recipe>` included:
+ * its `autocastOptions` name the recipe), or a simulated float format run as autocast of
  * that dtype over f32 master weights (the `amp-bf16` storage).
  */
 export function resolvePrecision(name: string, rounding: Rounding = "rne"): Precision {
@@ -106,10 +103,6 @@ export function resolvePrecision(name: string, rounding: Rounding = "rne"): Prec
     const s = precisionStrategy(name);
     const ac = s.autocastOptions ? { ...s.autocastOptions } : null;
     return { name, storage: name, autocast: ac, gradScaler: s.gradScaler };
-  }
-  if (FP8_RECIPE_PRECISIONS.includes(name)) {
-    const recipe = name.slice(4) as FP8RecipeName;
-    return { name, storage: "fp8", autocast: { dtype: "fp8", recipe }, gradScaler: false };
   }
   let ok = false;
   try {

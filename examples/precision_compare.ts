@@ -1,6 +1,7 @@
 /**
- * Trains the same character GPT with the same seed under every precision strategy and
- * writes what each one costs and loses: final validation loss, imprecision (fraction of
+ * Trains the same character GPT with the same seed under every precision strategy of
+ * `precisionNames()` (`fp8-<recipe>` for each FP8 recipe among them), or under those of
+ * `--strategies` (any subset, simulated formats such as e8m3 too), and writes what each one costs and loses: final validation loss, imprecision (fraction of
  * updates lost), EDQ ratio, bytes per parameter, step time, as a Markdown table, JSON, an
  * SVG chart of the loss curves and the JSONL log of every step (Collage, Yu et al. ICML 2024;
  * DESIGN.md section 4).
@@ -16,6 +17,7 @@
  * Run (reads the project, writes only the output folder):
  *   deno run --allow-read=. --allow-write=out examples/precision_compare.ts --steps 600 --out out/compare
  *   deno run --allow-read=. --allow-write=out examples/precision_compare.ts --strategies bf16,collage-light,e8m3
+ *   deno run --allow-read=. --allow-write=out examples/precision_compare.ts --strategies amp-bf16,fp8,fp8-block,fp8-nvfp4
  *   deno run --allow-read=. --allow-write=out examples/precision_compare.ts --list
  *   deno run --allow-read=. --allow-write=out examples/precision_compare.ts --help
  * On a cluster: deploy/slurm/sweep.sbatch, deploy/k8s/sweep-job.yaml (README, "Run a sweep on

@@ -14,6 +14,7 @@
  * | `collage-light` | bf16   | bf16  | bf16 | bf16             | `paramLo` bf16     | 10    |
  * | `collage-plus`  | bf16   | bf16  | bf16 | bf16 + `expAvgSqLo` | `paramLo` bf16  | 12    |
  * | `fp8`           | f32    | f32   | f32  | f32              | e4m3/e5m2 GEMM inputs, scales | 16 |
+ * | `fp8-<recipe>`  | f32    | f32   | f32  | f32              | as `fp8`, the named recipe's scales | 16 |
  * | `msamp-o2`      | f16    | f16   | e4m3 | f16              | a scale per tensor of m and v; fp8 GEMMs | 7 |
  * | `eXmY` (any)    | eXmY   | eXmY  | eXmY | eXmY             | (pure simulated format) | 4 x its lane bytes |
  *
@@ -22,7 +23,11 @@
  * `{ dtype: "fp8" }`), whose casts of the weights are transient and counted as "casts" in
  * `memory()`, and `amp-f16` wants a `GradScaler` (`strategy.gradScaler`). `fp8` quantises
  * the GEMM inputs with an FP8 recipe (e4m3 forward, e5m2 gradients, delayed scaling; the
- * recipe's amax histories and scales are its extra state, outside the optimizer). The
+ * recipe's amax histories and scales are its extra state, outside the optimizer).
+ * `fp8-<recipe>` (`fp8-current`, `fp8-block`, `fp8-nvfp4`, ...: one for each name of
+ * `FP8_RECIPES` but `delayed`, which is `fp8`) is `fp8` with that recipe: its
+ * `autocastOptions` are `{ dtype: "fp8", recipe: "<recipe>" }` (`fp8Recipe(name)` makes a
+ * run's own instance; `autocast` alone takes `namedFP8Recipe(name)`), storage as `fp8`. The
  * Collage rows replace the update bodies (`collage.ts`). `bf16-sr` keeps the rules' own
  * bodies and rounds the stored weight stochastically (`stochastic`; Zamirai et al. 2020,
  * arXiv 2010.06192): its random stream's seed and counter per parameter are in the state
@@ -44,7 +49,12 @@
 
 import { bfloat16, type DType, dtype, e4m3, float16, float32 } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import type { AutocastOptions, Tensor } from "../tensor/mod.ts";
+import {
+  type AutocastOptions,
+  FP8_RECIPES,
+  type FP8RecipeName,
+  type Tensor,
+} from "../tensor/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
 import { Module, Parameter } from "../nn/module.ts";
 import { collageAdamWBody, collageSGDBody } from "./collage.ts";
@@ -153,6 +163,49 @@ function row(
 
 const MCF_EFFECTIVE = "(y.param - x.param) + (y.paramLo - x.paramLo)";
 
+/** What each FP8 recipe other than `delayed` (the `fp8` row) scales, for the descriptions. */
+const RECIPE_WORDS: Readonly<Record<Exclude<FP8RecipeName, "delayed">, string>> = {
+  most_recent: "delayed scaling from the newest amax instead of the history's max (Transformer " +
+    "Engine's amax_compute_algo 'most_recent'), e4m3 forward, e5m2 backward",
+  current: "current scaling: each tensor's own amax (Transformer Engine's " +
+    "Float8CurrentScaling), e4m3 forward, e5m2 backward",
+  rowwise: "a power-of-two scale per row of A and column of B (torchao's ROWWISE), e4m3 " +
+    "forward, e5m2 backward",
+  block: "1x128 tiles and 128x128 weight blocks with power-of-two scales, e4m3 in both passes " +
+    "(Transformer Engine's Float8BlockScaling, DeepSeek-V3)",
+  mxfp8: "an E8M0 scale per 32 values, e4m3 in both passes (Transformer Engine's " +
+    "MXFP8BlockScaling)",
+  nvfp4: "simulated NVFP4: E2M1 values, an E4M3 scale per 16 and an f32 one per tensor, " +
+    "gradients rounded stochastically (Transformer Engine's NVFP4BlockScaling)",
+};
+
+/**
+ * `fp8-<recipe>` for each recipe of `FP8_RECIPES` but `delayed` (which `fp8` is): storage as
+ * `fp8` (f32 master weights, gradients and states), the forward under
+ * `autocast({ dtype: "fp8", recipe })`. A recipe added to `FP8_RECIPES` needs its words in
+ * `RECIPE_WORDS` (a type error otherwise).
+ */
+function fp8RecipeRows(): Record<string, PrecisionStrategy> {
+  const rows: Record<string, PrecisionStrategy> = {};
+  for (const recipe of FP8_RECIPES) {
+    if (recipe === "delayed") continue;
+    const name = `fp8-${recipe}`;
+    const words = RECIPE_WORDS[recipe];
+    rows[name] = row(
+      name,
+      `FP8 training as 'fp8' with the '${recipe}' recipe, ${words}; f32 master weights, ` +
+        `gradients and states; the forward under autocast({ dtype: 'fp8', recipe: '${recipe}' })`,
+      float32,
+      {
+        autocast: bfloat16,
+        autocastOptions: Object.freeze({ dtype: "fp8", recipe }),
+        computeDtype: bfloat16,
+      },
+    );
+  }
+  return rows;
+}
+
 /** The registered strategies, by name. Add a row here to add a strategy. */
 const STRATEGIES: Record<string, PrecisionStrategy> = {
   fp32: row("fp32", "f32 parameters, gradients and optimizer states", float32),
@@ -238,6 +291,7 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
       effective: MCF_EFFECTIVE,
     },
   ),
+  ...fp8RecipeRows(),
 };
 
 /**
@@ -248,7 +302,9 @@ const STRATEGIES: Record<string, PrecisionStrategy> = {
  * ```ts
  * import { precisionNames } from "../mod.ts";
  * console.log(precisionNames());
- * // ["fp32", "bf16", "bf16-sr", "amp-bf16", "amp-f16", "fp8", "collage-light", "collage-plus"]
+ * // ["fp32", "bf16", "bf16-sr", "amp-bf16", "amp-f16", "fp8", "msamp-o2", "collage-light",
+ * //  "collage-plus", "fp8-most_recent", "fp8-current", "fp8-rowwise", "fp8-block", "fp8-mxfp8",
+ * //  "fp8-nvfp4"]
  * ```
  */
 export function precisionNames(): string[] {
@@ -291,6 +347,7 @@ function simulated(name: string): PrecisionStrategy | undefined {
  * import { precisionStrategy } from "../mod.ts";
  * console.log(precisionStrategy("fp32").stateDtype("expAvg").name); // f32
  * console.log(precisionStrategy("fp8").autocastOptions); // { dtype: "fp8" }
+ * console.log(precisionStrategy("fp8-block").autocastOptions); // { dtype: "fp8", recipe: "block" }
  * console.log(precisionStrategy("e8m5").param.name, precisionStrategy("e8m5").grad.name); // e8m5 e8m5
  * try { precisionStrategy("fp64"); } catch (e) { console.log((e as Error).name); } // ValueError
  * ```

@@ -72,7 +72,9 @@ async function train(name: string, steps: number) {
   return { live, allocated, first, last };
 }
 
-for (const name of precisionNames()) {
+// fp8-<recipe> stores what fp8 stores, and this test's autocast takes only the strategy's
+// autocast dtype: they would run fp8's steps again
+for (const name of precisionNames().filter((n) => !n.startsWith("fp8-"))) {
   Deno.test(`${STEPS} training steps under ${name} keep live GPU bytes flat and give every buffer back`, async () => {
     const rt = await getRuntime();
     await train(name, 1); // per-device constants made on first use (GradScaler's zero flag)

@@ -87,6 +87,12 @@ Deno.test("precision names the strategies; unknown ones are refused with the lis
     "msamp-o2",
     "collage-light",
     "collage-plus",
+    "fp8-most_recent",
+    "fp8-current",
+    "fp8-rowwise",
+    "fp8-block",
+    "fp8-mxfp8",
+    "fp8-nvfp4",
   ]);
   const s = precisionStrategy("bf16");
   assert.deepEqual([s.param.name, s.grad.name, s.stateDtype("expAvg").name], [

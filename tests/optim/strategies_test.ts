@@ -5,10 +5,15 @@ import {
   AdamW,
   applyPrecision,
   autocast,
+  type AutocastOptions,
+  FP8_RECIPES,
+  fp8Recipe,
   GPT,
   GradScaler,
+  matmul,
   memory,
   precisionNames,
+  type PrecisionStrategy,
   precisionStrategy,
   type Tensor,
   tensor,
@@ -85,7 +90,8 @@ async function train(name: string, steps: number) {
   return out;
 }
 
-Deno.test("precision names the nine strategies of DESIGN.md's table; unknown ones list them", () => {
+Deno.test("precision names the strategies of DESIGN.md's table and fp8-<recipe> for each FP8 recipe; unknown ones list them", () => {
+  const recipes = FP8_RECIPES.filter((r) => r !== "delayed").map((r) => `fp8-${r}`);
   assert.deepEqual(precisionNames(), [
     "fp32",
     "bf16",
@@ -96,6 +102,15 @@ Deno.test("precision names the nine strategies of DESIGN.md's table; unknown one
     "msamp-o2",
     "collage-light",
     "collage-plus",
+    ...recipes,
+  ]);
+  assert.deepEqual(recipes, [
+    "fp8-most_recent",
+    "fp8-current",
+    "fp8-rowwise",
+    "fp8-block",
+    "fp8-mxfp8",
+    "fp8-nvfp4",
   ]);
   const rows = precisionNames().map((n) => {
     const s = precisionStrategy(n);
@@ -119,6 +134,7 @@ Deno.test("precision names the nine strategies of DESIGN.md's table; unknown one
     ["msamp-o2", "f16", "f16", "f16", "bf16", false, []],
     ["collage-light", "bf16", "bf16", "bf16", null, false, ["paramLo"]],
     ["collage-plus", "bf16", "bf16", "bf16", null, false, ["paramLo", "expAvgSqLo"]],
+    ...recipes.map((n) => [n, "f32", "f32", "f32", "bf16", false, []]),
   ]);
   assert.throws(
     () => precisionStrategy("fp64"),
@@ -126,7 +142,42 @@ Deno.test("precision names the nine strategies of DESIGN.md's table; unknown one
   );
 });
 
-Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf16-sr 8, msamp-o2 7, collage-light 10, collage-plus 12, amp 16", async () => {
+Deno.test("fp8-<recipe> is fp8 with that recipe: its autocastOptions name the recipe, the GEMMs under them are the recipe's, storage as fp8", async () => {
+  const fp8 = precisionStrategy("fp8");
+  const storage = (s: PrecisionStrategy) => [
+    s.param.name,
+    s.grad.name,
+    ["expAvg", "expAvgSq"].map((n) => s.stateDtype(n).name),
+    s.extraStates,
+    Object.keys(s.updates),
+    s.stochastic,
+    s.scaled,
+    s.gradScaler,
+    s.computeDtype.name,
+    s.autocast?.name,
+  ];
+  const a = tensor(Array.from({ length: 64 }, (_, i) => Math.sin(i) * 3), { shape: [4, 16] });
+  const b = tensor(Array.from({ length: 128 }, (_, i) => Math.cos(i * 0.7)), { shape: [16, 8] });
+  const under = (opts: AutocastOptions) => tidy(() => autocast(opts, () => matmul(a, b)));
+  for (const r of FP8_RECIPES.filter((x) => x !== "delayed")) {
+    const s = precisionStrategy(`fp8-${r}`);
+    assert.equal(s.name, `fp8-${r}`);
+    assert.deepEqual(s.autocastOptions, { dtype: "fp8", recipe: r });
+    assert.ok(Object.isFrozen(s.autocastOptions), `fp8-${r}: autocastOptions frozen`);
+    assert.deepEqual(storage(s), storage(fp8), `fp8-${r} stores what fp8 stores`);
+    assert.match(s.description, new RegExp(`'${r}' recipe`));
+    if (r === "most_recent") continue; // delayed scaling: its scale depends on earlier steps
+    // the recipe's GEMM: the same values as under a fresh recipe of that name
+    const [got, want] = [under(s.autocastOptions!), under({ recipe: fp8Recipe(r) })];
+    assert.deepEqual(await got.toArray(), await want.toArray(), `fp8-${r}`);
+    got.dispose();
+    want.dispose();
+  }
+  a.dispose();
+  b.dispose();
+});
+
+Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf16-sr 8, msamp-o2 7, collage-light 10, collage-plus 12, amp, fp8 and fp8-<recipe> 16", async () => {
   const want: Record<string, number> = {
     fp32: 16,
     bf16: 8,
@@ -137,6 +188,10 @@ Deno.test("bytes per parameter of a GPT read from memory(): fp32 16, bf16 8, bf1
     "msamp-o2": 7,
     "collage-light": 10,
     "collage-plus": 12,
+    // fp8-<recipe>: as fp8, f32 weights, gradients, m and v
+    ...Object.fromEntries(
+      FP8_RECIPES.filter((r) => r !== "delayed").map((r) => [`fp8-${r}`, 4 * 4]),
+    ),
   };
   const report: string[] = [];
   for (const name of precisionNames()) {
