@@ -46,12 +46,14 @@ export {
   tensorBytes,
   zeros,
 } from "./tensor/ops/creation.ts";
+export { cast, type CastMethods } from "./tensor/ops/cast.ts";
 export {
   abs,
   add,
+  type BinaryOp,
   broadcastShapes,
-  cast,
   div,
+  type ElementwiseMethods,
   eq,
   exp,
   ge,
@@ -73,6 +75,7 @@ export {
   square,
   sub,
   tanh,
+  type UnaryOp,
   where,
 } from "./tensor/ops/elementwise.ts";
 export {
@@ -82,11 +85,13 @@ export {
   max,
   mean,
   min,
+  type ReduceMethods,
   softmax,
   sum,
 } from "./tensor/ops/reduce.ts";
 export {
   matmul,
+  type MatmulMethods,
   type MatmulOptions,
   type MatmulShapeClass,
   type MatmulTuning,
@@ -101,6 +106,7 @@ export {
   indexSelect,
   permute,
   reshape,
+  type ShapeMethods,
   slice,
   squeeze,
   transpose,

@@ -286,7 +286,7 @@ export function decodeBits(c: FormatConstants, code: number): number {
 export type CodeArray = Uint8Array | Uint16Array | Uint32Array;
 
 /** An empty code array wide enough for codes of `bits` bits. */
-export function codeArray(bits: number, n: number): CodeArray {
+function codeArray(bits: number, n: number): CodeArray {
   return bits <= 8 ? new Uint8Array(n) : bits <= 16 ? new Uint16Array(n) : new Uint32Array(n);
 }
 

@@ -140,7 +140,7 @@ export function createBufferScoped(
 export const DEFAULT_MEMORY_LIMIT: number = 4 * 2 ** 30;
 
 /** The fraction of the host's memory the default budget takes when Deno may read it. */
-export const HOST_MEMORY_FRACTION = 0.5;
+const HOST_MEMORY_FRACTION = 0.5;
 
 /**
  * The memory budget in force: the most live bytes ulp hands out, and where the number came

@@ -27,7 +27,7 @@ const FROM_ST = new Map(Object.entries(ST_NAMES).map(([k, v]) => [v, k]));
  * ulp's 32-bit integers: signed ones as i32, unsigned ones as u32 (64-bit values checked to
  * fit). U8/U16 with a ulp dtype in `__metadata__` are raw codes of that dtype instead.
  */
-export const INT_LOADS: ReadonlyMap<string, string> = new Map([
+const INT_LOADS: ReadonlyMap<string, string> = new Map([
   ["I64", "i32"],
   ["I16", "i32"],
   ["I8", "i32"],

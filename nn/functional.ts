@@ -7,9 +7,20 @@
  */
 
 import { DTypeError, ShapeError, ValueError } from "../errors.ts";
-import { autocastInputs, fmtShape, matmul, rand, type Tensor, where } from "../tensor/mod.ts";
-import { layerNormLast, rmsNormLast } from "../tensor/ops/norm.ts";
-import { crossEntropyLast } from "../tensor/ops/loss.ts";
+import {
+  AUTOCAST_POLICY,
+  autocastInputs,
+  crossEntropyLast,
+  fmtShape,
+  layerNormLast,
+  LOSS_POLICY,
+  matmul,
+  NORM_POLICY,
+  rand,
+  rmsNormLast,
+  type Tensor,
+  where,
+} from "../tensor/mod.ts";
 
 // The tensor layer defines these ops once; they are part of the functional API too.
 export { gelu, logSoftmax, softmax } from "../tensor/mod.ts";
@@ -34,13 +45,12 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
         `(${weight.dtype}); the weight is [out_features, in_features] and the input's last dimension must be in_features`,
     );
   }
-  // Under autocast all three run in the lower dtype (PyTorch's linear); the weight itself is
-  // the operand, so its cast is cached for the context. W^T is read without a copy.
-  // Intermediates stay alive for the backward pass; tidy() frees them.
-  const cast = autocastInputs("linear", bias === null ? [x, weight] : [x, weight, bias]);
-  [x, weight] = cast;
-  if (bias !== null) bias = cast[2];
+  // Under autocast all three run in the lower dtype (PyTorch's linear): matmul's GEMM
+  // precision prepares x and the weight (a weight's cast is cached for the context; an FP8
+  // recipe quantises it from the weight itself), the bias is cast here. W^T is read without a
+  // copy. Intermediates stay alive for the backward pass; tidy() frees them.
   const y = matmul(x, weight, { transB: true });
+  if (bias !== null) [bias] = autocastInputs(AUTOCAST_POLICY.linear, [bias]);
   return bias === null ? y : y.add(bias);
 }
 
@@ -89,13 +99,13 @@ export function layerNorm(
 
 /** `x` and the optional `weight` and `bias` as autocast wants them for `op`. */
 function castParams(
-  op: string,
+  op: keyof typeof NORM_POLICY,
   x: Tensor,
   weight: Tensor | null,
   bias: Tensor | null,
 ): [Tensor, Tensor | null, Tensor | null] {
   const present = [x, weight, bias].filter((t): t is Tensor => t !== null);
-  const cast = autocastInputs(op, present);
+  const cast = autocastInputs(NORM_POLICY[op], present);
   let k = 1;
   return [cast[0], weight ? cast[k++] : null, bias ? cast[k++] : null];
 }
@@ -176,7 +186,7 @@ export function crossEntropy(
         `got ${fmtShape(targets.shape)}`,
     );
   }
-  [logits] = autocastInputs("crossEntropy", [logits]);
+  [logits] = autocastInputs(LOSS_POLICY.crossEntropy, [logits]);
   const z = logits.ndim === 2 ? logits : logits.reshape([n, c]);
   const t = targets.ndim === 1 ? targets : targets.reshape([n]);
   return crossEntropyLast(z, t, opts);
@@ -192,6 +202,7 @@ export function crossEntropy(
  * ```
  */
 export function mseLoss(input: Tensor, target: Tensor): Tensor {
+  [input, target] = autocastInputs(LOSS_POLICY.mseLoss, [input, target]);
   const d = input.sub(target);
   return d.mul(d).mean();
 }

@@ -23,7 +23,7 @@ import {
 import { crossEntropy } from "./functional.ts";
 import { Dropout, Embedding, GELU, LayerNorm, type LayerOptions, Linear } from "./layers.ts";
 import { Module } from "./module.ts";
-import { fromPretrained, type PretrainedOptions } from "./pretrained.ts";
+import type { PretrainedOptions } from "./pretrained.ts";
 
 /** The size of a GPT. */
 export interface GPTConfig {
@@ -421,7 +421,7 @@ export class GPT extends Module {
    * ```
    */
   static fromPretrained(path: string, opts: PretrainedOptions = {}): Promise<GPT> {
-    return fromPretrained(path, opts);
+    return loader.fromPretrained(path, opts);
   }
 
   /** A GPT with freshly initialised weights (GPT-2's scheme), storage dtype from `opts`. */
@@ -495,4 +495,18 @@ export class GPT extends Module {
       : null;
     return { logits, loss };
   }
+}
+
+/** The checkpoint loader `GPT.fromPretrained` calls (`pretrained.ts` registers it on load). */
+const loader = {
+  fromPretrained: (_path: string, _opts: PretrainedOptions): Promise<GPT> => {
+    throw new Error("internal: nn/pretrained.ts is not loaded; import the library through mod.ts");
+  },
+};
+
+/** Registers the loader behind `GPT.fromPretrained` (called by `pretrained.ts`). @internal */
+export function provideGPTLoader(
+  fromPretrained: (path: string, opts: PretrainedOptions) => Promise<GPT>,
+): void {
+  loader.fromPretrained = fromPretrained;
 }

@@ -8,12 +8,11 @@
 
 import { dtype, type DTypeLike } from "../dtypes/mod.ts";
 import { ShapeError, ValueError } from "../errors.ts";
-import { fmtShape, full, rand, randn, type Tensor, tidy, zeros } from "../tensor/mod.ts";
+import { checkIds, fmtShape, full, rand, randn, type Tensor, tidy, zeros } from "../tensor/mod.ts";
 import { dropout, layerNorm, linear, rmsNorm } from "./functional.ts";
 import { gelu } from "../tensor/mod.ts";
 import { Module, Parameter } from "./module.ts";
 import { currentRuntime } from "../gpu/mod.ts";
-import { checkIds } from "../tensor/core/_id_check.ts";
 
 /** Options shared by layers with weights. */
 export interface LayerOptions {

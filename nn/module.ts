@@ -10,12 +10,12 @@ import { DTypeError, ShapeError, ValueError } from "../errors.ts";
 import {
   autocast,
   type AutocastOptions,
+  autocastStateOf,
   fmtShape,
   isTensor,
   keep,
   type Tensor,
 } from "../tensor/mod.ts";
-import { autocastStateOf } from "../tensor/amp/autocast.ts";
 
 /**
  * Marks a tensor as a model parameter: a leaf that requires a gradient, counted as `params`

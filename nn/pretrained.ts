@@ -36,7 +36,7 @@ import { ready } from "../gpu/mod.ts";
 import { type Entry, headerLength, parseHeader } from "./_safetensors_header.ts";
 import { writeAtomic } from "./safetensors.ts";
 import { jsonProblem } from "./_excerpt.ts";
-import { GPT, type GPTConfig } from "./gpt.ts";
+import { GPT, type GPTConfig, provideGPTLoader } from "./gpt.ts";
 
 /** Options of `fromPretrained` (`GPT.fromPretrained`). */
 export interface PretrainedOptions {
@@ -603,3 +603,5 @@ export async function exportPretrained(
   const cfg = JSON.stringify(pretrainedConfig(c), null, 2) + "\n";
   await writeAtomic(`${dir.replace(/\/+$/, "")}/config.json`, new TextEncoder().encode(cfg));
 }
+
+provideGPTLoader(fromPretrained);

@@ -15,11 +15,11 @@
  */
 
 import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, program, type Runtime } from "../gpu/mod.ts";
+import { currentRuntime, program, type Runtime, storageBytes } from "../gpu/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
 import { randomU32 } from "../dtypes/mod.ts";
 import { float32 } from "../dtypes/mod.ts";
-import { fmtShape, keep, storageBytes, Tensor, tensor, zeros } from "../tensor/mod.ts";
+import { fmtShape, keep, Tensor, tensor, zeros } from "../tensor/mod.ts";
 import { DiagBuffers } from "./_diagnostics.ts";
 import { chunkRange, zeroFlag } from "./_inplace.ts";
 import {

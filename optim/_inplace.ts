@@ -80,7 +80,7 @@ export interface InPlace {
 }
 
 /** Elements one workgroup of an in-place kernel over dtype `dt` covers. */
-export function inPlaceChunk(rt: Runtime, dt: DType, items: number): number {
+function inPlaceChunk(rt: Runtime, dt: DType, items: number): number {
   return WG * layoutOf(dt, rt).lanes * items;
 }
 

@@ -657,7 +657,7 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
 }
 
 /** Checks an optimizer's `seed`: an integer in [0, 2^32). @internal */
-export function checkSeed(op: string, seed: unknown): void {
+function checkSeed(op: string, seed: unknown): void {
   if (!(typeof seed === "number" && Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) {
     throw new ValueError(`${op}: seed must be an integer in [0, 2^32), got ${String(seed)}`);
   }

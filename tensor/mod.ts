@@ -31,13 +31,15 @@ export {
   tensorBytes,
   zeros,
 } from "./ops/creation.ts";
+export { autocastInputs, cast, type CastMethods } from "./ops/cast.ts";
 export {
   abs,
   add,
-  autocastInputs,
+  type BinaryOp,
   broadcastShapes,
-  cast,
   div,
+  ELEMENTWISE_POLICY,
+  type ElementwiseMethods,
   eq,
   exp,
   ge,
@@ -59,6 +61,7 @@ export {
   square,
   sub,
   tanh,
+  type UnaryOp,
   where,
 } from "./ops/elementwise.ts";
 export { setFusion } from "./kernels/fusion.ts";
@@ -69,12 +72,18 @@ export {
   max,
   mean,
   min,
+  REDUCE_POLICY,
+  type ReduceMethods,
   softmax,
   sum,
   sumTo,
 } from "./ops/reduce.ts";
+export { layerNormLast, NORM_POLICY, rmsNormLast } from "./ops/norm.ts";
+export { crossEntropyLast, LOSS_POLICY } from "./ops/loss.ts";
+export { checkIds, ID_OPS, idFlag, WGSL_BAD_ID } from "./core/_id_check.ts";
 export {
   matmul,
+  type MatmulMethods,
   type MatmulOptions,
   type MatmulShapeClass,
   type MatmulTuning,
@@ -89,6 +98,7 @@ export {
   indexSelect,
   permute,
   reshape,
+  type ShapeMethods,
   slice,
   squeeze,
   transpose,
@@ -103,6 +113,7 @@ export {
   type AutocastOptions,
   type AutocastState,
   autocastState,
+  autocastStateOf,
   autocastTarget,
   type CastPolicy,
 } from "./amp/autocast.ts";
@@ -131,7 +142,6 @@ export {
   type NVFP4QuantizeOptions,
 } from "./amp/block_scaling.ts";
 export { MX_BLOCK, mxElementDtype, mxEmax, mxQuantize, type MXQuantizeOptions } from "./amp/mx.ts";
-export { layoutOf, storageBytes } from "../gpu/layout.ts";
 export {
   type AttentionOptions,
   causalSelfAttention,

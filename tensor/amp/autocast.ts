@@ -1,20 +1,22 @@
 /**
  * Automatic mixed precision, as `torch.autocast`: inside a context, each op runs in the
  * dtype its policy names: lower precision for matmul-like ops, f32 for ops that need range
- * or accuracy, the widest input dtype for the rest. One flat table holds the policy.
- * Casts of parameters are cached for the context (one forward), so a weight used by
+ * or accuracy, the widest input dtype for the rest. Each op declares its policy where it is
+ * defined; `AUTOCAST_POLICY` gathers them. Casts of parameters are cached for the context (one forward), so a weight used by
  * several ops is cast once. Gradients flow back through the casts in the dtype of the
  * tensor that was cast.
  *
- * GEMM inputs, forward and backward: a context rounds the inputs of every matmul to its
+ * GEMM inputs, forward and backward, are one object per context, its GEMM precision
+ * (`GemmPrecision` in `../core/context.ts`), which `matmul()` consults: a context rounds the
+ * inputs of every matmul to its
  * dtype with its rounding (`rne`, `truncate`, `stochastic`), the gradient that comes into
  * the backward GEMMs included, so a simulated format such as `e8m3` or `e5m6` applies to
  * both passes (as PyTorch's autocast, where a GEMM's gradient has the dtype of its output).
  * Fewer exponent bits clip the range as the format's descriptor says (Inf beyond its
  * largest value, or its largest value for saturating formats). `dtype: "fp8"` (or a
  * `recipe`) quantises the GEMM inputs with an FP8 recipe instead (`fp8.ts`: e4m3 forward,
- * e5m2 gradients, per-tensor or MX scaling) and runs the context's other low-precision ops
- * in the recipe's `outDtype` (bf16). `matmul()` asks `autocastGemm()` for this hook.
+ * e5m2 gradients, per-tensor, block or MX scaling), each operand once from the tensor matmul
+ * was given, and runs the context's other low-precision ops in the recipe's `outDtype` (bf16).
  *
  * Reference: Lee et al., "To FP8 and Back Again: Quantifying Reduced Precision Effects on
  * LLM Training Stability" (2024), for simulated formats on the inputs of every GEMM.
@@ -25,7 +27,22 @@
 import { type DType, dtype, type DTypeLike, isFloat, type Rounding } from "../../dtypes/mod.ts";
 import { DTypeError, ValueError } from "../../errors.ts";
 import type { Tensor } from "../core/tensor.ts";
-import { cast } from "../ops/elementwise.ts";
+import {
+  type CastPolicy,
+  contextActive,
+  type ContextState,
+  contextState,
+  type GemmPrecision,
+  type GemmSite,
+  policyTarget,
+  pushContext,
+} from "../core/context.ts";
+import { autocastInputs, castForContext } from "../ops/cast.ts";
+import { ELEMENTWISE_POLICY } from "../ops/elementwise.ts";
+import { REDUCE_POLICY } from "../ops/reduce.ts";
+import { ATTENTION_POLICY } from "../ops/attention.ts";
+import { NORM_POLICY } from "../ops/norm.ts";
+import { LOSS_POLICY } from "../ops/loss.ts";
 import {
   defaultFP8Recipe,
   FP8_RECIPES,
@@ -34,32 +51,32 @@ import {
   namedFP8Recipe,
 } from "./fp8.ts";
 
-/** What autocast does with an op's float inputs. */
-export type CastPolicy = "lower" | "f32" | "widest";
+export type { CastPolicy };
+
+/** The policy of a GEMM's inputs under autocast: the context's lower dtype. */
+const GEMM_POLICY: CastPolicy = "lower";
 
 /**
- * The per-op policy (PyTorch's lists): matmul-like ops run in the autocast dtype; ops that
- * need range or accuracy (softmax, norms, exp/log/pow, reductions, losses) in f32; every
- * other op in the widest input dtype (ordinary promotion).
+ * The per-op policy (PyTorch's lists), as each op's definition declares it: GEMM-like ops
+ * (matmul, linear, attention) run in the autocast dtype; ops that need range or accuracy
+ * (softmax, norms, exp/log/pow/rsqrt, reductions, losses) in f32; every other op in the
+ * widest input dtype (ordinary promotion). This table gathers the rows for reading; the ops
+ * consult their own.
+ *
+ * @example
+ * ```ts
+ * import { AUTOCAST_POLICY } from "../../mod.ts";
+ * console.log(AUTOCAST_POLICY.matmul, AUTOCAST_POLICY.softmax, AUTOCAST_POLICY.add); // lower f32 widest
+ * ```
  */
 export const AUTOCAST_POLICY: Readonly<Record<string, CastPolicy>> = Object.freeze({
-  matmul: "lower",
-  linear: "lower",
-  bmm: "lower",
-  attention: "lower",
-  softmax: "f32",
-  logSoftmax: "f32",
-  logsumexp: "f32",
-  layerNorm: "f32",
-  rmsNorm: "f32",
-  exp: "f32",
-  log: "f32",
-  pow: "f32",
-  rsqrt: "f32",
-  sum: "f32",
-  mean: "f32",
-  crossEntropy: "f32",
-  mseLoss: "f32",
+  matmul: GEMM_POLICY,
+  linear: GEMM_POLICY,
+  ...ATTENTION_POLICY,
+  ...ELEMENTWISE_POLICY,
+  ...REDUCE_POLICY,
+  ...NORM_POLICY,
+  ...LOSS_POLICY,
 });
 
 /** Options of an autocast context. */
@@ -83,113 +100,39 @@ export interface AutocastOptions {
 }
 
 /** The state of one active context. */
-export interface AutocastState {
-  /** The lower dtype (an FP8 recipe's `outDtype` in an `fp8` context). */
-  readonly dtype: DType;
-  /** Rounding of the casts into it. */
-  readonly rounding: Rounding;
-  /** Seed of stochastic casts. */
-  readonly seed: number;
+export interface AutocastState extends ContextState {
   /** The FP8 recipe that quantises GEMM inputs, or null. */
   readonly fp8: FP8Recipe | null;
 }
 
 /**
- * A GEMM operand as autocast's hook prepared it: the tensor to multiply and its per-tensor
- * scale (a one-element f32 tensor: the GEMM result is multiplied by 1 / (scale_a scale_b)),
- * or null. @internal
+ * The GEMM precision of a context with a float dtype: the inputs cast to it with the
+ * context's rounding (parameters once per context), the incoming gradient rounded to it.
  */
-export interface GemmOperand {
-  /** The operand (the input itself, a rounded copy, FP8 codes or MX-dequantised values). */
-  readonly t: Tensor;
-  /** Its per-tensor scale, or null. */
-  readonly scale: Tensor | null;
+class RoundedGemm implements GemmPrecision {
+  constructor(readonly dtype: DType, readonly rounding: Rounding, readonly seed: number) {}
+  site(): GemmSite {
+    return {
+      perTensor: true,
+      outDtype: null,
+      inputs: (a, b) => autocastInputs(GEMM_POLICY, [a, b]) as [Tensor, Tensor],
+      operand: (_w, t) => ({ t, scale: null }),
+      grad: (g) => ({
+        t: g.dt === this.dtype ? g : castForContext(g, this.dtype, this),
+        scale: null,
+      }),
+    };
+  }
 }
-
-/**
- * How one matmul's inputs are prepared under autocast, forward and backward. `rows`, `cols`
- * are the operand's stored matrix sizes; `along` is the stored axis the GEMM reduces over.
- * @internal
- */
-export interface GemmSite {
-  /** Whether preparing an operand does not depend on the axis (the backward reuses them). */
-  readonly perTensor: boolean;
-  /** A forward operand (`a`, `b`), already cast to the context's dtype. */
-  operand(
-    which: "a" | "b",
-    t: Tensor,
-    rows: number,
-    cols: number,
-    along: "rows" | "cols",
-  ): GemmOperand;
-  /** The gradient coming into the backward GEMMs. */
-  grad(g: Tensor, rows: number, cols: number, along: "rows" | "cols"): GemmOperand;
-}
-
-const stack: (AutocastState | null)[] = [];
-/** Cast cache of the outermost context: tensor id -> cast, per target dtype. */
-let cache = new Map<string, { dispose(): void; disposed: boolean }>();
-/** The leaf each cached cast was made from (how a GEMM recognises a weight behind its cast). */
-const sources = new WeakMap<object, { id: number; requiresGrad: boolean; node: unknown }>();
 
 /** The innermost active autocast state, or null when autocast is off. */
 export function autocastState(): AutocastState | null {
-  return stack.length === 0 ? null : stack[stack.length - 1];
+  return contextState() as AutocastState | null; // every context is entered by autocast()
 }
 
-/** The dtype `op` should compute in under the current context, or null to leave it as is. */
-export function autocastTarget(op: string): DType | null {
-  const s = autocastState();
-  if (!s) return null;
-  const p = AUTOCAST_POLICY[op];
-  if (p === "lower") return s.dtype;
-  if (p === "f32") return dtype("f32");
-  return null;
-}
-
-/** A cached cast of a leaf (a parameter) for the current context. @internal */
-export function cachedCast<T extends { id: number; disposed: boolean; dispose(): void }>(
-  t: T,
-  target: DType,
-  make: () => T,
-): T {
-  const key = `${t.id}:${target.name}`;
-  const hit = cache.get(key) as T | undefined;
-  if (hit && !hit.disposed) return hit;
-  const c = make();
-  cache.set(key, c);
-  sources.set(c, t as unknown as { id: number; requiresGrad: boolean; node: unknown });
-  return c;
-}
-
-/** The id of the parameter (a leaf that requires grad) `t` is, or is a cached cast of. */
-function paramId(t: Tensor): number | null {
-  const src = sources.get(t) ?? t;
-  return src.node === null && src.requiresGrad ? src.id : null;
-}
-
-/**
- * The GEMM hook of the current context for a matmul of `a` and `b` (as given, before their
- * casts), or null without a context: an FP8 recipe's quantiser, or else the rounding of
- * the incoming gradient to the context's dtype (the forward operands are cast by
- * `autocastInputs`). @internal
- */
-export function autocastGemm(a: Tensor, b: Tensor): GemmSite | null {
-  const s = autocastState();
-  if (s === null) return null;
-  if (s.fp8 !== null) return s.fp8.gemmSite(paramId(a), paramId(b));
-  return {
-    perTensor: true,
-    operand: (_w, t) => ({ t, scale: null }),
-    grad: (g) => {
-      if (g.dt === s.dtype) return { t: g, scale: null };
-      const seed = (s.seed + Math.imul(g.id, 0x9e3779b1)) >>> 0;
-      return {
-        t: cast(g, s.dtype, { rounding: s.rounding, seed }).setPurpose("casts"),
-        scale: null,
-      };
-    },
-  };
+/** The dtype an op of policy `policy` computes in under the current context, or null. */
+export function autocastTarget(policy: CastPolicy): DType | null {
+  return policyTarget(policy);
 }
 
 /** The handle of a context entered with `using _ = autocast(...)`. */
@@ -237,7 +180,7 @@ export function autocastStateOf(opts: AutocastOptions): AutocastState | null {
         "autocast(): recipe must be an FP8Recipe (new FP8Recipe({...})) or a recipe's name",
       );
     }
-    return { dtype: recipe.outDtype, rounding, seed, fp8: recipe };
+    return { dtype: recipe.outDtype, rounding, seed, fp8: recipe, gemm: recipe };
   }
   const d = dtype(opts.dtype ?? "bf16");
   if (!isFloat(d) || d.kind === "mcf") {
@@ -245,24 +188,20 @@ export function autocastStateOf(opts: AutocastOptions): AutocastState | null {
       `autocast(): dtype must be a float format such as bf16, f16, e8m3, or 'fp8', got ${d.name}`,
     );
   }
-  return { dtype: d, rounding, seed, fp8: null };
+  return { dtype: d, rounding, seed, fp8: null, gemm: new RoundedGemm(d, rounding, seed) };
 }
 
 function enter(opts: AutocastOptions): AutocastGuard {
   const state = autocastStateOf(opts);
-  const depth = stack.length;
   // a recipe's outermost context starts its step: delayed scaling commits the last amaxes
-  if (state?.fp8 && !stack.some((s) => s?.fp8 === state.fp8)) state.fp8.beginStep();
-  stack.push(state);
+  if (state !== null && !contextActive(state.gemm)) state.gemm.beginStep?.();
+  const pop = pushContext(state);
   let open = true;
   return {
     [Symbol.dispose]() {
       if (!open) return;
       open = false;
-      stack.length = depth;
-      // The cached casts stay alive for the backward pass (their owner is the enclosing tidy or
-      // the caller); the cache itself ends with the outermost context, as PyTorch's does.
-      if (depth === 0) cache = new Map();
+      pop();
     },
   };
 }

@@ -39,7 +39,7 @@ import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
 import { currentRuntime, program } from "../../gpu/mod.ts";
 import { layoutOf } from "../../gpu/layout.ts";
 import { fmtShape, isTensor, Tensor } from "../core/tensor.ts";
-import { cast } from "../ops/elementwise.ts";
+import { cast } from "../ops/cast.ts";
 import { tensorAmax } from "./scaling.ts";
 
 /** Elements of an NVFP4 block (1x16; 16x16 for weights). */

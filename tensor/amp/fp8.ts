@@ -66,7 +66,7 @@ import {
   randomHadamard16,
 } from "./block_scaling.ts";
 import { randomU32 } from "../../dtypes/mod.ts";
-import type { GemmOperand, GemmSite } from "./autocast.ts";
+import type { GemmOperand, GemmSite } from "../core/context.ts";
 
 /** Which FP8 formats a recipe uses: e4m3 forward and e5m2 backward (`hybrid`), or e4m3 only. */
 export type FP8Format = "hybrid" | "e4m3";
@@ -458,10 +458,22 @@ export class FP8Recipe {
   }
 
   /**
-   * The GEMM hook of autocast for one matmul whose operands multiply the parameters with
-   * ids `aParam` / `bParam` (null: not a parameter). @internal
+   * The GEMM precision of an `fp8` context for one matmul of `a` and `b` (as the caller gave
+   * them): each operand is quantised once, from the tensor itself (an f32 parameter, not a
+   * lower-precision copy of it), as Transformer Engine does; the GEMM's result has the
+   * recipe's `outDtype`. @internal
    */
-  gemmSite(aParam: number | null, bParam: number | null): GemmSite {
+  site(a: Tensor, b: Tensor): GemmSite {
+    const param = (t: Tensor) => (t.node === null && t.requiresGrad ? t.id : null);
+    const base = this.#site(param(a), param(b));
+    return { ...base, outDtype: this.outDtype, inputs: (x, y) => [x, y] };
+  }
+
+  /** The site of a matmul whose operands are the parameters with these ids (or null). */
+  #site(
+    aParam: number | null,
+    bParam: number | null,
+  ): Pick<GemmSite, "perTensor" | "operand" | "grad"> {
     const p = bParam ?? aParam;
     let key: string;
     if (p !== null) {

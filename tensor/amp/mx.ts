@@ -24,7 +24,7 @@ import { currentRuntime, program } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
 import { layoutOf } from "../../gpu/layout.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
-import { cast } from "../ops/elementwise.ts";
+import { cast } from "../ops/cast.ts";
 
 /** Elements per MX block (OCP MX v1.0: k = 32 for every concrete format). */
 export const MX_BLOCK = 32;

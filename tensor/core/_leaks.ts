@@ -17,12 +17,9 @@ interface Held {
   buf: PooledBuffer;
 }
 
-let freedByGc = 0;
-
 const registry = new FinalizationRegistry<Held>(({ rt, buf }) => {
   if (rt.lost) return;
   rt.free(buf);
-  freedByGc++;
 });
 
 /** Frees `buf` when `owner` becomes unreachable, unless `forget(owner)` is called first. */
@@ -33,11 +30,6 @@ export function watch(owner: object, rt: Runtime, buf: PooledBuffer): void {
 /** `owner` freed its storage itself (dispose): nothing left for the registry to do. */
 export function forget(owner: object): void {
   registry.unregister(owner);
-}
-
-/** How many buffers the safety net freed since the process started (for tests). */
-export function gcFrees(): number {
-  return freedByGc;
 }
 
 // ---- the warning -----------------------------------------------------------------------
@@ -91,7 +83,7 @@ export function noteBirth(t: { readonly disposed: boolean }): void {
 
 /** The library's own folders: frames there are not where the user made a tensor. */
 const LIB = ["tensor", "autograd", "nn", "optim", "gpu", "dtypes"].map((d) =>
-  new URL(`../${d}/`, import.meta.url).href
+  new URL(`../../${d}/`, import.meta.url).href
 );
 
 /** The first frame of a stack outside the library: the user's line that made the tensor. */

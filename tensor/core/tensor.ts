@@ -1,12 +1,14 @@
 /**
- * The Tensor: a shape, a dtype and a pooled GPU buffer, with the methods a PyTorch user
- * looks for. Each method delegates to the one place its op is defined (`elementwise.ts`,
- * `reduce.ts`, `matmul.ts`, `shape_ops.ts`, `cast.ts`).
+ * The Tensor: a shape, a dtype and a pooled GPU buffer, its lifetime and autograd entry
+ * points. The op methods a PyTorch user looks for (`add`, `sum`, `matmul`, `reshape`, ...)
+ * are added by the modules that define the ops (`ops/elementwise.ts`, `ops/reduce.ts`,
+ * `ops/matmul.ts`, `ops/shape_ops.ts`, `ops/cast.ts`) through `installMethods`, so this
+ * layer imports none of them at run time.
  *
  * @module
  */
 
-import { type DType, dtype as toDType, type DTypeLike, type Rounding } from "../../dtypes/mod.ts";
+import type { DType } from "../../dtypes/mod.ts";
 import { DeviceError, DTypeError, ValueError } from "../../errors.ts";
 import { currentRuntime, type PooledBuffer, type Purpose, type Runtime } from "../../gpu/mod.ts";
 import { storageBytes } from "../../gpu/layout.ts";
@@ -15,12 +17,14 @@ import { forget, noteBirth, noteStep, watch } from "./_leaks.ts";
 import { readChecked } from "./_id_check.ts";
 import { noGrad } from "../../autograd/graph.ts";
 import { type BackwardOptions, runBackward } from "../../autograd/backward.ts";
-import { ones } from "../ops/creation.ts";
-import * as ew from "../ops/elementwise.ts";
-import * as red from "../ops/reduce.ts";
-import * as mm from "../ops/matmul.ts";
-import * as sh from "../ops/shape_ops.ts";
-import { type LazyDef, materialize, released } from "../kernels/fusion.ts";
+// The layers above add Tensor's op methods when they load (installMethods); these type-only
+// imports declare them on the class (JSR forbids module augmentation). Nothing runs up.
+import type { LazyDef } from "../kernels/fusion.ts";
+import type { CastMethods } from "../ops/cast.ts";
+import type { ElementwiseMethods } from "../ops/elementwise.ts";
+import type { ReduceMethods } from "../ops/reduce.ts";
+import type { MatmulMethods } from "../ops/matmul.ts";
+import type { ShapeMethods } from "../ops/shape_ops.ts";
 
 /** A node of the autograd graph: the op's inputs and how to push a gradient back to them. */
 export interface GradNode {
@@ -41,6 +45,10 @@ let nextId = 1;
 export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(",")}]`;
 }
+
+/** The op methods of a Tensor, added by the op modules (see `installMethods`). */
+export interface Tensor
+  extends ElementwiseMethods, CastMethods, ReduceMethods, MatmulMethods, ShapeMethods {}
 
 /**
  * An n-dimensional array on the GPU. Create one with `tensor()`, `zeros()`, `randn()` and
@@ -158,7 +166,7 @@ export class Tensor {
    */
   buffer(op: string): PooledBuffer {
     const buf = this.checkUsable(op);
-    if (this.lazy !== null) materialize(this);
+    if (this.lazy !== null) hooks.materialize(this);
     return buf;
   }
 
@@ -211,7 +219,7 @@ export class Tensor {
       forget(this);
       let kept = false;
       try {
-        kept = released(this, this.#buf); // kept while deferred work still reads it
+        kept = hooks.released(this, this.#buf); // kept while deferred work still reads it
       } finally {
         if (!kept && !this.#rt.lost) this.#rt.free(this.#buf);
         this.#buf = null;
@@ -389,7 +397,7 @@ export class Tensor {
             `shape ${fmtShape(this.shape)}; pass the seed gradient: t.backward(g)`,
         );
       }
-      seed = noGrad(() => ones(this.shape, { dtype: this.dt }));
+      seed = noGrad(() => hooks.ones(this.shape, this.dt));
     } else {
       if (grad.size !== this.size || grad.shape.some((v, i) => v !== this.shape[i])) {
         throw new ValueError(
@@ -466,181 +474,6 @@ export class Tensor {
     this.requiresGrad = flag;
     return this;
   }
-
-  // ---- elementwise -------------------------------------------------------------------------
-
-  /** `this + other`, broadcasting. */
-  add(other: Operand): Tensor {
-    return ew.add(this, other);
-  }
-  /** `this - other`, broadcasting. */
-  sub(other: Operand): Tensor {
-    return ew.sub(this, other);
-  }
-  /** `this * other`, broadcasting. */
-  mul(other: Operand): Tensor {
-    return ew.mul(this, other);
-  }
-  /** `this * this` (as `torch.square`). */
-  square(): Tensor {
-    return ew.square(this);
-  }
-  /** `this / other`, broadcasting. */
-  div(other: Operand): Tensor {
-    return ew.div(this, other);
-  }
-  /** `this ** other`, broadcasting (negative bases with integer exponents as PyTorch). */
-  pow(other: Operand): Tensor {
-    return ew.pow(this, other);
-  }
-  /** Elementwise maximum, broadcasting (NaN propagates). */
-  maximum(other: Operand): Tensor {
-    return ew.maximum(this, other);
-  }
-  /** Elementwise minimum, broadcasting (NaN propagates). */
-  minimum(other: Operand): Tensor {
-    return ew.minimum(this, other);
-  }
-  /** `-this`. */
-  neg(): Tensor {
-    return ew.neg(this);
-  }
-  /** `|this|`. */
-  abs(): Tensor {
-    return ew.abs(this);
-  }
-  /** `e^this`. */
-  exp(): Tensor {
-    return ew.exp(this);
-  }
-  /** Natural logarithm. */
-  log(): Tensor {
-    return ew.log(this);
-  }
-  /** Square root. */
-  sqrt(): Tensor {
-    return ew.sqrt(this);
-  }
-  /** `1 / sqrt(this)`. */
-  rsqrt(): Tensor {
-    return ew.rsqrt(this);
-  }
-  /** Hyperbolic tangent. */
-  tanh(): Tensor {
-    return ew.tanh(this);
-  }
-  /** Logistic sigmoid. */
-  sigmoid(): Tensor {
-    return ew.sigmoid(this);
-  }
-  /** `max(this, 0)`. */
-  relu(): Tensor {
-    return ew.relu(this);
-  }
-  /** GELU: exact (erf) by default, or the tanh approximation. */
-  gelu(approximate: "none" | "tanh" = "none"): Tensor {
-    return ew.gelu(this, approximate);
-  }
-  /** `this == other` as bool. */
-  eq(other: Operand): Tensor {
-    return ew.eq(this, other);
-  }
-  /** `this != other` as bool. */
-  ne(other: Operand): Tensor {
-    return ew.ne(this, other);
-  }
-  /** `this < other` as bool. */
-  lt(other: Operand): Tensor {
-    return ew.lt(this, other);
-  }
-  /** `this <= other` as bool. */
-  le(other: Operand): Tensor {
-    return ew.le(this, other);
-  }
-  /** `this > other` as bool. */
-  gt(other: Operand): Tensor {
-    return ew.gt(this, other);
-  }
-  /** `this >= other` as bool. */
-  ge(other: Operand): Tensor {
-    return ew.ge(this, other);
-  }
-  /** Converts to another dtype, rounding as asked (RNE by default). */
-  cast(
-    dtype: DTypeLike,
-    opts: { rounding?: Rounding; seed?: number; saturate?: boolean } = {},
-  ): Tensor {
-    return ew.cast(this, toDType(dtype), opts);
-  }
-
-  // ---- reductions ----------------------------------------------------------------------------
-
-  /** Sum over `axis` (all axes when omitted), accumulated in f32. */
-  sum(axis?: number | readonly number[], keepDims = false): Tensor {
-    return red.sum(this, axis, keepDims);
-  }
-  /** Mean over `axis` (all axes when omitted), accumulated in f32. */
-  mean(axis?: number | readonly number[], keepDims = false): Tensor {
-    return red.mean(this, axis, keepDims);
-  }
-  /** Maximum over `axis` (all axes when omitted). */
-  max(axis?: number | readonly number[], keepDims = false): Tensor {
-    return red.max(this, axis, keepDims);
-  }
-  /** Minimum over `axis` (all axes when omitted). */
-  min(axis?: number | readonly number[], keepDims = false): Tensor {
-    return red.min(this, axis, keepDims);
-  }
-  /** Index of the maximum over `axis` (of the flattened tensor when omitted), as i32. */
-  argmax(axis?: number, keepDims = false): Tensor {
-    return red.argmax(this, axis, keepDims);
-  }
-  /** `log(sum(exp(this)))` over `axis`, computed stably. */
-  logsumexp(axis: number | readonly number[] = -1, keepDims = false): Tensor {
-    return red.logsumexp(this, axis, keepDims);
-  }
-  /** Softmax over `axis` (default the last). */
-  softmax(axis = -1): Tensor {
-    return red.softmax(this, axis);
-  }
-  /** Log-softmax over `axis` (default the last). */
-  logSoftmax(axis = -1): Tensor {
-    return red.logSoftmax(this, axis);
-  }
-
-  // ---- matmul ----------------------------------------------------------------------------------
-
-  /** Matrix product (2-D, or batched with broadcast batch dims), accumulated in f32. */
-  matmul(other: Tensor): Tensor {
-    return mm.matmul(this, other);
-  }
-
-  // ---- shape -----------------------------------------------------------------------------------
-
-  /** The same values in another shape (one dimension may be -1). */
-  reshape(shape: readonly number[]): Tensor {
-    return sh.reshape(this, shape);
-  }
-  /** Swaps two dimensions (the last two by default). */
-  transpose(dim0 = -2, dim1 = -1): Tensor {
-    return sh.transpose(this, dim0, dim1);
-  }
-  /** Reorders the dimensions. */
-  permute(dims: readonly number[]): Tensor {
-    return sh.permute(this, dims);
-  }
-  /** The sub-tensor `start <= i < end` along each dimension (per-dimension `[start, end]`). */
-  slice(ranges: readonly (readonly [number, number] | null)[]): Tensor {
-    return sh.slice(this, ranges);
-  }
-  /** Rows of `this` (along `axis`) picked by an integer index tensor. */
-  indexSelect(axis: number, index: Tensor): Tensor {
-    return sh.indexSelect(this, axis, index);
-  }
-  /** Values picked along `axis` by an index tensor of the same rank (as torch.gather). */
-  gather(axis: number, index: Tensor): Tensor {
-    return sh.gather(this, axis, index);
-  }
 }
 
 /** The values a tensor shows: all when small (tail null), else the first and last three. */
@@ -703,4 +536,46 @@ function nested(values: number[], shape: readonly number[]): string {
 /** Whether `v` is a Tensor. */
 export function isTensor(v: unknown): v is Tensor {
   return v instanceof Tensor;
+}
+
+/** What the layers above provide to the Tensor class, registered when they load. @internal */
+export interface TensorHooks {
+  /** Records the deferred kernel of a pending tensor (`kernels/fusion.ts`). */
+  materialize(t: Tensor): void;
+  /** Whether deferred work keeps a disposed tensor's buffer (`kernels/fusion.ts`). */
+  released(t: Tensor, buf: PooledBuffer): boolean;
+  /** A tensor of ones (`ops/creation.ts`): the seed of `backward()`. */
+  ones(shape: readonly number[], dt: DType): Tensor;
+}
+
+const missing = (what: string) => () => {
+  throw new Error(`internal: ${what} is not registered; import the library through mod.ts`);
+};
+const hooks: TensorHooks = {
+  materialize: () => {},
+  released: () => false,
+  ones: missing("ops/creation.ts"),
+};
+
+/** Registers what a layer above provides to the Tensor class. @internal */
+export function provideTensorHooks(h: Partial<TensorHooks>): void {
+  Object.assign(hooks, h);
+}
+
+/**
+ * Adds op methods to `Tensor` (each op module calls it once when it loads, with the methods
+ * its `...Methods` type declares on the class); a name defined twice is an error. @internal
+ */
+export function installMethods(methods: object, from: string): void {
+  for (const [name, fn] of Object.entries(methods)) {
+    if (Object.hasOwn(Tensor.prototype, name)) {
+      throw new Error(`internal: Tensor.${name} is defined twice (again by ${from})`);
+    }
+    Object.defineProperty(Tensor.prototype, name, {
+      value: fn,
+      writable: true,
+      configurable: true,
+      enumerable: false,
+    });
+  }
 }

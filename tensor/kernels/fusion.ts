@@ -39,7 +39,7 @@ import { type DType, type Rounding, wgslCodec } from "../../dtypes/mod.ts";
 import { DeviceError, ShapeError, ValueError } from "../../errors.ts";
 import { currentRuntime, type PooledBuffer, program, stridedRange } from "../../gpu/mod.ts";
 import { layoutOf } from "../../gpu/layout.ts";
-import { fmtShape, type Operand, Tensor } from "../core/tensor.ts";
+import { fmtShape, type Operand, provideTensorHooks, Tensor } from "../core/tensor.ts";
 
 /** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
 export const MAX_RANK = 8;
@@ -68,6 +68,8 @@ export interface LaunchOptions {
   saturate?: boolean;
   /** Seed of stochastic rounding and of `ulp_rand(u.seed, i)` in the expression. */
   seed?: number;
+  /** WGSL functions the expression calls (an op row's `wgsl`). */
+  wgsl?: string;
 }
 
 /**
@@ -105,6 +107,8 @@ export interface LazyDef {
   readonly rounding: Rounding;
   readonly saturate: boolean;
   readonly seed: number;
+  /** WGSL functions the expression calls, or "". */
+  readonly wgsl: string;
   /** Whether a consumer may compute it inline (round to nearest, no random stream). */
   readonly inlinable: boolean;
   readonly cost: Cost;
@@ -247,6 +251,7 @@ export function launch(
     rounding,
     saturate: opts.saturate ?? outDt.saturate,
     seed: (opts.seed ?? 0) >>> 0,
+    wgsl: opts.wgsl ?? "",
     inlinable: rounding === "rne" && !probe.includes("u.seed"),
     cost,
   };
@@ -425,6 +430,7 @@ function record(root: Tensor, def: LazyDef): void {
       return v;
     });
     ops.push(d.op);
+    if (d.wgsl !== "") chunks.push([d.wgsl]);
     const name = `v${ops.length - 1}`;
     let value = d.expr(args);
     if (dt !== null) {
@@ -633,3 +639,5 @@ ${calls}${store}  }
 }
 `;
 }
+
+provideTensorHooks({ materialize, released });

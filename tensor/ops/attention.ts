@@ -28,9 +28,12 @@ import {
 import { attach } from "../../autograd/graph.ts";
 import { type Layout, layoutOf, storageBytes } from "../../gpu/layout.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
-import { autocastInputs } from "./elementwise.ts";
+import { autocastInputs } from "./cast.ts";
 
 /** Largest head size the kernels hold in registers. */
+/** Autocast's policy for attention: its two GEMMs run in the context's lower dtype. */
+export const ATTENTION_POLICY = { attention: "lower" } as const;
+
 export const MAX_HEAD_SIZE = 256;
 const WG = 64;
 
@@ -495,7 +498,7 @@ export function scaledDotProductAttention(
         `k ${fmtShape(k.shape)}, v ${fmtShape(v.shape)}`,
     );
   }
-  [q, k, v] = autocastInputs("attention", [q, k, v]);
+  [q, k, v] = autocastInputs(ATTENTION_POLICY.attention, [q, k, v]);
   const dt = checkFloat(op, [q, k, v]);
   const [B, nh, Tq, hs] = q.shape, Tk = k.shape[2];
   checkHead(op, hs);
@@ -565,7 +568,7 @@ export function causalSelfAttention(qkv: Tensor, nHead: number): Tensor {
   if (!Number.isInteger(nHead) || nHead < 1 || C % nHead !== 0) {
     throw new ValueError(`${op}(): nHead ${nHead} must be a positive divisor of C = ${C}`);
   }
-  [qkv] = autocastInputs("attention", [qkv]);
+  [qkv] = autocastInputs(ATTENTION_POLICY.attention, [qkv]);
   const dt = checkFloat(op, [qkv]);
   const hs = C / nHead;
   checkHead(op, hs);

@@ -10,7 +10,7 @@ import { dtype as toDType, type DTypeLike, float32, int32 } from "../../dtypes/m
 import { ShapeError, ValueError } from "../../errors.ts";
 import { currentRuntime, type Purpose } from "../../gpu/mod.ts";
 import { storageBytes } from "../../gpu/layout.ts";
-import { fmtShape, Tensor } from "../core/tensor.ts";
+import { fmtShape, provideTensorHooks, Tensor } from "../core/tensor.ts";
 import { launch } from "../kernels/fusion.ts";
 
 /** Options of the creation functions. */
@@ -395,3 +395,5 @@ export function randn(shape: readonly number[], opts: RandomOptions = {}): Tenso
 export function tensorBytes(shape: readonly number[], dt: DTypeLike): number {
   return storageBytes(toDType(dt), shape.reduce((a, b) => a * b, 1));
 }
+
+provideTensorHooks({ ones: (shape, dt) => ones(shape, { dtype: dt }) });

@@ -18,28 +18,37 @@ import {
   float32,
   isFloat,
   promoteTypes,
-  type Rounding,
 } from "../../dtypes/mod.ts";
 import { ValueError } from "../../errors.ts";
 import { attach } from "../../autograd/graph.ts";
 import { type Expr, launch } from "../kernels/fusion.ts";
-import { type Operand, Tensor } from "../core/tensor.ts";
+import { installMethods, type Operand, Tensor } from "../core/tensor.ts";
+import type { CastPolicy } from "../core/context.ts";
 import { sumTo } from "./reduce.ts";
-import { AUTOCAST_POLICY, autocastState, autocastTarget, cachedCast } from "../amp/autocast.ts";
+import { autocastInputs } from "./cast.ts";
 
 // ---- the op table ----------------------------------------------------------------------------
 
 /** Which dtype an op's result has. */
 type OutRule = "promote" | "float" | "bool" | "same";
 
-/** One elementwise op: expression, output dtype rule, and gradient. */
+/**
+ * One elementwise op: arity, WGSL expression (with any helper functions it calls), output
+ * dtype rule, autocast policy and gradient. Its name is its key in `OPS`; the Tensor method
+ * of that name comes from the row (unless `method: false`).
+ */
 interface EwOp {
-  readonly name: string;
   readonly arity: 1 | 2;
   readonly expr: Expr;
+  /** WGSL functions the expression calls, added to every kernel that computes the op. */
+  readonly wgsl?: string;
   readonly out: OutRule;
+  /** What autocast does with the op's float inputs. */
+  readonly policy: CastPolicy;
   /** Gradients w.r.t. each operand, given inputs, output and output gradient. */
-  readonly grad?: (x: Operand[], out: Tensor, g: Tensor) => (Tensor | null)[];
+  readonly grad?: GradRule;
+  /** False: no Tensor method of this name (a variant another method picks). */
+  readonly method?: false;
 }
 
 function outDtype(op: string, rule: OutRule, operands: readonly Operand[]): DType {
@@ -65,40 +74,16 @@ function checkOperand(op: string, o: unknown): Operand {
   );
 }
 
-/**
- * The inputs of `op` as the current autocast context wants them: cast to the op's target
- * dtype (the lower dtype, or f32), parameters through the per-context cache. Without a
- * context, or for ops of the widest-input policy, the inputs unchanged. @internal
- */
-export function autocastInputs<T extends Operand>(op: string, inputs: readonly T[]): T[] {
-  const target = autocastTarget(op);
-  if (target === null) return [...inputs];
-  const st = autocastState()!;
-  const lowering = AUTOCAST_POLICY[op] === "lower";
-  return inputs.map((o) => {
-    if (!(o instanceof Tensor) || !isFloat(o.dt) || o.dt === target) return o;
-    if (!lowering && o.dt === float32) return o;
-    const make = () =>
-      cast(
-        o,
-        target,
-        lowering
-          ? { rounding: st.rounding, seed: (st.seed + Math.imul(o.id, 0x9e3779b1)) >>> 0 }
-          : {},
-      ).setPurpose("casts"); // transient: counted as "casts" in memory()
-    return (o.node === null && o.requiresGrad ? cachedCast(o, target, make) : make()) as T;
-  });
-}
-
 /** Applies a table row: checks, launches, records the gradient. */
-function apply(row: EwOp, operands: Operand[]): Tensor {
-  operands = autocastInputs(row.name, operands.map((o) => checkOperand(row.name, o)));
-  const outDt = outDtype(row.name, row.out, operands);
-  const out = launch(row.name, operands, row.expr, outDt);
+function apply(name: EwName, operands: Operand[]): Tensor {
+  const row: EwOp = OPS[name];
+  operands = autocastInputs(row.policy, operands.map((o) => checkOperand(name, o)));
+  const outDt = outDtype(name, row.out, operands);
+  const out = launch(name, operands, row.expr, outDt, { wgsl: row.wgsl });
   const grad = row.grad;
   if (grad) {
     const ts = operands.filter((o): o is Tensor => o instanceof Tensor);
-    attach(out, row.name, ts, (g) => {
+    attach(out, name, ts, (g) => {
       const gs = grad(operands, out, g);
       // keep only tensor operands, reduced to their shapes (broadcast gradients summed)
       const res: (Tensor | null)[] = [];
@@ -123,31 +108,104 @@ const need = (
   f: () => Tensor,
 ): Tensor | null => (isT(o) && T(o).requiresGrad ? f() : null);
 
+/**
+ * What a gradient rule returns: a gradient per operand (null where none flows). Each rule
+ * declares it, so the table's type needs no rule's body (Tensor's methods come from it).
+ */
+type Grads = (Tensor | null)[];
+/** A row's gradient rule: inputs, output and output gradient to the inputs' gradients. */
+type GradRule = (x: Operand[], out: Tensor, g: Tensor) => Grads;
+
+/**
+ * The elementwise methods of `Tensor`. Each is a row of the op table below (which must have
+ * a row for each and no other: the compiler checks both ways), except `square()`, a product.
+ */
+export interface ElementwiseMethods {
+  /** `this + other`, broadcasting. */
+  add(other: Operand): Tensor;
+  /** `this - other`, broadcasting. */
+  sub(other: Operand): Tensor;
+  /** `this * other`, broadcasting. */
+  mul(other: Operand): Tensor;
+  /** `this / other`, broadcasting (true division). */
+  div(other: Operand): Tensor;
+  /** `this ** other`, broadcasting. */
+  pow(other: Operand): Tensor;
+  /** Elementwise maximum; NaN propagates. */
+  maximum(other: Operand): Tensor;
+  /** Elementwise minimum; NaN propagates. */
+  minimum(other: Operand): Tensor;
+  /** `-this`. */
+  neg(): Tensor;
+  /** `|this|`. */
+  abs(): Tensor;
+  /** `e^this`. */
+  exp(): Tensor;
+  /** Natural logarithm. */
+  log(): Tensor;
+  /** Square root. */
+  sqrt(): Tensor;
+  /** `1 / sqrt(this)`. */
+  rsqrt(): Tensor;
+  /** Hyperbolic tangent. */
+  tanh(): Tensor;
+  /** Logistic sigmoid. */
+  sigmoid(): Tensor;
+  /** `max(this, 0)` (NaN stays NaN). */
+  relu(): Tensor;
+  /** GELU, exact or with the tanh approximation. */
+  gelu(approximate?: "none" | "tanh"): Tensor;
+  /** `this == other` as bool. */
+  eq(other: Operand): Tensor;
+  /** `this != other` as bool (true for NaN). */
+  ne(other: Operand): Tensor;
+  /** `this < other` as bool. */
+  lt(other: Operand): Tensor;
+  /** `this <= other` as bool. */
+  le(other: Operand): Tensor;
+  /** `this > other` as bool. */
+  gt(other: Operand): Tensor;
+  /** `this >= other` as bool. */
+  ge(other: Operand): Tensor;
+  /** `this * this`, rounded once. */
+  square(): Tensor;
+}
+
+/**
+ * The name of a row: every method but `square`, and `gelu_tanh`, the variant `gelu` picks.
+ * Any other name is a compile error.
+ */
+type EwName = Exclude<keyof ElementwiseMethods, "square"> | "gelu_tanh";
+/** A row's arity, from its method's signature. */
+type Arity<K extends EwName> = K extends "gelu" | "gelu_tanh" ? 1
+  : K extends keyof ElementwiseMethods ? (ElementwiseMethods[K] extends () => Tensor ? 1 : 2)
+  : never;
+
 /** The rows. Gradients are written with the ops themselves (they are differentiable too). */
-const OPS = {
+const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
   add: {
-    name: "add",
+    policy: "widest",
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `${a} + ${b}`,
-    grad: ([a, b], _o, g) => [need(a, () => g), need(b, () => g)], // shared, see backward.ts
+    grad: ([a, b], _o, g): Grads => [need(a, () => g), need(b, () => g)], // shared, see backward.ts
   },
   sub: {
-    name: "sub",
+    policy: "widest",
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `${a} - ${b}`,
-    grad: ([a, b], _o, g) => [need(a, () => g), need(b, () => g.neg())],
+    grad: ([a, b], _o, g): Grads => [need(a, () => g), need(b, () => g.neg())],
   },
   mul: {
-    name: "mul",
+    policy: "widest",
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `${a} * ${b}`,
-    grad: ([a, b], _o, g) => [need(a, () => g.mul(b)), need(b, () => g.mul(a))],
+    grad: ([a, b], _o, g): Grads => [need(a, () => g.mul(b)), need(b, () => g.mul(a))],
   },
   div: {
-    name: "div",
+    policy: "widest",
     arity: 2,
     out: "float",
     expr: ([a, b]) => `${a} / ${b}`,
@@ -155,17 +213,17 @@ const OPS = {
       [a, b],
       o,
       g,
-    ) => [
+    ): Grads => [
       need(a, () => g.div(b)),
       need(b, () => mul3(g, o, b, (x, y, z) => `-(${x} * ${y}) / ${z}`)),
     ],
   },
   pow: {
-    name: "pow",
+    policy: "f32",
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `ulp_pow(${a}, ${b})`,
-    grad: ([a, b], o, g) => [
+    grad: ([a, b], o, g): Grads => [
       need(
         a,
         () =>
@@ -187,11 +245,11 @@ const OPS = {
     ],
   },
   maximum: {
-    name: "maximum",
+    policy: "widest",
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `ulp_max(${a}, ${b})`,
-    grad: ([a, b], _o, g) => [
+    grad: ([a, b], _o, g): Grads => [
       need(
         a,
         () =>
@@ -213,11 +271,11 @@ const OPS = {
     ],
   },
   minimum: {
-    name: "minimum",
+    policy: "widest",
     arity: 2,
     out: "promote",
     expr: ([a, b]) => `ulp_min(${a}, ${b})`,
-    grad: ([a, b], _o, g) => [
+    grad: ([a, b], _o, g): Grads => [
       need(
         a,
         () =>
@@ -239,42 +297,42 @@ const OPS = {
     ],
   },
   neg: {
-    name: "neg",
+    policy: "widest",
     arity: 1,
     out: "same",
     expr: ([a]) => `-${a}`,
-    grad: (_x, _o, g) => [g.neg()],
+    grad: (_x, _o, g): Grads => [g.neg()],
   },
   abs: {
-    name: "abs",
+    policy: "widest",
     arity: 1,
     out: "same",
     expr: ([a]) => `abs(${a})`,
-    grad: ([a], _o, g) => [fused("abs_grad", [g, a], ([gg, x]) => `${gg} * sign(${x})`)],
+    grad: ([a], _o, g): Grads => [fused("abs_grad", [g, a], ([gg, x]) => `${gg} * sign(${x})`)],
   },
   exp: {
-    name: "exp",
+    policy: "f32",
     arity: 1,
     out: "float",
     expr: ([a]) => `exp(${a})`,
-    grad: (_x, o, g) => [g.mul(o)],
+    grad: (_x, o, g): Grads => [g.mul(o)],
   },
   log: {
-    name: "log",
+    policy: "f32",
     arity: 1,
     out: "float",
     expr: ([a]) => `log(${a})`,
-    grad: ([a], _o, g) => [g.div(a)],
+    grad: ([a], _o, g): Grads => [g.div(a)],
   },
   sqrt: {
-    name: "sqrt",
+    policy: "widest",
     arity: 1,
     out: "float",
     expr: ([a]) => `sqrt(${a})`,
-    grad: (_x, o, g) => [fused("sqrt_grad", [g, o], ([gg, y]) => `${gg} / (2.0 * ${y})`)],
+    grad: (_x, o, g): Grads => [fused("sqrt_grad", [g, o], ([gg, y]) => `${gg} / (2.0 * ${y})`)],
   },
   rsqrt: {
-    name: "rsqrt",
+    policy: "f32",
     arity: 1,
     out: "float",
     expr: ([a]) => `inverseSqrt(${a})`,
@@ -282,24 +340,32 @@ const OPS = {
       _x,
       o,
       g,
-    ) => [fused("rsqrt_grad", [g, o], ([gg, y]) => `-0.5 * ${gg} * ${y} * ${y} * ${y}`)],
+    ): Grads => [fused("rsqrt_grad", [g, o], ([gg, y]) => `-0.5 * ${gg} * ${y} * ${y} * ${y}`)],
   },
   tanh: {
-    name: "tanh",
+    policy: "widest",
     arity: 1,
     out: "float",
     expr: ([a]) => `ulp_tanh(${a})`,
-    grad: (_x, o, g) => [fused("tanh_grad", [g, o], ([gg, y]) => `${gg} * (1.0 - ${y} * ${y})`)],
+    grad: (
+      _x,
+      o,
+      g,
+    ): Grads => [fused("tanh_grad", [g, o], ([gg, y]) => `${gg} * (1.0 - ${y} * ${y})`)],
   },
   sigmoid: {
-    name: "sigmoid",
+    policy: "widest",
     arity: 1,
     out: "float",
     expr: ([a]) => `1.0 / (1.0 + exp(-${a}))`,
-    grad: (_x, o, g) => [fused("sigmoid_grad", [g, o], ([gg, y]) => `${gg} * ${y} * (1.0 - ${y})`)],
+    grad: (
+      _x,
+      o,
+      g,
+    ): Grads => [fused("sigmoid_grad", [g, o], ([gg, y]) => `${gg} * ${y} * (1.0 - ${y})`)],
   },
   relu: {
-    name: "relu",
+    policy: "widest",
     arity: 1,
     out: "same",
     expr: ([a]) => `select(${a}, 0.0, bitcast<i32>(${a}) < 0i && !ulp_isnan(${a}))`,
@@ -307,14 +373,15 @@ const OPS = {
       [a],
       _o,
       g,
-    ) => [fused("relu_grad", [g, a], ([gg, x]) => `select(0.0, ${gg}, ${x} > 0.0)`)],
+    ): Grads => [fused("relu_grad", [g, a], ([gg, x]) => `select(0.0, ${gg}, ${x} > 0.0)`)],
   },
   gelu: {
-    name: "gelu",
+    policy: "widest",
+    method: false,
     arity: 1,
     out: "float",
     expr: ([a]) => `0.5 * ${a} * (1.0 + ulp_erf(${a} * 0.7071067811865476))`,
-    grad: ([a], _o, g) => [
+    grad: ([a], _o, g): Grads => [
       fused(
         "gelu_grad",
         [g, a],
@@ -324,12 +391,13 @@ const OPS = {
     ],
   },
   gelu_tanh: {
-    name: "gelu_tanh",
+    policy: "widest",
+    method: false,
     arity: 1,
     out: "float",
     expr: ([a]) =>
       `0.5 * ${a} * (1.0 + ulp_tanh(0.7978845608028654 * (${a} + 0.044715 * ${a} * ${a} * ${a})))`,
-    grad: ([a], _o, g) => [
+    grad: ([a], _o, g): Grads => [
       fused(
         "gelu_tanh_grad",
         [g, a],
@@ -338,18 +406,65 @@ const OPS = {
       ),
     ],
   },
-  eq: { name: "eq", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} == ${b})` },
+  eq: { arity: 2, policy: "widest", out: "bool", expr: ([a, b]) => `f32(${a} == ${b})` },
   ne: {
-    name: "ne",
+    policy: "widest",
     arity: 2,
     out: "bool",
     expr: ([a, b]) => `f32(${a} != ${b} || ulp_isnan(${a}) || ulp_isnan(${b}))`,
   },
-  lt: { name: "lt", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} < ${b})` },
-  le: { name: "le", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} <= ${b})` },
-  gt: { name: "gt", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} > ${b})` },
-  ge: { name: "ge", arity: 2, out: "bool", expr: ([a, b]) => `f32(${a} >= ${b})` },
-} satisfies Record<string, EwOp>;
+  lt: { arity: 2, policy: "widest", out: "bool", expr: ([a, b]) => `f32(${a} < ${b})` },
+  le: { arity: 2, policy: "widest", out: "bool", expr: ([a, b]) => `f32(${a} <= ${b})` },
+  gt: { arity: 2, policy: "widest", out: "bool", expr: ([a, b]) => `f32(${a} > ${b})` },
+  ge: { arity: 2, policy: "widest", out: "bool", expr: ([a, b]) => `f32(${a} >= ${b})` },
+};
+
+/** Rows of one arity. */
+type OfArity<N> = { [K in EwName]: Arity<K> extends N ? K : never }[EwName];
+/** Autocast's policy of each elementwise op, from its row. */
+export const ELEMENTWISE_POLICY: Readonly<Record<EwName, CastPolicy>> = Object.freeze(
+  Object.fromEntries(
+    (Object.keys(OPS) as EwName[]).map((k) => [k, (OPS[k] as EwOp).policy]),
+  ) as Record<EwName, CastPolicy>,
+);
+
+/** An elementwise function of one tensor (`neg`, `exp`, ...). */
+export type UnaryOp = (a: Tensor) => Tensor;
+/** An elementwise function of two operands with broadcasting (`add`, `mul`, `lt`, ...). */
+export type BinaryOp = (a: Operand, b: Operand) => Tensor;
+
+/** The free function of a one-operand row. */
+function unary(name: OfArity<1>): UnaryOp {
+  return (a) => apply(name, [a]);
+}
+/** The free function of a two-operand row. */
+function binary(name: OfArity<2>): BinaryOp {
+  return (a, b) => apply(name, [a, b]);
+}
+
+{
+  const methods: Record<string, (this: Tensor, other?: Operand) => Tensor> = {};
+  for (const name of Object.keys(OPS) as EwName[]) {
+    const row: EwOp = OPS[name];
+    if (row.method === false) continue;
+    methods[name] = row.arity === 1
+      ? function (this: Tensor) {
+        return apply(name, [this]);
+      }
+      : function (this: Tensor, other?: Operand) {
+        return apply(name, [this, other!]);
+      };
+  }
+  methods.square = function (this: Tensor) {
+    return square(this);
+  };
+  installMethods(methods, "ops/elementwise.ts");
+  installMethods({
+    gelu(this: Tensor, approximate: "none" | "tanh" = "none") {
+      return gelu(this, approximate);
+    },
+  }, "ops/elementwise.ts");
+}
 
 /** An elementwise expression over 2-3 operands in f32 (used for gradients), no graph. */
 function fused(name: string, operands: Operand[], expr: Expr): Tensor {
@@ -375,9 +490,7 @@ function mul3(
  * console.log(Array.from(await add(tensor([1, 2]), 1).toArray())); // [2, 3]
  * ```
  */
-export function add(a: Operand, b: Operand): Tensor {
-  return apply(OPS.add, [a, b]);
-}
+export const add: BinaryOp = binary("add");
 /**
  * `a - b` with broadcasting.
  *
@@ -387,9 +500,7 @@ export function add(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await sub(tensor([1, 2]), tensor([[1], [2]])).toArray())); // [0, 1, -1, 0]
  * ```
  */
-export function sub(a: Operand, b: Operand): Tensor {
-  return apply(OPS.sub, [a, b]);
-}
+export const sub: BinaryOp = binary("sub");
 /**
  * `a * b` with broadcasting.
  *
@@ -399,9 +510,7 @@ export function sub(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await mul(tensor([1, 2], { dtype: "bf16" }), 3).toArray())); // [3, 6]
  * ```
  */
-export function mul(a: Operand, b: Operand): Tensor {
-  return apply(OPS.mul, [a, b]);
-}
+export const mul: BinaryOp = binary("mul");
 /**
  * `a * a` (as `torch.square`): the product rounded once to `a`'s dtype; its gradient is
  * `2 a g`.
@@ -413,7 +522,7 @@ export function mul(a: Operand, b: Operand): Tensor {
  * ```
  */
 export function square(a: Tensor): Tensor {
-  return apply(OPS.mul, [a, a]);
+  return apply("mul", [a, a]);
 }
 /**
  * `a / b` with broadcasting (true division: integers give f32).
@@ -424,9 +533,7 @@ export function square(a: Tensor): Tensor {
  * console.log(Array.from(await div(tensor([1, 3]), 2).toArray())); // [0.5, 1.5]
  * ```
  */
-export function div(a: Operand, b: Operand): Tensor {
-  return apply(OPS.div, [a, b]);
-}
+export const div: BinaryOp = binary("div");
 /**
  * `a ** b` with broadcasting.
  *
@@ -436,9 +543,7 @@ export function div(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await pow(tensor([-2, 3]), 2).toArray())); // [4, 9]
  * ```
  */
-export function pow(a: Operand, b: Operand): Tensor {
-  return apply(OPS.pow, [a, b]);
-}
+export const pow: BinaryOp = binary("pow");
 /**
  * Elementwise maximum; NaN propagates.
  *
@@ -448,9 +553,7 @@ export function pow(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await maximum(tensor([1, 5]), 3).toArray())); // [3, 5]
  * ```
  */
-export function maximum(a: Operand, b: Operand): Tensor {
-  return apply(OPS.maximum, [a, b]);
-}
+export const maximum: BinaryOp = binary("maximum");
 /**
  * Elementwise minimum; NaN propagates.
  *
@@ -460,9 +563,7 @@ export function maximum(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await minimum(tensor([1, 5]), 3).toArray())); // [1, 3]
  * ```
  */
-export function minimum(a: Operand, b: Operand): Tensor {
-  return apply(OPS.minimum, [a, b]);
-}
+export const minimum: BinaryOp = binary("minimum");
 /**
  * `-a`.
  *
@@ -472,9 +573,7 @@ export function minimum(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await neg(tensor([1, -2])).toArray())); // [-1, 2]
  * ```
  */
-export function neg(a: Tensor): Tensor {
-  return apply(OPS.neg, [a]);
-}
+export const neg: UnaryOp = unary("neg");
 /**
  * `|a|`.
  *
@@ -484,9 +583,7 @@ export function neg(a: Tensor): Tensor {
  * console.log(Array.from(await abs(tensor([1, -2])).toArray())); // [1, 2]
  * ```
  */
-export function abs(a: Tensor): Tensor {
-  return apply(OPS.abs, [a]);
-}
+export const abs: UnaryOp = unary("abs");
 /**
  * `e^a`.
  *
@@ -496,9 +593,7 @@ export function abs(a: Tensor): Tensor {
  * console.log(Array.from(await exp(tensor([0])).toArray())); // [1]
  * ```
  */
-export function exp(a: Tensor): Tensor {
-  return apply(OPS.exp, [a]);
-}
+export const exp: UnaryOp = unary("exp");
 /**
  * Natural logarithm.
  *
@@ -508,9 +603,7 @@ export function exp(a: Tensor): Tensor {
  * console.log(Array.from(await log(tensor([1])).toArray())); // [0]
  * ```
  */
-export function log(a: Tensor): Tensor {
-  return apply(OPS.log, [a]);
-}
+export const log: UnaryOp = unary("log");
 /**
  * Square root.
  *
@@ -520,9 +613,7 @@ export function log(a: Tensor): Tensor {
  * console.log(Array.from(await sqrt(tensor([4, 9])).toArray())); // [2, 3]
  * ```
  */
-export function sqrt(a: Tensor): Tensor {
-  return apply(OPS.sqrt, [a]);
-}
+export const sqrt: UnaryOp = unary("sqrt");
 /**
  * `1 / sqrt(a)`.
  *
@@ -532,9 +623,7 @@ export function sqrt(a: Tensor): Tensor {
  * console.log(Array.from(await rsqrt(tensor([4])).toArray())); // [0.5]
  * ```
  */
-export function rsqrt(a: Tensor): Tensor {
-  return apply(OPS.rsqrt, [a]);
-}
+export const rsqrt: UnaryOp = unary("rsqrt");
 /**
  * Hyperbolic tangent.
  *
@@ -544,9 +633,7 @@ export function rsqrt(a: Tensor): Tensor {
  * console.log(Array.from(await tanh(tensor([0])).toArray())); // [0]
  * ```
  */
-export function tanh(a: Tensor): Tensor {
-  return apply(OPS.tanh, [a]);
-}
+export const tanh: UnaryOp = unary("tanh");
 /**
  * Logistic sigmoid.
  *
@@ -556,9 +643,7 @@ export function tanh(a: Tensor): Tensor {
  * console.log(Array.from(await sigmoid(tensor([0])).toArray())); // [0.5]
  * ```
  */
-export function sigmoid(a: Tensor): Tensor {
-  return apply(OPS.sigmoid, [a]);
-}
+export const sigmoid: UnaryOp = unary("sigmoid");
 /**
  * `max(a, 0)` (NaN stays NaN).
  *
@@ -568,9 +653,7 @@ export function sigmoid(a: Tensor): Tensor {
  * console.log(Array.from(await relu(tensor([-1, 2])).toArray())); // [0, 2]
  * ```
  */
-export function relu(a: Tensor): Tensor {
-  return apply(OPS.relu, [a]);
-}
+export const relu: UnaryOp = unary("relu");
 /**
  * GELU, exact (`0.5 x (1 + erf(x / sqrt 2))`) or with the tanh approximation.
  *
@@ -581,7 +664,7 @@ export function relu(a: Tensor): Tensor {
  * ```
  */
 export function gelu(a: Tensor, approximate: "none" | "tanh" = "none"): Tensor {
-  return apply(approximate === "tanh" ? OPS.gelu_tanh : OPS.gelu, [a]);
+  return apply(approximate === "tanh" ? "gelu_tanh" : "gelu", [a]);
 }
 /**
  * `a == b` as bool.
@@ -592,9 +675,7 @@ export function gelu(a: Tensor, approximate: "none" | "tanh" = "none"): Tensor {
  * console.log(Array.from(await eq(tensor([1, 2]), 2).toArray())); // [0, 1]
  * ```
  */
-export function eq(a: Operand, b: Operand): Tensor {
-  return apply(OPS.eq, [a, b]);
-}
+export const eq: BinaryOp = binary("eq");
 /**
  * `a != b` as bool (true for NaN).
  *
@@ -604,9 +685,7 @@ export function eq(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await ne(tensor([1, 2]), 2).toArray())); // [1, 0]
  * ```
  */
-export function ne(a: Operand, b: Operand): Tensor {
-  return apply(OPS.ne, [a, b]);
-}
+export const ne: BinaryOp = binary("ne");
 /**
  * `a < b` as bool.
  *
@@ -616,9 +695,7 @@ export function ne(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await lt(tensor([1, 2]), 2).toArray())); // [1, 0]
  * ```
  */
-export function lt(a: Operand, b: Operand): Tensor {
-  return apply(OPS.lt, [a, b]);
-}
+export const lt: BinaryOp = binary("lt");
 /**
  * `a <= b` as bool.
  *
@@ -628,9 +705,7 @@ export function lt(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await le(tensor([1, 3]), 2).toArray())); // [1, 0]
  * ```
  */
-export function le(a: Operand, b: Operand): Tensor {
-  return apply(OPS.le, [a, b]);
-}
+export const le: BinaryOp = binary("le");
 /**
  * `a > b` as bool.
  *
@@ -640,9 +715,7 @@ export function le(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await gt(tensor([1, 3]), 2).toArray())); // [0, 1]
  * ```
  */
-export function gt(a: Operand, b: Operand): Tensor {
-  return apply(OPS.gt, [a, b]);
-}
+export const gt: BinaryOp = binary("gt");
 /**
  * `a >= b` as bool.
  *
@@ -652,9 +725,7 @@ export function gt(a: Operand, b: Operand): Tensor {
  * console.log(Array.from(await ge(tensor([1, 2]), 2).toArray())); // [0, 1]
  * ```
  */
-export function ge(a: Operand, b: Operand): Tensor {
-  return apply(OPS.ge, [a, b]);
-}
+export const ge: BinaryOp = binary("ge");
 
 /**
  * `cond ? a : b` elementwise, broadcasting all three; `a` and `b` may be numbers.
@@ -700,29 +771,4 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
   );
 }
 
-/**
- * Converts a tensor to `dt`, rounding once (RNE, stochastic with a seed, or truncation),
- * saturating on request. The gradient flows back cast to the input's dtype.
- *
- * @example
- * ```ts
- * import { tensor } from "../../mod.ts";
- * const x = tensor([0.1, 1000]);
- * console.log(Array.from(await x.cast("e4m3", { saturate: true }).toArray())); // [0.1015625, 448]
- * ```
- */
-export function cast(
-  x: Tensor,
-  dt: DType,
-  opts: { rounding?: Rounding; seed?: number; saturate?: boolean } = {},
-): Tensor {
-  if (!(x instanceof Tensor)) throw new ValueError("cast(): expects a tensor");
-  if (opts.seed !== undefined && !Number.isInteger(opts.seed)) {
-    throw new ValueError(`cast(): seed must be an integer, got ${opts.seed}`);
-  }
-  const out = launch("cast", [x], ([a]) => a, dt, opts);
-  return attach(out, "cast", [x], (g) => [g.dt === x.dt ? g : cast(g, x.dt)]);
-}
-
-export { OPS as ELEMENTWISE_OPS };
 export { broadcastShapes } from "../kernels/fusion.ts";

@@ -39,6 +39,7 @@ import {
 import { attach } from "../../autograd/graph.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
 import { ID_OPS, idFlag, WGSL_BAD_ID } from "../core/_id_check.ts";
+import type { CastPolicy } from "../core/context.ts";
 
 // N rows, C classes, the ignored target's bits and whether there is one.
 const UNIFORMS = [
@@ -168,6 +169,12 @@ const R = "read" as const, RW = "read_write" as const;
 const COST = { lse: 8, mean: 2, grad: 12 };
 
 /** Options of `crossEntropyLast`. */
+/** Autocast's policy for the losses: they run in f32. */
+export const LOSS_POLICY = { crossEntropy: "f32", mseLoss: "f32" } as const satisfies Record<
+  string,
+  CastPolicy
+>;
+
 export interface CrossEntropyOptions {
   /** A target value whose rows do not count (neither in the sum nor in the mean's count). */
   ignoreIndex?: number;

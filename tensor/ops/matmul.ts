@@ -46,9 +46,9 @@ import {
 } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
 import { type Layout, layoutOf } from "../../gpu/layout.ts";
-import { fmtShape, Tensor } from "../core/tensor.ts";
-import { autocastInputs, cast } from "./elementwise.ts";
-import { autocastGemm, type GemmSite } from "../amp/autocast.ts";
+import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
+import { cast } from "./cast.ts";
+import { contextState, type GemmSite } from "../core/context.ts";
 import { rand } from "./creation.ts";
 
 /** Options of `matmul`: transposed operands and the output dtype. */
@@ -289,21 +289,8 @@ export interface MatmulKernelConfig {
  * for the given operand and output layouts and tiles. Bindings `a`, `b`, `out` (and the
  * scales) and the uniforms are declared by `matmul()`'s program, which launches it with
  * `(ceil(N / (wgx tn)), ceil(M / (wgy tm)), batches)` workgroups.
- *
- * @example
- * ```ts
- * import { matmulSource } from "./matmul.ts";
- * import { dtype } from "../../mod.ts";
- * import { layoutOf } from "../mod.ts";
- * const l = (n: string) => layoutOf(dtype(n), null);
- * const tiles = { tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 16 };
- * const src = matmulSource({
- *   a: l("e4m3"), b: l("bf16"), out: l("f32"), transA: false, transB: true, saturate: false, tiles,
- * });
- * console.log(src.includes("fn kernel(wg: vec3u")); // true
- * ```
  */
-export function matmulSource(cfg: MatmulKernelConfig): string {
+function matmulSource(cfg: MatmulKernelConfig): string {
   const { out } = cfg;
   const { tm, tn, wgx, wgy, bk } = cfg.tiles;
   if (tm % 4 || tn % 4 || bk % 4) {
@@ -807,14 +794,17 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
       } cannot be broadcast together: ${describe(a, b, opts)}`,
   );
   const outShape = [...full, ...(a.ndim > 1 ? [M] : []), ...(b.ndim > 1 ? [N] : [])];
-  // under autocast, the operands in the context's lower dtype (the gradient flows back
-  // through the casts to the originals), and the context's hook for the GEMM inputs (FP8
-  // quantisation, or the rounding of the incoming gradient)
-  const site = autocastGemm(a, b);
-  [a, b] = autocastInputs("matmul", [a, b]);
-  A = { ...A, t: a };
-  B = { ...B, t: b };
-  const outDt = want ?? promoteTypes(a.dt, b.dt);
+  // under autocast, the context's GEMM precision prepares the inputs, forward and backward:
+  // the operands as the graph sees them (casts to the context's dtype, through which the
+  // gradient flows back, or the originals when a recipe quantises from them), each GEMM
+  // operand (FP8/MX quantisation), and the incoming gradient (its rounding or quantisation)
+  const site = contextState()?.gemm.site(a, b) ?? null;
+  if (site !== null) {
+    [a, b] = site.inputs(a, b);
+    A = { ...A, t: a };
+    B = { ...B, t: b };
+  }
+  const outDt = want ?? site?.outDtype ?? promoteTypes(a.dt, b.dt);
   // [..., M, K] @ [K, N] (a Linear layer): the batch folds into M, one large GEMM instead of
   // many small ones (measured 2.9x faster for (16, 64, 128) @ (128, 512) on llvmpipe). The
   // memory layout of a and of the output is the same either way.
@@ -930,3 +920,17 @@ function broadcastBatch(
   }
   return out;
 }
+
+const methods: MatmulMethods & ThisType<Tensor> = {
+  /** Matrix product (2-D, or batched with broadcast batch dims), accumulated in f32. */
+  matmul(this: Tensor, other: Tensor): Tensor {
+    return matmul(this, other);
+  },
+};
+/** The `matmul` method of `Tensor`. */
+export interface MatmulMethods {
+  /** Matrix product (2-D, or batched with broadcast batch dims), accumulated in f32. */
+  matmul(other: Tensor): Tensor;
+}
+
+installMethods(methods, "ops/matmul.ts");

@@ -39,8 +39,15 @@ import { attach } from "../../autograd/graph.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
 import { zeros } from "./creation.ts";
 import { MAX_LOOP, windowElems } from "./reduce.ts";
+import type { CastPolicy } from "../core/context.ts";
 
 /** Workgroup size of the row kernels (norms and losses). @internal */
+/** Autocast's policy for the normalisations: mean and variance need range, so f32. */
+export const NORM_POLICY = { layerNorm: "f32", rmsNorm: "f32" } as const satisfies Record<
+  string,
+  CastPolicy
+>;
+
 export const WG = 64;
 
 /**

@@ -38,8 +38,9 @@ import {
   storageBytes,
 } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
-import { fmtShape, Tensor } from "../core/tensor.ts";
-import { autocastInputs } from "./elementwise.ts";
+import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
+import { autocastInputs } from "./cast.ts";
+import type { CastPolicy } from "../core/context.ts";
 import { launch } from "../kernels/fusion.ts";
 
 /** Threads per workgroup of every reduction kernel. */
@@ -60,6 +61,16 @@ const MAX_DIMS = 8;
  * grow with the data cut the work (parts of a reduction, chunks of rows) to stay well under
  * it. @internal
  */
+/** Autocast's policy for the reductions: they accumulate and need range, so they run in f32. */
+export const REDUCE_POLICY = {
+  sum: "f32",
+  mean: "f32",
+  logsumexp: "f32",
+  softmax: "f32",
+  logSoftmax: "f32",
+} as const satisfies Record<string, CastPolicy>;
+const POLICY = REDUCE_POLICY;
+
 export const MAX_LOOP = 16384;
 
 /**
@@ -922,7 +933,7 @@ function expand(
  */
 export function sum(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
   checkTensor("sum", x);
-  [x] = autocastInputs("sum", [x]);
+  [x] = autocastInputs(POLICY.sum, [x]);
   const axes = normAxes("sum", x.shape, axis);
   const out = reduceCore(
     "sum",
@@ -948,7 +959,7 @@ export function sum(x: Tensor, axis?: number | readonly number[], keepDims = fal
  */
 export function mean(x: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
   checkTensor("mean", x);
-  [x] = autocastInputs("mean", [x]);
+  [x] = autocastInputs(POLICY.mean, [x]);
   const axes = normAxes("mean", x.shape, axis);
   const count = axes.reduce((a, d) => a * x.shape[d], 1);
   const scale = 1 / count;
@@ -1072,7 +1083,7 @@ export function logsumexp(
   keepDims = false,
 ): Tensor {
   checkTensor("logsumexp", x);
-  [x] = autocastInputs("logsumexp", [x]);
+  [x] = autocastInputs(POLICY.logsumexp, [x]);
   const axes = normAxes("logsumexp", x.shape, axis);
   const outDt = isFloat(x.dt) ? x.dt : float32;
   const out = reduceCore("lse", x, axes, reducedShape(x.shape, axes, keepDims), outDt);
@@ -1109,7 +1120,7 @@ export function logsumexp(
  */
 export function softmax(x: Tensor, axis = -1): Tensor {
   checkTensor("softmax", x);
-  [x] = autocastInputs("softmax", [x]);
+  [x] = autocastInputs(POLICY.softmax, [x]);
   const a = normAxis("softmax", x.shape, axis);
   const out = rowKernel("softmax", [x], a, isFloat(x.dt) ? x.dt : float32);
   return attach(out, "softmax", [x], (g) => {
@@ -1139,7 +1150,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
  */
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   checkTensor("logSoftmax", x);
-  [x] = autocastInputs("logSoftmax", [x]);
+  [x] = autocastInputs(POLICY.logSoftmax, [x]);
   const a = normAxis("logSoftmax", x.shape, axis);
   const out = rowKernel("logsoftmax", [x], a, isFloat(x.dt) ? x.dt : float32);
   return attach(out, "logSoftmax", [x], (g) => {
@@ -1184,3 +1195,59 @@ export function sumTo(g: Tensor, shape: readonly number[]): Tensor {
   const out = reduceCore("sum", g, axes, shape, isFloat(g.dt) ? g.dt : int32);
   return attach(out, "sumTo", [g], (h) => [expand(h, axes, g.shape, 1, gradDt(g))]);
 }
+
+const methods: ReduceMethods & ThisType<Tensor> = {
+  /** Sum over `axis` (all axes when omitted), accumulated in f32. */
+  sum(this: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+    return sum(this, axis, keepDims);
+  },
+  /** Mean over `axis` (all axes when omitted), accumulated in f32. */
+  mean(this: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+    return mean(this, axis, keepDims);
+  },
+  /** Maximum over `axis` (all axes when omitted). */
+  max(this: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+    return max(this, axis, keepDims);
+  },
+  /** Minimum over `axis` (all axes when omitted). */
+  min(this: Tensor, axis?: number | readonly number[], keepDims = false): Tensor {
+    return min(this, axis, keepDims);
+  },
+  /** Index of the maximum over `axis` (of the flattened tensor when omitted), as i32. */
+  argmax(this: Tensor, axis?: number, keepDims = false): Tensor {
+    return argmax(this, axis, keepDims);
+  },
+  /** `log(sum(exp(this)))` over `axis`, computed stably. */
+  logsumexp(this: Tensor, axis: number | readonly number[] = -1, keepDims = false): Tensor {
+    return logsumexp(this, axis, keepDims);
+  },
+  /** Softmax over `axis` (default the last). */
+  softmax(this: Tensor, axis = -1): Tensor {
+    return softmax(this, axis);
+  },
+  /** Log-softmax over `axis` (default the last). */
+  logSoftmax(this: Tensor, axis = -1): Tensor {
+    return logSoftmax(this, axis);
+  },
+};
+/** The reduction methods of `Tensor`: `sum`, `mean`, `max`, `min`, `argmax`, `softmax`, ... */
+export interface ReduceMethods {
+  /** Sum over `axis` (all axes when omitted), accumulated in f32. */
+  sum(axis?: number | readonly number[], keepDims?: boolean): Tensor;
+  /** Mean over `axis` (all axes when omitted), accumulated in f32. */
+  mean(axis?: number | readonly number[], keepDims?: boolean): Tensor;
+  /** Maximum over `axis` (all axes when omitted). */
+  max(axis?: number | readonly number[], keepDims?: boolean): Tensor;
+  /** Minimum over `axis` (all axes when omitted). */
+  min(axis?: number | readonly number[], keepDims?: boolean): Tensor;
+  /** Index of the maximum over `axis` (of the flattened tensor when omitted), as i32. */
+  argmax(axis?: number, keepDims?: boolean): Tensor;
+  /** `log(sum(exp(this)))` over `axis`, computed stably. */
+  logsumexp(axis?: number | readonly number[], keepDims?: boolean): Tensor;
+  /** Softmax over `axis` (default the last). */
+  softmax(axis?: number): Tensor;
+  /** Log-softmax over `axis` (default the last). */
+  logSoftmax(axis?: number): Tensor;
+}
+
+installMethods(methods, "ops/reduce.ts");

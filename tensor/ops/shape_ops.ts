@@ -41,7 +41,7 @@ import {
 } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
 import { type Layout, layoutOf, storageBytes } from "../../gpu/layout.ts";
-import { fmtShape, Tensor } from "../core/tensor.ts";
+import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
 import { sumTo } from "./reduce.ts";
 
 /** Largest rank of permute, slice and gather (the uniform block holds 8 sizes per vector). */
@@ -1105,3 +1105,47 @@ function gatherGrad(g: Tensor, x: Tensor, a: number, ix: Tensor): Tensor {
   });
   return out;
 }
+
+const methods: ShapeMethods & ThisType<Tensor> = {
+  /** The same values in another shape (one dimension may be -1). */
+  reshape(this: Tensor, shape: readonly number[]): Tensor {
+    return reshape(this, shape);
+  },
+  /** Swaps two dimensions (the last two by default). */
+  transpose(this: Tensor, dim0 = -2, dim1 = -1): Tensor {
+    return transpose(this, dim0, dim1);
+  },
+  /** Reorders the dimensions. */
+  permute(this: Tensor, dims: readonly number[]): Tensor {
+    return permute(this, dims);
+  },
+  /** The sub-tensor `start <= i < end` along each dimension (per-dimension `[start, end]`). */
+  slice(this: Tensor, ranges: readonly (readonly [number, number] | null)[]): Tensor {
+    return slice(this, ranges);
+  },
+  /** Rows of `this` (along `axis`) picked by an integer index tensor. */
+  indexSelect(this: Tensor, axis: number, index: Tensor): Tensor {
+    return indexSelect(this, axis, index);
+  },
+  /** Values picked along `axis` by an index tensor of the same rank (as torch.gather). */
+  gather(this: Tensor, axis: number, index: Tensor): Tensor {
+    return gather(this, axis, index);
+  },
+};
+/** The shape methods of `Tensor`: `reshape`, `transpose`, `permute`, `slice`, `indexSelect`, `gather`. */
+export interface ShapeMethods {
+  /** The same values in another shape (one dimension may be -1). */
+  reshape(shape: readonly number[]): Tensor;
+  /** Swaps two dimensions (the last two by default). */
+  transpose(dim0?: number, dim1?: number): Tensor;
+  /** Reorders the dimensions. */
+  permute(dims: readonly number[]): Tensor;
+  /** The sub-tensor `start <= i < end` along each dimension (per-dimension `[start, end]`). */
+  slice(ranges: readonly (readonly [number, number] | null)[]): Tensor;
+  /** Rows of `this` (along `axis`) picked by an integer index tensor. */
+  indexSelect(axis: number, index: Tensor): Tensor;
+  /** Values picked along `axis` by an index tensor of the same rank (as torch.gather). */
+  gather(axis: number, index: Tensor): Tensor;
+}
+
+installMethods(methods, "ops/shape_ops.ts");

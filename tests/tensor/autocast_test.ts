@@ -3,10 +3,12 @@ import {
   AdamW,
   applyPrecision,
   autocast,
+  AUTOCAST_POLICY,
   dtype,
   DTypeError,
   Linear,
   matmul,
+  mseLoss,
   precisionStrategy,
   type Rounding,
   SGD,
@@ -28,6 +30,21 @@ Deno.test("autocast runs matmul in the lower dtype, f32-list ops in f32, the res
   assert.equal(h.sum().dtype, "f32");
   assert.equal(h.add(h).dtype, "bf16");
   assert.equal(h.add(a.slice([[0, 1]]).reshape([2])).dtype, "f32");
+});
+
+Deno.test("every op consults its own policy: mseLoss squares bf16 inputs in f32 under autocast", async () => {
+  // inputs whose bf16 squares would round: (1 + 2^-7)^2 = 1 + 2^-6 + 2^-14 is not a bf16
+  const x = tensor([1 + 2 ** -7, 3], { dtype: "bf16" }), y = tensor([0, 0], { dtype: "bf16" });
+  const want = ((1 + 2 ** -7) ** 2 + 9) / 2; // f64, exact in f32
+  const got = autocast({ dtype: "bf16" }, () => mseLoss(x, y));
+  assert.equal(got.dtype, "f32");
+  assert.equal(await got.item(), Math.fround(want));
+  // outside autocast: bf16 arithmetic, the square rounded to bf16 (as PyTorch without autocast)
+  assert.equal(mseLoss(x, y).dtype, "bf16");
+  // the table that gathers the rows names every op's policy (none of them a free string)
+  assert.equal(AUTOCAST_POLICY.mseLoss, "f32");
+  assert.equal(AUTOCAST_POLICY.exp, "f32");
+  assert.equal(AUTOCAST_POLICY.bmm, undefined, "no row names no op");
 });
 
 Deno.test("autocast contexts nest, enabled: false turns them off, and the function form restores state", () => {
