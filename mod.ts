@@ -71,6 +71,7 @@ export {
   relu,
   rsqrt,
   sigmoid,
+  softplus,
   sqrt,
   square,
   sub,

@@ -57,6 +57,7 @@ export {
   relu,
   rsqrt,
   sigmoid,
+  softplus,
   sqrt,
   square,
   sub,

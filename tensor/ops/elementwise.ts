@@ -151,6 +151,8 @@ export interface ElementwiseMethods {
   tanh(): Tensor;
   /** Logistic sigmoid. */
   sigmoid(): Tensor;
+  /** `log(1 + e^this)`, computed stably. */
+  softplus(): Tensor;
   /** `max(this, 0)` (NaN stays NaN). */
   relu(): Tensor;
   /** GELU, exact or with the tanh approximation. */
@@ -363,6 +365,26 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
       o,
       g,
     ): Grads => [fused("sigmoid_grad", [g, o], ([gg, y]) => `${gg} * ${y} * (1.0 - ${y})`)],
+  },
+  softplus: {
+    arity: 1,
+    out: "float",
+    policy: "widest",
+    // log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow, and log1p keeps e^-|x|'s digits
+    // where 1 + e^-|x| would round them away (log1p(e) = 2 atanh(e / (2 + e)), series in z^2)
+    expr: ([a]) => `ulp_softplus(${a})`,
+    wgsl: `fn ulp_softplus(x: f32) -> f32 {
+  let e = exp(-abs(x));
+  let z = e / (2.0 + e);
+  let z2 = z * z;
+  let s = 1.0 + z2 * (1.0 / 3.0 + z2 * (1.0 / 5.0 + z2 * (1.0 / 7.0 + z2 * (1.0 / 9.0 +
+    z2 * (1.0 / 11.0 + z2 * (1.0 / 13.0 + z2 * (1.0 / 15.0)))))));
+  return max(x, 0.0) + 2.0 * z * s;
+}
+`,
+    grad: ([a], _o, g): Grads => [
+      fused("softplus_grad", [g, a], ([gg, x]) => `${gg} / (1.0 + exp(-${x}))`),
+    ],
   },
   relu: {
     policy: "widest",
@@ -644,6 +666,19 @@ export const tanh: UnaryOp = unary("tanh");
  * ```
  */
 export const sigmoid: UnaryOp = unary("sigmoid");
+/**
+ * Softplus, `log(1 + e^a)` (as `torch.nn.functional.softplus` with beta 1), computed as
+ * `max(a, 0) + log1p(e^-|a|)`: no overflow for large `a`, full precision for very negative
+ * `a`; its gradient is `sigmoid(a)`.
+ *
+ * @example
+ * ```ts
+ * import { softplus, tensor } from "../../mod.ts";
+ * const y = await softplus(tensor([0, 100, -20])).toArray();
+ * console.log(Array.from(y, (v) => v.toPrecision(6))); // ["0.693147", "100.000", "2.06115e-9"]
+ * ```
+ */
+export const softplus: UnaryOp = unary("softplus");
 /**
  * `max(a, 0)` (NaN stays NaN).
  *

@@ -43,6 +43,7 @@ Deno.test("every op consults its own policy: mseLoss squares bf16 inputs in f32 
   assert.equal(mseLoss(x, y).dtype, "bf16");
   // the table that gathers the rows names every op's policy (none of them a free string)
   assert.equal(AUTOCAST_POLICY.mseLoss, "f32");
+  assert.equal(AUTOCAST_POLICY.softplus, "widest");
   assert.equal(AUTOCAST_POLICY.exp, "f32");
   assert.equal(AUTOCAST_POLICY.bmm, undefined, "no row names no op");
 });

@@ -64,6 +64,7 @@ Deno.test("unary op gradients match finite differences", async () => {
   await checkGrad("rsqrt", ([a]) => a.rsqrt(), [POS]);
   await checkGrad("tanh", ([a]) => a.tanh(), [A]);
   await checkGrad("sigmoid", ([a]) => a.sigmoid(), [A]);
+  await checkGrad("softplus", ([a]) => a.softplus(), [A]);
   await checkGrad("relu", ([a]) => a.relu(), [A]);
   await checkGrad("gelu", ([a]) => a.gelu(), [A]);
   await checkGrad("gelu tanh", ([a]) => a.gelu("tanh"), [A]);

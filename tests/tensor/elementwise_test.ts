@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import {
   add,
+  autocast,
   dtype,
   DTypeError,
   memory,
   promoteTypes,
   ShapeError,
+  softplus,
   sub,
   type Tensor,
   tensor,
@@ -32,6 +34,13 @@ const UNARY: Record<
   rsqrt: { f: (x) => 1 / Math.sqrt(x), lo: 0.05, hi: 8, ulps: 1, f32Ulps: 4 },
   tanh: { f: Math.tanh, lo: -4, hi: 4, ulps: 1, f32Ulps: 16 },
   sigmoid: { f: (x) => 1 / (1 + Math.exp(-x)), lo: -6, hi: 6, ulps: 1, f32Ulps: 16 },
+  softplus: {
+    f: (x) => Math.max(x, 0) + Math.log1p(Math.exp(-Math.abs(x))),
+    lo: -30,
+    hi: 30,
+    ulps: 1,
+    f32Ulps: 64, // for x << 0 the value is e^x: exp's own error (WGSL allows 3 + 2|x| ulps)
+  },
   gelu: {
     f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
     lo: -4,
@@ -194,6 +203,29 @@ function mapBroadcast(
   }
   return out;
 }
+
+Deno.test("softplus() keeps full precision where log(1 + e^x) would not: large, tiny and f32 extremes", async () => {
+  // x = 100 overflows nothing; x = -30..-87: e^x is far below 1's ulp, the naive form gives 0
+  const xs = [100, 88, 20, 1e-3, 0, -1e-3, -20, -30, -60, -87];
+  const got = await tensor(xs).softplus().toArray();
+  const want = xs.map((x) => Math.max(x, 0) + Math.log1p(Math.exp(-Math.abs(x))));
+  check("softplus", "f32", got, want, 64, "f32 extremes"); // e^x's error, as exp() has
+  const naive = xs.map((x) => Math.fround(Math.log(Math.fround(1 + Math.fround(Math.exp(x))))));
+  assert.equal(naive[7], 0, "the naive form loses e^-30 entirely");
+  assert.ok(got[8] > 0 && got[9] > 0, "e^-60 and e^-87 survive");
+  // the free function and the method are the same op; bf16 in, bf16 out (policy: widest)
+  const b = tensor([-2, 0.5, 3], { dtype: "bf16" });
+  assert.deepEqual(
+    Array.from(await softplus(b).toArray()),
+    Array.from(await b.softplus().toArray()),
+  );
+  assert.equal(autocast({ dtype: "bf16" }, () => b.softplus()).dtype, "bf16");
+  // its gradient is the logistic sigmoid (f64 reference)
+  const x = tensor([-50, -3, 0, 2, 40], { requiresGrad: true });
+  x.softplus().sum().backward();
+  const sig = [-50, -3, 0, 2, 40].map((v) => 1 / (1 + Math.exp(-v)));
+  check("softplus'", "f32", await x.grad!.toArray(), sig, 16, "f32", 2 ** -40);
+});
 
 Deno.test("scalar operands work on either side and do not promote a float tensor", async () => {
   using x = tensor([1, 2, 3], { dtype: "bf16" });
