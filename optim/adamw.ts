@@ -35,11 +35,11 @@ import { ValueError } from "../errors.ts";
 import { splitBf16 } from "./collage.ts";
 import {
   checkBool,
-  checkOptionNames,
   checkRange,
   Optimizer,
   type ParamGroup,
   type Params,
+  ruleOptions,
 } from "./optimizer.ts";
 import type { UpdateRule } from "./rule.ts";
 
@@ -121,21 +121,18 @@ export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
     params: Params<AdamWOptions>,
     opts: AdamWOptions & { precision?: string; seed?: number } = {},
   ) {
-    const { precision, seed, ...rest } = opts;
-    const defaults = {
-      lr: 1e-3,
-      betas: [0.9, 0.999] as [number, number],
-      eps: 1e-8,
-      weightDecay: 1e-2,
-      amsgrad: false,
-      maximize: false,
-    };
-    checkOptionNames("AdamW", rest, [...Object.keys(defaults), "precision", "seed"]);
-    for (const [k, v] of Object.entries(rest)) {
-      if (v !== undefined) (defaults as Record<string, unknown>)[k] = Array.isArray(v) ? [...v] : v;
-    }
-    validate(defaults as AdamWParamGroup, "AdamW", null);
-    super(ADAMW_RULE, params, defaults, precision, seed);
+    super(
+      ADAMW_RULE,
+      params,
+      ...ruleOptions(ADAMW_RULE, {
+        lr: 1e-3,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weightDecay: 1e-2,
+        amsgrad: false,
+        maximize: false,
+      }, opts),
+    );
   }
 }
 

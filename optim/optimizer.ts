@@ -201,6 +201,37 @@ export function checkOptionNames(op: string, given: object, known: readonly stri
   }
 }
 
+/**
+ * A rule's constructor options resolved: `opts` less `precision` and `seed`, checked against
+ * the option names of `defaults` (a ValueError naming a stray one), laid over a copy of
+ * `defaults` (undefined values skipped, arrays copied) and validated by `rule.validate` under
+ * the rule's label; returns the arguments after `params` of the `Optimizer` constructor.
+ * `SGD` and `AdamW` build their base with it. @internal
+ *
+ * @example
+ * ```ts
+ * import { SGD_RULE } from "./sgd.ts";
+ * import { ruleOptions } from "./optimizer.ts";
+ * const base = { lr: 1e-3, momentum: 0, dampening: 0, weightDecay: 0, nesterov: false, maximize: false };
+ * const [defaults, precision, seed] = ruleOptions(SGD_RULE, base, { lr: 0.1, precision: "bf16" });
+ * console.log(defaults.lr, precision, seed); // 0.1 bf16 undefined
+ * ```
+ */
+export function ruleOptions<G extends ParamGroup>(
+  rule: UpdateRule<G>,
+  defaults: Omit<G, "params">,
+  opts: object & { precision?: string; seed?: number },
+): [Omit<G, "params">, string | undefined, number | undefined] {
+  const { precision, seed, ...rest } = opts;
+  checkOptionNames(rule.label, rest, [...Object.keys(defaults), "precision", "seed"]);
+  const merged = copyArrays(defaults) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(rest)) {
+    if (v !== undefined) merged[k] = Array.isArray(v) ? [...v] : v;
+  }
+  rule.validate(merged as unknown as G, rule.label, null);
+  return [merged as unknown as Omit<G, "params">, precision, seed];
+}
+
 /** Checks a boolean option; a ValueError naming it. @internal */
 export function checkBool(op: string, name: string, v: unknown): void {
   if (typeof v !== "boolean") {

@@ -21,11 +21,11 @@
 import { ValueError } from "../errors.ts";
 import {
   checkBool,
-  checkOptionNames,
   checkRange,
   Optimizer,
   type ParamGroup,
   type Params,
+  ruleOptions,
 } from "./optimizer.ts";
 import type { UpdateRule } from "./rule.ts";
 
@@ -101,21 +101,18 @@ export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
     params: Params<SGDOptions>,
     opts: SGDOptions & { precision?: string; seed?: number } = {},
   ) {
-    const { precision, seed, ...rest } = opts;
-    const defaults = {
-      lr: 1e-3,
-      momentum: 0,
-      dampening: 0,
-      weightDecay: 0,
-      nesterov: false,
-      maximize: false,
-    };
-    checkOptionNames("SGD", rest, [...Object.keys(defaults), "precision", "seed"]);
-    for (const [k, v] of Object.entries(rest)) {
-      if (v !== undefined) (defaults as Record<string, unknown>)[k] = v;
-    }
-    validate(defaults as SGDParamGroup, "SGD");
-    super(SGD_RULE, params, defaults, precision, seed);
+    super(
+      SGD_RULE,
+      params,
+      ...ruleOptions(SGD_RULE, {
+        lr: 1e-3,
+        momentum: 0,
+        dampening: 0,
+        weightDecay: 0,
+        nesterov: false,
+        maximize: false,
+      }, opts),
+    );
   }
 }
 
