@@ -217,10 +217,10 @@ export function checkOptionNames(op: string, given: object, known: readonly stri
  * console.log(defaults.lr, precision, seed); // 0.1 bf16 undefined
  * ```
  */
-export function ruleOptions<G extends ParamGroup>(
+export function ruleOptions<G extends ParamGroup, O extends object>(
   rule: UpdateRule<G>,
   defaults: Omit<G, "params">,
-  opts: object & { precision?: string; seed?: number },
+  opts: O & { precision?: string; seed?: number },
 ): [Omit<G, "params">, string | undefined, number | undefined] {
   const { precision, seed, ...rest } = opts;
   checkOptionNames(rule.label, rest, [...Object.keys(defaults), "precision", "seed"]);
