@@ -32,7 +32,14 @@
 
 import type { DType } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import { currentRuntime, type Program, program, type Runtime } from "../gpu/mod.ts";
+import {
+  type BindingSpec,
+  currentRuntime,
+  type Program,
+  program,
+  type Runtime,
+  type UniformSpec,
+} from "../gpu/mod.ts";
 import { full, isTensor, keep, Tensor, tensor } from "../tensor/mod.ts";
 import { byDtype, inPlaceProgram, runInPlace, zeroFlag } from "./_inplace.ts";
 import type { Optimizer } from "./optimizer.ts";
@@ -570,24 +577,40 @@ function checkFactors(growth: unknown, backoff: unknown, interval: unknown, op: 
   }
 }
 
-/** `_amp_update_scale_`, one thread. */
-function updateProgram(rt: Runtime): Program {
-  return program(rt, "gradScaler|update", {
+/**
+ * A one-thread program of the scaler's bookkeeping (`gradScaler|<key>`, labelled
+ * "GradScaler.update"): `bindings` and `uniforms` as `program` takes them, `body` the
+ * statements of its kernel.
+ */
+function oneThread<
+  const B extends readonly BindingSpec[],
+  const U extends readonly UniformSpec[] = readonly [],
+>(
+  rt: Runtime,
+  key: string,
+  bindings: B,
+  body: string,
+  uniforms?: U,
+): Program<B[number]["name"], U[number]["name"]> {
+  return program(rt, `gradScaler|${key}`, {
     label: "GradScaler.update",
-    bindings: [
+    bindings,
+    uniforms,
+    workgroupSize: 1,
+  }, () => `fn kernel(wg: u32, lid: vec3u, li: u32) {\n${body}\n}`);
+}
+
+/** `_amp_update_scale_`, one thread. */
+function updateProgram(rt: Runtime) {
+  return oneThread(
+    rt,
+    "update",
+    [
       { name: "scale", type: "f32", access: "read_write" },
       { name: "tracker", type: "i32", access: "read_write" },
       { name: "found", type: "u32", access: "read" },
     ],
-    uniforms: [
-      { name: "growth", type: "f32" },
-      { name: "backoff", type: "f32" },
-      { name: "interval", type: "i32" },
-    ],
-    workgroupSize: 1,
-  }, () =>
-    `fn kernel(wg: u32, lid: vec3u, li: u32) {
-  if (found[0] != 0u) {
+    `  if (found[0] != 0u) {
     scale[0] = scale[0] * u.backoff;
     tracker[0] = 0;
   } else {
@@ -599,40 +622,44 @@ function updateProgram(rt: Runtime): Program {
     } else {
       tracker[0] = successful;
     }
-  }
-}`);
+  }`,
+    [
+      { name: "growth", type: "f32" },
+      { name: "backoff", type: "f32" },
+      { name: "interval", type: "i32" },
+    ],
+  );
 }
 
 /** Skipped-step counts: [consecutive, total] after a step whose found_inf is `found[0]`. */
-function skipsProgram(rt: Runtime): Program {
-  return program(rt, "gradScaler|skips", {
-    label: "GradScaler.update",
-    bindings: [
+function skipsProgram(rt: Runtime) {
+  return oneThread(
+    rt,
+    "skips",
+    [
       { name: "skips", type: "i32", access: "read_write" },
       { name: "found", type: "u32", access: "read" },
     ],
-    workgroupSize: 1,
-  }, () =>
-    `fn kernel(wg: u32, lid: vec3u, li: u32) {
-  if (found[0] != 0u) {
+    `  if (found[0] != 0u) {
     skips[0] = skips[0] + 1;
     skips[1] = skips[1] + 1;
   } else {
     skips[0] = 0;
-  }
-}`);
+  }`,
+  );
 }
 
 /** dst[0] |= src[0], one thread (found_inf of several optimizers combined). */
-function orProgram(rt: Runtime): Program {
-  return program(rt, "gradScaler|or", {
-    label: "GradScaler.update",
-    bindings: [
+function orProgram(rt: Runtime) {
+  return oneThread(
+    rt,
+    "or",
+    [
       { name: "dst", type: "u32", access: "read_write" },
       { name: "src", type: "u32", access: "read" },
     ],
-    workgroupSize: 1,
-  }, () => "fn kernel(wg: u32, lid: vec3u, li: u32) { dst[0] = dst[0] | src[0]; }");
+    "  dst[0] = dst[0] | src[0];",
+  );
 }
 
 /** Element groups per invocation in one chunk of the unscale kernel. */
