@@ -16,7 +16,8 @@
 
 import { type DType, float32 } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import { currentRuntime, layoutOf, type Program, program, type Runtime } from "../gpu/mod.ts";
+import type { BindingSpec, Program, Runtime } from "../gpu/mod.ts";
+import { currentRuntime, layoutOf, program } from "../gpu/mod.ts";
 import { isTensor, Tensor, zeros } from "../tensor/mod.ts";
 import { byDtype, chunkRange, inPlaceProgram, runInPlace, WG } from "./_inplace.ts";
 
@@ -41,6 +42,43 @@ function term(kind: NormKind, a: string): string {
   }
 }
 
+/**
+ * A clipGradNorm program of WG lanes that reduces (`clip|<key>|<kind>`): uniforms `n`,
+ * `extra` (an f32 when named "maxNorm", else a u32) and `p`; `accumulate` leaves each lane's
+ * `acc`, the workgroup combines them (sum, or max for "inf") into `sh[0]`, then `finish` runs.
+ */
+function reduceProgram<const B extends readonly BindingSpec[]>(
+  rt: Runtime,
+  key: string,
+  kind: NormKind,
+  bindings: B,
+  extra: "base" | "maxNorm",
+  accumulate: string,
+  finish: string,
+): Program<B[number]["name"], "n" | "base" | "maxNorm" | "p"> {
+  return program(rt, `clip|${key}|${kind}`, {
+    label: "clipGradNorm",
+    bindings,
+    uniforms: [
+      { name: "n", type: "u32" },
+      { name: extra, type: extra === "maxNorm" ? "f32" : "u32" },
+      { name: "p", type: "f32" },
+    ],
+    workgroupSize: WG,
+  }, () =>
+    `var<workgroup> sh: array<f32, ${WG}>;
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+${accumulate}
+  sh[li] = acc;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+    if (li < s) { sh[li] = ${combine(kind, "sh[li]", "sh[li + s]")}; }
+    workgroupBarrier();
+  }
+${finish}
+}`);
+}
+
 /** Elements one workgroup of the partial kernel over dtype `dt` covers. */
 function clipChunk(rt: Runtime, dt: DType): number {
   return WG * layoutOf(dt, rt).lanes * CLIP_ITEMS;
@@ -49,70 +87,48 @@ function clipChunk(rt: Runtime, dt: DType): number {
 /** Partial sums (or maxima) of |x|^p per chunk of one tensor, at `partials[u.base + wg]`. */
 function partialProgram(rt: Runtime, dt: DType, kind: NormKind): Program {
   const chunk = clipChunk(rt, dt);
-  return program(rt, `clip|partial|${kind}`, {
-    label: "clipGradNorm",
-    bindings: [
+  return reduceProgram(
+    rt,
+    "partial",
+    kind,
+    [
       { name: "x", type: layoutOf(dt, rt), access: "read" },
       { name: "partials", type: "f32", access: "read_write" },
     ],
-    uniforms: [{ name: "n", type: "u32" }, { name: "base", type: "u32" }, {
-      name: "p",
-      type: "f32",
-    }],
-    workgroupSize: WG,
-  }, () =>
-    `var<workgroup> sh: array<f32, ${WG}>;
-fn kernel(wg: u32, lid: vec3u, li: u32) {
-  let e0 = wg * ${chunk}u;
+    "base",
+    `  let e0 = wg * ${chunk}u;
   let e1 = min(u.n, e0 + ${chunk}u);
   var acc = 0.0;
   for (var i = e0 + li; i < e1; i = i + ${WG}u) {
     let a = abs(ld_x(i));
     acc = ${combine(kind, "acc", term(kind, "a"))};
-  }
-  sh[li] = acc;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (li < s) { sh[li] = ${combine(kind, "sh[li]", "sh[li + s]")}; }
-    workgroupBarrier();
-  }
-  if (li == 0u) { partials[u.base + wg] = sh[0]; }
-}`);
+  }`,
+    "  if (li == 0u) { partials[u.base + wg] = sh[0]; }",
+  );
 }
 
 /** Total norm from the partials, and the clip coefficient. */
 function finalProgram(rt: Runtime, kind: NormKind): Program {
   const root = kind === "l2" ? "sqrt(sh[0])" : kind === "p" ? "pow(sh[0], 1.0 / u.p)" : "sh[0]";
-  return program(rt, `clip|final|${kind}`, {
-    label: "clipGradNorm",
-    bindings: [
+  return reduceProgram(
+    rt,
+    "final",
+    kind,
+    [
       { name: "partials", type: "f32", access: "read" },
       { name: "total", type: "f32", access: "read_write" },
       { name: "coef", type: "f32", access: "read_write" },
     ],
-    uniforms: [{ name: "n", type: "u32" }, { name: "maxNorm", type: "f32" }, {
-      name: "p",
-      type: "f32",
-    }],
-    workgroupSize: WG,
-  }, () =>
-    `var<workgroup> sh: array<f32, ${WG}>;
-fn kernel(wg: u32, lid: vec3u, li: u32) {
-  var acc = 0.0;
-  for (var i = li; i < u.n; i = i + ${WG}u) { acc = ${combine(kind, "acc", "partials[i]")}; }
-  sh[li] = acc;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (li < s) { sh[li] = ${combine(kind, "sh[li]", "sh[li + s]")}; }
-    workgroupBarrier();
-  }
-  if (li == 0u) {
+    "maxNorm",
+    `  var acc = 0.0;
+  for (var i = li; i < u.n; i = i + ${WG}u) { acc = ${combine(kind, "acc", "partials[i]")}; }`,
+    `  if (li == 0u) {
     let t = ${root};
     total[0] = t;
     let c = u.maxNorm / (t + 1e-6);
     coef[0] = select(min(c, 1.0), c, ulp_isnan(c));
-  }
-}`);
+  }`,
+  );
 }
 
 /** Scales a tensor in place by coef[0]. */
