@@ -121,18 +121,15 @@ export class AdamW extends Optimizer<AdamWParamGroup, AdamWOptions> {
     params: Params<AdamWOptions>,
     opts: AdamWOptions & { precision?: string; seed?: number } = {},
   ) {
-    super(
-      ADAMW_RULE,
-      params,
-      ...ruleOptions(ADAMW_RULE, {
-        lr: 1e-3,
-        betas: [0.9, 0.999],
-        eps: 1e-8,
-        weightDecay: 1e-2,
-        amsgrad: false,
-        maximize: false,
-      }, opts),
-    );
+    const [defaults, precision, seed] = ruleOptions(ADAMW_RULE, {
+      lr: 1e-3,
+      betas: [0.9, 0.999],
+      eps: 1e-8,
+      weightDecay: 1e-2,
+      amsgrad: false,
+      maximize: false,
+    }, opts);
+    super(ADAMW_RULE, params, defaults, precision, seed);
   }
 }
 

@@ -101,18 +101,15 @@ export class SGD extends Optimizer<SGDParamGroup, SGDOptions> {
     params: Params<SGDOptions>,
     opts: SGDOptions & { precision?: string; seed?: number } = {},
   ) {
-    super(
-      SGD_RULE,
-      params,
-      ...ruleOptions(SGD_RULE, {
-        lr: 1e-3,
-        momentum: 0,
-        dampening: 0,
-        weightDecay: 0,
-        nesterov: false,
-        maximize: false,
-      }, opts),
-    );
+    const [defaults, precision, seed] = ruleOptions(SGD_RULE, {
+      lr: 1e-3,
+      momentum: 0,
+      dampening: 0,
+      weightDecay: 0,
+      nesterov: false,
+      maximize: false,
+    }, opts);
+    super(SGD_RULE, params, defaults, precision, seed);
   }
 }
 
