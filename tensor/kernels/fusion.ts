@@ -125,6 +125,49 @@ const MAX_PENDING = 1024;
 const held = new Map<Tensor, PooledBuffer>();
 
 /**
+ * WGSL of `fn <sig> -> u32`: the offset of the linear index `i` in mixed radix over `rank`
+ * dims (WGSL expressions; the last dim varies fastest), dim `d` of size `size` and stride
+ * `stride` (expressions of `d`, e.g. `u_ks(u32(d))`); `fast` statements run first (a shortcut
+ * return). The one index loop of the fused, reduction and row kernels. @internal
+ *
+ * @example
+ * ```ts
+ * import { wgslRadixOffset } from "./fusion.ts";
+ * const f = wgslRadixOffset("kbase(q: u32)", "q", "u.nk", "u_ks(u32(d))", "u_kst(u32(d))");
+ * console.log(f.split("\n")[0]); // fn kbase(q: u32) -> u32 {
+ * ```
+ */
+export function wgslRadixOffset(
+  sig: string,
+  i: string,
+  rank: string,
+  size: string,
+  stride: string,
+  fast = "",
+): string {
+  return `fn ${sig} -> u32 {
+${fast}  var rem = ${i};
+  var off = 0u;
+  for (var d = i32(${rank}) - 1; d >= 0; d = d - 1) {
+    let size = ${size};
+    off = off + (rem % size) * ${stride};
+    rem = rem / size;
+  }
+  return off;
+}
+`;
+}
+
+/** `bidx(i, k)`: the offset of output index `i` in broadcast operand slot `k`. */
+const WGSL_BIDX = wgslRadixOffset(
+  "bidx(i: u32, k: u32)",
+  "i",
+  "u.rank",
+  "u_shape(u32(d))",
+  `u_st(${MAX_RANK}u * k + u32(d))`,
+);
+
+/**
  * Turns elementwise fusion on or off for the process and returns the previous setting.
  * Off, every elementwise op records its kernel at the call (one kernel per op), which helps
  * when profiling single ops; results are the same bit for bit either way. Pending work is
@@ -547,17 +590,7 @@ function source(lanes: number, body: string, rounding: Rounding): string {
     word += l === 0 ? `    ${set}\n` : `    if (${i} < u.n) { ${set} }\n`;
   }
   return `
-fn bidx(i: u32, k: u32) -> u32 {
-  var rem = i;
-  var off = 0u;
-  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
-    let size = u_shape(u32(d));
-    off = off + (rem % size) * u_st(${MAX_RANK}u * k + u32(d));
-    rem = rem / size;
-  }
-  return off;
-}
-fn value(i: u32) -> f32 {
+${WGSL_BIDX}fn value(i: u32) -> f32 {
 ${body}
 }
 fn kernel(wg: u32, lid: vec3u, li: u32) {
@@ -614,17 +647,7 @@ function quadSource(
     }).join("");
   }
   return `
-fn bidx(i: u32, k: u32) -> u32 {
-  var rem = i;
-  var off = 0u;
-  for (var d = i32(u.rank) - 1; d >= 0; d = d - 1) {
-    let size = u_shape(u32(d));
-    off = off + (rem % size) * u_st(${MAX_RANK}u * k + u32(d));
-    rem = rem / size;
-  }
-  return off;
-}
-fn value(i: u32${decl}) -> f32 {
+${WGSL_BIDX}fn value(i: u32${decl}) -> f32 {
 ${body}
 }
 fn kernel(wg: u32, lid: vec3u, li: u32) {

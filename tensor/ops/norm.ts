@@ -38,7 +38,7 @@ import {
 import { attach } from "../../autograd/graph.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
 import { zeros } from "./creation.ts";
-import { MAX_LOOP, windowElems } from "./reduce.ts";
+import { MAX_LOOP, quadStore, windowElems } from "./reduce.ts";
 import type { CastPolicy } from "../core/context.ts";
 
 /** Workgroup size of the row kernels (norms and losses). @internal */
@@ -295,15 +295,7 @@ function quadBody(
   const save = statOut.map((n, k) => `put_${n}(row, bitcast<u32>(c${k + 2 - statOut.length}));`)
     .join(" ");
   const lanes = outL.lanes;
-  let store: string;
-  if (vec4Out) store = "st4_out(at / 4u, v, vec4<u32>(0u));";
-  else if (lanes === 4) store = "st_out(at / 4u, v, vec4<u32>(0u));";
-  else if (lanes === 2) {
-    store = "st_out(at / 2u, v.xyxy, vec4<u32>(0u)); st_out(at / 2u + 1u, v.zwzw, vec4<u32>(0u));";
-  } else {
-    store = [0, 1, 2, 3].map((l) => `st_out(at + ${l}u, vec4<f32>(v.${"xyzw"[l]}), vec4<u32>(0u));`)
-      .join(" ");
-  }
+  const store = quadStore(vec4Out, lanes);
   const call = (c: string) => `val(x4.${c}, g4.${c}, w4.${c}, b4.${c})`;
   return `var<private> c0: f32;
 var<private> c1: f32;

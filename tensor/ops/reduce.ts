@@ -41,7 +41,7 @@ import { attach } from "../../autograd/graph.ts";
 import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
 import { autocastInputs } from "./cast.ts";
 import type { CastPolicy } from "../core/context.ts";
-import { launch } from "../kernels/fusion.ts";
+import { launch, wgslRadixOffset } from "../kernels/fusion.ts";
 
 /** Threads per workgroup of every reduction kernel. */
 const WG = 64;
@@ -146,28 +146,16 @@ const UNIFORMS = [
 ] as const;
 
 const WGSL_INDEX = `
-fn kbase(q: u32) -> u32 {
-  var rem = q;
-  var off = 0u;
-  for (var d = i32(u.nk) - 1; d >= 0; d = d - 1) {
-    let s = u_ks(u32(d));
-    off = off + (rem % s) * u_kst(u32(d));
-    rem = rem / s;
-  }
-  return off;
-}
-fn roff(r: u32) -> u32 {
-  if (u.nr == 1u) { return r * u_rst(0u); }
-  var rem = r;
-  var off = 0u;
-  for (var d = i32(u.nr) - 1; d >= 0; d = d - 1) {
-    let s = u_rs(u32(d));
-    off = off + (rem % s) * u_rst(u32(d));
-    rem = rem / s;
-  }
-  return off;
-}
-`;
+${wgslRadixOffset("kbase(q: u32)", "q", "u.nk", "u_ks(u32(d))", "u_kst(u32(d))")}${
+  wgslRadixOffset(
+    "roff(r: u32)",
+    "r",
+    "u.nr",
+    "u_rs(u32(d))",
+    "u_rst(u32(d))",
+    "  if (u.nr == 1u) { return r * u_rst(0u); }\n",
+  )
+}`;
 
 /** The tree combine of `sv[0..WG)` into `sv[0]`, with the barriers around it. */
 function tree(step: string): string {
@@ -291,6 +279,27 @@ ${store}
 `;
 }
 
+/**
+ * WGSL storing `v` (a vec4<f32>, the quad at element `at`) into `out` of `lanes` per word
+ * (`vec4Out`: bound as vec4 words): one store, two half-words or four elements. Shared by the
+ * row kernels here and in `norm.ts`. @internal
+ *
+ * @example
+ * ```ts
+ * import { quadStore } from "./reduce.ts";
+ * console.log(quadStore(false, 4)); // st_out(at / 4u, v, vec4<u32>(0u));
+ * ```
+ */
+export function quadStore(vec4Out: boolean, lanes: number): string {
+  if (vec4Out) return "st4_out(at / 4u, v, vec4<u32>(0u));";
+  if (lanes === 4) return "st_out(at / 4u, v, vec4<u32>(0u));";
+  if (lanes === 2) {
+    return "st_out(at / 2u, v.xyxy, vec4<u32>(0u)); st_out(at / 2u + 1u, v.zwzw, vec4<u32>(0u));";
+  }
+  return [0, 1, 2, 3].map((l) => `st_out(at + ${l}u, vec4<f32>(v.${"xyzw"[l]}), vec4<u32>(0u));`)
+    .join(" ");
+}
+
 // ---- fused row kernels: softmax, logSoftmax and their backward passes -----------------------
 
 /** A row kernel: forward (`x`) or backward (`y`, `g`). */
@@ -406,15 +415,7 @@ ${loop(`t = t + ${term};`)}${tree4("t", "z", add4)}  c0 = (z.x + z.z) + (z.y + z
       let v = vec4<f32>(val(y.x${fwd ? "" : ", h.x"}), val(y.y${fwd ? "" : ", h.y"}), val(y.z${
     fwd ? "" : ", h.z"
   }), val(y.w${fwd ? "" : ", h.w"}));`;
-  let store: string;
-  if (vec4Out) store = "st4_out(at / 4u, v, vec4<u32>(0u));";
-  else if (lanes === 4) store = "st_out(at / 4u, v, vec4<u32>(0u));";
-  else if (lanes === 2) {
-    store = "st_out(at / 2u, v.xyxy, vec4<u32>(0u)); st_out(at / 2u + 1u, v.zwzw, vec4<u32>(0u));";
-  } else {
-    store = [0, 1, 2, 3].map((l) => `st_out(at + ${l}u, vec4<f32>(v.${"xyzw"[l]}), vec4<u32>(0u));`)
-      .join(" ");
-  }
+  const store = quadStore(vec4Out, lanes);
   return `var<workgroup> sv: array<vec4<f32>, ${QROWS * 16}>;
 var<private> c0: f32;
 var<private> c1: f32;
