@@ -1,12 +1,14 @@
 /**
- * Elementwise ops as data: each op is a row of a table (WGSL expression over f32 operands,
- * output dtype rule, gradient in tensor ops), and one kernel generator turns any row into a
- * WGSL kernel for any input and output dtypes, broadcasting, scalar operands and rounding.
+ * Elementwise ops as data: each op is one row of a table (arity, WGSL expression over f32
+ * operands with any helper functions it calls, output dtype rule, autocast policy, gradient
+ * in tensor ops); the Tensor method, the free function and the policy come from the row, and
+ * one kernel generator turns any row into a WGSL kernel for any input and output dtypes,
+ * broadcasting, scalar operands and rounding.
  *
  * A kernel invocation owns one word of the output: for packed outputs (bf16, FP8, ...) it
  * computes 2 or 4 elements and writes the whole u32. Operands are decoded to f32, the
  * expression runs in f32, and the result is encoded once to the output dtype (fl(x)).
- * Kernels are generated and recorded by `launch()` in fusion.ts, which fuses chains of these
+ * Kernels are generated and recorded by `launch()` in `../kernels/fusion.ts`, which fuses chains of these
  * ops into one kernel.
  *
  * @module
