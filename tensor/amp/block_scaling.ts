@@ -41,6 +41,7 @@ import { layoutOf } from "../../gpu/layout.ts";
 import { fmtShape, isTensor, Tensor } from "../core/tensor.ts";
 import { cast } from "../ops/cast.ts";
 import { tensorAmax } from "./scaling.ts";
+import { itemKernel } from "./mx.ts";
 
 /** Elements of an NVFP4 block (1x16; 16x16 for weights). */
 export const NVFP4_BLOCK = 16;
@@ -482,7 +483,6 @@ export const RHT_SIGNS: readonly number[] = Object.freeze([
  * @internal
  */
 export function randomHadamard16(x: Tensor, rows: number, cols: number): Tensor {
-  const rt = currentRuntime();
   const op = "nvfp4 random Hadamard transform";
   if (rows % 16 !== 0 || rows * cols === 0 || x.size % (rows * cols) !== 0) {
     throw new ShapeError(
@@ -496,23 +496,14 @@ export function randomHadamard16(x: Tensor, rows: number, cols: number): Tensor 
     (m, b, i) => m | (b << i),
     0,
   );
-  const p = program(rt, "nvfp4|rht16", {
+  itemKernel(x, out, op, {
+    key: "nvfp4|rht16",
     label: op,
-    bindings: [
-      { name: "x", type: layoutOf(x.dt, rt), access: "read" },
-      { name: "out", type: layoutOf(float32, rt), access: "read_write" },
-    ],
-    uniforms: [
-      { name: "C", type: "u32" },
-      { name: "groups", type: "u32" },
-      { name: "signs", type: "u32" },
-    ],
-    workgroupSize: 64,
-  }, () => `
-fn kernel(wg: u32, lid: vec3u, li: u32) {
-  let k = wg * 64u + li;
-  if (k >= u.groups) { return; }
-  // group k: column k % C of the 16 rows starting at row 16 (k / C) (a batch's rows follow on)
+    uniforms: [{ name: "C", type: "u32" }, { name: "signs", type: "u32" }],
+    values: { C: cols, signs },
+    items: groups,
+    body:
+      `  // group k: column k % C of the 16 rows starting at row 16 (k / C) (a batch's rows follow on)
   let base = (k / u.C) * 16u * u.C + k % u.C;
   var v: array<f32, 16>;
   for (var j = 0u; j < 16u; j = j + 1u) {
@@ -525,20 +516,12 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
       acc = acc + select(v[j], -v[j], (countOneBits(i & j) & 1u) == 1u);
     }
     put_out(base + i * u.C, bitcast<u32>(acc * 0.25));
-  }
-}`);
-  const range = (g0: number, g1: number): [number, number] => {
-    const k1 = Math.min(groups, g1 * 64) - 1;
-    return [
-      Math.floor(g0 * 64 / cols) * 16 * cols + (g0 * 64) % cols,
+  }`,
+    // groups k0..k1: from group k0's first element to group k1's last (15 rows below its first)
+    range: (k0, k1) => [
+      Math.floor(k0 / cols) * 16 * cols + k0 % cols,
       Math.floor(k1 / cols) * 16 * cols + (k1 % cols) + 15 * cols + 1,
-    ];
-  };
-  p.run({
-    buffers: { x: x.buffer(op), out: out.buffer(op) },
-    uniforms: { C: cols, groups, signs },
-    groups: Math.ceil(groups / 64),
-    ranges: { x: range, out: range },
+    ],
   });
   return out;
 }

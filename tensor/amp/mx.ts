@@ -20,7 +20,7 @@
 
 import { type DType, dtype, type DTypeLike, finfo, float32, wgslCodec } from "../../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
-import { currentRuntime, program } from "../../gpu/mod.ts";
+import { currentRuntime, type Program, program, type UniformSpec } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
 import { layoutOf } from "../../gpu/layout.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
@@ -136,7 +136,6 @@ export function mxQuantizeBlocks(
   len: number,
   inner: number,
 ): Tensor {
-  const rt = currentRuntime();
   const op = "mxQuantize()";
   x.buffer(op);
   const out = Tensor.empty(x.shape, float32);
@@ -146,28 +145,20 @@ export function mxQuantizeBlocks(
   if (blocks === 0) return out;
   const emax = mxEmax(element);
   const enc = wgslCodec(element, { rounding: "rne", saturate: true });
-  const p = program(rt, `mx|${element.name}`, {
+  itemKernel(x, out, op, {
+    key: `mx|${element.name}`,
     label: "mxQuantize",
-    bindings: [
-      { name: "x", type: layoutOf(x.dt, rt), access: "read" },
-      { name: "out", type: layoutOf(float32, rt), access: "read_write" },
-    ],
     uniforms: [
       { name: "len", type: "u32" },
       { name: "inner", type: "u32" },
       { name: "perLine", type: "u32" },
-      { name: "blocks", type: "u32" },
       { name: "emax", type: "i32" },
     ],
-    workgroupSize: 64,
-  }, () => ({
+    values: { len, inner, perLine, emax },
+    items: blocks,
     chunks: [enc.chunks, [WGSL_LDEXP]],
-    source: `
-fn kernel(wg: u32, lid: vec3u, li: u32) {
-  let b = wg * 64u + li;
-  if (b >= u.blocks) { return; }
-  let c = b % u.inner;
-  let r = b / u.inner;
+    body: `  let c = k % u.inner;
+  let r = k / u.inner;
   let start = (r % u.perLine) * ${MX_BLOCK}u;
   let cnt = min(${MX_BLOCK}u, u.len - start);
   let base = ((r / u.perLine) * u.len + start) * u.inner + c;
@@ -191,25 +182,105 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
     let y = bitcast<f32>(ulp_ldexp(bitcast<u32>(ld_x(i)), -se));
     let p = ${enc.decodeBits}(${enc.encode}(y, 0u));
     put_out(i, ulp_ldexp(p, se));
-  }
-}`,
-  }));
-  // blocks b0..b1-1 read and write elements from block b0's first to block b1 - 1's last
-  const first = (b: number) => {
-    const r = Math.floor(b / inner), start = (r % perLine) * MX_BLOCK;
-    return { at: (Math.floor(r / perLine) * len + start) * inner + (b % inner), start };
-  };
-  const range = (g0: number, g1: number): [number, number] => {
-    const lo = first(g0 * 64), hi = first(Math.min(blocks, g1 * 64) - 1);
-    return [lo.at, hi.at + (Math.min(MX_BLOCK, len - hi.start) - 1) * inner + 1];
-  };
-  p.run({
-    buffers: { x: x.buffer(op), out: out.buffer(op) },
-    uniforms: { len, inner, perLine, blocks, emax },
-    groups: Math.ceil(blocks / 64),
-    ranges: { x: range, out: range },
+  }`,
+    // blocks k0..k1 read and write elements from block k0's first to block k1's last
+    range: (k0, k1) => {
+      const first = (b: number) => {
+        const r = Math.floor(b / inner), start = (r % perLine) * MX_BLOCK;
+        return { at: (Math.floor(r / perLine) * len + start) * inner + (b % inner), start };
+      };
+      const lo = first(k0), hi = first(k1);
+      return [lo.at, hi.at + (Math.min(MX_BLOCK, len - hi.start) - 1) * inner + 1];
+    },
   });
   return out;
+}
+
+/** Invocations per workgroup of an `itemKernel`. */
+const ITEM_WG = 64;
+
+/**
+ * What an `itemKernel` runs: its program key and label, uniforms (besides `items`) with their
+ * values, WGSL chunks, the body and the elements an item range touches.
+ */
+interface ItemKernelSpec<U extends readonly UniformSpec[]> {
+  /** Program cache key. */
+  readonly key: string;
+  /** The op's name in the program. */
+  readonly label: string;
+  /** Uniform fields besides `items`. */
+  readonly uniforms: U;
+  /** Their values. */
+  readonly values: { readonly [K in U[number]["name"]]: number };
+  /** Items: one an invocation. */
+  readonly items: number;
+  /** WGSL chunks the body needs (codecs, math). */
+  readonly chunks?: readonly (readonly string[])[];
+  /** Statements of item `k` (`k < u.items` checked): read `ld_x`, write `put_out`. */
+  readonly body: string;
+  /** The elements [lo, hi) of `x` and `out` that items `k0..k1` (inclusive) touch. */
+  readonly range: (k0: number, k1: number) => [number, number];
+}
+
+/**
+ * Runs a kernel of one item (an MX block, an RHT group) per invocation, 64 a workgroup, that
+ * reads `x` and writes the f32 tensor `out` of its shape: the one launch of the block-wise
+ * quantisers here and in `block_scaling.ts` (bindings, the item index and its bound, the
+ * windows of both buffers). @internal
+ *
+ * @example
+ * ```ts
+ * import { float32 } from "../../dtypes/mod.ts";
+ * import { Tensor } from "../core/tensor.ts";
+ * import { tensor } from "../ops/creation.ts";
+ * import { itemKernel } from "./mx.ts";
+ * const x = tensor([1, 2, 3, 4]);
+ * const out = Tensor.empty([4], float32);
+ * itemKernel(x, out, "double", {
+ *   key: "example|double",
+ *   label: "double",
+ *   uniforms: [],
+ *   values: {},
+ *   items: 4,
+ *   body: "  put_out(k, bitcast<u32>(2.0 * ld_x(k)));",
+ *   range: (k0, k1) => [k0, k1 + 1],
+ * });
+ * console.log(Array.from(await out.toArray())); // [2, 4, 6, 8]
+ * ```
+ */
+export function itemKernel<const U extends readonly UniformSpec[]>(
+  x: Tensor,
+  out: Tensor,
+  op: string,
+  spec: ItemKernelSpec<U>,
+): void {
+  const rt = currentRuntime();
+  // uniform names checked by ItemKernelSpec's `values`
+  const p: Program<"x" | "out", string> = program(rt, spec.key, {
+    label: spec.label,
+    bindings: [
+      { name: "x", type: layoutOf(x.dt, rt), access: "read" },
+      { name: "out", type: layoutOf(float32, rt), access: "read_write" },
+    ],
+    uniforms: [...spec.uniforms, { name: "items", type: "u32" }],
+    workgroupSize: ITEM_WG,
+  }, () => ({
+    chunks: spec.chunks ?? [],
+    source: `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let k = wg * ${ITEM_WG}u + li;
+  if (k >= u.items) { return; }
+${spec.body}
+}`,
+  }));
+  const range = (g0: number, g1: number) =>
+    spec.range(g0 * ITEM_WG, Math.min(spec.items, g1 * ITEM_WG) - 1);
+  p.run({
+    buffers: { x: x.buffer(op), out: out.buffer(op) },
+    uniforms: { ...spec.values, items: spec.items },
+    groups: Math.ceil(spec.items / ITEM_WG),
+    ranges: { x: range, out: range },
+  });
 }
 
 /**
