@@ -196,6 +196,51 @@ export function describeMissing(cells: readonly Cell[], dir: CellDir, max = 20):
   return missing.length > max ? `${shown} and ${missing.length - max} more` : shown;
 }
 
+/**
+ * Throws a UsageError (exit 1) naming the cells of `cells` without a file in `dir`: a merge
+ * (`--merge`, or the task that finished last) of `program` before every cell has run.
+ *
+ * @example
+ * ```ts
+ * import { CellDir, requireAllCells } from "./_cells.ts";
+ * const dir = await CellDir.open(await Deno.makeTempDir(), "h");
+ * try {
+ *   requireAllCells("demo", [{ index: 0, name: "a", label: "a" }], dir);
+ * } catch (e) {
+ *   console.log((e as Error).message); // demo: 1 of 1 cells have no result in ...: 0 (a); run them (--cell K) and merge again
+ * }
+ * ```
+ */
+export function requireAllCells(program: string, cells: readonly Cell[], dir: CellDir): void {
+  const missing = cells.filter((c) => !dir.has(c.name));
+  if (missing.length) {
+    throw new UsageError(
+      `${program}: ${missing.length} of ${cells.length} cells have no result in ${dir.dir}: ` +
+        `${describeMissing(cells, dir)}; run them (--cell K) and merge again`,
+      1,
+    );
+  }
+}
+
+/**
+ * The line a task logs when it finished its cells but others are still to run: how many are
+ * done, which are left, and that the task finishing the last cell writes `what`.
+ *
+ * @example
+ * ```ts
+ * import { CellDir, pendingLine } from "./_cells.ts";
+ * const dir = await CellDir.open(await Deno.makeTempDir(), "h");
+ * console.log(pendingLine([{ index: 0, name: "a", label: "a" }], dir, "the table"));
+ * // 0 of 1 cells done; still to run: 0 (a). The task that finishes the last cell writes the table (or run ...
+ * ```
+ */
+export function pendingLine(cells: readonly Cell[], dir: CellDir, what: string): string {
+  const left = cells.filter((c) => !dir.has(c.name)).length;
+  return `${cells.length - left} of ${cells.length} cells done; still to run: ` +
+    `${describeMissing(cells, dir)}. The task that finishes the last cell writes ${what} ` +
+    `(or run again with --merge when all are done).`;
+}
+
 /** The `--list` lines: index, label and whether the cell is done. */
 export function listLines(cells: readonly Cell[], dir: CellDir): string[] {
   const width = Math.max(1, ...cells.map((c) => c.label.length));

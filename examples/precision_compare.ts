@@ -37,7 +37,6 @@ import {
   progressOutput,
   requirePermission,
   runCli,
-  UsageError,
 } from "./_cli.ts";
 import {
   type Corpus,
@@ -64,10 +63,11 @@ import {
   CELL_OPTIONS,
   CellDir,
   checkUnique,
-  describeMissing,
   differingKeys,
   listLines,
+  pendingLine,
   plural,
+  requireAllCells,
   selectCells,
   settingsHash,
 } from "./_cells.ts";
@@ -185,12 +185,7 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
     if (cells.every((c) => dir.has(c.name))) {
       return await merge(out, dir, cells, settings, corpus, io);
     }
-    const left = cells.filter((c) => !dir.has(c.name)).length;
-    io.log(
-      `${cells.length - left} of ${cells.length} cells done; still to run: ` +
-        `${describeMissing(cells, dir)}. The task that finishes the last cell writes the ` +
-        `report (or run again with --merge when all are done).`,
-    );
+    io.log(pendingLine(cells, dir, "the report"));
     return 0;
   }, io);
 }
@@ -225,14 +220,7 @@ async function merge(
   corpus: Corpus,
   io: CliIO,
 ): Promise<number> {
-  const missing = cells.filter((c) => !dir.has(c.name));
-  if (missing.length) {
-    throw new UsageError(
-      `${PROGRAM}: ${missing.length} of ${cells.length} cells have no result in ${dir.dir}: ` +
-        `${describeMissing(cells, dir)}; run them (--cell K) and merge again`,
-      1,
-    );
-  }
+  requireAllCells(PROGRAM, cells, dir);
   const results: StrategyResult[] = [], gpus: string[] = [], logs: string[] = [];
   for (const c of cells) {
     try {

@@ -70,10 +70,11 @@ import {
   CELL_OPTIONS,
   CellDir,
   checkUnique,
-  describeMissing,
   differingKeys,
   listLines,
+  pendingLine,
   plural,
+  requireAllCells,
   selectCells,
   settingsHash,
 } from "./_cells.ts";
@@ -364,12 +365,7 @@ async function sweep(args: readonly string[], io: CliIO): Promise<number> {
   if (cells.every((c) => dir.has(c.name))) {
     return await merge(out, dir, cells, cfg, corpus.source, formats, lrs, seeds, io);
   }
-  const left = cells.filter((c) => !dir.has(c.name)).length;
-  io.log(
-    `${cells.length - left} of ${cells.length} cells done; still to run: ` +
-      `${describeMissing(cells, dir)}. The task that finishes the last cell writes the table ` +
-      `(or run again with --merge when all are done).`,
-  );
+  io.log(pendingLine(cells, dir, "the table"));
   return 0;
 }
 
@@ -445,14 +441,7 @@ async function merge(
   seeds: number,
   io: CliIO,
 ): Promise<number> {
-  const missing = grid.filter((c) => !dir.has(c.name));
-  if (missing.length) {
-    throw new UsageError(
-      `${PROGRAM}: ${missing.length} of ${grid.length} cells have no result in ${dir.dir}: ` +
-        `${describeMissing(grid, dir)}; run them (--cell K) and merge again`,
-      1,
-    );
-  }
+  requireAllCells(PROGRAM, grid, dir);
   const cells: CellRecord[] = [];
   for (const g of grid) {
     const text = await dir.read(g.name);
