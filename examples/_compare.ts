@@ -185,6 +185,24 @@ function smooth(points: [number, number][], window: number): [number, number][] 
 }
 
 /**
+ * Writes what every compared model wrote to `<out>/sample.txt` (each after a `--- strategy ---`
+ * line) and the chart of the losses (`comparisonChart`, titled `title`) to `<out>/loss.svg`;
+ * returns the samples' text (for the report).
+ */
+export async function writeSamplesAndChart(
+  out: string,
+  results: StrategyResult[],
+  title: string,
+): Promise<string> {
+  const samples = results.filter((r) => r.sample !== undefined).map((r) =>
+    `--- ${r.strategy} ---\n${r.sample}\n`
+  ).join("\n");
+  await Deno.writeTextFile(`${out}/sample.txt`, samples);
+  await Deno.writeTextFile(`${out}/loss.svg`, comparisonChart(results, title));
+  return samples;
+}
+
+/**
  * An SVG chart of the results, three panels: each strategy's training loss (running mean of
  * `window` steps); its difference to `ref`'s loss on the same batches (what the precision
  * cost); and the fraction of weight updates lost to rounding (why).

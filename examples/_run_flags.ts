@@ -95,6 +95,42 @@ export function runOptions(base: RunConfig, skip: string[] = []): Record<string,
 }
 
 /**
+ * The option-table rows of a comparison of strategies (the demo, finetune): `--strategies`
+ * (default `strategies`; with `twoOrMore`, fewer than two is a usage error), the run's options
+ * with `base`'s values (less `skip`), `--diag-every`.
+ */
+export function comparisonOptions(
+  strategies: readonly string[],
+  base: RunConfig,
+  skip: string[],
+  twoOrMore = false,
+): Record<string, Option> {
+  return {
+    strategies: {
+      type: "string",
+      help: `comma-separated precision strategies${
+        twoOrMore ? ", two or more" : ""
+      } (see train_gpt --help)`,
+      default: strategies.join(","),
+      check: twoOrMore
+        ? (v) =>
+          checkPrecisionList(v) ??
+            (v.split(",").filter((s) => s.trim()).length < 2
+              ? "needs two or more strategies"
+              : null)
+        : checkPrecisionList,
+    },
+    ...runOptions(base, skip),
+    "diag-every": {
+      type: "string",
+      help: "measure what low precision lost every N steps",
+      default: "10",
+      check: checks.int(1),
+    },
+  };
+}
+
+/**
  * Checks a configuration read from a file (a checkpoint's `meta.config`) with the checks of
  * the flags: every field present, of the flag's type, and valid as the flag would be; no
  * unknown fields; the width a multiple of the heads. Throws one UsageError naming every

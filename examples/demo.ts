@@ -26,13 +26,13 @@ import {
 } from "./_cli.ts";
 import { loadCorpus, ROOT, unigramEntropy } from "./_text.ts";
 import { DEFAULT_RUN, type RunConfig } from "./_train.ts";
-import { checkPrecisionList, runConfig, runOptions } from "./_run_flags.ts";
+import { comparisonOptions, runConfig } from "./_run_flags.ts";
 import { duration, JsonlLog } from "./_progress.ts";
 import {
   compareStrategies,
-  comparisonChart,
   comparisonTable,
   type StrategyResult,
+  writeSamplesAndChart,
 } from "./_compare.ts";
 
 const PROGRAM = "demo";
@@ -56,19 +56,7 @@ export const DEMO_STRATEGIES: readonly string[] = ["bf16", "collage-light", "amp
 
 /** The options; `--help` is generated from them. */
 export const OPTIONS: Record<string, Option> = {
-  strategies: {
-    type: "string",
-    help: "comma-separated precision strategies (see train_gpt --help)",
-    default: DEMO_STRATEGIES.join(","),
-    check: checkPrecisionList,
-  },
-  ...runOptions(DEMO_RUN, ["precision", "rounding"]),
-  "diag-every": {
-    type: "string",
-    help: "measure what low precision lost every N steps",
-    default: "10",
-    check: checks.int(1),
-  },
+  ...comparisonOptions(DEMO_STRATEGIES, DEMO_RUN, ["precision", "rounding"]),
   "sample-tokens": {
     type: "string",
     help: "characters each model writes",
@@ -111,16 +99,10 @@ export function main(args: readonly string[], io: CliIO = consoleIO): Promise<nu
     });
     const table = comparisonTable(results);
     const hidden = hiddenCurves(results);
-    const samples = results.filter((r) => r.sample !== undefined).map((r) =>
-      `--- ${r.strategy} ---\n${r.sample}\n`
-    ).join("\n");
-    await Deno.writeTextFile(`${out}/sample.txt`, samples);
-    await Deno.writeTextFile(
-      `${out}/loss.svg`,
-      comparisonChart(
-        results,
-        `GPT training loss: ${names.join(" vs ")}${hidden ? ` (${hidden})` : ""}`,
-      ),
+    const samples = await writeSamplesAndChart(
+      out,
+      results,
+      `GPT training loss: ${names.join(" vs ")}${hidden ? ` (${hidden})` : ""}`,
     );
     await Deno.writeTextFile(
       `${out}/report.md`,

@@ -33,13 +33,13 @@ import {
 } from "./_cli.ts";
 import { type Corpus, evaluate, loadCorpus, ROOT, tokenizeProgress } from "./_text.ts";
 import { DEFAULT_RUN, type RunConfig } from "./_train.ts";
-import { checkPrecisionList, runConfig, runOptions } from "./_run_flags.ts";
+import { comparisonOptions, runConfig } from "./_run_flags.ts";
 import { duration, JsonlLog } from "./_progress.ts";
 import {
   compareStrategies,
-  comparisonChart,
   comparisonTable,
   type StrategyResult,
+  writeSamplesAndChart,
 } from "./_compare.ts";
 
 const PROGRAM = "finetune";
@@ -72,21 +72,12 @@ export const OPTIONS: Record<string, Option> = {
     help: "text file to fine-tune on (.gz allowed); default: ulp's own source",
     default: "",
   },
-  strategies: {
-    type: "string",
-    help: "comma-separated precision strategies, two or more (see train_gpt --help)",
-    default: FINETUNE_STRATEGIES.join(","),
-    check: (v) =>
-      checkPrecisionList(v) ??
-        (v.split(",").filter((s) => s.trim()).length < 2 ? "needs two or more strategies" : null),
-  },
-  ...runOptions(FINETUNE_RUN, ["precision", "rounding", "layers", "heads", "width"]),
-  "diag-every": {
-    type: "string",
-    help: "measure what low precision lost every N steps",
-    default: "10",
-    check: checks.int(1),
-  },
+  ...comparisonOptions(
+    FINETUNE_STRATEGIES,
+    FINETUNE_RUN,
+    ["precision", "rounding", "layers", "heads", "width"],
+    true,
+  ),
   "eval-batches": {
     type: "string",
     help: "batches of the validation loss (before and after)",
@@ -214,13 +205,10 @@ async function run(args: readonly string[], io: CliIO): Promise<number> {
     ...progressOutput(io),
   });
   const table = perplexityTable(before, results) + "\n\n" + comparisonTable(results);
-  const samples = results.filter((r) => r.sample !== undefined).map((r) =>
-    `--- ${r.strategy} ---\n${r.sample}\n`
-  ).join("\n");
-  await Deno.writeTextFile(`${out}/sample.txt`, samples);
-  await Deno.writeTextFile(
-    `${out}/loss.svg`,
-    comparisonChart(results, `Fine-tuning ${ckpt}: ${names.join(" vs ")}`),
+  const samples = await writeSamplesAndChart(
+    out,
+    results,
+    `Fine-tuning ${ckpt}: ${names.join(" vs ")}`,
   );
   await Deno.writeTextFile(
     `${out}/report.md`,
