@@ -3,35 +3,13 @@
 // strategy, and a sample per strategy; without write permission it names the flag to add.
 import assert from "node:assert/strict";
 import { main } from "../../examples/demo.ts";
+import { runMain, tinyArgs } from "./_fixtures.ts";
 
 const OUT = "./.test-tmp/demo_test";
 await Deno.remove(OUT, { recursive: true }).catch(() => {});
-const TINY = [
-  "--layers",
-  "1",
-  "--heads",
-  "2",
-  "--width",
-  "16",
-  "--block",
-  "8",
-  "--batch",
-  "2",
-  "--steps",
-  "4",
-  "--warmup",
-  "1",
-  "--diag-every",
-  "2",
-  "--sample-tokens",
-  "6",
-];
+const TINY = tinyArgs({ batch: 2, steps: 4, warmup: 1, "diag-every": 2, "sample-tokens": 6 });
 
-async function run(args: string[]) {
-  const out: string[] = [], err: string[] = [];
-  const code = await main(args, { log: (t) => out.push(t), error: (t) => err.push(t) });
-  return { code, out: out.join("\n"), err };
-}
+const run = (args: string[]) => runMain(main, args);
 
 Deno.test("the demo writes a report whose table matches its log, a chart, the log and samples", async () => {
   const r = await run([...TINY, "--out", OUT]);

@@ -3,26 +3,18 @@
 // from report.md; its losses are those of the same run without the inspector.
 import assert from "node:assert/strict";
 import { main } from "../../examples/train_gpt.ts";
-import type { CliIO } from "../../examples/_cli.ts";
+import { runMain, tinyArgs, tinyText } from "./_fixtures.ts";
 
 const DIR = "./.test-tmp/train_gpt_inspect_test";
-await Deno.remove(DIR, { recursive: true }).catch(() => {});
-await Deno.mkdir(DIR, { recursive: true });
-const DATA = `${DIR}/text.txt`;
-const words = ["tensor", "grad", "step", "loss", "bf16", "scale", "update", "round"];
-await Deno.writeTextFile(
-  DATA,
-  Array.from({ length: 600 }, (_, i) => words[(i * i + 3 * i) % words.length]).join(" "),
-);
-const TINY = ["--data", DATA, "--layers", "1", "--heads", "2", "--width", "16", "--block", "8"]
-  .concat(["--batch", "4", "--steps", "4", "--warmup", "1", "--eval-every", "4"])
+const DATA = await tinyText(DIR);
+const TINY = tinyArgs({ data: DATA, batch: 4, steps: 4, warmup: 1, "eval-every": 4 })
   .concat(["--sample-tokens", "0", "--precision", "fp8"]);
 
-async function run(args: string[]): Promise<{ code: number; out: string }> {
-  let out = "";
-  const io: CliIO = { log: (t) => (out += t + "\n"), error: (l) => (out += l + "\n") };
-  return { code: await main(args, io), out };
-}
+/** Runs main, its errors after its log in `out`. */
+const run = async (args: string[]) => {
+  const r = await runMain(main, args);
+  return { code: r.code, out: r.out + r.err.map((l) => l + "\n").join("") };
+};
 
 const losses = async (dir: string) =>
   (await Deno.readTextFile(`${dir}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l))

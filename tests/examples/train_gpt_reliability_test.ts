@@ -5,57 +5,24 @@
 // checkpoint. Tiny models on a small text, about a second per run.
 import assert from "node:assert/strict";
 import { main } from "../../examples/train_gpt.ts";
-import type { CliIO } from "../../examples/_cli.ts";
+import { type Run, runMain, tinyArgs, tinyText } from "./_fixtures.ts";
 import { lockRunFolder } from "../../examples/_run_folder.ts";
 import { readCheckpoint, setMemoryLimit } from "../../mod.ts";
 
 const DIR = "./.test-tmp/train_gpt_reliability";
-await Deno.remove(DIR, { recursive: true }).catch(() => {});
-await Deno.mkdir(DIR, { recursive: true });
-const DATA = `${DIR}/text.txt`;
-const words = ["tensor", "grad", "step", "loss", "bf16", "scale", "update", "round"];
-await Deno.writeTextFile(
-  DATA,
-  Array.from({ length: 600 }, (_, i) => words[(i * i + 3 * i) % words.length]).join(" "),
-);
-const TINY = [
-  "--data",
-  DATA,
-  "--layers",
-  "1",
-  "--heads",
-  "2",
-  "--width",
-  "16",
-  "--block",
-  "8",
-  "--batch",
-  "4",
-  "--steps",
-  "6",
-  "--warmup",
-  "2",
-  "--eval-every",
-  "6",
-  "--checkpoint-every",
-  "3",
-  "--sample-tokens",
-  "0",
-];
+const DATA = await tinyText(DIR);
+const TINY = tinyArgs({
+  data: DATA,
+  batch: 4,
+  steps: 6,
+  warmup: 2,
+  "eval-every": 6,
+  "checkpoint-every": 3,
+  "sample-tokens": 0,
+});
 
-interface Run {
-  code: number;
-  out: string;
-  err: string[];
-}
-
-async function run(args: string[]): Promise<Run> {
-  let out = "";
-  const err: string[] = [];
-  const io: CliIO = { log: (t) => (out += t + "\n"), error: (l) => err.push(l) };
-  const code = await main(args, io);
-  return { code, out, err };
-}
+/** Runs main, capturing its output. */
+const run = (args: string[]) => runMain(main, args);
 
 /** A refusal: the exit code, one line that begins with the program's name, no stack trace. */
 function refused(r: Run, code: number, re: RegExp): void {

@@ -5,52 +5,24 @@
 // non-finite loss. Tiny models on a small text, a few seconds each.
 import assert from "node:assert/strict";
 import { main } from "../../examples/train_gpt.ts";
-import type { CliIO } from "../../examples/_cli.ts";
+import { runMain, tinyArgs, tinyText } from "./_fixtures.ts";
 import { readCheckpoint } from "../../mod.ts";
 import { Progress } from "../../examples/_progress.ts";
 
 const DIR = "./.test-tmp/train_gpt_test";
-await Deno.remove(DIR, { recursive: true }).catch(() => {});
-await Deno.mkdir(DIR, { recursive: true });
-const DATA = `${DIR}/text.txt`;
-const words = ["tensor", "grad", "step", "loss", "bf16", "scale", "update", "round"];
-await Deno.writeTextFile(
-  DATA,
-  Array.from({ length: 600 }, (_, i) => words[(i * i + 3 * i) % words.length]).join(" "),
-);
-const TINY = [
-  "--data",
-  DATA,
-  "--layers",
-  "1",
-  "--heads",
-  "2",
-  "--width",
-  "16",
-  "--block",
-  "8",
-  "--batch",
-  "4",
-  "--steps",
-  "8",
-  "--warmup",
-  "2",
-  "--eval-every",
-  "4",
-  "--checkpoint-every",
-  "3",
-  "--sample-tokens",
-  "0",
-];
+const DATA = await tinyText(DIR);
+const TINY = tinyArgs({
+  data: DATA,
+  batch: 4,
+  steps: 8,
+  warmup: 2,
+  "eval-every": 4,
+  "checkpoint-every": 3,
+  "sample-tokens": 0,
+});
 
 /** Runs main, capturing its output. */
-async function run(args: string[]): Promise<{ code: number; out: string; err: string[] }> {
-  let out = "";
-  const err: string[] = [];
-  const io: CliIO = { log: (t) => (out += t + "\n"), error: (l) => err.push(l) };
-  const code = await main(args, io);
-  return { code, out, err };
-}
+const run = (args: string[]) => runMain(main, args);
 
 async function log(dir: string): Promise<Record<string, unknown>[]> {
   const text = await Deno.readTextFile(`${dir}/log.jsonl`);
