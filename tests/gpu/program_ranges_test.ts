@@ -1,14 +1,8 @@
 // The builder's strided ranges (what a piece of a gather reads) and its code store `stc_`.
 import assert from "node:assert/strict";
 import { dtype } from "../../dtypes/mod.ts";
-import {
-  getRuntime,
-  layoutOf,
-  program,
-  type Runtime,
-  type StridedDim,
-  stridedRange,
-} from "../../gpu/mod.ts";
+import { layoutOf, program, type StridedDim, stridedRange } from "../../gpu/mod.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
 
 /** A tiny deterministic generator (tests must not depend on Math.random). */
 function lcg(seed: number): (n: number) => number {
@@ -78,17 +72,6 @@ Deno.test("stridedRange holds every element a piece reads, exactly within one ro
     assert.ok(lo2 <= lo && hi2 >= hi);
   }
 });
-
-async function withBindingLimit(bytes: number, fn: (rt: Runtime) => Promise<void> | void) {
-  const rt = await getRuntime();
-  const before = rt.maxBindingBytes;
-  rt.maxBindingBytes = bytes;
-  try {
-    await fn(rt);
-  } finally {
-    rt.maxBindingBytes = before;
-  }
-}
 
 for (const dt of ["f32", "bf16", "e4m3", "f16"]) {
   Deno.test(`stc_ moves ${dt} codes unchanged: a windowed, shifted copy`, async () => {

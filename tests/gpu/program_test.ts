@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { dtype } from "../../dtypes/mod.ts";
 import { DeviceError } from "../../errors.ts";
 import { getRuntime, layoutOf, program, type Runtime } from "../../gpu/mod.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
 
 const WG = 64;
 
@@ -24,18 +25,6 @@ function unpack(words: Uint32Array, bits: number, n: number): number[] {
     { length: n },
     (_, i) => ((words[Math.floor(i / lanes)] >>> ((i % lanes) * bits)) & mask) >>> 0,
   );
-}
-
-/** Runs `fn` with the runtime's binding limit lowered to `bytes`, restoring it after. */
-async function withBindingLimit(bytes: number, fn: (rt: Runtime) => Promise<void> | void) {
-  const rt = await getRuntime();
-  const before = rt.maxBindingBytes;
-  rt.maxBindingBytes = bytes;
-  try {
-    await fn(rt);
-  } finally {
-    rt.maxBindingBytes = before;
-  }
 }
 
 /** y = a * x + b over n elements of dtype `dt`, one word of y per invocation. */

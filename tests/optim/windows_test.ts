@@ -14,20 +14,9 @@ import {
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
 import { bf16, uniform } from "./_reference.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
 
 const LIMIT = 65536;
-
-/** Runs `fn` with the binding limit lowered to `bytes`, restoring it after. */
-async function withLimit<T>(bytes: number | null, fn: () => Promise<T>): Promise<T> {
-  const rt = await getRuntime();
-  const before = rt.maxBindingBytes;
-  if (bytes !== null) rt.maxBindingBytes = bytes;
-  try {
-    return await fn();
-  } finally {
-    rt.maxBindingBytes = before;
-  }
-}
 
 /** Every stored code of the parameters, gradients and optimizer states, and the diagnostics. */
 async function snapshot(ps: Tensor[], opt: Optimizer) {
@@ -126,8 +115,11 @@ for (const c of CASES) {
   Deno.test(`${c.name}: windows of ${LIMIT} bytes give the same bits as whole bindings`, async () => {
     // 50,001 elements: 200 KB in f32 (four windows), 100 KB in bf16; and a small tensor
     const sizes = [50_001, 37];
-    const whole = await withLimit(null, () => run(c.make, sizes, c.dt, c.scaler ?? false));
-    const windowed = await withLimit(LIMIT, () => run(c.make, sizes, c.dt, c.scaler ?? false));
+    const whole = await withBindingLimit(null, () => run(c.make, sizes, c.dt, c.scaler ?? false));
+    const windowed = await withBindingLimit(
+      LIMIT,
+      () => run(c.make, sizes, c.dt, c.scaler ?? false),
+    );
     assert.ok(
       windowed.dispatches > whole.dispatches,
       `windows split the dispatches (${windowed.dispatches} vs ${whole.dispatches})`,

@@ -4,7 +4,6 @@
 // adapter's own limit, and as the host formulas.
 import assert from "node:assert/strict";
 import { type Tensor, tensor, tidy } from "../../mod.ts";
-import { getRuntime } from "../../gpu/mod.ts";
 import { blockQuantize, nvfp4Quantize } from "../../tensor/mod.ts";
 import { randomHadamard16 } from "../../tensor/amp/block_scaling.ts";
 import { rng } from "./_reference.ts";
@@ -17,22 +16,18 @@ import {
   teScale,
   wideValues,
 } from "./_recipes_reference.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
 
-const rt = await getRuntime();
 const LIMIT = 65536;
 
 /** The f32 bits of each tensor `f` returns, with the binding limit `bytes` (null: the adapter's). */
 async function bitsOf(bytes: number | null, f: () => Tensor[]): Promise<number[][]> {
-  const before = rt.maxBindingBytes;
-  if (bytes !== null) rt.maxBindingBytes = bytes;
-  try {
+  return await withBindingLimit(bytes, async () => {
     const ts = tidy(f);
     const out = await Promise.all(ts.map(async (t) => f32BitsOf(await t.toArray())));
     for (const t of ts) t.dispose();
     return out;
-  } finally {
-    rt.maxBindingBytes = before;
-  }
+  });
 }
 
 Deno.test("block scaling and NVFP4 of tensors larger than one binding: the same bits through windows, as the formulas", async () => {

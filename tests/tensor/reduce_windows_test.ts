@@ -25,19 +25,14 @@ import { getRuntime, type Runtime } from "../../gpu/mod.ts";
 import { layerNormLast, rmsNormLast } from "../../tensor/ops/norm.ts";
 import { crossEntropyLast } from "../../tensor/ops/loss.ts";
 import { rng, roundTo, ulpsOff, values } from "./_reference.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
 
 const rt = await getRuntime();
 const LIMIT = 4096;
 
 /** Runs `fn` with the runtime's binding limit lowered to `limit` bytes, restoring it after. */
-async function windowed<T>(fn: (rt: Runtime) => Promise<T> | T, limit = LIMIT): Promise<T> {
-  const before = rt.maxBindingBytes;
-  rt.maxBindingBytes = limit;
-  try {
-    return await fn(rt);
-  } finally {
-    rt.maxBindingBytes = before;
-  }
+function windowed<T>(fn: (rt: Runtime) => Promise<T> | T, limit = LIMIT): Promise<T> {
+  return withBindingLimit(limit, fn);
 }
 
 /** `f()`'s values and the dispatches it recorded, with the binding limit lowered. */

@@ -15,29 +15,19 @@ import {
   tensor,
   tidy,
 } from "../../mod.ts";
-import { getRuntime, type Runtime } from "../../gpu/mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
 import { roundTo, values } from "./_reference.ts";
 import { fp8Values, mxReference, scaleFromAmax, transpose } from "./_fp8_reference.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
 
 const rt = await getRuntime();
-
-/** Runs `fn` with the runtime's binding limit lowered to `bytes`, restoring it after. */
-async function lowered<T>(bytes: number, fn: (rt: Runtime) => Promise<T> | T): Promise<T> {
-  const before = rt.maxBindingBytes;
-  rt.maxBindingBytes = bytes;
-  try {
-    return await fn(rt);
-  } finally {
-    rt.maxBindingBytes = before;
-  }
-}
 
 /** `f()`'s codes with the binding limit lowered to `bytes`, and the kernels it recorded. */
 async function windowed(
   bytes: number,
   f: () => Tensor,
 ): Promise<{ codes: Uint8Array | Uint16Array | Uint32Array; values: Float32Array; n: number }> {
-  return await lowered(bytes, async () => {
+  return await withBindingLimit(bytes, async () => {
     const d0 = rt.counters.dispatches;
     const t = tidy(f);
     t.realize();
@@ -107,7 +97,7 @@ Deno.test("a broadcast operand that no window of one workgroup holds is a Device
   // rows of 20,000 f32: the workgroup across a row's end reads both ends of w (80 KB)
   const x = tensor(values("f32", 2 * 20_000, 6), { shape: [2, 20_000] });
   const w = tensor(values("f32", 20_000, 7), { shape: [20_000] });
-  await lowered(LIMIT, () => {
+  await withBindingLimit(LIMIT, () => {
     const y = x.add(w);
     assert.throws(
       () => y.realize(),
@@ -301,7 +291,7 @@ for (const dt of ["f32", "bf16"]) {
     const x = tensor(xv, { dtype: dt });
     // current scaling: the amax of every window, then the codes with its scale
     const current = new FP8Recipe({ scaling: "current", margin: 1 });
-    const q = await lowered(SHAPE_LIMIT, () => current.quantize(x, { key: "x" }));
+    const q = await withBindingLimit(SHAPE_LIMIT, () => current.quantize(x, { key: "x" }));
     const scale = await q.scale.item();
     assert.equal(scale, scaleFromAmax(448, 37.5, 1));
     assertSame(await q.data.toArray(), fp8Values("e4m3", xv, scale), "current");
@@ -309,12 +299,12 @@ for (const dt of ["f32", "bf16"]) {
     assert.deepEqual(await q.data.codes(), await whole.data.codes());
     // delayed scaling: the amax recorded through windows sets the next step's scale
     const delayed = new FP8Recipe({ amaxHistoryLen: 4, margin: 0 });
-    const first = await lowered(SHAPE_LIMIT, () => {
+    const first = await withBindingLimit(SHAPE_LIMIT, () => {
       const a = delayed.quantize(x, { key: "x" });
       delayed.update();
       return a;
     });
-    const second = await lowered(SHAPE_LIMIT, () => delayed.quantize(x, { key: "x" }));
+    const second = await withBindingLimit(SHAPE_LIMIT, () => delayed.quantize(x, { key: "x" }));
     assert.equal(await first.scale.item(), 1);
     assert.equal(await second.scale.item(), scaleFromAmax(448, 37.5, 0));
     assertSame(await first.data.toArray(), fp8Values("e4m3", xv, 1), "delayed, scale 1");
