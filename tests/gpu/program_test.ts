@@ -3,7 +3,14 @@
 import assert from "node:assert/strict";
 import { dtype } from "../../dtypes/mod.ts";
 import { DeviceError } from "../../errors.ts";
-import { getRuntime, layoutOf, program, type Runtime } from "../../gpu/mod.ts";
+import {
+  type BindingSpec,
+  getRuntime,
+  layoutOf,
+  program,
+  type Runtime,
+  type TextureSpec,
+} from "../../gpu/mod.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
 
 const WG = 64;
@@ -235,36 +242,36 @@ Deno.test("textures: ts_ writes rgba32float texels, tl_ reads them in the next d
   const rt = await getRuntime();
   const l = layoutOf(dtype("f32"), rt);
   const W = 5, H = 3; // 15 texels, 60 values
-  const fill = program(rt, "test|texfill", {
-    label: "texfill",
-    bindings: [{ name: "x", type: l, access: "read" }],
-    uniforms: [{ name: "w", type: "u32" }],
-    textures: [{ name: "t", access: "write" }],
-    workgroupSize: [8, 8],
-    grid: "3d",
-  }, () => `
+  // a program over a W x H grid of texels (one invocation each): `body` runs for texel (c, r)
+  const texels = (name: string, binding: BindingSpec, texture: TextureSpec, body: string) =>
+    program(rt, `test|${name}`, {
+      label: name,
+      bindings: [binding],
+      uniforms: [{ name: "w", type: "u32" }],
+      textures: [texture],
+      workgroupSize: [8, 8],
+      grid: "3d",
+    }, () => `
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let c = lid.x;
   let r = lid.y;
   if (c >= u.w || r >= ${H}u) { return; }
-  ts_t(c, r, ld4_x((r * u.w + c) * 4u, 4u));
+${body}
 }`);
+  const fill = texels(
+    "texfill",
+    { name: "x", type: l, access: "read" },
+    { name: "t", access: "write" },
+    "  ts_t(c, r, ld4_x((r * u.w + c) * 4u, 4u));",
+  );
   // the transpose of the texels, read back through a second texture binding
-  const read = program(rt, "test|texread", {
-    label: "texread",
-    bindings: [{ name: "y", type: l, access: "read_write" }],
-    uniforms: [{ name: "w", type: "u32" }],
-    textures: [{ name: "s", access: "read" }],
-    workgroupSize: [8, 8],
-    grid: "3d",
-  }, () => `
-fn kernel(wg: vec3u, lid: vec3u, li: u32) {
-  let c = lid.x;
-  let r = lid.y;
-  if (c >= u.w || r >= ${H}u) { return; }
-  let v = tl_s(c, r);
-  for (var j = 0u; j < 4u; j = j + 1u) { st_y((c * ${H}u + r) * 4u + j, vec4<f32>(v[j]), vec4<u32>(0u)); }
-}`);
+  const read = texels(
+    "texread",
+    { name: "y", type: l, access: "read_write" },
+    { name: "s", access: "read" },
+    `  let v = tl_s(c, r);
+  for (var j = 0u; j < 4u; j = j + 1u) { st_y((c * ${H}u + r) * 4u + j, vec4<f32>(v[j]), vec4<u32>(0u)); }`,
+  );
   const host = Float32Array.from({ length: W * H * 4 }, (_, i) => i * 0.5 - 7);
   const x = rt.alloc(host.byteLength, { dtype: "f32", purpose: "scratch" });
   const y = rt.alloc(host.byteLength, { dtype: "f32", purpose: "scratch" });
