@@ -54,3 +54,76 @@ export function ulpsOff(name: string, got: number, ref: number): number {
   }
   return Math.abs(ordinal(d, got) - ordinal(d, ref));
 }
+
+/** The number of elements of `shape`. */
+export const prod = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
+
+/**
+ * Host reduction of `x` (row-major, `shape`) over `axes` (sorted, non-negative): `f` of each
+ * output's values, the outputs in row-major order of the kept dims.
+ */
+export function reduceRef(
+  x: ArrayLike<number>,
+  shape: readonly number[],
+  axes: readonly number[],
+  f: (v: number[]) => number,
+): number[] {
+  const strides = shape.map((_, d) => prod(shape.slice(d + 1)));
+  const kept = shape.map((_, d) => d).filter((d) => !axes.includes(d));
+  // the offset of index i of the dims `dims` (mixed radix, the last fastest) from `base`
+  const offset = (i: number, dims: readonly number[], base: number) => {
+    let rem = i, off = base;
+    for (let k = dims.length - 1; k >= 0; k--) {
+      off += (rem % shape[dims[k]]) * strides[dims[k]];
+      rem = Math.floor(rem / shape[dims[k]]);
+    }
+    return off;
+  };
+  const out: number[] = [];
+  for (let o = 0; o < prod(kept.map((d) => shape[d])); o++) {
+    const base = offset(o, kept, 0);
+    const vals: number[] = [];
+    for (let r = 0; r < prod(axes.map((d) => shape[d])); r++) vals.push(x[offset(r, axes, base)]);
+    out.push(f(vals));
+  }
+  return out;
+}
+
+/** Layer norm ("ln") or RMS norm ("rms"). */
+export type Norm = "ln" | "rms";
+
+/**
+ * Host forward and backward of one normalisation over the last dimension (rows of `C`), in
+ * f64: the output, and with the incoming gradient `g` the gradients of x, w and b.
+ */
+export function normRef(
+  norm: Norm,
+  x: ArrayLike<number>,
+  C: number,
+  w: ArrayLike<number> | null,
+  b: ArrayLike<number> | null,
+  eps: number,
+  g?: ArrayLike<number>,
+) {
+  const rows = x.length / C;
+  const y = new Float64Array(x.length), dx = new Float64Array(x.length);
+  const dw = new Float64Array(C), db = new Float64Array(C);
+  for (let r = 0; r < rows; r++) {
+    const row = Array.from({ length: C }, (_, j) => x[r * C + j]);
+    const mu = norm === "ln" ? row.reduce((a, v) => a + v, 0) / C : 0;
+    const v = row.reduce((a, t) => a + (t - mu) ** 2, 0) / C;
+    const rs = 1 / Math.sqrt(v + eps);
+    const xh = row.map((t) => (t - mu) * rs);
+    xh.forEach((h, j) => (y[r * C + j] = h * (w ? w[j] : 1) + (b ? b[j] : 0)));
+    if (!g) continue;
+    const gw = xh.map((_, j) => g[r * C + j] * (w ? w[j] : 1));
+    const m1 = gw.reduce((a, t) => a + t, 0) / C;
+    const m2 = gw.reduce((a, t, j) => a + t * xh[j], 0) / C;
+    xh.forEach((h, j) => {
+      dx[r * C + j] = rs * (gw[j] - (norm === "ln" ? m1 : 0) - h * m2);
+      dw[j] += g[r * C + j] * h;
+      db[j] += g[r * C + j];
+    });
+  }
+  return { y, dx, dw, db };
+}

@@ -5,44 +5,9 @@
 import assert from "node:assert/strict";
 import { autocast, layerNorm, rmsNorm, ShapeError, type Tensor, tensor, tidy } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { roundTo, ulpsOff, values } from "./_reference.ts";
+import { normRef as reference, roundTo, ulpsOff, values } from "./_reference.ts";
 
 const rt = await getRuntime();
-
-type Norm = "ln" | "rms";
-
-/** Host forward and backward of one normalisation over the last dimension, in f64. */
-function reference(
-  norm: Norm,
-  x: ArrayLike<number>,
-  C: number,
-  w: ArrayLike<number> | null,
-  b: ArrayLike<number> | null,
-  eps: number,
-  g?: ArrayLike<number>,
-) {
-  const rows = x.length / C;
-  const y = new Float64Array(x.length), dx = new Float64Array(x.length);
-  const dw = new Float64Array(C), db = new Float64Array(C);
-  for (let r = 0; r < rows; r++) {
-    const row = Array.from({ length: C }, (_, j) => x[r * C + j]);
-    const mu = norm === "ln" ? row.reduce((a, v) => a + v, 0) / C : 0;
-    const v = row.reduce((a, t) => a + (t - mu) ** 2, 0) / C;
-    const rs = 1 / Math.sqrt(v + eps);
-    const xh = row.map((t) => (t - mu) * rs);
-    xh.forEach((h, j) => (y[r * C + j] = h * (w ? w[j] : 1) + (b ? b[j] : 0)));
-    if (!g) continue;
-    const gw = xh.map((_, j) => g[r * C + j] * (w ? w[j] : 1));
-    const m1 = gw.reduce((a, t) => a + t, 0) / C;
-    const m2 = gw.reduce((a, t, j) => a + t * xh[j], 0) / C;
-    xh.forEach((h, j) => {
-      dx[r * C + j] = rs * (gw[j] - (norm === "ln" ? m1 : 0) - h * m2);
-      dw[j] += g[r * C + j] * h;
-      db[j] += g[r * C + j];
-    });
-  }
-  return { y, dx, dw, db };
-}
 
 /**
  * `got` is the reference rounded to `dt`, give or take one unit in the last place (WGSL's

@@ -20,20 +20,9 @@ import {
 } from "../../mod.ts";
 import { currentRuntime } from "../../gpu/mod.ts";
 import { sumTo } from "../../tensor/mod.ts";
+import { prod, reduceRef, rng } from "./_reference.ts";
 
 const FLOATS = ["f32", "f16", "bf16", "e4m3", "e5m2", "e8m3", "bf16x2"];
-
-/** A seeded generator (mulberry32) of floats in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** `v` rounded to the dtype (through f32, as the kernels round). */
 function rnd(dt: DType, v: number): number {
@@ -45,40 +34,6 @@ function rnd(dt: DType, v: number): number {
 function values(dt: DType, n: number, r: () => number, amp = 2): Float32Array {
   const v = Float32Array.from({ length: n }, () => (2 * r() - 1) * amp);
   return dt.name === "f32" ? v : dt.decode(dt.encode(v));
-}
-
-const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-
-/** Host reduction over `axes` (sorted, non-negative), outputs in row-major order of kept dims. */
-function reduceRef(
-  x: ArrayLike<number>,
-  shape: readonly number[],
-  axes: readonly number[],
-  f: (v: number[]) => number,
-): number[] {
-  const strides = shape.map((_, d) => prod(shape.slice(d + 1)));
-  const kept = shape.map((_, d) => d).filter((d) => !axes.includes(d));
-  const out: number[] = [];
-  for (let o = 0; o < prod(kept.map((d) => shape[d])); o++) {
-    let rem = o, base = 0;
-    for (let k = kept.length - 1; k >= 0; k--) {
-      const d = kept[k];
-      base += (rem % shape[d]) * strides[d];
-      rem = Math.floor(rem / shape[d]);
-    }
-    const vals: number[] = [];
-    for (let r = 0; r < prod(axes.map((d) => shape[d])); r++) {
-      let rr = r, off = base;
-      for (let k = axes.length - 1; k >= 0; k--) {
-        const d = axes[k];
-        off += (rr % shape[d]) * strides[d];
-        rr = Math.floor(rr / shape[d]);
-      }
-      vals.push(x[off]);
-    }
-    out.push(f(vals));
-  }
-  return out;
 }
 
 const REF = {

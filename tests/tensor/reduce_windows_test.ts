@@ -24,7 +24,7 @@ import {
 import { getRuntime, type Runtime } from "../../gpu/mod.ts";
 import { layerNormLast, rmsNormLast } from "../../tensor/ops/norm.ts";
 import { crossEntropyLast } from "../../tensor/ops/loss.ts";
-import { rng, roundTo, ulpsOff, values } from "./_reference.ts";
+import { normRef, prod, reduceRef, rng, roundTo, ulpsOff, values } from "./_reference.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
 
 const rt = await getRuntime();
@@ -48,39 +48,7 @@ async function run(
   }, limit);
 }
 
-const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-
 // ---- reductions ---------------------------------------------------------------------------------
-
-/** Host reduction over `axes` (sorted), outputs in row-major order of the kept dims. */
-function reduceRef(
-  x: ArrayLike<number>,
-  shape: readonly number[],
-  axes: readonly number[],
-  f: (v: number[]) => number,
-): number[] {
-  const strides = shape.map((_, d) => prod(shape.slice(d + 1)));
-  const kept = shape.map((_, d) => d).filter((d) => !axes.includes(d));
-  const out: number[] = [];
-  for (let o = 0; o < prod(kept.map((d) => shape[d])); o++) {
-    let rem = o, base = 0;
-    for (let k = kept.length - 1; k >= 0; k--) {
-      base += (rem % shape[kept[k]]) * strides[kept[k]];
-      rem = Math.floor(rem / shape[kept[k]]);
-    }
-    const vals: number[] = [];
-    for (let r = 0; r < prod(axes.map((d) => shape[d])); r++) {
-      let rr = r, off = base;
-      for (let k = axes.length - 1; k >= 0; k--) {
-        off += (rr % shape[axes[k]]) * strides[axes[k]];
-        rr = Math.floor(rr / shape[axes[k]]);
-      }
-      vals.push(x[off]);
-    }
-    out.push(f(vals));
-  }
-  return out;
-}
 
 const maxOf = (v: number[]) => v.reduce((a, b) => (a >= b ? a : b), -Infinity);
 const REF = {
@@ -322,37 +290,6 @@ Deno.test("a row longer than one window is a DeviceError naming the op and opera
 });
 
 // ---- layer norm and RMS norm -------------------------------------------------------------------
-
-/** Host forward and backward of one normalisation over the last dimension, in f64. */
-function normRef(
-  norm: "ln" | "rms",
-  x: ArrayLike<number>,
-  C: number,
-  w: ArrayLike<number>,
-  b: ArrayLike<number> | null,
-  eps: number,
-  g: ArrayLike<number>,
-) {
-  const rows = x.length / C;
-  const y = new Float64Array(x.length), dx = new Float64Array(x.length);
-  const dw = new Float64Array(C), db = new Float64Array(C);
-  for (let r = 0; r < rows; r++) {
-    const row = Array.from({ length: C }, (_, j) => x[r * C + j]);
-    const mu = norm === "ln" ? row.reduce((a, v) => a + v, 0) / C : 0;
-    const rs = 1 / Math.sqrt(row.reduce((a, t) => a + (t - mu) ** 2, 0) / C + eps);
-    const xh = row.map((t) => (t - mu) * rs);
-    xh.forEach((h, j) => (y[r * C + j] = h * w[j] + (b ? b[j] : 0)));
-    const gw = xh.map((_, j) => g[r * C + j] * w[j]);
-    const m1 = gw.reduce((a, t) => a + t, 0) / C;
-    const m2 = gw.reduce((a, t, j) => a + t * xh[j], 0) / C;
-    xh.forEach((h, j) => {
-      dx[r * C + j] = rs * (gw[j] - (norm === "ln" ? m1 : 0) - h * m2);
-      dw[j] += g[r * C + j] * h;
-      db[j] += g[r * C + j];
-    });
-  }
-  return { y, dx, dw, db };
-}
 
 Deno.test("layerNorm and rmsNorm, forward and backward, over windows of rows give the reference and the bits of whole bindings", async () => {
   const cases: [string, number, number, boolean][] = [
