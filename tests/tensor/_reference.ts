@@ -89,6 +89,38 @@ export function reduceRef(
   return out;
 }
 
+/** Row-major strides of `shape`. */
+export function strides(shape: readonly number[]): number[] {
+  const st = new Array(shape.length).fill(1);
+  for (let d = shape.length - 2; d >= 0; d--) st[d] = st[d + 1] * shape[d + 1];
+  return st;
+}
+
+/** The coordinates of row-major index `i` in `shape`. */
+export function unravel(i: number, shape: readonly number[]): number[] {
+  const c = new Array(shape.length);
+  for (let d = shape.length - 1; d >= 0; d--) {
+    c[d] = i % shape[d];
+    i = Math.floor(i / shape[d]);
+  }
+  return c;
+}
+
+/**
+ * Host reference of an op that moves codes: output element i (coordinates c in `outShape`)
+ * takes `codes[src(c, i)]`, or 0 where `src` gives -1.
+ */
+export function mapRef(
+  codes: ArrayLike<number>,
+  outShape: readonly number[],
+  src: (c: number[], i: number) => number,
+): number[] {
+  return Array.from({ length: prod(outShape) }, (_, i) => {
+    const k = src(unravel(i, outShape), i);
+    return k < 0 ? 0 : codes[k];
+  });
+}
+
 /** Layer norm ("ln") or RMS norm ("rms"). */
 export type Norm = "ln" | "rms";
 

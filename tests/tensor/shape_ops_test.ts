@@ -24,41 +24,12 @@ import {
   ValueError,
 } from "../../mod.ts";
 import { currentRuntime } from "../../gpu/mod.ts";
-import { rng, roundTo, values } from "./_reference.ts";
+import { mapRef, prod, rng, roundTo, strides, unravel, values } from "./_reference.ts";
 
 const DTYPES = ["f32", "f16", "bf16", "e4m3", "e5m2", "e8m3", "bf16x2", "i32", "bool"];
 
-const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-
-function strides(shape: readonly number[]): number[] {
-  const st = new Array(shape.length).fill(1);
-  for (let d = shape.length - 2; d >= 0; d--) st[d] = st[d + 1] * shape[d + 1];
-  return st;
-}
-
-function unravel(i: number, shape: readonly number[]): number[] {
-  const c = new Array(shape.length);
-  for (let d = shape.length - 1; d >= 0; d--) {
-    c[d] = i % shape[d];
-    i = Math.floor(i / shape[d]);
-  }
-  return c;
-}
-
 const ravel = (c: readonly number[], shape: readonly number[]) =>
   c.reduce((a, v, d) => a + v * strides(shape)[d], 0);
-
-/** For each output element, the source element index (or -1 for a zero), mapped to codes. */
-function mapRef(
-  codes: ArrayLike<number>,
-  outShape: readonly number[],
-  src: (c: number[], i: number) => number,
-): number[] {
-  return Array.from({ length: prod(outShape) }, (_, i) => {
-    const k = src(unravel(i, outShape), i);
-    return k < 0 ? 0 : codes[k];
-  });
-}
 
 /** A tensor of `shape` with varied values of dtype `name` (all codes distinct where possible). */
 function make(name: string, shape: readonly number[], seed: number, requiresGrad = false): Tensor {

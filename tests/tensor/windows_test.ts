@@ -16,7 +16,7 @@ import {
   tidy,
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { roundTo, values } from "./_reference.ts";
+import { mapRef, prod, roundTo, strides, unravel, values } from "./_reference.ts";
 import { fp8Values, mxReference, scaleFromAmax, transpose } from "./_fp8_reference.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
 
@@ -114,31 +114,6 @@ Deno.test("a broadcast operand that no window of one workgroup holds is a Device
 // ---- shape ops -----------------------------------------------------------------------------
 
 const SHAPE_LIMIT = 16384;
-const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-
-function strides(shape: readonly number[]): number[] {
-  const st = new Array(shape.length).fill(1);
-  for (let d = shape.length - 2; d >= 0; d--) st[d] = st[d + 1] * shape[d + 1];
-  return st;
-}
-
-function unravel(i: number, shape: readonly number[]): number[] {
-  const c = new Array(shape.length);
-  for (let d = shape.length - 1; d >= 0; d--) {
-    c[d] = i % shape[d];
-    i = Math.floor(i / shape[d]);
-  }
-  return c;
-}
-
-/** Host reference of a code-moving op: output element i takes code src(c) (-1: zero). */
-function mapRef(codes: ArrayLike<number>, shape: readonly number[], src: (c: number[]) => number) {
-  return Array.from({ length: prod(shape) }, (_, i) => {
-    const k = src(unravel(i, shape));
-    return k < 0 ? 0 : codes[k];
-  });
-}
-
 /** Checks `f()` (windowed) against the host codes and against the whole run. */
 async function checkMove(label: string, f: () => Tensor, ref: number[]) {
   const got = await windowed(SHAPE_LIMIT, f);
