@@ -121,6 +121,33 @@ export function mapRef(
   });
 }
 
+/** A tiny GPT's configuration for the training tests: 16 tokens, one block of 2 heads, width 32. */
+export const TINY_GPT = { vocabSize: 16, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 32, seed: 5 };
+
+/**
+ * `steps` batches of 8 rows of 16 tokens [inputs, targets] from a Markov chain over 16 tokens
+ * with two likely successors each (the loss approaches the chain's entropy, about 1.2 nats),
+ * drawn from `rng(seed)`.
+ */
+export function markovBatches(steps: number, seed = 21): [Int32Array, Int32Array][] {
+  const r = rng(seed);
+  const chain = (n: number) => {
+    const ids = [Math.floor(r() * 16)];
+    for (let i = 1; i < n; i++) {
+      const p = ids[i - 1], u = r();
+      ids.push(u < 0.6 ? (p * 5 + 3) % 16 : u < 0.9 ? (p * 7 + 1) % 16 : Math.floor(r() * 16));
+    }
+    return ids;
+  };
+  return Array.from({ length: steps }, () => {
+    const rows = Array.from({ length: 8 }, () => chain(17));
+    return [
+      new Int32Array(rows.flatMap((q) => q.slice(0, 16))),
+      new Int32Array(rows.flatMap((q) => q.slice(1))),
+    ];
+  });
+}
+
 /** Layer norm ("ln") or RMS norm ("rms"). */
 export type Norm = "ln" | "rms";
 

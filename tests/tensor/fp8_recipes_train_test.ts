@@ -4,26 +4,11 @@
 import assert from "node:assert/strict";
 import { AdamW, autocast, GPT, type Tensor, tensor, tidy } from "../../mod.ts";
 import { FP8_RECIPES, fp8Recipe, type FP8RecipeName } from "../../tensor/mod.ts";
-import { rng } from "./_reference.ts";
+import { markovBatches, TINY_GPT } from "./_reference.ts";
 
-const CFG = { vocabSize: 16, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 32, seed: 5 };
+const CFG = TINY_GPT;
 const STEPS = 16;
-const r = rng(21);
-const chain = (n: number) => {
-  const ids = [Math.floor(r() * 16)];
-  for (let i = 1; i < n; i++) {
-    const p = ids[i - 1], u = r();
-    ids.push(u < 0.6 ? (p * 5 + 3) % 16 : u < 0.9 ? (p * 7 + 1) % 16 : Math.floor(r() * 16));
-  }
-  return ids;
-};
-const BATCHES = Array.from({ length: STEPS }, () => {
-  const rows = Array.from({ length: 8 }, () => chain(17));
-  return [
-    new Int32Array(rows.flatMap((q) => q.slice(0, 16))),
-    new Int32Array(rows.flatMap((q) => q.slice(1))),
-  ];
-});
+const BATCHES = markovBatches(STEPS);
 
 /** The losses of a run under `recipe` (null: amp-bf16). */
 async function train(recipe: FP8RecipeName | null): Promise<number[]> {

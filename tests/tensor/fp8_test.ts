@@ -20,7 +20,7 @@ import {
   ValueError,
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { rng } from "./_reference.ts";
+import { markovBatches, rng, TINY_GPT } from "./_reference.ts";
 import {
   assertClose,
   delayedScales,
@@ -361,26 +361,10 @@ Deno.test("setAutocast keeps a module in its own precision inside an fp8 context
 });
 
 Deno.test("a tiny GPT trained with the fp8 strategy reaches amp-bf16's loss within a few percent, reading nothing back", async () => {
-  const cfg = { vocabSize: 16, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 32, seed: 5 };
+  const cfg = TINY_GPT;
   const steps = 30;
-  // batches drawn from a Markov chain over 16 tokens with two likely successors each, a new
-  // batch per step (so the loss approaches the chain's entropy, about 1.2 nats)
-  const r = rng(21);
-  const chain = (n: number) => {
-    const ids = [Math.floor(r() * 16)];
-    for (let i = 1; i < n; i++) {
-      const p = ids[i - 1], u = r();
-      ids.push(u < 0.6 ? (p * 5 + 3) % 16 : u < 0.9 ? (p * 7 + 1) % 16 : Math.floor(r() * 16));
-    }
-    return ids;
-  };
-  const batches = Array.from({ length: steps }, () => {
-    const rows = Array.from({ length: 8 }, () => chain(17));
-    return [
-      new Int32Array(rows.flatMap((q) => q.slice(0, 16))),
-      new Int32Array(rows.flatMap((q) => q.slice(1))),
-    ];
-  });
+  // a new batch per step from a Markov chain (the loss approaches its entropy, about 1.2 nats)
+  const batches = markovBatches(steps);
   const rt = await getRuntime();
   const train = async (name: string) => {
     const s = precisionStrategy(name);
