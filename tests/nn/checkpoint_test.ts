@@ -30,6 +30,7 @@ import {
   tensor,
   tidy,
 } from "../../mod.ts";
+import { snapshot } from "../tensor/_reference.ts";
 
 const DIR = "./.test-tmp/checkpoint_test";
 const CFG = { vocabSize: 16, blockSize: 4, nLayer: 1, nHead: 2, nEmbd: 8 };
@@ -83,21 +84,6 @@ function step(t: ReturnType<typeof setup>, k: number): void {
   });
   x.dispose();
   y.dispose();
-}
-
-/** Every tensor of a state as its raw codes, numbers as they are: comparable with deepEqual. */
-async function snapshot(v: unknown): Promise<unknown> {
-  if (v && typeof (v as Tensor).codes === "function") {
-    const t = v as Tensor;
-    return { dtype: t.dtype, shape: t.shape, codes: Array.from(await t.codes()) };
-  }
-  if (Array.isArray(v)) return Promise.all(v.map(snapshot));
-  if (v && typeof v === "object") {
-    const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) out[k] = await snapshot(x);
-    return out;
-  }
-  return v;
 }
 
 async function fullState(t: ReturnType<typeof setup>) {

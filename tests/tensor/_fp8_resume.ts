@@ -2,18 +2,9 @@
 // under an FP8 recipe, saved with saveCheckpoint (model, optimizer, recipe), loaded into fresh
 // objects and continued, compared bit for bit with the uninterrupted run.
 import assert from "node:assert/strict";
-import {
-  AdamW,
-  autocast,
-  GPT,
-  loadCheckpoint,
-  saveCheckpoint,
-  type Tensor,
-  tensor,
-  tidy,
-} from "../../mod.ts";
+import { AdamW, autocast, GPT, loadCheckpoint, saveCheckpoint, tensor, tidy } from "../../mod.ts";
 import { fp8Recipe, type FP8RecipeName } from "../../tensor/mod.ts";
-import { rng } from "./_reference.ts";
+import { rng, snapshot } from "./_reference.ts";
 
 const DIR = "./.test-tmp/fp8_resume_test";
 await Deno.mkdir(DIR, { recursive: true });
@@ -50,21 +41,6 @@ export async function step(t: Run, k: number): Promise<number> {
   const v = await loss.item();
   loss.dispose();
   return new Uint32Array(Float32Array.of(v).buffer)[0];
-}
-
-/** Every tensor of a state as its raw codes (deepEqual compares them bit for bit). */
-async function snapshot(v: unknown): Promise<unknown> {
-  if (v && typeof (v as Tensor).codes === "function") {
-    const t = v as Tensor;
-    return { dtype: t.dtype, shape: t.shape, codes: Array.from(await t.codes()) };
-  }
-  if (Array.isArray(v)) return Promise.all(v.map(snapshot));
-  if (v && typeof v === "object") {
-    const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) out[k] = await snapshot(x);
-    return out;
-  }
-  return v;
 }
 
 /**

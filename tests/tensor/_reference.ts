@@ -1,6 +1,6 @@
 // Host references shared by the tensor tests: seeded inputs, rounding to a storage dtype,
 // and distances counted in units in the last place of a dtype.
-import { type DType, dtype } from "../../mod.ts";
+import { type DType, dtype, type Tensor } from "../../mod.ts";
 
 /** A seeded generator of uniform numbers in [0, 1) (mulberry32). */
 export function rng(seed: number): () => number {
@@ -146,6 +146,24 @@ export function markovBatches(steps: number, seed = 21): [Int32Array, Int32Array
       new Int32Array(rows.flatMap((q) => q.slice(1))),
     ];
   });
+}
+
+/**
+ * A state (tensors, arrays, objects, numbers) with every tensor as its dtype, shape and raw
+ * codes: two snapshots are deepEqual when the states are the same bit for bit.
+ */
+export async function snapshot(v: unknown): Promise<unknown> {
+  if (v && typeof (v as Tensor).codes === "function") {
+    const t = v as Tensor;
+    return { dtype: t.dtype, shape: t.shape, codes: Array.from(await t.codes()) };
+  }
+  if (Array.isArray(v)) return Promise.all(v.map(snapshot));
+  if (v && typeof v === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = await snapshot(x);
+    return out;
+  }
+  return v;
 }
 
 /** Layer norm ("ln") or RMS norm ("rms"). */
