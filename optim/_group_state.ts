@@ -223,8 +223,8 @@ export class GroupState {
     if (c !== v) c.dispose();
   }
 
-  /** Frees every state and zeroes every step count (before loading a state dict). */
-  resetStates(): void {
+  /** Frees every parameter's states and scales (their slots empty). */
+  #freeStates(): void {
     this.#scales.forEach((t, i) => {
       t?.dispose();
       this.#scales[i] = null;
@@ -233,6 +233,11 @@ export class GroupState {
       if (m) { for (const t of m.values()) t.dispose(); }
       this.#states[i] = null;
     });
+  }
+
+  /** Frees every state and zeroes every step count (before loading a state dict). */
+  resetStates(): void {
+    this.#freeStates();
     this.steps.fill(0);
     this.rngCounters.fill(0);
     if (this.#devSteps) {
@@ -292,14 +297,7 @@ export class GroupState {
 
   /** Frees every tensor. */
   dispose(): void {
-    this.#scales.forEach((t, i) => {
-      t?.dispose();
-      this.#scales[i] = null;
-    });
-    this.#states.forEach((m, i) => {
-      if (m) { for (const t of m.values()) t.dispose(); }
-      this.#states[i] = null;
-    });
+    this.#freeStates();
     for (const t of [this.#devSteps, this.#ids]) t?.dispose();
     this.#devSteps = this.#ids = null;
     this.#idsKey = "";
