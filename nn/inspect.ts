@@ -45,7 +45,7 @@
 
 import { type DType, dtype, type DTypeLike, finfo, wgslCodec } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import { currentRuntime, layoutOf, program, type Runtime } from "../gpu/mod.ts";
+import { currentRuntime, layoutOf, program, type ProgramBody, type Runtime } from "../gpu/mod.ts";
 import { isGradEnabled, noGrad } from "../autograd/mod.ts";
 import { isTensor, keep, Tensor, tensor, tidy } from "../tensor/mod.ts";
 import { Module } from "./module.ts";
@@ -176,13 +176,8 @@ interface Fmt {
   scaled: boolean;
 }
 
-interface SlotMeta {
-  layer: string;
-  tensor: string;
-  phase: "forward" | "backward" | "step";
-  op: string;
-  dtype: string;
-  shape: number[];
+interface SlotMeta
+  extends Pick<TensorStats, "layer" | "tensor" | "phase" | "op" | "dtype" | "shape"> {
   n: number;
   lostOf?: { param: string; grad: number }; // a lost-update mask: the grad's slot
 }
@@ -204,9 +199,12 @@ const INF_BITS = 0x7f800000;
 const f32bits = (v: number) => new Uint32Array(new Float32Array([v]).buffer)[0];
 const bitsf32 = (b: number) => new Float32Array(new Uint32Array([b]).buffer)[0];
 
-/** Amax, min non-zero, zeros and non-finite of a tensor, into its slot. */
-function statsProgram(rt: Runtime, dt: DType) {
-  return program(rt, "inspect|stats", {
+/**
+ * A program of the inspector (`inspect|<key>`): WG invocations a workgroup read `u.n`
+ * elements of `x` (dtype `dt`) and add to the record `rec` at `u.slot`.
+ */
+function inspectProgram(rt: Runtime, key: string, dt: DType, body: () => ProgramBody) {
+  return program(rt, `inspect|${key}`, {
     label: "inspect",
     bindings: [
       { name: "x", type: layoutOf(dt, rt), access: "read" },
@@ -214,7 +212,12 @@ function statsProgram(rt: Runtime, dt: DType) {
     ],
     uniforms: [{ name: "n", type: "u32" }, { name: "slot", type: "u32" }],
     workgroupSize: WG,
-  }, () =>
+  }, body);
+}
+
+/** Amax, min non-zero, zeros and non-finite of a tensor, into its slot. */
+function statsProgram(rt: Runtime, dt: DType) {
+  return inspectProgram(rt, "stats", dt, () =>
     `var<workgroup> w_c: array<atomic<u32>, 4>;
 fn kernel(wg: u32, lid: vec3u, li: u32) {
   if (li == 0u) {
@@ -295,15 +298,7 @@ function roundingThresholds(
 function formatProgram(rt: Runtime, dt: DType, fmts: readonly Fmt[]) {
   const key = fmts.map((f) => `${f.name}:${f.scaled ? "a" : "n"}`).join(",");
   const F = fmts.length;
-  return program(rt, `inspect|formats|${key}`, {
-    label: "inspect",
-    bindings: [
-      { name: "x", type: layoutOf(dt, rt), access: "read" },
-      { name: "rec", type: "atomic<u32>", access: "read_write" },
-    ],
-    uniforms: [{ name: "n", type: "u32" }, { name: "slot", type: "u32" }],
-    workgroupSize: WG,
-  }, () => {
+  return inspectProgram(rt, `formats|${key}`, dt, () => {
     const chunks: (readonly string[])[] = [];
     let scales = "", body = "", flush = "";
     fmts.forEach((f, j) => {
