@@ -122,23 +122,28 @@ function typeName(v: unknown): string {
   return v === null ? "null" : typeof v === "object" ? v.constructor?.name ?? "object" : typeof v;
 }
 
+/** The fields of the dtypes that are not floats (ints, bool): one 32-bit word per element. */
+const WORD_VALUES = {
+  exponentBits: 0,
+  mantissaBits: 0,
+  bias: 0,
+  hasInf: false,
+  nan: "none",
+  saturate: true,
+  laneBits: 32,
+  lanesPerWord: 1,
+  bytesPerElement: 4,
+  component: null,
+  constants: null,
+} as const;
+
 function intDType(name: string, signed: boolean): DType {
   const d: DType = {
     name,
     kind: "int",
-    exponentBits: 0,
-    mantissaBits: 0,
-    bias: 0,
-    hasInf: false,
-    nan: "none",
-    saturate: true,
+    ...WORD_VALUES,
     bits: 32,
-    laneBits: 32,
-    lanesPerWord: 1,
-    bytesPerElement: 4,
     signed,
-    component: null,
-    constants: null,
     encode: (values) => {
       // As torch's float -> int conversion: truncate toward zero; NaN -> 0; clamp the range.
       const out = new Uint32Array(checkValues(name, values).length);
@@ -163,19 +168,9 @@ function boolDType(): DType {
   const d: DType = {
     name: "bool",
     kind: "bool",
-    exponentBits: 0,
-    mantissaBits: 0,
-    bias: 0,
-    hasInf: false,
-    nan: "none",
-    saturate: true,
+    ...WORD_VALUES,
     bits: 1,
-    laneBits: 32,
-    lanesPerWord: 1,
-    bytesPerElement: 4,
     signed: false,
-    component: null,
-    constants: null,
     encode: (values) => {
       const out = new Uint32Array(checkValues("bool", values).length);
       for (let i = 0; i < values.length; i++) out[i] = values[i] !== 0 ? 1 : 0; // NaN is true
