@@ -1,7 +1,7 @@
 // Host references of the optimizers: PyTorch's AdamW and SGD in f64, and emulations of the
 // pure-bf16 kernels (compute in f32 with Math.fround in the kernel's order, round each
 // stored value once to bf16 RNE with the dtype's own codec).
-import { dtype } from "../../mod.ts";
+import { dtype, type Optimizer } from "../../mod.ts";
 
 const BF16 = dtype("bf16");
 const f = Math.fround;
@@ -201,4 +201,22 @@ export function closeUlps(
     worst = Math.max(worst, e);
   }
   return worst;
+}
+
+/**
+ * An optimizer's state dict as raw codes, per parameter and state in order: each state
+ * tensor's codes (the copy disposed after), and with `numbers` each other value as [n] (a
+ * step count; a null state as [0]), else those left out.
+ */
+export async function stateCodes(opt: Optimizer, numbers: boolean): Promise<number[][]> {
+  const out: number[][] = [];
+  for (const s of Object.values(opt.stateDict().state)) {
+    for (const v of Object.values(s)) {
+      if (v !== null && typeof v === "object") {
+        out.push(Array.from(await v.codes()));
+        v.dispose();
+      } else if (numbers) out.push([Number(v)]);
+    }
+  }
+  return out;
 }

@@ -12,7 +12,7 @@ import {
   ValueError,
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { adamwF64, closeUlps, refState, ulp32, uniform } from "./_reference.ts";
+import { adamwF64, closeUlps, refState, stateCodes, ulp32, uniform } from "./_reference.ts";
 
 /** A scaler's state with the scale and the tracker read back as numbers (copies freed). */
 async function numbers(scaler: GradScaler): Promise<GradScalerState> {
@@ -62,16 +62,7 @@ class TorchScaler {
 /** Every stored number of an optimizer's state and its parameters, as raw bits. */
 async function snapshot(ps: Tensor[], opt: AdamW | SGD): Promise<number[][]> {
   const out = await Promise.all(ps.map((p) => p.codes().then((c) => Array.from(c))));
-  const sd = opt.stateDict();
-  for (const s of Object.values(sd.state)) {
-    for (const v of Object.values(s)) {
-      if (v !== null && typeof v === "object") {
-        out.push(Array.from(await v.codes()));
-        v.dispose();
-      }
-    }
-  }
-  return out;
+  return [...out, ...await stateCodes(opt, false)];
 }
 
 // overflow at these steps: Inf at 3, NaN at 10, Inf at 11, then 16

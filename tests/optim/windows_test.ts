@@ -13,7 +13,7 @@ import {
   tensor,
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { bf16, uniform } from "./_reference.ts";
+import { bf16, stateCodes, uniform } from "./_reference.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
 
 const LIMIT = 65536;
@@ -25,15 +25,7 @@ async function snapshot(ps: Tensor[], opt: Optimizer) {
     out.push(Array.from(await p.codes()));
     if (p.grad) out.push(Array.from(await p.grad.codes()));
   }
-  const sd = opt.stateDict();
-  for (const s of Object.values(sd.state)) {
-    for (const v of Object.values(s)) {
-      if (v !== null && typeof v === "object") {
-        out.push(Array.from(await v.codes()));
-        v.dispose();
-      } else out.push([Number(v)]);
-    }
-  }
+  out.push(...await stateCodes(opt, true));
   const d = await opt.diagnostics();
   return { out, d };
 }
