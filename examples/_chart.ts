@@ -6,7 +6,8 @@ export interface Series {
   points: [number, number][];
 }
 
-const COLORS = [
+/** The first colours of every chart's lines, in order (the charts add their own after them). */
+export const BASE_COLORS: readonly string[] = [
   "#1f77b4",
   "#d62728",
   "#2ca02c",
@@ -14,8 +15,9 @@ const COLORS = [
   "#9467bd",
   "#8c564b",
   "#e377c2",
-  "#7f7f7f",
 ];
+
+const COLORS = [...BASE_COLORS, "#7f7f7f"];
 
 /** Escapes text for SVG/XML. */
 export function esc(s: string): string {

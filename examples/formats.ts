@@ -18,7 +18,7 @@
  *
  * @module
  */
-import { esc } from "./_chart.ts";
+import { BASE_COLORS, esc } from "./_chart.ts";
 import { didYouMean } from "./_cli.ts";
 import { parseArgs } from "node:util";
 import { type DType, dtype, DTYPE_FORMS, type FInfo, finfo } from "../dtypes/mod.ts";
@@ -393,18 +393,7 @@ binades the spacing is the smallest subnormal s, so the ratio is 2^(k+1)/s, lowe
 // ---------------------------------------------------------------------------------------
 // SVG chart
 
-const COLORS = [
-  "#1f77b4",
-  "#d62728",
-  "#2ca02c",
-  "#ff7f0e",
-  "#9467bd",
-  "#8c564b",
-  "#e377c2",
-  "#17becf",
-  "#7f7f7f",
-  "#bcbd22",
-];
+const COLORS = [...BASE_COLORS, "#17becf", "#7f7f7f", "#bcbd22"];
 const DASHES = ["", "7 5", "2 4", "9 3 2 3"];
 
 /** Lines of formats with the same mantissa bits coincide in the normal range: each later one
