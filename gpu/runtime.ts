@@ -675,7 +675,7 @@ export class Runtime {
   /**
    * A scratch texture of `rgba32float` texels, `width` x `height`, for slot `slot` (a kernel's
    * operand: kernels that pack an operand into a texture and read it in the next dispatch). It
-   * is the same texture for the same slot and size until evicted (the runtime keeps a few
+   * is the same texture for the same slot and size until evicted (the runtime keeps six
    * sizes per slot), so its contents last only until the next request for the slot: recorded
    * dispatches run in order, so a pack and the reads after it see their own texels. Null when
    * the size passes `maxTextureDimension2D` or the memory budget (the caller then takes a
@@ -702,7 +702,8 @@ export class Runtime {
     const bytes = width * height * 16;
     // the slot's other sizes go first, beyond the few kept
     const same = [...this.#textures.keys()].filter((k) => k.startsWith(`${slot}|`));
-    for (const k of same.slice(0, Math.max(0, same.length - 3))) this.#retire(k);
+    // (a training step's products come in a few shapes: forward, and both gradients)
+    for (const k of same.slice(0, Math.max(0, same.length - 5))) this.#retire(k);
     if (this.memory().liveBytes + this.#textureBytes + bytes > getMemoryLimit().bytes) {
       for (const k of [...this.#textures.keys()]) this.#retire(k);
       if (this.memory().liveBytes + bytes > getMemoryLimit().bytes) return null;

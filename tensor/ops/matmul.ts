@@ -16,6 +16,12 @@
  * over broadcast batch dimensions inside the same f32 accumulator (no temporary, no second
  * rounding, no separate reduction).
  *
+ * CPU adapters get a second kernel family for the products of a Linear layer (no batch, the
+ * medium and large shape classes by default): A and B packed once into `rgba32float` textures
+ * and read without workgroup memory or barriers (`matmulTextureSource`), since every load
+ * there runs lane by lane; the same products in the same order, so the same bits.
+ * `tuneMatmul()` times both families' tiles.
+ *
  * Packed outputs: an invocation owns 4 consecutive columns of a row, which are whole u32
  * words (one word of four 8-bit lanes, two words of 16-bit lanes) when the row length N is
  * a multiple of the lanes per word. Then the kernel encodes and writes the words itself.
@@ -41,6 +47,7 @@ import {
   type BindingSpec,
   type Box,
   currentRuntime,
+  type PooledBuffer,
   program,
   type Runtime,
 } from "../../gpu/mod.ts";
@@ -74,8 +81,15 @@ export interface Tiles {
   readonly wgx: number;
   /** Invocations of a workgroup along M. */
   readonly wgy: number;
-  /** Depth of the K slice held in workgroup memory (a multiple of 4). */
+  /** Depth of the K slice held in workgroup memory (a multiple of 4; 4 for textures). */
   readonly bk: number;
+  /**
+   * The kernel family: `"texture"` packs A and B into `rgba32float` textures (four values
+   * along K per texel of A, along N per texel of B) and reads them without workgroup memory
+   * or barriers (CPU adapters: see `matmulTextureSource`); absent, the workgroup-memory
+   * tiling.
+   */
+  readonly family?: "texture";
 }
 
 /** The classic GPU tiling: 64x64 outputs per 16x16 invocations of 4x4. */
@@ -97,7 +111,8 @@ function shapeClass(M: number, N: number): MatmulShapeClass {
 }
 
 /**
- * The default tiles of each class on CPU adapters, measured on llvmpipe (1024^3 f32): 4x4
+ * The workgroup-memory family's tiles of each class on CPU adapters (the defaults of the
+ * classes the texture family does not take), measured on llvmpipe (1024^3 f32): 4x4
  * register blocks give about 4.5 GFLOP/s, 16x16 blocks about 12. K slices stay at 4 there:
  * compiling through the GL backend costs time quadratic in the size of workgroup arrays (512
  * vec4 take 1.7 s, 1024 take 15 s), for no measured speed.
@@ -108,6 +123,40 @@ const CPU_TILES: Readonly<Record<MatmulShapeClass, Tiles>> = {
   narrow: { tm: 8, tn: 4, wgx: 4, wgy: 16, bk: 4 }, // 128 x 16
   medium: { tm: 8, tn: 8, wgx: 8, wgy: 8, bk: 4 }, // 64 x 64: 2.3x the 4x4 blocks at 1024x64x64
   large: { tm: 16, tn: 16, wgx: 8, wgy: 8, bk: 4 }, // 128 x 128
+};
+
+/**
+ * The texture family's tiles per class on CPU adapters (8 invocations along x: llvmpipe runs
+ * a workgroup 8 lanes at a time, so a narrower x leaves lanes idle). An invocation loads tm
+ * + tn texels per 4 steps of K for 4 tm tn multiply-adds, so larger blocks read less per
+ * product, up to where the accumulators spill (about 32 x 32).
+ */
+const CPU_TEXTURE_TILES: Readonly<Record<MatmulShapeClass, readonly Tiles[]>> = {
+  small: [{ tm: 4, tn: 4, wgx: 8, wgy: 2, bk: 4, family: "texture" }], // 8 x 32
+  short: [
+    { tm: 8, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 16 x 128
+    { tm: 4, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 8 x 128
+  ],
+  narrow: [{ tm: 16, tn: 4, wgx: 8, wgy: 2, bk: 4, family: "texture" }], // 32 x 32
+  medium: [
+    { tm: 16, tn: 8, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 32 x 64
+    { tm: 16, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 32 x 128
+  ],
+  large: [
+    { tm: 32, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 64 x 128
+    { tm: 64, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 128 x 128
+    { tm: 32, tn: 32, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 64 x 256
+    { tm: 16, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 32 x 128
+  ],
+};
+
+/** The default tiles per class on CPU adapters (tuneMatmul() may choose others). */
+const CPU_DEFAULT: Readonly<Record<MatmulShapeClass, Tiles>> = {
+  small: CPU_TILES.small,
+  short: CPU_TILES.short,
+  narrow: CPU_TILES.narrow,
+  medium: CPU_TEXTURE_TILES.medium[0],
+  large: CPU_TEXTURE_TILES.large[0],
 };
 
 /** Candidates the tuner times per class: the default and neighbours of it. */
@@ -131,7 +180,7 @@ function candidates(rt: Runtime, c: MatmulShapeClass): Tiles[] {
     medium: [{ tm: 4, tn: 4, wgx: 16, wgy: 16, bk: 4 }, { tm: 8, tn: 8, wgx: 4, wgy: 4, bk: 4 }],
     large: [{ tm: 8, tn: 8, wgx: 8, wgy: 8, bk: 4 }, { tm: 8, tn: 16, wgx: 8, wgy: 8, bk: 4 }],
   };
-  return [base, ...extra[c]];
+  return [base, ...extra[c], ...CPU_TEXTURE_TILES[c]];
 }
 
 /** A representative M x K x N of each class (shapes of a small GPT's layers), for tuning. */
@@ -146,11 +195,36 @@ const TUNE_SHAPES: Readonly<Record<MatmulShapeClass, readonly [number, number, n
 /** Tiles the tuner chose, per runtime (a new device is tuned anew). */
 const tuned = new WeakMap<Runtime, Map<MatmulShapeClass, Tiles>>();
 
+/** Kernel families matmul may use: every one the tiles choose, or the workgroup-memory one. */
+let family: "auto" | "workgroup" = "auto";
+
+/**
+ * Makes matmul use only the workgroup-memory kernel (`"workgroup"`: the texture family's
+ * tiles give way to the class's workgroup-memory tiles), or every family again (`"auto"`);
+ * returns the previous setting. For benchmarks that time both families side by side. @internal
+ */
+export function setMatmulFamily(f: "auto" | "workgroup"): "auto" | "workgroup" {
+  const before = family;
+  family = f;
+  return before;
+}
+
 /** The tiles for an M x N product on the runtime's adapter: tuned, else the class default. */
 function tilesFor(rt: Runtime, M: number, N: number): Tiles {
   const c = shapeClass(M, N);
-  return tuned.get(rt)?.get(c) ??
-    (rt.info.isFallbackAdapter ? CPU_TILES[c] : GPU_TILES);
+  const t = tuned.get(rt)?.get(c) ??
+    (rt.info.isFallbackAdapter ? CPU_DEFAULT[c] : GPU_TILES);
+  return t.family === "texture" && family === "workgroup" ? storageTiles(rt, M, N) : t;
+}
+
+/**
+ * The workgroup-memory tiles for a product the texture family cannot run: the tuned ones when
+ * they are, else the class's measured default.
+ */
+function storageTiles(rt: Runtime, M: number, N: number): Tiles {
+  const t = tuned.get(rt)?.get(shapeClass(M, N));
+  if (t !== undefined && t.family === undefined) return t;
+  return rt.info.isFallbackAdapter ? CPU_TILES[shapeClass(M, N)] : GPU_TILES;
 }
 
 /**
@@ -217,6 +291,7 @@ export async function tuneMatmul(
     const timed: { tiles: Tiles; ms: number }[] = [];
     try {
       for (const tiles of candidates(rt, c)) {
+        if (tiles.family === "texture" && family === "workgroup") continue;
         choice.set(c, tiles);
         matmul(a, b).dispose(); // compile and warm up
         await rt.sync();
@@ -291,7 +366,6 @@ export interface MatmulKernelConfig {
  * `(ceil(N / (wgx tn)), ceil(M / (wgy tm)), batches)` workgroups.
  */
 function matmulSource(cfg: MatmulKernelConfig): string {
-  const { out } = cfg;
   const { tm, tn, wgx, wgy, bk } = cfg.tiles;
   if (tm % 4 || tn % 4 || bk % 4) {
     throw new ValueError(`matmulSource(): tm, tn and bk must be multiples of 4`);
@@ -350,54 +424,11 @@ ${put}      }`;
         `        acc${i}_${j} = fma(vec4<f32>(a${i >> 2}.${X[i & 3]}), b${j}, acc${i}_${j});\n`
       ).join("")
     ).join("");
-  // The store of one row of 4 values at columns n..n+3 (n a multiple of 4), element e.
-  const lanes = out.lanes;
-  const z4 = "vec4<u32>(0u)";
-  // f32 outputs may add to what a previous split of K wrote (u.acc)
-  const add = out.dtype.name === "f32" ? "\n    if (u.acc != 0u) { x = x + ld_out(e + j); }" : "";
-  const store = lanes === 1
-    ? `  for (var j = 0u; j < 4u; j = j + 1u) {
-    if (n + j >= u.n) { break; }
-    var x = v[j];${add}
-    st_out(e + j, vec4<f32>(x), ${z4});
-  }`
-    : lanes === 2 // N is a multiple of the lanes (checked on the host): each word is whole and ours
-    ? `  st_out(e / 2u, vec4<f32>(v.xy, 0.0, 0.0), ${z4});
-  if (n + 2u < u.n) { st_out(e / 2u + 1u, vec4<f32>(v.zw, 0.0, 0.0), ${z4}); }`
-    : `  st_out(e / 4u, v, ${z4});`;
-  const accDecl = rows.map((i) =>
-    quads.map((j) => `  var acc${i}_${j} = vec4<f32>(0.0);\n`).join("")
-  )
-    .join("");
-  // one store site (a loop over the blocks) keeps the encoder inlined once: shader
-  // compilers on CPUs take seconds for tm x tn/4 inlined copies of a generic encoder
-  const nAcc = tm * (tn / 4);
-  const cases = rows.map((i) =>
-    quads.map((j) => {
-      const t = i * (tn / 4) + j;
-      return `      ${t === nAcc - 1 ? "default" : `case ${t}u`}: { v = acc${i}_${j}; }\n`;
-    }).join("")
-  ).join("");
-  const scaled = cfg.scaled ?? false;
-  // the FP8 epilogue: one reciprocal per scale, applied one after the other (their product
-  // could underflow where a tiny gradient's scale is huge)
-  const stores = `${scaled ? "  let ia = 1.0 / scalea[0];\n  let ib = 1.0 / scaleb[0];\n" : ""}\
-  for (var t = 0u; t < ${nAcc}u; t = t + 1u) {
-    var v: vec4<f32>;
-    switch t {
-${cases}    }
-    store_row(m + t / ${tn / 4}u, n + (t % ${tn / 4}u) * 4u, ${scaled ? "v * ia * ib" : "v"}, zoff);
-  }
-`;
+  const { accDecl, storeRow, stores } = epilogue(cfg);
   return `var<workgroup> As: array<vec4<f32>, ${(bk * bm) / 4}>;
 var<workgroup> Bs: array<vec4<f32>, ${(bk * bn) / 4}>;
 
-fn store_row(m: u32, n: u32, v: vec4<f32>, zoff: u32) {
-  if (m >= u.m || n >= u.n) { return; }
-  let e = zoff + m * u.n + n;
-${store}
-}
-
+${storeRow}
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let n0 = wg.x * ${bn}u;
   let m0 = wg.y * ${bm}u;
@@ -439,6 +470,221 @@ ${inner}      }
   let n = n0 + lid.x * ${tn}u;
 ${stores}}
 `;
+}
+
+/**
+ * The output side of a matmul kernel, shared by both families: the accumulators of a tm x tn
+ * block (vec4s `acc<i>_<j>` over columns), `store_row` (encodes and stores 4 values of a row,
+ * adding to an f32 output after the first split of K) and the loop that stores the block at
+ * rows `m`.., columns `n`.. (with the FP8 scales, when the kernel has them).
+ */
+function epilogue(cfg: MatmulKernelConfig): { accDecl: string; storeRow: string; stores: string } {
+  // The store of one row of 4 values at columns n..n+3 (n a multiple of 4), element e.
+  const { out } = cfg;
+  const { tm, tn } = cfg.tiles;
+  const rows = [...Array(tm).keys()], quads = [...Array(tn / 4).keys()];
+  const lanes = out.lanes;
+  const z4 = "vec4<u32>(0u)";
+  // f32 outputs may add to what a previous split of K wrote (u.acc)
+  const add = out.dtype.name === "f32" ? "\n    if (u.acc != 0u) { x = x + ld_out(e + j); }" : "";
+  const store = lanes === 1
+    ? `  for (var j = 0u; j < 4u; j = j + 1u) {
+    if (n + j >= u.n) { break; }
+    var x = v[j];${add}
+    st_out(e + j, vec4<f32>(x), ${z4});
+  }`
+    : lanes === 2 // N is a multiple of the lanes (checked on the host): each word is whole and ours
+    ? `  st_out(e / 2u, vec4<f32>(v.xy, 0.0, 0.0), ${z4});
+  if (n + 2u < u.n) { st_out(e / 2u + 1u, vec4<f32>(v.zw, 0.0, 0.0), ${z4}); }`
+    : `  st_out(e / 4u, v, ${z4});`;
+  const accDecl = rows.map((i) =>
+    quads.map((j) => `  var acc${i}_${j} = vec4<f32>(0.0);\n`).join("")
+  )
+    .join("");
+  // one store site (a loop over the blocks) keeps the encoder inlined once: shader
+  // compilers on CPUs take seconds for tm x tn/4 inlined copies of a generic encoder
+  const nAcc = tm * (tn / 4);
+  const cases = rows.map((i) =>
+    quads.map((j) => {
+      const t = i * (tn / 4) + j;
+      return `      ${t === nAcc - 1 ? "default" : `case ${t}u`}: { v = acc${i}_${j}; }\n`;
+    }).join("")
+  ).join("");
+  const scaled = cfg.scaled ?? false;
+  // the FP8 epilogue: one reciprocal per scale, applied one after the other (their product
+  // could underflow where a tiny gradient's scale is huge)
+  const stores = `${scaled ? "  let ia = 1.0 / scalea[0];\n  let ib = 1.0 / scaleb[0];\n" : ""}\
+  for (var t = 0u; t < ${nAcc}u; t = t + 1u) {
+    var v: vec4<f32>;
+    switch t {
+${cases}    }
+    store_row(m + t / ${tn / 4}u, n + (t % ${tn / 4}u) * 4u, ${scaled ? "v * ia * ib" : "v"}, zoff);
+  }
+`;
+  const storeRow = `fn store_row(m: u32, n: u32, v: vec4<f32>, zoff: u32) {
+  if (m >= u.m || n >= u.n) { return; }
+  let e = zoff + m * u.n + n;
+${store}
+}
+`;
+  return { accDecl, storeRow, stores };
+}
+
+/**
+ * The WGSL body of the texture family's matmul kernel (CPU adapters): A and B are read from
+ * `rgba32float` textures that `matmul()` packs first (a texel of A holds four values along K
+ * of one row, a texel of B four along N of one row of K; zero past the edges), without
+ * workgroup memory or barriers. Invocation (x, y) of the grid computes rows `y tm`.. and
+ * columns `4 x tn/4`.. of the output; per 4 steps of K it loads tm texels of A and tn of B for
+ * 4 tm tn multiply-adds, chained 4 at a time per accumulator. On llvmpipe an invocation is a
+ * SIMD lane: every load runs lane by lane (a texel costs about half a storage load there),
+ * the multiply-adds 8 lanes at once; the workgroup-memory tiling pays per-lane loads twice
+ * (into workgroup memory, then out of it) plus its barriers, this family once. The products
+ * are summed in the same order (k ascending, one `fma` each) as the workgroup-memory kernel,
+ * so the results have the same bits.
+ */
+function matmulTextureSource(cfg: MatmulKernelConfig): string {
+  const { tm, tn, wgx, wgy } = cfg.tiles;
+  if (tm % 4 || tn % 4) {
+    throw new ValueError(`matmulTextureSource(): tm and tn must be multiples of 4`);
+  }
+  const q = tn / 4, X = "xyzw";
+  const { accDecl, storeRow, stores } = epilogue(cfg);
+  // the 4 steps of K chained per accumulator: one load and one store of it (they spill on
+  // llvmpipe) per 4 multiply-adds instead of per one (1.3-1.5x); same order, same bits
+  let body = "";
+  for (let i = 0; i < tm; i++) body += `    let a${i} = tl_a(k4, r0 + ${i}u);\n`;
+  for (let kk = 0; kk < 4; kk++) {
+    for (let j = 0; j < q; j++) body += `    let b${kk}_${j} = tl_b(c0 + ${j}u, kb + ${kk}u);\n`;
+  }
+  for (let i = 0; i < tm; i++) {
+    for (let j = 0; j < q; j++) {
+      let e = `acc${i}_${j}`;
+      for (let kk = 0; kk < 4; kk++) e = `fma(vec4<f32>(a${i}.${X[kk]}), b${kk}_${j}, ${e})`;
+      body += `    acc${i}_${j} = ${e};\n`;
+    }
+  }
+  return `${storeRow}
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  let c0 = (wg.x * ${wgx}u + lid.x) * ${q}u;
+  let r0 = (wg.y * ${wgy}u + lid.y) * ${tm}u;
+${accDecl}  for (var k4 = 0u; k4 < u.k4; k4 = k4 + 1u) {
+    let kb = k4 * 4u;
+${body}  }
+  let zoff = 0u;
+  let m = r0;
+  let n = c0 * 4u;
+${stores}}
+`;
+}
+
+/** The texture family's matmul program: the output (and scales) bound, A and B as textures. */
+function matmulTextureProgram(rt: Runtime, cfg: MatmulKernelConfig) {
+  const t = cfg.tiles;
+  const bindings: BindingSpec[] = [
+    { name: "out", type: cfg.out, access: "read_write", encode: { saturate: cfg.saturate } },
+  ];
+  if (cfg.scaled) {
+    bindings.push({ name: "scalea", type: "f32", access: "read" });
+    bindings.push({ name: "scaleb", type: "f32", access: "read" });
+  }
+  return program(rt, `matmul-tex|${t.tm},${t.tn},${t.wgx},${t.wgy}`, {
+    label: "matmul",
+    bindings,
+    uniforms: [
+      { name: "m", type: "u32" },
+      { name: "n", type: "u32" },
+      { name: "k4", type: "u32" }, // texels of A along K (K of this split / 4, rounded up)
+      { name: "acc", type: "u32" }, // 1: add to the f32 output (splits of K after the first)
+    ],
+    textures: [{ name: "a", access: "read" }, { name: "b", access: "read" }],
+    workgroupSize: [t.wgx, t.wgy],
+    grid: "3d",
+  }, () => matmulTextureSource(cfg));
+}
+
+/**
+ * The program that packs both operands into their textures in one dispatch (one invocation
+ * per texel, A's then B's): for operand x (`a`, `b`), a logical `rows x cols` matrix (element
+ * (r, c) stored at `off + r ld + c`, or `off + c ld + r` when transposed) goes into a `w x h`
+ * texture, texel (c4, r) holding elements (r, 4 c4..4 c4+3) decoded to f32, zero outside the
+ * matrix.
+ */
+function packProgram(rt: Runtime, la: Layout, lb: Layout) {
+  const fields = ["rows", "cols", "ld", "off", "tr", "w", "h"];
+  const texel = (x: string) =>
+    `fn texel_${x}(c: u32, r: u32) -> vec4<f32> {
+  let col = c * 4u;
+  var v = vec4<f32>(0.0);
+  if (r < u.rows${x} && col < u.cols${x}) {
+    let n_ok = min(4u, u.cols${x} - col);
+    if (u.tr${x} == 0u) {
+      v = ld4_${x}(u.off${x} + r * u.ld${x} + col, n_ok);
+    } else {
+      for (var j = 0u; j < n_ok; j = j + 1u) { v[j] = ld_${x}(u.off${x} + (col + j) * u.ld${x} + r); }
+    }
+  }
+  return v;
+}
+`;
+  return program(rt, "matmul-pack", {
+    label: "matmul_pack",
+    bindings: [
+      { name: "a", type: la, access: "read" },
+      { name: "b", type: lb, access: "read" },
+    ],
+    uniforms: ["a", "b"].flatMap((x) =>
+      fields.map((f) => ({ name: `${f}${x}`, type: "u32" as const }))
+    ),
+    textures: [
+      { name: "ta", access: "write" },
+      { name: "tb", access: "write" },
+    ],
+    workgroupSize: 64,
+  }, () =>
+    `${texel("a")}${texel("b")}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  // texels of A first, then those of B
+  let t = wg * 64u + li;
+  let na = u.wa * u.ha;
+  if (t < na) {
+    ts_ta(t % u.wa, t / u.wa, texel_a(t % u.wa, t / u.wa));
+  } else if (t - na < u.wb * u.hb) {
+    let s = t - na;
+    ts_tb(s % u.wb, s / u.wb, texel_b(s % u.wb, s / u.wb));
+  }
+}`);
+}
+
+/**
+ * The scratch textures of A and B for each split of K, when the texture family can run this
+ * product: one GEMM without batches (a Linear layer's: the batch folds into M), operands and
+ * output within one binding, textures within the adapter's `maxTextureDimension2D` and the
+ * memory budget. Else null (the workgroup-memory family runs it).
+ */
+function texturesFor(
+  rt: Runtime,
+  A: View,
+  B: View,
+  full: readonly number[],
+  M: number,
+  N: number,
+  tiles: Tiles,
+  kSplits: readonly [number, number][],
+): [GPUTexture, GPUTexture][] | null {
+  const max = rt.maxBindingBytes;
+  if (prod(full) !== 1 || M * N * 4 > max) return null;
+  if (A.t.buffer("matmul").bytes > max || B.t.buffer("matmul").bytes > max) return null;
+  const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
+  const out: [GPUTexture, GPUTexture][] = [];
+  for (const [k0, k1] of kSplits) {
+    const k4 = Math.ceil((k1 - k0) / 4);
+    const ta = rt.scratchTexture("matmul.a", k4, Math.ceil(M / bm) * bm);
+    const tb = rt.scratchTexture("matmul.b", (Math.ceil(N / bn) * bn) / 4, 4 * k4);
+    if (ta === null || tb === null) return null;
+    out.push([ta, tb]);
+  }
+  return out;
 }
 
 /** The matmul program for a configuration: bindings, uniforms and body declared once. */
@@ -549,6 +795,17 @@ function splitsOfK(
     }
   }
   const { tm, tn, wgx, wgy, bk } = tiles;
+  if (tiles.family === "texture") {
+    // B's texture holds K rows; the K loop runs K / 4 iterations, then the stores
+    const rows = rt.device.limits.maxTextureDimension2D;
+    const loopK = (Math.floor(rt.maxLoopIterations / Math.max(1, R)) - (tm * tn) / 4 * 5) * 4;
+    kc = Math.min(kc, rows - (rows % 4), Number.isFinite(loopK) ? loopK : K);
+    if (kc >= K || K <= 4) return [[0, K]];
+    kc = Math.max(4, kc - (kc % 4));
+    const out: [number, number][] = [];
+    for (let k0 = 0; k0 < K; k0 += kc) out.push([k0, Math.min(K, k0 + kc)]);
+    return out;
+  }
   const threads = wgx * wgy;
   const perSlice = 2 + bk + Math.ceil((wgy * tm * bk) / 4 / threads) +
     Math.ceil((wgx * tn * bk) / 4 / threads);
@@ -583,7 +840,16 @@ function gemm(
   const M = logicalRows(A), K = logicalCols(A), N = logicalCols(B);
   const outL = layoutOf(outDt, rt);
   const reduced = full.reduce((r, v, d) => (keep[d] ? r : r * v), 1);
-  const kSplits = splitsOfK(rt, A, B, full, K, tilesFor(rt, M, N), reduced);
+  let tiles = tilesFor(rt, M, N);
+  let kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
+  // the texture family where it can run this product, else the workgroup-memory tiles
+  const textures = tiles.family === "texture"
+    ? texturesFor(rt, A, B, full, M, N, tiles, kSplits)
+    : null;
+  if (tiles.family === "texture" && textures === null) {
+    tiles = storageTiles(rt, M, N);
+    kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
+  }
   const direct = kSplits.length === 1 && (outL.lanes === 1 || N % outL.lanes === 0);
   const target = direct ? outDt : float32;
   const out = Tensor.empty(outShape, target);
@@ -607,18 +873,60 @@ function gemm(
     );
   }
   const Z = prod(dims.slice(0, nb)), R = prod(dims.slice(nb));
-  if (M * N * Z > 0) {
-    const tiles = tilesFor(rt, M, N);
-    const prog = matmulProgram(rt, {
-      tiles,
-      a: layoutOf(A.t.dt, rt),
-      b: layoutOf(B.t.dt, rt),
-      out: layoutOf(target, rt),
-      transA: A.trans,
-      transB: B.trans,
-      saturate: outDt.saturate,
-      scaled: scales !== null,
-    });
+  const cfg: MatmulKernelConfig = {
+    tiles,
+    a: layoutOf(A.t.dt, rt),
+    b: layoutOf(B.t.dt, rt),
+    out: layoutOf(target, rt),
+    transA: A.trans,
+    transB: B.trans,
+    saturate: outDt.saturate,
+    scaled: scales !== null,
+  };
+  const scaleBufs: Record<string, PooledBuffer> = scales === null
+    ? {}
+    : { scalea: scales[0].buffer(op), scaleb: scales[1].buffer(op) };
+  if (textures !== null) {
+    // pack each split's K-slice of A and B into textures, then the product reads them
+    const prog = matmulTextureProgram(rt, cfg);
+    const pack = packProgram(rt, cfg.a, cfg.b);
+    const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
+    const gx = Math.ceil(N / bn), gy = Math.ceil(M / bm);
+    for (const [i, [k0, k1]] of kSplits.entries()) {
+      const [ta, tb] = textures[i];
+      pack.run({
+        buffers: { a: A.t.buffer(op), b: B.t.buffer(op) },
+        textures: { ta, tb },
+        uniforms: {
+          rowsa: M,
+          colsa: k1 - k0,
+          lda: A.cols,
+          offa: A.trans ? k0 * A.cols : k0,
+          tra: A.trans ? 1 : 0,
+          wa: ta.width,
+          ha: ta.height,
+          rowsb: k1 - k0,
+          colsb: N,
+          ldb: B.cols,
+          offb: B.trans ? k0 : k0 * B.cols,
+          trb: B.trans ? 1 : 0,
+          wb: tb.width,
+          hb: tb.height,
+        },
+        groups: Math.ceil((ta.width * ta.height + tb.width * tb.height) / 64),
+        cost: 8 * (ta.width * ta.height + tb.width * tb.height),
+      });
+      prog.run({
+        buffers: { out: out.buffer(op), ...scaleBufs },
+        textures: { a: ta, b: tb },
+        uniforms: { m: M, n: N, k4: ta.width, acc: i > 0 ? 1 : 0 },
+        groups: [gx, gy, 1],
+        splitDim: [0, 1],
+        cost: 0.1 * gx * bn * gy * bm * (k1 - k0),
+      });
+    }
+  } else if (M * N * Z > 0) {
+    const prog = matmulProgram(rt, cfg);
     const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
     const gx = Math.ceil(N / bn), gy = Math.ceil(M / bm);
     // Windows, for operands larger than one binding: the program cuts the grid into boxes of
@@ -685,9 +993,7 @@ function gemm(
         },
       },
     };
-    const buffers = scales === null
-      ? bufs
-      : { ...bufs, scalea: scales[0].buffer(op), scaleb: scales[1].buffer(op) };
+    const buffers = { ...bufs, ...scaleBufs };
     // K in one pass, or in splits whose rows of a large operand fit one binding each; the
     // splits after the first add to the f32 output
     for (const [i, [k0, k1]] of kSplits.entries()) {

@@ -15,7 +15,7 @@ import {
   tuneMatmul,
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { matmulTileCandidates, setMatmulTiles } from "../../tensor/ops/matmul.ts";
+import { matmulTileCandidates, setMatmulTiles, type Tiles } from "../../tensor/ops/matmul.ts";
 
 // ---- host reference ----------------------------------------------------------------------------
 
@@ -570,4 +570,128 @@ Deno.test("matmul() sums every product of a long K on adapters that cap an invoc
   }
   // the cap is what makes the splits: without it (a GPU) K runs in one pass
   assert.ok(rt.maxLoopIterations > 0);
+});
+
+// ---- the texture family (CPU adapters) ---------------------------------------------------------
+
+const CLASSES: MatmulShapeClass[] = ["small", "short", "narrow", "medium", "large"];
+
+/** Runs `fn` with every shape class set to `tiles` (null: the defaults again). */
+async function withTiles<T>(tiles: Tiles | null, fn: () => Promise<T>): Promise<T> {
+  for (const c of CLASSES) setMatmulTiles(c, tiles);
+  try {
+    return await fn();
+  } finally {
+    for (const c of CLASSES) setMatmulTiles(c, null);
+  }
+}
+
+const TEXTURE: Tiles = { tm: 16, tn: 8, wgx: 8, wgy: 2, bk: 4, family: "texture" };
+const STORAGE: Tiles = { tm: 8, tn: 8, wgx: 8, wgy: 8, bk: 4 };
+
+/** matmul's result and the dispatches it recorded. */
+async function product(
+  a: Tensor,
+  b: Tensor,
+  opts: MatmulOptions,
+): Promise<{ bits: number[]; values: Float32Array; dispatches: number }> {
+  const rt = await getRuntime();
+  const before = rt.counters.dispatches;
+  const out = matmul(a, b, opts);
+  const dispatches = rt.counters.dispatches - before;
+  const values = Float32Array.from(await out.toArray());
+  const bits = Array.from(await out.codes());
+  out.dispose();
+  return { bits, values, dispatches };
+}
+
+Deno.test("matmul()'s texture family gives the bits of the workgroup-memory kernel in every dtype and transpose", async () => {
+  const cases: [number[], number[], string, string, MatmulOptions][] = [
+    [[70, 37], [37, 45], "f32", "f32", {}],
+    [[33, 130], [130, 129], "f32", "f32", { transA: false, transB: false }],
+    [[64, 9], [64, 200], "f32", "f32", { transA: true }],
+    [[64, 9], [50, 9], "f32", "f32", { transB: true }],
+    [[40, 20], [33, 40], "f32", "f32", { transA: true, transB: true }],
+    [[3, 1], [1, 5], "f32", "f32", {}], // K = 1, one partial texel of everything
+    [[50, 21], [21, 64], "bf16", "bf16", {}], // packed output written whole (N even)
+    [[50, 21], [21, 33], "bf16", "bf16", { outDtype: "bf16" }], // odd N: f32, then cast
+    [[30, 40], [40, 32], "e4m3", "bf16", { transB: false }],
+    [[30, 40], [24, 40], "f16", "e5m2", { transB: true, outDtype: "f32" }],
+    [[4, 5, 6], [6, 7], "f32", "f32", {}], // a Linear layer's batch folds into M
+  ];
+  let seed = 10;
+  for (const [as, bs, adt, bdt, opts] of cases) {
+    const r = rng(seed++);
+    const a = operand(as, adt, r), b = operand(bs, bdt, r);
+    const tex = await withTiles(TEXTURE, () => product(a.t, b.t, opts));
+    const wg = await withTiles(STORAGE, () => product(a.t, b.t, opts));
+    const label = `[${as}] (${adt}) @ [${bs}] (${bdt}) ${JSON.stringify(opts)}`;
+    assert.deepEqual(tex.bits, wg.bits, `${label}: same bits as the workgroup-memory kernel`);
+    assert.equal(tex.dispatches, wg.dispatches + 1, `${label}: one pack of A and B first`);
+    const out = matmul(a.t, b.t, opts);
+    const outDt = out.dtype;
+    out.dispose();
+    // and the reference (the values the texture family gave)
+    const got = tensor(tex.values, { shape: out.shape });
+    const want = reference(a, b, opts);
+    await check(got.cast(outDt), want, outDt, `${label} (texture)`);
+    for (const t of [a.t, b.t, got]) t.dispose();
+  }
+});
+
+Deno.test("matmul()'s texture family applies FP8's per-tensor scales as the workgroup-memory kernel", async () => {
+  const r = rng(21);
+  const a = operand([40, 48], "f32", r, 30), b = operand([48, 64], "f32", r, 0.01);
+  const fp8 = (tiles: Tiles) =>
+    withTiles(tiles, async () => {
+      const out = autocast({ dtype: "fp8", recipe: "current" }, () =>
+        matmul(a.t, b.t, { outDtype: "f32" }));
+      const v = Array.from(await out.codes());
+      out.dispose();
+      return v;
+    });
+  // current scaling: the scales are this product's amaxes, the same for both kernels
+  assert.deepEqual(await fp8(TEXTURE), await fp8(STORAGE));
+  a.t.dispose();
+  b.t.dispose();
+});
+
+Deno.test("matmul()'s texture family splits a long K on adapters that cap an invocation's loops", async () => {
+  const rt = await getRuntime();
+  const before = rt.maxLoopIterations;
+  rt.maxLoopIterations = 1000; // K texels per pass: (1000 - 16 x 8 / 4 x 5) x 4 = 3360
+  try {
+    await withTiles(TEXTURE, async () => {
+      await run([20, 7000], [7000, 24], "f32", "f32", "f32");
+      await run([20, 7000], [24, 7000], "bf16", "bf16", "bf16", { transB: true });
+      const K = 7001;
+      const a = tensor(new Float32Array(2 * K).fill(1), { shape: [2, K] });
+      const b = tensor(Float32Array.from({ length: K * 3 }, (_, i) => (i % 3) + 1), {
+        shape: [K, 3],
+      });
+      const c = matmul(a, b);
+      assert.deepEqual(Array.from(await c.toArray()), [K, 2 * K, 3 * K, K, 2 * K, 3 * K]);
+      for (const t of [a, b, c]) t.dispose();
+    });
+  } finally {
+    rt.maxLoopIterations = before;
+  }
+});
+
+Deno.test("matmul() runs batched products and operands past a binding with the workgroup-memory kernel", async () => {
+  await withTiles(TEXTURE, async () => {
+    const r = rng(3);
+    // batched (not a Linear layer's fold): one dispatch, the workgroup-memory kernel
+    const a = operand([3, 20, 16], "f32", r), b = operand([3, 16, 20], "f32", r);
+    const p = await product(a.t, b.t, {});
+    assert.equal(p.dispatches, 1);
+    for (const t of [a.t, b.t]) t.dispose();
+    await run([3, 20, 16], [3, 16, 20], "f32", "f32", "f32");
+    await run([2, 1, 9, 16], [3, 16, 9], "bf16", "f32", "f32");
+    // operands larger than a binding: windows
+    await withBindingLimit(16384, async () => {
+      await run([700, 12], [12, 24], "f32", "f32", "f32");
+      await run([6, 24], [700, 24], "f32", "f32", "f32", { transB: true });
+    });
+  });
 });
