@@ -69,6 +69,22 @@ export async function setupJaxjs(): Promise<JaxPeer | string> {
   }
 }
 
+/**
+ * Starts jax-js's Wasm backend (its CPU device: WebAssembly, multi-threaded through workers
+ * when SharedArrayBuffer is available, as in Deno) beside the WebGPU one, which stays the
+ * default device: arrays for it are made with `{ device: "wasm" }`. Returns true, or a
+ * string that says why it is unavailable. Its workers keep the process alive: the benchmark
+ * exits explicitly.
+ */
+export async function setupJaxWasm(): Promise<true | string> {
+  try {
+    const devices = await init("wasm");
+    return devices.includes("wasm") ? true : "jax-js's init('wasm') did not start it";
+  } catch (e) {
+    return `jax-js Wasm setup failed: ${(e as Error).message}`;
+  }
+}
+
 /** The arrays of a tree, as a flat list. */
 function leavesOf(t: JsTree<np.Array>): np.Array[] {
   return tree.leaves(t).filter((x): x is np.Array => x instanceof np.Array);

@@ -6,7 +6,8 @@
  * the same process, on the same adapter. Then the issues' targets, each with pass or miss and
  * by how much.
  *
- * Run: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer]
+ * Run: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer] [--only matmul,...]
+ *   [--matmul-family auto|workgroup]
  *   (deno run --config bench/deno.json --allow-env=DENO_WEBGPU_BACKEND bench/bench.ts; the
  *   peers are imported through bench/deno.json only, so the library's own install stays
  *   small; no other permission: npm modules load from Deno's cache, and the env variable is
@@ -34,6 +35,7 @@ import {
 // internals (the runtime's counters, the matmul tuner): the folders' own entry points
 import { getRuntime, type Runtime } from "../gpu/mod.ts";
 import { tuneMatmul } from "../tensor/mod.ts";
+import { setMatmulFamily } from "../tensor/ops/matmul.ts";
 import { setupTfjs, tf, TfGPT, TFJS_VERSION, tfLayerNorm, type TfPeer } from "./_tfjs.ts";
 import {
   gptParamNames,
@@ -55,6 +57,7 @@ import {
   nn as jnn,
   np,
   setupJaxjs,
+  setupJaxWasm,
   tree,
 } from "./_jaxjs.ts";
 import { type Contestant, timeSideBySide, type Timing } from "./_timing.ts";
@@ -87,6 +90,8 @@ const { values: flags } = (() => {
         peers: { type: "string", default: PEERS.join(",") },
         "no-peer": { type: "boolean", default: false },
         gpt2: { type: "string" },
+        "matmul-family": { type: "string", default: "auto" },
+        only: { type: "string" },
         help: { type: "boolean", default: false },
       },
       strict: true,
@@ -98,6 +103,7 @@ const { values: flags } = (() => {
 })();
 if (flags.help) {
   console.log(`Usage: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer]
+       [--only sections] [--matmul-family auto|workgroup]
 
   --quick    sizes up to 1024, fewer repetitions (about 4 minutes on 2 shared CPU cores)
   --json     print one JSON document on stdout (progress and the text report go to stderr)
@@ -108,6 +114,13 @@ if (flags.help) {
   --gpt2     strategies of the GPT-2 small step (batch 1, context 64), comma-separated, or
              "none" (default: every strategy; with --quick, amp-bf16); bench/gpt2.ts runs
              more (other sizes, contexts)
+  --only     run only these sections, comma-separated: matmul, elementwise, softmax, norm,
+             optimizer, gpt (the small GPT step), gpt2 (default: all; targets whose rows did not
+             run say so)
+  --matmul-family  auto (default: the kernel family the tiles choose per adapter; on a CPU
+             adapter the f32 matmul rows also time the workgroup-memory kernel and jax-js's
+             Wasm backend beside it) or workgroup (the workgroup-memory kernel everywhere, as
+             before the texture family)
 
 Speedups are peer_ms / ulp_ms (above 1: ulp is faster).`);
   Deno.exit(0);
@@ -119,6 +132,28 @@ for (const p of wanted) {
     Deno.exit(2);
   }
 }
+
+if (!["auto", "workgroup"].includes(flags["matmul-family"])) {
+  console.error(
+    `bench: --matmul-family must be auto or workgroup, got '${flags["matmul-family"]}'`,
+  );
+  Deno.exit(2);
+}
+const FAMILY = flags["matmul-family"] as "auto" | "workgroup";
+const SECTIONS = ["matmul", "elementwise", "softmax", "norm", "optimizer", "gpt", "gpt2"];
+const ONLY = flags.only === undefined
+  ? null
+  : new Set(flags.only.split(",").map((x) => x.trim()).filter(Boolean));
+for (const x of ONLY ?? []) {
+  if (!SECTIONS.includes(x)) {
+    console.error(
+      `bench: unknown section '${x}' in --only; the sections are ${SECTIONS.join(", ")}`,
+    );
+    Deno.exit(2);
+  }
+}
+/** Whether a section runs (--only). */
+const runs = (section: string) => ONLY === null || ONLY.has(section);
 
 const QUICK = flags.quick;
 const MODE = {
@@ -188,12 +223,23 @@ log(
 );
 
 // matmul tiles per shape class: a short tuning run on this adapter, kept for the process
+setMatmulFamily(FAMILY);
 const tuning = await tuneMatmul();
+const tileName = (t: { tm: number; tn: number; wgx: number; wgy: number; family?: string }) =>
+  `${t.tm}x${t.tn}/${t.wgx}x${t.wgy}${t.family ? ` ${t.family}` : ""}`;
 log(
-  "matmul tiles (tuned): " +
-    tuning.map((t) => `${t.shapeClass} ${t.tiles.tm}x${t.tiles.tn}/${t.tiles.wgx}x${t.tiles.wgy}`)
-      .join(", "),
+  `matmul tiles (tuned, family ${FAMILY}): ` +
+    tuning.map((t) => `${t.shapeClass} ${tileName(t.tiles)}`).join(", "),
 );
+// On a CPU adapter, the f32 rows also time the workgroup-memory kernel (the family before the
+// texture one, issue 20 item 3) and jax-js's Wasm backend (a CPU peer on the same cores)
+const cpuSideBySide = FAMILY === "auto" && rt.info.isFallbackAdapter;
+let jaxWasm = false;
+if (cpuSideBySide && wanted.includes("jaxjs")) {
+  const w = await setupJaxWasm();
+  if (w === true) jaxWasm = true;
+  else log(`jax-js Wasm: not run: ${w}`);
+}
 
 const rows: Row[] = [];
 const metrics: Metric[] = [];
@@ -260,6 +306,8 @@ const fmtE = (x: number) => x.toExponential(1);
 // matmul: f32 and bf16, f16, e4m3 storage; TF.js has f32 only, jax-js f32 and f16
 
 const MM_DTYPES = ["f32", "bf16", "f16", "e4m3"] as const;
+/** Times of the CPU side-by-side contestants, by metric and size ("jaxjs_wasm_gflops 1024"). */
+const timesOf = new Map<string, number>();
 /** Whether jax-js's device can run f16 (WebGPU's shader-f16). */
 const jaxF16 = () => jax !== null && jax.f16;
 
@@ -284,7 +332,29 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
     const name = i === 0 ? "f32" : "f16";
     contestants.push(jaxContestant(`jaxjs ${name}`, () => jmm(x.ref, jb[i].ref)));
   });
+  // the CPU side-by-side: ulp f32 with the workgroup-memory kernel, jax-js on Wasm
+  const wgAt = contestants.length;
+  if (cpuSideBySide) {
+    contestants.push({
+      label: "ulp f32 workgroup-memory kernel",
+      run: () => {
+        const before = setMatmulFamily("workgroup");
+        try {
+          ua[0].matmul(ub[0]).dispose();
+        } finally {
+          setMatmulFamily(before);
+        }
+      },
+      sync: ulpSync,
+    });
+  }
+  const wa = jaxWasm ? np.array(a, { device: "wasm" }).reshape([M, K]) : null;
+  const wb = jaxWasm ? np.array(b, { device: "wasm" }).reshape([K, N]) : null;
+  const wasmAt = contestants.length;
+  if (wa && wb) contestants.push(jaxContestant("jaxjs-wasm f32", () => jmm(wa.ref, wb.ref)));
   const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
+  const wgT = cpuSideBySide ? timings[wgAt] : null;
+  const wasmT = wa ? timings[wasmAt] : null;
   const tfT = peer ? timings[MM_DTYPES.length] : null;
   const jaxT = ja.map((_, i) => timings[jaxAt + i]);
   let check = "";
@@ -312,12 +382,17 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
       if (f32Peers.length) peerNote = `; ${f32Peers.join(" and ")} in f32 (no ${dt} matmul)`;
       if (jax && jaxDt === "f16") peerNote += "; jax-js in f16";
     }
+    const cpuNote = dt === "f32" && (wgT || wasmT)
+      ? `; workgroup-memory kernel ${gf(wgT)}${
+        wgT && t ? ` (${(wgT.ms / t.ms).toFixed(2)}x its time)` : ""
+      }, jax-js Wasm ${gf(wasmT)}${wasmT && t ? ` (${(wasmT.ms / t.ms).toFixed(2)}x)` : ""}`
+      : "";
     addRow(
       name,
       t,
       { tfjs: tfT, jaxjs: jaxRowT },
       `GFLOP/s ulp ${gf(t)} tfjs ${gf(tfT)} jaxjs ${gf(jaxRowT)}${peerNote}` +
-        (dt === "f32" ? check : ""),
+        (dt === "f32" ? check + cpuNote : ""),
     );
     if (t) {
       metrics.push({ case: name, metric: "gflops", value: flop / t.ms / 1e6, unit: "GFLOP/s" });
@@ -340,6 +415,21 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
       unit: "GFLOP/s",
     });
   });
+  for (
+    const [metric, t] of [["workgroup_kernel_gflops", wgT], ["jaxjs_wasm_gflops", wasmT]] as const
+  ) {
+    if (t) {
+      metrics.push({
+        case: `matmul f32 ${label}`,
+        metric,
+        value: flop / t.ms / 1e6,
+        unit: "GFLOP/s",
+      });
+    }
+    if (t) timesOf.set(`${metric} ${label}`, t.ms);
+  }
+  wa?.dispose();
+  wb?.dispose();
   for (const t of [...ua, ...ub]) t.dispose();
   ta?.dispose();
   tb?.dispose();
@@ -807,42 +897,52 @@ const safely = async (name: string, f: () => Promise<void>) => {
   }
 };
 
-for (const n of MODE.sizes) await safely(`matmul ${n}`, () => benchMatmul(n, n, n, String(n)));
-await safely("matmul 1024x128@128x512", () => benchMatmul(1024, 128, 512, "1024x128@128x512"));
-await safely("elementwise chain 4M", () =>
-  benchPair(
-    "elementwise chain 4M",
-    [M4],
-    ([x, a, b, c]) => x.mul(a).add(b).exp().mul(c),
-    ([x, a, b, c]) => tf.mul(tf.exp(tf.add(tf.mul(x, a), b)), c),
-    ([x, a, b, c]) => np.exp(x.mul(a).add(b)).mul(c),
-    [0, 1, 2, 3].map(() => ({ shape: [M4], scale: 1 })),
-  ));
-await safely("softmax 4096x1024", () =>
-  benchPair(
-    "softmax 4096x1024",
-    [4096, 1024],
-    ([x]) => x.softmax(-1),
-    ([x]) => tf.softmax(x),
-    ([x]) => jnn.softmax(x, -1),
-    [{ shape: [4096, 1024], scale: 4 }],
-  ));
-await safely("layer norm 8192x512", () =>
-  benchPair(
-    "layer norm 8192x512",
-    [8192, 512],
-    ([x, w, b]) => layerNorm(x, [512], w, b),
-    ([x, w, b]) => tfLayerNorm(x, w, b),
-    ([x, w, b]) => jaxLayerNorm(x, w, b),
-    [{ shape: [8192, 512], scale: 2 }, { shape: [512], scale: 1 }, { shape: [512], scale: 1 }],
-  ));
-await safely("optimizer", benchOptimizer);
-await safely("gpt step", benchGptStep);
+if (runs("matmul")) {
+  for (const n of MODE.sizes) await safely(`matmul ${n}`, () => benchMatmul(n, n, n, String(n)));
+  await safely("matmul 1024x128@128x512", () => benchMatmul(1024, 128, 512, "1024x128@128x512"));
+}
+if (runs("elementwise")) {
+  await safely("elementwise chain 4M", () =>
+    benchPair(
+      "elementwise chain 4M",
+      [M4],
+      ([x, a, b, c]) => x.mul(a).add(b).exp().mul(c),
+      ([x, a, b, c]) => tf.mul(tf.exp(tf.add(tf.mul(x, a), b)), c),
+      ([x, a, b, c]) => np.exp(x.mul(a).add(b)).mul(c),
+      [0, 1, 2, 3].map(() => ({ shape: [M4], scale: 1 })),
+    ));
+}
+if (runs("softmax")) {
+  await safely("softmax 4096x1024", () =>
+    benchPair(
+      "softmax 4096x1024",
+      [4096, 1024],
+      ([x]) => x.softmax(-1),
+      ([x]) => tf.softmax(x),
+      ([x]) => jnn.softmax(x, -1),
+      [{ shape: [4096, 1024], scale: 4 }],
+    ));
+}
+if (runs("norm")) {
+  await safely("layer norm 8192x512", () =>
+    benchPair(
+      "layer norm 8192x512",
+      [8192, 512],
+      ([x, w, b]) => layerNorm(x, [512], w, b),
+      ([x, w, b]) => tfLayerNorm(x, w, b),
+      ([x, w, b]) => jaxLayerNorm(x, w, b),
+      [{ shape: [8192, 512], scale: 2 }, { shape: [512], scale: 1 }, { shape: [512], scale: 1 }],
+    ));
+}
+if (runs("optimizer")) await safely("optimizer", benchOptimizer);
+if (runs("gpt")) await safely("gpt step", benchGptStep);
 
 // GPT-2 small, one training step per strategy after a warm-up step (issue 14)
 const gpt2: Gpt2Row[] = [];
 const gpt2Arg = flags.gpt2 ?? (QUICK ? "amp-bf16" : "all");
-const gpt2Strategies = gpt2Arg === "all"
+const gpt2Strategies = !runs("gpt2")
+  ? []
+  : gpt2Arg === "all"
   ? precisionNames()
   : gpt2Arg.split(",").map((x) => x.trim()).filter((x) => x && x !== "none");
 for (const s of gpt2Strategies) {
@@ -984,6 +1084,31 @@ target(
     "x",
   );
 }
+// issue 20, item 3: on a CPU adapter, the texture family against the workgroup-memory kernel
+// and jax-js's Wasm backend, in the same run
+if (cpuSideBySide) {
+  const ulp = row("matmul f32 1024")?.ulp_ms;
+  const wg = timesOf.get("workgroup_kernel_gflops 1024");
+  target(
+    "matmul f32 1024 at least 2.5x the workgroup-memory kernel (CPU adapter)",
+    ratioOf(wg, ulp),
+    ">=",
+    2.5,
+    "workgroup-memory kernel's time / ulp's (the texture family) in the same run",
+    "x",
+  );
+  const wasm = timesOf.get("jaxjs_wasm_gflops 1024");
+  target(
+    "matmul f32 1024 faster than jax-js's Wasm backend (CPU adapter)",
+    ratioOf(wasm, ulp),
+    ">=",
+    1,
+    jaxWasm
+      ? "jax-js Wasm time / ulp time, on the same cores in the same run"
+      : "jax-js's Wasm backend not run",
+    "x",
+  );
+}
 target(
   "gpt step fp32 at most 0.3x TF.js's time",
   ratioOf(row("gpt step fp32")?.ulp_ms, row("gpt step fp32")?.peers.tfjs?.ms),
@@ -1014,3 +1139,5 @@ printReport({
   gpt2,
   elapsedS: (performance.now() - t0) / 1000,
 });
+// jax-js's Wasm workers would keep the process alive
+if (jaxWasm) Deno.exit(0);
