@@ -97,15 +97,20 @@ export interface BindingSpec {
 
 /**
  * One texture of a program: a 2-D texture of `rgba32float` texels (four f32 values each),
- * read with `tl_<name>(c, r)` (a sampled `texture_2d<f32>`, `textureLoad`) or written with
- * `ts_<name>(c, r, v)` (a write-only storage texture). Textures are bound whole, after the
- * storage bindings and the uniform block; `Runtime.scratchTexture` gives them.
+ * read with `tl_<name>(c, r)` (`textureLoad` of a sampled `texture_2d<f32>`, or of a
+ * read-only storage texture) or written with `ts_<name>(c, r, v)` (a write-only storage
+ * texture). Textures are bound whole, after the storage bindings and the uniform block;
+ * `Runtime.scratchTexture` gives them.
  */
 export interface TextureSpec {
   /** WGSL-safe name; the helpers are named after it (`tl_<name>`, `ts_<name>`). */
   readonly name: string;
-  /** Read (sampled, `textureLoad`) or written (storage texture, `textureStore`). */
-  readonly access: "read" | "write";
+  /**
+   * `"read"`: a sampled texture; `"read-storage"`: a read-only storage texture (WGSL's
+   * `readonly_and_readwrite_storage_textures` language feature; on llvmpipe its loads cost
+   * less than texel fetches); `"write"`: a write-only storage texture.
+   */
+  readonly access: "read" | "read-storage" | "write";
 }
 
 /** Scalar types of uniform fields. */
@@ -393,6 +398,10 @@ function generate(spec: ProgramSpec, body: ProgramBody, struct: string): string 
       decl += `${at} var t_${t.name}: texture_2d<f32>;\n`;
       decl += `fn tl_${t.name}(c: u32, r: u32) -> vec4<f32> { ` +
         `return textureLoad(t_${t.name}, vec2<u32>(c, r), 0); }\n`;
+    } else if (t.access === "read-storage") {
+      decl += `${at} var t_${t.name}: texture_storage_2d<rgba32float, read>;\n`;
+      decl += `fn tl_${t.name}(c: u32, r: u32) -> vec4<f32> { ` +
+        `return textureLoad(t_${t.name}, vec2<u32>(c, r)); }\n`;
     } else {
       decl += `${at} var t_${t.name}: texture_storage_2d<rgba32float, write>;\n`;
       decl += `fn ts_${t.name}(c: u32, r: u32, v: vec4<f32>) { ` +

@@ -92,10 +92,11 @@ export interface KernelSignature {
   readonly uniform: boolean;
   /**
    * Textures of `rgba32float` texels, bound after the buffers and the uniform, in order:
-   * `"read"` a sampled `texture_2d<f32>` (read with `textureLoad`), `"write"` a
+   * `"read"` a sampled `texture_2d<f32>` (read with `textureLoad`), `"read-storage"` a
+   * `texture_storage_2d<rgba32float, read>`, `"write"` a
    * `texture_storage_2d<rgba32float, write>`.
    */
-  readonly textures?: readonly ("read" | "write")[];
+  readonly textures?: readonly ("read" | "read-storage" | "write")[];
 }
 
 /** A compiled kernel: its pipeline and bind group layout. */
@@ -154,7 +155,7 @@ function what(bytes: number, tag: BufferTag): string {
 
 function layoutKey(sig: KernelSignature): string {
   return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "") +
-    (sig.textures ?? []).map((a) => (a === "read" ? "t" : "s")).join("");
+    (sig.textures ?? []).map((a) => (a === "read" ? "t" : a === "write" ? "s" : "o")).join("");
 }
 
 /** Ids of textures, for bind group keys. */
@@ -447,7 +448,11 @@ export class Runtime {
             : {
               binding: t0 + i,
               visibility: GPUShaderStage.COMPUTE,
-              storageTexture: { access: "write-only", format: "rgba32float", viewDimension: "2d" },
+              storageTexture: {
+                access: a === "write" ? "write-only" : "read-only",
+                format: "rgba32float",
+                viewDimension: "2d",
+              },
             },
         )
       );
