@@ -7,7 +7,7 @@
  * by how much.
  *
  * Run: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer] [--only matmul,...]
- *   [--matmul-family auto|workgroup]
+ *   [--matmul-family auto|workgroup] [--row-family auto|workgroup]
  *   (deno run --config bench/deno.json --allow-env=DENO_WEBGPU_BACKEND bench/bench.ts; the
  *   peers are imported through bench/deno.json only, so the library's own install stays
  *   small; no other permission: npm modules load from Deno's cache, and the env variable is
@@ -36,6 +36,7 @@ import {
 import { getRuntime, type Runtime } from "../gpu/mod.ts";
 import { tuneMatmul } from "../tensor/mod.ts";
 import { setMatmulFamily } from "../tensor/ops/matmul.ts";
+import { setRowFamily } from "../tensor/ops/reduce.ts";
 import { setupTfjs, tf, TfGPT, TFJS_VERSION, tfLayerNorm, type TfPeer } from "./_tfjs.ts";
 import {
   gptParamNames,
@@ -63,6 +64,7 @@ import {
 import { type Contestant, timeSideBySide, type Timing } from "./_timing.ts";
 import { type Gpt2Row, gpt2Step } from "./gpt2.ts";
 import {
+  fmt,
   type Metric,
   PEER_LABEL,
   type PeerInfo,
@@ -91,6 +93,7 @@ const { values: flags } = (() => {
         "no-peer": { type: "boolean", default: false },
         gpt2: { type: "string" },
         "matmul-family": { type: "string", default: "auto" },
+        "row-family": { type: "string", default: "auto" },
         only: { type: "string" },
         help: { type: "boolean", default: false },
       },
@@ -103,7 +106,7 @@ const { values: flags } = (() => {
 })();
 if (flags.help) {
   console.log(`Usage: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer]
-       [--only sections] [--matmul-family auto|workgroup]
+       [--only sections] [--matmul-family auto|workgroup] [--row-family auto|workgroup]
 
   --quick    sizes up to 1024, fewer repetitions (about 4 minutes on 2 shared CPU cores)
   --json     print one JSON document on stdout (progress and the text report go to stderr)
@@ -121,6 +124,9 @@ if (flags.help) {
              adapter the f32 matmul rows also time the workgroup-memory kernel and jax-js's
              Wasm backend beside it) or workgroup (the workgroup-memory kernel everywhere, as
              before the texture family)
+  --row-family  auto (default: softmax and the norms take the lane-row kernels on a CPU
+             adapter, and its softmax and layer norm rows also time the workgroup-memory row
+             kernels beside them) or workgroup (the workgroup-memory row kernels everywhere)
 
 Speedups are peer_ms / ulp_ms (above 1: ulp is faster).`);
   Deno.exit(0);
@@ -140,6 +146,11 @@ if (!["auto", "workgroup"].includes(flags["matmul-family"])) {
   Deno.exit(2);
 }
 const FAMILY = flags["matmul-family"] as "auto" | "workgroup";
+if (!["auto", "workgroup"].includes(flags["row-family"])) {
+  console.error(`bench: --row-family must be auto or workgroup, got '${flags["row-family"]}'`);
+  Deno.exit(2);
+}
+const ROW_FAMILY = flags["row-family"] as "auto" | "workgroup";
 const SECTIONS = ["matmul", "elementwise", "softmax", "norm", "optimizer", "gpt", "gpt2"];
 const ONLY = flags.only === undefined
   ? null
@@ -224,6 +235,7 @@ log(
 
 // matmul tiles per shape class: a short tuning run on this adapter, kept for the process
 setMatmulFamily(FAMILY);
+setRowFamily(ROW_FAMILY);
 const tuning = await tuneMatmul();
 const tileName = (t: { tm: number; tn: number; wgx: number; wgy: number; family?: string }) =>
   `${t.tm}x${t.tn}/${t.wgx}x${t.wgy}${t.family ? ` ${t.family}` : ""}`;
@@ -234,6 +246,7 @@ log(
 // On a CPU adapter, the f32 rows also time the workgroup-memory kernel (the family before the
 // texture one, issue 20 item 3) and jax-js's Wasm backend (a CPU peer on the same cores)
 const cpuSideBySide = FAMILY === "auto" && rt.info.isFallbackAdapter;
+const rowSideBySide = ROW_FAMILY === "auto" && rt.info.isFallbackAdapter;
 let jaxWasm = false;
 if (cpuSideBySide && wanted.includes("jaxjs")) {
   const w = await setupJaxWasm();
@@ -456,6 +469,7 @@ async function benchPair(
   tfOp: (xs: tf.Tensor[]) => tf.Tensor,
   jaxOp: (xs: np.Array[]) => np.Array,
   inputs: { shape: number[]; scale: number }[],
+  rowKernel = false,
 ): Promise<void> {
   log(name);
   const data = inputs.map((s, i) => hostData(s.shape.reduce((p, q) => p * q, 1), 10 + i, s.scale));
@@ -473,8 +487,26 @@ async function benchPair(
   if (jax) {
     contestants.push(jaxContestant("jaxjs", () => jf(...js.map((x) => x.ref))));
   }
+  // the CPU side-by-side of a row kernel: ulp with the workgroup-memory row kernels
+  const wgAt = contestants.length;
+  const wgSide = rowKernel && rowSideBySide;
+  if (wgSide) {
+    contestants.push({
+      label: "ulp workgroup-memory kernel",
+      run: () => {
+        const before = setRowFamily("workgroup");
+        try {
+          tidy(() => ulpOp(us).realize()).dispose();
+        } finally {
+          setRowFamily(before);
+        }
+      },
+      sync: ulpSync,
+    });
+  }
   const { timings, errors } = await timeSideBySide(contestants, MODE.timing, log);
   if (!timings[0]) unavailable.push({ case: name, reason: errors[0] ?? "failed" });
+  const wgT = wgSide ? timings[wgAt] : null;
   const tfT = peer ? timings[1] : null, jaxT = jax ? timings[jaxAt] : null;
   let note = `${shape.length === 1 ? `${shape[0] / 2 ** 20}M` : shape.join("x")} f32`;
   if (timings[0] && (tfT || jaxT)) {
@@ -485,6 +517,12 @@ async function benchPair(
     u.dispose();
     t?.dispose();
     j?.dispose();
+  }
+  if (wgT) {
+    note += `; workgroup-memory kernel ${fmt(wgT.ms)} ms${
+      timings[0] ? ` (${(wgT.ms / timings[0].ms).toFixed(2)}x its time)` : ""
+    }`;
+    metrics.push({ case: name, metric: "workgroup_kernel_ms", value: wgT.ms, unit: "ms" });
   }
   addRow(name, timings[0], { tfjs: tfT, jaxjs: jaxT }, note);
   for (const t of us) t.dispose();
@@ -930,6 +968,7 @@ if (runs("softmax")) {
       ([x]) => tf.softmax(x),
       ([x]) => jnn.softmax(x, -1),
       [{ shape: [4096, 1024], scale: 4 }],
+      true,
     ));
 }
 if (runs("norm")) {
@@ -941,6 +980,7 @@ if (runs("norm")) {
       ([x, w, b]) => tfLayerNorm(x, w, b),
       ([x, w, b]) => jaxLayerNorm(x, w, b),
       [{ shape: [8192, 512], scale: 2 }, { shape: [512], scale: 1 }, { shape: [512], scale: 1 }],
+      true,
     ));
 }
 if (runs("optimizer")) await safely("optimizer", benchOptimizer);

@@ -7,7 +7,10 @@
  * `y = (x - mean) * rstd * w + b` (RMS norm: `y = x * rstd * w`) rounded once to the output
  * dtype. An invocation owns whole output words; when a packed output's rows do not start on
  * word boundaries (bf16 rows of odd length, say), the row kernel only saves the statistics and
- * a second, word-owning kernel writes `y` from them.
+ * a second, word-owning kernel writes `y` from them. On a CPU adapter rows of whole quads take
+ * the lane-row family instead (`laneRowsFor` in reduce.ts): one row an invocation, the passes
+ * over the row vec4 loops in registers, no workgroup memory and no barriers (another order of
+ * the f32 sums than the workgroup kernels).
  *
  * Backward, with `xhat = (x - mean) * rstd` and `gw = g * w`:
  * - layer norm: `dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat))`;
@@ -38,7 +41,7 @@ import {
 import { attach } from "../../autograd/graph.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
 import { zeros } from "./creation.ts";
-import { MAX_LOOP, quadStore, windowElems } from "./reduce.ts";
+import { LANE_ROWS, laneRowsFor, MAX_LOOP, quadLoads, quadStore, windowElems } from "./reduce.ts";
 import type { CastPolicy } from "../core/context.ts";
 
 /** Workgroup size of the row kernels (norms and losses). @internal */
@@ -72,6 +75,8 @@ interface Spec {
   readonly val: string;
   /** The same over quads (`quadSpec`): contiguous rows of whole quads take it. */
   readonly quad?: { readonly stats: string; readonly val: string };
+  /** The same for the lane-row family (`laneBody`): one row an invocation. */
+  readonly lane?: { readonly stats: string; readonly val: string };
 }
 
 // ---- WGSL --------------------------------------------------------------------------------------
@@ -97,7 +102,11 @@ function rowLoop(body: string): string {
 }
 
 function spec(norm: Norm, pass: "fwd" | "bwd", hasW: boolean, hasB: boolean): Spec {
-  return { ...spec1(norm, pass, hasW, hasB), quad: quadSpec(norm, pass, hasW, hasB) };
+  return {
+    ...spec1(norm, pass, hasW, hasB),
+    quad: quadSpec(norm, pass, hasW, hasB),
+    lane: quadSpec(norm, pass, hasW, hasB, true),
+  };
 }
 
 function spec1(norm: Norm, pass: "fwd" | "bwd", hasW: boolean, hasB: boolean): Spec {
@@ -242,24 +251,36 @@ fn qsum(li: u32, k: u32, a: vec4<f32>) -> f32 { return qsum2(li, k, a, vec4<f32>
  * partials of lanes `4k..4k+3` of the one-row kernel in vec4s (the same terms in the same
  * order), `val(x, g, w, b)` the value of one element from its operands' values.
  */
-function quadSpec(norm: Norm, pass: "fwd" | "bwd", hasW: boolean, hasB: boolean) {
+function quadSpec(
+  norm: Norm,
+  pass: "fwd" | "bwd",
+  hasW: boolean,
+  hasB: boolean,
+  lanes = false,
+) {
   const loop = (body: string) =>
-    `  for (var j = k; j < nq; j = j + 16u) { if (ok) { let at = base + 4u * j; let cq = 4u * j; ${body} } }\n`;
+    lanes
+      ? `  for (var j = 0u; j < nq; j = j + 1u) { let at = base + 4u * j; let cq = 4u * j; ${body} }\n`
+      : `  for (var j = k; j < nq; j = j + 16u) { if (ok) { let at = base + 4u * j; let cq = 4u * j; ${body} } }\n`;
+  // the row's sum of 4 partials: a workgroup tree (quads), or the invocation's own (lanes)
+  const qsum = (a: string) => (lanes ? `hsum(${a})` : `qsum(li, k, ${a})`);
+  const qsum2 = (a: string, b: string) =>
+    lanes ? `vec2<f32>(hsum(${a}), hsum(${b}))` : `qsum2(li, k, ${a}, ${b})`;
   const x = "ld4_x(at, 4u)", w = hasW ? " * ld4_w(cq, 4u)" : "";
   if (pass === "fwd") {
     const ws = hasW ? " * w" : "";
     if (norm === "ln") {
       return {
         stats: `  var t = vec4<f32>(0.0);
-${loop(`t = t + ${x};`)}  c0 = qsum(li, k, t) / cf;
+${loop(`t = t + ${x};`)}  c0 = ${qsum("t")} / cf;
   var q = vec4<f32>(0.0);
-${loop(`let d = ${x} - c0; q = q + d * d;`)}  c1 = inverseSqrt(qsum(li, k, q) / cf + u.eps);\n`,
+${loop(`let d = ${x} - c0; q = q + d * d;`)}  c1 = inverseSqrt(${qsum("q")} / cf + u.eps);\n`,
         val: `(x - c0) * c1${ws}${hasB ? " + b" : ""}`,
       };
     }
     return {
       stats: `  var q = vec4<f32>(0.0);
-${loop(`let v = ${x}; q = q + v * v;`)}  c1 = inverseSqrt(qsum(li, k, q) / cf + u.eps);\n`,
+${loop(`let v = ${x}; q = q + v * v;`)}  c1 = inverseSqrt(${qsum("q")} / cf + u.eps);\n`,
       val: `x * c1${ws}`,
     };
   }
@@ -269,7 +290,7 @@ ${loop(`let v = ${x}; q = q + v * v;`)}  c1 = inverseSqrt(qsum(li, k, q) / cf + 
   var tb = vec4<f32>(0.0);
 ${
       loop(`let xh = ${xh(x)}; let gw = ld4_g(at, 4u)${w}; ta = ta + gw; tb = tb + gw * xh;`)
-    }  let m = qsum2(li, k, ta, tb) / cf;
+    }  let m = ${qsum2("ta", "tb")} / cf;
   c0 = m.x;
   c1 = m.y;\n`,
     val: `rs * (g${hasW ? " * w" : ""}${norm === "ln" ? " - c0" : ""} - ${xh("x")} * c1)`,
@@ -323,6 +344,54 @@ ${saved}${q.stats}${
     }
   }
 }
+${valFn(q.val, s.saved)}`;
+}
+
+/**
+ * The fused row kernel of the lane-row family (CPU adapters, `laneRowsFor`): invocation `li`
+ * owns row `wg * LANE_ROWS + li` of whole quads and runs the statistics of `quadSpec(...,
+ * true)` (vec4 partials of the row in registers, summed at the end) and the output, a quad at
+ * a time; no workgroup memory, no barriers. The sums are taken in another order than
+ * `quadBody`'s.
+ */
+function laneBody(
+  q: { stats: string; val: string },
+  s: Spec,
+  outL: Layout,
+  vec4Out: boolean,
+  statOut: readonly string[],
+  f32q: readonly boolean[],
+): string {
+  const has = (n: string) => s.ins.includes(n);
+  const ld = (n: string, at: string) => (has(n) ? `ld4_${n}(${at}, 4u)` : "vec4<f32>(0.0)");
+  const saved = s.saved.map((n) => `  let ${n} = ld_${n}(row);\n  p_${n} = ${n};\n`).join("");
+  const save = statOut.map((n, k) => `put_${n}(row, bitcast<u32>(c${k + 2 - statOut.length}));`)
+    .join(" ");
+  const store = quadStore(vec4Out, outL.lanes);
+  const call = (c: string) => `val(x4.${c}, g4.${c}, w4.${c}, b4.${c})`;
+  const main = `${saved}${q.stats}${
+    save ? `  ${save}\n` : ""
+  }  for (var j = 0u; j < nq; j = j + 1u) {
+    let at = base + 4u * j;
+    let cq = 4u * j;
+    let x4 = ${ld("x", "at")};
+    let g4 = ${ld("g", "at")};
+    let w4 = ${ld("w", "cq")};
+    let b4 = ${ld("b", "cq")};
+    let v = vec4<f32>(${call("x")}, ${call("y")}, ${call("z")}, ${call("w")});
+    ${store}
+  }\n`;
+  const l = quadLoads(s.ins.map((name, k) => ({ name, f32: f32q[k] })), main);
+  return `var<private> c0: f32;
+var<private> c1: f32;
+fn hsum(a: vec4<f32>) -> f32 { return (a.x + a.z) + (a.y + a.w); }
+${l.helpers}fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let row = wg * ${LANE_ROWS}u + li;
+  if (row >= u.rows) { return; }
+  let base = row * u.C;
+  let nq = u.C / 4u;
+  let cf = f32(u.C);
+${l.body}}
 ${valFn(q.val, s.saved)}`;
 }
 
@@ -459,6 +528,34 @@ function runRows(
   const fits = [...tensors.map((t) => t.dt), outDt].every((d) =>
     QROWS * C <= windowElems(rt, layoutOf(d, rt)) / 2
   );
+  const laneFits = [...tensors.map((t) => t.dt), outDt].every((d) =>
+    LANE_ROWS * C <= windowElems(rt, layoutOf(d, rt)) / 2
+  );
+  if (s.lane && laneFits && laneRowsFor(rt, C)) {
+    // the lane-row family: LANE_ROWS rows a workgroup, one an invocation
+    for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
+    const names = [...s.ins, ...s.saved, "out", ...save];
+    const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
+    program(rt, `${key}|lane|${save.length}`, {
+      label,
+      bindings: [
+        ...inputs.map((b) => ({ ...b, vec4: one(b.type) })),
+        ...s.saved.map((name) => ({ name, type: f32, access: R })),
+        { name: "out", type: outL, access: RW, vec4: one(outL) },
+        ...save.map((name) => ({ name, type: f32, access: RW })),
+      ],
+      uniforms: ROW_UNIFORMS,
+      workgroupSize: LANE_ROWS,
+    }, () => laneBody(s.lane!, s, outL, one(outL), save, tensors.map((t) => t.dt.name === "f32")))
+      .run({
+        buffers,
+        uniforms: u,
+        groups: Math.ceil(rows / LANE_ROWS),
+        cost: rows * C * COST.rows,
+        ranges: rangesFor(names, (g0, g1) => [g0 * LANE_ROWS, Math.min(rows, g1 * LANE_ROWS)]),
+      });
+    return { out, stats };
+  }
   if (s.quad && C % 4 === 0 && fits) {
     for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
     const names = [...s.ins, ...s.saved, "out", ...save];

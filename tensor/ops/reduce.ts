@@ -18,7 +18,9 @@
  * or over everything), the reduced range is split into parts whose reads fit, aligned on the
  * reduced dimension they split, and the partial results are reduced again (argmax: partial
  * maxima and their indices, then the first part with the maximum). Softmax rows are bound by
- * windows of rows; a row longer than a window is a `DeviceError`.
+ * windows of rows; a row longer than a window is a `DeviceError`. On a CPU adapter, contiguous
+ * rows of whole quads take the lane-row family (`laneRowsFor`, `setRowFamily`): one row an
+ * invocation, its passes vec4 loops in registers, no workgroup memory and no barriers.
  *
  * The result is rounded once to the output dtype (fl(x)). Gradients are recorded with
  * `attach()` when an input requires one.
@@ -435,6 +437,151 @@ ${stats}${
 `;
 }
 
+/**
+ * Which family of row kernels softmax, logSoftmax and the norms use. `"auto"`: on a CPU
+ * adapter (llvmpipe, lavapipe, WARP) rows of whole quads take the lane-row family (one row an
+ * invocation, its loops in registers, no workgroup memory, no barriers), elsewhere the
+ * workgroup-tree kernels; `"workgroup"`: the workgroup-tree kernels everywhere; `"lanes"`: the
+ * lane-row family wherever it applies (for tests on any adapter).
+ */
+let rowFamily: "auto" | "workgroup" | "lanes" = "auto";
+
+/**
+ * Sets the family of the row kernels (softmax, logSoftmax, layer and RMS norm): `"auto"` (the
+ * default: the lane-row family on CPU adapters), `"workgroup"` (the workgroup-memory kernels
+ * everywhere) or `"lanes"` (the lane-row family on any adapter); returns the previous setting.
+ * For benchmarks and tests that compare the families side by side. @internal
+ *
+ * @example
+ * ```ts
+ * import { setRowFamily } from "./reduce.ts";
+ * const before = setRowFamily("workgroup");
+ * // ... time softmax with the workgroup-memory kernels ...
+ * setRowFamily(before);
+ * ```
+ */
+export function setRowFamily(
+  f: "auto" | "workgroup" | "lanes",
+): "auto" | "workgroup" | "lanes" {
+  if (!["auto", "workgroup", "lanes"].includes(f)) {
+    throw new ValueError(`setRowFamily: the family must be auto, workgroup or lanes, got '${f}'`);
+  }
+  const before = rowFamily;
+  rowFamily = f;
+  return before;
+}
+
+/**
+ * Rows per workgroup of the lane-row family, one an invocation: 16 (a workgroup narrower than
+ * 8 leaves llvmpipe's 8 SIMD lanes idle; see BENCHMARKS.md, issue 20 item 2).
+ */
+export const LANE_ROWS = 16;
+
+/**
+ * Whether the lane-row family takes rows of `R` contiguous elements on `rt`: the family is
+ * chosen (`setRowFamily`), the rows have whole quads, and a row's loop over its quads stays
+ * under the adapter's cap on loop iterations (`rt.maxLoopIterations`). @internal
+ *
+ * @example
+ * ```ts
+ * import { getRuntime } from "../../gpu/mod.ts";
+ * import { laneRowsFor } from "./reduce.ts";
+ * const rt = await getRuntime();
+ * console.log(laneRowsFor(rt, 6)); // false: rows of 6 are not whole quads
+ * ```
+ */
+export function laneRowsFor(rt: Runtime, R: number): boolean {
+  if (rowFamily === "workgroup" || (rowFamily === "auto" && !rt.info.isFallbackAdapter)) {
+    return false;
+  }
+  return R % 4 === 0 && R / 4 < rt.maxLoopIterations;
+}
+
+/**
+ * WGSL `fn q4_<name>(at: u32) -> vec4<f32>` for each binding: elements `at..at+3` (`at` a
+ * multiple of 4) of an f32 binding bound as vec4s as one 16-byte load with no alignment test,
+ * of any other binding through `ld4_<name>`; and `src` with its `ld4_<name>(at, 4u)` calls
+ * turned into `q4_<name>(at)`. The lane-row family's rows start on quads, and windows of vec4
+ * bindings start on quads too. @internal
+ *
+ * @example
+ * ```ts
+ * import { quadLoads } from "./reduce.ts";
+ * const { helpers, body } = quadLoads([{ name: "x", f32: true }], "let v = ld4_x(at, 4u);");
+ * console.log(body); // let v = q4_x(at);
+ * console.log(helpers.includes("bitcast<vec4<f32>>(get4_x(at / 4u))")); // true
+ * ```
+ */
+export function quadLoads(
+  bindings: readonly { readonly name: string; readonly f32: boolean }[],
+  src: string,
+): { helpers: string; body: string } {
+  let body = src, helpers = "";
+  for (const { name, f32 } of bindings) {
+    if (!src.includes(`ld4_${name}(`)) continue;
+    body = body.replace(new RegExp(`\\bld4_${name}\\(([^,()]+), 4u\\)`, "g"), `q4_${name}($1)`);
+    helpers += `fn q4_${name}(at: u32) -> vec4<f32> { return ${
+      f32 ? `bitcast<vec4<f32>>(get4_${name}(at / 4u))` : `ld4_${name}(at, 4u)`
+    }; }\n`;
+  }
+  return { helpers, body };
+}
+
+/**
+ * The body of a row kernel of the lane-row family: invocation `li` of workgroup `wg` owns row
+ * `wg * LANE_ROWS + li` (contiguous, whole quads) and runs its passes over the row's quads in
+ * registers, each a vec4 load, the partials in a vec4 combined at the end; no workgroup
+ * memory and no barriers (on llvmpipe an invocation is a SIMD lane, and a workgroup tree a
+ * per-lane loop between barriers). The sums are taken in another order than `rowBodyQuads`'s.
+ */
+function rowBodyLanes(
+  kind: RowKind,
+  outL: Layout,
+  vec4Out: boolean,
+  f32q: readonly boolean[],
+): string {
+  const fwd = kind === "softmax" || kind === "logsoftmax";
+  const loop = (body: string) =>
+    `  for (var j = 0u; j < nq; j = j + 1u) { let at = base + 4u * j; ${body} }\n`;
+  const x = "ld4_x0(at, 4u)", g = "ld4_x1(at, 4u)";
+  let stats: string;
+  let val: string;
+  if (fwd) {
+    stats = `  var m = vec4<f32>(${NEG_INF});
+${
+      loop(
+        `let v = ${x}; m = vec4<f32>(ulp_max(m.x, v.x), ulp_max(m.y, v.y), ulp_max(m.z, v.z), ulp_max(m.w, v.w));`,
+      )
+    }  c0 = ulp_max(ulp_max(m.x, m.z), ulp_max(m.y, m.w));
+  var t = vec4<f32>(0.0);
+${loop(`let v = ${x}; t = t + exp(v - vec4<f32>(c0));`)}  c1 = (t.x + t.z) + (t.y + t.w);
+  c2 = log(c1);\n`;
+    val = kind === "softmax" ? "exp(y - c0) / c1" : "(y - c0) - c2";
+  } else {
+    const term = kind === "softmax_bwd" ? `${g} * ${x}` : g;
+    stats = `  var t = vec4<f32>(0.0);
+${loop(`t = t + ${term};`)}  c0 = (t.x + t.z) + (t.y + t.w);\n`;
+    val = kind === "softmax_bwd" ? "y * (h - c0)" : "h - exp(y) * c0";
+  }
+  const h = (c: string) => (fwd ? "" : `, h.${c}`);
+  const v = `let y = ${x};${fwd ? "" : ` let h = ${g};`} let v = vec4<f32>(val(y.x${
+    h("x")
+  }), val(y.y${h("y")}), val(y.z${h("z")}), val(y.w${h("w")})); ${quadStore(vec4Out, outL.lanes)}`;
+  const q = quadLoads(f32q.map((f32, k) => ({ name: `x${k}`, f32 })), `${stats}${loop(v)}`);
+  return `var<private> c0: f32;
+var<private> c1: f32;
+var<private> c2: f32;
+${WGSL_INDEX}
+${q.helpers}fn val(y: f32${fwd ? "" : ", h: f32"}) -> f32 { return ${val}; }
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let row = wg * ${LANE_ROWS}u + li;
+  if (row >= u.n) { return; }
+  let base = kbase(row);
+  let nq = u.R / 4u;
+${q.body}}
+`;
+}
+
 // ---- plans and dispatch ------------------------------------------------------------------------
 
 /** The merged dimensions of a reduction: kept and reduced sizes and input strides. */
@@ -741,6 +888,42 @@ function rowKernel(kind: RowKind, ins: Tensor[], axis: number | null, outDt: DTy
   const fits = [...ins.map((t) => t.dt), out.dt].every((d) =>
     QROWS * p.R <= windowElems(rt, layoutOf(d, rt)) / 2
   );
+  const laneFits = [...ins.map((t) => t.dt), out.dt].every((d) =>
+    LANE_ROWS * p.R <= windowElems(rt, layoutOf(d, rt)) / 2
+  );
+  if (st === 1 && direct && laneFits && laneRowsFor(rt, p.R)) {
+    // the lane-row family: LANE_ROWS rows a workgroup, one an invocation
+    const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
+    const lrows = (g0: number, g1: number) =>
+      rows(g0 * LANE_ROWS, Math.min(p.nOut, g1 * LANE_ROWS));
+    const lranges: Record<string, typeof rows> = { out: lrows };
+    names.forEach((nm) => (lranges[nm] = lrows));
+    program(rt, `reduce|rowl|${kind}`, {
+      label: op,
+      bindings: [
+        ...ins.map((t, k) => {
+          const l = layoutOf(t.dt, rt);
+          return { name: names[k], type: l, access: "read" as const, vec4: one(l) };
+        }),
+        { name: "out", type: wL, access: "read_write" as const, vec4: one(wL) },
+      ],
+      uniforms: UNIFORMS,
+      workgroupSize: LANE_ROWS,
+    }, () =>
+      rowBodyLanes(
+        kind,
+        wL,
+        one(wL),
+        ins.map((t) => t.dt.name === "f32"),
+      )).run({
+        buffers,
+        uniforms: planUniforms(p.nOut, { ...p, rs: [p.R], rst: [st] }, 1, p.R, 1),
+        groups: Math.ceil(p.nOut / LANE_ROWS),
+        cost: p.nOut * p.R * (kind.endsWith("bwd") ? COST.softmaxBwd : COST.softmax),
+        ranges: lranges,
+      });
+    return out;
+  }
   if (st === 1 && p.R % 4 === 0 && direct && fits) {
     // contiguous rows of whole quads: QROWS rows a workgroup, 4 elements an invocation
     const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
