@@ -1,30 +1,40 @@
-// Regenerates the README's measured numbers: runs the demo and the default train_gpt run
-// on the default corpus (the fixed snapshot data/corpus.txt), then rewrites the README's
-// paragraphs between `<!-- readme_numbers: NAME -->` and `<!-- /readme_numbers -->` from
-// what the runs wrote, and copies the demo's chart to docs/demo_loss.svg. Nothing in those
-// paragraphs is typed by hand, so they say what a user's run gives (times aside: they depend
-// on the machine, which `--machine` describes).
+// Regenerates the README's measured numbers: runs the demo, the default train_gpt run and
+// the precision comparison of the FP8 recipes and later strategies (precision_compare at its
+// defaults, the issue-5 configuration) on the default corpus (the fixed snapshot
+// data/corpus.txt), then rewrites the README's paragraphs between
+// `<!-- readme_numbers: NAME -->` and `<!-- /readme_numbers -->` from what the runs wrote, and
+// copies the demo's chart to docs/demo_loss.svg and the comparison's results and chart to
+// docs/precision_compare_fp8.json and .svg. Nothing in those paragraphs is typed by hand, so
+// they say what a user's run gives (times aside: they depend on the machine, which `--machine`
+// describes).
 //
 //   deno run --allow-read=. --allow-write=out,README.md,docs docs/readme_numbers.ts
 //   deno run --allow-read=. --allow-write=out,README.md,docs docs/readme_numbers.ts --only demo
+//   deno run --allow-read=. --allow-write=out,README.md,docs docs/readme_numbers.ts --only compare
 //   deno run --allow-read=. --allow-write=README.md,docs docs/readme_numbers.ts --reuse
 //
 // --reuse rewrites the README from the outputs of an earlier run (out/readme/) without
-// training again.
+// training again; --compare a,b,... compares those strategies (amp-bf16 among them) instead of
+// the default list. The comparison is one cell per strategy in out/readme/compare (13 to 25
+// minutes each on lavapipe, 2 shared cores): cells already there are kept, and cells run elsewhere
+// (`precision_compare.ts --strategies <one> --out out/readme/compare`, two at a time, or on a
+// cluster) are merged.
 import { parseArgs } from "node:util";
 import { GPT, ready } from "../mod.ts";
 import { main as demoMain } from "../examples/demo.ts";
 import { DEFAULT_CORPUS, loadCorpus, unigramEntropy } from "../examples/_text.ts";
 import { DEFAULT_RUN } from "../examples/_train.ts";
+import { main as compareMain } from "../examples/precision_compare.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const { values: v } = parseArgs({
   args: Deno.args,
   options: {
     out: { type: "string", default: "out/readme" },
-    only: { type: "string", default: "demo,train" },
+    only: { type: "string", default: "demo,train,compare" },
     reuse: { type: "boolean", default: false },
     machine: { type: "string", default: "a 2-core machine shared with other jobs" },
+    compare: { type: "string", default: "" },
   },
   strict: true,
 });
@@ -132,6 +142,121 @@ async function trainParagraph(): Promise<string> {
     `steps, ${evals.get(3 * every)?.toFixed(2)} after ${3 * every}):`;
 }
 
+/**
+ * The strategies of the comparison block: amp-bf16 (the reference), fp8 and each FP8 recipe's
+ * strategy, and the strategies added after the issue-5 table (bf16-sr, msamp-o2).
+ */
+const COMPARE_ALL = [
+  "amp-bf16",
+  "fp8",
+  "fp8-current",
+  "fp8-rowwise",
+  "fp8-block",
+  "fp8-mxfp8",
+  "fp8-nvfp4",
+  "bf16-sr",
+  "msamp-o2",
+];
+
+/** The strategies compared: `--compare a,b,...` (amp-bf16 among them), or all of COMPARE_ALL. */
+const COMPARE = v.compare ? String(v.compare).split(",") : COMPARE_ALL;
+
+interface CompareResults {
+  config: string;
+  results: {
+    strategy: string;
+    valLoss: number;
+    imprecision: number;
+    edqRatio: number;
+    bytesPerParam: number;
+    msPerStep: number;
+  }[];
+}
+
+async function compareParagraph(): Promise<string> {
+  const dir = `${v.out}/compare`;
+  const args = ["--strategies", COMPARE.join(","), "--out", dir];
+  if (!v.reuse) {
+    const code = await compareMain(args);
+    if (code !== 0) throw new Error(`precision_compare failed (exit code ${code})`);
+  }
+  const text = await Deno.readTextFile(`${out}/compare/results.json`);
+  const r: CompareResults = JSON.parse(text);
+  // the docs keep every 10th step's training loss (results.json has every step)
+  const every10 = JSON.parse(text) as { results: { losses: [number, number][] }[] };
+  for (const x of every10.results) x.losses = x.losses.filter(([step]) => step % 10 === 0);
+  await Deno.writeTextFile(
+    `${ROOT}docs/precision_compare_fp8.json`,
+    JSON.stringify(every10, null, 2) + "\n",
+  );
+  await Deno.copyFile(`${out}/compare/loss.svg`, `${ROOT}docs/precision_compare_fp8.svg`);
+  const base = r.results.find((x) => x.strategy === "amp-bf16")!;
+  const rel = (x: number) => {
+    const d = Math.round(10000 * (x / base.valLoss - 1)) / 100; // percent, 2 decimals
+    return `${d > 0 ? "+" : d < 0 ? "−" : ""}${Math.abs(d).toFixed(2)}%`;
+  };
+  const num = (x: number, d: number) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
+  const rows = r.results.map((x) => [
+    x.strategy,
+    x.valLoss.toFixed(4),
+    x === base ? "—" : rel(x.valLoss),
+    Number.isFinite(x.imprecision) ? pct(x.imprecision) : "n/a",
+    num(x.edqRatio, 3),
+    `${Math.round(x.bytesPerParam * 100) / 100}`,
+    x.msPerStep.toFixed(0),
+  ]);
+  const head = ["strategy", "val loss", "vs amp-bf16", "updates lost", "EDQ ratio", "bytes/param"];
+  const table = [
+    `| ${[...head, "ms/step"].join(" | ")} |`,
+    `|${" --- |".repeat(head.length + 1)}`,
+    ...rows.map((c) => `| ${c.join(" | ")} |`),
+  ].join("\n");
+  const fp8 = r.results.filter((x) => x.strategy.startsWith("fp8"));
+  const off = (x: { valLoss: number }) => Math.abs(x.valLoss - base.valLoss);
+  const sorted = [...fp8].sort((a, b) => off(a) - off(b));
+  const [best, worst] = [sorted[0], sorted[sorted.length - 1]];
+  const bytes = fp8.map((x) => Math.round(x.bytesPerParam)).filter((b, i, a) => a.indexOf(b) === i);
+  const get = (n: string) => r.results.find((x) => x.strategy === n);
+  const [sr, ms, pure] = [get("bf16-sr"), get("msamp-o2"), get("bf16")];
+  const corpus = await loadCorpus();
+  const notes = [
+    `Every FP8 strategy keeps f32 master weights, gradients and AdamW states ` +
+    `(${bytes.join(", ")} bytes per parameter; the FP8 copies of the GEMM inputs are transient ` +
+    `casts), so its distance to amp-bf16 is what quantising the GEMM inputs costs: ` +
+    `${best.strategy} ends closest (${rel(best.valLoss)}), ${worst.strategy} farthest ` +
+    `(${rel(worst.valLoss)}).`,
+  ];
+  if (sr) {
+    notes.push(
+      `bf16-sr (${Math.round(sr.bytesPerParam)} bytes) ends ${rel(sr.valLoss)} from amp-bf16; ` +
+        `${pct(sr.imprecision)} of its weights stay unchanged in a step, yet its EDQ ratio is ` +
+        `${num(sr.edqRatio, 3)}: what one step drops, the next ones make up in expectation` +
+        (pure
+          ? ` (pure bf16, rounding to nearest: ${rel(pure.valLoss)}, ${pct(pure.imprecision)} ` +
+            `lost, EDQ ratio ${num(pure.edqRatio, 3)})`
+          : "") +
+        ".",
+    );
+  }
+  if (ms) {
+    notes.push(
+      `msamp-o2 (${Math.round(ms.bytesPerParam)} bytes: f16 weights, e4m3 m and f16 v with a ` +
+        `scale per tensor, FP8 GEMMs) ends ${rel(ms.valLoss)} from amp-bf16 and loses ` +
+        `${pct(ms.imprecision)} of its updates in its f16 weights.`,
+    );
+  }
+  return `_Measured with \`docs/readme_numbers.ts --only compare\`, which runs ` +
+    `\`precision_compare.ts ${args.slice(0, 2).join(" ")}\` at its defaults (${r.config}) on ` +
+    `${corpusText(corpus.train.length + corpus.val.length, corpus.tokenizer.vocabSize)}, ` +
+    `one run (seed 1) per strategy, each a cell, on ${v.machine} (lavapipe), so read ms/step ` +
+    `as rough. The table ` +
+    `above was measured on ulp's source as it was then, this one on the fixed snapshot: ` +
+    `compare rows within one table. Full results: ` +
+    `[docs/precision_compare_fp8.json](docs/precision_compare_fp8.json)._\n\n${table}\n\n` +
+    `![Training loss: amp-bf16, fp8 and its recipes, bf16-sr, msamp-o2]` +
+    `(docs/precision_compare_fp8.svg)\n\n${notes.join(" ")}`;
+}
+
 /** Replaces the text between the markers of `name` (keeping the markers). */
 function replaceBlock(readme: string, name: string, text: string): string {
   const begin = `<!-- readme_numbers: ${name} -->`, end = "<!-- /readme_numbers -->";
@@ -144,5 +269,9 @@ function replaceBlock(readme: string, name: string, text: string): string {
 let readme = await Deno.readTextFile(`${ROOT}README.md`);
 if (only.has("demo")) readme = replaceBlock(readme, "demo", await demoParagraph());
 if (only.has("train")) readme = replaceBlock(readme, "train", await trainParagraph());
+if (only.has("compare")) readme = replaceBlock(readme, "compare", await compareParagraph());
 await Deno.writeTextFile(`${ROOT}README.md`, readme);
-console.log("README.md and docs/demo_loss.svg updated: run deno fmt README.md docs/demo_loss.svg");
+console.log(
+  "README.md, docs/demo_loss.svg and docs/precision_compare_fp8.* updated: run deno fmt " +
+    "README.md docs/",
+);
