@@ -17,6 +17,7 @@
  * | --- | --- | --- |
  * | `ld_x(i) -> f32` | layouts | element `i` (logical index), decoded |
  * | `ld4_x(at, n_ok) -> vec4<f32>` | layouts | elements at..at+3, zero from `n_ok` on |
+ * | `lq_x(q) -> vec4<f32>` | `vec4` bindings | elements 4q..4q+3 decoded, one 16-byte load with no alignment test or mask |
  * | `code_x(i) -> u32` | packed layouts | the stored code of element `i` |
  * | `st_x(w, v: vec4<f32>, r: vec4<u32>)` | layouts | encodes the lanes of word `w` from `v` (random bits `r` for stochastic rounding) and stores the word |
  * | `enc_x(v, r) -> u32` | layouts | the code of `v` in the binding's dtype |
@@ -88,9 +89,10 @@ export interface BindingSpec {
   /**
    * A one-word-per-element layout (f32, i32, u32, bool) bound as `array<vec4<u32>>`: `ld4_x`
    * at a multiple of 4 is one 16-byte load, and `st4_x(q, v, r)` stores elements 4q..4q+3 as
-   * one. The buffer's bound bytes must hold whole quads (a tensor of a multiple of 4
-   * elements); single-element stores (`st_x`, `put_x`) are not offered (they would write the
-   * whole quad).
+   * one, and `lq_x(q)` loads elements 4q..4q+3 as one with no runtime test (a kernel whose
+   * element offsets are multiples of 4 by construction). The buffer's bound bytes must hold
+   * whole quads (a tensor of a multiple of 4 elements); single-element stores (`st_x`,
+   * `put_x`) are not offered (they would write the whole quad).
    */
   readonly vec4?: boolean;
 }
@@ -264,7 +266,9 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
   const uses = (f: string) => src.includes(`${f}_${x}(`);
   const d = l.dtype;
   const c = wgslCodec(d);
-  const needCodec = uses("ld") || uses("ld4") || uses("code");
+  // lq_ (vec4 bindings) decodes like ld_/ld4_ and is written from the same pieces
+  const quadLoad = b.vec4 === true && uses("lq");
+  const needCodec = uses("ld") || uses("ld4") || uses("code") || quadLoad;
   if (needCodec) out.push(...c.chunks);
   const mask = `${(2 ** l.laneBits - 1) >>> 0}u`;
   // the raw array element j of the buffer, through the window
@@ -276,7 +280,7 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
   if (b.access === "read_write" && !b.vec4) {
     out.push(`fn put_${x}(j: u32, w: ${l.elem}) { ${v}[j - ${base}] = w; }\n`);
   }
-  if (uses("code") || uses("ld") || uses("ld4")) {
+  if (uses("code") || uses("ld") || uses("ld4") || quadLoad) {
     out.push(
       l.lanes === 1
         ? `fn code_${x}(i: u32) -> u32 { return ${
@@ -286,7 +290,7 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
     );
   }
   let value = "";
-  if (uses("ld") || uses("ld4")) {
+  if (uses("ld") || uses("ld4") || quadLoad) {
     if (l.elem === "f16") value = `f32(get_${x}(i))`;
     else if (d.name === "f32") value = `bitcast<f32>(get_${x}(i))`;
     else if (d.kind === "int") {
@@ -295,13 +299,22 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
     else value = `${c.decode}(code_${x}(i))`;
     out.push(`fn ld_${x}(i: u32) -> f32 { return ${value}; }\n`);
   }
+  // a vec4 binding's element word is its code (one lane per word)
+  const dec = (k: string) =>
+    value.includes(`get_${x}(i)`)
+      ? value.replaceAll(`get_${x}(i)`, `q.${k}`)
+      : `${c.decode}(q.${k})`;
+  if (quadLoad) {
+    out.push(
+      d.name === "f32"
+        ? `fn lq_${x}(q: u32) -> vec4<f32> { return bitcast<vec4<f32>>(get4_${x}(q)); }\n`
+        : `fn lq_${x}(i: u32) -> vec4<f32> {\n  let q = get4_${x}(i);\n  return vec4<f32>(${
+          dec("x")
+        }, ${dec("y")}, ${dec("z")}, ${dec("w")});\n}\n`,
+    );
+  }
   if (uses("ld4")) {
     if (b.vec4) {
-      // the element's word is its code (one lane per word)
-      const dec = (k: string) =>
-        value.includes(`get_${x}(i)`)
-          ? value.replaceAll(`get_${x}(i)`, `q.${k}`)
-          : `${c.decode}(q.${k})`;
       out.push(`fn ld4_${x}(at: u32, n_ok: u32) -> vec4<f32> {
   var v: vec4<f32>;
   if (at % 4u == 0u) {

@@ -24,6 +24,7 @@ import { DiagBuffers } from "./_diagnostics.ts";
 import { chunkRange, zeroFlag } from "./_inplace.ts";
 import {
   type KernelMode,
+  quadKernel,
   scaleCommitKernel,
   updateChunk,
   updateKernel,
@@ -346,9 +347,20 @@ export class GroupState {
     const K = prog.scaled.length;
     const amaxKernel = K > 0 ? updateKernel(rt, prog, { device, diag: null, amax: true }) : null;
     const commit = K > 0 ? scaleCommitKernel(rt, prog, device) : null;
-    const chunk = updateChunk(rt, prog);
+    // tensors of whole quads (one-word dtypes, no diagnostics) take the quad kernel
+    const quadOf = (n: number) => quadKernel(rt, prog, mode, n);
+    const quad = active.some((i) => quadOf(this.params[i].size))
+      ? updateKernel(rt, prog, { ...mode, quad: true })
+      : null;
+    const amaxQuad = K > 0 && quad
+      ? updateKernel(rt, prog, { device, diag: null, amax: true, quad: true })
+      : null;
+    const chunkOf = (n: number) => updateChunk(rt, prog, quadOf(n));
     const flag = device ? (run.foundInf ?? zeroFlag(rt)) : null;
-    const workgroups = active.reduce((a, i) => a + Math.ceil(this.params[i].size / chunk), 0);
+    const workgroups = active.reduce(
+      (a, i) => a + Math.ceil(this.params[i].size / chunkOf(this.params[i].size)),
+      0,
+    );
     const diag = mode.diag ? this.#diag.begin(workgroups, op) : null;
     const uniforms: Record<string, number> = { one: 1 };
     for (const [k, v] of Object.entries(hyper)) uniforms[`h${k}`] = v;
@@ -382,6 +394,8 @@ export class GroupState {
         buffers.partials = diag.partials.buffer(op);
         buffers.counters = diag.counters.buffer(op);
       }
+      const isQuad = quadOf(p.size);
+      const chunk = chunkOf(p.size);
       const range = chunkRange(p.size, chunk);
       const ranges: Record<string, typeof range> = { param: range, grad: range };
       for (const s of prog.states) ranges[s.name] = range;
@@ -389,7 +403,7 @@ export class GroupState {
       if (K > 0) {
         const scales = this.#scalesOf(i, K).buffer(op);
         const { partials: _p, counters: _c, ...plain } = buffers;
-        amaxKernel!.run({
+        (isQuad ? amaxQuad! : amaxKernel!).run({
           buffers: { ...plain, scales },
           uniforms,
           groups: Math.ceil(p.size / chunk),
@@ -397,7 +411,12 @@ export class GroupState {
         });
         buffers.scales = scales;
       }
-      kernel.run({ buffers, uniforms, groups: Math.ceil(p.size / chunk), ranges });
+      (isQuad ? quad! : kernel).run({
+        buffers,
+        uniforms,
+        groups: Math.ceil(p.size / chunk),
+        ranges,
+      });
       dispatches += rt.counters.dispatches - before;
       if (commit) {
         commit.run({

@@ -38,6 +38,8 @@ import { type StateSpec, type UpdateRule, wgslStepMath } from "./rule.ts";
 
 /** Element groups per invocation in one workgroup's chunk. */
 const ITEMS = 4;
+/** Quads (4 consecutive elements) per invocation in one workgroup's chunk of a quad kernel. */
+const QUAD_ITEMS = 4;
 
 /** A bound buffer of an update program. */
 export interface BufferSpec extends StateSpec {
@@ -189,6 +191,12 @@ export interface KernelMode {
    * the amax of each scaled state's new values is accumulated into its `scales` word.
    */
   readonly amax?: boolean;
+  /**
+   * The quad kernel (`quadKernel` says when it applies): each invocation updates 4
+   * consecutive elements, every buffer read and written through its vec4 view as one 16-byte
+   * access; the same update per element, so the same bits.
+   */
+  readonly quad?: boolean;
 }
 
 /** Elements per invocation: the largest lanes-per-word of the program's buffers. */
@@ -196,9 +204,22 @@ function elemsPerInvocation(rt: Runtime, prog: UpdateProgram): number {
   return Math.max(1, ...prog.buffers.map((b) => layoutOf(b.dtype, rt).lanes));
 }
 
-/** Elements one workgroup of the update kernel covers. */
-export function updateChunk(rt: Runtime, prog: UpdateProgram): number {
-  return WG * elemsPerInvocation(rt, prog) * ITEMS;
+/** Elements one workgroup of the update kernel covers (`quad`: of the quad kernel). */
+export function updateChunk(rt: Runtime, prog: UpdateProgram, quad = false): number {
+  return quad ? WG * 4 * QUAD_ITEMS : WG * elemsPerInvocation(rt, prog) * ITEMS;
+}
+
+/**
+ * Whether a tensor of `n` elements can take the quad kernel of `prog` in `mode`: every
+ * buffer of a one-word-per-element dtype (f32, i32, u32), whole quads, no stochastic
+ * rounding, and no diagnostics (their per-invocation sums would run in another order).
+ */
+export function quadKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode, n: number): boolean {
+  return n % 4 === 0 && mode.diag === null && prog.stochastic.length === 0 &&
+    prog.buffers.every((b) => {
+      const l = layoutOf(b.dtype, rt);
+      return l.lanes === 1 && l.elem === "u32";
+    });
 }
 
 /**
@@ -306,10 +327,16 @@ fn ulp_sr(v: f32, r: u32, drop: u32) -> f32 {
 /** The compiled update kernel of `prog` in `mode` on the runtime (built once, cached). */
 export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode): Program {
   const layouts = prog.buffers.map((b) => layoutOf(b.dtype, rt));
+  const quad = mode.quad === true;
   const E = elemsPerInvocation(rt, prog);
-  const chunk = WG * E * ITEMS;
+  const chunk = updateChunk(rt, prog, quad);
   const bindings = [
-    ...prog.buffers.map((b, k) => ({ name: b.name, type: layouts[k], access: b.access })),
+    ...prog.buffers.map((b, k) => ({
+      name: b.name,
+      type: layouts[k],
+      access: b.access,
+      vec4: quad,
+    })),
     ...(mode.device
       ? [
         { name: "steps", type: "u32" as const, access: "read" as const },
@@ -336,7 +363,9 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
     ...(prog.stochastic.length > 0 ? [{ name: "rkey", type: "u32" as const }] : []),
   ];
   const amaxPass = mode.amax === true;
-  const key = `optim|update|${prog.key}|${mode.device}|${mode.diag?.name ?? ""}|${amaxPass}`;
+  const key = `optim|update|${prog.key}|${mode.device}|${
+    mode.diag?.name ?? ""
+  }|${amaxPass}|${quad}`;
   return program(rt, key, {
     label: prog.label,
     bindings,
@@ -345,6 +374,9 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
   }, () => {
     const chunks: (readonly string[])[] = [];
     let quant = prog.stochastic.length > 0 ? WGSL_SR : "", fields = "", loadArgs = "", stores = "";
+    // quad kernel: each buffer's quad as one load (`l_<name>`), lane c of it per element
+    let quadLoads = "", quadStores = "";
+    const quadArgs = ["", "", "", ""];
     prog.buffers.forEach((b, k) => {
       const stream = prog.stochastic.indexOf(b.name);
       const sk = prog.scaled.findIndex((e) => e.name === b.name);
@@ -355,8 +387,15 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
       quant += q.fn;
       fields += `  ${b.name}: f32,\n`;
       loadArgs += sk >= 0 ? `ld_${b.name}(i) * sc_inv${sk}, ` : `ld_${b.name}(i), `;
+      quadLoads += `      let l_${b.name} = lq_${b.name}(q);\n`;
+      for (let c = 0; c < 4; c++) {
+        quadArgs[c] += `l_${b.name}.${"xyzw"[c]}${sk >= 0 ? ` * sc_inv${sk}` : ""}, `;
+      }
       if (b.access !== "read_write" || amaxPass) return;
       const scale = sk >= 0 ? ` * sc_new${sk}` : "";
+      quadStores += `      st4_${b.name}(q, vec4<f32>(${
+        [0, 1, 2, 3].map((c) => `r${c}.${b.name}${scale}`).join(", ")
+      }), vec4<u32>(0u));\n`;
       const L = layouts[k].lanes;
       for (let w = 0; w < E / L; w++) {
         const vals = Array.from(
@@ -428,6 +467,17 @@ ${hyperAliases}  return Ps(${[...prog.deviceStep, "0.0"].join(", ")});
         } r${j} = update(x${j}, ps);${acct(j)} }\n`;
     }
     const guard = mode.device ? "finf[0] == 0u" : "true";
+    // the loop over an invocation's elements: E consecutive ones a step, or a quad
+    const loop = quad
+      ? `    for (var s = e0 + li * 4u; s < e1; s = s + ${WG * 4}u) {
+      let q = s / 4u;
+${quadLoads}${
+        [0, 1, 2, 3].map((c) => `      let r${c} = update(St(${quadArgs[c]}0.0), ps);\n`).join("")
+      }${quadStores}    }
+`
+      : `    for (var s = e0 + li * ${E}u; s < e1; s = s + ${WG * E}u) {
+${lanes}${stores}    }
+`;
     const source = `${quant}${scaleVars}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 struct St {
 ${fields}  intended: f32,
@@ -447,9 +497,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   let e1 = min(u.n, e0 + ${chunk}u);
 ${scaleInit}  if (${guard}) {
     let ps = perStep();
-    for (var s = e0 + li * ${E}u; s < e1; s = s + ${WG * E}u) {
-${lanes}${stores}    }
-${scaleEnd}  }
+${loop}${scaleEnd}  }
 ${mode.diag && !amaxPass ? diagReduceSource() : ""}}
 `;
     return { source, chunks };

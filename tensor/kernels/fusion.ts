@@ -533,7 +533,13 @@ function record(root: Tensor, def: LazyDef): void {
     workgroupSize: WG,
   }, () => ({
     source: quad
-      ? quadSource(v4(null), params, body, def.rounding, shape.length)
+      ? quadSource(
+        v4(null),
+        params.map((p) => ({ ...p, v4: v4(leaves[p.k]) })),
+        body,
+        def.rounding,
+        shape.length,
+      )
       : source(outL.lanes, body, def.rounding),
     chunks,
   }));
@@ -609,12 +615,12 @@ ${word}    st_out(w, v, r);
 
 /**
  * The kernel over quads: QUADS groups of 4 consecutive elements per invocation, strided
- * by the workgroup size; operands of the result's shape loaded as one vec4 each, one-element
- * operands once; the result stored as one vec4 (`vec4Out`) or element by element (f16).
+ * by the workgroup size; operands of the result's shape loaded as one vec4 each (one-word
+ * dtypes through their vec4 view, `lq_`: no alignment test), one-element operands once; the result stored as one vec4 (`vec4Out`) or element by element (f16).
  */
 function quadSource(
   vec4Out: boolean,
-  params: readonly { k: number; mode: Mode; slot?: number }[],
+  params: readonly { k: number; mode: Mode; slot?: number; v4: boolean }[],
   body: string,
   rounding: Rounding,
   rank: number,
@@ -630,7 +636,14 @@ function quadSource(
       `ld_in${p.k}(${o} + ${st}), ld_in${p.k}(${o} + 2u * ${st}), ld_in${p.k}(${o} + 3u * ${st}));\n`;
   };
   const loads = params.filter((p) => p.mode !== "one")
-    .map((p) => p.mode === "same" ? `    let q${p.k} = ld4_in${p.k}(i0, 4u);\n` : bc(p)).join("");
+    .map((p) =>
+      p.mode !== "same"
+        ? bc(p)
+        // a vec4 view: quad q is one 16-byte load, no alignment test (i0 = 4q)
+        : p.v4
+        ? `    let q${p.k} = lq_in${p.k}(q);\n`
+        : `    let q${p.k} = ld4_in${p.k}(i0, 4u);\n`
+    ).join("");
   let calls = "";
   for (let l = 0; l < 4; l++) {
     const c = "xyzw"[l], i = l === 0 ? "i0" : `i0 + ${l}u`;

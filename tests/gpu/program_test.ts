@@ -134,6 +134,55 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   });
 });
 
+for (const name of ["f32", "i32"] as const) {
+  Deno.test(`vec4 views: lq_ loads quad q of ${name} as one 16-byte load, through windows`, async () => {
+    await withBindingLimit(4096, async (rt) => {
+      const l = layoutOf(dtype(name), rt);
+      const f = layoutOf(dtype("f32"), rt);
+      const p = program(rt, `test|lq|${name}`, {
+        label: "lq",
+        bindings: [
+          { name: "x", type: l, access: "read", vec4: true },
+          { name: "y", type: f, access: "read_write", vec4: true },
+        ],
+        uniforms: [{ name: "n", type: "u32" }],
+        workgroupSize: WG,
+      }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let q = wg * ${WG}u + li;
+  if (q * 4u >= u.n) { return; }
+  st4_y(q, 2.0 * lq_x(q) - 1.0, vec4<u32>(0u));
+}`);
+      const n = 10_000; // 40,000 bytes: ten windows of 4 KiB
+      const host = name === "f32"
+        ? new Float32Array(n).map((_, i) => ((i * 37) % 101) / 8 - 6)
+        : new Int32Array(n).map((_, i) => ((i * 37) % 101) - 50);
+      const x = rt.alloc(n * 4, { dtype: name, purpose: "scratch" });
+      const y = rt.alloc(n * 4, { dtype: "f32", purpose: "scratch" });
+      rt.write(x, host);
+      const per = WG * 4;
+      const before = rt.counters.dispatches;
+      p.run({
+        buffers: { x, y },
+        uniforms: { n },
+        groups: Math.ceil(n / per),
+        ranges: {
+          x: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
+          y: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
+        },
+      });
+      assert.ok(rt.counters.dispatches - before >= 10);
+      const got = new Float32Array(await rt.read(y));
+      assert.deepEqual(
+        Array.from(got),
+        Array.from(host, (v) => Math.fround(Math.fround(2 * v) - 1)),
+      );
+      rt.free(x);
+      rt.free(y);
+    });
+  });
+}
+
 Deno.test("a 1-D grid beyond maxComputeWorkgroupsPerDimension folds into 2-D", async () => {
   const rt = await getRuntime();
   const maxG = rt.info.limits.maxComputeWorkgroupsPerDimension;
