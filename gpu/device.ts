@@ -164,11 +164,12 @@ export function getRuntime(): Promise<Runtime> {
   if (current && !current.lost) return Promise.resolve(current);
   if (!pending) {
     pending = acquire(options).then(
-      (rt) => {
+      async (rt) => {
         current = rt;
-        pending = null;
         lastError = null;
         lostBefore = null;
+        for (const check of deviceChecks) await check(rt);
+        pending = null;
         return rt;
       },
       (e) => {
@@ -179,6 +180,17 @@ export function getRuntime(): Promise<Runtime> {
     );
   }
   return pending;
+}
+
+const deviceChecks: ((rt: Runtime) => Promise<void>)[] = [];
+
+/**
+ * Registers a check that runs on every new device before `getRuntime()` hands it out: a kernel
+ * family that verifies itself on the adapter (the matmul texture family compares its bits with
+ * the workgroup-memory kernel's, and stands down where they differ). @internal
+ */
+export function onNewDevice(check: (rt: Runtime) => Promise<void>): void {
+  deviceChecks.push(check);
 }
 
 /**

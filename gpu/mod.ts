@@ -29,6 +29,7 @@ export {
   disposeDevice,
   getRuntime,
   memory,
+  onNewDevice,
   ready,
   resetDevice,
   sync,

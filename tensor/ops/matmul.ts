@@ -47,6 +47,7 @@ import {
   type BindingSpec,
   type Box,
   currentRuntime,
+  onNewDevice,
   type PooledBuffer,
   program,
   type Runtime,
@@ -56,7 +57,7 @@ import { type Layout, layoutOf } from "../../gpu/layout.ts";
 import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
 import { cast } from "./cast.ts";
 import { contextState, type GemmSite } from "../core/context.ts";
-import { rand } from "./creation.ts";
+import { rand, tensor } from "./creation.ts";
 
 /** Options of `matmul`: transposed operands and the output dtype. */
 export interface MatmulOptions {
@@ -208,12 +209,60 @@ export function setMatmulFamily(f: "auto" | "workgroup"): "auto" | "workgroup" {
   return before;
 }
 
+/**
+ * Devices whose texture family failed its check (its bits differ from the workgroup-memory
+ * kernel's on a probe product): measured on llvmpipe through OpenGL, where values read back
+ * from the packed textures are wrong (up to 256 off at 256x1024x256), while lavapipe (Vulkan)
+ * gives the same bits. They run the workgroup-memory family only.
+ */
+const textureFails = new WeakSet<Runtime>();
+
+/** Whether the texture family may run on `rt` now. */
+function texturesOn(rt: Runtime): boolean {
+  return family === "auto" && !textureFails.has(rt);
+}
+
+/**
+ * Whether the texture family passed its check on the current device (CPU adapters; false on
+ * GPUs, which never use it, and where its bits differed from the workgroup-memory kernel's).
+ * @internal
+ */
+export function matmulTexturesPassed(): boolean {
+  const rt = currentRuntime();
+  return rt.info.isFallbackAdapter && !textureFails.has(rt);
+}
+
+// On a new CPU adapter, one probe product per family (256 x 256 by 256 x 1024, the texture
+// family's medium class): the texture family stays only where it gives the same bits.
+onNewDevice(async (rt) => {
+  if (!rt.info.isFallbackAdapter) return;
+  const M = 256, K = 256, N = 1024;
+  const val = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * s));
+  const a = tensor(val(M * K, 0.37), { shape: [M, K] });
+  const b = tensor(val(K * N, 0.11), { shape: [K, N] });
+  const prev = family;
+  try {
+    family = "workgroup";
+    const w = matmul(a, b);
+    family = "auto";
+    const t = matmul(a, b);
+    const [wv, tv] = [await w.toArray(), await t.toArray()];
+    w.dispose();
+    t.dispose();
+    if (wv.some((v, i) => !Object.is(v, tv[i]))) textureFails.add(rt);
+  } finally {
+    family = prev;
+    a.dispose();
+    b.dispose();
+  }
+});
+
 /** The tiles for an M x N product on the runtime's adapter: tuned, else the class default. */
 function tilesFor(rt: Runtime, M: number, N: number): Tiles {
   const c = shapeClass(M, N);
   const t = tuned.get(rt)?.get(c) ??
     (rt.info.isFallbackAdapter ? CPU_DEFAULT[c] : GPU_TILES);
-  return t.family === "texture" && family === "workgroup" ? storageTiles(rt, M, N) : t;
+  return t.family === "texture" && !texturesOn(rt) ? storageTiles(rt, M, N) : t;
 }
 
 /**
@@ -290,7 +339,7 @@ export async function tuneMatmul(
     const timed: { tiles: Tiles; ms: number }[] = [];
     try {
       for (const tiles of candidates(rt, c)) {
-        if (tiles.family === "texture" && family === "workgroup") continue;
+        if (tiles.family === "texture" && !texturesOn(rt)) continue;
         choice.set(c, tiles);
         matmul(a, b).dispose(); // compile and warm up
         await rt.sync();
