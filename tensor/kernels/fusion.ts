@@ -57,6 +57,17 @@ const PER_THREAD = 4;
  */
 const QUADS = 1;
 
+/**
+ * An f32 intermediate as the f32 codec's `decode(encode(x))` leaves it: x, a NaN made the
+ * canonical quiet NaN of its sign; the one test of both (each of which canonicalises the same
+ * way), the same bits. Its bit operations also keep a compiler from contracting across ops.
+ */
+const WGSL_KEEP32 = `fn ulp_keep32(x: f32) -> f32 {
+  let b = bitcast<u32>(x);
+  return select(x, bitcast<f32>((b & 0x80000000u) | 0x7fc00000u), (b & 0x7fffffffu) > 0x7f800000u);
+}
+`;
+
 /** How an operand is indexed: its own index (same shape), index 0 (one element), or broadcast. */
 type Mode = "same" | "one" | "bcast";
 
@@ -479,9 +490,15 @@ function record(root: Tensor, def: LazyDef): void {
     if (dt !== null) {
       // also for f32: the bit operations of its codec keep a compiler from contracting the
       // multiply of one op and the add of the next into one fma, which would round once
-      const c = wgslCodec(dt, { saturate: d.saturate });
-      chunks.push(c.chunks);
-      value = `${c.decode}(${c.encode}(${value}, 0u))`;
+      // f32 round to nearest: decode(encode(v)) is v with NaN canonicalised, checked once
+      if (dt.name === "f32" && !(d.saturate ?? dt.saturate)) {
+        chunks.push([WGSL_KEEP32]);
+        value = `ulp_keep32(${value})`;
+      } else {
+        const c = wgslCodec(dt, { saturate: d.saturate });
+        chunks.push(c.chunks);
+        value = `${c.decode}(${c.encode}(${value}, 0u))`;
+      }
     }
     lines.push(`  let ${name} = ${value};`);
     return name;

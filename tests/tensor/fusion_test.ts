@@ -194,3 +194,32 @@ Deno.test("tensors of the autograd graph are computed on their own, not again in
   assert.equal(noGraph.dispatches, 1, "without a graph the chain is one kernel");
   for (const t of [x, ...out, noGraph.out]) t.dispose();
 });
+
+Deno.test("fused f32 intermediates over NaN, Inf and huge values: the host's values, NaN canonical", async () => {
+  const n = 64;
+  const specials = [NaN, -NaN, Infinity, -Infinity, 3.4e38, -3.4e38, 1e-30, -0, 0];
+  const xs = Float32Array.from(
+    { length: n },
+    (_, i) => i % 3 === 0 ? specials[(i / 3) % 9] : (i % 7) - 3.5,
+  );
+  // a NaN with a payload and the sign bit set, which the kernel must canonicalise
+  new Uint32Array(xs.buffer)[3] = 0xff812345;
+  const as = Float32Array.from({ length: n }, (_, i) => ((i * 5) % 11) - 5);
+  const bs = Float32Array.from({ length: n }, (_, i) => ((i * 3) % 7) * 1e38);
+  const x = tensor(xs), a = tensor(as), b = tensor(bs);
+  const y = tidy(() => x.mul(a).add(b).mul(2).sub(a).abs());
+  const got = new Uint32Array(await y.codes());
+  const f = Math.fround;
+  for (let i = 0; i < n; i++) {
+    const want = Math.abs(f(f(f(f(xs[i] * as[i]) + bs[i]) * 2) - as[i]));
+    if (Number.isNaN(want)) {
+      assert.ok(
+        (got[i] & 0x7fffffff) === 0x7fc00000,
+        `element ${i}: ${got[i].toString(16)} is not a canonical NaN`,
+      );
+    } else {
+      assert.equal(got[i], new Uint32Array(new Float32Array([want]).buffer)[0], `element ${i}`);
+    }
+  }
+  [x, a, b, y].forEach((t) => t.dispose());
+});
