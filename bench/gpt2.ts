@@ -141,10 +141,18 @@ if (import.meta.main) {
   const info = await ready();
   const strategies = a.strategies?.split(",") ?? precisionNames();
   const rows: Gpt2Row[] = [];
+  // a strategy that cannot run at this size (a limit: DeviceError with the sizes) is reported
+  // and the others still run
+  const unavailable: { strategy: string; reason: string }[] = [];
   for (const s of strategies) {
-    const row = await gpt2Step(a.model!, s, Number(a.context), Number(a.steps));
-    rows.push(row);
-    if (!a.json) console.log(JSON.stringify(row));
+    try {
+      const row = await gpt2Step(a.model!, s, Number(a.context), Number(a.steps));
+      rows.push(row);
+      if (!a.json) console.log(JSON.stringify(row));
+    } catch (e) {
+      unavailable.push({ strategy: s, reason: (e as Error).message });
+      console.error(`${s}: not run: ${(e as Error).message}`);
+    }
   }
   const ctx: Gpt2Row[] = [];
   for (const T of a.contexts?.split(",").map(Number) ?? []) {
@@ -152,8 +160,9 @@ if (import.meta.main) {
     ctx.push(row);
     if (!a.json) console.log(JSON.stringify(row));
   }
-  if (a.json) console.log(JSON.stringify({ adapter: info.description, rows, contexts: ctx }));
-  else {
+  if (a.json) {
+    console.log(JSON.stringify({ adapter: info.description, rows, contexts: ctx, unavailable }));
+  } else {
     console.log(`\n${info.description}\n\n${gpt2Table([...rows, ...ctx])}`);
   }
 }
