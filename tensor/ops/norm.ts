@@ -41,7 +41,15 @@ import {
 import { attach } from "../../autograd/graph.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
 import { zeros } from "./creation.ts";
-import { LANE_ROWS, laneRowsFor, MAX_LOOP, quadLoads, quadStore, windowElems } from "./reduce.ts";
+import {
+  LANE_ROWS,
+  laneRowsFor,
+  MAX_LOOP,
+  quadLoads,
+  quadStore,
+  vec4View,
+  windowElems,
+} from "./reduce.ts";
 import type { CastPolicy } from "../core/context.ts";
 
 /** Workgroup size of the row kernels (norms and losses). @internal */
@@ -531,53 +539,50 @@ function runRows(
   const laneFits = [...tensors.map((t) => t.dt), outDt].every((d) =>
     LANE_ROWS * C <= windowElems(rt, layoutOf(d, rt)) / 2
   );
-  if (s.lane && laneFits && laneRowsFor(rt, C)) {
-    // the lane-row family: LANE_ROWS rows a workgroup, one an invocation
+  /**
+   * The lane-row and quad families' program, `rowsPer` rows a workgroup of `wgSize`
+   * invocations, one-word inputs and output viewed as vec4 (`body` gets whether the output is).
+   */
+  const rowProgram = (
+    tag: string,
+    rowsPer: number,
+    wgSize: number,
+    body: (vec4Out: boolean) => string,
+  ) => {
     for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
     const names = [...s.ins, ...s.saved, "out", ...save];
-    const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
-    program(rt, `${key}|lane|${save.length}`, {
+    program(rt, `${key}|${tag}|${save.length}`, {
       label,
       bindings: [
-        ...inputs.map((b) => ({ ...b, vec4: one(b.type) })),
+        ...inputs.map((b) => ({ ...b, vec4: vec4View(b.type) })),
         ...s.saved.map((name) => ({ name, type: f32, access: R })),
-        { name: "out", type: outL, access: RW, vec4: one(outL) },
+        { name: "out", type: outL, access: RW, vec4: vec4View(outL) },
         ...save.map((name) => ({ name, type: f32, access: RW })),
       ],
       uniforms: ROW_UNIFORMS,
-      workgroupSize: LANE_ROWS,
-    }, () => laneBody(s.lane!, s, outL, one(outL), save, tensors.map((t) => t.dt.name === "f32")))
-      .run({
-        buffers,
-        uniforms: u,
-        groups: Math.ceil(rows / LANE_ROWS),
-        cost: rows * C * COST.rows,
-        ranges: rangesFor(names, (g0, g1) => [g0 * LANE_ROWS, Math.min(rows, g1 * LANE_ROWS)]),
-      });
-    return { out, stats };
-  }
-  if (s.quad && C % 4 === 0 && fits) {
-    for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
-    const names = [...s.ins, ...s.saved, "out", ...save];
-    const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
-    program(rt, `${key}|quad|${save.length}`, {
-      label,
-      bindings: [
-        ...inputs.map((b) => ({ ...b, vec4: one(b.type) })),
-        ...s.saved.map((name) => ({ name, type: f32, access: R })),
-        { name: "out", type: outL, access: RW, vec4: one(outL) },
-        ...save.map((name) => ({ name, type: f32, access: RW })),
-      ],
-      uniforms: ROW_UNIFORMS,
-      workgroupSize: QROWS * 16,
-    }, () => quadBody(s.quad!, s, outL, one(outL), save)).run({
+      workgroupSize: wgSize,
+    }, () => body(vec4View(outL))).run({
       buffers,
       uniforms: u,
-      groups: Math.ceil(rows / QROWS),
+      groups: Math.ceil(rows / rowsPer),
       cost: rows * C * COST.rows,
-      ranges: rangesFor(names, (g0, g1) => [g0 * QROWS, Math.min(rows, g1 * QROWS)]),
+      ranges: rangesFor(names, (g0, g1) => [g0 * rowsPer, Math.min(rows, g1 * rowsPer)]),
     });
     return { out, stats };
+  };
+  if (s.lane && laneFits && laneRowsFor(rt, C)) {
+    // the lane-row family: LANE_ROWS rows a workgroup, one an invocation
+    const f32q = tensors.map((t) => t.dt.name === "f32");
+    return rowProgram(
+      "lane",
+      LANE_ROWS,
+      LANE_ROWS,
+      (v) => laneBody(s.lane!, s, outL, v, save, f32q),
+    );
+  }
+  if (s.quad && C % 4 === 0 && fits) {
+    // contiguous rows of whole quads: QROWS rows a workgroup, 4 elements an invocation
+    return rowProgram("quad", QROWS, QROWS * 16, (v) => quadBody(s.quad!, s, outL, v, save));
   }
   if (outL.lanes === 1 || C % outL.lanes === 0) {
     for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);

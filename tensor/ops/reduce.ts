@@ -478,6 +478,24 @@ export function setRowFamily(
 export const LANE_ROWS = 16;
 
 /**
+ * Whether the row kernels view a binding of layout `l` as `array<vec4<u32>>`: one-word
+ * elements (f32, i32, u32: one u32 lane each), so a quad of them is one vec4 load or store.
+ * @internal
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, layoutOf } from "../../gpu/mod.ts";
+ * import { float32 } from "../../dtypes/mod.ts";
+ * import { vec4View } from "./reduce.ts";
+ * const rt = await getRuntime();
+ * console.log(vec4View(layoutOf(float32, rt))); // true
+ * ```
+ */
+export function vec4View(l: Layout): boolean {
+  return l.lanes === 1 && l.elem === "u32";
+}
+
+/**
  * Whether the lane-row family takes rows of `R` contiguous elements on `rt`: the family is
  * chosen (`setRowFamily`), the rows have whole quads, and a row's loop over its quads stays
  * under the adapter's cap on loop iterations (`rt.maxLoopIterations`). @internal
@@ -891,64 +909,47 @@ function rowKernel(kind: RowKind, ins: Tensor[], axis: number | null, outDt: DTy
   const laneFits = [...ins.map((t) => t.dt), out.dt].every((d) =>
     LANE_ROWS * p.R <= windowElems(rt, layoutOf(d, rt)) / 2
   );
-  if (st === 1 && direct && laneFits && laneRowsFor(rt, p.R)) {
-    // the lane-row family: LANE_ROWS rows a workgroup, one an invocation
-    const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
-    const lrows = (g0: number, g1: number) =>
-      rows(g0 * LANE_ROWS, Math.min(p.nOut, g1 * LANE_ROWS));
-    const lranges: Record<string, typeof rows> = { out: lrows };
-    names.forEach((nm) => (lranges[nm] = lrows));
-    program(rt, `reduce|rowl|${kind}`, {
+  /**
+   * The lane-row and quad families' program, `rowsPer` rows a workgroup of `wgSize`
+   * invocations, one-word bindings viewed as vec4 (`body` gets whether the output is).
+   */
+  const rowProgram = (
+    tag: string,
+    rowsPer: number,
+    wgSize: number,
+    body: (vec4Out: boolean) => string,
+  ) => {
+    const grows = (g0: number, g1: number) => rows(g0 * rowsPer, Math.min(p.nOut, g1 * rowsPer));
+    const granges: Record<string, typeof rows> = { out: grows };
+    names.forEach((nm) => (granges[nm] = grows));
+    program(rt, `reduce|${tag}|${kind}`, {
       label: op,
       bindings: [
         ...ins.map((t, k) => {
           const l = layoutOf(t.dt, rt);
-          return { name: names[k], type: l, access: "read" as const, vec4: one(l) };
+          return { name: names[k], type: l, access: "read" as const, vec4: vec4View(l) };
         }),
-        { name: "out", type: wL, access: "read_write" as const, vec4: one(wL) },
+        { name: "out", type: wL, access: "read_write" as const, vec4: vec4View(wL) },
       ],
       uniforms: UNIFORMS,
-      workgroupSize: LANE_ROWS,
-    }, () =>
-      rowBodyLanes(
-        kind,
-        wL,
-        one(wL),
-        ins.map((t) => t.dt.name === "f32"),
-      )).run({
-        buffers,
-        uniforms: planUniforms(p.nOut, { ...p, rs: [p.R], rst: [st] }, 1, p.R, 1),
-        groups: Math.ceil(p.nOut / LANE_ROWS),
-        cost: p.nOut * p.R * (kind.endsWith("bwd") ? COST.softmaxBwd : COST.softmax),
-        ranges: lranges,
-      });
+      workgroupSize: wgSize,
+    }, () => body(vec4View(wL))).run({
+      buffers,
+      uniforms: planUniforms(p.nOut, { ...p, rs: [p.R], rst: [st] }, 1, p.R, 1),
+      groups: Math.ceil(p.nOut / rowsPer),
+      cost: p.nOut * p.R * (kind.endsWith("bwd") ? COST.softmaxBwd : COST.softmax),
+      ranges: granges,
+    });
     return out;
+  };
+  if (st === 1 && direct && laneFits && laneRowsFor(rt, p.R)) {
+    // the lane-row family: LANE_ROWS rows a workgroup, one an invocation
+    const f32q = ins.map((t) => t.dt.name === "f32");
+    return rowProgram("rowl", LANE_ROWS, LANE_ROWS, (v) => rowBodyLanes(kind, wL, v, f32q));
   }
   if (st === 1 && p.R % 4 === 0 && direct && fits) {
     // contiguous rows of whole quads: QROWS rows a workgroup, 4 elements an invocation
-    const one = (l: Layout) => l.lanes === 1 && l.elem === "u32";
-    const qrows = (g0: number, g1: number) => rows(g0 * QROWS, Math.min(p.nOut, g1 * QROWS));
-    const qranges: Record<string, typeof rows> = { out: qrows };
-    names.forEach((nm) => (qranges[nm] = qrows));
-    program(rt, `reduce|rowq|${kind}`, {
-      label: op,
-      bindings: [
-        ...ins.map((t, k) => {
-          const l = layoutOf(t.dt, rt);
-          return { name: names[k], type: l, access: "read" as const, vec4: one(l) };
-        }),
-        { name: "out", type: wL, access: "read_write" as const, vec4: one(wL) },
-      ],
-      uniforms: UNIFORMS,
-      workgroupSize: QROWS * 16,
-    }, () => rowBodyQuads(kind, wL, one(wL))).run({
-      buffers,
-      uniforms: planUniforms(p.nOut, { ...p, rs: [p.R], rst: [st] }, 1, p.R, 1),
-      groups: Math.ceil(p.nOut / QROWS),
-      cost: p.nOut * p.R * (kind.endsWith("bwd") ? COST.softmaxBwd : COST.softmax),
-      ranges: qranges,
-    });
-    return out;
+    return rowProgram("rowq", QROWS, QROWS * 16, (v) => rowBodyQuads(kind, wL, v));
   }
   const ranges: Record<string, typeof rows> = { out: rows };
   names.forEach((nm) => (ranges[nm] = rows));
