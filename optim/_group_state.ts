@@ -21,7 +21,7 @@ import { randomU32 } from "../dtypes/mod.ts";
 import { float32 } from "../dtypes/mod.ts";
 import { fmtShape, keep, Tensor, tensor, zeros } from "../tensor/mod.ts";
 import { DiagBuffers } from "./_diagnostics.ts";
-import { chunkRange, zeroFlag } from "./_inplace.ts";
+import { zeroFlag } from "./_inplace.ts";
 import {
   type KernelMode,
   quadKernel,
@@ -29,6 +29,7 @@ import {
   updateChunk,
   updateKernel,
   type UpdateProgram,
+  updateRanges,
 } from "./_update_kernel.ts";
 import type { StateSpec } from "./rule.ts";
 
@@ -347,7 +348,7 @@ export class GroupState {
     const K = prog.scaled.length;
     const amaxKernel = K > 0 ? updateKernel(rt, prog, { device, diag: null, amax: true }) : null;
     const commit = K > 0 ? scaleCommitKernel(rt, prog, device) : null;
-    // tensors of whole quads (one-word dtypes, no diagnostics) take the quad kernel
+    // tensors of whole groups (u32-word buffers, no diagnostics) take the quad kernel
     const quadOf = (n: number) => quadKernel(rt, prog, mode, n);
     const quad = active.some((i) => quadOf(this.params[i].size))
       ? updateKernel(rt, prog, { ...mode, quad: true })
@@ -396,9 +397,7 @@ export class GroupState {
       }
       const isQuad = quadOf(p.size);
       const chunk = chunkOf(p.size);
-      const range = chunkRange(p.size, chunk);
-      const ranges: Record<string, typeof range> = { param: range, grad: range };
-      for (const s of prog.states) ranges[s.name] = range;
+      const ranges = updateRanges(rt, prog, isQuad, p.size, chunk);
       const before = rt.counters.dispatches;
       if (K > 0) {
         const scales = this.#scalesOf(i, K).buffer(op);

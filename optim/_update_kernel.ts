@@ -18,6 +18,14 @@
  * device step count of the parameter (`steps[u.pidx] + 1`), both from the rule's one
  * `perStep` definition (`rule.ts`).
  *
+ * The quad kernel (`KernelMode.quad`, for tensors of whole groups, `quadKernel`): an
+ * invocation updates G = 4 x (the largest lanes-per-word) consecutive elements a step (4 for
+ * f32 buffers, 8 with bf16 or packed f16, 16 with 8-bit formats), every buffer read and
+ * written as G / (4 x its lanes) 16-byte quads of words: one-word buffers through their
+ * vec4 view (`lq_`, `st4_`), packed ones bound as raw u32 words, each lane decoded and
+ * encoded with the dtype's codec as the per-element kernel's `ld_`/`st_` do. The same update
+ * per element (stochastic roundings drawing at the same element index), so the same bits.
+ *
  * Modes (`KernelMode`): `device` binds the group's device step counts and a skip flag (a
  * GradScaler's `found_inf`): when the flag is set no invocation writes anything, so a
  * skipped step leaves parameters and states bit-identical. `diag` adds the diagnostics
@@ -28,7 +36,7 @@
  * @module
  */
 
-import { type DType, finfo, wgslCodec } from "../dtypes/mod.ts";
+import { type DType, finfo, uint32, wgslCodec } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
 import { layoutOf, type Program, program, type Runtime } from "../gpu/mod.ts";
 import { diagAccountSource, diagReduceSource } from "./_diagnostics.ts";
@@ -192,9 +200,9 @@ export interface KernelMode {
    */
   readonly amax?: boolean;
   /**
-   * The quad kernel (`quadKernel` says when it applies): each invocation updates 4
-   * consecutive elements, every buffer read and written through its vec4 view as one 16-byte
-   * access; the same update per element, so the same bits.
+   * The quad kernel (`quadKernel` says when it applies): each invocation updates a group of
+   * `quadGroup` consecutive elements a step, every buffer read and written as 16-byte quads
+   * of words; the same update per element, so the same bits.
    */
   readonly quad?: boolean;
 }
@@ -204,22 +212,67 @@ function elemsPerInvocation(rt: Runtime, prog: UpdateProgram): number {
   return Math.max(1, ...prog.buffers.map((b) => layoutOf(b.dtype, rt).lanes));
 }
 
+/** Whether the quad kernels are on (`setQuadKernels`). */
+let quadKernels = true;
+
+/**
+ * Turns the quad kernels off (every tensor takes the per-element kernel) or back on, and
+ * returns the previous setting: for tests that compare the two, and for A/B timings.
+ * @internal
+ */
+export function setQuadKernels(on: boolean): boolean {
+  const was = quadKernels;
+  quadKernels = on;
+  return was;
+}
+
+/**
+ * Elements of one step of a quad kernel: 4 words of the most packed buffer (4 for f32
+ * buffers, 8 when one is bf16 or f16 in u32 words, 16 with an 8-bit one).
+ */
+export function quadGroup(rt: Runtime, prog: UpdateProgram): number {
+  return 4 * elemsPerInvocation(rt, prog);
+}
+
 /** Elements one workgroup of the update kernel covers (`quad`: of the quad kernel). */
 export function updateChunk(rt: Runtime, prog: UpdateProgram, quad = false): number {
-  return quad ? WG * 4 * QUAD_ITEMS : WG * elemsPerInvocation(rt, prog) * ITEMS;
+  return quad ? WG * quadGroup(rt, prog) * QUAD_ITEMS : WG * elemsPerInvocation(rt, prog) * ITEMS;
 }
 
 /**
  * Whether a tensor of `n` elements can take the quad kernel of `prog` in `mode`: every
- * buffer of a one-word-per-element dtype (f32, i32, u32), whole quads, no stochastic
- * rounding, and no diagnostics (their per-invocation sums would run in another order).
+ * buffer in u32 words (not native f16), whole groups (`quadGroup`: a multiple of 4
+ * elements for f32 buffers, of 8 for bf16), and no diagnostics (their per-invocation sums
+ * would run in another order). Stochastic rounding draws at the same element index.
  */
 export function quadKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode, n: number): boolean {
-  return n % 4 === 0 && mode.diag === null && prog.stochastic.length === 0 &&
-    prog.buffers.every((b) => {
-      const l = layoutOf(b.dtype, rt);
-      return l.lanes === 1 && l.elem === "u32";
-    });
+  return quadKernels && mode.diag === null && n % quadGroup(rt, prog) === 0 &&
+    prog.buffers.every((b) => layoutOf(b.dtype, rt).elem === "u32");
+}
+
+/**
+ * The `ranges` of an update dispatch over a tensor of `n` elements (`chunk` elements a
+ * workgroup): elements of each buffer, or, in the quad kernel, words of the buffers bound
+ * as raw u32 words (whole groups: the element range divided by the lanes per word).
+ */
+export function updateRanges(
+  rt: Runtime,
+  prog: UpdateProgram,
+  quad: boolean,
+  n: number,
+  chunk: number,
+): Record<string, (g0: number, g1: number) => [number, number]> {
+  const out: Record<string, (g0: number, g1: number) => [number, number]> = {};
+  for (const b of prog.buffers) {
+    const L = quad ? layoutOf(b.dtype, rt).lanes : 1;
+    out[b.name] = (g0, g1) => [g0 * chunk / L, Math.min(n, g1 * chunk) / L];
+  }
+  return out;
+}
+
+/** The u32 layout a packed buffer of a quad kernel is bound through (its raw words). */
+function wordLayout(rt: Runtime) {
+  return layoutOf(uint32, rt);
 }
 
 /**
@@ -331,9 +384,10 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
   const E = elemsPerInvocation(rt, prog);
   const chunk = updateChunk(rt, prog, quad);
   const bindings = [
+    // quad kernel: one-word buffers through their vec4 view, packed ones as raw u32 words
     ...prog.buffers.map((b, k) => ({
       name: b.name,
-      type: layouts[k],
+      type: quad && layouts[k].lanes > 1 ? wordLayout(rt) : layouts[k],
       access: b.access,
       vec4: quad,
     })),
@@ -374,9 +428,12 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
   }, () => {
     const chunks: (readonly string[])[] = [];
     let quant = prog.stochastic.length > 0 ? WGSL_SR : "", fields = "", loadArgs = "", stores = "";
-    // quad kernel: each buffer's quad as one load (`l_<name>`), lane c of it per element
-    let quadLoads = "", quadStores = "";
-    const quadArgs = ["", "", "", ""];
+    // quad kernel: G elements a step; each buffer's G / (4 * lanes) quads of words as one
+    // load each (`l_<name><t>` decoded f32 values, `w_<name><t>` packed words), element j's
+    // value from its lane, and the new values stored as whole quads
+    const G = quadGroup(rt, prog);
+    let quadLoads = "", quadStores = "", quadHelpers = "";
+    const quadArgs = Array.from({ length: G }, () => "");
     prog.buffers.forEach((b, k) => {
       const stream = prog.stochastic.indexOf(b.name);
       const sk = prog.scaled.findIndex((e) => e.name === b.name);
@@ -387,16 +444,51 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
       quant += q.fn;
       fields += `  ${b.name}: f32,\n`;
       loadArgs += sk >= 0 ? `ld_${b.name}(i) * sc_inv${sk}, ` : `ld_${b.name}(i), `;
-      quadLoads += `      let l_${b.name} = lq_${b.name}(q);\n`;
-      for (let c = 0; c < 4; c++) {
-        quadArgs[c] += `l_${b.name}.${"xyzw"[c]}${sk >= 0 ? ` * sc_inv${sk}` : ""}, `;
+      const L = layouts[k].lanes, bits = layouts[k].laneBits;
+      const mask = `${(2 ** bits - 1) >>> 0}u`;
+      const codec = wgslCodec(b.dtype);
+      const inv = sk >= 0 ? ` * sc_inv${sk}` : "";
+      for (let t = 0; t < G / (4 * L); t++) {
+        quadLoads += L === 1
+          ? `      let l_${b.name}${t} = lq_${b.name}(s / 4u + ${t}u);\n`
+          : `      let w_${b.name}${t} = get4_${b.name}(s / ${4 * L}u + ${t}u);\n`;
+      }
+      for (let j = 0; j < G; j++) {
+        if (L === 1) {
+          quadArgs[j] += `l_${b.name}${j >> 2}.${"xyzw"[j & 3]}${inv}, `;
+          continue;
+        }
+        const w = Math.floor(j / L), c = j % L;
+        const word = `w_${b.name}${w >> 2}.${"xyzw"[w & 3]}`;
+        const code = c === 0 ? `(${word} & ${mask})` : `((${word} >> ${c * bits}u) & ${mask})`;
+        quadArgs[j] += `${codec.decode}${code}${inv}, `;
       }
       if (b.access !== "read_write" || amaxPass) return;
       const scale = sk >= 0 ? ` * sc_new${sk}` : "";
-      quadStores += `      st4_${b.name}(q, vec4<f32>(${
-        [0, 1, 2, 3].map((c) => `r${c}.${b.name}${scale}`).join(", ")
-      }), vec4<u32>(0u));\n`;
-      const L = layouts[k].lanes;
+      for (let t = 0; t < G / (4 * L); t++) {
+        if (L === 1) {
+          quadStores += `      st4_${b.name}(s / 4u + ${t}u, vec4<f32>(${
+            [0, 1, 2, 3].map((c) => `r${4 * t + c}.${b.name}${scale}`).join(", ")
+          }), vec4<u32>(0u));\n`;
+          continue;
+        }
+        // each word's lanes encoded as the per-element kernel's st_ packs them
+        const words = [0, 1, 2, 3].map((i) =>
+          Array.from({ length: L }, (_, c) => {
+            const e = `(${codec.encode}(r${(4 * t + i) * L + c}.${b.name}${scale}, 0u) & ${mask})`;
+            return c === 0 ? e : `(${e} << ${c * bits}u)`;
+          }).join(" | ")
+        );
+        quadStores += `      ulp_put4_${b.name}(s / ${4 * L}u + ${t}u, vec4<u32>(\n        ${
+          words.join(",\n        ")
+        }));\n`;
+      }
+      // a raw quad store: the builder's vec4 view (b_<name>, window base u.wb<name> in quads)
+      // offers no store of words as they are
+      if (L > 1) {
+        quadHelpers +=
+          `fn ulp_put4_${b.name}(q: u32, w: vec4<u32>) { b_${b.name}[q - u.wb${b.name}] = w; }\n`;
+      }
       for (let w = 0; w < E / L; w++) {
         const vals = Array.from(
           { length: 4 },
@@ -469,16 +561,17 @@ ${hyperAliases}  return Ps(${[...prog.deviceStep, "0.0"].join(", ")});
     const guard = mode.device ? "finf[0] == 0u" : "true";
     // the loop over an invocation's elements: E consecutive ones a step, or a quad
     const loop = quad
-      ? `    for (var s = e0 + li * 4u; s < e1; s = s + ${WG * 4}u) {
-      let q = s / 4u;
+      ? `    for (var s = e0 + li * ${G}u; s < e1; s = s + ${WG * G}u) {
 ${quadLoads}${
-        [0, 1, 2, 3].map((c) => `      let r${c} = update(St(${quadArgs[c]}0.0), ps);\n`).join("")
+        quadArgs.map((a, j) => `${elem(j)}      let r${j} = update(St(${a}0.0), ps);\n`).join("")
       }${quadStores}    }
 `
       : `    for (var s = e0 + li * ${E}u; s < e1; s = s + ${WG * E}u) {
 ${lanes}${stores}    }
 `;
-    const source = `${quant}${scaleVars}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+    const source = `${quant}${
+      quad ? quadHelpers : ""
+    }${scaleVars}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 struct St {
 ${fields}  intended: f32,
 }

@@ -1,0 +1,177 @@
+// The optimizers' quad kernels (optim/_update_kernel.ts, issue 20 item 2): a tensor of whole
+// groups (4 elements for f32 buffers, 8 for bf16 or f16 in u32 words, 16 with an 8-bit
+// buffer) is updated a group per step of an invocation, each buffer read and written as
+// 16-byte quads of words. They must store the bits the per-element kernel stores (the
+// stochastic roundings drawing at the same element), skip as it does under a GradScaler, keep
+// the dispatch count, and bind windows of a tensor larger than one binding.
+import assert from "node:assert/strict";
+import {
+  AdamW,
+  GradScaler,
+  type Optimizer,
+  precisionStrategy,
+  SGD,
+  type Tensor,
+  tensor,
+  zeros,
+} from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
+import {
+  quadGroup,
+  quadKernel,
+  resolveProgram,
+  setQuadKernels,
+} from "../../optim/_update_kernel.ts";
+import { normal, stateCodes, uniform } from "./_reference.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
+
+type Make = (ps: Tensor[]) => Optimizer;
+
+/**
+ * Five steps of `make`'s optimizer on parameters of `sizes` in dtype `dt`: three plain, then
+ * two under a GradScaler (device step counts), the first of them skipped (an Inf gradient).
+ * Returns every stored code and the update dispatches.
+ */
+async function run(make: Make, sizes: number[], dt: string, quad: boolean, scaler: boolean) {
+  const rt = await getRuntime();
+  const was = setQuadKernels(quad);
+  try {
+    const ps = sizes.map((n, i) => tensor(normal(n, 7 + i, 0.5), { dtype: dt }));
+    const opt = make(ps);
+    const sc = scaler ? new GradScaler({ initScale: 4 }) : null;
+    const d0 = rt.counters.dispatches;
+    for (let t = 0; t < 5; t++) {
+      ps.forEach((p, i) => {
+        p.grad?.dispose();
+        const g = uniform(p.size, 40 * t + i, -2, 2);
+        if (t >= 3 && scaler) g.forEach((v, k) => (g[k] = v * 4));
+        if (t === 3 && i === 0 && scaler) g[p.size - 1] = Infinity;
+        p.grad = tensor(g, { dtype: dt });
+      });
+      if (t < 3 || sc === null) opt.step();
+      else {
+        sc.unscale(opt);
+        sc.step(opt);
+        sc.update();
+      }
+    }
+    const dispatches = rt.counters.dispatches - d0;
+    const out: number[][] = [];
+    for (const p of ps) out.push(Array.from(await p.codes()));
+    out.push(...await stateCodes(opt, true));
+    opt.dispose();
+    sc?.dispose();
+    ps.forEach((p) => (p.zeroGrad(), p.dispose()));
+    return { out, dispatches };
+  } finally {
+    setQuadKernels(was);
+  }
+}
+
+const CASES: { name: string; dt: string; make: Make; noScaler?: boolean }[] = [
+  { name: "AdamW fp32", dt: "f32", make: (ps) => new AdamW(ps, { lr: 1e-2, weightDecay: 0.1 }) },
+  {
+    name: "AdamW bf16 (amsgrad, maximize)",
+    dt: "bf16",
+    make: (ps) => new AdamW(ps, { lr: 1e-2, amsgrad: true, maximize: true }),
+  },
+  {
+    name: "AdamW bf16-sr",
+    dt: "bf16",
+    make: (ps) => new AdamW(ps, { lr: 1e-2, precision: "bf16-sr", seed: 5 }),
+  },
+  {
+    name: "AdamW collage-light",
+    dt: "bf16",
+    make: (ps) => new AdamW(ps, { lr: 1e-2, weightDecay: 0.1, precision: "collage-light" }),
+  },
+  {
+    name: "AdamW collage-plus",
+    dt: "bf16",
+    make: (ps) => new AdamW(ps, { lr: 1e-2, weightDecay: 0.1, precision: "collage-plus" }),
+  },
+  {
+    name: "SGD collage-light (momentum)",
+    dt: "bf16",
+    make: (ps) => new SGD(ps, { lr: 1e-2, momentum: 0.9, precision: "collage-light" }),
+  },
+  {
+    name: "SGD collage-plus (Nesterov)",
+    dt: "bf16",
+    make: (ps) =>
+      new SGD(ps, { lr: 1e-2, momentum: 0.9, nesterov: true, precision: "collage-plus" }),
+  },
+  {
+    name: "AdamW e5m2 (8-bit words)",
+    dt: "e5m2",
+    make: (ps) => new AdamW(ps, { lr: 1e-2, precision: "e5m2" }),
+  },
+  {
+    name: "AdamW msamp-o2 (scaled states)",
+    dt: "f16",
+    make: (ps) => new AdamW(ps, { lr: 1e-2, precision: "msamp-o2" }),
+    noScaler: true, // a GradScaler takes f32 gradients only
+  },
+  {
+    name: "AdamW f16",
+    dt: "f16",
+    make: (ps) => new AdamW(ps, { lr: 1e-2, precision: "f16" }),
+    noScaler: true,
+  },
+];
+
+// whole groups (one chunk and a part, one group), and sizes that are not: odd, a multiple of 4
+// but not of 8, below one group
+const SIZES = [8192 + 48, 16, 1003, 12, 6];
+
+for (const c of CASES) {
+  Deno.test(`quad kernels: ${c.name} stores the per-element kernel's bits, same dispatches`, async () => {
+    const element = await run(c.make, SIZES, c.dt, false, !c.noScaler);
+    const quad = await run(c.make, SIZES, c.dt, true, !c.noScaler);
+    assert.equal(quad.out.length, element.out.length);
+    quad.out.forEach((codes, k) => assert.deepEqual(codes, element.out[k], `buffer ${k}`));
+    assert.equal(quad.dispatches, element.dispatches);
+  });
+}
+
+Deno.test("quad kernels: which tensors take them, and the group of each strategy", async () => {
+  const rt = await getRuntime();
+  const rule = new AdamW([zeros([2])]).rule;
+  const flags = { amsgrad: false, maximize: false };
+  const plain = { device: false, diag: null };
+  const f16Words = rt.info.shaderF16 ? null : 8; // native f16 buffers take the element kernel
+  for (
+    const [name, group] of [
+      ["fp32", 4],
+      ["bf16", 8],
+      ["bf16-sr", 8],
+      ["collage-light", 8],
+      ["collage-plus", 8],
+      ["e5m2", 16],
+      ["f16", f16Words],
+    ] as const
+  ) {
+    const prog = resolveProgram(rule, precisionStrategy(name), flags);
+    assert.equal(quadKernel(rt, prog, plain, 1_000_000), group !== null, name);
+    if (group === null) continue;
+    assert.equal(quadGroup(rt, prog), group, name);
+    assert.equal(quadKernel(rt, prog, { device: true, diag: null }, 2 * group), true, name);
+    assert.equal(quadKernel(rt, prog, plain, group + 2), false, `${name}: not whole groups`);
+    assert.equal(
+      quadKernel(rt, prog, { device: false, diag: precisionStrategy(name).computeDtype }, group),
+      false,
+      `${name}: diagnostics`,
+    );
+  }
+});
+
+// windows of 16 KB: 4096 f32 or 8192 bf16 elements, a third of the large tensor in bf16
+for (const c of CASES.filter((c) => c.name.includes("collage") || c.name === "AdamW fp32")) {
+  Deno.test(`quad kernels: ${c.name} over windows gives the bits of whole bindings`, async () => {
+    const sizes = [24_576, 64];
+    const whole = await run(c.make, sizes, c.dt, true, true);
+    const windowed = await withBindingLimit(16_384, () => run(c.make, sizes, c.dt, true, true));
+    assert.ok(windowed.dispatches > whole.dispatches, "windows split the dispatches");
+    windowed.out.forEach((codes, k) => assert.deepEqual(codes, whole.out[k], `buffer ${k}`));
+  });
+}
