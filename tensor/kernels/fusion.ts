@@ -618,13 +618,15 @@ ${body}
 }
 fn kernel(wg: u32, lid: vec3u, li: u32) {
   let base = wg * ${WG * PER_THREAD}u + li;
+  // past the end: skip, not return (llvmpipe runs a loop with a return inside ~30% slower)
   for (var e = 0u; e < ${PER_THREAD}u; e = e + 1u) {
     let w = base + e * ${WG}u;
-    if (w * ${lanes}u >= u.n) { return; }
+    if (w * ${lanes}u < u.n) {
     let i0 = w * ${lanes}u;
     var v = vec4<f32>(0.0);
     var r = vec4<u32>(0u);
 ${word}    st_out(w, v, r);
+    }
   }
 }
 `;
@@ -685,10 +687,11 @@ ${ones}  let base = wg * ${WG * QUADS}u + li;
   for (var e = 0u; e < ${QUADS}u; e = e + 1u) {
     let q = base + e * ${WG}u;
     let i0 = q * 4u;
-    if (i0 >= u.n) { return; }
+    if (i0 < u.n) {
 ${loads}    var v = vec4<f32>(0.0);
     var r = vec4<u32>(0u);
-${calls}${store}  }
+${calls}${store}    }
+  }
 }
 `;
 }
