@@ -144,6 +144,7 @@ const CPU_TEXTURE_TILES: Readonly<Record<MatmulShapeClass, readonly Tiles[]>> = 
     { tm: 16, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 32 x 128
   ],
   large: [
+    { tm: 48, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 96 x 128
     { tm: 32, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 64 x 128
     { tm: 64, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 128 x 128
     { tm: 32, tn: 32, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 64 x 256
@@ -599,13 +600,16 @@ function matmulTextureSource(cfg: MatmulKernelConfig): string {
   const q = tn / 4, X = "xyzw";
   const { accDecl, storeRow, stores } = epilogue(cfg);
   // the 4 steps of K chained per accumulator: one load and one store of it (they spill on
-  // llvmpipe) per 4 multiply-adds instead of per one (1.3-1.5x); same order, same bits
+  // llvmpipe) per 4 multiply-adds instead of per one (1.3-1.5x); same order, same bits. B's
+  // texels first, then row by row A's texel and that row's accumulators: a texel of A is
+  // used right after its load instead of being spilled with all the others (1.1-1.2x the
+  // order that loads every texel first, in CPU time at 1024^3)
   let body = "";
-  for (let i = 0; i < tm; i++) body += `    let a${i} = tl_a(k4, r0 + ${i}u);\n`;
   for (let kk = 0; kk < 4; kk++) {
     for (let j = 0; j < q; j++) body += `    let b${kk}_${j} = tl_b(c0 + ${j}u, kb + ${kk}u);\n`;
   }
   for (let i = 0; i < tm; i++) {
+    body += `    let a${i} = tl_a(k4, r0 + ${i}u);\n`;
     for (let j = 0; j < q; j++) {
       let e = `acc${i}_${j}`;
       for (let kk = 0; kk < 4; kk++) e = `fma(vec4<f32>(a${i}.${X[kk]}), b${kk}_${j}, ${e})`;
