@@ -276,6 +276,20 @@ function wordLayout(rt: Runtime) {
 }
 
 /**
+ * `q_<name>` of a bf16 buffer rounding to nearest: `ulp_dec_bf16(ulp_enc_bf16_rne(v))` in
+ * one step, the same bits (a NaN gives the quiet NaN of its sign; otherwise the RNE
+ * rounding of the bits with the low half cleared, which the decoder would return as it is:
+ * the rounded code is never a NaN) and one NaN test instead of two.
+ */
+const Q_BF16 = (name: string) =>
+  `fn q_${name}(v: f32) -> f32 {
+  let b = bitcast<u32>(v);
+  if ((b & 0x7fffffffu) > 0x7f800000u) { return bitcast<f32>((b & 0x80000000u) | 0x7fc00000u); }
+  return bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
+}
+`;
+
+/**
  * `fn q_<name>(v) -> f32`: v rounded to the dtype `<name>` is stored in, and its chunks.
  * With `stream` (the buffer's number among the stochastic ones) the rounding is stochastic:
  * `ulp_sr` adds random bits below the stored mantissa (from `ulp_rand(u.rkey ^ stream,
@@ -288,6 +302,7 @@ function quantizer(
   stream: number | null = null,
 ): { fn: string; chunks: readonly string[] } {
   const c = wgslCodec(d);
+  if (stream === null && d.name === "bf16") return { fn: Q_BF16(name), chunks: c.chunks };
   const v = stream === null
     ? "v"
     : `ulp_sr(v, ulp_rand(u.rkey ^ ${stream}u, ulp_elem), ${23 - d.constants!.m}u)`;

@@ -7,8 +7,10 @@
 import assert from "node:assert/strict";
 import {
   AdamW,
+  fromCodes,
   GradScaler,
-  type Optimizer,
+  Optimizer,
+  type ParamGroup,
   precisionStrategy,
   SGD,
   type Tensor,
@@ -16,6 +18,7 @@ import {
   zeros,
 } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
+import type { UpdateRule } from "../../optim/mod.ts";
 import {
   quadGroup,
   quadKernel,
@@ -175,3 +178,74 @@ for (const c of CASES.filter((c) => c.name.includes("collage") || c.name === "Ad
     windowed.out.forEach((codes, k) => assert.deepEqual(codes, whole.out[k], `buffer ${k}`));
   });
 }
+
+/**
+ * A rule whose update rounds an arbitrary f32 bit pattern to the parameter's dtype: the high
+ * half from the parameter's decoded bits, the low half from the gradient's code xor 0xff (so
+ * that low halves which are NaN codes in bf16, 0x7fff and 0xffff, are reachable).
+ */
+const ROUND_BITS: UpdateRule<ParamGroup> = {
+  name: "roundbits",
+  label: "RoundBits",
+  flags: () => ({}),
+  states: () => [],
+  hyper: {},
+  perStep: () => ({}),
+  body: () =>
+    `  let lo = (bitcast<u32>(x.grad) >> 16u) ^ 0xffu;
+  y.param = q_param(bitcast<f32>((bitcast<u32>(x.param) & 0xffff0000u) | lo));
+  y.intended = 0.0;`,
+  savesStep: false,
+  validate: () => {},
+};
+
+class RoundBits extends Optimizer<ParamGroup, Record<never, never>> {
+  constructor(ps: Tensor[]) {
+    super(ROUND_BITS, ps, { lr: 0 }, "bf16");
+  }
+}
+
+/** bf16 RNE of the f32 bits b (NaN: the quiet NaN of its sign), computed on the bits. */
+function rneBf16(b: number): number {
+  if ((b & 0x7fffffff) >>> 0 > 0x7f800000) return ((b >>> 16) & 0x8000) | 0x7fc0;
+  return ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+Deno.test("quad kernels: bf16's q_ rounds every high half with low halves 0, 1, 0x7fff, 0x8000, 0x8001, 0xffff as RNE on the bits", async () => {
+  await getRuntime();
+  const n = 65536;
+  const highs = Uint16Array.from({ length: n }, (_, i) => i);
+  // gradient codes (non-NaN) whose code xor 0xff is each low half
+  const lows = [0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff, 0x1234];
+  for (const quad of [true, false]) {
+    const was = setQuadKernels(quad);
+    try {
+      const ps = lows.map(() => fromCodes(highs, [n], "bf16"));
+      ps.forEach((
+        p,
+        k,
+      ) => (p.grad = fromCodes(new Uint16Array(n).fill(lows[k] ^ 0xff), [n], "bf16")));
+      const opt = new RoundBits(ps);
+      opt.step();
+      for (let k = 0; k < lows.length; k++) {
+        const got = await ps[k].codes();
+        for (let i = 0; i < n; i++) {
+          const hi = (i & 0x7fff) > 0x7f80 ? ((i & 0x8000) | 0x7fc0) : i; // decoded NaN codes are quiet
+          const want = rneBf16(((hi << 16) | lows[k]) >>> 0);
+          if (got[i] !== want) {
+            assert.fail(
+              `${quad ? "quad" : "element"} kernel: bits 0x${
+                (((hi << 16) | lows[k]) >>> 0).toString(16)
+              } ` +
+                `rounded to 0x${got[i].toString(16)}, want 0x${want.toString(16)}`,
+            );
+          }
+        }
+      }
+      opt.dispose();
+      ps.forEach((p) => (p.zeroGrad(), p.dispose()));
+    } finally {
+      setQuadKernels(was);
+    }
+  }
+});
