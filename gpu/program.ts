@@ -614,6 +614,27 @@ export function runProgram<const S extends ProgramSpec>(
   program(rt, key, spec, body).run(args);
 }
 
+/**
+ * The kernel of a program. A function of its own so that `body` stays out of the scope of
+ * `build`, whose closures the cached program keeps: a body closure holds its op's scope, and
+ * with it the tensors of the call that built the program (unreachable in the user's code, so
+ * never freed by the safety net while the cache lives).
+ */
+function compile(
+  rt: Runtime,
+  sig: string,
+  spec: ProgramSpec,
+  body: () => ProgramBody,
+  struct: string,
+): Kernel {
+  const signature = {
+    buffers: spec.bindings.map((b) => b.access),
+    uniform: true,
+    textures: (spec.textures ?? []).map((t) => t.access),
+  };
+  return rt.kernelFor(sig, spec.label, signature, () => generate(spec, body(), struct));
+}
+
 function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramBody): Program {
   const label = spec.label;
   spec.bindings.forEach((b) => {
@@ -626,16 +647,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
   (spec.textures ?? []).forEach((t) => checkName(label, "texture", t.name));
   const { fields, words, struct } = layoutFields(spec);
   const byName = new Map(fields.map((f) => [f.name, f]));
-  const kernel = rt.kernelFor(
-    sig,
-    label,
-    {
-      buffers: spec.bindings.map((b) => b.access),
-      uniform: true,
-      textures: (spec.textures ?? []).map((t) => t.access),
-    },
-    () => generate(spec, body(), struct),
-  );
+  const kernel = compile(rt, sig, spec, body, struct);
   const units = spec.bindings.map((b) => unit(b.type, b.vec4));
   const is3d = spec.grid === "3d";
   const userFields = (spec.uniforms ?? []).map((f) => byName.get(f.name)!);

@@ -17,10 +17,33 @@ interface Held {
   buf: PooledBuffer;
 }
 
+/** What the registry has freed in this process: tensors nothing disposed, and their bytes. */
+const netFreed = { tensors: 0, bytes: 0 };
+
 const registry = new FinalizationRegistry<Held>(({ rt, buf }) => {
+  netFreed.tensors++;
+  netFreed.bytes += buf.bytes;
   if (rt.lost) return;
   rt.free(buf);
 });
+
+/**
+ * How many tensors the safety net has freed in this process (each one unreachable and never
+ * disposed: a leak that the collector caught), and their bytes. Code that owns its tensors
+ * leaves this at zero after forced collections (`--v8-flags=--expose-gc`, `gc()`, then a turn of
+ * the event loop for the registry's callbacks). @internal
+ *
+ * @example
+ * ```ts
+ * import { safetyNetFreed } from "./_leaks.ts";
+ * const before = safetyNetFreed().tensors;
+ * // ... run the code under test, gc(), await a timer ...
+ * console.log(safetyNetFreed().tensors - before); // 0: nothing was left unreachable
+ * ```
+ */
+export function safetyNetFreed(): { tensors: number; bytes: number } {
+  return { ...netFreed };
+}
 
 /** Frees `buf` when `owner` becomes unreachable, unless `forget(owner)` is called first. */
 export function watch(owner: object, rt: Runtime, buf: PooledBuffer): void {
