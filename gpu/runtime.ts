@@ -668,6 +668,30 @@ export class Runtime {
     dst.lastBatch = this.#batch;
   }
 
+  /**
+   * Records a copy of `width` x `height` texels from `src` (row r at byte `offset + r
+   * bytesPerRow`, `bytesPerRow` a multiple of 256) into the top-left corner of a scratch
+   * texture (outside the compute pass, in order with the dispatches): the bytes as they are,
+   * 16 per texel, not a dispatch.
+   */
+  copyToTexture(
+    src: PooledBuffer,
+    offset: number,
+    bytesPerRow: number,
+    dst: GPUTexture,
+    width: number,
+    height: number,
+  ): void {
+    this.#check("copyToTexture");
+    if (width * height === 0) return;
+    this.#closePass().copyBufferToTexture(
+      { buffer: src.buffer, offset, bytesPerRow },
+      { texture: dst },
+      [width, height],
+    );
+    src.lastBatch = this.#batch;
+  }
+
   #textures = new Map<string, { texture: GPUTexture; bytes: number }>();
   #retired: GPUTexture[] = [];
   #textureBytes = 0;
@@ -719,7 +743,8 @@ export class Runtime {
         label: `scratch ${slot}`,
         size: [width, height],
         format: "rgba32float",
-        usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING,
+        usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING |
+          GPUTextureUsage.COPY_DST,
       });
     } catch {
       return null;

@@ -233,28 +233,47 @@ export function matmulTexturesPassed(): boolean {
   return rt.info.isFallbackAdapter && !textureFails.has(rt);
 }
 
-// On a new CPU adapter, one probe product per family (256 x 256 by 256 x 1024, the texture
-// family's medium class): the texture family stays only where it gives the same bits.
+// On a new CPU adapter, probe products per family: the texture family stays only where it
+// gives the workgroup-memory kernel's bits in each of its variants: 256 x 256 by 256 x 1024
+// in f32 (the copy variant, large class), a K of 252 (not copyable: the packing variant) and
+// a transposed f32 A by a transposed bf16 B with infinities and a subnormal (the copy
+// variant's raw bits and bf16 decode; medium class, small kernels).
 onNewDevice(async (rt) => {
   if (!rt.info.isFallbackAdapter) return;
-  const M = 256, K = 256, N = 1024;
-  const val = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * s));
-  const a = tensor(val(M * K, 0.37), { shape: [M, K] });
-  const b = tensor(val(K * N, 0.11), { shape: [K, N] });
+  const val = (n: number, s: number) => {
+    const v = Float32Array.from({ length: n }, (_, i) => Math.sin(i * s));
+    v.set([Infinity, -Infinity, 1e-40], 5);
+    return v;
+  };
+  const probes: [number, number, number, boolean, boolean, "f32" | "bf16"][] = [
+    [256, 256, 1024, false, false, "f32"],
+    [64, 252, 1024, false, false, "f32"],
+    [64, 256, 1024, true, true, "bf16"],
+  ];
   const prev = family;
   try {
-    family = "workgroup";
-    const w = matmul(a, b);
-    family = "auto";
-    const t = matmul(a, b);
-    const [wv, tv] = [await w.toArray(), await t.toArray()];
-    w.dispose();
-    t.dispose();
-    if (wv.some((v, i) => !Object.is(v, tv[i]))) textureFails.add(rt);
+    for (const [M, K, N, ta, tb, bdt] of probes) {
+      const a = tensor(val(M * K, 0.37), { shape: ta ? [K, M] : [M, K] });
+      const b = tensor(val(K * N, 0.11), { shape: tb ? [N, K] : [K, N], dtype: bdt });
+      try {
+        family = "workgroup";
+        const w = matmul(a, b, { transA: ta, transB: tb });
+        family = "auto";
+        const t = matmul(a, b, { transA: ta, transB: tb });
+        const [wv, tv] = [await w.toArray(), await t.toArray()];
+        w.dispose();
+        t.dispose();
+        if (wv.some((v, i) => !Object.is(v, tv[i]))) {
+          textureFails.add(rt);
+          return;
+        }
+      } finally {
+        a.dispose();
+        b.dispose();
+      }
+    }
   } finally {
     family = prev;
-    a.dispose();
-    b.dispose();
   }
 });
 
@@ -630,6 +649,205 @@ ${stores}}
 `;
 }
 
+/**
+ * How the copy variant of the texture family reads an operand: its stored dtype (`bf16`: 8
+ * values a texel, two a word; else f32, 4 a texel) and whether it is stored transposed.
+ */
+interface RawOperand {
+  readonly bf16: boolean;
+  readonly trans: boolean;
+}
+
+/** Values of an operand's stored row in one texel: 8 bf16 or 4 f32. */
+const perTexel = (o: RawOperand) => (o.bf16 ? 8 : 4);
+
+/**
+ * The WGSL body of the texture family's copy variant: A and B are textures holding the
+ * operands' stored bytes as they are (`copyBufferToTexture`, no packing dispatch): a texel is
+ * 16 bytes of a stored row, 4 f32 or 8 bf16 values (read as f32 bits and decoded with a
+ * shift), along K or along M / N as the operand is stored. Each iteration covers `ks` steps of
+ * K (8 when an operand is bf16, else 4): B's values first (decoded once), then row by row (a
+ * group of 4 or 8 rows for a transposed A, whose texels run along M) A's and the row's
+ * accumulators, each a chain of `ks` fmas in ascending k: the same products in the same order
+ * as the workgroup-memory kernel, so the same bits (the decode gives the values its decoder
+ * gives; a NaN's payload may differ before the output encoder, which makes every NaN the
+ * canonical one of its sign). Rows and columns past M and N read what the scratch texture
+ * held; only outputs that are not stored see them.
+ */
+function matmulRawSource(cfg: MatmulKernelConfig, ra: RawOperand, rb: RawOperand): string {
+  const { tm, tn, wgx, wgy } = cfg.tiles;
+  const q = tn / 4, X = "xyzw";
+  const ks = ra.bf16 || rb.bf16 ? 8 : 4;
+  const pa = perTexel(ra), pb = perTexel(rb);
+  const ga = ra.trans ? pa : 1; // rows of A a group of loads covers
+  if (tm % ga || (!rb.trans && tn % pb) || tn % 4) {
+    throw new ValueError(`matmulRawSource(): tiles ${tm}x${tn} do not fit the operands' texels`);
+  }
+  // element e of texel variable t: f32 texels as they are, bf16 ones two a word
+  const el = (t: string, e: number, bf: boolean) =>
+    bf
+      ? `bitcast<f32>(${
+        e % 2
+          ? `bitcast<u32>(${t}.${X[e >> 1]}) & 0xffff0000u`
+          : `bitcast<u32>(${t}.${X[e >> 1]}) << 16u`
+      })`
+      : `${t}.${X[e]}`;
+  let body = "";
+  // B: vec4 bv<kk>_<j> of columns 4j..4j+3 at step kk
+  if (!rb.trans) {
+    for (let kk = 0; kk < ks; kk++) {
+      for (let u = 0; u < tn / pb; u++) {
+        body += `    let bt${kk}_${u} = tl_b(nb + ${u}u, kb + ${kk}u);\n`;
+      }
+      for (let j = 0; j < q; j++) {
+        const u = Math.floor((4 * j) / pb), e0 = (4 * j) % pb;
+        body += rb.bf16
+          ? `    let bv${kk}_${j} = vec4<f32>(${
+            [0, 1, 2, 3].map((c) => el(`bt${kk}_${u}`, e0 + c, true)).join(", ")
+          });\n`
+          : `    let bv${kk}_${j} = bt${kk}_${u};\n`;
+      }
+    }
+  } else {
+    for (let n = 0; n < tn; n++) {
+      for (let t = 0; t < ks / pb; t++) {
+        body += `    let bt${n}_${t} = tl_b(kt * ${ks / pb}u + ${t}u, n0 + ${n}u);\n`;
+      }
+    }
+    for (let kk = 0; kk < ks; kk++) {
+      for (let j = 0; j < q; j++) {
+        const parts = [0, 1, 2, 3].map((c) =>
+          el(`bt${4 * j + c}_${Math.floor(kk / pb)}`, kk % pb, rb.bf16)
+        );
+        body += `    let bv${kk}_${j} = vec4<f32>(${parts.join(", ")});\n`;
+      }
+    }
+  }
+  // A, a group of rows at a time: their values, then their accumulators
+  for (let g = 0; g < tm / ga; g++) {
+    if (!ra.trans) {
+      for (let t = 0; t < ks / pa; t++) {
+        body += `    let at${g}_${t} = tl_a(kt * ${ks / pa}u + ${t}u, r0 + ${g}u);\n`;
+      }
+    } else {
+      for (let kk = 0; kk < ks; kk++) {
+        body += `    let at${g}_${kk} = tl_a(r0 / ${pa}u + ${g}u, kb + ${kk}u);\n`;
+      }
+    }
+    for (let r = 0; r < ga; r++) {
+      const i = g * ga + r;
+      for (let kk = 0; kk < ks; kk++) {
+        const v = ra.trans
+          ? el(`at${g}_${kk}`, r, ra.bf16)
+          : el(`at${g}_${Math.floor(kk / pa)}`, kk % pa, ra.bf16);
+        body += `    let a${i}_${kk} = ${v};\n`;
+      }
+      for (let j = 0; j < q; j++) {
+        let e = `acc${i}_${j}`;
+        for (let kk = 0; kk < ks; kk++) e = `fma(vec4<f32>(a${i}_${kk}), bv${kk}_${j}, ${e})`;
+        body += `    acc${i}_${j} = ${e};\n`;
+      }
+    }
+  }
+  const { accDecl, storeRow, stores } = epilogue(cfg);
+  return `${storeRow}
+fn kernel(wg: vec3u, lid: vec3u, li: u32) {
+  let c0 = (wg.x * ${wgx}u + lid.x) * ${q}u;
+  let r0 = (wg.y * ${wgy}u + lid.y) * ${tm}u;
+  let n0 = c0 * 4u;
+  let nb = n0 / ${pb}u;
+${accDecl}  for (var kt = 0u; kt < u.kit; kt = kt + 1u) {
+    let kb = kt * ${ks}u;
+${body}  }
+  let zoff = 0u;
+  let m = r0;
+  let n = n0;
+${stores}}
+`;
+}
+
+/** The copy variant's program: the output (and scales) bound, A and B as raw textures. */
+function matmulRawProgram(
+  rt: Runtime,
+  cfg: MatmulKernelConfig,
+  ra: RawOperand,
+  rb: RawOperand,
+) {
+  const t = cfg.tiles;
+  const bindings: BindingSpec[] = [
+    { name: "out", type: cfg.out, access: "read_write", encode: { saturate: cfg.saturate } },
+  ];
+  if (cfg.scaled) {
+    bindings.push({ name: "scalea", type: "f32", access: "read" });
+    bindings.push({ name: "scaleb", type: "f32", access: "read" });
+  }
+  const access = textureReads();
+  const op = (o: RawOperand) => `${o.bf16 ? "bf16" : "f32"}${o.trans ? "T" : ""}`;
+  return program(rt, `matmul-raw|${t.tm},${t.tn},${t.wgx},${t.wgy}|${op(ra)}|${op(rb)}|${access}`, {
+    label: "matmul",
+    bindings,
+    uniforms: [
+      { name: "m", type: "u32" },
+      { name: "n", type: "u32" },
+      { name: "kit", type: "u32" }, // iterations of the K loop (K / ks)
+      { name: "acc", type: "u32" }, // always 0: one pass over K
+    ],
+    textures: [{ name: "a", access }, { name: "b", access }],
+    workgroupSize: [t.wgx, t.wgy],
+    grid: "3d",
+  }, () => matmulRawSource(cfg, ra, rb));
+}
+
+/**
+ * The copy variant's plan for a product, where it can run it: both operands f32 or bf16
+ * whose stored rows are whole multiples of 256 bytes (what `copyBufferToTexture` needs), K a
+ * multiple of the K loop's step, one pass over K, tiles whose blocks are whole texels, and
+ * textures within the adapter's limits. Each operand's scratch texture and the copy into it;
+ * null where the packing variant runs the product.
+ */
+function rawPlan(
+  rt: Runtime,
+  A: View,
+  B: View,
+  full: readonly number[],
+  M: number,
+  N: number,
+  K: number,
+  tiles: Tiles,
+  kSplits: readonly [number, number][],
+): { ra: RawOperand; rb: RawOperand; ta: GPUTexture; tb: GPUTexture; kit: number } | null {
+  const max = rt.maxBindingBytes;
+  if (prod(full) !== 1 || M * N * 4 > max) return null;
+  const kind = (v: View): RawOperand | null => {
+    const name = v.t.dt.name;
+    if (name !== "f32" && name !== "bf16") return null;
+    const o = { bf16: name === "bf16", trans: v.trans };
+    return (v.cols * (o.bf16 ? 2 : 4)) % 256 === 0 ? o : null;
+  };
+  const ra = kind(A), rb = kind(B);
+  if (ra === null || rb === null || kSplits.length !== 1) return null;
+  const ks = ra.bf16 || rb.bf16 ? 8 : 4;
+  const pa = perTexel(ra), pb = perTexel(rb);
+  if (K % ks || tiles.tm % (ra.trans ? pa : 1) || (!rb.trans && tiles.tn % pb)) return null;
+  const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
+  const Mp = Math.ceil(M / bm) * bm, Np = Math.ceil(N / bn) * bn;
+  // texels along a stored row x rows, padded to whole tiles
+  const ta = ra.trans
+    ? rt.scratchTexture("matmul.a", Mp / pa, K)
+    : rt.scratchTexture("matmul.a", K / pa, Mp);
+  const tb = rb.trans
+    ? rt.scratchTexture("matmul.b", K / pb, Np)
+    : rt.scratchTexture("matmul.b", Np / pb, K);
+  if (ta === null || tb === null) return null;
+  return { ra, rb, ta, tb, kit: K / ks };
+}
+
+/** Copies an operand's stored rows into its raw texture (16 bytes a texel). */
+function copyRaw(rt: Runtime, v: View, o: RawOperand, t: GPUTexture, op: string): void {
+  const rowBytes = v.cols * (o.bf16 ? 2 : 4);
+  rt.copyToTexture(v.t.buffer(op), 0, rowBytes, t, rowBytes / 16, v.rows);
+}
+
 /** How the texture family reads its textures: as read-only storage textures where WGSL can. */
 function textureReads(): "read" | "read-storage" {
   const features = (navigator.gpu as { wgslLanguageFeatures?: ReadonlySet<string> })
@@ -905,10 +1123,12 @@ function gemm(
   let tiles = tilesFor(rt, M, N);
   let kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
   // the texture family where it can run this product, else the workgroup-memory tiles
-  const textures = tiles.family === "texture"
+  // (the copy variant where the operands' stored rows can be copied as they are, else packing)
+  const raw = tiles.family === "texture" ? rawPlan(rt, A, B, full, M, N, K, tiles, kSplits) : null;
+  const textures = tiles.family === "texture" && raw === null
     ? texturesFor(rt, A, B, full, M, N, tiles, kSplits)
     : null;
-  if (tiles.family === "texture" && textures === null) {
+  if (tiles.family === "texture" && raw === null && textures === null) {
     tiles = storageTiles(rt, M, N);
     kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
   }
@@ -948,7 +1168,21 @@ function gemm(
   const scaleBufs: Record<string, PooledBuffer> = scales === null
     ? {}
     : { scalea: scales[0].buffer(op), scaleb: scales[1].buffer(op) };
-  if (textures !== null) {
+  if (raw !== null) {
+    // the operands' stored bytes copied into textures (no dispatch), then the product
+    const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
+    const gx = Math.ceil(N / bn), gy = Math.ceil(M / bm);
+    copyRaw(rt, A, raw.ra, raw.ta, op);
+    copyRaw(rt, B, raw.rb, raw.tb, op);
+    matmulRawProgram(rt, cfg, raw.ra, raw.rb).run({
+      buffers: { out: out.buffer(op), ...scaleBufs },
+      textures: { a: raw.ta, b: raw.tb },
+      uniforms: { m: M, n: N, kit: raw.kit, acc: 0 },
+      groups: [gx, gy, 1],
+      splitDim: [0, 1],
+      cost: 0.1 * gx * bn * gy * bm * K,
+    });
+  } else if (textures !== null) {
     // pack each split's K-slice of A and B into textures, then the product reads them
     const prog = matmulTextureProgram(rt, cfg);
     const pack = packProgram(rt, cfg.a, cfg.b);

@@ -651,6 +651,64 @@ Deno.test("matmul()'s texture family gives the bits of the workgroup-memory kern
   }
 });
 
+Deno.test("matmul()'s texture family copies f32 and bf16 operands whose rows are whole 256-byte units, without a packing dispatch, and gives the workgroup-memory kernel's bits", async () => {
+  await getRuntime();
+  if (!matmulTexturesPassed()) return; // off on this device (a GPU, or its check failed)
+  // stored rows of 64 f32 or 128 bf16 values (or multiples): copied as they are; M and N not
+  // multiples of the tiles (rows and columns past them read what the textures held before)
+  const cases: [number[], number[], string, string, MatmulOptions][] = [
+    [[70, 64], [64, 128], "f32", "f32", {}],
+    [[72, 128], [72, 192], "f32", "f32", { transA: true }],
+    [[50, 128], [100, 128], "f32", "f32", { transB: true }],
+    [[64, 64], [30, 64], "f32", "f32", { transA: true, transB: true }],
+    [[70, 128], [128, 256], "bf16", "bf16", {}],
+    [[64, 128], [64, 128], "bf16", "bf16", { transA: true }],
+    [[50, 128], [90, 128], "bf16", "bf16", { transB: true, outDtype: "f32" }],
+    [[128, 128], [40, 128], "bf16", "bf16", { transA: true, transB: true }],
+    [[33, 64], [64, 128], "f32", "bf16", {}],
+    [[128, 128], [100, 128], "bf16", "f32", { transB: true, outDtype: "f32" }],
+  ];
+  let seed = 40;
+  for (const [as, bs, adt, bdt, opts] of cases) {
+    const r = rng(seed++);
+    const a = operand(as, adt, r), b = operand(bs, bdt, r);
+    const tex = await withTiles(TEXTURE, () => product(a.t, b.t, opts));
+    const wg = await withTiles(STORAGE, () => product(a.t, b.t, opts));
+    const label = `[${as}] (${adt}) @ [${bs}] (${bdt}) ${JSON.stringify(opts)}`;
+    assert.deepEqual(tex.bits, wg.bits, `${label}: same bits as the workgroup-memory kernel`);
+    assert.equal(tex.dispatches, wg.dispatches, `${label}: copies, no packing dispatch`);
+    const out = matmul(a.t, b.t, opts);
+    const outDt = out.dtype;
+    out.dispose();
+    const got = tensor(tex.values, { shape: out.shape });
+    await check(got.cast(outDt), reference(a, b, opts), outDt, `${label} (texture)`);
+    for (const t of [a.t, b.t, got]) t.dispose();
+  }
+  // infinities and subnormals in either half of a bf16 word, and NaN: the same values (a
+  // NaN's sign depends on which NaN operand an fma passes on, in the packing variant too)
+  const special = (shape: number[], dt: string) => {
+    const v = Float32Array.from({ length: prod(shape) }, (_, i) => Math.sin(i) * 3);
+    v.set([Infinity, 1, -Infinity, 2, 1e-40, -1e-39, NaN, 3], 8);
+    return tensor(v, { shape, dtype: dt });
+  };
+  for (const dt of ["f32", "bf16"]) {
+    for (const opts of [{}, { transA: true, transB: true }]) {
+      const a = special([128, 128], dt), b = special([128, 128], dt);
+      const tex = await withTiles(TEXTURE, () => product(a, b, opts));
+      const wg = await withTiles(STORAGE, () => product(a, b, opts));
+      const off = tex.values.findIndex((v, i) => !Object.is(v, wg.values[i]));
+      assert.equal(
+        off,
+        -1,
+        `${dt} ${JSON.stringify(opts)} with Inf, NaN, subnormals: element ${off}`,
+      );
+      assert.ok(tex.values.some(Number.isNaN) && tex.values.some((v) => v === Infinity));
+      a.dispose();
+      b.dispose();
+    }
+  }
+});
+
 Deno.test("matmul()'s texture family applies FP8's per-tensor scales as the workgroup-memory kernel", async () => {
   const r = rng(21);
   const a = operand([40, 48], "f32", r, 30), b = operand([48, 64], "f32", r, 0.01);
