@@ -47,6 +47,7 @@ import {
   MAX_LOOP,
   quadLoads,
   quadStore,
+  type RowProgram,
   vec4View,
   windowElems,
 } from "./reduce.ts";
@@ -539,16 +540,8 @@ function runRows(
   const laneFits = [...tensors.map((t) => t.dt), outDt].every((d) =>
     LANE_ROWS * C <= windowElems(rt, layoutOf(d, rt)) / 2
   );
-  /**
-   * The lane-row and quad families' program, `rowsPer` rows a workgroup of `wgSize`
-   * invocations, one-word inputs and output viewed as vec4 (`body` gets whether the output is).
-   */
-  const rowProgram = (
-    tag: string,
-    rowsPer: number,
-    wgSize: number,
-    body: (vec4Out: boolean) => string,
-  ) => {
+  // the lane-row and quad families' program; one-word inputs and output viewed as vec4
+  const rowProgram: RowProgram<{ out: Tensor; stats: Tensor[] }> = (tag, rowsPer, wgSize, body) => {
     for (const [k, name] of save.entries()) buffers[name] = stats[k].buffer(label);
     const names = [...s.ins, ...s.saved, "out", ...save];
     program(rt, `${key}|${tag}|${save.length}`, {

@@ -478,6 +478,19 @@ export function setRowFamily(
 export const LANE_ROWS = 16;
 
 /**
+ * Runs the program of a row family (lane-row, quad) of an op's row kernels: `tag` in its key,
+ * `rowsPer` rows a workgroup of `wgSize` invocations, one-word bindings viewed as vec4, the
+ * WGSL from `body` (told whether the output is a vec4 view); returns the op's results.
+ * @internal
+ */
+export type RowProgram<R> = (
+  tag: string,
+  rowsPer: number,
+  wgSize: number,
+  body: (vec4Out: boolean) => string,
+) => R;
+
+/**
  * Whether the row kernels view a binding of layout `l` as `array<vec4<u32>>`: one-word
  * elements (f32, i32, u32: one u32 lane each), so a quad of them is one vec4 load or store.
  * @internal
@@ -909,16 +922,8 @@ function rowKernel(kind: RowKind, ins: Tensor[], axis: number | null, outDt: DTy
   const laneFits = [...ins.map((t) => t.dt), out.dt].every((d) =>
     LANE_ROWS * p.R <= windowElems(rt, layoutOf(d, rt)) / 2
   );
-  /**
-   * The lane-row and quad families' program, `rowsPer` rows a workgroup of `wgSize`
-   * invocations, one-word bindings viewed as vec4 (`body` gets whether the output is).
-   */
-  const rowProgram = (
-    tag: string,
-    rowsPer: number,
-    wgSize: number,
-    body: (vec4Out: boolean) => string,
-  ) => {
+  // the lane-row and quad families' program; one-word bindings viewed as vec4
+  const rowProgram: RowProgram<Tensor> = (tag, rowsPer, wgSize, body) => {
     const grows = (g0: number, g1: number) => rows(g0 * rowsPer, Math.min(p.nOut, g1 * rowsPer));
     const granges: Record<string, typeof rows> = { out: grows };
     names.forEach((nm) => (granges[nm] = grows));
