@@ -1,5 +1,5 @@
 // The optimizers' quad kernels (optim/_update_kernel.ts, issue 20 item 2): a tensor of whole
-// groups (4 elements for f32 buffers, 8 for bf16 or f16 in u32 words, 16 with an 8-bit
+// groups (8 elements for f32 buffers, 16 for bf16 or f16 in u32 words, 32 with an 8-bit
 // buffer) is updated a group per step of an invocation, each buffer read and written as
 // 16-byte quads of words. They must store the bits the per-element kernel stores (the
 // stochastic roundings drawing at the same element), skip as it does under a GradScaler, keep
@@ -123,9 +123,9 @@ const CASES: { name: string; dt: string; make: Make; noScaler?: boolean }[] = [
   },
 ];
 
-// whole groups (one chunk and a part, one group), and sizes that are not: odd, a multiple of 4
-// but not of 8, below one group
-const SIZES = [8192 + 48, 16, 1003, 12, 6];
+// whole groups (chunks and a part, one group), and sizes that are not: odd, a multiple of 8
+// but not of 16, a multiple of 4, below one group
+const SIZES = [16384 + 96, 32, 1003, 24, 12, 6];
 
 for (const c of CASES) {
   Deno.test(`quad kernels: ${c.name} stores the per-element kernel's bits, same dispatches`, async () => {
@@ -142,15 +142,15 @@ Deno.test("quad kernels: which tensors take them, and the group of each strategy
   const rule = new AdamW([zeros([2])]).rule;
   const flags = { amsgrad: false, maximize: false };
   const plain = { device: false, diag: null };
-  const f16Words = rt.info.shaderF16 ? null : 8; // native f16 buffers take the element kernel
+  const f16Words = rt.info.shaderF16 ? null : 16; // native f16 buffers take the element kernel
   for (
     const [name, group] of [
-      ["fp32", 4],
-      ["bf16", 8],
-      ["bf16-sr", 8],
-      ["collage-light", 8],
-      ["collage-plus", 8],
-      ["e5m2", 16],
+      ["fp32", 8],
+      ["bf16", 16],
+      ["bf16-sr", 16],
+      ["collage-light", 16],
+      ["collage-plus", 16],
+      ["e5m2", 32],
       ["f16", f16Words],
     ] as const
   ) {
@@ -168,12 +168,12 @@ Deno.test("quad kernels: which tensors take them, and the group of each strategy
   }
 });
 
-// windows of 16 KB: 4096 f32 or 8192 bf16 elements, a third of the large tensor in bf16
+// windows of 64 KB: 16384 f32 or 32768 bf16 elements, a third of the large tensor in bf16
 for (const c of CASES.filter((c) => c.name.includes("collage") || c.name === "AdamW fp32")) {
   Deno.test(`quad kernels: ${c.name} over windows gives the bits of whole bindings`, async () => {
-    const sizes = [24_576, 64];
+    const sizes = [98_304, 64];
     const whole = await run(c.make, sizes, c.dt, true, true);
-    const windowed = await withBindingLimit(16_384, () => run(c.make, sizes, c.dt, true, true));
+    const windowed = await withBindingLimit(65_536, () => run(c.make, sizes, c.dt, true, true));
     assert.ok(windowed.dispatches > whole.dispatches, "windows split the dispatches");
     windowed.out.forEach((codes, k) => assert.deepEqual(codes, whole.out[k], `buffer ${k}`));
   });
