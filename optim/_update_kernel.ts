@@ -211,9 +211,34 @@ export interface KernelMode {
   readonly quad?: boolean;
 }
 
+/** What the host asks of a program's layouts at each dispatch, worked out once per runtime. */
+interface LayoutFacts {
+  readonly rt: Runtime;
+  /** The largest lanes-per-word of the buffers. */
+  readonly lanes: number;
+  /** Whether every buffer is bound as u32 words (no native f16). */
+  readonly words: boolean;
+}
+
+const layoutFacts = new WeakMap<UpdateProgram, LayoutFacts>();
+
+function factsOf(rt: Runtime, prog: UpdateProgram): LayoutFacts {
+  let f = layoutFacts.get(prog);
+  if (f === undefined || f.rt !== rt) {
+    const ls = prog.buffers.map((b) => layoutOf(b.dtype, rt));
+    f = {
+      rt,
+      lanes: Math.max(1, ...ls.map((l) => l.lanes)),
+      words: ls.every((l) => l.elem === "u32"),
+    };
+    layoutFacts.set(prog, f);
+  }
+  return f;
+}
+
 /** Elements per invocation: the largest lanes-per-word of the program's buffers. */
 function elemsPerInvocation(rt: Runtime, prog: UpdateProgram): number {
-  return Math.max(1, ...prog.buffers.map((b) => layoutOf(b.dtype, rt).lanes));
+  return factsOf(rt, prog).lanes;
 }
 
 /** Whether the quad kernels are on (`setQuadKernels`). */
@@ -251,7 +276,7 @@ export function updateChunk(rt: Runtime, prog: UpdateProgram, quad = false): num
  */
 export function quadKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode, n: number): boolean {
   return quadKernels && mode.diag === null && n % quadGroup(rt, prog) === 0 &&
-    prog.buffers.every((b) => layoutOf(b.dtype, rt).elem === "u32");
+    factsOf(rt, prog).words;
 }
 
 /**
