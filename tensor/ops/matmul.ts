@@ -144,8 +144,8 @@ const CPU_TEXTURE_TILES: Readonly<Record<MatmulShapeClass, readonly Tiles[]>> = 
     { tm: 16, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 32 x 128
   ],
   large: [
-    { tm: 48, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 96 x 128
     { tm: 32, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 64 x 128
+    { tm: 48, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 96 x 128
     { tm: 64, tn: 16, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 128 x 128
     { tm: 32, tn: 32, wgx: 8, wgy: 2, bk: 4, family: "texture" }, // 64 x 256
   ],
