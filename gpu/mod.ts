@@ -39,6 +39,7 @@ export {
   bufferOf,
   type BufferWindow,
   type DeviceInfo,
+  type DispatchTime,
   type Kernel,
   type KernelSignature,
   type MemoryInfo,

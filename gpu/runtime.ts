@@ -127,6 +127,18 @@ export interface RuntimeCounters {
   windows: number;
 }
 
+/** The GPU time of one dispatch, as `stopProfile()` reports it. */
+export interface DispatchTime {
+  /** The kernel's label (the op's name). */
+  readonly label: string;
+  /** The workgroup grid. */
+  readonly groups: readonly [number, number, number];
+  /** When its compute pass began, in nanoseconds of the GPU's timestamp clock. */
+  readonly start: number;
+  /** When its compute pass ended, in the same clock. */
+  readonly end: number;
+}
+
 /** Memory statistics, as `memory()` reports them. */
 export interface MemoryInfo {
   /** Logical bytes of live buffers (what tensors and states use, no padding). */
@@ -285,6 +297,13 @@ export class Runtime {
     reject: (e: unknown) => void;
   }[] = [];
   #readScheduled = false;
+  /** The open profile (`startProfile`): the query set, the labels of the open batch, reads. */
+  #prof: {
+    querySet: GPUQuerySet;
+    resolve: GPUBuffer;
+    batch: { label: string; groups: [number, number, number] }[];
+    reads: Promise<DispatchTime[]>[];
+  } | null = null;
 
   /**
    * Wraps a device; `getRuntime()` does this once per process. `onLost` is called when the
@@ -603,7 +622,7 @@ export class Runtime {
           `(${maxG}); use grid() to fold a 1-D launch into 2-D`,
       );
     }
-    const pass = this.#openPass();
+    const pass = this.#prof ? this.#profiledPass(k.label, [x, y, z]) : this.#openPass();
     pass.setPipeline(k.pipeline);
     const slot = this.#inBatch;
     if (k.signature.uniform) {
@@ -641,6 +660,107 @@ export class Runtime {
     if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
     if (!this.#pass) this.#pass = this.#encoder.beginComputePass();
     return this.#pass;
+  }
+
+  /** A compute pass of its own for one dispatch, with timestamps at its start and end. */
+  #profiledPass(label: string, groups: [number, number, number]): GPUComputePassEncoder {
+    const prof = this.#prof!;
+    const enc = this.#closePass();
+    const i = prof.batch.length;
+    prof.batch.push({ label, groups });
+    this.#pass = enc.beginComputePass({
+      timestampWrites: {
+        querySet: prof.querySet,
+        beginningOfPassWriteIndex: 2 * i,
+        endOfPassWriteIndex: 2 * i + 1,
+      },
+    });
+    return this.#pass;
+  }
+
+  /**
+   * Starts a profile: until `stopProfile()`, every dispatch runs in a compute pass of its own
+   * whose start and end the GPU stamps (the `timestamp-query` feature; a `DeviceError` says
+   * so where the adapter lacks it). One pass per dispatch costs a little time of its own, so
+   * a profile shows where the time goes, not how long the batch takes without it. Off, it
+   * costs nothing.
+   *
+   * @example
+   * ```ts
+   * import { getRuntime } from "./mod.ts";
+   * const rt = await getRuntime();
+   * if (rt.info.timestampQuery) {
+   *   rt.startProfile();
+   *   // ... record work ...
+   *   const times = await rt.stopProfile();
+   *   for (const t of times) console.log(t.label, (t.end - t.start) / 1e6, "ms");
+   * }
+   * ```
+   */
+  startProfile(): void {
+    this.#check("startProfile");
+    if (!this.info.timestampQuery) {
+      throw new DeviceError(
+        `startProfile(): the adapter '${this.info.description}' has no timestamp-query ` +
+          `feature; time dispatches by syncing after each instead`,
+      );
+    }
+    if (this.#prof) return;
+    this.flush(); // the open batch's dispatches ran unstamped
+    this.#prof = {
+      querySet: this.device.createQuerySet({ type: "timestamp", count: 2 * this.maxBatch }),
+      resolve: this.device.createBuffer({
+        size: 16 * this.maxBatch,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      }),
+      batch: [],
+      reads: [],
+    };
+  }
+
+  /**
+   * Ends the profile that `startProfile()` began: submits the open batch and resolves to the
+   * GPU time of every dispatch recorded meanwhile, in the order they ran. Empty without one.
+   */
+  async stopProfile(): Promise<DispatchTime[]> {
+    const prof = this.#prof;
+    if (!prof) return [];
+    this.flush();
+    this.#prof = null;
+    try {
+      return (await Promise.all(prof.reads)).flat();
+    } finally {
+      prof.querySet.destroy();
+      prof.resolve.destroy();
+    }
+  }
+
+  /** Resolves the open batch's timestamps into a buffer read after the submit. */
+  #resolveProfile(enc: GPUCommandEncoder): (() => void) | null {
+    const prof = this.#prof;
+    if (!prof || prof.batch.length === 0) return null;
+    const labels = prof.batch;
+    prof.batch = [];
+    const bytes = 16 * labels.length;
+    const staging = this.device.createBuffer({
+      size: bytes,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    enc.resolveQuerySet(prof.querySet, 0, 2 * labels.length, prof.resolve, 0);
+    enc.copyBufferToBuffer(prof.resolve, 0, staging, 0, bytes);
+    return () =>
+      void prof.reads.push(
+        staging.mapAsync(GPUMapMode.READ).then(() => {
+          const t = new BigUint64Array(staging.getMappedRange().slice(0));
+          staging.destroy();
+          return labels.map(({ label, groups }, i) => ({
+            label,
+            groups,
+            start: Number(t[2 * i]),
+            end: Number(t[2 * i + 1]),
+          }));
+        }),
+      );
   }
 
   #closePass(): GPUCommandEncoder {
@@ -779,7 +899,9 @@ export class Runtime {
         this.#inBatch * UNIFORM_SLOT,
       );
     }
+    const profiled = this.#resolveProfile(enc);
     this.device.queue.submit([enc.finish()]);
+    profiled?.();
     this.counters.submits++;
     this.#batchCost = 0;
     this.#inFlight++;

@@ -105,6 +105,40 @@ Deno.test("pipelines are cached by WGSL source and dispatches batch into few sub
   rt.free(a);
 });
 
+Deno.test("a profile stamps every dispatch across batches, in order; the work is the same", async () => {
+  const rt = await getRuntime();
+  if (!rt.info.timestampQuery) return; // the adapter cannot stamp passes
+  const inc = rt.kernel("increment", DOUBLE.replace("x[g.x] * 2u", "x[g.x] + 1u"), {
+    buffers: ["read_write"],
+    uniform: false,
+  });
+  const dbl = rt.kernel("double", DOUBLE, { buffers: ["read_write"], uniform: false });
+  const a = rt.alloc(4, { dtype: "u32", purpose: "scratch" });
+  rt.write(a, new Uint32Array([1]));
+  rt.dispatch(inc, [a], [1]); // before the profile: not in it
+  rt.startProfile();
+  const n = rt.maxBatch + 5; // past one batch: two submits
+  const labels: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const k = i % 3 === 0 ? dbl : inc;
+    rt.dispatch(k, [a], [1]);
+    labels.push(k.label);
+  }
+  const times = await rt.stopProfile();
+  rt.dispatch(inc, [a], [1]); // after it: not in it either
+  let want = 2; // the host's replay of the same dispatches
+  for (const l of labels) want = (l === "double" ? want * 2 : want + 1) >>> 0; // u32 wraps
+  assert.equal(new Uint32Array(await rt.read(a))[0], (want + 1) >>> 0);
+  assert.deepEqual(times.map((t) => t.label), labels);
+  for (const [i, t] of times.entries()) {
+    assert.ok(t.end >= t.start, `dispatch ${i}: end ${t.end} before start ${t.start}`);
+    if (i > 0) assert.ok(t.start >= times[i - 1].start, `dispatch ${i} started before ${i - 1}`);
+    assert.deepEqual(t.groups, [1, 1, 1]);
+  }
+  assert.deepEqual(await rt.stopProfile(), [], "no profile is open");
+  rt.free(a);
+});
+
 Deno.test("reads of several buffers in one task share one mapAsync, at any byte offset", async () => {
   const rt = await getRuntime();
   const bufs = [1, 2, 3].map((k) => {
