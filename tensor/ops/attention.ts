@@ -107,6 +107,29 @@ const UNIFORMS = [
   })),
 ] as const satisfies readonly UniformSpec[];
 
+/** Head sizes up to this have their loops over d unrolled (`unrolled`). */
+const UNROLL_MAX = 64;
+
+/**
+ * `src` with each loop `for (var x = 0u; x < Nu; x++) { ... }` over at most `UNROLL_MAX`
+ * iterations (a body without braces) written out, `x` replaced by each constant: the rows an
+ * invocation keeps in private arrays are then indexed by constants and live in registers.
+ * Indexed by a loop variable, llvmpipe and lavapipe keep them in memory and reach each element
+ * through a search over the indices; a GPU's compiler unrolls such loops itself. The same
+ * operations in the same order: the bits do not change.
+ */
+function unrolled(src: string): string {
+  return src.replace(
+    /for \(var (\w+) = 0u; \1 < (\d+)u; \1\+\+\) \{([^{}]*)\}/g,
+    (all, x: string, n: string, body: string) => {
+      if (Number(n) > UNROLL_MAX) return all;
+      const re = new RegExp(`\\b${x}\\b`, "g");
+      return Array.from({ length: Number(n) }, (_, k) => body.replace(re, `${k}u`).trim())
+        .join("\n");
+    },
+  );
+}
+
 const ROW =
   `fn row(m: vec4<u32>, b: u32, h: u32, t: u32) -> u32 { return m.x + b * m.y + h * m.z + t * m.w; }
 `;
@@ -182,24 +205,11 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
 }
 
 function backwardSource(outL: Layout, hs: number): string {
+  // Each invocation keeps its own rows (q_i and dO_i, or k_j and v_j) in registers and reads
+  // the other side's rows once per pair, each element once: on a CPU adapter every load in a
+  // loop is a per-lane gather, so loads, not multiply-adds, set the time. The sums run in the
+  // same order as dot products over d, so the bits do not depend on where a row came from.
   return `${ROW}${putRow(outL, hs)}
-// D_i = dO_i . O_i, the row term of the softmax backward
-fn delta(b: u32, h: u32, i: u32) -> f32 {
-  let go = row(u.my[0], b, h, i);
-  var t = 0.0;
-  for (var d = 0u; d < ${hs}u; d++) { t = fma(ld_g(go + d), ld_y(go + d), t); }
-  return t;
-}
-// (q_i . k_j, dO_i . v_j): the score before scaling and dP_ij, for both passes below
-fn score_and_dp(qo: u32, ko: u32, go: u32, vo: u32) -> vec2<f32> {
-  var s = 0.0;
-  var dp = 0.0;
-  for (var d = 0u; d < ${hs}u; d++) {
-    s = fma(ld_q(qo + d), ld_k(ko + d), s);
-    dp = fma(ld_g(go + d), ld_v(vo + d), dp);
-  }
-  return vec2<f32>(s, dp);
-}
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let nh = u.nh; let Tq = u.tq; let Tk = u.tk; let causal = u.causal == 1u;
   let r = wg.x * ${WG}u + li;
@@ -215,19 +225,33 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
     for (var d = 0u; d < ${hs}u; d++) { a[d] = st[sb + d]; c[d] = st[sb + ${hs}u + d]; }
   }
   if (r < Tq) {
-    // dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP_ij = dO_i . v_j
+    // dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP_ij = dO_i . v_j, D_i = dO_i . O_i
     let i = r;
     let qo = row(u.mq[0], b, h, i);
     let go = row(u.my[0], b, h, i);
+    var qv: array<f32, ${hs}>;
+    var gv: array<f32, ${hs}>;
+    var D = 0.0;
+    for (var d = 0u; d < ${hs}u; d++) {
+      qv[d] = ld_q(qo + d);
+      gv[d] = ld_g(go + d);
+      D = fma(gv[d], ld_y(go + d), D);
+    }
     let L = lse[bh * Tq + i];
-    let D = delta(b, h, i);
     let jn = min(select(Tk, min(i + 1u, Tk), causal), u.c1);
     for (var j = u.c0; j < jn; j++) {
       let ko = row(u.mk[0], b, h, j);
       let vo = row(u.mv[0], b, h, j);
-      let sd = score_and_dp(qo, ko, go, vo);
-      let ds = exp(sd.x * sc - L) * (sd.y - D);
-      for (var d = 0u; d < ${hs}u; d++) { a[d] = fma(ds, ld_k(ko + d), a[d]); }
+      var kv: array<f32, ${hs}>;
+      var s = 0.0;
+      var dp = 0.0;
+      for (var d = 0u; d < ${hs}u; d++) {
+        kv[d] = ld_k(ko + d);
+        s = fma(qv[d], kv[d], s);
+        dp = fma(gv[d], ld_v(vo + d), dp);
+      }
+      let ds = exp(s * sc - L) * (dp - D);
+      for (var d = 0u; d < ${hs}u; d++) { a[d] = fma(ds, kv[d], a[d]); }
     }
     if (u.last == 0u) {
       for (var d = 0u; d < ${hs}u; d++) { st[sb + d] = a[d]; }
@@ -240,17 +264,31 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
     let j = r - Tq;
     let ko = row(u.mk[0], b, h, j);
     let vo = row(u.mv[0], b, h, j);
+    var kv: array<f32, ${hs}>;
+    var vv: array<f32, ${hs}>;
+    for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); vv[d] = ld_v(vo + d); }
     let i0 = max(select(0u, j, causal), u.c0);
     let i1 = min(Tq, u.c1);
     for (var i = i0; i < i1; i++) {
       let qo = row(u.mq[0], b, h, i);
       let go = row(u.my[0], b, h, i);
-      let sd = score_and_dp(qo, ko, go, vo);
-      let p = exp(sd.x * sc - lse[bh * Tq + i]);
-      let ds = p * (sd.y - delta(b, h, i));
+      var qv: array<f32, ${hs}>;
+      var gv: array<f32, ${hs}>;
+      var s = 0.0;
+      var dp = 0.0;
+      var D = 0.0;
       for (var d = 0u; d < ${hs}u; d++) {
-        c[d] = fma(p, ld_g(go + d), c[d]);
-        a[d] = fma(ds, ld_q(qo + d), a[d]);
+        qv[d] = ld_q(qo + d);
+        gv[d] = ld_g(go + d);
+        s = fma(qv[d], kv[d], s);
+        dp = fma(gv[d], vv[d], dp);
+        D = fma(gv[d], ld_y(go + d), D);
+      }
+      let p = exp(s * sc - lse[bh * Tq + i]);
+      let ds = p * (dp - D);
+      for (var d = 0u; d < ${hs}u; d++) {
+        c[d] = fma(p, gv[d], c[d]);
+        a[d] = fma(ds, qv[d], a[d]);
       }
     }
     if (u.last == 0u) {
@@ -294,7 +332,7 @@ function attentionProgram(rt: Runtime, kind: "fwd" | "bwd", ts: readonly Tensor[
     uniforms: UNIFORMS,
     workgroupSize: WG,
     grid: "3d",
-  }, () => kind === "fwd" ? forwardSource(l[3], hs) : backwardSource(l[5], hs));
+  }, () => unrolled(kind === "fwd" ? forwardSource(l[3], hs) : backwardSource(l[5], hs)));
 }
 
 /**
