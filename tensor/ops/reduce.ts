@@ -282,6 +282,73 @@ ${store}
 }
 
 /**
+ * The body of the column kernel: invocation `w` (not a workgroup) writes word `w` of `out`,
+ * reducing each of its outputs alone, with no workgroup memory or barriers. It runs the
+ * generic kernel's operations in the generic kernel's order, so the bits are the same: 64
+ * strided chains (chain `l` takes r = l, l + 64, ...), combined as the generic kernel's tree
+ * combines its lanes' values (`sv[i] + sv[i + s]` for s = 32, 16, ..., 1), the tree walked in
+ * order (leaves in bit-reversed order, a stack of partial results, written out here so that
+ * every index is a constant). On a CPU adapter a workgroup's barriers cost more than a short
+ * reduction: a sum over the batch of a (16, 64, 128) gradient took 8192 workgroups of 16
+ * loads and seven barriers each.
+ */
+function columnBody(kind: "sum" | "max" | "min", acc: Acc, inL: Layout, outL: Layout): string {
+  const row = ROWS[kind];
+  const lines: string[] = [];
+  let depth = 0;
+  for (let k = 0; k < WG; k++) {
+    let l = 0;
+    for (let b = 0; b < 6; b++) l |= ((k >> b) & 1) << (5 - b);
+    lines.push(`  s${depth} = ${row.ident[acc]};
+  for (var r = ${l}u; r < u.R; r = r + ${WG}u) { s${depth} = ${
+      row.comb(acc, `s${depth}`, "ld(base + roff(r))")
+    }; }`);
+    depth++;
+    for (let m = k + 1; m % 2 === 0; m /= 2) {
+      depth--;
+      lines.push(`  s${depth - 1} = ${row.comb(acc, `s${depth - 1}`, `s${depth}`)};`);
+    }
+  }
+  const decl = Array.from({ length: 7 }, (_, d) => `  var s${d}: ${acc};`).join("\n");
+  const scale = kind === "sum" && acc === "f32" ? " * u.scale" : "";
+  const lanes = outL.lanes;
+  const floatOut = acc === "f32";
+  const store = lanes === 1
+    ? floatOut
+      ? "st_out(w, vec4<f32>(red(w)), vec4<u32>(0u));"
+      : `put_out(w, ${acc === "u32" ? "red(w)" : "bitcast<u32>(red(w))"});`
+    : `var vs = vec4<f32>(0.0);
+  for (var l = 0u; l < ${lanes}u; l = l + 1u) {
+    let o = w * ${lanes}u + l;
+    if (o < u.n) { vs[l] = red(o); }
+  }
+  st_out(w, vs, vec4<u32>(0u));`;
+  return `${WGSL_FINITE}${loader(inL, acc)}${WGSL_INDEX}
+fn red(o: u32) -> ${acc} {
+  let base = kbase(o);
+${decl}
+${lines.join("\n")}
+  return s0${scale};
+}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${WG}u + li;
+  if (w * ${lanes}u >= u.n) { return; }
+  ${store}
+}
+`;
+}
+
+/**
+ * Whether a reduction of plan `p` in one pass takes the column kernel: a sum, max or min with
+ * the innermost dimension kept (neighbouring invocations read neighbouring elements), at least
+ * a workgroup of outputs and a short reduced range (each invocation reads all of it).
+ */
+function columnsFit(kind: Kind, p: Plan): boolean {
+  return (kind === "sum" || kind === "max" || kind === "min") && p.kst.at(-1) === 1 &&
+    p.nOut >= WG && p.R <= 4096;
+}
+
+/**
  * WGSL storing `v` (a vec4<f32>, the quad at element `at`) into `out` of `lanes` per word
  * (`vec4Out`: bound as vec4 words): one store, two half-words or four elements. Shared by the
  * row kernels here and in `norm.ts`. @internal
@@ -751,6 +818,28 @@ function pass(
   const label = kind === "lse" ? "logsumexp" : kind;
   const n = p.nOut * parts;
   const lanes = outL.lanes;
+  if (parts === 1 && columnsFit(kind, p)) {
+    const words = Math.ceil(n / lanes);
+    program(rt, `reduce|columns|${kind}|${acc}`, {
+      label,
+      bindings: [
+        { name: "inp", type: inL, access: "read" },
+        { name: "out", type: outL, access: "read_write" },
+      ],
+      uniforms: UNIFORMS,
+      workgroupSize: WG,
+    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL)).run({
+      buffers: { inp: inBuf, out: out.buffer(label) },
+      uniforms: planUniforms(n, p, 1, p.R, scale),
+      groups: Math.ceil(words / WG),
+      cost: p.nOut * p.R * COST.reduce,
+      ranges: {
+        inp: (g0, g1) => inputRange(p, 1, p.R, g0 * WG * lanes, Math.min(n, g1 * WG * lanes)),
+        out: (g0, g1) => [g0 * WG * lanes, Math.min(n, g1 * WG * lanes)],
+      },
+    });
+    return;
+  }
   program(rt, `reduce|${kind}|${acc}`, {
     label,
     bindings: [

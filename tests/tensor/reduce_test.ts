@@ -252,6 +252,58 @@ Deno.test("long reductions into few outputs (two passes) and more than 65535 out
   }
 });
 
+/** An f32 sum in the generic kernel's order: 64 strided chains, then their tree (f32 adds). */
+function treeSum(v: number[]): number {
+  const lanes = Array.from({ length: 64 }, (_, l) => {
+    let a = 0;
+    for (let r = l; r < v.length; r += 64) a = Math.fround(a + v[r]);
+    return a;
+  });
+  for (let s = 32; s > 0; s >>= 1) {
+    for (let i = 0; i < s; i++) lanes[i] = Math.fround(lanes[i] + lanes[i + s]);
+  }
+  return lanes[0];
+}
+
+Deno.test("reductions over outer dims into many outputs (the column kernel) match the reference and the generic kernel's order", async () => {
+  const r = rng(11);
+  const f32 = dtype("f32"), bf16 = dtype("bf16"), f16 = dtype("f16");
+  const cases: Case[] = [];
+  // a GPT's bias and position-embedding gradients; sizes past and short of the 64 chains;
+  // outputs not a multiple of the workgroup; reduced dims around a kept one
+  for (
+    const [shape, axis] of [
+      [[16, 64, 128], 0],
+      [[1024, 384], 0],
+      [[1000, 65], 0],
+      [[3, 7, 100], [0, 1]],
+      [[5, 64, 3, 70], [0, 2]],
+      [[4096, 64], 0],
+    ] as [number[], number | number[]][]
+  ) {
+    for (const op of ["sum", "mean", "max", "min"] as const) {
+      for (const dt of op === "sum" ? [f32, bf16, f16] : [f32, bf16]) {
+        cases.push({ op, dt, x: values(dt, prod(shape), r), shape, axis, keepDims: op === "max" });
+      }
+    }
+  }
+  await checkCases(cases);
+  // f32 sums: the bits of the generic kernel's order (the host's f32 replay of it)
+  for (
+    const [shape, axis] of [[[16, 64, 128], 0], [[300, 5, 64], [0, 1]]] as [
+      number[],
+      number | number[],
+    ][]
+  ) {
+    const x = values(f32, prod(shape), r);
+    const t = tensor(x, { shape });
+    const got = await sum(t, axis).toArray();
+    const ref = reduceRef(x, shape, normAxes(shape, axis), treeSum);
+    ref.forEach((v, i) => assert.equal(got[i], v, `sum ${JSON.stringify(shape)} [${i}]`));
+    t.dispose();
+  }
+});
+
 Deno.test("max and min propagate NaN, and argmax takes the first NaN or the first of tied maxima", async () => {
   for (const name of ["f32", "bf16", "e4m3", "f16"]) {
     const x = tensor([[1, NaN, 3], [2, 5, 5], [-Infinity, -Infinity, -Infinity]], {
