@@ -40,31 +40,49 @@
  * the host emulation; every rounding to bf16 is integer bit arithmetic (`q_*`), which the
  * compiler cannot reassociate across, so the error terms survive (DESIGN.md's pitfall:
  * `b - ((a+b) - a)` in plain f32 was folded to 0). The tests check both on the adapter.
+ * Six fl() per Grow and Mul that never round are left out (`grow`: exact for every pair of
+ * finite bf16 operands, tests/optim/_collage_exact.ts); the f32 terms between the kept ones
+ * are kept apart by `one` where a value is used twice.
  *
  * @module
  */
 
 import type { UpdateBody } from "./rule.ts";
 
-/** WGSL of Grow((x, dx), y) into `out_hi`, `out_lo`; fl is `q`. Local names get `tag`. */
+/**
+ * WGSL of Grow((x, dx), y) into `<tag>_hi`, `<tag>_lo`; fl is `q`. Local names get `tag`.
+ *
+ * Five of Grow's ten fl() are left out because they never round: TwoSum's `fl(s - bb)`,
+ * `fl(x - ...)`, `fl(y - bb)` and their sum `e`, and the outer fl of `lo`, are exact for every
+ * pair of finite bf16 operands (2Sum's and Fast2Sum's error terms; checked over all 2^32
+ * pairs of bf16 codes with f32 arithmetic and RNE to bf16, DESIGN.md section 4), so `e` and
+ * `lo` have the bits the full form gives and each costs one f32 operation instead of a
+ * rounding (the rounding was most of Collage's update on CPU adapters). `fl(hi - s)` stays:
+ * it rounds when |d| > |s|. A NaN keeps its sign either way (later fl()s quiet it). The
+ * product by `u.one` keeps `bb`'s two uses apart, so that no compiler cancels them.
+ */
 function grow(q: string, x: string, dx: string, y: string, tag: string): string {
   return `  let ${tag}_s = ${q}(${x} + ${y});
   let ${tag}_bb = ${q}(${tag}_s - ${x});
-  let ${tag}_e = ${q}(${q}(${x} - ${q}(${tag}_s - ${tag}_bb)) + ${q}(${y} - ${tag}_bb));
+  let ${tag}_e = (${x} - (${tag}_s - ${tag}_bb) * u.one) + (${y} - ${tag}_bb);
   let ${tag}_d = ${q}(${dx} + ${tag}_e);
   let ${tag}_hi = ${q}(${tag}_s + ${tag}_d);
-  let ${tag}_lo = ${q}(${tag}_d - ${q}(${tag}_hi - ${tag}_s));
+  let ${tag}_lo = ${tag}_d - ${q}(${tag}_hi - ${tag}_s);
 `;
 }
 
-/** WGSL of Mul((v, dv), (bh, bl)) into `<tag>_hi`, `<tag>_lo`. */
+/**
+ * WGSL of Mul((v, dv), (bh, bl)) into `<tag>_hi`, `<tag>_lo` (the outer fl of `lo` left out,
+ * exact as in `grow`; `err`'s stays: it rounds when the product's error is below bf16's
+ * smallest subnormal).
+ */
 function mul(q: string, v: string, dv: string, bh: string, bl: string, tag: string): string {
   return `  let ${tag}_pv = ${v} * ${bh};
   let ${tag}_p = ${q}(${tag}_pv);
   let ${tag}_err = ${q}(${tag}_pv * u.one - ${tag}_p);
   let ${tag}_d = ${q}(${q}(${q}(${dv} * ${bh}) + ${q}(${v} * ${bl})) + ${tag}_err);
   let ${tag}_hi = ${q}(${tag}_p + ${tag}_d);
-  let ${tag}_lo = ${q}(${tag}_d - ${q}(${tag}_hi - ${tag}_p));
+  let ${tag}_lo = ${tag}_d - ${q}(${tag}_hi - ${tag}_p);
 `;
 }
 

@@ -1,6 +1,7 @@
 // Collage (optim/collage.ts) on the adapter: DESIGN.md's test vectors bit for bit through the
 // real optimizer kernels, random data against a host bf16 emulation bit for bit, the error
-// terms alive, and "1.0 moves under Collage as under f32, not under pure bf16".
+// terms alive, "1.0 moves under Collage as under f32, not under pure bf16", and the roundings
+// Grow leaves out never round (_collage_exact.ts).
 import assert from "node:assert/strict";
 import { AdamW, applyPrecision, Linear, SGD, type Tensor, tensor } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
@@ -16,6 +17,8 @@ import {
   mul,
   near,
 } from "./_collage_reference.ts";
+
+import { countInexact, finiteCodes } from "./_collage_exact.ts";
 
 const hex = (a: ArrayLike<number>) => Array.from(a, (x) => "0x" + x.toString(16));
 
@@ -42,6 +45,33 @@ Deno.test("the host emulation reproduces DESIGN.md's Grow and Mul vectors and th
   const bh = fl(Math.fround(0.95)), bl = fl(Math.fround(Math.fround(0.95) - bh));
   assert.deepEqual([bits(bh), bits(bl)], [0x3f73, 0x3a4d]);
   assert.deepEqual(mul(fl(0.3), 0, bh, bl).map(bits), [0x3e92, 0x3a1a]);
+});
+
+Deno.test("the roundings Grow leaves out never round: every finite bf16 x against a spread of y", () => {
+  const all = finiteCodes();
+  // every 256th code (all exponents, both signs), subnormals, the largest finite values, ones
+  const ys = [
+    ...all.filter((_, i) => i % 256 === 0),
+    0x0001,
+    0x8001,
+    0x007f,
+    0x807f,
+    0x0080,
+    0x0081,
+    0x7f7f,
+    0xff7f,
+    0x7f7e,
+    0x3f80,
+    0xbf80,
+    0x3f81,
+    0xbf7f,
+    0x3b80,
+    0x4b00,
+    0x4b01,
+  ];
+  const [n, bad, kept] = countInexact(all, ys);
+  assert.equal(bad, 0, `${bad} of ${n} pairs round where Grow leaves fl() out`);
+  assert.ok(kept > 0, "the check sees fl(s - x) round, which Grow keeps");
 });
 
 Deno.test("collage AdamW applies Grow by bf16(-1e-4) = 0xb8d2 as DESIGN.md's vectors say (hi, lo)", async () => {
