@@ -42,7 +42,7 @@
  * `b - ((a+b) - a)` in plain f32 was folded to 0). The tests check both on the adapter.
  * Six fl() per Grow and Mul that never round are left out (`grow`: exact for every pair of
  * finite bf16 operands, tests/optim/_collage_exact.ts); the f32 terms between the kept ones
- * are kept apart by `one` where a value is used twice.
+ * are kept apart by `one` where a value is used twice. `y` (an expression) is computed once.
  *
  * @module
  */
@@ -62,9 +62,10 @@ import type { UpdateBody } from "./rule.ts";
  * product by `u.one` keeps `bb`'s two uses apart, so that no compiler cancels them.
  */
 function grow(q: string, x: string, dx: string, y: string, tag: string): string {
-  return `  let ${tag}_s = ${q}(${x} + ${y});
+  return `  let ${tag}_y = ${y};
+  let ${tag}_s = ${q}(${x} + ${tag}_y);
   let ${tag}_bb = ${q}(${tag}_s - ${x});
-  let ${tag}_e = (${x} - (${tag}_s - ${tag}_bb) * u.one) + (${y} - ${tag}_bb);
+  let ${tag}_e = (${x} - (${tag}_s - ${tag}_bb) * u.one) + (${tag}_y - ${tag}_bb);
   let ${tag}_d = ${q}(${dx} + ${tag}_e);
   let ${tag}_hi = ${q}(${tag}_s + ${tag}_d);
   let ${tag}_lo = ${tag}_d - ${q}(${tag}_hi - ${tag}_s);
