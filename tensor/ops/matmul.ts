@@ -425,6 +425,12 @@ export interface MatmulKernelConfig {
    * the f32 result is multiplied by `1 / sa`, then by `1 / sb`, before the output rounding.
    */
   readonly scaled?: boolean;
+  /**
+   * An f32 output of whole quads (N a multiple of 4) bound whole as `vec4` words: each row of 4
+   * values is one 16-byte store (`st4_out`) instead of 4 (the texture family; on llvmpipe a store
+   * runs lane by lane like a load).
+   */
+  readonly quadOut?: boolean;
 }
 
 /**
@@ -555,7 +561,11 @@ function epilogue(cfg: MatmulKernelConfig): { accDecl: string; storeRow: string;
   const z4 = "vec4<u32>(0u)";
   // f32 outputs may add to what a previous split of K wrote (u.acc)
   const add = out.dtype.name === "f32" ? "\n    if (u.acc != 0u) { x = x + ld_out(e + j); }" : "";
-  const store = lanes === 1
+  const store = cfg.quadOut // N a multiple of 4: the 4 values are whole and ours (e % 4 == 0)
+    ? `  var x = v;
+  if (u.acc != 0u) { x = x + lq_out(e / 4u); }
+  st4_out(e / 4u, x, ${z4});`
+    : lanes === 1
     ? `  for (var j = 0u; j < 4u; j = j + 1u) {
     if (n + j >= u.n) { break; }
     var x = v[j];${add}
@@ -775,7 +785,13 @@ function matmulRawProgram(
 ) {
   const t = cfg.tiles;
   const bindings: BindingSpec[] = [
-    { name: "out", type: cfg.out, access: "read_write", encode: { saturate: cfg.saturate } },
+    {
+      name: "out",
+      type: cfg.out,
+      access: "read_write",
+      encode: { saturate: cfg.saturate },
+      vec4: cfg.quadOut,
+    },
   ];
   if (cfg.scaled) {
     bindings.push({ name: "scalea", type: "f32", access: "read" });
@@ -783,19 +799,26 @@ function matmulRawProgram(
   }
   const access = textureReads();
   const op = (o: RawOperand) => `${o.bf16 ? "bf16" : "f32"}${o.trans ? "T" : ""}`;
-  return program(rt, `matmul-raw|${t.tm},${t.tn},${t.wgx},${t.wgy}|${op(ra)}|${op(rb)}|${access}`, {
-    label: "matmul",
-    bindings,
-    uniforms: [
-      { name: "m", type: "u32" },
-      { name: "n", type: "u32" },
-      { name: "kit", type: "u32" }, // iterations of the K loop (K / ks)
-      { name: "acc", type: "u32" }, // always 0: one pass over K
-    ],
-    textures: [{ name: "a", access }, { name: "b", access }],
-    workgroupSize: [t.wgx, t.wgy],
-    grid: "3d",
-  }, () => matmulRawSource(cfg, ra, rb));
+  return program(
+    rt,
+    `matmul-raw|${t.tm},${t.tn},${t.wgx},${t.wgy}|${op(ra)}|${op(rb)}|${access}|${
+      cfg.quadOut ? "q4" : ""
+    }`,
+    {
+      label: "matmul",
+      bindings,
+      uniforms: [
+        { name: "m", type: "u32" },
+        { name: "n", type: "u32" },
+        { name: "kit", type: "u32" }, // iterations of the K loop (K / ks)
+        { name: "acc", type: "u32" }, // always 0: one pass over K
+      ],
+      textures: [{ name: "a", access }, { name: "b", access }],
+      workgroupSize: [t.wgx, t.wgy],
+      grid: "3d",
+    },
+    () => matmulRawSource(cfg, ra, rb),
+  );
 }
 
 /**
@@ -859,7 +882,13 @@ function textureReads(): "read" | "read-storage" {
 function matmulTextureProgram(rt: Runtime, cfg: MatmulKernelConfig) {
   const t = cfg.tiles;
   const bindings: BindingSpec[] = [
-    { name: "out", type: cfg.out, access: "read_write", encode: { saturate: cfg.saturate } },
+    {
+      name: "out",
+      type: cfg.out,
+      access: "read_write",
+      encode: { saturate: cfg.saturate },
+      vec4: cfg.quadOut,
+    },
   ];
   if (cfg.scaled) {
     bindings.push({ name: "scalea", type: "f32", access: "read" });
@@ -868,19 +897,24 @@ function matmulTextureProgram(rt: Runtime, cfg: MatmulKernelConfig) {
   // read-only storage textures where WGSL has them: their loads cost less than texel fetches
   // on llvmpipe (1.3-1.9x the kernel with sampled textures at 1024^3)
   const access = textureReads();
-  return program(rt, `matmul-tex|${t.tm},${t.tn},${t.wgx},${t.wgy}|${access}`, {
-    label: "matmul",
-    bindings,
-    uniforms: [
-      { name: "m", type: "u32" },
-      { name: "n", type: "u32" },
-      { name: "k4", type: "u32" }, // texels of A along K (K of this split / 4, rounded up)
-      { name: "acc", type: "u32" }, // 1: add to the f32 output (splits of K after the first)
-    ],
-    textures: [{ name: "a", access }, { name: "b", access }],
-    workgroupSize: [t.wgx, t.wgy],
-    grid: "3d",
-  }, () => matmulTextureSource(cfg));
+  return program(
+    rt,
+    `matmul-tex|${t.tm},${t.tn},${t.wgx},${t.wgy}|${access}|${cfg.quadOut ? "q4" : ""}`,
+    {
+      label: "matmul",
+      bindings,
+      uniforms: [
+        { name: "m", type: "u32" },
+        { name: "n", type: "u32" },
+        { name: "k4", type: "u32" }, // texels of A along K (K of this split / 4, rounded up)
+        { name: "acc", type: "u32" }, // 1: add to the f32 output (splits of K after the first)
+      ],
+      textures: [{ name: "a", access }, { name: "b", access }],
+      workgroupSize: [t.wgx, t.wgy],
+      grid: "3d",
+    },
+    () => matmulTextureSource(cfg),
+  );
 }
 
 /**
@@ -1164,6 +1198,8 @@ function gemm(
     transB: B.trans,
     saturate: outDt.saturate,
     scaled: scales !== null,
+    quadOut: (raw !== null || textures !== null) && target.name === "f32" && N % 4 === 0 &&
+      layoutOf(target, rt).elem === "u32",
   };
   const scaleBufs: Record<string, PooledBuffer> = scales === null
     ? {}
