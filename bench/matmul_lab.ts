@@ -175,11 +175,13 @@ ${sums.join("")}  }
 /** One variant of the texture kernel: the order of its body, its block, and what it loads. */
 interface Variant {
   readonly order: string;
+  /** "switch": the library's store loop; else direct stores. */
+  readonly epilogue?: string;
   readonly tm: number;
   readonly q: number;
 }
 
-function kernelSource(v: Variant, K: number, N: number): string {
+function kernelSource(v: Variant, M: number, K: number, N: number): string {
   const { tm, q } = v, X = "xyzw";
   const syn = v.order === "syn";
   const tl = syn
@@ -215,11 +217,33 @@ fn tl_b(c: u32, r: u32) -> vec4<f32> { return textureLoad(tb, vec2<u32>(c, r)); 
       .join("");
   }
   const acc = rows.flatMap((i) => cols.map((j) => `  var acc${i}_${j} = vec4<f32>(0.0);\n`));
-  const st = rows.flatMap((i) =>
-    cols.map((j) => `  o[(r0 + ${i}u) * ${N / 4}u + c0 + ${j}u] = acc${i}_${j};\n`)
-  );
+  // the stores: direct, or as the library's epilogue does them (one store site in a loop over
+  // the accumulators, a switch choosing each, bounds-checked)
+  const st = v.epilogue === "switch"
+    ? [
+      `  for (var t = 0u; t < ${tm * q}u; t = t + 1u) {\n    var v: vec4<f32>;\n    switch t {\n`,
+      ...rows.flatMap((i) =>
+        cols.map((j) => {
+          const t = i * q + j;
+          return `      ${t === tm * q - 1 ? "default" : `case ${t}u`}: { v = acc${i}_${j}; }\n`;
+        })
+      ),
+      `    }\n    store_row(r0 + t / ${q}u, c0 * 4u + (t % ${q}u) * 4u, v);\n  }\n`,
+    ]
+    : rows.flatMap((i) =>
+      cols.map((j) => `  o[(r0 + ${i}u) * ${N / 4}u + c0 + ${j}u] = acc${i}_${j};\n`)
+    );
+  const storeRow = `fn store_row(m: u32, n: u32, v: vec4<f32>) {
+  if (m >= ${M}u || n >= ${N}u) { return; }
+  for (var j = 0u; j < 4u; j = j + 1u) {
+    if (n + j >= ${N}u) { break; }
+    o[(m * ${N}u + n + j) / 4u][(n + j) % 4u] = v[j];
+  }
+}
+`;
   return `@group(0) @binding(0) var<storage, read_write> o: array<vec4<f32>>;
 ${tl}
+${storeRow}
 @compute @workgroup_size(8, 2, 1)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let c0 = (wg.x * 8u + lid.x) * ${q}u;
@@ -241,15 +265,15 @@ async function kernels(): Promise<void> {
   dev.queue.writeTexture({ texture: tb }, rnd(K * N, 0.11), { bytesPerRow: N * 4 }, [N / 4, K]);
   const out = dev.createBuffer({ size: M * N * 4, usage: GPUBufferUsage.STORAGE });
   const variants: Variant[] = String(flags.variants).split(";").map((s) => {
-    const [order, tm, q] = s.split(",");
-    return { order, tm: Number(tm), q: Number(q) };
+    const [order, tm, q, epilogue] = s.split(",");
+    return { order, tm: Number(tm), q: Number(q), epilogue };
   });
   const runs = variants.map((v) => {
     const t0 = performance.now();
     const res: GPUBindingResource[] = v.order === "syn"
       ? [{ buffer: out }]
       : [{ buffer: out }, ta.createView(), tb.createView()];
-    const go = pipeline(dev, kernelSource(v, K, N), res);
+    const go = pipeline(dev, kernelSource(v, M, K, N), res);
     return { v, go, t0, best: Infinity, compile: 0 };
   });
   for (const r of runs) {
@@ -267,7 +291,7 @@ async function kernels(): Promise<void> {
   for (const r of runs) {
     const gf = (2 * M * N * K) / r.best / 1e6;
     console.log(
-      `${r.v.order.padEnd(5)} ${r.v.tm}x${4 * r.v.q}`.padEnd(14) +
+      `${r.v.order.padEnd(5)} ${r.v.tm}x${4 * r.v.q} ${r.v.epilogue ?? ""}`.padEnd(20) +
         `${r.best.toFixed(1).padStart(7)} ms  ${gf.toFixed(1).padStart(6)} GFLOP per CPU-s` +
         `  (first run with compile ${r.compile.toFixed(0)} ms)`,
     );
