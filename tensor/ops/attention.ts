@@ -29,6 +29,7 @@ import { attach } from "../../autograd/graph.ts";
 import { type Layout, layoutOf, storageBytes } from "../../gpu/layout.ts";
 import { fmtShape, Tensor } from "../core/tensor.ts";
 import { autocastInputs } from "./cast.ts";
+import { vec4View } from "./reduce.ts";
 
 /** Largest head size the kernels hold in registers. */
 /** Autocast's policy for attention: its two GEMMs run in the context's lower dtype. */
@@ -112,20 +113,40 @@ const UNROLL_MAX = 64;
 
 /**
  * `src` with each loop `for (var x = 0u; x < Nu; x++) { ... }` over at most `UNROLL_MAX`
- * iterations (a body without braces) written out, `x` replaced by each constant: the rows an
- * invocation keeps in private arrays are then indexed by constants and live in registers.
- * Indexed by a loop variable, llvmpipe and lavapipe keep them in memory and reach each element
- * through a search over the indices; a GPU's compiler unrolls such loops itself. The same
- * operations in the same order: the bits do not change.
+ * iterations (a body without braces) written out, `x` replaced by each constant (a scope per
+ * copy where the body declares names): the rows an invocation keeps in private arrays are then
+ * indexed by constants and live in registers. Indexed by a loop variable, llvmpipe and
+ * lavapipe keep them in memory; a GPU's compiler unrolls such loops itself. With `quads`, a
+ * loop that only loads a row of those operands (`r[d] = ld_x(off + d);`, offsets on quads)
+ * loads it in 16-byte quads (`lq_x`: vec4 bindings): on lavapipe a quad costs about what two
+ * single loads do. (Rows of packed dtypes keep their single loads: reading them four elements
+ * at a time through `ld4_x` was slower for bf16.) The same values and operations in the same
+ * order: the bits do not change.
  */
-function unrolled(src: string): string {
+function unrolled(src: string, quads: readonly string[]): string {
   return src.replace(
     /for \(var (\w+) = 0u; \1 < (\d+)u; \1\+\+\) \{([^{}]*)\}/g,
     (all, x: string, n: string, body: string) => {
-      if (Number(n) > UNROLL_MAX) return all;
+      const N = Number(n);
+      if (N > UNROLL_MAX) return all;
+      const load = body.trim().match(
+        new RegExp(`^(\\w+)\\[${x}\\] = ld_(\\w+)\\((.+) \\+ ${x}\\);$`),
+      );
+      if (load !== null && quads.includes(load[2]) && N % 4 === 0) {
+        const [, r, op, off] = load;
+        return Array.from(
+          { length: N / 4 },
+          (_, w) =>
+            `{ let t = lq_${op}((${off}) / 4u + ${w}u); ` +
+            [0, 1, 2, 3].map((c) => `${r}[${4 * w + c}u] = t.${"xyzw"[c]};`).join(" ") + " }",
+        ).join("\n");
+      }
       const re = new RegExp(`\\b${x}\\b`, "g");
-      return Array.from({ length: Number(n) }, (_, k) => body.replace(re, `${k}u`).trim())
-        .join("\n");
+      const scope = /\b(let|var)\b/.test(body);
+      return Array.from({ length: N }, (_, k) => {
+        const copy = body.replace(re, `${k}u`).trim();
+        return scope ? `{ ${copy} }` : copy;
+      }).join("\n");
     },
   );
 }
@@ -168,7 +189,8 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   var qv: array<f32, ${hs}>;
   var o: array<f32, ${hs}>;
   let qo = row(u.mq[0], b, h, i);
-  for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); o[d] = 0.0; }
+  for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); }
+  for (var d = 0u; d < ${hs}u; d++) { o[d] = 0.0; }
   var m = -3.0e38;
   var l = 0.0;
   if (u.first == 0u) {
@@ -179,15 +201,19 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let jn = min(select(Tk, min(i + 1u, Tk), u.causal == 1u), u.c1);
   for (var j = u.c0; j < jn; j++) {
     let ko = row(u.mk[0], b, h, j);
+    var kv: array<f32, ${hs}>;
+    for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
     var s = 0.0;
-    for (var d = 0u; d < ${hs}u; d++) { s = fma(qv[d], ld_k(ko + d), s); }
+    for (var d = 0u; d < ${hs}u; d++) { s = fma(qv[d], kv[d], s); }
     s = s * u.sc;
     let mn = max(m, s);
     let c = exp(m - mn);
     let p = exp(s - mn);
     l = l * c + p;
     let vo = row(u.mv[0], b, h, j);
-    for (var d = 0u; d < ${hs}u; d++) { o[d] = fma(p, ld_v(vo + d), o[d] * c); }
+    var vv: array<f32, ${hs}>;
+    for (var d = 0u; d < ${hs}u; d++) { vv[d] = ld_v(vo + d); }
+    for (var d = 0u; d < ${hs}u; d++) { o[d] = fma(p, vv[d], o[d] * c); }
     m = mn;
   }
   if (u.last == 0u) {
@@ -231,24 +257,26 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
     let go = row(u.my[0], b, h, i);
     var qv: array<f32, ${hs}>;
     var gv: array<f32, ${hs}>;
+    var yv: array<f32, ${hs}>;
+    for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); }
+    for (var d = 0u; d < ${hs}u; d++) { gv[d] = ld_g(go + d); }
+    for (var d = 0u; d < ${hs}u; d++) { yv[d] = ld_y(go + d); }
     var D = 0.0;
-    for (var d = 0u; d < ${hs}u; d++) {
-      qv[d] = ld_q(qo + d);
-      gv[d] = ld_g(go + d);
-      D = fma(gv[d], ld_y(go + d), D);
-    }
+    for (var d = 0u; d < ${hs}u; d++) { D = fma(gv[d], yv[d], D); }
     let L = lse[bh * Tq + i];
     let jn = min(select(Tk, min(i + 1u, Tk), causal), u.c1);
     for (var j = u.c0; j < jn; j++) {
       let ko = row(u.mk[0], b, h, j);
       let vo = row(u.mv[0], b, h, j);
       var kv: array<f32, ${hs}>;
+      var vv: array<f32, ${hs}>;
+      for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
+      for (var d = 0u; d < ${hs}u; d++) { vv[d] = ld_v(vo + d); }
       var s = 0.0;
       var dp = 0.0;
       for (var d = 0u; d < ${hs}u; d++) {
-        kv[d] = ld_k(ko + d);
         s = fma(qv[d], kv[d], s);
-        dp = fma(gv[d], ld_v(vo + d), dp);
+        dp = fma(gv[d], vv[d], dp);
       }
       let ds = exp(s * sc - L) * (dp - D);
       for (var d = 0u; d < ${hs}u; d++) { a[d] = fma(ds, kv[d], a[d]); }
@@ -266,7 +294,8 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
     let vo = row(u.mv[0], b, h, j);
     var kv: array<f32, ${hs}>;
     var vv: array<f32, ${hs}>;
-    for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); vv[d] = ld_v(vo + d); }
+    for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
+    for (var d = 0u; d < ${hs}u; d++) { vv[d] = ld_v(vo + d); }
     let i0 = max(select(0u, j, causal), u.c0);
     let i1 = min(Tq, u.c1);
     for (var i = i0; i < i1; i++) {
@@ -274,15 +303,17 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
       let go = row(u.my[0], b, h, i);
       var qv: array<f32, ${hs}>;
       var gv: array<f32, ${hs}>;
+      var yv: array<f32, ${hs}>;
+      for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); }
+      for (var d = 0u; d < ${hs}u; d++) { gv[d] = ld_g(go + d); }
+      for (var d = 0u; d < ${hs}u; d++) { yv[d] = ld_y(go + d); }
       var s = 0.0;
       var dp = 0.0;
       var D = 0.0;
       for (var d = 0u; d < ${hs}u; d++) {
-        qv[d] = ld_q(qo + d);
-        gv[d] = ld_g(go + d);
         s = fma(qv[d], kv[d], s);
         dp = fma(gv[d], vv[d], dp);
-        D = fma(gv[d], ld_y(go + d), D);
+        D = fma(gv[d], yv[d], D);
       }
       let p = exp(s * sc - lse[bh * Tq + i]);
       let ds = p * (dp - D);
@@ -304,9 +335,21 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
 }
 
 /** The program of one pass; operands named as the kernels read them. */
-function attentionProgram(rt: Runtime, kind: "fwd" | "bwd", ts: readonly Tensor[], hs: number) {
+function attentionProgram(
+  rt: Runtime,
+  kind: "fwd" | "bwd",
+  ts: readonly Tensor[],
+  hs: number,
+  aligned: boolean,
+) {
   const l = ts.map((t) => layoutOf(t.dt, rt));
-  const read = (name: string, i: number): BindingSpec => ({ name, type: l[i], access: "read" });
+  // operands whose rows start on quads of one-word elements are read in quads
+  const quads: string[] = [];
+  const read = (name: string, i: number): BindingSpec => {
+    const vec4 = aligned && hs % 4 === 0 && hs <= UNROLL_MAX && vec4View(l[i]);
+    if (vec4) quads.push(name);
+    return { name, type: l[i], access: "read", vec4 };
+  };
   const bindings: BindingSpec[] = kind === "fwd"
     ? [
       read("q", 0),
@@ -326,13 +369,18 @@ function attentionProgram(rt: Runtime, kind: "fwd" | "bwd", ts: readonly Tensor[
       { name: "out", type: l[5], access: "read_write" },
       { name: "st", type: "f32", access: "read_write" },
     ];
-  return program(rt, `attention_${kind}|${hs}`, {
-    label: kind === "fwd" ? "attention" : "attention_bwd",
-    bindings,
-    uniforms: UNIFORMS,
-    workgroupSize: WG,
-    grid: "3d",
-  }, () => unrolled(kind === "fwd" ? forwardSource(l[3], hs) : backwardSource(l[5], hs)));
+  return program(
+    rt,
+    `attention_${kind}|${hs}`,
+    {
+      label: kind === "fwd" ? "attention" : "attention_bwd",
+      bindings,
+      uniforms: UNIFORMS,
+      workgroupSize: WG,
+      grid: "3d",
+    },
+    () => unrolled(kind === "fwd" ? forwardSource(l[3], hs) : backwardSource(l[5], hs), quads),
+  );
 }
 
 /**
@@ -408,6 +456,10 @@ function run(
   const y = Tensor.empty(outShape, dt);
   if (y.size === 0) return y;
   const lse = Tensor.empty([g.B * g.nh * g.Tq], float32);
+  // rows on quads: every operand's offset and strides are multiples of 4 elements
+  const aligned = [g.q, g.k, g.v, g.y].every((m) =>
+    [m.off, m.sb, m.sh, m.st].every((x) => x % 4 === 0)
+  );
   const groups = (rows: number): [number, number, number] => [Math.ceil(rows / WG), g.B * g.nh, 1];
   // about 0.2 ns per multiply-add on a CPU adapter: q.k and p.v for each (query, key) pair
   const work = 0.2 * 2 * g.B * g.nh * g.Tq * g.Tk * g.hs * (g.causal ? 0.5 : 1);
@@ -418,7 +470,7 @@ function run(
   const fwdSlices = slices(g.Tk, rt.maxLoopIterations, 2 * g.hs + 2, 4 * g.hs);
   const fst = Tensor.empty([fwdSlices.length > 1 ? g.B * g.nh * g.Tq * (g.hs + 2) : 1], float32);
   for (const [n, [c0, c1]] of fwdSlices.entries()) {
-    attentionProgram(rt, "fwd", [q, k, v, y], g.hs).run({
+    attentionProgram(rt, "fwd", [q, k, v, y], g.hs, aligned).run({
       buffers: {
         q: q.buffer(op),
         k: k.buffer(op),
@@ -453,7 +505,7 @@ function run(
       float32,
     );
     for (const [n, [c0, c1]] of bwdSlices.entries()) {
-      attentionProgram(rt, "bwd", [q, k, v, y, gl, dx], g.hs).run({
+      attentionProgram(rt, "bwd", [q, k, v, y, gl, dx], g.hs, aligned).run({
         buffers: {
           q: q.buffer(at),
           k: k.buffer(at),

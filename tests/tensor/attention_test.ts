@@ -121,12 +121,19 @@ Deno.test("scaledDotProductAttention() matches an f64 reference forward and back
   await checkSdpa("f32", [2, 3, 5, 5, 4], true, 1e-5);
   await checkSdpa("f32", [1, 2, 7, 70, 8], false, 1e-5); // more keys than a workgroup
   await checkSdpa("f32", [1, 1, 130, 130, 3], true, 1e-5); // several workgroups of queries
+  // head sizes of the kernels' forms: rows in quads (32, 64), in single loads (6), in loops (72)
+  await checkSdpa("f32", [1, 2, 9, 9, 32], true, 1e-5);
+  await checkSdpa("f32", [1, 1, 9, 11, 64], false, 1e-5);
+  await checkSdpa("f32", [1, 2, 5, 5, 6], true, 1e-5);
+  await checkSdpa("f32", [1, 1, 5, 5, 72], true, 1e-5);
 });
 
-Deno.test("scaledDotProductAttention() rounds once to bf16 and f16 storage", async () => {
+Deno.test("scaledDotProductAttention() rounds once to bf16, f16 and e4m3 storage", async () => {
   // the kernels compute in f32 from the stored inputs; the only error is the final rounding
   await checkSdpa("bf16", [2, 2, 9, 9, 8], true, 2 ** -8);
   await checkSdpa("f16", [1, 2, 6, 6, 4], true, 2 ** -11);
+  await checkSdpa("bf16", [1, 2, 6, 6, 32], true, 2 ** -8);
+  await checkSdpa("e4m3", [1, 2, 6, 6, 8], true, 2 ** -4); // four to a word
 });
 
 Deno.test("causalSelfAttention() equals the unfused GPT attention and its gradient", async () => {
