@@ -26,7 +26,10 @@
  * nothing more): one-word buffers through their
  * vec4 view (`lq_`, `st4_`), packed ones bound as raw u32 words, each lane decoded and
  * encoded with the dtype's codec as the per-element kernel's `ld_`/`st_` do. The same update
- * per element (stochastic roundings drawing at the same element index), so the same bits.
+ * per element (stochastic roundings drawing at the same element index), so the same bits, but
+ * for the sign of a NaN result, which WGSL leaves open and llvmpipe takes from the instructions
+ * its compiler picked for each kernel (`a - b` as `a + (-b)`): NaN gradients give NaNs of either
+ * sign (tests/optim/quad_kernel_test.ts compares codes with that exception).
  *
  * Modes (`KernelMode`): `device` binds the group's device step counts and a skip flag (a
  * GradScaler's `found_inf`): when the flag is set no invocation writes anything, so a

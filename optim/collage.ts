@@ -58,7 +58,7 @@ import type { UpdateBody } from "./rule.ts";
  * pairs of bf16 codes with f32 arithmetic and RNE to bf16, DESIGN.md section 4), so `e` and
  * `lo` have the bits the full form gives and each costs one f32 operation instead of a
  * rounding (the rounding was most of Collage's update on CPU adapters). `fl(hi - s)` stays:
- * it rounds when |d| > |s|. A NaN keeps its sign either way (later fl()s quiet it). The
+ * it rounds when |d| > |s|. A NaN stays a NaN (later fl()s quiet it; its sign is the hardware's). The
  * product by `u.one` keeps `bb`'s two uses apart, so that no compiler cancels them.
  */
 function grow(q: string, x: string, dx: string, y: string, tag: string): string {
