@@ -231,74 +231,130 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
 }
 
 function backwardSource(outL: Layout, hs: number): string {
-  // Each invocation keeps its own rows (q_i and dO_i, or k_j and v_j) in registers and reads
-  // the other side's rows once per pair, each element once: on a CPU adapter every load in a
-  // loop is a per-lane gather, so loads, not multiply-adds, set the time. The sums run in the
-  // same order as dot products over d, so the bits do not depend on where a row came from.
+  // Each invocation owns two rows of one side (queries i, i + 1 or keys j, j + 1) and keeps
+  // them in registers; it reads each row of the other side once per pair of its rows, each
+  // element once: on a CPU adapter every load in a loop is a per-lane gather, so loads, not
+  // multiply-adds, set the time. Each row's sums run in the same order as with one row per
+  // invocation (dot products over d, pairs in order), so the bits do not change.
+  const rowTerms = (n: string) =>
+    `for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = 0.0; c${n}[d] = 0.0; }
+  if (u.first == 0u) {
+    for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = st[sb${n} + d]; c${n}[d] = st[sb${n} + ${hs}u + d]; }
+  }`;
+  // dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP_ij = dO_i . v_j, D_i = dO_i . O_i
+  const queryRow = (n: string) =>
+    `var q${n}: array<f32, ${hs}>;
+    var g${n}: array<f32, ${hs}>;
+    var y${n}: array<f32, ${hs}>;
+    let qo${n} = row(u.mq[0], b, h, i${n});
+    let go${n} = row(u.my[0], b, h, i${n});
+    for (var d = 0u; d < ${hs}u; d++) { q${n}[d] = ld_q(qo${n} + d); }
+    for (var d = 0u; d < ${hs}u; d++) { g${n}[d] = ld_g(go${n} + d); }
+    for (var d = 0u; d < ${hs}u; d++) { y${n}[d] = ld_y(go${n} + d); }
+    var D${n} = 0.0;
+    for (var d = 0u; d < ${hs}u; d++) { D${n} = fma(g${n}[d], y${n}[d], D${n}); }
+    let L${n} = lse[bh * Tq + i${n}];
+    let jn${n} = min(select(Tk, min(i${n} + 1u, Tk), causal), u.c1);`;
+  const queryPair = (n: string) =>
+    `if (j < jn${n}) {
+        var s = 0.0;
+        var dp = 0.0;
+        for (var d = 0u; d < ${hs}u; d++) {
+          s = fma(q${n}[d], kv[d], s);
+          dp = fma(g${n}[d], vv[d], dp);
+        }
+        let ds = exp(s * sc - L${n}) * (dp - D${n});
+        for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = fma(ds, kv[d], a${n}[d]); }
+      }`;
+  const queryEnd = (n: string) =>
+    `if (u.last == 0u) {
+      for (var d = 0u; d < ${hs}u; d++) { st[sb${n} + d] = a${n}[d]; }
+    } else {
+      for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = a${n}[d] * sc; }
+      put_row(row(u.mdq[0], b, h, i${n}), &a${n});
+    }`;
+  // dV_j = sum_i P_ij dO_i; dK_j = scale * sum_i P_ij (dP_ij - D_i) q_i
+  const keyRow = (n: string) =>
+    `var k${n}: array<f32, ${hs}>;
+    var v${n}: array<f32, ${hs}>;
+    let ko${n} = row(u.mk[0], b, h, j${n});
+    let vo${n} = row(u.mv[0], b, h, j${n});
+    for (var d = 0u; d < ${hs}u; d++) { k${n}[d] = ld_k(ko${n} + d); }
+    for (var d = 0u; d < ${hs}u; d++) { v${n}[d] = ld_v(vo${n} + d); }
+    let ia${n} = max(select(0u, j${n}, causal), u.c0);`;
+  const keyPair = (n: string) =>
+    `if (i >= ia${n}) {
+        var s = 0.0;
+        var dp = 0.0;
+        for (var d = 0u; d < ${hs}u; d++) {
+          s = fma(qv[d], k${n}[d], s);
+          dp = fma(gv[d], v${n}[d], dp);
+        }
+        let p = exp(s * sc - L);
+        let ds = p * (dp - D);
+        for (var d = 0u; d < ${hs}u; d++) {
+          c${n}[d] = fma(p, gv[d], c${n}[d]);
+          a${n}[d] = fma(ds, qv[d], a${n}[d]);
+        }
+      }`;
+  const keyEnd = (n: string) =>
+    `if (u.last == 0u) {
+      for (var d = 0u; d < ${hs}u; d++) { st[sb${n} + d] = a${n}[d]; st[sb${n} + ${hs}u + d] = c${n}[d]; }
+    } else {
+      for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = a${n}[d] * sc; }
+      put_row(row(u.mdk[0], b, h, j${n}), &a${n});
+      put_row(row(u.mdv[0], b, h, j${n}), &c${n});
+    }`;
   return `${ROW}${putRow(outL, hs)}
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let nh = u.nh; let Tq = u.tq; let Tk = u.tk; let causal = u.causal == 1u;
-  let r = wg.x * ${WG}u + li;
-  if (r >= Tq + Tk) { return; }
+  // invocations [0, nq) take query rows 2p, 2p + 1; the rest key rows 2p', 2p' + 1
+  let nq = (Tq + 1u) / 2u;
+  let p = wg.x * ${WG}u + li;
+  if (p >= nq + (Tk + 1u) / 2u) { return; }
   let bh = wg.y; let b = bh / nh; let h = bh % nh;
   let sc = u.sc;
   // st: between slices, each row's sums a (and c for key rows), 2 hs values a row
-  let sb = (bh * (Tq + Tk) + r) * ${2 * hs}u;
-  var a: array<f32, ${hs}>;
-  var c: array<f32, ${hs}>;
-  for (var d = 0u; d < ${hs}u; d++) { a[d] = 0.0; c[d] = 0.0; }
-  if (u.first == 0u) {
-    for (var d = 0u; d < ${hs}u; d++) { a[d] = st[sb + d]; c[d] = st[sb + ${hs}u + d]; }
+  let r0 = select(Tq + 2u * (p - nq), 2u * p, p < nq);
+  let two = select(r0 + 1u < Tq + Tk, r0 + 1u < Tq, p < nq); // a second row
+  let sb0 = (bh * (Tq + Tk) + r0) * ${2 * hs}u;
+  let sb1 = sb0 + ${2 * hs}u;
+  var a0: array<f32, ${hs}>;
+  var c0: array<f32, ${hs}>;
+  var a1: array<f32, ${hs}>;
+  var c1: array<f32, ${hs}>;
+  ${rowTerms("0")}
+  if (two) {
+    ${rowTerms("1")}
   }
-  if (r < Tq) {
-    // dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP_ij = dO_i . v_j, D_i = dO_i . O_i
-    let i = r;
-    let qo = row(u.mq[0], b, h, i);
-    let go = row(u.my[0], b, h, i);
-    var qv: array<f32, ${hs}>;
-    var gv: array<f32, ${hs}>;
-    var yv: array<f32, ${hs}>;
-    for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); }
-    for (var d = 0u; d < ${hs}u; d++) { gv[d] = ld_g(go + d); }
-    for (var d = 0u; d < ${hs}u; d++) { yv[d] = ld_y(go + d); }
-    var D = 0.0;
-    for (var d = 0u; d < ${hs}u; d++) { D = fma(gv[d], yv[d], D); }
-    let L = lse[bh * Tq + i];
-    let jn = min(select(Tk, min(i + 1u, Tk), causal), u.c1);
-    for (var j = u.c0; j < jn; j++) {
+  if (p < nq) {
+    let i0 = r0;
+    let i1 = select(i0, i0 + 1u, two); // one row: the second repeats the first, unused
+    ${queryRow("0")}
+    ${queryRow("1")}
+    for (var j = u.c0; j < max(jn0, jn1); j++) {
       let ko = row(u.mk[0], b, h, j);
       let vo = row(u.mv[0], b, h, j);
       var kv: array<f32, ${hs}>;
       var vv: array<f32, ${hs}>;
       for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
       for (var d = 0u; d < ${hs}u; d++) { vv[d] = ld_v(vo + d); }
-      var s = 0.0;
-      var dp = 0.0;
-      for (var d = 0u; d < ${hs}u; d++) {
-        s = fma(qv[d], kv[d], s);
-        dp = fma(gv[d], vv[d], dp);
+      ${queryPair("0")}
+      if (two) {
+        ${queryPair("1")}
       }
-      let ds = exp(s * sc - L) * (dp - D);
-      for (var d = 0u; d < ${hs}u; d++) { a[d] = fma(ds, kv[d], a[d]); }
     }
-    if (u.last == 0u) {
-      for (var d = 0u; d < ${hs}u; d++) { st[sb + d] = a[d]; }
-      return;
+    ${queryEnd("0")}
+    if (two) {
+      ${queryEnd("1")}
     }
-    for (var d = 0u; d < ${hs}u; d++) { a[d] = a[d] * sc; }
-    put_row(row(u.mdq[0], b, h, i), &a);
   } else {
-    // dV_j = sum_i P_ij dO_i; dK_j = scale * sum_i P_ij (dP_ij - D_i) q_i
-    let j = r - Tq;
-    let ko = row(u.mk[0], b, h, j);
-    let vo = row(u.mv[0], b, h, j);
-    var kv: array<f32, ${hs}>;
-    var vv: array<f32, ${hs}>;
-    for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
-    for (var d = 0u; d < ${hs}u; d++) { vv[d] = ld_v(vo + d); }
-    let i0 = max(select(0u, j, causal), u.c0);
-    let i1 = min(Tq, u.c1);
-    for (var i = i0; i < i1; i++) {
+    let j0 = r0 - Tq;
+    let j1 = select(j0, j0 + 1u, two);
+    ${keyRow("0")}
+    ${keyRow("1")}
+    let ie = min(Tq, u.c1);
+    for (var i = min(ia0, ia1); i < ie; i++) {
       let qo = row(u.mq[0], b, h, i);
       let go = row(u.my[0], b, h, i);
       var qv: array<f32, ${hs}>;
@@ -307,28 +363,18 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
       for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); }
       for (var d = 0u; d < ${hs}u; d++) { gv[d] = ld_g(go + d); }
       for (var d = 0u; d < ${hs}u; d++) { yv[d] = ld_y(go + d); }
-      var s = 0.0;
-      var dp = 0.0;
       var D = 0.0;
-      for (var d = 0u; d < ${hs}u; d++) {
-        s = fma(qv[d], kv[d], s);
-        dp = fma(gv[d], vv[d], dp);
-        D = fma(gv[d], yv[d], D);
-      }
-      let p = exp(s * sc - lse[bh * Tq + i]);
-      let ds = p * (dp - D);
-      for (var d = 0u; d < ${hs}u; d++) {
-        c[d] = fma(p, gv[d], c[d]);
-        a[d] = fma(ds, qv[d], a[d]);
+      for (var d = 0u; d < ${hs}u; d++) { D = fma(gv[d], yv[d], D); }
+      let L = lse[bh * Tq + i];
+      ${keyPair("0")}
+      if (two) {
+        ${keyPair("1")}
       }
     }
-    if (u.last == 0u) {
-      for (var d = 0u; d < ${hs}u; d++) { st[sb + d] = a[d]; st[sb + ${hs}u + d] = c[d]; }
-      return;
+    ${keyEnd("0")}
+    if (two) {
+      ${keyEnd("1")}
     }
-    for (var d = 0u; d < ${hs}u; d++) { a[d] = a[d] * sc; }
-    put_row(row(u.mdk[0], b, h, j), &a);
-    put_row(row(u.mdv[0], b, h, j), &c);
   }
 }
 `;
@@ -499,7 +545,7 @@ function run(
     const [dq, dk, dv] = grad.maps;
     // slices of the loops over keys (dQ) and queries (dK, dV); the sums kept in \`st\` between
     const T = Math.max(g.Tq, g.Tk);
-    const bwdSlices = slices(T, rt.maxLoopIterations, 3 * g.hs + 3, 8 * g.hs);
+    const bwdSlices = slices(T, rt.maxLoopIterations, 8 * g.hs + 8, 16 * g.hs);
     const bst = Tensor.empty(
       [bwdSlices.length > 1 ? g.B * g.nh * (g.Tq + g.Tk) * 2 * g.hs : 1],
       float32,
@@ -517,7 +563,7 @@ function run(
           st: bst.buffer(at),
         },
         uniforms: { ...uniforms(g, dq, dk, dv), ...slice(n, bwdSlices) },
-        groups: groups(g.Tq + g.Tk),
+        groups: groups(Math.ceil(g.Tq / 2) + Math.ceil(g.Tk / 2)), // two rows an invocation
         splitDim: 1,
         // scores recomputed, dQ by query rows, dK and dV by key rows
         cost: (3 * work * (c1 - c0)) / T,
