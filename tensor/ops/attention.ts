@@ -178,54 +178,74 @@ function putRow(l: Layout, hs: number): string {
 }
 
 function forwardSource(outL: Layout, hs: number): string {
+  // Two query rows an invocation (i, i + 1), each key and value row read once for both; each
+  // row's recurrence runs as with one row an invocation, so the bits do not change.
   // st: between slices of the keys, each query row's running max, sum and output (hs + 2)
+  const start = (n: string) =>
+    `var q${n}: array<f32, ${hs}>;
+  var o${n}: array<f32, ${hs}>;
+  let qo${n} = row(u.mq[0], b, h, i${n});
+  for (var d = 0u; d < ${hs}u; d++) { q${n}[d] = ld_q(qo${n} + d); }
+  for (var d = 0u; d < ${hs}u; d++) { o${n}[d] = 0.0; }
+  var m${n} = -3.0e38;
+  var l${n} = 0.0;
+  if (u.first == 0u) {
+    m${n} = st[sb${n}];
+    l${n} = st[sb${n} + 1u];
+    for (var d = 0u; d < ${hs}u; d++) { o${n}[d] = st[sb${n} + 2u + d]; }
+  }
+  let jn${n} = min(select(Tk, min(i${n} + 1u, Tk), u.causal == 1u), u.c1);`;
+  const pair = (n: string) =>
+    `if (j < jn${n}) {
+      var s = 0.0;
+      for (var d = 0u; d < ${hs}u; d++) { s = fma(q${n}[d], kv[d], s); }
+      s = s * u.sc;
+      let mn = max(m${n}, s);
+      let c = exp(m${n} - mn);
+      let p = exp(s - mn);
+      l${n} = l${n} * c + p;
+      for (var d = 0u; d < ${hs}u; d++) { o${n}[d] = fma(p, vv[d], o${n}[d] * c); }
+      m${n} = mn;
+    }`;
+  const end = (n: string) =>
+    `if (u.last == 0u) {
+    st[sb${n}] = m${n};
+    st[sb${n} + 1u] = l${n};
+    for (var d = 0u; d < ${hs}u; d++) { st[sb${n} + 2u + d] = o${n}[d]; }
+  } else {
+    let inv = select(0.0, 1.0 / l${n}, l${n} > 0.0);
+    for (var d = 0u; d < ${hs}u; d++) { o${n}[d] = o${n}[d] * inv; }
+    put_row(row(u.my[0], b, h, i${n}), &o${n});
+    lse[bh * Tq + i${n}] = select(-3.0e38, m${n} + log(l${n}), l${n} > 0.0);
+  }`;
   return `${ROW}${putRow(outL, hs)}
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let nh = u.nh; let Tq = u.tq; let Tk = u.tk;
-  let i = wg.x * ${WG}u + li;
-  if (i >= Tq) { return; }
+  let i0 = 2u * (wg.x * ${WG}u + li);
+  if (i0 >= Tq) { return; }
+  let two = i0 + 1u < Tq; // a second row
+  let i1 = select(i0, i0 + 1u, two); // one row: the second repeats the first, unused
   let bh = wg.y; let b = bh / nh; let h = bh % nh;
-  let sb = (bh * Tq + i) * ${hs + 2}u;
-  var qv: array<f32, ${hs}>;
-  var o: array<f32, ${hs}>;
-  let qo = row(u.mq[0], b, h, i);
-  for (var d = 0u; d < ${hs}u; d++) { qv[d] = ld_q(qo + d); }
-  for (var d = 0u; d < ${hs}u; d++) { o[d] = 0.0; }
-  var m = -3.0e38;
-  var l = 0.0;
-  if (u.first == 0u) {
-    m = st[sb];
-    l = st[sb + 1u];
-    for (var d = 0u; d < ${hs}u; d++) { o[d] = st[sb + 2u + d]; }
-  }
-  let jn = min(select(Tk, min(i + 1u, Tk), u.causal == 1u), u.c1);
-  for (var j = u.c0; j < jn; j++) {
+  let sb0 = (bh * Tq + i0) * ${hs + 2}u;
+  let sb1 = (bh * Tq + i1) * ${hs + 2}u;
+  ${start("0")}
+  ${start("1")}
+  for (var j = u.c0; j < max(jn0, jn1); j++) {
     let ko = row(u.mk[0], b, h, j);
-    var kv: array<f32, ${hs}>;
-    for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
-    var s = 0.0;
-    for (var d = 0u; d < ${hs}u; d++) { s = fma(qv[d], kv[d], s); }
-    s = s * u.sc;
-    let mn = max(m, s);
-    let c = exp(m - mn);
-    let p = exp(s - mn);
-    l = l * c + p;
     let vo = row(u.mv[0], b, h, j);
+    var kv: array<f32, ${hs}>;
     var vv: array<f32, ${hs}>;
+    for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
     for (var d = 0u; d < ${hs}u; d++) { vv[d] = ld_v(vo + d); }
-    for (var d = 0u; d < ${hs}u; d++) { o[d] = fma(p, vv[d], o[d] * c); }
-    m = mn;
+    ${pair("0")}
+    if (two) {
+      ${pair("1")}
+    }
   }
-  if (u.last == 0u) {
-    st[sb] = m;
-    st[sb + 1u] = l;
-    for (var d = 0u; d < ${hs}u; d++) { st[sb + 2u + d] = o[d]; }
-    return;
+  ${end("0")}
+  if (two) {
+    ${end("1")}
   }
-  let inv = select(0.0, 1.0 / l, l > 0.0);
-  for (var d = 0u; d < ${hs}u; d++) { o[d] = o[d] * inv; }
-  put_row(row(u.my[0], b, h, i), &o);
-  lse[bh * Tq + i] = select(-3.0e38, m + log(l), l > 0.0);
 }
 `;
 }
@@ -513,7 +533,7 @@ function run(
   // adapter allows (llvmpipe stops them silently after 65,535: from a context of about 400 on);
   // between slices each query row keeps its running max, sum and output in \`st\` (f32), so the
   // result is the one pass's, bit for bit.
-  const fwdSlices = slices(g.Tk, rt.maxLoopIterations, 2 * g.hs + 2, 4 * g.hs);
+  const fwdSlices = slices(g.Tk, rt.maxLoopIterations, 6 * g.hs + 6, 8 * g.hs);
   const fst = Tensor.empty([fwdSlices.length > 1 ? g.B * g.nh * g.Tq * (g.hs + 2) : 1], float32);
   for (const [n, [c0, c1]] of fwdSlices.entries()) {
     attentionProgram(rt, "fwd", [q, k, v, y], g.hs, aligned).run({
@@ -526,7 +546,7 @@ function run(
         st: fst.buffer(op),
       },
       uniforms: { ...uniforms(g), ...slice(n, fwdSlices) },
-      groups: groups(g.Tq),
+      groups: groups(Math.ceil(g.Tq / 2)), // two rows an invocation
       splitDim: 1,
       cost: (work * (c1 - c0)) / g.Tk,
       ranges: {
