@@ -292,16 +292,25 @@ ${store}
  * reduction: a sum over the batch of a (16, 64, 128) gradient took 8192 workgroups of 16
  * loads and seven barriers each.
  */
-function columnBody(kind: "sum" | "max" | "min", acc: Acc, inL: Layout, outL: Layout): string {
+function columnBody(
+  kind: "sum" | "max" | "min",
+  acc: Acc,
+  inL: Layout,
+  outL: Layout,
+  quad: boolean,
+): string {
   const row = ROWS[kind];
   const lines: string[] = [];
   let depth = 0;
+  // a quad: four neighbouring outputs in the lanes of a vec4, one 16-byte load a row (f32 sums)
+  const ident = quad ? "vec4<f32>(0.0)" : row.ident[acc];
+  const load = quad ? "lq_inp((base + roff(r)) / 4u)" : "ld(base + roff(r))";
   for (let k = 0; k < WG; k++) {
     let l = 0;
     for (let b = 0; b < 6; b++) l |= ((k >> b) & 1) << (5 - b);
-    lines.push(`  s${depth} = ${row.ident[acc]};
+    lines.push(`  s${depth} = ${ident};
   for (var r = ${l}u; r < u.R; r = r + ${WG}u) { s${depth} = ${
-      row.comb(acc, `s${depth}`, "ld(base + roff(r))")
+      row.comb(acc, `s${depth}`, load)
     }; }`);
     depth++;
     for (let m = k + 1; m % 2 === 0; m /= 2) {
@@ -309,8 +318,28 @@ function columnBody(kind: "sum" | "max" | "min", acc: Acc, inL: Layout, outL: La
       lines.push(`  s${depth - 1} = ${row.comb(acc, `s${depth - 1}`, `s${depth}`)};`);
     }
   }
-  const decl = Array.from({ length: 7 }, (_, d) => `  var s${d}: ${acc};`).join("\n");
+  const decl = Array.from({ length: 7 }, (_, d) => `  var s${d}: ${quad ? "vec4<f32>" : acc};`)
+    .join("\n");
   const scale = kind === "sum" && acc === "f32" ? " * u.scale" : "";
+  if (quad) {
+    return `${WGSL_INDEX}
+fn red4(o: u32) -> vec4<f32> {
+  let base = kbase(o);
+${decl}
+${lines.join("\n")}
+  return s0${scale};
+}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let o = 4u * (wg * ${WG}u + li);
+  if (o >= u.n) { return; }
+  let v = red4(o);
+  st_out(o, vec4<f32>(v.x), vec4<u32>(0u));
+  st_out(o + 1u, vec4<f32>(v.y), vec4<u32>(0u));
+  st_out(o + 2u, vec4<f32>(v.z), vec4<u32>(0u));
+  st_out(o + 3u, vec4<f32>(v.w), vec4<u32>(0u));
+}
+`;
+  }
   const lanes = outL.lanes;
   const floatOut = acc === "f32";
   const store = lanes === 1
@@ -819,23 +848,27 @@ function pass(
   const n = p.nOut * parts;
   const lanes = outL.lanes;
   if (parts === 1 && columnsFit(kind, p)) {
-    const words = Math.ceil(n / lanes);
-    program(rt, `reduce|columns|${kind}|${acc}`, {
+    // f32 sums whose kept rows hold whole quads (every stride and the innermost size a
+    // multiple of 4) take four outputs an invocation
+    const quad = kind === "sum" && inDt === float32 && out.dt === float32 &&
+      p.ks.at(-1)! % 4 === 0 && [...p.kst.slice(0, -1), ...p.rst].every((v) => v % 4 === 0);
+    const per = quad ? 4 : lanes; // outputs an invocation
+    program(rt, `reduce|columns|${kind}|${acc}|${quad}`, {
       label,
       bindings: [
-        { name: "inp", type: inL, access: "read" },
+        { name: "inp", type: inL, access: "read", vec4: quad },
         { name: "out", type: outL, access: "read_write" },
       ],
       uniforms: UNIFORMS,
       workgroupSize: WG,
-    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL)).run({
+    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL, quad)).run({
       buffers: { inp: inBuf, out: out.buffer(label) },
       uniforms: planUniforms(n, p, 1, p.R, scale),
-      groups: Math.ceil(words / WG),
+      groups: Math.ceil(Math.ceil(n / per) / WG),
       cost: p.nOut * p.R * COST.reduce,
       ranges: {
-        inp: (g0, g1) => inputRange(p, 1, p.R, g0 * WG * lanes, Math.min(n, g1 * WG * lanes)),
-        out: (g0, g1) => [g0 * WG * lanes, Math.min(n, g1 * WG * lanes)],
+        inp: (g0, g1) => inputRange(p, 1, p.R, g0 * WG * per, Math.min(n, g1 * WG * per)),
+        out: (g0, g1) => [g0 * WG * per, Math.min(n, g1 * WG * per)],
       },
     });
     return;
