@@ -298,20 +298,24 @@ function columnBody(
   inL: Layout,
   outL: Layout,
   quad: boolean,
+  flat: boolean,
 ): string {
   const row = ROWS[kind];
   const lines: string[] = [];
   let depth = 0;
-  // a quad: four neighbouring outputs in the lanes of a vec4, one 16-byte load a row (f32 sums)
+  // a quad: four neighbouring outputs in the lanes of a vec4, one 16-byte load a row (f32 sums);
+  // flat (at most one merged reduced dim): each chain steps its offset instead of computing it
   const ident = quad ? "vec4<f32>(0.0)" : row.ident[acc];
-  const load = quad ? "lq_inp((base + roff(r)) / 4u)" : "ld(base + roff(r))";
+  const at = flat ? "at" : "base + roff(r)";
+  const load = quad ? `lq_inp((${at}) / 4u)` : `ld(${at})`;
   for (let k = 0; k < WG; k++) {
     let l = 0;
     for (let b = 0; b < 6; b++) l |= ((k >> b) & 1) << (5 - b);
-    lines.push(`  s${depth} = ${ident};
+    const step = flat ? ` at = at + st${WG};` : "";
+    lines.push(`  s${depth} = ${ident};${flat ? `\n  at = base + ${l}u * st;` : ""}
   for (var r = ${l}u; r < u.R; r = r + ${WG}u) { s${depth} = ${
       row.comb(acc, `s${depth}`, load)
-    }; }`);
+    };${step} }`);
     depth++;
     for (let m = k + 1; m % 2 === 0; m /= 2) {
       depth--;
@@ -321,11 +325,17 @@ function columnBody(
   const decl = Array.from({ length: 7 }, (_, d) => `  var s${d}: ${quad ? "vec4<f32>" : acc};`)
     .join("\n");
   const scale = kind === "sum" && acc === "f32" ? " * u.scale" : "";
+  const steps = flat
+    ? `  let st = select(0u, u_rst(0u), u.nr == 1u);
+  let st${WG} = ${WG}u * st;
+  var at = 0u;
+`
+    : "";
   if (quad) {
     return `${WGSL_INDEX}
 fn red4(o: u32) -> vec4<f32> {
   let base = kbase(o);
-${decl}
+${steps}${decl}
 ${lines.join("\n")}
   return s0${scale};
 }
@@ -355,7 +365,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   return `${WGSL_FINITE}${loader(inL, acc)}${WGSL_INDEX}
 fn red(o: u32) -> ${acc} {
   let base = kbase(o);
-${decl}
+${steps}${decl}
 ${lines.join("\n")}
   return s0${scale};
 }
@@ -853,7 +863,8 @@ function pass(
     const quad = kind === "sum" && inDt === float32 && out.dt === float32 &&
       p.ks.at(-1)! % 4 === 0 && [...p.kst.slice(0, -1), ...p.rst].every((v) => v % 4 === 0);
     const per = quad ? 4 : lanes; // outputs an invocation
-    program(rt, `reduce|columns|${kind}|${acc}|${quad}`, {
+    const flat = p.rs.length <= 1;
+    program(rt, `reduce|columns|${kind}|${acc}|${quad}|${flat}`, {
       label,
       bindings: [
         { name: "inp", type: inL, access: "read", vec4: quad },
@@ -861,7 +872,7 @@ function pass(
       ],
       uniforms: UNIFORMS,
       workgroupSize: WG,
-    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL, quad)).run({
+    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL, quad, flat)).run({
       buffers: { inp: inBuf, out: out.buffer(label) },
       uniforms: planUniforms(n, p, 1, p.R, scale),
       groups: Math.ceil(Math.ceil(n / per) / WG),
