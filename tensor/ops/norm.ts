@@ -423,29 +423,34 @@ function colBody(norm: Norm, outs: readonly Layout[], which: string[], carry: bo
   let stores = "";
   outs.forEach((l, k) => {
     const out = `o${which[k]}`, acc = `s_${which[k]}`;
-    stores += l.lanes === 1
-      ? `  for (var k = 0u; k < ${G}u; k = k + 1u) {
-    let c = c0 + k;
-    if (c >= u.C) { break; }
-    st_${out}(c, vec4<f32>(${acc}[k]), vec4<u32>(0u));
-  }\n`
-      : `  for (var k = 0u; k < ${G / l.lanes}u; k = k + 1u) {
-    let c = c0 + k * ${l.lanes}u;
-    if (c >= u.C) { break; }
+    // written out, as the sums (constant indices); a word past C is not stored, as the loop
+    // broke there, and its lanes past C stay 0
+    for (let w = 0; w < G / l.lanes; w++) {
+      const c = `c0 + ${w * l.lanes}u`;
+      stores += l.lanes === 1
+        ? `  if (${c} < u.C) { st_${out}(${c}, vec4<f32>(${acc}[${w}]), vec4<u32>(0u)); }\n`
+        : `  if (${c} < u.C) {
     var v = vec4<f32>(0.0);
-    for (var l = 0u; l < ${l.lanes}u; l = l + 1u) {
-      if (c + l < u.C) { v[l] = ${acc}[k * ${l.lanes}u + l]; }
-    }
-    st_${out}(c / ${l.lanes}u, v, vec4<u32>(0u));
+${
+          Array.from(
+            { length: l.lanes },
+            (_, j) => `    if (${c} + ${j}u < u.C) { v[${j}] = ${acc}[${w * l.lanes + j}]; }\n`,
+          ).join("")
+        }    st_${out}((${c}) / ${l.lanes}u, v, vec4<u32>(0u));
   }\n`;
+    }
   });
   const xh = norm === "ln" ? "(ld_x(i) - ld_mu(r)) * ld_rs(r)" : "ld_x(i) * ld_rs(r)";
+  // the G columns of an invocation written out (constant indices: on llvmpipe a private array
+  // indexed by a loop variable lives in memory); a column past C skips, as the loop broke there
   const each = (s: string) =>
-    `  for (var k = 0u; k < ${G}u; k = k + 1u) {
-    let c = c0 + k;
-    if (c >= u.C) { break; }
-    ${s}
-  }\n`;
+    Array.from(
+      { length: G },
+      (_, k) =>
+        `  if (c0 + ${k}u < u.C) {\n    let c = c0 + ${k}u;\n    ${
+          s.replaceAll("[k]", `[${k}]`)
+        }\n  }\n`,
+    ).join("");
   const resume = carry
     ? `  if (u.first == 0u) {
 ${each("s_w[k] = ld_cw(c); s_b[k] = ld_cb(c);")}  }\n`
@@ -461,15 +466,9 @@ ${each("put_cw(c, bitcast<u32>(s_w[k])); put_cb(c, bitcast<u32>(s_b[k]));")}    
   var s_w: array<f32, ${G}>;
   var s_b: array<f32, ${G}>;
 ${resume}  for (var r = u.r0; r < u.rows; r = r + 1u) {
-    for (var k = 0u; k < ${G}u; k = k + 1u) {
-      let c = c0 + k;
-      if (c >= u.C) { break; }
-      let i = r * u.C + c;
-      let g = ld_g(i);
-      s_w[k] = s_w[k] + g * ${xh};
-      s_b[k] = s_b[k] + g;
-    }
-  }
+${
+    each(`let i = r * u.C + c; let g = ld_g(i); s_w[k] = s_w[k] + g * ${xh}; s_b[k] = s_b[k] + g;`)
+  }  }
 ${leave}${stores}}
 `;
 }
