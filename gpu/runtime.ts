@@ -127,7 +127,20 @@ export interface RuntimeCounters {
   windows: number;
 }
 
-/** The GPU time of one dispatch, as `stopProfile()` reports it. */
+/**
+ * The GPU time of one dispatch, as `Runtime.stopProfile()` reports it (`end - start` is the
+ * dispatch's compute pass, in nanoseconds).
+ *
+ * @example
+ * ```ts
+ * import { type DispatchTime, getRuntime } from "./mod.ts";
+ * const rt = await getRuntime();
+ * const times: DispatchTime[] = rt.info.timestampQuery
+ *   ? (rt.startProfile(), await rt.stopProfile())
+ *   : [];
+ * for (const t of times) console.log(t.label, t.groups.join("x"), (t.end - t.start) / 1e3, "us");
+ * ```
+ */
 export interface DispatchTime {
   /** The kernel's label (the op's name). */
   readonly label: string;
@@ -721,6 +734,13 @@ export class Runtime {
   /**
    * Ends the profile that `startProfile()` began: submits the open batch and resolves to the
    * GPU time of every dispatch recorded meanwhile, in the order they ran. Empty without one.
+   *
+   * @example
+   * ```ts
+   * import { getRuntime } from "./mod.ts";
+   * const rt = await getRuntime();
+   * console.log((await rt.stopProfile()).length); // 0: no profile was open
+   * ```
    */
   async stopProfile(): Promise<DispatchTime[]> {
     const prof = this.#prof;
@@ -792,7 +812,19 @@ export class Runtime {
    * Records a copy of `width` x `height` texels from `src` (row r at byte `offset + r
    * bytesPerRow`, `bytesPerRow` a multiple of 256) into the top-left corner of a scratch
    * texture (outside the compute pass, in order with the dispatches): the bytes as they are,
-   * 16 per texel, not a dispatch.
+   * 16 per texel, not a dispatch. For kernels that read an operand as texels (matmul's
+   * texture family); `dst` comes from `scratchTexture()`. A `DeviceError` names the sizes
+   * where the copy would not fit `src` or `dst`, or `bytesPerRow` is not a multiple of 256.
+   *
+   * @example
+   * ```ts
+   * import { getRuntime } from "./mod.ts";
+   * const rt = await getRuntime();
+   * const src = rt.alloc(2 * 256, { dtype: "f32", purpose: "scratch" }); // 2 rows of 64 f32
+   * const tex = rt.scratchTexture("doc.copy", 16, 2);
+   * if (tex) rt.copyToTexture(src, 0, 256, tex, 16, 2); // 16 texels of 4 f32 a row
+   * rt.free(src);
+   * ```
    */
   copyToTexture(
     src: PooledBuffer,
@@ -804,6 +836,19 @@ export class Runtime {
   ): void {
     this.#check("copyToTexture");
     if (width * height === 0) return;
+    const need = offset + (height - 1) * bytesPerRow + 16 * width;
+    if (
+      bytesPerRow % 256 !== 0 || bytesPerRow < 16 * width || offset % 16 !== 0 ||
+      need > src.buffer.size || width > dst.width || height > dst.height
+    ) {
+      throw new DeviceError(
+        `copyToTexture(): ${width} x ${height} texels from byte ${offset} with ${bytesPerRow} ` +
+          `bytes a row (${need} bytes of a ${src.buffer.size}-byte buffer) into a ` +
+          `${dst.width} x ${dst.height} texture: bytesPerRow must be a multiple of 256 and at ` +
+          `least 16 x width, offset a multiple of 16, and the rows must lie inside both; ` +
+          `take a path without the copy (pack the operand) for other layouts`,
+      );
+    }
     this.#closePass().copyBufferToTexture(
       { buffer: src.buffer, offset, bytesPerRow },
       { texture: dst },

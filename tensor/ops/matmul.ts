@@ -691,7 +691,13 @@ function matmulRawSource(cfg: MatmulKernelConfig, ra: RawOperand, rb: RawOperand
   const pa = perTexel(ra), pb = perTexel(rb);
   const ga = ra.trans ? pa : 1; // rows of A a group of loads covers
   if (tm % ga || (!rb.trans && tn % pb) || tn % 4) {
-    throw new ValueError(`matmulRawSource(): tiles ${tm}x${tn} do not fit the operands' texels`);
+    throw new ValueError(
+      `matmulRawSource(): tiles ${tm}x${tn} do not fit the operands' texels (A ` +
+        `${ra.bf16 ? "bf16" : "f32"}${ra.trans ? " transposed" : ""}: ${pa} a texel, B ` +
+        `${rb.bf16 ? "bf16" : "f32"}${rb.trans ? " transposed" : ""}: ${pb}; tm must be a ` +
+        `multiple of ${ga}, tn of 4${rb.trans ? "" : ` and ${pb}`}): rawPlan() should have ` +
+        `sent this product to the packing variant; a bug in matmul, please report it`,
+    );
   }
   // element e of texel variable t: f32 texels as they are, bf16 ones two a word
   const el = (t: string, e: number, bf: boolean) =>
@@ -776,14 +782,8 @@ ${stores}}
 `;
 }
 
-/** The copy variant's program: the output (and scales) bound, A and B as raw textures. */
-function matmulRawProgram(
-  rt: Runtime,
-  cfg: MatmulKernelConfig,
-  ra: RawOperand,
-  rb: RawOperand,
-) {
-  const t = cfg.tiles;
+/** The texture family's bindings (both variants): the output, and the scales if scaled. */
+function textureFamilyBindings(cfg: MatmulKernelConfig): BindingSpec[] {
   const bindings: BindingSpec[] = [
     {
       name: "out",
@@ -797,6 +797,18 @@ function matmulRawProgram(
     bindings.push({ name: "scalea", type: "f32", access: "read" });
     bindings.push({ name: "scaleb", type: "f32", access: "read" });
   }
+  return bindings;
+}
+
+/** The copy variant's program: the output (and scales) bound, A and B as raw textures. */
+function matmulRawProgram(
+  rt: Runtime,
+  cfg: MatmulKernelConfig,
+  ra: RawOperand,
+  rb: RawOperand,
+) {
+  const t = cfg.tiles;
+  const bindings = textureFamilyBindings(cfg);
   const access = textureReads();
   const op = (o: RawOperand) => `${o.bf16 ? "bf16" : "f32"}${o.trans ? "T" : ""}`;
   return program(
@@ -881,19 +893,7 @@ function textureReads(): "read" | "read-storage" {
 /** The texture family's matmul program: the output (and scales) bound, A and B as textures. */
 function matmulTextureProgram(rt: Runtime, cfg: MatmulKernelConfig) {
   const t = cfg.tiles;
-  const bindings: BindingSpec[] = [
-    {
-      name: "out",
-      type: cfg.out,
-      access: "read_write",
-      encode: { saturate: cfg.saturate },
-      vec4: cfg.quadOut,
-    },
-  ];
-  if (cfg.scaled) {
-    bindings.push({ name: "scalea", type: "f32", access: "read" });
-    bindings.push({ name: "scaleb", type: "f32", access: "read" });
-  }
+  const bindings = textureFamilyBindings(cfg);
   // read-only storage textures where WGSL has them: their loads cost less than texel fetches
   // on llvmpipe (1.3-1.9x the kernel with sampled textures at 1024^3)
   const access = textureReads();
