@@ -1,10 +1,11 @@
 /**
  * Fused attention: `softmax(scale * q k^T + mask) v` in one kernel forward and one backward,
- * as `torch.nn.functional.scaled_dot_product_attention`. Each invocation owns one query row:
- * it streams over the keys with an online softmax (running max and sum, FlashAttention's
- * recurrence: Dao et al. 2022, Milakov & Gimelshein 2018), so the T x T scores are never
- * stored; the log-sum-exp of each row is kept for the backward pass, which recomputes the
- * probabilities: dQ by query rows, dK and dV by key rows, in the same dispatch.
+ * as `torch.nn.functional.scaled_dot_product_attention`. Each invocation owns two neighbouring
+ * query rows (i, i + 1), reading each key and value row once for both: it streams over the
+ * keys with an online softmax (running max and sum, FlashAttention's recurrence: Dao et al.
+ * 2022, Milakov & Gimelshein 2018), so the T x T scores are never stored; the log-sum-exp of
+ * each row is kept for the backward pass, which recomputes the probabilities: dQ by pairs of
+ * query rows, dK and dV by pairs of key rows, in the same dispatch.
  *
  * Operands are read through strides, so the attention of a GPT reads q, k and v straight
  * from the fused (B, T, 3C) projection and writes (B, T, C), without the head split and
