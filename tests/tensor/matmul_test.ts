@@ -615,6 +615,35 @@ async function product(
   return { bits, values, dispatches };
 }
 
+/**
+ * Each case's product through the texture family and the workgroup-memory kernel: the same
+ * bits, `packs` more dispatches for the texture family (`why` says which), and the values
+ * within the output dtype's tolerance of the host reference.
+ */
+async function textureCases(
+  cases: readonly [number[], number[], string, string, MatmulOptions][],
+  seed: number,
+  packs: number,
+  why: string,
+): Promise<void> {
+  for (const [as, bs, adt, bdt, opts] of cases) {
+    const r = rng(seed++);
+    const a = operand(as, adt, r), b = operand(bs, bdt, r);
+    const tex = await withTiles(TEXTURE, () => product(a.t, b.t, opts));
+    const wg = await withTiles(STORAGE, () => product(a.t, b.t, opts));
+    const label = `[${as}] (${adt}) @ [${bs}] (${bdt}) ${JSON.stringify(opts)}`;
+    assert.deepEqual(tex.bits, wg.bits, `${label}: same bits as the workgroup-memory kernel`);
+    assert.equal(tex.dispatches, wg.dispatches + packs, `${label}: ${why}`);
+    const out = matmul(a.t, b.t, opts);
+    const outDt = out.dtype;
+    out.dispose();
+    // and the reference (the values the texture family gave)
+    const got = tensor(tex.values, { shape: out.shape });
+    await check(got.cast(outDt), reference(a, b, opts), outDt, `${label} (texture)`);
+    for (const t of [a.t, b.t, got]) t.dispose();
+  }
+}
+
 Deno.test("matmul()'s texture family gives the bits of the workgroup-memory kernel in every dtype and transpose", async () => {
   await getRuntime();
   if (!matmulTexturesPassed()) return; // off on this device (a GPU, or its check failed)
@@ -631,24 +660,7 @@ Deno.test("matmul()'s texture family gives the bits of the workgroup-memory kern
     [[30, 40], [24, 40], "f16", "e5m2", { transB: true, outDtype: "f32" }],
     [[4, 5, 6], [6, 7], "f32", "f32", {}], // a Linear layer's batch folds into M
   ];
-  let seed = 10;
-  for (const [as, bs, adt, bdt, opts] of cases) {
-    const r = rng(seed++);
-    const a = operand(as, adt, r), b = operand(bs, bdt, r);
-    const tex = await withTiles(TEXTURE, () => product(a.t, b.t, opts));
-    const wg = await withTiles(STORAGE, () => product(a.t, b.t, opts));
-    const label = `[${as}] (${adt}) @ [${bs}] (${bdt}) ${JSON.stringify(opts)}`;
-    assert.deepEqual(tex.bits, wg.bits, `${label}: same bits as the workgroup-memory kernel`);
-    assert.equal(tex.dispatches, wg.dispatches + 1, `${label}: one pack of A and B first`);
-    const out = matmul(a.t, b.t, opts);
-    const outDt = out.dtype;
-    out.dispose();
-    // and the reference (the values the texture family gave)
-    const got = tensor(tex.values, { shape: out.shape });
-    const want = reference(a, b, opts);
-    await check(got.cast(outDt), want, outDt, `${label} (texture)`);
-    for (const t of [a.t, b.t, got]) t.dispose();
-  }
+  await textureCases(cases, 10, 1, "one pack of A and B first");
 });
 
 Deno.test("matmul()'s texture family copies f32 and bf16 operands whose rows are whole 256-byte units, without a packing dispatch, and gives the workgroup-memory kernel's bits", async () => {
@@ -668,22 +680,7 @@ Deno.test("matmul()'s texture family copies f32 and bf16 operands whose rows are
     [[33, 64], [64, 128], "f32", "bf16", {}],
     [[128, 128], [100, 128], "bf16", "f32", { transB: true, outDtype: "f32" }],
   ];
-  let seed = 40;
-  for (const [as, bs, adt, bdt, opts] of cases) {
-    const r = rng(seed++);
-    const a = operand(as, adt, r), b = operand(bs, bdt, r);
-    const tex = await withTiles(TEXTURE, () => product(a.t, b.t, opts));
-    const wg = await withTiles(STORAGE, () => product(a.t, b.t, opts));
-    const label = `[${as}] (${adt}) @ [${bs}] (${bdt}) ${JSON.stringify(opts)}`;
-    assert.deepEqual(tex.bits, wg.bits, `${label}: same bits as the workgroup-memory kernel`);
-    assert.equal(tex.dispatches, wg.dispatches, `${label}: copies, no packing dispatch`);
-    const out = matmul(a.t, b.t, opts);
-    const outDt = out.dtype;
-    out.dispose();
-    const got = tensor(tex.values, { shape: out.shape });
-    await check(got.cast(outDt), reference(a, b, opts), outDt, `${label} (texture)`);
-    for (const t of [a.t, b.t, got]) t.dispose();
-  }
+  await textureCases(cases, 40, 0, "copies, no packing dispatch");
   // infinities and subnormals in either half of a bf16 word, and NaN: the same values (a
   // NaN's sign depends on which NaN operand an fma passes on, in the packing variant too)
   const special = (shape: number[], dt: string) => {
