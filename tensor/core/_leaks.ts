@@ -31,7 +31,9 @@ const registry = new FinalizationRegistry<Held>(({ rt, buf }) => {
  * How many tensors the safety net has freed in this process (each one unreachable and never
  * disposed: a leak that the collector caught), and their bytes. Code that owns its tensors
  * leaves this at zero after forced collections (`--v8-flags=--expose-gc`, `gc()`, then a turn of
- * the event loop for the registry's callbacks). @internal
+ * the event loop for the registry's callbacks). For tests (tests/tensor/_unreachable.ts); not
+ * exported from mod.ts.
+ * @internal
  *
  * @example
  * ```ts

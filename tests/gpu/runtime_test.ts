@@ -139,6 +139,30 @@ Deno.test("a profile stamps every dispatch across batches, in order; the work is
   rt.free(a);
 });
 
+Deno.test("copyToTexture() names the sizes of a copy that WebGPU would refuse", async () => {
+  const rt = await getRuntime();
+  const src = rt.alloc(2 * 256, { dtype: "f32", purpose: "scratch" });
+  const tex = rt.scratchTexture("test.copy", 16, 2);
+  assert.ok(tex, "a 16 x 2 scratch texture fits any adapter");
+  rt.copyToTexture(src, 0, 256, tex, 16, 2); // rows of 256 bytes: fine
+  rt.copyToTexture(src, 0, 100, tex, 0, 2); // nothing to copy: no check, no command
+  const bad: [number, number, number, number, RegExp][] = [
+    [0, 100, 4, 2, /100 bytes a row.*multiple of 256/], // bytesPerRow not a multiple of 256
+    [0, 256, 17, 1, /17 x 1 texels.*16 x 2 texture/], // wider than the texture (and the row)
+    [8, 256, 1, 1, /from byte 8/], // offset not on a texel
+    [0, 256, 16, 3, /16 x 3 texels/], // a third row past both buffer and texture
+  ];
+  for (const [offset, bpr, w, h, msg] of bad) {
+    assert.throws(
+      () => rt.copyToTexture(src, offset, bpr, tex, w, h),
+      (e: unknown) => e instanceof DeviceError && msg.test(e.message),
+      `offset ${offset}, ${bpr} bytes a row, ${w} x ${h}`,
+    );
+  }
+  await rt.sync();
+  rt.free(src);
+});
+
 Deno.test("reads of several buffers in one task share one mapAsync, at any byte offset", async () => {
   const rt = await getRuntime();
   const bufs = [1, 2, 3].map((k) => {
