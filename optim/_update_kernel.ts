@@ -23,13 +23,13 @@
  * f32 buffers, 16 with bf16 or packed f16, 32 with 8-bit formats), every buffer read and
  * written as G / (4 x its lanes) 16-byte quads of words (two for the most packed buffer:
  * on lavapipe 0.85x the CPU time of one for AdamW fp32, 0.93x for Collage light; four gain
- * nothing more): one-word buffers through their
- * vec4 view (`lq_`, `st4_`), packed ones bound as raw u32 words, each lane decoded and
- * encoded with the dtype's codec as the per-element kernel's `ld_`/`st_` do. The same update
- * per element (stochastic roundings drawing at the same element index), so the same bits, but
- * for the sign of a NaN result, which WGSL leaves open and llvmpipe takes from the instructions
- * its compiler picked for each kernel (`a - b` as `a + (-b)`): NaN gradients give NaNs of either
- * sign (tests/optim/quad_kernel_test.ts compares codes with that exception).
+ * nothing more): one-word buffers through their vec4 view (`lq_`, `st4_`), packed ones bound
+ * as raw u32 words, each lane decoded and encoded with the dtype's codec as the per-element
+ * kernel's `ld_`/`st_` do. The same update per element (stochastic roundings drawing at the
+ * same element index), so the same bits, but for the sign of a NaN result, which WGSL leaves
+ * open and llvmpipe takes from the instructions its compiler picked for each kernel (`a - b`
+ * as `a + (-b)`): NaN gradients give NaNs of either sign (tests/optim/quad_kernel_test.ts
+ * compares codes with that exception).
  *
  * Modes (`KernelMode`): `device` binds the group's device step counts and a skip flag (a
  * GradScaler's `found_inf`): when the flag is set no invocation writes anything, so a

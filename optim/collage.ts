@@ -40,9 +40,10 @@
  * the host emulation; every rounding to bf16 is integer bit arithmetic (`q_*`), which the
  * compiler cannot reassociate across, so the error terms survive (DESIGN.md's pitfall:
  * `b - ((a+b) - a)` in plain f32 was folded to 0). The tests check both on the adapter.
- * Six fl() per Grow and Mul that never round are left out (`grow`: exact for every pair of
- * finite bf16 operands, tests/optim/_collage_exact.ts); the f32 terms between the kept ones
- * are kept apart by `one` where a value is used twice. `y` (an expression) is computed once.
+ * The fl() that never round (five per Grow, one per Mul) are left out (`grow`: exact for
+ * every pair of finite bf16 operands, tests/optim/_collage_exact.ts); the f32 terms between
+ * the kept ones are kept apart by `one` where a value is used twice. `y` (an expression) is
+ * computed once.
  *
  * @module
  */
