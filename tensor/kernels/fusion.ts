@@ -68,8 +68,12 @@ const WGSL_KEEP32 = `fn ulp_keep32(x: f32) -> f32 {
 }
 `;
 
-/** How an operand is indexed: its own index (same shape), index 0 (one element), or broadcast. */
-type Mode = "same" | "one" | "bcast";
+/**
+ * How an operand is indexed: its own index (same shape), index 0 (one element), its index
+ * modulo its size (`tail`: the operand is the result's trailing dimensions, as a bias or a
+ * position embedding is: one remainder instead of a radix loop), or broadcast.
+ */
+type Mode = "same" | "one" | "tail" | "bcast";
 
 /** Options of the generic elementwise launcher. @internal */
 export interface LaunchOptions {
@@ -246,9 +250,12 @@ function bcastStrides(shape: readonly number[], outShape: readonly number[]): nu
 
 function modeOf(t: Tensor, shape: readonly number[]): Mode {
   if (t.size === 1) return "one";
-  return t.shape.length === shape.length && t.shape.every((v, d) => v === shape[d])
-    ? "same"
-    : "bcast";
+  if (t.shape.length === shape.length && t.shape.every((v, d) => v === shape[d])) return "same";
+  // the operand without its leading 1s is the result's trailing dimensions
+  let lead = 0;
+  while (t.shape[lead] === 1) lead++;
+  const own = t.shape.slice(lead), off = shape.length - own.length;
+  return off >= 0 && own.every((v, d) => v === shape[off + d]) ? "tail" : "bcast";
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
@@ -457,11 +464,12 @@ function record(root: Tensor, def: LazyDef): void {
       const mode = modeOf(t, shape);
       let idx = "i";
       if (mode === "one") idx = "0u";
-      const slot = mode === "bcast" ? bcastSlot.push(k) - 1 : -1;
+      const slot = mode === "bcast" || mode === "tail" ? bcastSlot.push(k) - 1 : -1;
       if (mode === "bcast") idx = `bidx(i, ${slot}u)`;
+      if (mode === "tail") idx = `(i % u_tl(${slot}u))`;
       name = `a${k}`;
       leafName.set(t, name);
-      if (quad && mode !== "bcast") params.push({ k, mode });
+      if (quad && (mode === "same" || mode === "one")) params.push({ k, mode });
       else if (rowQuads) params.push({ k, mode, slot });
       else lines.push(`  let ${name} = ld_in${k}(${idx});`);
     }
@@ -512,6 +520,7 @@ function record(root: Tensor, def: LazyDef): void {
   const outL = layoutOf(outDt, rt);
   const body = `${lines.join("\n")}\n  return ${result};`;
   const nB = bcastSlot.length;
+  const tail = bcastSlot.map((k) => modeOf(leaves[k], shape) === "tail" ? leaves[k].size : 0);
   const key = `ew|${
     quad ? params.map((p) => p.mode).join(",") + (rowQuads ? `|rank${shape.length}` : "") : "-"
   }|${body}|${def.rounding}|${def.saturate}|${nB}`;
@@ -519,7 +528,10 @@ function record(root: Tensor, def: LazyDef): void {
   // written as vec4s in quads
   const v4 = (t: Tensor | null): boolean => {
     const l = t === null ? outL : layoutOf(t.dt, rt);
-    return quad && l.lanes === 1 && l.elem === "u32" && (t === null || modeOf(t, shape) === "same");
+    // (a tail operand of rows of whole quads: its quads start at multiples of 4 too)
+    const m = t === null ? "same" : modeOf(t, shape);
+    return quad && l.lanes === 1 && l.elem === "u32" &&
+      (m === "same" || (m === "tail" && rowQuads));
   };
   const label = ops.length === 1 ? def.op : `fused(${ops.join("+")})`;
   const p = program(rt, key, {
@@ -546,6 +558,8 @@ function record(root: Tensor, def: LazyDef): void {
       { name: "s", type: "f32", length: LIMIT.scalars },
       { name: "shape", type: "u32", length: MAX_RANK },
       { name: "st", type: "u32", length: MAX_RANK * Math.max(1, nB) },
+      // each tail operand's size (its slot's)
+      ...(tail.some((v) => v > 0) ? [{ name: "tl", type: "u32" as const, length: nB }] : []),
     ],
     workgroupSize: WG,
   }, () => ({
@@ -586,7 +600,15 @@ function record(root: Tensor, def: LazyDef): void {
   try {
     p.run({
       buffers,
-      uniforms: { n, rank: shape.length, seed: def.seed, s: scalars, shape, st },
+      uniforms: {
+        n,
+        rank: shape.length,
+        seed: def.seed,
+        s: scalars,
+        shape,
+        st,
+        ...(tail.some((v) => v > 0) ? { tl: tail } : {}),
+      },
       groups: Math.ceil(n / per),
       ranges,
     });
@@ -654,9 +676,17 @@ function quadSource(
     return `    let ${o} = bidx(i0, ${p.slot}u);\n    let q${p.k} = vec4<f32>(ld_in${p.k}(${o}), ` +
       `ld_in${p.k}(${o} + ${st}), ld_in${p.k}(${o} + 2u * ${st}), ld_in${p.k}(${o} + 3u * ${st}));\n`;
   };
+  // a tail operand (rows of whole quads): the quad at the index's remainder, a multiple of 4
+  const tl = (p: { k: number; slot?: number; v4: boolean }) => {
+    const o = `o${p.k}`;
+    return `    let ${o} = i0 % u_tl(${p.slot}u);\n` +
+      (p.v4
+        ? `    let q${p.k} = lq_in${p.k}(${o} / 4u);\n`
+        : `    let q${p.k} = ld4_in${p.k}(${o}, 4u);\n`);
+  };
   const loads = params.filter((p) => p.mode !== "one")
     .map((p) =>
-      p.mode !== "same"
+      p.mode === "tail" ? tl(p) : p.mode !== "same"
         ? bc(p)
         // a vec4 view: quad q is one 16-byte load, no alignment test (i0 = 4q)
         : p.v4

@@ -76,6 +76,43 @@ Deno.test("fusion reads broadcast and scalar-shaped operands with their own stri
   for (const t of [x, row, col, one, out]) t.dispose();
 });
 
+Deno.test("tail operands (a bias, a position embedding) are read at the index modulo their size", async () => {
+  // [result shape, operand shape, operand dtype, result dtype]: rows of whole quads (vec4 loads),
+  // quads across rows, results not of whole quads, a packed operand, a packed result
+  const cases: [number[], number[], string, string][] = [
+    [[3, 5, 8], [8], "f32", "f32"],
+    [[3, 5, 8], [5, 8], "f32", "f32"],
+    [[3, 5, 8], [1, 5, 8], "f32", "f32"],
+    [[2, 3, 6], [6], "f32", "f32"],
+    [[3, 7], [7], "f32", "f32"],
+    [[4, 8], [8], "bf16", "f32"],
+    [[4, 8], [8], "bf16", "bf16"],
+    [[2, 4, 12], [4, 12], "f32", "bf16"],
+  ];
+  for (const [shape, bshape, bd, xd] of cases) {
+    const n = shape.reduce((p, q) => p * q, 1), m = bshape.reduce((p, q) => p * q, 1);
+    const xs = roundTo(xd, values("f32", n, 7)), bs = roundTo(bd, values("f32", m, 8));
+    const cs = values("f32", shape[0], 9);
+    const x = tensor(xs, { shape, dtype: xd }), b = tensor(bs, { shape: bshape, dtype: bd });
+    // a broadcast operand that is not a tail beside it: one per leading index
+    const c = tensor(cs, { shape: [shape[0], ...shape.slice(1).map(() => 1)] });
+    const { out, dispatches } = counted(() => tidy(() => x.add(b).mul(c)));
+    assert.equal(dispatches, 1);
+    // the sum in the promoted dtype of x and b (bf16 only when both are), then times c (f32)
+    const sumD = xd === bd ? xd : "f32", outD = out.dtype, inner = n / shape[0];
+    const ref = roundTo(
+      outD,
+      Array.from(xs, (v, i) => {
+        const s = roundTo(sumD, [Math.fround(v + bs[i % m])])[0];
+        return Math.fround(s * cs[Math.floor(i / inner)]);
+      }),
+    );
+    const what = `${shape} ${xd} + ${bshape} ${bd} -> ${outD}`;
+    assert.deepEqual(Array.from(await out.toArray()), Array.from(ref), what);
+    for (const t of [x, b, c, out]) t.dispose();
+  }
+});
+
 Deno.test("an intermediate that stays alive is computed once and read by its consumers", async () => {
   const xs = values("f32", 300, 6, -3, 3);
   const x = tensor(xs);
