@@ -23,6 +23,8 @@
  * | `enc_x(v, r) -> u32` | layouts | the code of `v` in the binding's dtype |
  * | `stc_x(w, c: vec4<u32>)` | layouts | stores the codes `c` as the lanes of word `w`, unchanged (ops that move codes, not values) |
  * | `st4_x(q, v: vec4<f32>, r: vec4<u32>)` | `vec4` bindings | encodes and stores elements 4q..4q+3 as one 16-byte store |
+ * | `get4_x(q) -> vec4<u32>` | `vec4` bindings | words 4q..4q+3 as they are stored, one 16-byte load |
+ * | `put4_x(q, w: vec4<u32>)` | `vec4` bindings | stores the words `w` as words 4q..4q+3, unchanged, as one 16-byte store |
  * | `get_x(j)`, `put_x(j, v)` | all | raw array element `j` of the buffer (windowed) |
  * | `x[j]` | raw, whole | direct access (raw bindings are always bound whole) |
  * | `u.name`, `u_name(k)` | uniforms | a scalar field; element `k` of an array field |
@@ -80,7 +82,12 @@ export type RawType = "u32" | "i32" | "f32" | "atomic<u32>" | "atomic<i32>";
 export interface BindingSpec {
   /** WGSL-safe name; the helpers are named after it (`ld_<name>`, `st_<name>`, ...). */
   readonly name: string;
-  /** A dtype's layout (tensors: load/store helpers, windows) or a raw element type. */
+  /**
+   * A dtype's layout (tensors: load/store helpers, windows) or a raw element type. The buffer
+   * given at dispatch is not checked against it: a kernel may bind a buffer through another
+   * layout of the same storage (the optimizers' quad kernel binds packed bf16/fp8 state
+   * through the u32 layout and packs its words itself).
+   */
   readonly type: Layout | RawType;
   /** Read-only or read-write. */
   readonly access: "read" | "read_write";
@@ -90,9 +97,10 @@ export interface BindingSpec {
    * A one-word-per-element layout (f32, i32, u32, bool) bound as `array<vec4<u32>>`: `ld4_x`
    * at a multiple of 4 is one 16-byte load, and `st4_x(q, v, r)` stores elements 4q..4q+3 as
    * one, and `lq_x(q)` loads elements 4q..4q+3 as one with no runtime test (a kernel whose
-   * element offsets are multiples of 4 by construction). The buffer's bound bytes must hold
-   * whole quads (a tensor of a multiple of 4 elements); single-element stores (`st_x`,
-   * `put_x`) are not offered (they would write the whole quad).
+   * element offsets are multiples of 4 by construction); `get4_x(q)` and `put4_x(q, w)` load
+   * and store words 4q..4q+3 as they are (a kernel that packs or unpacks the words itself).
+   * The buffer's bound bytes must hold whole quads (a tensor of a multiple of 4 elements);
+   * single-element stores (`st_x`, `put_x`) are not offered (they would write the whole quad).
    */
   readonly vec4?: boolean;
 }
@@ -279,6 +287,10 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
   } else out.push(`fn get_${x}(j: u32) -> ${l.elem} { return ${v}[j - ${base}]; }\n`);
   if (b.access === "read_write" && !b.vec4) {
     out.push(`fn put_${x}(j: u32, w: ${l.elem}) { ${v}[j - ${base}] = w; }\n`);
+  }
+  // words 4q..4q+3 stored as they are (a vec4 binding's raw quad; the window base counts quads)
+  if (b.access === "read_write" && b.vec4 && uses("put4")) {
+    out.push(`fn put4_${x}(q: u32, w: vec4<u32>) { ${v}[q - ${base}] = w; }\n`);
   }
   if (uses("code") || uses("ld") || uses("ld4") || quadLoad) {
     out.push(

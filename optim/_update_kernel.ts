@@ -24,12 +24,12 @@
  * written as G / (4 x its lanes) 16-byte quads of words (two for the most packed buffer:
  * on lavapipe 0.85x the CPU time of one for AdamW fp32, 0.93x for Collage light; four gain
  * nothing more): one-word buffers through their vec4 view (`lq_`, `st4_`), packed ones bound
- * as raw u32 words, each lane decoded and encoded with the dtype's codec as the per-element
- * kernel's `ld_`/`st_` do. The same update per element (stochastic roundings drawing at the
- * same element index), so the same bits, but for the sign of a NaN result, which WGSL leaves
- * open and llvmpipe takes from the instructions its compiler picked for each kernel (`a - b`
- * as `a + (-b)`): NaN gradients give NaNs of either sign (tests/optim/quad_kernel_test.ts
- * compares codes with that exception).
+ * as raw u32 words (`get4_`, `put4_`), each lane decoded and encoded with the dtype's codec
+ * as the per-element kernel's `ld_`/`st_` do. The same update per element (stochastic
+ * roundings drawing at the same element index), so the same bits, but for the sign of a NaN
+ * result, which WGSL leaves open and llvmpipe takes from the instructions its compiler picked
+ * for each kernel (`a - b` as `a + (-b)`): NaN gradients give NaNs of either sign
+ * (tests/optim/quad_kernel_test.ts compares codes with that exception).
  *
  * Modes (`KernelMode`): `device` binds the group's device step counts and a skip flag (a
  * GradScaler's `found_inf`): when the flag is set no invocation writes anything, so a
@@ -432,6 +432,8 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
   const chunk = updateChunk(rt, prog, quad);
   const bindings = [
     // quad kernel: one-word buffers through their vec4 view, packed ones as raw u32 words
+    // (`get4_`/`put4_`): a bf16/fp8 buffer bound through the u32 layout, which the builder
+    // allows because it does not check a buffer's dtype against the layout it is bound with
     ...prog.buffers.map((b, k) => ({
       name: b.name,
       type: quad && layouts[k].lanes > 1 ? wordLayout(rt) : layouts[k],
@@ -479,7 +481,7 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
     // load each (`l_<name><t>` decoded f32 values, `w_<name><t>` packed words), element j's
     // value from its lane, and the new values stored as whole quads
     const G = quadGroup(rt, prog);
-    let quadLoads = "", quadStores = "", quadHelpers = "";
+    let quadLoads = "", quadStores = "";
     const quadArgs = Array.from({ length: G }, () => "");
     prog.buffers.forEach((b, k) => {
       const stream = prog.stochastic.indexOf(b.name);
@@ -526,15 +528,9 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
             return c === 0 ? e : `(${e} << ${c * bits}u)`;
           }).join(" | ")
         );
-        quadStores += `      ulp_put4_${b.name}(s / ${4 * L}u + ${t}u, vec4<u32>(\n        ${
+        quadStores += `      put4_${b.name}(s / ${4 * L}u + ${t}u, vec4<u32>(\n        ${
           words.join(",\n        ")
         }));\n`;
-      }
-      // a raw quad store: the builder's vec4 view (b_<name>, window base u.wb<name> in quads)
-      // offers no store of words as they are
-      if (L > 1) {
-        quadHelpers +=
-          `fn ulp_put4_${b.name}(q: u32, w: vec4<u32>) { b_${b.name}[q - u.wb${b.name}] = w; }\n`;
       }
       for (let w = 0; w < E / L; w++) {
         const vals = Array.from(
@@ -616,9 +612,7 @@ ${quadLoads}${
       : `    for (var s = e0 + li * ${E}u; s < e1; s = s + ${WG * E}u) {
 ${lanes}${stores}    }
 `;
-    const source = `${quant}${
-      quad ? quadHelpers : ""
-    }${scaleVars}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+    const source = `${quant}${scaleVars}fn ulp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 struct St {
 ${fields}  intended: f32,
 }

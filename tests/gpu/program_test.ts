@@ -183,6 +183,54 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   });
 }
 
+Deno.test("vec4 views: get4_ and put4_ move quads of raw words, through windows", async () => {
+  await withBindingLimit(4096, async (rt) => {
+    // bf16 buffers bound through the u32 layout (the builder does not check the dtype), as
+    // the optimizers' quad kernel binds packed state: the words pass as they are
+    const w = layoutOf(dtype("u32"), rt);
+    const p = program(rt, "test|put4", {
+      label: "put4",
+      bindings: [
+        { name: "x", type: w, access: "read", vec4: true },
+        { name: "y", type: w, access: "read_write", vec4: true },
+      ],
+      uniforms: [{ name: "n", type: "u32" }],
+      workgroupSize: WG,
+    }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let q = wg * ${WG}u + li;
+  if (q * 4u >= u.n) { return; }
+  put4_y(q, get4_x(q).yzwx ^ vec4<u32>(q));
+}`);
+    const n = 10_000; // words: 40,000 bytes, ten windows of 4 KiB
+    const host = new Uint32Array(n).map((_, i) => (Math.imul(i + 1, 2654435761) >>> 0));
+    const x = rt.alloc(n * 4, { dtype: "bf16", purpose: "scratch" });
+    const y = rt.alloc(n * 4, { dtype: "bf16", purpose: "scratch" });
+    rt.write(x, host);
+    const per = WG * 4;
+    const before = rt.counters.dispatches;
+    p.run({
+      buffers: { x, y },
+      uniforms: { n },
+      groups: Math.ceil(n / per),
+      ranges: {
+        x: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
+        y: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
+      },
+    });
+    assert.ok(rt.counters.dispatches - before >= 10);
+    const got = new Uint32Array(await rt.read(y));
+    // the host twin: word 4q + k of y is word 4q + (k + 1) % 4 of x, xor q
+    const want = Array.from(host, (_, i) => {
+      const q = Math.floor(i / 4);
+      return (host[4 * q + ((i % 4) + 1) % 4] ^ q) >>> 0;
+    });
+    assert.deepEqual(Array.from(got), want);
+    rt.free(x);
+    rt.free(y);
+  });
+});
+
 Deno.test("a 1-D grid beyond maxComputeWorkgroupsPerDimension folds into 2-D", async () => {
   const rt = await getRuntime();
   const maxG = rt.info.limits.maxComputeWorkgroupsPerDimension;
