@@ -7,6 +7,8 @@ import {
   type BindingSpec,
   getRuntime,
   layoutOf,
+  type PooledBuffer,
+  type Program,
   program,
   type Runtime,
   type TextureSpec,
@@ -14,6 +16,31 @@ import {
 import { withBindingLimit } from "../_binding_limit.ts";
 
 const WG = 64;
+
+/**
+ * Runs a kernel of quads (WG invocations a workgroup, one quad each) from x into y over n
+ * words, and checks that the small binding limit split it into at least ten windows.
+ */
+function runQuadsInWindows(
+  rt: Runtime,
+  p: Program,
+  x: PooledBuffer,
+  y: PooledBuffer,
+  n: number,
+): void {
+  const per = WG * 4;
+  const before = rt.counters.dispatches;
+  p.run({
+    buffers: { x, y },
+    uniforms: { n },
+    groups: Math.ceil(n / per),
+    ranges: {
+      x: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
+      y: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
+    },
+  });
+  assert.ok(rt.counters.dispatches - before >= 10);
+}
 
 /** Codes packed little-endian into u32 words, as tensors store them. */
 function pack(codes: ArrayLike<number>, bits: number): Uint32Array {
@@ -160,18 +187,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
       const x = rt.alloc(n * 4, { dtype: name, purpose: "scratch" });
       const y = rt.alloc(n * 4, { dtype: "f32", purpose: "scratch" });
       rt.write(x, host);
-      const per = WG * 4;
-      const before = rt.counters.dispatches;
-      p.run({
-        buffers: { x, y },
-        uniforms: { n },
-        groups: Math.ceil(n / per),
-        ranges: {
-          x: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
-          y: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
-        },
-      });
-      assert.ok(rt.counters.dispatches - before >= 10);
+      runQuadsInWindows(rt, p, x, y, n);
       const got = new Float32Array(await rt.read(y));
       assert.deepEqual(
         Array.from(got),
@@ -207,18 +223,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
     const x = rt.alloc(n * 4, { dtype: "bf16", purpose: "scratch" });
     const y = rt.alloc(n * 4, { dtype: "bf16", purpose: "scratch" });
     rt.write(x, host);
-    const per = WG * 4;
-    const before = rt.counters.dispatches;
-    p.run({
-      buffers: { x, y },
-      uniforms: { n },
-      groups: Math.ceil(n / per),
-      ranges: {
-        x: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
-        y: (g0, g1) => [g0 * per, Math.min(n, g1 * per)],
-      },
-    });
-    assert.ok(rt.counters.dispatches - before >= 10);
+    runQuadsInWindows(rt, p, x, y, n);
     const got = new Uint32Array(await rt.read(y));
     // the host twin: word 4q + k of y is word 4q + (k + 1) % 4 of x, xor q
     const want = Array.from(host, (_, i) => {
