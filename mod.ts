@@ -305,11 +305,14 @@ export {
   type DeviceOptions,
   disposeDevice,
   memory,
+  type Profile,
+  profile,
+  type ProfileEntry,
   ready,
   resetDevice,
   sync,
 } from "./gpu/device.ts";
-export { type DeviceInfo, type MemoryInfo } from "./gpu/runtime.ts";
+export { type DeviceInfo, type DispatchTime, type MemoryInfo } from "./gpu/runtime.ts";
 export {
   DEFAULT_MEMORY_LIMIT,
   getMemoryLimit,

@@ -22,7 +22,7 @@
  */
 
 import { DeviceError } from "../errors.ts";
-import { type DeviceInfo, type MemoryInfo, Runtime } from "./runtime.ts";
+import { type DeviceInfo, type DispatchTime, type MemoryInfo, Runtime } from "./runtime.ts";
 
 /** Options for acquiring the device. */
 export interface DeviceOptions {
@@ -281,6 +281,78 @@ export async function disposeDevice(): Promise<void> {
  */
 export async function sync(): Promise<void> {
   await (await getRuntime()).sync();
+}
+
+/** One kernel label's part of a `profile()`. */
+export interface ProfileEntry {
+  /** The kernel's label: the op's name (`matmul`, `softmax`, `fused(mul+add)` for a chain). */
+  readonly label: string;
+  /** How many of its dispatches ran. */
+  readonly count: number;
+  /** Their GPU time, in milliseconds. */
+  readonly ms: number;
+  /** Their share of the profile's GPU time (0 to 1). */
+  readonly share: number;
+}
+
+/** What `profile()` measured. */
+export interface Profile {
+  /** Every dispatch, in the order it ran, with its GPU start and end (nanoseconds). */
+  readonly dispatches: readonly DispatchTime[];
+  /** The GPU time of all dispatches, in milliseconds. */
+  readonly totalMs: number;
+  /** The time per kernel label, largest first. */
+  readonly byLabel: readonly ProfileEntry[];
+}
+
+/**
+ * Runs `fn` and reports the GPU time of every dispatch it records, per kernel label: where a
+ * training step's time goes (PyTorch's `torch.profiler` for one device). Each dispatch runs in
+ * a compute pass of its own, stamped by the GPU (the `timestamp-query` feature; where the
+ * adapter lacks it a `DeviceError` says so), which costs a little time itself: read the shares,
+ * not the sum, as what the step costs. Elementwise ops are deferred until their values are
+ * needed: `realize()` what `fn` computes last, or the chains behind it run after the profile.
+ * Profiles do not nest. `deno run bench/profile_step.ts` prints one of a GPT step.
+ *
+ * @example
+ * ```ts
+ * import { deviceInfo, profile, ready, tensor, tidy } from "../mod.ts";
+ * await ready();
+ * const x = tensor(new Float32Array(64 * 64).fill(0.5), { shape: [64, 64] });
+ * if ((await deviceInfo()).timestampQuery) {
+ *   const p = await profile(() => tidy(() => x.matmul(x).softmax(-1).realize()).dispose());
+ *   for (const e of p.byLabel) console.log(e.label, e.count, `${(100 * e.share).toFixed(0)}%`);
+ * }
+ * x.dispose();
+ * ```
+ */
+export async function profile(fn: () => unknown): Promise<Profile> {
+  const rt = await getRuntime();
+  rt.startProfile();
+  try {
+    await fn();
+  } catch (e) {
+    await rt.stopProfile();
+    throw e;
+  }
+  const dispatches = await rt.stopProfile();
+  const by = new Map<string, { count: number; ns: number }>();
+  let total = 0;
+  for (const d of dispatches) {
+    const ns = Math.max(0, d.end - d.start);
+    total += ns;
+    const e = by.get(d.label) ?? { count: 0, ns: 0 };
+    e.count++;
+    e.ns += ns;
+    by.set(d.label, e);
+  }
+  const byLabel = [...by].map(([label, e]) => ({
+    label,
+    count: e.count,
+    ms: e.ns / 1e6,
+    share: total > 0 ? e.ns / total : 0,
+  })).sort((a, b) => b.ms - a.ms);
+  return { dispatches, totalMs: total / 1e6, byLabel };
 }
 
 /**

@@ -1,5 +1,15 @@
 import assert from "node:assert/strict";
-import { configureDevice, DeviceError, disposeDevice, memory, resetDevice } from "../../mod.ts";
+import {
+  configureDevice,
+  DeviceError,
+  disposeDevice,
+  memory,
+  profile,
+  resetDevice,
+  sync,
+  tensor,
+  tidy,
+} from "../../mod.ts";
 import { currentRuntime, getRuntime, sizeClass } from "../../gpu/mod.ts";
 
 const DOUBLE = `
@@ -137,6 +147,44 @@ Deno.test("a profile stamps every dispatch across batches, in order; the work is
   }
   assert.deepEqual(await rt.stopProfile(), [], "no profile is open");
   rt.free(a);
+});
+
+Deno.test("profile() sums each label's stamped dispatches; an error inside ends the profile", async () => {
+  const rt = await getRuntime();
+  const x = tensor(Float32Array.from({ length: 32 * 32 }, (_, i) => (i % 7) - 3), {
+    shape: [32, 32],
+  });
+  await sync();
+  if (!rt.info.timestampQuery) {
+    await assert.rejects(() => profile(() => {}), (e) => e instanceof DeviceError);
+    x.dispose();
+    return;
+  }
+  const d0 = rt.counters.dispatches;
+  const p = await profile(() => {
+    for (let i = 0; i < 3; i++) tidy(() => x.matmul(x).softmax(-1).realize()).dispose();
+  });
+  // the runtime's own count of what was recorded meanwhile
+  assert.equal(p.dispatches.length, rt.counters.dispatches - d0);
+  const counts = new Map<string, number>();
+  for (const d of p.dispatches) counts.set(d.label, (counts.get(d.label) ?? 0) + 1);
+  assert.deepEqual(new Map(p.byLabel.map((e) => [e.label, e.count])), counts);
+  const sumNs = p.dispatches.reduce((t, d) => t + (d.end - d.start), 0);
+  assert.ok(Math.abs(p.totalMs - sumNs / 1e6) <= 1e-9 * Math.max(1, p.totalMs));
+  assert.ok(Math.abs(p.byLabel.reduce((t, e) => t + e.share, 0) - 1) < 1e-9 || p.totalMs === 0);
+  for (let i = 1; i < p.byLabel.length; i++) assert.ok(p.byLabel[i - 1].ms >= p.byLabel[i].ms);
+  // three products and three softmaxes: each op's count a multiple of 3
+  for (const e of p.byLabel) assert.equal(e.count % 3, 0, `${e.label}: ${e.count}`);
+  // a throwing fn: the error passes through and no profile stays open
+  await assert.rejects(
+    () =>
+      profile(() => {
+        throw new RangeError("boom");
+      }),
+    RangeError,
+  );
+  assert.deepEqual(await rt.stopProfile(), []);
+  x.dispose();
 });
 
 Deno.test("copyToTexture() names the sizes of a copy that WebGPU would refuse", async () => {
