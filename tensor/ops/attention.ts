@@ -191,9 +191,9 @@ function forwardSource(outL: Layout, hs: number): string {
   var m${n} = -3.0e38;
   var l${n} = 0.0;
   if (u.first == 0u) {
-    m${n} = st[sb${n}];
-    l${n} = st[sb${n} + 1u];
-    for (var d = 0u; d < ${hs}u; d++) { o${n}[d] = st[sb${n} + 2u + d]; }
+    m${n} = bitcast<f32>(get_st(sb${n}));
+    l${n} = bitcast<f32>(get_st(sb${n} + 1u));
+    for (var d = 0u; d < ${hs}u; d++) { o${n}[d] = bitcast<f32>(get_st(sb${n} + 2u + d)); }
   }
   let jn${n} = min(select(Tk, min(i${n} + 1u, Tk), u.causal == 1u), u.c1);`;
   const pair = (n: string) =>
@@ -210,9 +210,9 @@ function forwardSource(outL: Layout, hs: number): string {
     }`;
   const end = (n: string) =>
     `if (u.last == 0u) {
-    st[sb${n}] = m${n};
-    st[sb${n} + 1u] = l${n};
-    for (var d = 0u; d < ${hs}u; d++) { st[sb${n} + 2u + d] = o${n}[d]; }
+    put_st(sb${n}, bitcast<u32>(m${n}));
+    put_st(sb${n} + 1u, bitcast<u32>(l${n}));
+    for (var d = 0u; d < ${hs}u; d++) { put_st(sb${n} + 2u + d, bitcast<u32>(o${n}[d])); }
   } else {
     let inv = select(0.0, 1.0 / l${n}, l${n} > 0.0);
     for (var d = 0u; d < ${hs}u; d++) { o${n}[d] = o${n}[d] * inv; }
@@ -260,7 +260,7 @@ function backwardSource(outL: Layout, hs: number): string {
   const rowTerms = (n: string) =>
     `for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = 0.0; c${n}[d] = 0.0; }
   if (u.first == 0u) {
-    for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = st[sb${n} + d]; c${n}[d] = st[sb${n} + ${hs}u + d]; }
+    for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = bitcast<f32>(get_st(sb${n} + d)); c${n}[d] = bitcast<f32>(get_st(sb${n} + ${hs}u + d)); }
   }`;
   // dQ_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP_ij = dO_i . v_j, D_i = dO_i . O_i
   const queryRow = (n: string) =>
@@ -289,7 +289,7 @@ function backwardSource(outL: Layout, hs: number): string {
       }`;
   const queryEnd = (n: string) =>
     `if (u.last == 0u) {
-      for (var d = 0u; d < ${hs}u; d++) { st[sb${n} + d] = a${n}[d]; }
+      for (var d = 0u; d < ${hs}u; d++) { put_st(sb${n} + d, bitcast<u32>(a${n}[d])); }
     } else {
       for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = a${n}[d] * sc; }
       put_row(row(u.mdq[0], b, h, i${n}), &a${n});
@@ -320,7 +320,7 @@ function backwardSource(outL: Layout, hs: number): string {
       }`;
   const keyEnd = (n: string) =>
     `if (u.last == 0u) {
-      for (var d = 0u; d < ${hs}u; d++) { st[sb${n} + d] = a${n}[d]; st[sb${n} + ${hs}u + d] = c${n}[d]; }
+      for (var d = 0u; d < ${hs}u; d++) { put_st(sb${n} + d, bitcast<u32>(a${n}[d])); put_st(sb${n} + ${hs}u + d, bitcast<u32>(c${n}[d])); }
     } else {
       for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = a${n}[d] * sc; }
       put_row(row(u.mdk[0], b, h, j${n}), &a${n});
@@ -424,7 +424,8 @@ function attentionProgram(
       read("v", 2),
       { name: "out", type: l[3], access: "read_write" },
       { name: "lse", type: "f32", access: "read_write" },
-      { name: "st", type: "f32", access: "read_write" },
+      // f32 words through the f32 layout: windowed where the state passes one binding
+      { name: "st", type: layoutOf(float32, rt), access: "read_write" },
     ]
     : [
       read("q", 0),
@@ -434,7 +435,7 @@ function attentionProgram(
       { name: "lse", type: "f32", access: "read" },
       read("g", 4),
       { name: "out", type: l[5], access: "read_write" },
-      { name: "st", type: "f32", access: "read_write" },
+      { name: "st", type: layoutOf(float32, rt), access: "read_write" },
     ];
   return program(
     rt,
@@ -491,6 +492,18 @@ function rowsRange(
     }
     return [first, last];
   };
+}
+
+/**
+ * The range of the state kept between slices (`st`: `perBh` f32 values for each batch-head)
+ * that batch-heads bh0..bh1-1 (the grid's y) use; one element when there is a single slice
+ * (no state). With it a state larger than one binding is bound window by window.
+ */
+function stateRange(
+  nSlices: number,
+  perBh: number,
+): (x0: number, x1: number, lo: Readonly<Box>, hi: Readonly<Box>) => [number, number] {
+  return (_x0, _x1, lo, hi) => nSlices > 1 ? [lo[1] * perBh, hi[1] * perBh] : [0, 1];
 }
 
 /** Whether rows of `hs` elements at these maps fill whole storage words of `dt`. */
@@ -555,6 +568,7 @@ function run(
         k: rowsRange(g, [[g.k, g.Tk]]),
         v: rowsRange(g, [[g.v, g.Tk]]),
         out: rowsRange(g, [[g.y, g.Tq]]),
+        st: stateRange(fwdSlices.length, g.Tq * (g.hs + 2)),
       },
     });
   }
@@ -595,6 +609,7 @@ function run(
           y: rowsRange(g, [[g.y, g.Tq]]),
           g: rowsRange(g, [[g.y, g.Tq]]),
           out: rowsRange(g, [[dq, g.Tq], [dk, g.Tk], [dv, g.Tk]]),
+          st: stateRange(bwdSlices.length, (g.Tq + g.Tk) * 2 * g.hs),
         },
       });
     }
