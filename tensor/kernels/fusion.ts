@@ -335,7 +335,8 @@ function costOf(operands: readonly Operand[], shape: readonly number[]): Cost {
       c.nodes += o.lazy.cost.nodes;
     } else {
       c.tensors++;
-      if (modeOf(o, shape) === "bcast") c.bcast++;
+      const mode = modeOf(o, shape);
+      if (mode === "bcast" || mode === "tail") c.bcast++; // both take a slot of strides
     }
   }
   return c;

@@ -113,6 +113,16 @@ Deno.test("tail operands (a bias, a position embedding) are read at the index mo
   }
 });
 
+Deno.test("more tail operands than one kernel's broadcast slots split into several kernels", async () => {
+  // each tail operand takes a slot of strides: six biases are more than one kernel holds
+  const xs = values("f32", 8 * 16, 11), bs = [1, 2, 3, 4, 5, 6].map((s) => values("f32", 16, s));
+  const x = tensor(xs, { shape: [8, 16] }), b = bs.map((v) => tensor(v));
+  const out = tidy(() => b.reduce((y: Tensor, t) => y.add(t), x).realize());
+  const ref = Array.from(xs, (v, i) => bs.reduce((y, t) => Math.fround(y + t[i % 16]), v));
+  assert.deepEqual(Array.from(await out.toArray()), ref);
+  for (const t of [x, ...b, out]) t.dispose();
+});
+
 Deno.test("an intermediate that stays alive is computed once and read by its consumers", async () => {
   const xs = values("f32", 300, 6, -3, 3);
   const x = tensor(xs);
