@@ -6,7 +6,9 @@
  * A repetition runs an op `inner` times and then waits for the GPU (`sync`), so GPU time is
  * included; `inner` is chosen per contestant so that a repetition lasts about `targetMs`,
  * which spreads the cost of the wait (~11 ms on llvmpipe) thinly over fast ops. The time of
- * an op is the median repetition divided by `inner`.
+ * an op is the median repetition divided by `inner`. Each contestant's warm-up ends with one
+ * unmeasured repetition at its `inner` (its buffer pools grow to what `inner` ops in flight
+ * need there).
  *
  * @module
  */
@@ -80,6 +82,10 @@ export async function timeSideBySide(
       let last = 0;
       for (let w = 0; w < o.warmup; w++) last = await once(c, 1);
       inner[i] = Math.max(1, Math.min(o.maxInner, Math.round(o.targetMs / Math.max(last, 0.01))));
+      // one repetition at `inner`, not measured: `inner` ops in flight before a wait need
+      // as many outputs alive at once, and a library that pools its buffers (ulp, TF.js and
+      // jax-js all do) grows its pool to that size here, not in the first measured repetition
+      if (inner[i] > 1) await once(c, inner[i]);
     } catch (e) {
       errors[i] = (e as Error).message ?? String(e);
       log(`  ${c.label}: failed in warm-up: ${errors[i]}`);

@@ -70,7 +70,15 @@
 import { WGSL_RNG, wgslChunks, wgslCodec, type WgslCodecOptions } from "../dtypes/mod.ts";
 import { DeviceError } from "../errors.ts";
 import type { Layout } from "./layout.ts";
-import type { Binding, BufferWindow, Kernel, PooledBuffer, Runtime } from "./runtime.ts";
+import {
+  type Binding,
+  type BufferWindow,
+  type Kernel,
+  type PooledBuffer,
+  type Runtime,
+  WINDOWS_CONST,
+  WINDOWS_DECL,
+} from "./runtime.ts";
 
 /** A box of workgroups, per grid dimension x, y, z (first, or one past the last). */
 export type Box = [number, number, number];
@@ -269,8 +277,11 @@ function layoutFields(spec: ProgramSpec): { fields: Field[]; words: number; stru
 
 /** WGSL of the helpers of layout binding `b` that `src` calls. */
 function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
-  const x = b.name, v = `b_${x}`, base = `u.wb${x}`;
-  const out: string[] = [];
+  // the window base: 0 where the runtime knows every window starts at its buffer's start
+  const x = b.name, v = `b_${x}`, base = `wb_${x}()`;
+  const out: string[] = [
+    `fn wb_${x}() -> u32 { if (${WINDOWS_CONST}) { return u.wb${x}; } return 0u; }\n`,
+  ];
   const uses = (f: string) => src.includes(`${f}_${x}(`);
   const d = l.dtype;
   const c = wgslCodec(d);
@@ -417,6 +428,9 @@ function generate(spec: ProgramSpec, body: ProgramBody, struct: string): string 
     }
   });
   decl += `@group(0) @binding(${spec.bindings.length}) var<uniform> u: U;\n`;
+  if (spec.bindings.some((b) => typeof b.type !== "string")) {
+    decl += WINDOWS_DECL;
+  }
   (spec.textures ?? []).forEach((t, i) => {
     const at = `@group(0) @binding(${spec.bindings.length + 1 + i})`;
     if (t.access === "read") {

@@ -99,6 +99,19 @@ export interface KernelSignature {
   readonly textures?: readonly ("read" | "read-storage" | "write")[];
 }
 
+/**
+ * The constant a kernel's source may declare (the line `const ULP_WINDOWS = WINDOWS;`,
+ * `WINDOWS_DECL`) to read window bases only where its storage bindings may be windows that
+ * start past their buffer's first byte. The runtime compiles such a kernel with it `false` (a
+ * window base is then the constant 0, with no uniform load per access, which llvmpipe makes
+ * lane by lane) and compiles it with `true` on the first dispatch that binds such a window.
+ * (A WGSL `override` would serve, but wgpu's override pass rejects some valid kernels.)
+ */
+/** @internal */
+export const WINDOWS_CONST = "ULP_WINDOWS";
+/** The placeholder line of `WINDOWS_CONST` in a kernel's source. @internal */
+export const WINDOWS_DECL = `const ${WINDOWS_CONST} = WINDOWS;\n`;
+
 /** A compiled kernel: its pipeline and bind group layout. */
 export interface Kernel {
   /** The WGSL source it was compiled from (the cache key). */
@@ -107,8 +120,13 @@ export interface Kernel {
   readonly signature: KernelSignature;
   /** A label for errors and profiles (the op's name). */
   readonly label: string;
-  /** @internal */
+  /** The pipeline (for a source that declares `WINDOWS_CONST`: with it false). @internal */
   readonly pipeline: GPUComputePipeline;
+  /**
+   * For a source that declares `WINDOWS_CONST`: the pipeline with it true, compiled on first
+   * use. @internal
+   */
+  readonly windowed?: () => GPUComputePipeline;
   /** @internal */
   readonly layout: GPUBindGroupLayout;
 }
@@ -520,14 +538,33 @@ export class Runtime {
     if (hit) return hit;
     this.#check(label);
     const layout = this.#layout(signature);
-    const module = this.device.createShaderModule({ code: source, label });
-    const pipeline = this.device.createComputePipeline({
+    const pipelineLayout = this.device.createPipelineLayout({ bindGroupLayouts: [layout] });
+    const hasWindows = source.includes(WINDOWS_DECL);
+    const compile = (windows: boolean) => {
+      this.counters.compiles++;
+      const code = hasWindows
+        ? source.replace(WINDOWS_DECL, `const ${WINDOWS_CONST} = ${windows};\n`)
+        : source;
+      const module = this.device.createShaderModule({ code, label });
+      return this.device.createComputePipeline({
+        label,
+        layout: pipelineLayout,
+        compute: { module, entryPoint: "main" },
+      });
+    };
+    // each compiled on its first dispatch (a kernel that only ever runs on windows past
+    // their buffers' starts, as at a lowered binding limit, compiles one pipeline, not two)
+    let flat: GPUComputePipeline | null = null, shifted: GPUComputePipeline | null = null;
+    const k: Kernel = {
+      source,
+      signature,
       label,
-      layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-      compute: { module, entryPoint: "main" },
-    });
-    this.counters.compiles++;
-    const k: Kernel = { source, signature, label, pipeline, layout };
+      get pipeline() {
+        return flat ??= compile(false);
+      },
+      windowed: hasWindows ? () => (shifted ??= compile(true)) : undefined,
+      layout,
+    };
     this.#kernels.set(key, k);
     return k;
   }
@@ -636,7 +673,9 @@ export class Runtime {
       );
     }
     const pass = this.#prof ? this.#profiledPass(k.label, [x, y, z]) : this.#openPass();
-    pass.setPipeline(k.pipeline);
+    // a window past its buffer's start needs the kernel that reads window bases
+    const shifted = k.windowed !== undefined && bindings.some((b) => isWindow(b) && b.offset > 0);
+    pass.setPipeline(shifted ? k.windowed!() : k.pipeline);
     const slot = this.#inBatch;
     if (k.signature.uniform) {
       if (uniforms) {

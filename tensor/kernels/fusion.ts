@@ -67,6 +67,13 @@ const WGSL_KEEP32 = `fn ulp_keep32(x: f32) -> f32 {
   return select(x, bitcast<f32>((b & 0x80000000u) | 0x7fc00000u), (b & 0x7fffffffu) > 0x7f800000u);
 }
 `;
+/** `ulp_keep32` of each component of a quad. */
+const WGSL_KEEP4 = `fn ulp_keep4(x: vec4<f32>) -> vec4<f32> {
+  let b = bitcast<vec4<u32>>(x);
+  let nan = bitcast<vec4<f32>>((b & vec4<u32>(0x80000000u)) | vec4<u32>(0x7fc00000u));
+  return select(x, nan, (b & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u));
+}
+`;
 
 /**
  * How an operand is indexed: its own index (same shape), index 0 (one element), its index
@@ -85,6 +92,13 @@ export interface LaunchOptions {
   seed?: number;
   /** WGSL functions the expression calls (an op row's `wgsl`). */
   wgsl?: string;
+  /**
+   * Whether the expression is also valid WGSL with `vec4<f32>` operands (scalars splatted)
+   * and computes each component as it computes one f32 (`+`, `*`, `exp`: no `select` on a
+   * scalar test, no literal-typed builtin arguments, no `i`). A quad kernel whose ops all say
+   * so computes a quad as one vec4 expression (default false).
+   */
+  vec4?: boolean;
 }
 
 /**
@@ -126,6 +140,8 @@ export interface LazyDef {
   readonly wgsl: string;
   /** Whether a consumer may compute it inline (round to nearest, no random stream). */
   readonly inlinable: boolean;
+  /** Whether the expression computes a vec4 as four f32s (`LaunchOptions.vec4`). */
+  readonly vec4: boolean;
   readonly cost: Cost;
 }
 
@@ -314,6 +330,7 @@ export function launch(
     seed: (opts.seed ?? 0) >>> 0,
     wgsl: opts.wgsl ?? "",
     inlinable: rounding === "rne" && !probe.includes("u.seed"),
+    vec4: (opts.vec4 ?? false) && !/\bi\b/.test(probe),
     cost,
   };
   pending.add(out);
@@ -436,6 +453,22 @@ function freeHeld(leaves: readonly Tensor[]): void {
   }
 }
 
+/** Whether an intermediate of `d` in `dt` is kept as f32 (`ulp_keep32`: no codec call). */
+function keeps32(d: LazyDef, dt: DType): boolean {
+  return dt.name === "f32" && !(d.saturate ?? dt.saturate);
+}
+
+/**
+ * Whether `def` and what it computes inline are vec4-componentwise ops whose inline
+ * intermediates are f32 (what `value4` can compute as one vec4 expression).
+ */
+function vecTree(def: LazyDef): boolean {
+  return def.vec4 &&
+    def.operands.every((o) =>
+      !(o instanceof Tensor) || o.lazy === null || (keeps32(o.lazy, o.dt) && vecTree(o.lazy))
+    );
+}
+
 /** Generates, compiles (cached) and dispatches the kernel that computes `root`. */
 function record(root: Tensor, def: LazyDef): void {
   const rt = root.runtime;
@@ -457,6 +490,13 @@ function record(root: Tensor, def: LazyDef): void {
   // rows (the last dimension) of whole quads: a quad never crosses a row, so a broadcast
   // operand's 4 elements lie one last-dimension stride apart from the first (one bidx a quad)
   const rowQuads = quad && shape[shape.length - 1] % 4 === 0;
+  // a quad as one vec4 expression (value4): every op computes vec4s componentwise, every
+  // intermediate is f32 (rounded by ulp_keep4), and every operand is a parameter of value4
+  const vec = quad && vecTree(def) &&
+    def.leaves.every((t) => {
+      const m = modeOf(t, shape);
+      return m === "same" || m === "one" || rowQuads;
+    });
   const params: { k: number; mode: Mode; slot?: number }[] = [];
   const leaf = (t: Tensor): string => {
     let name = leafName.get(t);
@@ -481,7 +521,7 @@ function record(root: Tensor, def: LazyDef): void {
     const args = d.operands.map((o) => {
       if (!(o instanceof Tensor)) {
         const k = scalars.push(o) - 1;
-        return `u_s(${k}u)`;
+        return vec ? `vec4<f32>(u_s(${k}u))` : `u_s(${k}u)`;
       }
       if (o.lazy === null) return leaf(o);
       // a pending input: computed inline (if alive, it stays pending for its own readers)
@@ -500,7 +540,10 @@ function record(root: Tensor, def: LazyDef): void {
       // also for f32: the bit operations of its codec keep a compiler from contracting the
       // multiply of one op and the add of the next into one fma, which would round once
       // f32 round to nearest: decode(encode(v)) is v with NaN canonicalised, checked once
-      if (dt.name === "f32" && !(d.saturate ?? dt.saturate)) {
+      if (vec) { // (vecTree: an f32 without saturation)
+        chunks.push([WGSL_KEEP4]);
+        value = `ulp_keep4(${value})`;
+      } else if (keeps32(d, dt)) {
         chunks.push([WGSL_KEEP32]);
         value = `ulp_keep32(${value})`;
       } else {
@@ -524,7 +567,7 @@ function record(root: Tensor, def: LazyDef): void {
   const tail = bcastSlot.map((k) => modeOf(leaves[k], shape) === "tail" ? leaves[k].size : 0);
   const key = `ew|${
     quad ? params.map((p) => p.mode).join(",") + (rowQuads ? `|rank${shape.length}` : "") : "-"
-  }|${body}|${def.rounding}|${def.saturate}|${nB}`;
+  }|${vec ? "v4|" : ""}${body}|${def.rounding}|${def.saturate}|${nB}`;
   // one-word-per-element operands of the result's shape, and such a result, are read and
   // written as vec4s in quads
   const v4 = (t: Tensor | null): boolean => {
@@ -571,6 +614,7 @@ function record(root: Tensor, def: LazyDef): void {
         body,
         def.rounding,
         shape.length,
+        vec,
       )
       : source(outL.lanes, body, def.rounding),
     chunks,
@@ -666,9 +710,10 @@ function quadSource(
   body: string,
   rounding: Rounding,
   rank: number,
+  vec: boolean,
 ): string {
   const rand = (i: string) => rounding === "stochastic" ? `ulp_rand(u.seed, ${i})` : "0u";
-  const decl = params.map((p) => `, a${p.k}: f32`).join("");
+  const decl = params.map((p) => `, a${p.k}: ${vec ? "vec4<f32>" : "f32"}`).join("");
   const ones = params.filter((p) => p.mode === "one")
     .map((p) => `  let a${p.k} = ld_in${p.k}(0u);\n`).join("");
   // a broadcast operand (rows of whole quads): the first element's offset, then its stride
@@ -695,10 +740,18 @@ function quadSource(
         : `    let q${p.k} = ld4_in${p.k}(i0, 4u);\n`
     ).join("");
   let calls = "";
-  for (let l = 0; l < 4; l++) {
-    const c = "xyzw"[l], i = l === 0 ? "i0" : `i0 + ${l}u`;
-    const args = params.map((p) => p.mode === "one" ? `, a${p.k}` : `, q${p.k}.${c}`).join("");
-    calls += `    v.${c} = value(${i}${args}); r.${c} = ${rand(i)};\n`;
+  if (vec) {
+    const args = params.map((p) => p.mode === "one" ? `, vec4<f32>(a${p.k})` : `, q${p.k}`);
+    calls = `    v = value(i0${args.join("")});\n`;
+    if (rounding === "stochastic") {
+      calls += `    r = vec4<u32>(${[0, 1, 2, 3].map((l) => rand(l ? `i0 + ${l}u` : "i0"))});\n`;
+    }
+  } else {
+    for (let l = 0; l < 4; l++) {
+      const c = "xyzw"[l], i = l === 0 ? "i0" : `i0 + ${l}u`;
+      const args = params.map((p) => p.mode === "one" ? `, a${p.k}` : `, q${p.k}.${c}`).join("");
+      calls += `    v.${c} = value(${i}${args}); r.${c} = ${rand(i)};\n`;
+    }
   }
   // one-lane results only (an f16 one element by element)
   let store: string;
@@ -710,7 +763,7 @@ function quadSource(
     }).join("");
   }
   return `
-${WGSL_BIDX}fn value(i: u32${decl}) -> f32 {
+${WGSL_BIDX}fn value(i: u32${decl}) -> ${vec ? "vec4<f32>" : "f32"} {
 ${body}
 }
 fn kernel(wg: u32, lid: vec3u, li: u32) {

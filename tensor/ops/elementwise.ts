@@ -44,6 +44,8 @@ interface EwOp {
   readonly expr: Expr;
   /** WGSL functions the expression calls, added to every kernel that computes the op. */
   readonly wgsl?: string;
+  /** The expression computes vec4 operands componentwise (`LaunchOptions.vec4`). */
+  readonly vec4?: true;
   readonly out: OutRule;
   /** What autocast does with the op's float inputs. */
   readonly policy: CastPolicy;
@@ -81,7 +83,7 @@ function apply(name: EwName, operands: Operand[]): Tensor {
   const row: EwOp = OPS[name];
   operands = autocastInputs(row.policy, operands.map((o) => checkOperand(name, o)));
   const outDt = outDtype(name, row.out, operands);
-  const out = launch(name, operands, row.expr, outDt, { wgsl: row.wgsl });
+  const out = launch(name, operands, row.expr, outDt, { wgsl: row.wgsl, vec4: row.vec4 });
   const grad = row.grad;
   if (grad) {
     const ts = operands.filter((o): o is Tensor => o instanceof Tensor);
@@ -188,6 +190,7 @@ type Arity<K extends EwName> = K extends "gelu" | "gelu_tanh" ? 1
 /** The rows. Gradients are written with the ops themselves (they are differentiable too). */
 const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
   add: {
+    vec4: true,
     policy: "widest",
     arity: 2,
     out: "promote",
@@ -195,6 +198,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: ([a, b], _o, g): Grads => [need(a, () => g), need(b, () => g)], // shared, see backward.ts
   },
   sub: {
+    vec4: true,
     policy: "widest",
     arity: 2,
     out: "promote",
@@ -202,6 +206,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: ([a, b], _o, g): Grads => [need(a, () => g), need(b, () => g.neg())],
   },
   mul: {
+    vec4: true,
     policy: "widest",
     arity: 2,
     out: "promote",
@@ -209,6 +214,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: ([a, b], _o, g): Grads => [need(a, () => g.mul(b)), need(b, () => g.mul(a))],
   },
   div: {
+    vec4: true,
     policy: "widest",
     arity: 2,
     out: "float",
@@ -301,6 +307,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     ],
   },
   neg: {
+    vec4: true,
     policy: "widest",
     arity: 1,
     out: "same",
@@ -308,6 +315,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: (_x, _o, g): Grads => [g.neg()],
   },
   abs: {
+    vec4: true,
     policy: "widest",
     arity: 1,
     out: "same",
@@ -315,6 +323,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: ([a], _o, g): Grads => [fused("abs_grad", [g, a], ([gg, x]) => `${gg} * sign(${x})`)],
   },
   exp: {
+    vec4: true,
     policy: "f32",
     arity: 1,
     out: "float",
@@ -322,6 +331,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: (_x, o, g): Grads => [g.mul(o)],
   },
   log: {
+    vec4: true,
     policy: "f32",
     arity: 1,
     out: "float",
@@ -329,6 +339,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: ([a], _o, g): Grads => [g.div(a)],
   },
   sqrt: {
+    vec4: true,
     policy: "widest",
     arity: 1,
     out: "float",
@@ -336,6 +347,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     grad: (_x, o, g): Grads => [fused("sqrt_grad", [g, o], ([gg, y]) => `${gg} / (2.0 * ${y})`)],
   },
   rsqrt: {
+    vec4: true,
     policy: "f32",
     arity: 1,
     out: "float",
@@ -358,6 +370,7 @@ const OPS: { readonly [K in EwName]: EwOp & { readonly arity: Arity<K> } } = {
     ): Grads => [fused("tanh_grad", [g, o], ([gg, y]) => `${gg} * (1.0 - ${y} * ${y})`)],
   },
   sigmoid: {
+    vec4: true,
     policy: "widest",
     arity: 1,
     out: "float",

@@ -270,3 +270,51 @@ Deno.test("fused f32 intermediates over NaN, Inf and huge values: the host's val
   }
   [x, a, b, y].forEach((t) => t.dispose());
 });
+
+Deno.test("a quad computed as one vec4 expression equals the ops one by one, bit for bit", async () => {
+  // every op here computes vec4s componentwise, so a result of whole quads is computed as
+  // one vec4 expression a quad (value4); scalar-shaped, row-broadcast and tail operands and
+  // scalar uniforms are splatted or gathered into quads; NaNs canonical as stored
+  const n = 8 * 12;
+  const specials = [NaN, -NaN, Infinity, -Infinity, 3.4e38, -3.4e38, 1e-40, -0, 0, 88.8, -104];
+  const xs = Float32Array.from(
+    { length: n },
+    (_, i) => i % 4 === 1 ? specials[(i >> 2) % specials.length] : (i % 13) * 0.37 - 2.2,
+  );
+  new Uint32Array(xs.buffer)[5] = 0xff812345; // a NaN with a payload and the sign bit set
+  const x = tensor(xs, { shape: [8, 12] });
+  const row = tensor(values("f32", 12, 6), { shape: [12] });
+  const col = tensor(values("f32", 8, 7), { shape: [8, 1] });
+  const one = tensor([0.75], { shape: [1, 1] });
+  const h = tensor(values("f16", n, 8), { shape: [8, 12], dtype: "f16" });
+  const chains: [string, () => Tensor][] = [
+    ["exp/log/sqrt", () => x.mul(row).add(1.5).exp().add(one).log().abs().sqrt()],
+    ["div/neg/rsqrt/sigmoid", () => x.div(col).neg().sub(0.25).sigmoid().mul(x).rsqrt()],
+    ["f16 operand, f16 result", () => h.mul(x).add(row).exp().mul(h).cast("f16")],
+    ["tail row, f16 intermediate", () => x.add(row).cast("f16").exp().mul(2).div(one)],
+  ];
+  const sources: string[] = [];
+  const create = GPUDevice.prototype.createShaderModule;
+  GPUDevice.prototype.createShaderModule = function (d: GPUShaderModuleDescriptor) {
+    sources.push(d.code);
+    return create.call(this, d);
+  };
+  try {
+    for (const [name, f] of chains) {
+      sources.length = 0;
+      const { out, dispatches } = counted(() => tidy(f));
+      const vec = sources.some((s) => s.includes("ulp_keep4("));
+      if (name === "exp/log/sqrt") {
+        assert.equal(dispatches, 1, name);
+        assert.ok(vec, `${name}: one vec4 expression a quad`);
+      }
+      // a cast inside the chain (an f16 intermediate): element by element
+      if (name.includes("intermediate")) assert.ok(!vec, `${name}: element by element`);
+      assert.deepEqual(await out.codes(), await unfusedCodes(f), `${name}: fused == unfused`);
+      out.dispose();
+    }
+  } finally {
+    GPUDevice.prototype.createShaderModule = create;
+  }
+  for (const t of [x, row, col, one, h]) t.dispose();
+});
