@@ -108,7 +108,7 @@ if (flags.help) {
   console.log(`Usage: deno task bench [--quick] [--json] [--peers tfjs,jaxjs] [--no-peer]
        [--only sections] [--matmul-family auto|workgroup] [--row-family auto|workgroup]
 
-  --quick    sizes up to 1024, fewer repetitions (about 4 minutes on 2 shared CPU cores)
+  --quick    sizes up to 1024, fewer repetitions (about 5 minutes on 2 shared CPU cores)
   --json     print one JSON document on stdout (progress and the text report go to stderr)
   --peers    the peers to run, comma-separated (default ${PEERS.join(",")}):
              tfjs   TensorFlow.js ${TFJS_VERSION}, WebGPU backend
@@ -170,7 +170,7 @@ const QUICK = flags.quick;
 const MODE = {
   sizes: QUICK ? [256, 512, 1024] : [256, 512, 1024, 2048],
   timing: QUICK
-    ? { warmup: 2, reps: 3, targetMs: 100, maxInner: 16 }
+    ? { warmup: 2, reps: 3, targetMs: 200, maxInner: 32 }
     : { warmup: 2, reps: 5, targetMs: 200, maxInner: 32 },
   // the GPT step: warm-up steps (the second one is also measured for memory and counters)
   gpt: QUICK ? { warmup: 2, reps: 3 } : { warmup: 2, reps: 5 },
