@@ -481,6 +481,14 @@ function record(root: Tensor, def: LazyDef): void {
   const chunks: (readonly string[])[] = [];
   const inlined = new Map<LazyDef, string>();
   const ops: string[] = [];
+  // each operand's indexing mode, computed once (the cost, the loads, the vec4 views and the
+  // ranges all ask)
+  const modes = new Map<Tensor, Mode>();
+  const modeIn = (t: Tensor): Mode => {
+    let m = modes.get(t);
+    if (m === undefined) modes.set(t, m = modeOf(t, shape));
+    return m;
+  };
 
   // Quads: each invocation computes groups of 4 consecutive elements, the operands of the
   // result's shape loaded 4 at a time (one 16-byte load of a one-word-per-element dtype, whole
@@ -494,7 +502,7 @@ function record(root: Tensor, def: LazyDef): void {
   // intermediate is f32 (rounded by ulp_keep4), and every operand is a parameter of value4
   const vec = quad && vecTree(def) &&
     def.leaves.every((t) => {
-      const m = modeOf(t, shape);
+      const m = modeIn(t);
       return m === "same" || m === "one" || rowQuads;
     });
   const params: { k: number; mode: Mode; slot?: number }[] = [];
@@ -502,7 +510,7 @@ function record(root: Tensor, def: LazyDef): void {
     let name = leafName.get(t);
     if (name === undefined) {
       const k = leaves.push(t) - 1;
-      const mode = modeOf(t, shape);
+      const mode = modeIn(t);
       let idx = "i";
       if (mode === "one") idx = "0u";
       const slot = mode === "bcast" || mode === "tail" ? bcastSlot.push(k) - 1 : -1;
@@ -564,7 +572,7 @@ function record(root: Tensor, def: LazyDef): void {
   const outL = layoutOf(outDt, rt);
   const body = `${lines.join("\n")}\n  return ${result};`;
   const nB = bcastSlot.length;
-  const tail = bcastSlot.map((k) => modeOf(leaves[k], shape) === "tail" ? leaves[k].size : 0);
+  const tail = bcastSlot.map((k) => modeIn(leaves[k]) === "tail" ? leaves[k].size : 0);
   const key = `ew|${
     quad ? params.map((p) => p.mode).join(",") + (rowQuads ? `|rank${shape.length}` : "") : "-"
   }|${vec ? "v4|" : ""}${body}|${def.rounding}|${def.saturate}|${nB}`;
@@ -573,7 +581,7 @@ function record(root: Tensor, def: LazyDef): void {
   const v4 = (t: Tensor | null): boolean => {
     const l = t === null ? outL : layoutOf(t.dt, rt);
     // (a tail operand of rows of whole quads: its quads start at multiples of 4 too)
-    const m = t === null ? "same" : modeOf(t, shape);
+    const m = t === null ? "same" : modeIn(t);
     return quad && l.lanes === 1 && l.elem === "u32" &&
       (m === "same" || (m === "tail" && rowQuads));
   };
@@ -633,7 +641,7 @@ function record(root: Tensor, def: LazyDef): void {
   };
   leaves.forEach((t, k) => {
     buffers[`in${k}`] = held.get(t) ?? t.buffer(label);
-    const mode = modeOf(t, shape);
+    const mode = modeIn(t);
     if (mode === "same") ranges[`in${k}`] = own;
     else if (mode === "one") ranges[`in${k}`] = () => [0, 1];
     else {
