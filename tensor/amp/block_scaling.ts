@@ -37,6 +37,7 @@
 import { type DType, dtype, e4m3, finfo, float32, WGSL_RNG, wgslCodec } from "../../dtypes/mod.ts";
 import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
 import { currentRuntime, program } from "../../gpu/mod.ts";
+import { noGrad } from "../../autograd/graph.ts";
 import { layoutOf } from "../../gpu/layout.ts";
 import { fmtShape, isTensor, Tensor } from "../core/tensor.ts";
 import { cast } from "../ops/cast.ts";
@@ -229,6 +230,41 @@ function matrixOf(x: Tensor, block: readonly [number, number] | undefined, op: s
   return blockMatrix(x.size, rows, cols, block[0], block[1], x.shape.slice(0, -2));
 }
 
+/**
+ * `groupQuantize` of the transpose of the block matrix `m` of `x` (blocks `[bc, br]`), its
+ * results transposed back to `x`'s layout and `m`'s scale shape. Outside the autograd graph.
+ */
+function viaTranspose(x: Tensor, m: BlockMatrix, spec: BlockSpec, full: boolean): GroupResult {
+  return noGrad(() => {
+    const { batch, rows: R, cols: C } = m;
+    // [batch, R, C] -> [batch, C, R], and a result back to `shape` (each step a copy: freed)
+    const swap = (t: Tensor, from: number[], shape: readonly number[]): Tensor => {
+      const a = t.reshape(from);
+      const b = a.transpose(1, 2);
+      a.dispose();
+      const c = b.reshape(shape);
+      b.dispose();
+      return c;
+    };
+    const xt = swap(x, [batch, R, C], [batch, C, R]);
+    const mt = blockMatrix(x.size, C, R, m.bc, m.br, [batch]);
+    const r = groupQuantize(xt, mt, spec, full, true);
+    xt.dispose();
+    const back = (t: Tensor | undefined, rows: number, cols: number, shape: readonly number[]) => {
+      if (t === undefined) return undefined;
+      const b = swap(t, [batch, rows, cols], shape);
+      t.dispose();
+      return b;
+    };
+    const out: GroupResult = { values: back(r.values, C, R, x.shape)! };
+    const codes = back(r.codes, C, R, x.shape);
+    if (codes) out.codes = codes;
+    const scales = back(r.scales, Math.ceil(C / m.bc), Math.ceil(R / m.br), m.scaleShape);
+    if (scales) out.scales = scales;
+    return out;
+  });
+}
+
 /** The block matrix of `size` elements read as `[size / (rows cols), rows, cols]`. @internal */
 export function blockMatrix(
   size: number,
@@ -260,11 +296,24 @@ export function groupQuantize(
   m: BlockMatrix,
   spec: BlockSpec,
   full: boolean,
+  transposed = false,
 ): GroupResult {
   const rt = currentRuntime();
   const op = spec.kind === "fp8" ? "blockQuantize()" : "nvfp4Quantize()";
   x.buffer(op);
   const { rows: R, cols: C, br, bc } = m;
+  // Blocks taller than a row (rowwise scaling along a reduction axis that is the matrix's
+  // rows: whole columns) span min(R, br) rows of the matrix, which can be more than one
+  // binding holds: such an fp8 matrix is quantised through its transpose, whose blocks are
+  // along its rows, and the results are transposed back (the same amax per block, the same
+  // scales and codes: rounding to nearest does not depend on where an element is; NVFP4's
+  // stochastic draws do, and its blocks are at most 16 rows tall)
+  if (
+    !transposed && spec.kind === "fp8" && R > 1 && br > 1 && m.batch > 0 &&
+    Math.min(R, br) * C * 4 > rt.maxBindingBytes
+  ) {
+    return viaTranspose(x, m, spec, full);
+  }
   const nbr = Math.ceil(R / br), nbc = Math.ceil(C / bc);
   const blocks = m.batch * nbr * nbc;
   // a block of more than 1024 elements is a workgroup's (64 invocations share it: 128x128

@@ -71,12 +71,6 @@ async function train(name: string, steps: number): Promise<{ losses: number[]; l
 for (const name of precisionNames()) {
   Deno.test({
     name: `a GPT larger than one binding trains under ${name} as with whole bindings`,
-    // known gap: rowwise scales each line along a GEMM's reduction axis; where that axis is
-    // an operand's rows (a 1 MiB f32 operand, 256 tokens x 1024), a workgroup's lines are
-    // strided over its elements 0..261952, more than the lowered 768 KiB binding holds
-    // (blockQuantize's DeviceError). block and nvfp4 pass through windows
-    // (tests/tensor/fp8_recipes_scale_test.ts)
-    ignore: name === "fp8-rowwise",
   }, async () => {
     const rt = await getRuntime();
     const whole = await train(name, 3);

@@ -38,6 +38,9 @@ Deno.test("block scaling and NVFP4 of tensors larger than one binding: the same 
     { shape: [200, 256], block: [1, 128], limit: LIMIT },
     { shape: [384, 300], block: [128, 128], limit: 4 * LIMIT },
     { shape: [384, 300], block: [128, 1], limit: 5 * LIMIT },
+    // whole columns (rowwise scaling along a GEMM's rows): a column block spans the whole
+    // tensor, more than one binding: quantised through the transpose
+    { shape: [384, 300], block: [384, 1], limit: 2 * LIMIT },
   ] as const;
   for (const c of cases) {
     const [R, C] = c.shape;
