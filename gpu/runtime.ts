@@ -106,8 +106,8 @@ export interface KernelSignature {
  * window base is then the constant 0, with no uniform load per access, which llvmpipe makes
  * lane by lane) and compiles it with `true` on the first dispatch that binds such a window.
  * (A WGSL `override` would serve, but wgpu's override pass rejects some valid kernels.)
+ * @internal
  */
-/** @internal */
 export const WINDOWS_CONST = "ULP_WINDOWS";
 /** The placeholder line of `WINDOWS_CONST` in a kernel's source. @internal */
 export const WINDOWS_DECL = `const ${WINDOWS_CONST} = WINDOWS;\n`;

@@ -39,7 +39,7 @@ import { DTypeError, ShapeError, ValueError } from "../../errors.ts";
 import { currentRuntime, program } from "../../gpu/mod.ts";
 import { noGrad } from "../../autograd/graph.ts";
 import { layoutOf } from "../../gpu/layout.ts";
-import { fmtShape, isTensor, Tensor } from "../core/tensor.ts";
+import { fmtShape, isTensor, sameShape, Tensor } from "../core/tensor.ts";
 import { cast } from "../ops/cast.ts";
 import { tensorAmax } from "./scaling.ts";
 import { itemKernel } from "./mx.ts";
@@ -237,22 +237,25 @@ function matrixOf(x: Tensor, block: readonly [number, number] | undefined, op: s
 function viaTranspose(x: Tensor, m: BlockMatrix, spec: BlockSpec, full: boolean): GroupResult {
   return noGrad(() => {
     const { batch, rows: R, cols: C } = m;
-    // [batch, R, C] -> [batch, C, R], and a result back to `shape` (each step a copy: freed)
-    const swap = (t: Tensor, from: number[], shape: readonly number[]): Tensor => {
-      const a = t.reshape(from);
-      const b = a.transpose(1, 2);
-      a.dispose();
+    // t read as [batch, rows, cols] and transposed, in `shape` if given: one copy (the
+    // transpose) where t's last two dimensions are rows and cols and the transpose has that
+    // shape (blockQuantize's x and results), else reshaping copies around it (each freed)
+    const swap = (t: Tensor, rows: number, cols: number, shape?: readonly number[]): Tensor => {
+      const a = sameShape(t.shape.slice(-2), [rows, cols]) ? t : t.reshape([batch, rows, cols]);
+      const b = a.transpose(-2, -1);
+      if (a !== t) a.dispose();
+      if (shape === undefined || sameShape(b.shape, shape)) return b;
       const c = b.reshape(shape);
       b.dispose();
       return c;
     };
-    const xt = swap(x, [batch, R, C], [batch, C, R]);
+    const xt = swap(x, R, C); // (groupQuantize reads it as mt, whatever its shape)
     const mt = blockMatrix(x.size, C, R, m.bc, m.br, [batch]);
     const r = groupQuantize(xt, mt, spec, full, true);
     xt.dispose();
     const back = (t: Tensor | undefined, rows: number, cols: number, shape: readonly number[]) => {
       if (t === undefined) return undefined;
-      const b = swap(t, [batch, rows, cols], shape);
+      const b = swap(t, rows, cols, shape);
       t.dispose();
       return b;
     };

@@ -46,6 +46,11 @@ export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(",")}]`;
 }
 
+/** Whether two shapes are equal, size by size. @internal */
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((v, d) => v === b[d]);
+}
+
 /** The op methods of a Tensor, added by the op modules (see `installMethods`). */
 export interface Tensor
   extends ElementwiseMethods, CastMethods, ReduceMethods, MatmulMethods, ShapeMethods {}

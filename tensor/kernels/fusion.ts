@@ -39,7 +39,7 @@ import { type DType, type Rounding, wgslCodec } from "../../dtypes/mod.ts";
 import { DeviceError, ShapeError, ValueError } from "../../errors.ts";
 import { currentRuntime, type PooledBuffer, program, stridedRange } from "../../gpu/mod.ts";
 import { layoutOf } from "../../gpu/layout.ts";
-import { fmtShape, type Operand, provideTensorHooks, Tensor } from "../core/tensor.ts";
+import { fmtShape, type Operand, provideTensorHooks, sameShape, Tensor } from "../core/tensor.ts";
 
 /** Largest rank a kernel handles (the uniform block holds 8 sizes and strides per input). */
 export const MAX_RANK = 8;
@@ -272,10 +272,6 @@ function modeOf(t: Tensor, shape: readonly number[]): Mode {
   while (t.shape[lead] === 1) lead++;
   const own = t.shape.slice(lead), off = shape.length - own.length;
   return off >= 0 && own.every((v, d) => v === shape[off + d]) ? "tail" : "bcast";
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((v, d) => v === b[d]);
 }
 
 /**

@@ -40,7 +40,7 @@ import {
   storageBytes,
 } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
-import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
+import { fmtShape, installMethods, sameShape, Tensor } from "../core/tensor.ts";
 import { autocastInputs } from "./cast.ts";
 import type { CastPolicy } from "../core/context.ts";
 import { launch, wgslRadixOffset } from "../kernels/fusion.ts";
@@ -1193,10 +1193,6 @@ function checkNonEmpty(op: string, x: Tensor, axes: readonly number[]): void {
 /** The dtype of gradients that flow to `x`. */
 function gradDt(x: Tensor): DType {
   return isFloat(x.dt) ? x.dt : float32;
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
 /** `t`'s values with another shape of the same size: `t` itself, or a copy to dispose. */
