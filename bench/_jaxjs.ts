@@ -32,10 +32,17 @@ import type { Contestant } from "./_timing.ts";
 
 export { jit, nn, np, tree };
 
-/** The version that loaded (jax-js exports none): read from the path the import map gave. */
-export const JAXJS_VERSION: string =
-  /@jax-js[/+]jax[@/](\d[^/_]*)/.exec(import.meta.resolve("@jax-js/jax"))
-    ?.[1] ?? "unknown";
+/**
+ * The version that loaded (jax-js exports none): read from the path the import map gave
+ * ("unknown" in a bundle, bench/device/pack.sh, where there is no import map to ask).
+ */
+export const JAXJS_VERSION: string = (() => {
+  try {
+    return /@jax-js[/+]jax[@/](\d[^/_]*)/.exec(import.meta.resolve("@jax-js/jax"))?.[1];
+  } catch {
+    return undefined;
+  }
+})() ?? "unknown";
 
 /** A ready jax-js WebGPU backend (the default device from now on). */
 export interface JaxPeer {

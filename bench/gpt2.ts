@@ -1,11 +1,11 @@
 /**
  * GPT-2 at scale (issue 14): one training step per precision strategy of a GPT-2-sized model
- * at batch 1, on whatever adapter Deno finds: ms per step, tokens per second, the live bytes
+ * at batch 1 (`--batch` for more), on whatever adapter Deno finds: ms per step, tokens per second, the live bytes
  * after the step against the strategy's bytes per parameter, and the peak bytes of the step
  * (activations included); then, for one strategy, the peak at several contexts (activation
  * memory grows linearly: fused attention keeps no T x T buffer).
  *
- * Run: deno task bench:gpt2 [--model gpt2] [--context 64] [--steps 2] [--strategies a,b]
+ * Run: deno task bench:gpt2 [--model gpt2] [--context 64] [--batch 1] [--steps 2] [--strategies a,b]
  *      [--contexts 256,512,1024] [--json]
  * `deno task bench` runs a short version of it (GPT-2 small, context 64, one step after a warm-up).
  *
@@ -35,6 +35,8 @@ export interface Gpt2Row {
   strategy: string;
   params: number;
   context: number;
+  /** Sequences per step. */
+  batch: number;
   msPerStep: number;
   tokensPerS: number;
   /** Live bytes after the step (gradients kept), and per parameter. */
@@ -48,14 +50,15 @@ export interface Gpt2Row {
 const MiB = 2 ** 20;
 
 /**
- * Trains `steps` steps (after one warm-up step) of `model` under `strategy` at batch 1 and
- * context `T`, and frees everything after.
+ * Trains `steps` steps (after one warm-up step) of `model` under `strategy` at batch `B`
+ * (default 1) and context `T`, and frees everything after.
  */
 export async function gpt2Step(
   model: string,
   strategy: string,
   T: number,
   steps: number,
+  B = 1,
 ): Promise<Gpt2Row> {
   const rt = await getRuntime();
   const s = precisionStrategy(strategy);
@@ -67,9 +70,12 @@ export async function gpt2Step(
   const n = params.reduce((a, p) => a + p.size, 0);
   const opt = new AdamW(params, { lr: 1e-4, precision: strategy });
   const scaler = new GradScaler({ enabled: s.gradScaler });
-  const ids = Int32Array.from({ length: T + 1 }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
-  const x = tensor(ids.slice(0, T), { shape: [1, T] });
-  const y = tensor(ids.slice(1), { shape: [1, T] });
+  // row b is the same sequence shifted by b tokens
+  const ids = (b: number) =>
+    Int32Array.from({ length: T + 1 }, (_, i) => ((i + b) * 7919 + 13) % cfg.vocabSize);
+  const rows = Array.from({ length: B }, (_, b) => ids(b));
+  const x = tensor(Int32Array.from(rows.flatMap((r) => [...r.subarray(0, T)])), { shape: [B, T] });
+  const y = tensor(Int32Array.from(rows.flatMap((r) => [...r.subarray(1)])), { shape: [B, T] });
   const losses: number[] = [];
   const times: number[] = [];
   let peak = 0;
@@ -99,8 +105,9 @@ export async function gpt2Step(
       strategy,
       params: n,
       context: T,
+      batch: B,
       msPerStep: Math.round(ms),
-      tokensPerS: Math.round((T / ms) * 1000 * 10) / 10,
+      tokensPerS: Math.round(((B * T) / ms) * 1000 * 10) / 10,
       liveMiB: Math.round((live / MiB) * 10) / 10,
       bytesPerParam: Math.round((live / n) * 100) / 100,
       peakMiB: Math.round((peak / MiB) * 10) / 10,
@@ -116,11 +123,13 @@ export async function gpt2Step(
 
 /** The rows as a Markdown table. */
 export function gpt2Table(rows: readonly Gpt2Row[]): string {
-  const head = "| model | strategy | context | ms/step | tokens/s | live MiB | bytes/param | " +
-    "peak MiB | losses |\n|---|---|---|---|---|---|---|---|---|\n";
+  const head = "| model | strategy | batch x context | ms/step | tokens/s | live MiB | " +
+    "bytes/param | peak MiB | losses |\n|---|---|---|---|---|---|---|---|---|\n";
   return head +
     rows.map((r) =>
-      `| ${r.model} (${(r.params / 1e6).toFixed(1)}M) | ${r.strategy} | ${r.context} | ` +
+      `| ${r.model} (${
+        (r.params / 1e6).toFixed(1)
+      }M) | ${r.strategy} | ${r.batch} x ${r.context} | ` +
       `${r.msPerStep} | ${r.tokensPerS} | ${r.liveMiB} | ${r.bytesPerParam} | ${r.peakMiB} | ` +
       `${r.losses.map((l) => l.toFixed(3)).join(" -> ")} |`
     ).join("\n");
@@ -132,6 +141,7 @@ if (import.meta.main) {
     options: {
       model: { type: "string", default: "gpt2" },
       context: { type: "string", default: "64" },
+      batch: { type: "string", default: "1" },
       steps: { type: "string", default: "2" },
       strategies: { type: "string" },
       contexts: { type: "string" },
@@ -146,7 +156,7 @@ if (import.meta.main) {
   const unavailable: { strategy: string; reason: string }[] = [];
   for (const s of strategies) {
     try {
-      const row = await gpt2Step(a.model!, s, Number(a.context), Number(a.steps));
+      const row = await gpt2Step(a.model!, s, Number(a.context), Number(a.steps), Number(a.batch));
       rows.push(row);
       if (!a.json) console.log(JSON.stringify(row));
     } catch (e) {
@@ -156,7 +166,7 @@ if (import.meta.main) {
   }
   const ctx: Gpt2Row[] = [];
   for (const T of a.contexts?.split(",").map(Number) ?? []) {
-    const row = await gpt2Step(a.model!, strategies[0], T, 1);
+    const row = await gpt2Step(a.model!, strategies[0], T, 1, Number(a.batch));
     ctx.push(row);
     if (!a.json) console.log(JSON.stringify(row));
   }
