@@ -48,17 +48,30 @@ mkdir -p "$DENO_DIR"
 unxz .device/deno_dir.tar.xz | tar -C "$DENO_DIR" -xf -
 log "$(deno --version | head -1), DENO_WEBGPU_BACKEND=$DENO_WEBGPU_BACKEND"
 
-# the adapter, as Deno sees it (no adapter: say so and stop; the error is the finding)
-timeout 60 deno eval '
+# the adapter, as Deno sees it; where Vulkan gives none, OpenGL through NVIDIA's EGL is tried
+# (no adapter at all stops the check there with Deno's errors, which are then the finding)
+probe() {
+  echo "== probe, DENO_WEBGPU_BACKEND=$DENO_WEBGPU_BACKEND" >> "$OUT/errors.txt"
+  timeout 60 deno eval '
 const a = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
 if (!a) { console.log("no WebGPU adapter"); Deno.exit(3); }
 const i = a.info;
-console.log(JSON.stringify({ vendor: i.vendor, architecture: i.architecture, device: i.device,
-  description: i.description, features: [...a.features].sort(),
-  maxBufferSize: a.limits.maxBufferSize,
+console.log(JSON.stringify({ backend: Deno.env.get("DENO_WEBGPU_BACKEND"), vendor: i.vendor,
+  architecture: i.architecture, device: i.device, description: i.description,
+  features: [...a.features].sort(), maxBufferSize: a.limits.maxBufferSize,
   maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize }));
-'> "$OUT/adapter.json" 2>> "$OUT/errors.txt"
+' > "$OUT/adapter.json" 2>> "$OUT/errors.txt"
+}
+probe
 rc=$?
+if [ "$rc" != 0 ] && [ "$DENO_WEBGPU_BACKEND" = vulkan ]; then
+  log "no adapter through Vulkan (exit $rc): $(cat "$OUT/adapter.json") $(tail -3 "$OUT/errors.txt" | tr '\n' ' ')"
+  export DENO_WEBGPU_BACKEND=gl
+  f=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  [ -f "$f" ] && export __EGL_VENDOR_LIBRARY_FILENAMES="$f"
+  probe
+  rc=$?
+fi
 cat "$OUT/adapter.json" | tee -a "$OUT/summary.txt"
 [ "$rc" = 0 ] || { log "Deno reached no GPU (exit $rc):"; tail -20 "$OUT/errors.txt"; exit 3; }
 
