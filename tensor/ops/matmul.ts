@@ -202,7 +202,10 @@ let family: "auto" | "workgroup" = "auto";
 /**
  * Makes matmul use only the workgroup-memory kernel (`"workgroup"`: the texture family's
  * tiles give way to the class's workgroup-memory tiles), or every family again (`"auto"`);
- * returns the previous setting. For benchmarks that time both families side by side. @internal
+ * returns the previous setting. For benchmarks that time both families side by side. Set to
+ * `"workgroup"` before a device is acquired, it also skips the texture family's check on that
+ * device, which then never runs the texture family (the doc examples' preload does this: the
+ * check costs every new device about 0.3 s on lavapipe). @internal
  */
 export function setMatmulFamily(f: "auto" | "workgroup"): "auto" | "workgroup" {
   const before = family;
@@ -211,26 +214,27 @@ export function setMatmulFamily(f: "auto" | "workgroup"): "auto" | "workgroup" {
 }
 
 /**
- * Devices whose texture family failed its check (its bits differ from the workgroup-memory
- * kernel's on a probe product): measured on llvmpipe through OpenGL, where values read back
- * from the packed textures are wrong (up to 256 off at 256x1024x256), while lavapipe (Vulkan)
- * gives the same bits. They run the workgroup-memory family only.
+ * The texture family's check per device: running, passed, or failed (its bits differ from the
+ * workgroup-memory kernel's on a probe product: measured on llvmpipe through OpenGL, where
+ * values read back from the packed textures are wrong, up to 256 off at 256x1024x256, while
+ * lavapipe (Vulkan) gives the same bits). A device that failed it, or was never checked (a GPU,
+ * or acquired under `setMatmulFamily("workgroup")`), runs the workgroup-memory family only.
  */
-const textureFails = new WeakSet<Runtime>();
+const textureCheck = new WeakMap<Runtime, "probing" | "passed" | "failed">();
 
 /** Whether the texture family may run on `rt` now. */
 function texturesOn(rt: Runtime): boolean {
-  return family === "auto" && !textureFails.has(rt);
+  const c = textureCheck.get(rt);
+  return family === "auto" && (c === "passed" || c === "probing");
 }
 
 /**
  * Whether the texture family passed its check on the current device (CPU adapters; false on
- * GPUs, which never use it, and where its bits differed from the workgroup-memory kernel's).
- * @internal
+ * GPUs, which never use it, where its bits differed from the workgroup-memory kernel's, and
+ * where it was not checked). @internal
  */
 export function matmulTexturesPassed(): boolean {
-  const rt = currentRuntime();
-  return rt.info.isFallbackAdapter && !textureFails.has(rt);
+  return textureCheck.get(currentRuntime()) === "passed";
 }
 
 // On a new CPU adapter, probe products per family: the texture family stays only where it
@@ -243,7 +247,8 @@ export function matmulTexturesPassed(): boolean {
 // 96 x 64 x 256 to 256 x 256 x 1024 differed in about 38% of its values (the probes were
 // 256 x 256 x 1024 and N = 1024 before: 0.13 s more per device on lavapipe).
 onNewDevice(async (rt) => {
-  if (!rt.info.isFallbackAdapter) return;
+  if (!rt.info.isFallbackAdapter || family === "workgroup") return;
+  textureCheck.set(rt, "probing");
   const val = (n: number, s: number) => {
     const v = Float32Array.from({ length: n }, (_, i) => Math.sin(i * s));
     v.set([Infinity, -Infinity, 1e-40], 5);
@@ -255,6 +260,7 @@ onNewDevice(async (rt) => {
     [64, 256, 128, true, true, "bf16"],
   ];
   const prev = family;
+  let same = false; // a probe that throws leaves the family off, as one that differs
   try {
     for (const [M, K, N, ta, tb, bdt] of probes) {
       const a = tensor(val(M * K, 0.37), { shape: ta ? [K, M] : [M, K] });
@@ -267,17 +273,16 @@ onNewDevice(async (rt) => {
         const [wv, tv] = [await w.toArray(), await t.toArray()];
         w.dispose();
         t.dispose();
-        if (wv.some((v, i) => !Object.is(v, tv[i]))) {
-          textureFails.add(rt);
-          return;
-        }
+        if (wv.some((v, i) => !Object.is(v, tv[i]))) return;
       } finally {
         a.dispose();
         b.dispose();
       }
     }
+    same = true;
   } finally {
     family = prev;
+    textureCheck.set(rt, same ? "passed" : "failed");
   }
 });
 

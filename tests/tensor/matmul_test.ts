@@ -14,7 +14,7 @@ import {
   tensor,
   tuneMatmul,
 } from "../../mod.ts";
-import { getRuntime } from "../../gpu/mod.ts";
+import { getRuntime, resetDevice } from "../../gpu/mod.ts";
 import {
   matmulTexturesPassed,
   matmulTileCandidates,
@@ -793,4 +793,35 @@ Deno.test("the default kernels give the workgroup-memory kernel's bits at the sh
     a.dispose();
     b.dispose();
   }
+});
+
+Deno.test("a device acquired under setMatmulFamily('workgroup') skips the texture family's check and never runs the family", async () => {
+  const rt0 = await getRuntime();
+  if (!rt0.info.isFallbackAdapter) return; // GPUs never run the texture family
+  const passedBefore = matmulTexturesPassed();
+  const before = setMatmulFamily("workgroup");
+  try {
+    await resetDevice();
+    setMatmulFamily("auto");
+    assert.equal(matmulTexturesPassed(), false, "not checked: reported as not passed");
+    // K = 252 is the packing variant: one more dispatch where the texture family runs
+    const r = rng(91);
+    const a = tensor(Float32Array.from({ length: 64 * 252 }, r), { shape: [64, 252] });
+    const b = tensor(Float32Array.from({ length: 252 * 128 }, r), { shape: [252, 128] });
+    const tex = await withTiles(TEXTURE, () => product(a, b, {}));
+    const wg = await withTiles(STORAGE, () => product(a, b, {}));
+    assert.equal(
+      tex.dispatches,
+      wg.dispatches,
+      "the texture tiles gave way to the workgroup kernel",
+    );
+    assert.deepEqual(tex.bits, wg.bits);
+    a.dispose();
+    b.dispose();
+  } finally {
+    setMatmulFamily(before);
+    await resetDevice();
+  }
+  // a device acquired under "auto" is checked again, with the verdict of the first device
+  assert.equal(matmulTexturesPassed(), passedBefore);
 });
