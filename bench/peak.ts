@@ -32,11 +32,27 @@ export interface Peak {
 }
 
 /**
- * Published peaks, most specific first. NVIDIA H100 whitepaper (Table "H100 SXM5 / PCIe",
- * final clocks): SXM5 f32 66.9, f16 133.8, f16 tensor 989.4; PCIe 51.2, 102.4, 756.5. The
- * H200 has the H100 SXM5's SMs and clocks with more and faster memory.
+ * Published peaks, most specific first (an H100 PCIe or an NVL card also says "H100" or "H200"). NVIDIA H100
+ * whitepaper (Table "H100 SXM5 / PCIe", final clocks): SXM5 f32 66.9, f16 133.8, f16 tensor
+ * 989.4; PCIe 51.2, 102.4, 756.5. The H200 has the H100 SXM5's SMs and clocks with more and
+ * faster memory.
+ *
+ * @example
+ * ```ts
+ * import { peakOf } from "./peak.ts";
+ * console.log(peakOf("NVIDIA H100 PCIe")?.f32, peakOf("llvmpipe (LLVM 15.0.6, 256 bits)")); // 51.2 null
+ * ```
  */
 export const PEAKS: readonly Peak[] = [
+  {
+    match: /H[12]00.*NVL/i,
+    name: "NVIDIA H100 NVL / H200 NVL",
+    f32: 60,
+    f16: 120,
+    tensorF16: 835.5,
+    source:
+      "NVIDIA H100 datasheet (f32 60, f16/bf16 tensor 1671 sparse); vector f16 2x f32 on Hopper",
+  },
   {
     match: /H100.*PCIe/i,
     name: "NVIDIA H100 PCIe",
@@ -71,7 +87,15 @@ export const PEAKS: readonly Peak[] = [
   },
 ];
 
-/** The entry of `PEAKS` whose pattern the adapter's description matches, or null. */
+/**
+ * The entry of `PEAKS` whose pattern the adapter's description matches, or null.
+ *
+ * @example
+ * ```ts
+ * import { peakOf } from "./peak.ts";
+ * console.log(peakOf("NVIDIA H100 80GB HBM3")?.name); // "NVIDIA H100 SXM5"
+ * ```
+ */
 export function peakOf(description: string): Peak | null {
   return PEAKS.find((p) => p.match.test(description)) ?? null;
 }
