@@ -1,12 +1,13 @@
 /**
  * GPT-2 at scale (issue 14): one training step per precision strategy of a GPT-2-sized model
- * at batch 1 (`--batch` for more), on whatever adapter Deno finds: ms per step, tokens per second, the live bytes
- * after the step against the strategy's bytes per parameter, and the peak bytes of the step
+ * at batch 1 (`--batch` for more), on whatever adapter Deno finds: ms per step, tokens per
+ * second, the live bytes after the step against the strategy's bytes per parameter, and the
+ * peak bytes of the step
  * (activations included); then, for one strategy, the peak at several contexts (activation
  * memory grows linearly: fused attention keeps no T x T buffer).
  *
- * Run: deno task bench:gpt2 [--model gpt2] [--context 64] [--batch 1] [--steps 2] [--strategies a,b]
- *      [--contexts 256,512,1024] [--json]
+ * Run: deno task bench:gpt2 [--model gpt2] [--context 64] [--batch 1] [--steps 2]
+ *      [--strategies a,b] [--contexts 256,512,1024] [--json]
  * `deno task bench` runs a short version of it (GPT-2 small, context 64, one step after a warm-up).
  *
  * @module
@@ -70,12 +71,14 @@ export async function gpt2Step(
   const n = params.reduce((a, p) => a + p.size, 0);
   const opt = new AdamW(params, { lr: 1e-4, precision: strategy });
   const scaler = new GradScaler({ enabled: s.gradScaler });
-  // row b is the same sequence shifted by b tokens
-  const ids = (b: number) =>
-    Int32Array.from({ length: T + 1 }, (_, i) => ((i + b) * 7919 + 13) % cfg.vocabSize);
-  const rows = Array.from({ length: B }, (_, b) => ids(b));
-  const x = tensor(Int32Array.from(rows.flatMap((r) => [...r.subarray(0, T)])), { shape: [B, T] });
-  const y = tensor(Int32Array.from(rows.flatMap((r) => [...r.subarray(1)])), { shape: [B, T] });
+  // token i of row b (row b is the same sequence shifted by b tokens); targets one token on
+  const ids = (shift: number) =>
+    Int32Array.from(
+      { length: B * T },
+      (_, k) => (((k % T) + Math.floor(k / T) + shift) * 7919 + 13) % cfg.vocabSize,
+    );
+  const x = tensor(ids(0), { shape: [B, T] });
+  const y = tensor(ids(1), { shape: [B, T] });
   const losses: number[] = [];
   const times: number[] = [];
   let peak = 0;

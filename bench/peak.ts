@@ -1,7 +1,8 @@
 /**
  * Matmul throughput against the card's peak (issue 20, item 4): square products of each size
- * in each dtype through the library (`a.matmul(b)`, realized, a sync after `inner` products),
- * TFLOP/s by the median repetition, and the fraction of the adapter's vector (non-tensor) peak
+ * in each dtype through the library (`a.matmul(b)`, realized; timed as the benchmarks time,
+ * `timeSideBySide`: `inner` products a repetition, a sync after each), TFLOP/s by the median
+ * repetition, and the fraction of the adapter's vector (non-tensor) peak
  * where the adapter is in `PEAKS` (WGSL has no tensor-core instruction, so the vector peak is
  * the ceiling a WebGPU kernel can reach; the tensor-core peak is printed beside it for scale).
  * A product that cannot run at a size (a limit, a DeviceError) is reported and the rest still
@@ -15,7 +16,7 @@
 import { parseArgs } from "node:util";
 import { ready, type Tensor, tensor, tidy } from "../mod.ts";
 import { getRuntime } from "../gpu/mod.ts";
-import { median } from "./_timing.ts";
+import { timeSideBySide } from "./_timing.ts";
 
 /** A card's published peaks, TFLOP/s (dense). */
 export interface Peak {
@@ -32,15 +33,16 @@ export interface Peak {
 }
 
 /**
- * Published peaks, most specific first (an H100 PCIe or an NVL card also says "H100" or "H200"). NVIDIA H100
- * whitepaper (Table "H100 SXM5 / PCIe", final clocks): SXM5 f32 66.9, f16 133.8, f16 tensor
- * 989.4; PCIe 51.2, 102.4, 756.5. The H200 has the H100 SXM5's SMs and clocks with more and
- * faster memory.
+ * Published peaks, most specific first (an H100 PCIe or an NVL card also says "H100" or
+ * "H200"). NVIDIA H100 whitepaper (Table "H100 SXM5 / PCIe", final clocks): SXM5 f32 66.9, f16
+ * 133.8, f16 tensor 989.4; PCIe 51.2, 102.4, 756.5. The H200 has the H100 SXM5's SMs and clocks
+ * with more and faster memory; the NVL cards run lower clocks (datasheets: f32 60).
  *
  * @example
  * ```ts
  * import { peakOf } from "./peak.ts";
- * console.log(peakOf("NVIDIA H100 PCIe")?.f32, peakOf("llvmpipe (LLVM 15.0.6, 256 bits)")); // 51.2 null
+ * const cpu = peakOf("llvmpipe (LLVM 15.0.6, 256 bits)");
+ * console.log(peakOf("NVIDIA H100 PCIe")?.f32, cpu); // 51.2 null
  * ```
  */
 export const PEAKS: readonly Peak[] = [
@@ -50,8 +52,8 @@ export const PEAKS: readonly Peak[] = [
     f32: 60,
     f16: 120,
     tensorF16: 835.5,
-    source:
-      "NVIDIA H100 datasheet (f32 60, f16/bf16 tensor 1671 sparse); vector f16 2x f32 on Hopper",
+    source: "NVIDIA H100 NVL and H200 NVL datasheets (f32 60, f16 tensor 1671 with sparsity); " +
+      "vector f16 twice f32 on Hopper",
   },
   {
     match: /H100.*PCIe/i,
@@ -145,21 +147,18 @@ if (import.meta.main) {
           Float32Array.from({ length: n * n }, (_, i) => ((i * s) % 7) / 7);
         x = tensor(vals(3), { shape: [n, n], dtype });
         y = tensor(vals(5), { shape: [n, n], dtype });
-        const run = () => tidy(() => x!.matmul(y!).realize()).dispose();
-        run(); // compiles
-        await rt.sync();
-        let t0 = performance.now();
-        run();
-        await rt.sync();
-        const inner = Math.max(1, Math.min(64, Math.round(targetMs / (performance.now() - t0))));
-        const times: number[] = [];
-        for (let r = 0; r < reps; r++) {
-          t0 = performance.now();
-          for (let i = 0; i < inner; i++) run();
-          await rt.sync();
-          times.push((performance.now() - t0) / inner);
-        }
-        const ms = median(times), tflops = (2 * n ** 3) / (ms * 1e9);
+        const [xt, yt] = [x, y];
+        const { timings, errors } = await timeSideBySide(
+          [{
+            label: `${dtype} ${n}`,
+            run: () => tidy(() => xt.matmul(yt).realize()).dispose(),
+            sync: () => rt.sync(),
+          }],
+          { warmup: 2, reps, targetMs, maxInner: 64 },
+          () => {},
+        );
+        if (timings[0] === null) throw new Error(errors[0] ?? "not timed");
+        const ms = timings[0].ms, tflops = (2 * n ** 3) / (ms * 1e9);
         rows.push({ dtype, size: n, ms, tflops, ofPeak: ref ? tflops / ref : null });
       } catch (e) {
         rows.push({

@@ -36,16 +36,16 @@ fi
 
 # Deno and the tests' npm packages
 bin="$(mktemp -d)"
-unxz() { # $1 -> stdout, with xz or, lacking it, Python's lzma
+unpack_xz() { # $1 -> stdout, with xz or, lacking it, Python's lzma
   if command -v xz >/dev/null; then xz -dc "$1"; else
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"
   fi
 }
-unxz .device/deno.xz > "$bin/deno" && chmod +x "$bin/deno"
+unpack_xz .device/deno.xz > "$bin/deno" && chmod +x "$bin/deno"
 export PATH="$bin:$PATH" DENO_DIR="$bin/cache" NO_COLOR=1 DENO_WEBGPU_BACKEND="${DENO_WEBGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 mkdir -p "$DENO_DIR"
-unxz .device/deno_dir.tar.xz | tar -C "$DENO_DIR" -xf -
+unpack_xz .device/deno_dir.tar.xz | tar -C "$DENO_DIR" -xf -
 log "$(deno --version | head -1), DENO_WEBGPU_BACKEND=$DENO_WEBGPU_BACKEND"
 
 # the adapter, as Deno sees it; where Vulkan gives none, OpenGL through NVIDIA's EGL is tried

@@ -1,6 +1,6 @@
 // bench/peak.ts's table of published peaks (issue 20, item 4): the adapter descriptions Vulkan
-// gives NVIDIA's data-center cards map to the right row (an H100 PCIe or an NVL card also says "H100" or "H200"),
-// and a card not in the table gets none rather than another card's numbers.
+// gives NVIDIA's data-center cards map to the right row (an H100 PCIe or an NVL card also says
+// "H100" or "H200"), and a card not in the table gets none rather than another card's numbers.
 import assert from "node:assert/strict";
 import { peakOf } from "../../bench/peak.ts";
 

@@ -33,7 +33,9 @@ const settle = () => new Promise((r) => setTimeout(r, 10));
 Deno.test("an out-of-memory buffer becomes a DeviceError naming the request at the next call, and the pool stays consistent", async () => {
   const rt = await getRuntime();
   const before = tensor([1.5, 2.5, -3]); // nothing is lost: still readable afterwards
-  rt.emptyCache(); // what earlier work left cached (the matmul check's products): no free buffer of 123,457's class
+  // what earlier work left cached (the matmul check's products): no free buffer of the class
+  // of the 123,457 bytes below
+  rt.emptyCache();
   const scratch = rt.alloc(4096, { dtype: "u32", purpose: "scratch" });
   rt.free(scratch);
   rt.flush(); // scratch is now cached by the pool
