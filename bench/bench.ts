@@ -25,6 +25,7 @@ import {
   autocast,
   GPT,
   layerNorm,
+  matmul,
   memory,
   precisionNames,
   precisionStrategy,
@@ -324,22 +325,38 @@ const timesOf = new Map<string, number>();
 /** Whether jax-js's device can run f16 (WebGPU's shader-f16). */
 const jaxF16 = () => jax !== null && jax.f16;
 
-async function benchMatmul(M: number, K: number, N: number, label: string): Promise<void> {
+/**
+ * The matmul rows of one shape, (M, K) @ (K, N), in every storage dtype. `transA`: A is stored
+ * as (K, M) and used transposed, as the weight gradient x^T dy of a linear layer is (each
+ * contestant in its own idiom: ulp's `transA`, TF.js's `transposeA`, jax-js's transpose under
+ * `jit`).
+ */
+async function benchMatmul(
+  M: number,
+  K: number,
+  N: number,
+  label: string,
+  transA = false,
+): Promise<void> {
   log(`matmul ${label}`);
   const a = hostData(M * K, 1), b = hostData(K * N, 2);
-  const ua = MM_DTYPES.map((dt) => tensor(a, { shape: [M, K], dtype: dt }));
+  const aShape = transA ? [K, M] : [M, K];
+  const ua = MM_DTYPES.map((dt) => tensor(a, { shape: aShape, dtype: dt }));
   const ub = MM_DTYPES.map((dt) => tensor(b, { shape: [K, N], dtype: dt }));
-  const ta = peer ? tf.tensor2d(a, [M, K]) : null, tb = peer ? tf.tensor2d(b, [K, N]) : null;
+  const ta = peer ? tf.tensor2d(a, aShape as [number, number]) : null;
+  const tb = peer ? tf.tensor2d(b, [K, N]) : null;
   const jdt = jaxF16() ? [np.float32, np.float16] : [np.float32];
-  const ja = jax ? jdt.map((dt) => np.array(a).astype(dt).reshape([M, K])) : [];
+  const ja = jax ? jdt.map((dt) => np.array(a).astype(dt).reshape(aShape)) : [];
   const jb = jax ? jdt.map((dt) => np.array(b).astype(dt).reshape([K, N])) : [];
-  const jmm = jit((x: np.Array, y: np.Array) => np.matmul(x, y));
+  const jmm = jit((x: np.Array, y: np.Array) => np.matmul(transA ? np.matrixTranspose(x) : x, y));
+  const ulpMm = (x: Tensor, y: Tensor) => matmul(x, y, { transA });
+  const tfMm = () => tf.matMul(ta!, tb!, transA, false);
   const contestants: Contestant[] = MM_DTYPES.map((dt, i) => ({
     label: `ulp ${dt}`,
-    run: () => ua[i].matmul(ub[i]).dispose(),
+    run: () => ulpMm(ua[i], ub[i]).dispose(),
     sync: ulpSync,
   }));
-  contestants.push(...tfContestant("tfjs f32", () => tf.matMul(ta!, tb!)));
+  contestants.push(...tfContestant("tfjs f32", tfMm));
   const jaxAt = contestants.length;
   ja.forEach((x, i) => {
     const name = i === 0 ? "f32" : "f16";
@@ -353,7 +370,7 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
       run: () => {
         const before = setMatmulFamily("workgroup");
         try {
-          ua[0].matmul(ub[0]).dispose();
+          ulpMm(ua[0], ub[0]).dispose();
         } finally {
           setMatmulFamily(before);
         }
@@ -361,7 +378,7 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
       sync: ulpSync,
     });
   }
-  const wa = jaxWasm ? np.array(a, { device: "wasm" }).reshape([M, K]) : null;
+  const wa = jaxWasm ? np.array(a, { device: "wasm" }).reshape(aShape) : null;
   const wb = jaxWasm ? np.array(b, { device: "wasm" }).reshape([K, N]) : null;
   const wasmAt = contestants.length;
   if (wa && wb) contestants.push(jaxContestant("jaxjs-wasm f32", () => jmm(wa.ref, wb.ref)));
@@ -381,8 +398,8 @@ async function benchMatmul(M: number, K: number, N: number, label: string): Prom
   const jaxT = ja.map((_, i) => timings[jaxAt + i]);
   let check = "";
   if (timings[0] && (tfT || jaxT[0])) {
-    const u = ua[0].matmul(ub[0]);
-    const t = tfT ? tf.matMul(ta!, tb!) : null;
+    const u = ulpMm(ua[0], ub[0]);
+    const t = tfT ? tfMm() : null;
     const j = jaxT[0] ? jmm(ja[0].ref, jb[0].ref) : null;
     check = "; " + await agreement(u, t, j);
     u.dispose();
@@ -947,6 +964,11 @@ const safely = async (name: string, f: () => Promise<void>) => {
 if (runs("matmul")) {
   for (const n of MODE.sizes) await safely(`matmul ${n}`, () => benchMatmul(n, n, n, String(n)));
   await safely("matmul 1024x128@128x512", () => benchMatmul(1024, 128, 512, "1024x128@128x512"));
+  // a weight gradient of the bench GPT's fc layer: x^T dy over its 1024 rows (batch x context)
+  await safely(
+    "matmul 128x1024@1024x512 (A^T)",
+    () => benchMatmul(128, 1024, 512, "128x1024@1024x512 (A^T)", true),
+  );
 }
 if (runs("elementwise")) {
   await safely("elementwise chain 4M", () =>
@@ -968,6 +990,32 @@ if (runs("softmax")) {
       ([x]) => tf.softmax(x),
       ([x]) => jnn.softmax(x, -1),
       [{ shape: [4096, 1024], scale: 4 }],
+      true,
+    ));
+}
+if (runs("softmax")) {
+  // short rows: the attention softmax of the bench's GPT has rows of 64
+  await safely("softmax 16384x64", () =>
+    benchPair(
+      "softmax 16384x64",
+      [16384, 64],
+      ([x]) => x.softmax(-1),
+      ([x]) => tf.softmax(x),
+      ([x]) => jnn.softmax(x, -1),
+      [{ shape: [16384, 64], scale: 4 }],
+      true,
+    ));
+}
+if (runs("norm")) {
+  // short rows: the bench GPT's width
+  await safely("layer norm 32768x128", () =>
+    benchPair(
+      "layer norm 32768x128",
+      [32768, 128],
+      ([x, w, b]) => layerNorm(x, [128], w, b),
+      ([x, w, b]) => tfLayerNorm(x, w, b),
+      ([x, w, b]) => jaxLayerNorm(x, w, b),
+      [{ shape: [32768, 128], scale: 2 }, { shape: [128], scale: 1 }, { shape: [128], scale: 1 }],
       true,
     ));
 }
