@@ -118,16 +118,16 @@ if (flags.help) {
   --gpt2     strategies of the GPT-2 small step (batch 1, context 64), comma-separated, or
              "none" (default: every strategy; with --quick, amp-bf16); bench/gpt2.ts runs
              more (other sizes, contexts)
-  --only     run only these sections, comma-separated: matmul, elementwise, softmax, norm,
-             optimizer, gpt (the small GPT step), gpt2 (default: all; targets whose rows did not
-             run say so)
+  --only     run only these sections, comma-separated: matmul, elementwise, reduce, softmax,
+             norm, optimizer, gpt (the small GPT step), gpt2 (default: all; targets whose rows
+             did not run say so)
   --matmul-family  auto (default: the kernel family the tiles choose per adapter; on a CPU
              adapter the f32 matmul rows also time the workgroup-memory kernel and jax-js's
              Wasm backend beside it) or workgroup (the workgroup-memory kernel everywhere, as
              before the texture family)
-  --row-family  auto (default: softmax and the norms take the lane-row kernels on a CPU
-             adapter, and its softmax and layer norm rows also time the workgroup-memory row
-             kernels beside them) or workgroup (the workgroup-memory row kernels everywhere)
+  --row-family  auto (default: softmax, the norms and reductions over contiguous runs take
+             the lane kernels on a CPU adapter, and those rows also time the workgroup-memory
+             kernels beside them) or workgroup (the workgroup-memory kernels everywhere)
 
 Speedups are peer_ms / ulp_ms (above 1: ulp is faster).`);
   Deno.exit(0);
@@ -152,7 +152,7 @@ if (!["auto", "workgroup"].includes(flags["row-family"])) {
   Deno.exit(2);
 }
 const ROW_FAMILY = flags["row-family"] as "auto" | "workgroup";
-const SECTIONS = ["matmul", "elementwise", "softmax", "norm", "optimizer", "gpt", "gpt2"];
+const SECTIONS = ["matmul", "elementwise", "reduce", "softmax", "norm", "optimizer", "gpt", "gpt2"];
 const ONLY = flags.only === undefined
   ? null
   : new Set(flags.only.split(",").map((x) => x.trim()).filter(Boolean));
@@ -1004,6 +1004,41 @@ if (runs("softmax")) {
       ([x]) => jnn.softmax(x, -1),
       [{ shape: [16384, 64], scale: 4 }],
       true,
+    ));
+}
+if (runs("reduce")) {
+  // reductions: everything into one value, over rows (the last axis), over columns
+  await safely(
+    "sum 4M",
+    () =>
+      benchPair(
+        "sum 4M",
+        [M4],
+        ([x]) => x.sum(),
+        ([x]) => tf.sum(x),
+        ([x]) => np.sum(x),
+        [{ shape: [M4], scale: 1 }],
+        true,
+      ),
+  );
+  await safely("mean rows 4096x1024", () =>
+    benchPair(
+      "mean rows 4096x1024",
+      [4096, 1024],
+      ([x]) => x.mean(-1),
+      ([x]) => tf.mean(x, -1),
+      ([x]) => np.mean(x, -1),
+      [{ shape: [4096, 1024], scale: 1 }],
+      true,
+    ));
+  await safely("sum columns 4096x1024", () =>
+    benchPair(
+      "sum columns 4096x1024",
+      [4096, 1024],
+      ([x]) => x.sum(0),
+      ([x]) => tf.sum(x, 0),
+      ([x]) => np.sum(x, 0),
+      [{ shape: [4096, 1024], scale: 1 }],
     ));
 }
 if (runs("norm")) {

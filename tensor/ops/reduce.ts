@@ -350,10 +350,24 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
 }
 `;
   }
-  const lanes = outL.lanes;
-  const floatOut = acc === "f32";
+  return `${WGSL_FINITE}${loader(inL, acc)}${WGSL_INDEX}
+fn red(o: u32) -> ${acc} {
+  let base = kbase(o);
+${steps}${decl}
+${lines.join("\n")}
+  return s0${scale};
+}
+${wordKernel(WG, outL.lanes, acc)}`;
+}
+
+/**
+ * WGSL `fn kernel` of an invocation-per-word reduction (the column and lane families):
+ * invocation `w` of workgroups of `wgSize` writes word `w` of `out`, each of the word's
+ * `lanes` outputs `o` from `red(o)`.
+ */
+function wordKernel(wgSize: number, lanes: number, acc: Acc): string {
   const store = lanes === 1
-    ? floatOut
+    ? acc === "f32"
       ? "st_out(w, vec4<f32>(red(w)), vec4<u32>(0u));"
       : `put_out(w, ${acc === "u32" ? "red(w)" : "bitcast<u32>(red(w))"});`
     : `var vs = vec4<f32>(0.0);
@@ -362,19 +376,85 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
     if (o < u.n) { vs[l] = red(o); }
   }
   st_out(w, vs, vec4<u32>(0u));`;
-  return `${WGSL_FINITE}${loader(inL, acc)}${WGSL_INDEX}
-fn red(o: u32) -> ${acc} {
-  let base = kbase(o);
-${steps}${decl}
-${lines.join("\n")}
-  return s0${scale};
-}
-fn kernel(wg: u32, lid: vec3u, li: u32) {
-  let w = wg * ${WG}u + li;
+  return `fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let w = wg * ${wgSize}u + li;
   if (w * ${lanes}u >= u.n) { return; }
   ${store}
 }
 `;
+}
+
+/** Chains of the generic kernel: invocation `li` of its workgroup of `WG` takes r = li, li + WG... */
+const CHAIN_QUADS = WG / 4;
+
+/**
+ * The body of the lane family of the generic reduction (CPU adapters): invocation `w` writes
+ * word `w` of `out`, each output (or part of one) a contiguous run of whole quads it reads
+ * itself, 16 bytes a load, with no workgroup memory or barriers. Its operations are the
+ * generic kernel's in the generic kernel's order, so the bits are the same: the generic
+ * kernel's 64 strided chains (chain `l` takes r = r0 + l, r0 + l + 64, ...) are the lanes of
+ * 16 vec4 accumulators (quad `j` of the run feeds accumulator `j % 16`), combined as its tree
+ * combines `sv[i]` and `sv[i + s]` for s = 32, 16, ..., 1.
+ */
+function laneBody(kind: "sum" | "max" | "min", outL: Layout, f32: boolean): string {
+  const row = ROWS[kind];
+  const comb = (a: string, b: string) => `(${row.comb("f32", a, b)})`;
+  const c4 = kind === "sum"
+    ? "a + b"
+    : `vec4<f32>(${[..."xyzw"].map((e) => comb(`a.${e}`, `b.${e}`)).join(", ")})`;
+  const S = CHAIN_QUADS;
+  const ks = Array.from({ length: S }, (_, k) => k);
+  const step = (k: number) => `s${k} = c4(s${k}, ld4_inp(at + ${4 * k}u, 4u));`;
+  // the tree on an array at constant indices: as separate variables, OpenGL's compiler
+  // (llvmpipe through GL) re-associates the adds of the straight-line tree, other bits
+  let tree = `  var t = array<vec4<f32>, ${S}>(${ks.map((k) => `s${k}`).join(", ")});\n`;
+  for (let w = S / 2; w >= 1; w /= 2) {
+    for (let k = 0; k < w; k++) tree += `  t[${k}] = c4(t[${k}], t[${k + w}]);\n`;
+  }
+  const src = `  let q = o / u.parts;
+  let p = o - q * u.parts;
+  let r0 = p * u.chunk;
+  let nq = (min(u.R, r0 + u.chunk) - r0) / 4u;
+  let b = kbase(q) + r0;
+${ks.map((k) => `  var s${k} = vec4<f32>(${row.ident.f32});`).join("\n")}
+  var j = 0u;
+  for (; j + ${S}u <= nq; j = j + ${S}u) {
+    let at = b + 4u * j;
+    ${ks.map(step).join("\n    ")}
+  }
+  let at = b + 4u * j;
+${ks.map((k) => `  if (j + ${k}u < nq) { ${step(k)} }`).join("\n")}
+${tree}  return ${comb(comb("t[0].x", "t[0].z"), comb("t[0].y", "t[0].w"))}${
+    kind === "sum" ? " * u.scale" : ""
+  };`;
+  const q = quadLoads([{ name: "inp", f32 }], src);
+  return `${WGSL_INDEX}
+${q.helpers}fn c4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> { return ${c4}; }
+fn red(o: u32) -> f32 {
+${q.body}
+}
+${wordKernel(LANE_ROWS, outL.lanes, "f32")}`;
+}
+
+/**
+ * Whether a pass of plan `p` in parts of `chunk` reduced elements takes the lane family on
+ * `rt`: a sum, max or min in f32 over the innermost dimension (contiguous runs), every run
+ * starting on a quad and holding whole quads, on an adapter where `laneRowsFor` takes the
+ * lane-row family, and a workgroup's runs within half a window of the input.
+ */
+function lanesFit(
+  rt: Runtime,
+  kind: Kind,
+  acc: Acc,
+  inL: Layout,
+  p: Plan,
+  chunk: number,
+  per: number,
+): boolean {
+  return (kind === "sum" || kind === "max" || kind === "min") && acc === "f32" &&
+    p.rs.length === 1 && p.rst[0] === 1 && p.R % 4 === 0 && chunk % 4 === 0 &&
+    p.kst.every((st) => st % 4 === 0) && laneRowsFor(rt, chunk) &&
+    LANE_ROWS * per * chunk <= windowElems(rt, inL) / 2;
 }
 
 /**
@@ -880,6 +960,30 @@ function pass(
       ranges: {
         inp: (g0, g1) => inputRange(p, 1, p.R, g0 * WG * per, Math.min(n, g1 * WG * per)),
         out: (g0, g1) => [g0 * WG * per, Math.min(n, g1 * WG * per)],
+      },
+    });
+    return;
+  }
+  if (lanesFit(rt, kind, acc, inL, p, chunk, lanes)) {
+    // the lane family: an invocation a word of outputs, its runs read a quad at a time
+    const f32 = inDt === float32;
+    const span = LANE_ROWS * lanes; // outputs a workgroup
+    program(rt, `reduce|lanes|${kind}|${f32}`, {
+      label,
+      bindings: [
+        { name: "inp", type: inL, access: "read", vec4: vec4View(inL) },
+        { name: "out", type: outL, access: "read_write" },
+      ],
+      uniforms: UNIFORMS,
+      workgroupSize: LANE_ROWS,
+    }, () => laneBody(kind as "sum" | "max" | "min", outL, f32)).run({
+      buffers: { inp: inBuf, out: out.buffer(label) },
+      uniforms: planUniforms(n, p, parts, chunk, scale),
+      groups: Math.ceil(n / span),
+      cost: p.nOut * p.R * COST.reduce,
+      ranges: {
+        inp: (g0, g1) => inputRange(p, parts, chunk, g0 * span, Math.min(n, g1 * span)),
+        out: (g0, g1) => [g0 * span, Math.min(n, g1 * span)],
       },
     });
     return;

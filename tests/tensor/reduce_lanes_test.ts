@@ -1,0 +1,178 @@
+// The lane family of the generic reduction (issue 20; tensor/ops/reduce.ts `laneBody`): on a CPU
+// adapter a sum, mean, max or min over contiguous runs of whole quads takes one invocation an
+// output word, reading 16 bytes a load, no workgroup memory. It must give the generic kernel's
+// bits: checked against an f32 host emulation of the generic kernel's order (64 strided chains
+// and their tree, parts then partials), against the workgroup family (setRowFamily("workgroup"))
+// bit for bit, with windows, and the dispatch grids show which kernel ran.
+import assert from "node:assert/strict";
+import { max, mean, min, sum, type Tensor, tensor } from "../../mod.ts";
+import { getRuntime } from "../../gpu/mod.ts";
+import { setRowFamily } from "../../tensor/ops/reduce.ts";
+import { reduceRef, roundTo, values } from "./_reference.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
+
+await getRuntime();
+const f = Math.fround;
+
+/** Runs `fn` with the row family set to `fam`, restoring the previous one after. */
+async function withFamily<T>(fam: "workgroup" | "lanes", fn: () => Promise<T>): Promise<T> {
+  const before = setRowFamily(fam);
+  try {
+    return await fn();
+  } finally {
+    setRowFamily(before);
+  }
+}
+
+/** The workgroup counts of the dispatches `fn` records. */
+async function grids<T>(fn: () => Promise<T>): Promise<{ value: T; grids: number[] }> {
+  const pass = GPUComputePassEncoder.prototype;
+  const orig = pass.dispatchWorkgroups;
+  const seen: number[] = [];
+  pass.dispatchWorkgroups = function (
+    this: GPUComputePassEncoder,
+    x: number,
+    y?: number,
+    z?: number,
+  ) {
+    seen.push(x * (y ?? 1) * (z ?? 1));
+    return orig.call(this, x, y, z);
+  };
+  try {
+    return { value: await fn(), grids: seen };
+  } finally {
+    pass.dispatchWorkgroups = orig;
+  }
+}
+
+/** f32 sum of `v` in the generic kernel's order: 64 strided chains from +0, then their tree. */
+function chainTreeSum(v: ArrayLike<number>): number {
+  const sv = new Array<number>(64).fill(0);
+  for (let r = 0; r < v.length; r++) sv[r % 64] = f(sv[r % 64] + v[r]);
+  for (let s = 32; s > 0; s >>= 1) for (let i = 0; i < s; i++) sv[i] = f(sv[i] + sv[i + s]);
+  return sv[0];
+}
+
+/**
+ * The generic kernel's f32 sum of one output's `v` in `parts` of `chunk` (the library's rule:
+ * R >= 8192 with few outputs), then the partials the same way; `scale` (mean) once, at the end.
+ */
+function genericSum(v: ArrayLike<number>, nOut: number, scale: number): number {
+  const R = v.length;
+  const parts = R >= 8192 && nOut < 256
+    ? Math.min(Math.ceil(R / 4096), Math.floor(1024 / nOut))
+    : 1;
+  if (parts < 2) return f(chainTreeSum(v) * scale);
+  const chunk = Math.ceil(R / parts);
+  const partials: number[] = [];
+  for (let p = 0; p * chunk < R; p++) {
+    partials.push(chainTreeSum(Array.from(v).slice(p * chunk, Math.min(R, (p + 1) * chunk))));
+  }
+  return f(chainTreeSum(partials) * scale);
+}
+
+/** The bits of a tensor's values, as f32 words. */
+async function bits(t: Tensor): Promise<Uint32Array> {
+  const a = await t.toArray();
+  t.dispose();
+  return new Uint32Array(Float32Array.from(a).buffer);
+}
+
+type Op = "sum" | "mean" | "max" | "min";
+const OPS: Record<Op, (x: Tensor, axis?: number) => Tensor> = {
+  sum: (x, a) => sum(x, a),
+  mean: (x, a) => mean(x, a),
+  max: (x, a) => max(x, a),
+  min: (x, a) => min(x, a),
+};
+
+/** The shapes: rows of whole chains, of partial chains (R % 64 != 0), odd row counts, a 3-D
+ * input, everything into parts (R >= 8192), rows of 4. */
+const CASES: [number[], number | undefined][] = [
+  [[37, 64], 1],
+  [[5, 1028], -1],
+  [[3, 4, 100], 2],
+  [[33, 4], 1],
+  [[20_480], undefined],
+  [[2, 9_000], 1],
+];
+
+Deno.test("the lane family of sum, mean, max and min gives the generic kernel's bits: host emulation and the workgroup family", async () => {
+  let seed = 900;
+  for (const dt of ["f32", "bf16"]) {
+    for (const [shape, axis] of CASES) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const xv = values(dt, n, seed++, -4, 4);
+      // specials where they meet other values in a chain: -0, an infinity
+      xv[3] = -0;
+      if (n > 200) xv[150] = Infinity;
+      const x = tensor(xv, { shape, dtype: dt });
+      const R = axis === undefined ? n : shape.at(axis)!;
+      const nOut = n / R;
+      for (const op of ["sum", "mean", "max", "min"] as Op[]) {
+        const what = `${op} ${dt} ${shape.join("x")} axis ${axis}`;
+        const lanes = await withFamily("lanes", () => bits(OPS[op](x, axis)));
+        const wg = await withFamily("workgroup", () => bits(OPS[op](x, axis)));
+        assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
+        // an independent reference: the generic order emulated on the host (sums), the exact
+        // extremum (max, min); rounded to the output dtype
+        const ref = reduceRef(
+          xv,
+          shape,
+          [axis === undefined ? 0 : (axis + shape.length) % shape.length],
+          (v) =>
+            op === "sum" || op === "mean"
+              ? genericSum(v, nOut, op === "mean" ? f(1 / R) : 1)
+              : op === "max"
+              ? Math.max(...v)
+              : Math.min(...v),
+        );
+        const want = new Uint32Array(roundTo(dt, axis === undefined ? [ref[0]] : ref).buffer);
+        const got = new Float32Array(lanes.buffer);
+        for (let i = 0; i < want.length; i++) {
+          // max/min of +0 and -0 may give either zero
+          const zeros = got[i] === 0 && new Float32Array(want.buffer)[i] === 0;
+          assert.ok(
+            lanes[i] === want[i] || zeros,
+            `${what}[${i}]: got ${got[i]}, want ${new Float32Array(want.buffer)[i]}`,
+          );
+        }
+      }
+      x.dispose();
+    }
+  }
+});
+
+Deno.test("the lane family runs where it applies (an invocation an output word) and not where it does not", async () => {
+  const x = tensor(values("f32", 37 * 64, 950), { shape: [37, 64] });
+  const lanes = await withFamily("lanes", () => grids(() => bits(sum(x, 1))));
+  const wg = await withFamily("workgroup", () => grids(() => bits(sum(x, 1))));
+  assert.deepEqual(lanes.grids, [3]); // 37 outputs, 16 a workgroup
+  assert.deepEqual(wg.grids, [37]); // a workgroup an output
+  assert.deepEqual(lanes.value, wg.value);
+  x.dispose();
+  // rows that are not whole quads, and a reduction over a non-last axis: not the lane family
+  const y = tensor(values("f32", 6 * 10, 951), { shape: [6, 10] });
+  const odd = await withFamily("lanes", () => grids(() => bits(sum(y, 1))));
+  assert.deepEqual(odd.grids, [6]);
+  const cols = await withFamily("lanes", () => grids(() => bits(sum(y, 0))));
+  assert.deepEqual(cols.grids, [10]);
+  y.dispose();
+});
+
+Deno.test("the lane family over windows gives the bits of whole bindings", async () => {
+  const xv = values("f32", 40 * 32, 960, -3, 3);
+  await withFamily("lanes", async () => {
+    const run = async () => {
+      const x = tensor(xv, { shape: [40, 32] });
+      const out = [await bits(sum(x, 1)), await bits(max(x, 1)), await bits(mean(x))];
+      x.dispose();
+      return out;
+    };
+    const whole = await run();
+    // 4 KiB bindings: 1,280 elements in several windows
+    const windowed = await withBindingLimit(4096, () => grids(run));
+    windowed.value.forEach((a, k) => assert.deepEqual(a, whole[k], `output ${k}`));
+    assert.ok(windowed.grids.length > 3, `windows: ${windowed.grids.length} dispatches`);
+  });
+});
