@@ -299,31 +299,45 @@ function columnBody(
   outL: Layout,
   quad: boolean,
   flat: boolean,
+  qs = 1,
+  wgSize = WG,
 ): string {
   const row = ROWS[kind];
   const lines: string[] = [];
   let depth = 0;
-  // a quad: four neighbouring outputs in the lanes of a vec4, one 16-byte load a row (f32 sums);
-  // flat (at most one merged reduced dim): each chain steps its offset instead of computing it
+  // a quad: four neighbouring outputs in the lanes of a vec4, one 16-byte load a row (f32 sums),
+  // `qs` neighbouring quads an invocation (accumulator s<depth>_<c> for quad c); flat (at most
+  // one merged reduced dim): each chain steps its offset instead of computing it
   const ident = quad ? "vec4<f32>(0.0)" : row.ident[acc];
   const at = flat ? "at" : "base + roff(r)";
-  const load = quad ? `lq_inp((${at}) / 4u)` : `ld(${at})`;
+  const load = (c: number) => (quad ? `lq_inp((${at}) / 4u + ${c}u)` : `ld(${at})`);
+  const cs = Array.from({ length: quad ? qs : 1 }, (_, c) => c);
   for (let k = 0; k < WG; k++) {
     let l = 0;
     for (let b = 0; b < 6; b++) l |= ((k >> b) & 1) << (5 - b);
     const step = flat ? ` at = at + st${WG};` : "";
-    lines.push(`  s${depth} = ${ident};${flat ? `\n  at = base + ${l}u * st;` : ""}
-  for (var r = ${l}u; r < u.R; r = r + ${WG}u) { s${depth} = ${
-      row.comb(acc, `s${depth}`, load)
-    };${step} }`);
+    lines.push(
+      `${cs.map((c) => `  s${depth}_${c} = ${ident};`).join("\n")}${
+        flat ? `\n  at = base + ${l}u * st;` : ""
+      }
+  for (var r = ${l}u; r < u.R; r = r + ${WG}u) { ${
+        cs.map((c) => `s${depth}_${c} = ${row.comb(acc, `s${depth}_${c}`, load(c))};`).join(" ")
+      }${step} }`,
+    );
     depth++;
     for (let m = k + 1; m % 2 === 0; m /= 2) {
       depth--;
-      lines.push(`  s${depth - 1} = ${row.comb(acc, `s${depth - 1}`, `s${depth}`)};`);
+      for (const c of cs) {
+        lines.push(
+          `  s${depth - 1}_${c} = ${row.comb(acc, `s${depth - 1}_${c}`, `s${depth}_${c}`)};`,
+        );
+      }
     }
   }
-  const decl = Array.from({ length: 7 }, (_, d) => `  var s${d}: ${quad ? "vec4<f32>" : acc};`)
-    .join("\n");
+  const decl = Array.from(
+    { length: 7 },
+    (_, d) => cs.map((c) => `  var s${d}_${c}: ${quad ? "vec4<f32>" : acc};`).join("\n"),
+  ).join("\n");
   const scale = kind === "sum" && acc === "f32" ? " * u.scale" : "";
   const steps = flat
     ? `  let st = select(0u, u_rst(0u), u.nr == 1u);
@@ -332,21 +346,19 @@ function columnBody(
 `
     : "";
   if (quad) {
+    const stores = cs.map((c) =>
+      [..."xyzw"].map((e, k) =>
+        `  st_out(o + ${4 * c + k}u, vec4<f32>(s0_${c}.${e}${scale}), vec4<u32>(0u));`
+      ).join("\n")
+    ).join("\n");
     return `${WGSL_INDEX}
-fn red4(o: u32) -> vec4<f32> {
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let o = ${4 * qs}u * (wg * ${wgSize}u + li);
+  if (o >= u.n) { return; }
   let base = kbase(o);
 ${steps}${decl}
 ${lines.join("\n")}
-  return s0${scale};
-}
-fn kernel(wg: u32, lid: vec3u, li: u32) {
-  let o = 4u * (wg * ${WG}u + li);
-  if (o >= u.n) { return; }
-  let v = red4(o);
-  st_out(o, vec4<f32>(v.x), vec4<u32>(0u));
-  st_out(o + 1u, vec4<f32>(v.y), vec4<u32>(0u));
-  st_out(o + 2u, vec4<f32>(v.z), vec4<u32>(0u));
-  st_out(o + 3u, vec4<f32>(v.w), vec4<u32>(0u));
+${stores}
 }
 `;
   }
@@ -355,7 +367,7 @@ fn red(o: u32) -> ${acc} {
   let base = kbase(o);
 ${steps}${decl}
 ${lines.join("\n")}
-  return s0${scale};
+  return s0_0${scale};
 }
 ${wordKernel(WG, outL.lanes, acc)}`;
 }
@@ -708,10 +720,12 @@ export function vec4View(l: Layout): boolean {
  * ```
  */
 export function laneRowsFor(rt: Runtime, R: number): boolean {
-  if (rowFamily === "workgroup" || (rowFamily === "auto" && !rt.info.isFallbackAdapter)) {
-    return false;
-  }
-  return R % 4 === 0 && R / 4 < rt.maxLoopIterations;
+  return laneFamily(rt) && R % 4 === 0 && R / 4 < rt.maxLoopIterations;
+}
+
+/** Whether the lane families run on `rt` (`setRowFamily`; by default on CPU adapters). */
+function laneFamily(rt: Runtime): boolean {
+  return rowFamily === "lanes" || (rowFamily === "auto" && rt.info.isFallbackAdapter);
 }
 
 /**
@@ -942,26 +956,32 @@ function pass(
     // multiple of 4) take four outputs an invocation
     const quad = kind === "sum" && inDt === float32 && out.dt === float32 &&
       p.ks.at(-1)! % 4 === 0 && [...p.kst.slice(0, -1), ...p.rst].every((v) => v % 4 === 0);
-    const per = quad ? 4 : lanes; // outputs an invocation
+    // on a CPU adapter, four quads an invocation (16 outputs of kept rows of whole 16s), 16 a
+    // workgroup: each pass down the rows reads 64 contiguous bytes a lane, not 16
+    const qs = quad && laneFamily(rt) && p.ks.at(-1)! % 16 === 0 ? 4 : 1;
+    const wgSize = qs > 1 ? LANE_ROWS : WG;
+    const per = quad ? 4 * qs : lanes; // outputs an invocation
     const flat = p.rs.length <= 1;
-    program(rt, `reduce|columns|${kind}|${acc}|${quad}|${flat}`, {
+    program(rt, `reduce|columns|${kind}|${acc}|${quad}|${flat}|${qs}`, {
       label,
       bindings: [
         { name: "inp", type: inL, access: "read", vec4: quad },
         { name: "out", type: outL, access: "read_write" },
       ],
       uniforms: UNIFORMS,
-      workgroupSize: WG,
-    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL, quad, flat)).run({
-      buffers: { inp: inBuf, out: out.buffer(label) },
-      uniforms: planUniforms(n, p, 1, p.R, scale),
-      groups: Math.ceil(Math.ceil(n / per) / WG),
-      cost: p.nOut * p.R * COST.reduce,
-      ranges: {
-        inp: (g0, g1) => inputRange(p, 1, p.R, g0 * WG * per, Math.min(n, g1 * WG * per)),
-        out: (g0, g1) => [g0 * WG * per, Math.min(n, g1 * WG * per)],
+      workgroupSize: wgSize,
+    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL, quad, flat, qs, wgSize)).run(
+      {
+        buffers: { inp: inBuf, out: out.buffer(label) },
+        uniforms: planUniforms(n, p, 1, p.R, scale),
+        groups: Math.ceil(Math.ceil(n / per) / wgSize),
+        cost: p.nOut * p.R * COST.reduce,
+        ranges: {
+          inp: (g0, g1) => inputRange(p, 1, p.R, g0 * wgSize * per, Math.min(n, g1 * wgSize * per)),
+          out: (g0, g1) => [g0 * wgSize * per, Math.min(n, g1 * wgSize * per)],
+        },
       },
-    });
+    );
     return;
   }
   if (lanesFit(rt, kind, acc, inL, p, chunk, lanes)) {

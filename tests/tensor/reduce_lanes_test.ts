@@ -176,3 +176,36 @@ Deno.test("the lane family over windows gives the bits of whole bindings", async
     assert.ok(windowed.grids.length > 3, `windows: ${windowed.grids.length} dispatches`);
   });
 });
+
+Deno.test("column sums four quads an invocation (CPU adapters) give the bits of one quad an invocation and of the generic order", async () => {
+  let seed = 970;
+  const cases: [number[], number[]][] = [
+    [[100, 64], [0]],
+    [[37, 128], [0]],
+    [[130, 3, 64], [0]],
+    [[3, 70, 2, 48], [0, 2]],
+    [[4, 1000, 16], [1]],
+  ];
+  for (const [shape, axes] of cases) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const xv = values("f32", n, seed++, -4, 4);
+    xv[5] = -0;
+    const x = tensor(xv, { shape });
+    for (const op of ["sum", "mean"] as const) {
+      const go = () => bits(op === "sum" ? sum(x, axes) : mean(x, axes));
+      const lanes = await withFamily("lanes", go);
+      const wg = await withFamily("workgroup", go);
+      const what = `${op} ${shape.join("x")} over ${axes}`;
+      assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
+      const R = axes.reduce((a, d) => a * shape[d], 1);
+      const ref = reduceRef(
+        xv,
+        shape,
+        axes,
+        (v) => f(chainTreeSum(v) * (op === "mean" ? f(1 / R) : 1)),
+      );
+      assert.deepEqual(lanes, new Uint32Array(Float32Array.from(ref).buffer), what);
+    }
+    x.dispose();
+  }
+});
