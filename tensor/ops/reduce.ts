@@ -406,51 +406,136 @@ const CHAIN_QUADS = WG / 4;
  * generic kernel's in the generic kernel's order, so the bits are the same: the generic
  * kernel's 64 strided chains (chain `l` takes r = r0 + l, r0 + l + 64, ...) are the lanes of
  * 16 vec4 accumulators (quad `j` of the run feeds accumulator `j % 16`), combined as its tree
- * combines `sv[i]` and `sv[i + s]` for s = 32, 16, ..., 1.
+ * combines `sv[i]` and `sv[i + s]` for s = 32, 16, ..., 1. A logsumexp runs two such passes
+ * (the maximum, then the sum of `exp(x - max)`) as the generic kernel does; an argmax keeps
+ * each chain's value and index and picks with the generic kernel's `better` (NaN first, then
+ * the larger value, then the smaller index), four lanes at a time.
  */
-function laneBody(kind: "sum" | "max" | "min", outL: Layout, f32: boolean): string {
-  const row = ROWS[kind];
-  const comb = (a: string, b: string) => `(${row.comb("f32", a, b)})`;
-  const c4 = kind === "sum"
-    ? "a + b"
-    : `vec4<f32>(${[..."xyzw"].map((e) => comb(`a.${e}`, `b.${e}`)).join(", ")})`;
+function laneBody(
+  kind: "sum" | "max" | "min" | "lse" | "argmax",
+  outL: Layout,
+  f32: boolean,
+): string {
   const S = CHAIN_QUADS;
   const ks = Array.from({ length: S }, (_, k) => k);
-  const step = (k: number) => `s${k} = c4(s${k}, ld4_inp(at + ${4 * k}u, 4u));`;
-  // the tree on an array at constant indices: as separate variables, OpenGL's compiler
-  // (llvmpipe through GL) re-associates the adds of the straight-line tree, other bits
-  let tree = `  var t = array<vec4<f32>, ${S}>(${ks.map((k) => `s${k}`).join(", ")});\n`;
-  for (let w = S / 2; w >= 1; w /= 2) {
-    for (let k = 0; k < w; k++) tree += `  t[${k}] = c4(t[${k}], t[${k + w}]);\n`;
-  }
-  const src = `  let q = o / u.parts;
-  let p = o - q * u.parts;
-  let r0 = p * u.chunk;
-  let nq = (min(u.R, r0 + u.chunk) - r0) / 4u;
-  let b = kbase(q) + r0;
-${ks.map((k) => `  var s${k} = vec4<f32>(${row.ident.f32});`).join("\n")}
+  const comb = (k: "sum" | "max" | "min", a: string, b: string) => `(${ROWS[k].comb("f32", a, b)})`;
+  /** The combine of two vec4s of chains, lane by lane. */
+  const c4 = (k: "sum" | "max" | "min") =>
+    `fn c4${k}(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> { return ${
+      k === "sum"
+        ? "a + b"
+        : `vec4<f32>(${[..."xyzw"].map((e) => comb(k, `a.${e}`, `b.${e}`)).join(", ")})`
+    }; }\n`;
+  /**
+   * `fn <name>(b, nq[, m]) -> f32`: one pass over the run of `nq` quads from `b`, each chain
+   * combining `term` of its values with `k`'s combine, then the tree. The tree sits in an array
+   * at constant indices: as separate variables, OpenGL's compiler (llvmpipe through GL)
+   * re-associates the adds of the straight-line tree, which gives other bits.
+   */
+  const lanePass = (name: string, k: "sum" | "max" | "min", term: (v: string) => string) => {
+    const step = (j: number) => `s${j} = c4${k}(s${j}, ${term(`ld4_inp(at + ${4 * j}u, 4u)`)});`;
+    let tree = `  var t = array<vec4<f32>, ${S}>(${ks.map((j) => `s${j}`).join(", ")});\n`;
+    for (let w = S / 2; w >= 1; w /= 2) {
+      for (let j = 0; j < w; j++) tree += `  t[${j}] = c4${k}(t[${j}], t[${j + w}]);\n`;
+    }
+    return `fn ${name}(b: u32, nq: u32${name === "pexp" ? ", m: f32" : ""}) -> f32 {
+${ks.map((j) => `  var s${j} = vec4<f32>(${ROWS[k].ident.f32});`).join("\n")}
   var j = 0u;
   for (; j + ${S}u <= nq; j = j + ${S}u) {
     let at = b + 4u * j;
     ${ks.map(step).join("\n    ")}
   }
   let at = b + 4u * j;
-${ks.map((k) => `  if (j + ${k}u < nq) { ${step(k)} }`).join("\n")}
-${tree}  return ${comb(comb("t[0].x", "t[0].z"), comb("t[0].y", "t[0].w"))}${
-    kind === "sum" ? " * u.scale" : ""
-  };`;
-  const q = quadLoads([{ name: "inp", f32 }], src);
-  return `${WGSL_INDEX}
-${q.helpers}fn c4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> { return ${c4}; }
-fn red(o: u32) -> f32 {
-${q.body}
+${ks.map((j) => `  if (j + ${j}u < nq) { ${step(j)} }`).join("\n")}
+${tree}  return ${comb(k, comb(k, "t[0].x", "t[0].z"), comb(k, "t[0].y", "t[0].w"))};
 }
-${wordKernel(LANE_ROWS, outL.lanes, "f32")}`;
+`;
+  };
+  let passes: string, result: string, ret = "f32";
+  if (kind === "argmax") {
+    // chains of (value, index) as the generic kernel's `better` picks them, lane by lane
+    const step = (j: number) =>
+      `{ let v = ld4_inp(at + ${4 * j}u, 4u); let x = vec4<u32>(r + ${4 * j}u) + lane; ` +
+      `let c = better4(s${j}, i${j}, v, x); s${j} = select(s${j}, v, c); i${j} = select(i${j}, x, c); }`;
+    let tree = `  var t = array<vec4<f32>, ${S}>(${ks.map((j) => `s${j}`).join(", ")});
+  var ti = array<vec4<u32>, ${S}>(${ks.map((j) => `i${j}`).join(", ")});\n`;
+    for (let w = S / 2; w >= 1; w /= 2) {
+      for (let j = 0; j < w; j++) {
+        tree += `  { let c = better4(t[${j}], ti[${j}], t[${j + w}], ti[${j + w}]); ` +
+          `t[${j}] = select(t[${j}], t[${j + w}], c); ti[${j}] = select(ti[${j}], ti[${
+            j + w
+          }], c); }\n`;
+      }
+    }
+    passes = `fn better(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
+  let na = ulp_isnan(va);
+  let nb = ulp_isnan(vb);
+  if (na != nb) { return nb; }
+  if (na) { return ib < ia; }
+  return vb > va || (vb == va && ib < ia);
+}
+fn better4(va: vec4<f32>, ia: vec4<u32>, vb: vec4<f32>, ib: vec4<u32>) -> vec4<bool> {
+  let na = (bitcast<vec4<u32>>(va) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+  let nb = (bitcast<vec4<u32>>(vb) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+  let lt = ib < ia;
+  return select(select((vb > va) | ((vb == va) & lt), lt, na), nb, na != nb);
+}
+fn parg(b: u32, nq: u32, r0: u32) -> u32 {
+  let lane = vec4<u32>(0u, 1u, 2u, 3u);
+${
+      ks.map((j) =>
+        `  var s${j} = vec4<f32>(${ROWS.max.ident.f32});\n  var i${j} = vec4<u32>(0xffffffffu);`
+      ).join("\n")
+    }
+  var j = 0u;
+  for (; j + ${S}u <= nq; j = j + ${S}u) {
+    let at = b + 4u * j;
+    let r = r0 + 4u * j;
+    ${ks.map(step).join("\n    ")}
+  }
+  let at = b + 4u * j;
+  let r = r0 + 4u * j;
+${ks.map((j) => `  if (j + ${j}u < nq) ${step(j)}`).join("\n")}
+${tree}  var va = t[0].x;
+  var ia = ti[0].x;
+  var vb = t[0].y;
+  var ib = ti[0].y;
+  if (better(va, ia, t[0].z, ti[0].z)) { va = t[0].z; ia = ti[0].z; }
+  if (better(vb, ib, t[0].w, ti[0].w)) { vb = t[0].w; ib = ti[0].w; }
+  if (better(va, ia, vb, ib)) { ia = ib; }
+  return ia;
+}
+`;
+    result = "  return parg(b, nq, r0);";
+    ret = "u32";
+  } else if (kind === "lse") {
+    passes = c4("max") + c4("sum") + lanePass("pmax", "max", (v) => v) +
+      lanePass("pexp", "sum", (v) => `exp(${v} - vec4<f32>(m))`);
+    result = `  let m = pmax(b, nq);
+  var t = 0.0;
+  if (ulp_finite(m)) { t = pexp(b, nq, m); }
+  return select(m, m + log(t), ulp_finite(m));`;
+  } else {
+    passes = c4(kind) + lanePass("prun", kind, (v) => v);
+    result = `  return prun(b, nq)${kind === "sum" ? " * u.scale" : ""};`;
+  }
+  const q = quadLoads([{ name: "inp", f32 }], passes);
+  return `${WGSL_FINITE}${WGSL_INDEX}
+${q.helpers}${q.body}fn red(o: u32) -> ${ret} {
+  let q = o / u.parts;
+  let p = o - q * u.parts;
+  let r0 = p * u.chunk;
+  let nq = (min(u.R, r0 + u.chunk) - r0) / 4u;
+  let b = kbase(q) + r0;
+${result}
+}
+${wordKernel(LANE_ROWS, outL.lanes, kind === "argmax" ? "u32" : "f32")}`;
 }
 
 /**
  * Whether a pass of plan `p` in parts of `chunk` reduced elements takes the lane family on
- * `rt`: a sum, max or min in f32 over the innermost dimension (contiguous runs), every run
+ * `rt`: any reduction in f32 (sum, max, min, logsumexp, argmax) over the innermost dimension
+ * (contiguous runs), every run
  * starting on a quad and holding whole quads, on an adapter where `laneRowsFor` takes the
  * lane-row family, and a workgroup's runs within half a window of the input.
  */
@@ -463,7 +548,7 @@ function lanesFit(
   chunk: number,
   per: number,
 ): boolean {
-  return (kind === "sum" || kind === "max" || kind === "min") && acc === "f32" &&
+  return acc === "f32" &&
     p.rs.length === 1 && p.rst[0] === 1 && p.R % 4 === 0 && chunk % 4 === 0 &&
     p.kst.every((st) => st % 4 === 0) && laneRowsFor(rt, chunk) &&
     LANE_ROWS * per * chunk <= windowElems(rt, inL) / 2;
@@ -996,11 +1081,11 @@ function pass(
       ],
       uniforms: UNIFORMS,
       workgroupSize: LANE_ROWS,
-    }, () => laneBody(kind as "sum" | "max" | "min", outL, f32)).run({
+    }, () => laneBody(kind, outL, f32)).run({
       buffers: { inp: inBuf, out: out.buffer(label) },
       uniforms: planUniforms(n, p, parts, chunk, scale),
       groups: Math.ceil(n / span),
-      cost: p.nOut * p.R * COST.reduce,
+      cost: p.nOut * p.R * (kind === "lse" ? COST.lse : COST.reduce),
       ranges: {
         inp: (g0, g1) => inputRange(p, parts, chunk, g0 * span, Math.min(n, g1 * span)),
         out: (g0, g1) => [g0 * span, Math.min(n, g1 * span)],

@@ -5,7 +5,7 @@
 // and their tree, parts then partials), against the workgroup family (setRowFamily("workgroup"))
 // bit for bit, with windows, and the dispatch grids show which kernel ran.
 import assert from "node:assert/strict";
-import { max, mean, min, sum, type Tensor, tensor } from "../../mod.ts";
+import { argmax, logsumexp, max, mean, min, sum, type Tensor, tensor } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
 import { setRowFamily } from "../../tensor/ops/reduce.ts";
 import { reduceRef, roundTo, values } from "./_reference.ts";
@@ -143,6 +143,72 @@ Deno.test("the lane family of sum, mean, max and min gives the generic kernel's 
   }
 });
 
+Deno.test("logsumexp of the lane family gives the workgroup family's bits and the f64 value", async () => {
+  let seed = 930;
+  for (const dt of ["f32", "bf16"]) {
+    for (const [shape, axis] of CASES) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const xv = values(dt, n, seed++, -6, 6);
+      // a row of -inf (its logsumexp is -inf) and an infinity
+      if (shape.length === 2 && shape[0] > 2) xv.fill(-Infinity, shape[1], 2 * shape[1]);
+      if (n > 200) xv[150] = Infinity;
+      const x = tensor(xv, { shape, dtype: dt });
+      const what = `logsumexp ${dt} ${shape.join("x")} axis ${axis}`;
+      const go = () => bits(logsumexp(x, axis));
+      const lanes = await withFamily("lanes", go);
+      const wg = await withFamily("workgroup", go);
+      assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
+      const ax = axis === undefined ? 0 : (axis + shape.length) % shape.length;
+      const ref = reduceRef(xv, shape, [ax], (v) => {
+        const m = Math.max(...v);
+        return Number.isFinite(m) ? m + Math.log(v.reduce((t, y) => t + Math.exp(y - m), 0)) : m;
+      });
+      const got = new Float32Array(lanes.buffer);
+      ref.forEach((r, i) => {
+        const ok = Number.isFinite(r)
+          ? Math.abs(got[i] - r) <= (dt === "f32" ? 1e-5 : 2e-2) * Math.max(1, Math.abs(r))
+          : got[i] === r;
+        assert.ok(ok, `${what}[${i}]: got ${got[i]}, reference ${r}`);
+      });
+      x.dispose();
+    }
+  }
+});
+
+Deno.test("argmax of the lane family gives the workgroup family's indices and the first maximum", async () => {
+  let seed = 940;
+  for (const dt of ["f32", "bf16", "e4m3"]) {
+    for (const [shape, axis] of CASES) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      // few distinct values (ties), a NaN in some rows (it wins), infinities
+      const xv = values(dt, n, seed++, -3, 3);
+      if (n > 300) {
+        xv[7] = NaN;
+        xv[250] = Infinity;
+        xv[n - 5] = NaN;
+      }
+      const x = tensor(xv, { shape, dtype: dt });
+      const what = `argmax ${dt} ${shape.join("x")} axis ${axis}`;
+      const go = async () => {
+        const y = argmax(x, axis);
+        const a = Int32Array.from(await y.toArray());
+        y.dispose();
+        return a;
+      };
+      const lanes = await withFamily("lanes", go);
+      const wg = await withFamily("workgroup", go);
+      assert.deepEqual(lanes, wg, `${what}: the families' indices differ`);
+      const ax = axis === undefined ? 0 : (axis + shape.length) % shape.length;
+      const ref = reduceRef(xv, shape, [ax], (v) => {
+        const nan = v.findIndex((y) => Number.isNaN(y));
+        return nan >= 0 ? nan : v.indexOf(Math.max(...v));
+      });
+      assert.deepEqual(Array.from(lanes), ref, what);
+      x.dispose();
+    }
+  }
+});
+
 Deno.test("the lane family runs where it applies (an invocation an output word) and not where it does not", async () => {
   const x = tensor(values("f32", 37 * 64, 950), { shape: [37, 64] });
   const lanes = await withFamily("lanes", () => grids(() => bits(sum(x, 1))));
@@ -150,6 +216,10 @@ Deno.test("the lane family runs where it applies (an invocation an output word) 
   assert.deepEqual(lanes.grids, [3]); // 37 outputs, 16 a workgroup
   assert.deepEqual(wg.grids, [37]); // a workgroup an output
   assert.deepEqual(lanes.value, wg.value);
+  const lse = await withFamily("lanes", () => grids(() => bits(logsumexp(x, 1))));
+  assert.deepEqual(lse.grids, [3]);
+  const am = await withFamily("lanes", () => grids(() => argmax(x, 1).toArray()));
+  assert.deepEqual(am.grids, [3]);
   x.dispose();
   // rows that are not whole quads, and a reduction over a non-last axis: not the lane family
   const y = tensor(values("f32", 6 * 10, 951), { shape: [6, 10] });
