@@ -534,23 +534,21 @@ ${wordKernel(LANE_ROWS, outL.lanes, kind === "argmax" ? "u32" : "f32")}`;
 
 /**
  * Whether a pass of plan `p` in parts of `chunk` reduced elements takes the lane family on
- * `rt`: any reduction in f32 (sum, max, min, logsumexp, argmax) over the innermost dimension
- * (contiguous runs), every run
- * starting on a quad and holding whole quads, on an adapter where `laneRowsFor` takes the
- * lane-row family, and a workgroup's runs within half a window of the input.
+ * `rt`: any reduction accumulated in f32 (sum, max, min, logsumexp, argmax) over the innermost
+ * dimension (contiguous runs), every run starting on a quad and holding whole quads, on an
+ * adapter where `laneRowsFor` takes the lane-row family, and a workgroup's runs within half a
+ * window of the input.
  */
 function lanesFit(
   rt: Runtime,
-  kind: Kind,
   acc: Acc,
   inL: Layout,
   p: Plan,
   chunk: number,
   per: number,
 ): boolean {
-  return acc === "f32" &&
-    p.rs.length === 1 && p.rst[0] === 1 && p.R % 4 === 0 && chunk % 4 === 0 &&
-    p.kst.every((st) => st % 4 === 0) && laneRowsFor(rt, chunk) &&
+  return acc === "f32" && p.rs.length === 1 && p.rst[0] === 1 && p.R % 4 === 0 &&
+    chunk % 4 === 0 && p.kst.every((st) => st % 4 === 0) && laneRowsFor(rt, chunk) &&
     LANE_ROWS * per * chunk <= windowElems(rt, inL) / 2;
 }
 
@@ -1069,7 +1067,7 @@ function pass(
     );
     return;
   }
-  if (lanesFit(rt, kind, acc, inL, p, chunk, lanes)) {
+  if (lanesFit(rt, acc, inL, p, chunk, lanes)) {
     // the lane family: an invocation a word of outputs, its runs read a quad at a time
     const f32 = inDt === float32;
     const span = LANE_ROWS * lanes; // outputs a workgroup
