@@ -7,22 +7,12 @@
 import assert from "node:assert/strict";
 import { argmax, logsumexp, max, mean, min, sum, type Tensor, tensor } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
-import { setRowFamily } from "../../tensor/ops/reduce.ts";
 import { reduceRef, roundTo, values } from "./_reference.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
+import { withFamily } from "../_row_family.ts";
 
 await getRuntime();
 const f = Math.fround;
-
-/** Runs `fn` with the row family set to `fam`, restoring the previous one after. */
-async function withFamily<T>(fam: "workgroup" | "lanes", fn: () => Promise<T>): Promise<T> {
-  const before = setRowFamily(fam);
-  try {
-    return await fn();
-  } finally {
-    setRowFamily(before);
-  }
-}
 
 /** The workgroup counts of the dispatches `fn` records. */
 async function grids<T>(fn: () => Promise<T>): Promise<{ value: T; grids: number[] }> {

@@ -11,18 +11,9 @@ import { laneRowsFor, setRowFamily } from "../../tensor/ops/reduce.ts";
 import { layerNormLast, rmsNormLast } from "../../tensor/ops/norm.ts";
 import { normRef, roundTo, ulpsOff, values } from "./_reference.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
+import { withFamily } from "../_row_family.ts";
 
 const rt = await getRuntime();
-
-/** Runs `fn` with the row family set to `f`, restoring the previous one after. */
-async function withFamily<T>(f: "workgroup" | "lanes", fn: () => Promise<T>): Promise<T> {
-  const before = setRowFamily(f);
-  try {
-    return await fn();
-  } finally {
-    setRowFamily(before);
-  }
-}
 
 /** Host softmax and logSoftmax of rows of `C`, in f64. */
 function softmaxRef(x: ArrayLike<number>, C: number): [Float64Array, Float64Array] {
