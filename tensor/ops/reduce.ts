@@ -112,7 +112,10 @@ interface ReduceRow {
 const NEG_INF = "bitcast<f32>(0xff800000u)";
 const POS_INF = "bitcast<f32>(0x7f800000u)";
 
-const ROWS: Record<Exclude<Kind, "argmax" | "lse">, ReduceRow> = {
+/** The reductions that are one combine over the elements (a row of `ROWS`). */
+type RowReduce = Exclude<Kind, "argmax" | "lse">;
+
+const ROWS: Record<RowReduce, ReduceRow> = {
   sum: { ident: { f32: "0.0", i32: "0i", u32: "0u" }, comb: (_t, a, b) => `${a} + ${b}` },
   max: {
     ident: { f32: NEG_INF, i32: "bitcast<i32>(0x80000000u)", u32: "0u" },
@@ -293,7 +296,7 @@ ${store}
  * loads and seven barriers each.
  */
 function columnBody(
-  kind: "sum" | "max" | "min",
+  kind: RowReduce,
   acc: Acc,
   inL: Layout,
   outL: Layout,
@@ -412,15 +415,15 @@ const CHAIN_QUADS = WG / 4;
  * the larger value, then the smaller index), four lanes at a time.
  */
 function laneBody(
-  kind: "sum" | "max" | "min" | "lse" | "argmax",
+  kind: Kind,
   outL: Layout,
   f32: boolean,
 ): string {
   const S = CHAIN_QUADS;
   const ks = Array.from({ length: S }, (_, k) => k);
-  const comb = (k: "sum" | "max" | "min", a: string, b: string) => `(${ROWS[k].comb("f32", a, b)})`;
+  const comb = (k: RowReduce, a: string, b: string) => `(${ROWS[k].comb("f32", a, b)})`;
   /** The combine of two vec4s of chains, lane by lane. */
-  const c4 = (k: "sum" | "max" | "min") =>
+  const c4 = (k: RowReduce) =>
     `fn c4${k}(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> { return ${
       k === "sum"
         ? "a + b"
@@ -432,7 +435,7 @@ function laneBody(
    * at constant indices: as separate variables, OpenGL's compiler (llvmpipe through GL)
    * re-associates the adds of the straight-line tree, which gives other bits.
    */
-  const lanePass = (name: string, k: "sum" | "max" | "min", term: (v: string) => string) => {
+  const lanePass = (name: string, k: RowReduce, term: (v: string) => string) => {
     const step = (j: number) => `s${j} = c4${k}(s${j}, ${term(`ld4_inp(at + ${4 * j}u, 4u)`)});`;
     let tree = `  var t = array<vec4<f32>, ${S}>(${ks.map((j) => `s${j}`).join(", ")});\n`;
     for (let w = S / 2; w >= 1; w /= 2) {
@@ -1053,7 +1056,7 @@ function pass(
       ],
       uniforms: UNIFORMS,
       workgroupSize: wgSize,
-    }, () => columnBody(kind as "sum" | "max" | "min", acc, inL, outL, quad, flat, qs, wgSize)).run(
+    }, () => columnBody(kind as RowReduce, acc, inL, outL, quad, flat, qs, wgSize)).run(
       {
         buffers: { inp: inBuf, out: out.buffer(label) },
         uniforms: planUniforms(n, p, 1, p.R, scale),
