@@ -372,7 +372,7 @@ ${steps}${decl}
 ${lines.join("\n")}
   return s0_0${scale};
 }
-${wordKernel(WG, outL.lanes, acc)}`;
+${wordKernel(wgSize, outL.lanes, acc)}`;
 }
 
 /**
@@ -556,13 +556,17 @@ function lanesFit(
 }
 
 /**
- * Whether a reduction of plan `p` in one pass takes the column kernel: a sum, max or min with
- * the innermost dimension kept (neighbouring invocations read neighbouring elements), at least
- * a workgroup of outputs and a short reduced range (each invocation reads all of it).
+ * Whether a reduction of plan `p` in one pass takes the column kernel on `rt`: a sum, max or
+ * min with the innermost dimension kept (neighbouring invocations read neighbouring elements),
+ * at least a workgroup of outputs and a reduced range each invocation reads all of: at most 4096
+ * elements, or on a CPU adapter (the lane families) as many as its chains' loops may run (a
+ * workgroup per output and a barrier tree cost more there than few invocations with long loops:
+ * 4x at 16384 x 256).
  */
-function columnsFit(kind: Kind, p: Plan): boolean {
+function columnsFit(rt: Runtime, kind: Kind, p: Plan): boolean {
   return (kind === "sum" || kind === "max" || kind === "min") && p.kst.at(-1) === 1 &&
-    p.nOut >= WG && p.R <= 4096;
+    p.nOut >= WG &&
+    (p.R <= 4096 || (laneFamily(rt) && p.R / WG < rt.maxLoopIterations));
 }
 
 /**
@@ -1037,18 +1041,20 @@ function pass(
   const label = kind === "lse" ? "logsumexp" : kind;
   const n = p.nOut * parts;
   const lanes = outL.lanes;
-  if (parts === 1 && columnsFit(kind, p)) {
+  if (parts === 1 && columnsFit(rt, kind, p)) {
     // f32 sums whose kept rows hold whole quads (every stride and the innermost size a
     // multiple of 4) take four outputs an invocation
     const quad = kind === "sum" && inDt === float32 && out.dt === float32 &&
       p.ks.at(-1)! % 4 === 0 && [...p.kst.slice(0, -1), ...p.rst].every((v) => v % 4 === 0);
-    // on a CPU adapter, four quads an invocation (16 outputs of kept rows of whole 16s), 16 a
-    // workgroup: each pass down the rows reads 64 contiguous bytes a lane, not 16
-    const qs = quad && laneFamily(rt) && p.ks.at(-1)! % 16 === 0 ? 4 : 1;
-    const wgSize = qs > 1 ? LANE_ROWS : WG;
+    // on a CPU adapter workgroups of 16 (more of them for both threads), and four quads an
+    // invocation (16 outputs of kept rows of whole 16s) where that leaves two workgroups or
+    // more: each pass down the rows reads 64 contiguous bytes a lane, not 16
+    const cpu = laneFamily(rt);
+    const qs = quad && cpu && p.ks.at(-1)! % 16 === 0 && p.nOut >= 32 * LANE_ROWS ? 4 : 1;
+    const wgSize = cpu ? LANE_ROWS : WG;
     const per = quad ? 4 * qs : lanes; // outputs an invocation
     const flat = p.rs.length <= 1;
-    program(rt, `reduce|columns|${kind}|${acc}|${quad}|${flat}|${qs}`, {
+    program(rt, `reduce|columns|${kind}|${acc}|${quad}|${flat}|${qs}|${wgSize}`, {
       label,
       bindings: [
         { name: "inp", type: inL, access: "read", vec4: quad },

@@ -69,7 +69,7 @@ async function bits(t: Tensor): Promise<Uint32Array> {
 }
 
 type Op = "sum" | "mean" | "max" | "min";
-const OPS: Record<Op, (x: Tensor, axis?: number) => Tensor> = {
+const OPS: Record<Op, (x: Tensor, axis?: number | number[]) => Tensor> = {
   sum: (x, a) => sum(x, a),
   mean: (x, a) => mean(x, a),
   max: (x, a) => max(x, a),
@@ -237,7 +237,7 @@ Deno.test("the lane family over windows gives the bits of whole bindings", async
   });
 });
 
-Deno.test("column sums four quads an invocation (CPU adapters) give the bits of one quad an invocation and of the generic order", async () => {
+Deno.test("column reductions on CPU adapters (four quads an invocation, workgroups of 16, long columns) give the generic kernel's bits", async () => {
   let seed = 970;
   const cases: [number[], number[]][] = [
     [[100, 64], [0]],
@@ -245,27 +245,35 @@ Deno.test("column sums four quads an invocation (CPU adapters) give the bits of 
     [[130, 3, 64], [0]],
     [[3, 70, 2, 48], [0, 2]],
     [[4, 1000, 16], [1]],
+    [[40, 528], [0]], // 528 outputs: four quads an invocation
+    [[5000, 64], [0]], // past 4096 rows: the column kernel on a CPU adapter, the generic elsewhere
+    [[4099, 528], [0]],
   ];
   for (const [shape, axes] of cases) {
     const n = shape.reduce((a, b) => a * b, 1);
-    const xv = values("f32", n, seed++, -4, 4);
-    xv[5] = -0;
-    const x = tensor(xv, { shape });
-    for (const op of ["sum", "mean"] as const) {
-      const go = () => bits(op === "sum" ? sum(x, axes) : mean(x, axes));
-      const lanes = await withFamily("lanes", go);
-      const wg = await withFamily("workgroup", go);
-      const what = `${op} ${shape.join("x")} over ${axes}`;
-      assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
-      const R = axes.reduce((a, d) => a * shape[d], 1);
-      const ref = reduceRef(
-        xv,
-        shape,
-        axes,
-        (v) => f(chainTreeSum(v) * (op === "mean" ? f(1 / R) : 1)),
-      );
-      assert.deepEqual(lanes, new Uint32Array(Float32Array.from(ref).buffer), what);
+    const R = axes.reduce((a, d) => a * shape[d], 1);
+    for (const dt of ["f32", "bf16"]) {
+      const xv = values(dt, n, seed++, -4, 4);
+      xv[5] = -0;
+      xv[n - 3] = Infinity;
+      const x = tensor(xv, { shape, dtype: dt });
+      for (const op of ["sum", "mean", "max"] as const) {
+        const go = () => bits(OPS[op](x, axes));
+        const lanes = await withFamily("lanes", go);
+        const wg = await withFamily("workgroup", go);
+        const what = `${op} ${dt} ${shape.join("x")} over ${axes}`;
+        assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
+        const ref = reduceRef(
+          xv,
+          shape,
+          axes,
+          (v) =>
+            op === "max" ? Math.max(...v) : f(chainTreeSum(v) * (op === "mean" ? f(1 / R) : 1)),
+        );
+        const want = new Uint32Array(roundTo(dt, ref).buffer);
+        assert.deepEqual(lanes, want, what);
+      }
+      x.dispose();
     }
-    x.dispose();
   }
 });
