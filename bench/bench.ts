@@ -982,29 +982,20 @@ if (runs("elementwise")) {
     ));
 }
 if (runs("softmax")) {
-  await safely("softmax 4096x1024", () =>
-    benchPair(
-      "softmax 4096x1024",
-      [4096, 1024],
-      ([x]) => x.softmax(-1),
-      ([x]) => tf.softmax(x),
-      ([x]) => jnn.softmax(x, -1),
-      [{ shape: [4096, 1024], scale: 4 }],
-      true,
-    ));
-}
-if (runs("softmax")) {
-  // short rows: the attention softmax of the bench's GPT has rows of 64
-  await safely("softmax 16384x64", () =>
-    benchPair(
-      "softmax 16384x64",
-      [16384, 64],
-      ([x]) => x.softmax(-1),
-      ([x]) => tf.softmax(x),
-      ([x]) => jnn.softmax(x, -1),
-      [{ shape: [16384, 64], scale: 4 }],
-      true,
-    ));
+  // rows of 1024, and short rows: the attention softmax of the bench's GPT has rows of 64
+  for (const [R, C] of [[4096, 1024], [16384, 64]]) {
+    const name = `softmax ${R}x${C}`;
+    await safely(name, () =>
+      benchPair(
+        name,
+        [R, C],
+        ([x]) => x.softmax(-1),
+        ([x]) => tf.softmax(x),
+        ([x]) => jnn.softmax(x, -1),
+        [{ shape: [R, C], scale: 4 }],
+        true,
+      ));
+  }
 }
 if (runs("reduce")) {
   // reductions: everything into one value, over rows (the last axis), over columns
@@ -1042,29 +1033,20 @@ if (runs("reduce")) {
     ));
 }
 if (runs("norm")) {
-  // short rows: the bench GPT's width
-  await safely("layer norm 32768x128", () =>
-    benchPair(
-      "layer norm 32768x128",
-      [32768, 128],
-      ([x, w, b]) => layerNorm(x, [128], w, b),
-      ([x, w, b]) => tfLayerNorm(x, w, b),
-      ([x, w, b]) => jaxLayerNorm(x, w, b),
-      [{ shape: [32768, 128], scale: 2 }, { shape: [128], scale: 1 }, { shape: [128], scale: 1 }],
-      true,
-    ));
-}
-if (runs("norm")) {
-  await safely("layer norm 8192x512", () =>
-    benchPair(
-      "layer norm 8192x512",
-      [8192, 512],
-      ([x, w, b]) => layerNorm(x, [512], w, b),
-      ([x, w, b]) => tfLayerNorm(x, w, b),
-      ([x, w, b]) => jaxLayerNorm(x, w, b),
-      [{ shape: [8192, 512], scale: 2 }, { shape: [512], scale: 1 }, { shape: [512], scale: 1 }],
-      true,
-    ));
+  // rows of 512, and short rows: the bench GPT's width
+  for (const [R, C] of [[8192, 512], [32768, 128]]) {
+    const name = `layer norm ${R}x${C}`;
+    await safely(name, () =>
+      benchPair(
+        name,
+        [R, C],
+        ([x, w, b]) => layerNorm(x, [C], w, b),
+        ([x, w, b]) => tfLayerNorm(x, w, b),
+        ([x, w, b]) => jaxLayerNorm(x, w, b),
+        [{ shape: [R, C], scale: 2 }, { shape: [C], scale: 1 }, { shape: [C], scale: 1 }],
+        true,
+      ));
+  }
 }
 if (runs("optimizer")) await safely("optimizer", benchOptimizer);
 if (runs("gpt")) await safely("gpt step", benchGptStep);

@@ -2,9 +2,8 @@
  * GPT-2 at scale (issue 14): one training step per precision strategy of a GPT-2-sized model
  * at batch 1 (`--batch` for more), on whatever adapter Deno finds: ms per step, tokens per
  * second, the live bytes after the step against the strategy's bytes per parameter, and the
- * peak bytes of the step
- * (activations included); then, for one strategy, the peak at several contexts (activation
- * memory grows linearly: fused attention keeps no T x T buffer).
+ * peak bytes of the step (activations included); then, for one strategy, the peak at several
+ * contexts (activation memory grows linearly: fused attention keeps no T x T buffer).
  *
  * Run: deno task bench:gpt2 [--model gpt2] [--context 64] [--batch 1] [--steps 2]
  *      [--strategies a,b] [--contexts 256,512,1024] [--json]

@@ -414,11 +414,7 @@ const CHAIN_QUADS = WG / 4;
  * each chain's value and index and picks with the generic kernel's `better` (NaN first, then
  * the larger value, then the smaller index), four lanes at a time.
  */
-function laneBody(
-  kind: Kind,
-  outL: Layout,
-  f32: boolean,
-): string {
+function laneBody(kind: Kind, outL: Layout, f32: boolean): string {
   const S = CHAIN_QUADS;
   const ks = Array.from({ length: S }, (_, k) => k);
   const comb = (k: RowReduce, a: string, b: string) => `(${ROWS[k].comb("f32", a, b)})`;
@@ -429,47 +425,55 @@ function laneBody(
         ? "a + b"
         : `vec4<f32>(${[..."xyzw"].map((e) => comb(k, `a.${e}`, `b.${e}`)).join(", ")})`
     }; }\n`;
+  /** A chain's state: one vec4 per accumulator (`<name><j>`, four chains each). */
+  type State = { name: string; type: string; ident: string };
   /**
-   * `fn <name>(b, nq[, m]) -> f32`: one pass over the run of `nq` quads from `b`, each chain
-   * combining `term` of its values with `k`'s combine, then the tree. The tree sits in an array
-   * at constant indices: as separate variables, OpenGL's compiler (llvmpipe through GL)
-   * re-associates the adds of the straight-line tree, which gives other bits.
+   * `fn <sig>`: one pass over the run of `nq` quads from `b` (quad `j` feeds accumulator
+   * `j % 16` through `step(j)`, its quad at `at + 4j`), then the generic kernel's tree,
+   * `treeStep(j, w)` combining entry `j + w` of the state's arrays (`t<name>`) into entry `j`,
+   * then `tail`. The tree sits in arrays at constant indices: as separate variables, OpenGL's
+   * compiler (llvmpipe through GL) re-associates the adds of the straight-line tree, which
+   * gives other bits.
    */
-  const lanePass = (name: string, k: RowReduce, term: (v: string) => string) => {
-    const step = (j: number) => `s${j} = c4${k}(s${j}, ${term(`ld4_inp(at + ${4 * j}u, 4u)`)});`;
-    let tree = `  var t = array<vec4<f32>, ${S}>(${ks.map((j) => `s${j}`).join(", ")});\n`;
+  const lanePass = (
+    sig: string,
+    state: readonly State[],
+    step: (j: number) => string,
+    treeStep: (j: number, w: number) => string,
+    tail: string,
+  ) => {
+    let tree = state.map((v) =>
+      `  var t${v.name} = array<${v.type}, ${S}>(${ks.map((j) => `${v.name}${j}`).join(", ")});\n`
+    ).join("");
     for (let w = S / 2; w >= 1; w /= 2) {
-      for (let j = 0; j < w; j++) tree += `  t[${j}] = c4${k}(t[${j}], t[${j + w}]);\n`;
+      for (let j = 0; j < w; j++) tree += `  ${treeStep(j, w)}\n`;
     }
-    return `fn ${name}(b: u32, nq: u32${name === "pexp" ? ", m: f32" : ""}) -> f32 {
-${ks.map((j) => `  var s${j} = vec4<f32>(${ROWS[k].ident.f32});`).join("\n")}
+    return `fn ${sig} {
+${ks.map((j) => state.map((v) => `  var ${v.name}${j} = ${v.ident};`).join("\n")).join("\n")}
   var j = 0u;
   for (; j + ${S}u <= nq; j = j + ${S}u) {
     let at = b + 4u * j;
-    ${ks.map(step).join("\n    ")}
+    ${ks.map((j) => `{ ${step(j)} }`).join("\n    ")}
   }
   let at = b + 4u * j;
 ${ks.map((j) => `  if (j + ${j}u < nq) { ${step(j)} }`).join("\n")}
-${tree}  return ${comb(k, comb(k, "t[0].x", "t[0].z"), comb(k, "t[0].y", "t[0].w"))};
+${tree}${tail}
 }
 `;
   };
+  /** A pass of `k`'s combine over `term` of the values: its result, one f32. */
+  const combPass = (sig: string, k: RowReduce, term: (v: string) => string) =>
+    lanePass(
+      sig,
+      [{ name: "s", type: "vec4<f32>", ident: `vec4<f32>(${ROWS[k].ident.f32})` }],
+      (j) => `s${j} = c4${k}(s${j}, ${term(`ld4_inp(at + ${4 * j}u, 4u)`)});`,
+      (j, w) => `ts[${j}] = c4${k}(ts[${j}], ts[${j + w}]);`,
+      `  return ${comb(k, comb(k, "ts[0].x", "ts[0].z"), comb(k, "ts[0].y", "ts[0].w"))};`,
+    );
   let passes: string, result: string, ret = "f32";
   if (kind === "argmax") {
-    // chains of (value, index) as the generic kernel's `better` picks them, lane by lane
-    const step = (j: number) =>
-      `{ let v = ld4_inp(at + ${4 * j}u, 4u); let x = vec4<u32>(r + ${4 * j}u) + lane; ` +
-      `let c = better4(s${j}, i${j}, v, x); s${j} = select(s${j}, v, c); i${j} = select(i${j}, x, c); }`;
-    let tree = `  var t = array<vec4<f32>, ${S}>(${ks.map((j) => `s${j}`).join(", ")});
-  var ti = array<vec4<u32>, ${S}>(${ks.map((j) => `i${j}`).join(", ")});\n`;
-    for (let w = S / 2; w >= 1; w /= 2) {
-      for (let j = 0; j < w; j++) {
-        tree += `  { let c = better4(t[${j}], ti[${j}], t[${j + w}], ti[${j + w}]); ` +
-          `t[${j}] = select(t[${j}], t[${j + w}], c); ti[${j}] = select(ti[${j}], ti[${
-            j + w
-          }], c); }\n`;
-      }
-    }
+    // chains of (value, index) as the generic kernel's `better` picks them, lane by lane; the
+    // run's element at `at` is reduced index r0 + at - b
     passes = `fn better(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
   let na = ulp_isnan(va);
   let nb = ulp_isnan(vb);
@@ -483,43 +487,43 @@ fn better4(va: vec4<f32>, ia: vec4<u32>, vb: vec4<f32>, ib: vec4<u32>) -> vec4<b
   let lt = ib < ia;
   return select(select((vb > va) | ((vb == va) & lt), lt, na), nb, na != nb);
 }
-fn parg(b: u32, nq: u32, r0: u32) -> u32 {
-  let lane = vec4<u32>(0u, 1u, 2u, 3u);
 ${
-      ks.map((j) =>
-        `  var s${j} = vec4<f32>(${ROWS.max.ident.f32});\n  var i${j} = vec4<u32>(0xffffffffu);`
-      ).join("\n")
-    }
-  var j = 0u;
-  for (; j + ${S}u <= nq; j = j + ${S}u) {
-    let at = b + 4u * j;
-    let r = r0 + 4u * j;
-    ${ks.map(step).join("\n    ")}
-  }
-  let at = b + 4u * j;
-  let r = r0 + 4u * j;
-${ks.map((j) => `  if (j + ${j}u < nq) ${step(j)}`).join("\n")}
-${tree}  var va = t[0].x;
+      lanePass(
+        "parg(b: u32, nq: u32, r0: u32) -> u32",
+        [
+          { name: "s", type: "vec4<f32>", ident: `vec4<f32>(${ROWS.max.ident.f32})` },
+          { name: "i", type: "vec4<u32>", ident: "vec4<u32>(0xffffffffu)" },
+        ],
+        (j) =>
+          `let v = ld4_inp(at + ${4 * j}u, 4u); ` +
+          `let x = vec4<u32>(r0 + at - b + ${4 * j}u) + vec4<u32>(0u, 1u, 2u, 3u); ` +
+          `let c = better4(s${j}, i${j}, v, x); s${j} = select(s${j}, v, c); i${j} = select(i${j}, x, c);`,
+        (j, w) =>
+          `{ let c = better4(ts[${j}], ti[${j}], ts[${j + w}], ti[${j + w}]); ` +
+          `ts[${j}] = select(ts[${j}], ts[${j + w}], c); ti[${j}] = select(ti[${j}], ti[${
+            j + w
+          }], c); }`,
+        `  var va = ts[0].x;
   var ia = ti[0].x;
-  var vb = t[0].y;
+  var vb = ts[0].y;
   var ib = ti[0].y;
-  if (better(va, ia, t[0].z, ti[0].z)) { va = t[0].z; ia = ti[0].z; }
-  if (better(vb, ib, t[0].w, ti[0].w)) { vb = t[0].w; ib = ti[0].w; }
+  if (better(va, ia, ts[0].z, ti[0].z)) { va = ts[0].z; ia = ti[0].z; }
+  if (better(vb, ib, ts[0].w, ti[0].w)) { vb = ts[0].w; ib = ti[0].w; }
   if (better(va, ia, vb, ib)) { ia = ib; }
-  return ia;
-}
-`;
+  return ia;`,
+      )
+    }`;
     result = "  return parg(b, nq, r0);";
     ret = "u32";
   } else if (kind === "lse") {
-    passes = c4("max") + c4("sum") + lanePass("pmax", "max", (v) => v) +
-      lanePass("pexp", "sum", (v) => `exp(${v} - vec4<f32>(m))`);
+    passes = c4("max") + c4("sum") + combPass("pmax(b: u32, nq: u32) -> f32", "max", (v) => v) +
+      combPass("pexp(b: u32, nq: u32, m: f32) -> f32", "sum", (v) => `exp(${v} - vec4<f32>(m))`);
     result = `  let m = pmax(b, nq);
   var t = 0.0;
   if (ulp_finite(m)) { t = pexp(b, nq, m); }
   return select(m, m + log(t), ulp_finite(m));`;
   } else {
-    passes = c4(kind) + lanePass("prun", kind, (v) => v);
+    passes = c4(kind) + combPass("prun(b: u32, nq: u32) -> f32", kind, (v) => v);
     result = `  return prun(b, nq)${kind === "sum" ? " * u.scale" : ""};`;
   }
   const q = quadLoads([{ name: "inp", f32 }], passes);

@@ -87,6 +87,21 @@ const CASES: [number[], number | undefined][] = [
   [[2, 9_000], 1],
 ];
 
+/**
+ * `run()` under the lane family, after checking it gives what it gives under the workgroup
+ * family (bits or indices alike).
+ */
+async function sameAcrossFamilies<T>(what: string, run: () => Promise<T>): Promise<T> {
+  const lanes = await withFamily("lanes", run);
+  const wg = await withFamily("workgroup", run);
+  assert.deepEqual(lanes, wg, `${what}: the families' results differ`);
+  return lanes;
+}
+
+/** The reduced axis of a CASES entry, non-negative (the one axis of a 1-D shape when none). */
+const axisOf = (shape: readonly number[], axis: number | undefined) =>
+  axis === undefined ? 0 : (axis + shape.length) % shape.length;
+
 Deno.test("the lane family of sum, mean, max and min gives the generic kernel's bits: host emulation and the workgroup family", async () => {
   let seed = 900;
   for (const dt of ["f32", "bf16"]) {
@@ -101,15 +116,13 @@ Deno.test("the lane family of sum, mean, max and min gives the generic kernel's 
       const nOut = n / R;
       for (const op of ["sum", "mean", "max", "min"] as Op[]) {
         const what = `${op} ${dt} ${shape.join("x")} axis ${axis}`;
-        const lanes = await withFamily("lanes", () => bits(OPS[op](x, axis)));
-        const wg = await withFamily("workgroup", () => bits(OPS[op](x, axis)));
-        assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
+        const lanes = await sameAcrossFamilies(what, () => bits(OPS[op](x, axis)));
         // an independent reference: the generic order emulated on the host (sums), the exact
         // extremum (max, min); rounded to the output dtype
         const ref = reduceRef(
           xv,
           shape,
-          [axis === undefined ? 0 : (axis + shape.length) % shape.length],
+          [axisOf(shape, axis)],
           (v) =>
             op === "sum" || op === "mean"
               ? genericSum(v, nOut, op === "mean" ? f(1 / R) : 1)
@@ -145,10 +158,8 @@ Deno.test("logsumexp of the lane family gives the workgroup family's bits and th
       const x = tensor(xv, { shape, dtype: dt });
       const what = `logsumexp ${dt} ${shape.join("x")} axis ${axis}`;
       const go = () => bits(logsumexp(x, axis));
-      const lanes = await withFamily("lanes", go);
-      const wg = await withFamily("workgroup", go);
-      assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
-      const ax = axis === undefined ? 0 : (axis + shape.length) % shape.length;
+      const lanes = await sameAcrossFamilies(what, go);
+      const ax = axisOf(shape, axis);
       const ref = reduceRef(xv, shape, [ax], (v) => {
         const m = Math.max(...v);
         return Number.isFinite(m) ? m + Math.log(v.reduce((t, y) => t + Math.exp(y - m), 0)) : m;
@@ -185,10 +196,8 @@ Deno.test("argmax of the lane family gives the workgroup family's indices and th
         y.dispose();
         return a;
       };
-      const lanes = await withFamily("lanes", go);
-      const wg = await withFamily("workgroup", go);
-      assert.deepEqual(lanes, wg, `${what}: the families' indices differ`);
-      const ax = axis === undefined ? 0 : (axis + shape.length) % shape.length;
+      const lanes = await sameAcrossFamilies(what, go);
+      const ax = axisOf(shape, axis);
       const ref = reduceRef(xv, shape, [ax], (v) => {
         const nan = v.findIndex((y) => Number.isNaN(y));
         return nan >= 0 ? nan : v.indexOf(Math.max(...v));
@@ -258,11 +267,8 @@ Deno.test("column reductions on CPU adapters (four quads an invocation, workgrou
       xv[n - 3] = Infinity;
       const x = tensor(xv, { shape, dtype: dt });
       for (const op of ["sum", "mean", "max"] as const) {
-        const go = () => bits(OPS[op](x, axes));
-        const lanes = await withFamily("lanes", go);
-        const wg = await withFamily("workgroup", go);
         const what = `${op} ${dt} ${shape.join("x")} over ${axes}`;
-        assert.deepEqual(lanes, wg, `${what}: the families' bits differ`);
+        const lanes = await sameAcrossFamilies(what, () => bits(OPS[op](x, axes)));
         const ref = reduceRef(
           xv,
           shape,
