@@ -251,12 +251,25 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
 `;
 }
 
+/**
+ * Rows of one side an invocation of the backward kernel owns: two up to head size 32, one from
+ * 33 to `UNROLL_MAX`, two past it (loops, not unrolled). Two rows read each row of the other
+ * side once per pair; at head size 64 written out they are about 700 live f32 values an
+ * invocation, which llvmpipe took 15 to 36 s to compile per variant (one row: 5 to 8 s).
+ */
+function bwdRows(hs: number): 1 | 2 {
+  return hs > 32 && hs <= UNROLL_MAX ? 1 : 2;
+}
+
 function backwardSource(outL: Layout, hs: number): string {
-  // Each invocation owns two rows of one side (queries i, i + 1 or keys j, j + 1) and keeps
-  // them in registers; it reads each row of the other side once per pair of its rows, each
-  // element once: on a CPU adapter every load in a loop is a per-lane gather, so loads, not
-  // multiply-adds, set the time. Each row's sums run in the same order as with one row per
-  // invocation (dot products over d, pairs in order), so the bits do not change.
+  // Each invocation owns `bwdRows(hs)` rows of one side (queries i, i + 1 or keys j, j + 1)
+  // and keeps them in registers; it reads each row of the other side once per pair of its
+  // rows, each element once: on a CPU adapter every load in a loop is a per-lane gather, so
+  // loads, not multiply-adds, set the time. Each row's sums run in the same order as with one
+  // row per invocation (dot products over d, pairs in order), so the bits do not change.
+  const R = bwdRows(hs);
+  // the second row's code, or none
+  const second = (code: string) => (R === 2 ? code : "");
   const rowTerms = (n: string) =>
     `for (var d = 0u; d < ${hs}u; d++) { a${n}[d] = 0.0; c${n}[d] = 0.0; }
   if (u.first == 0u) {
@@ -329,53 +342,65 @@ function backwardSource(outL: Layout, hs: number): string {
   return `${ROW}${putRow(outL, hs)}
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let nh = u.nh; let Tq = u.tq; let Tk = u.tk; let causal = u.causal == 1u;
-  // invocations [0, nq) take query rows 2p, 2p + 1; the rest key rows 2p', 2p' + 1
-  let nq = (Tq + 1u) / 2u;
+  // invocations [0, nq) take query rows ${R}p${second(", 2p + 1")}; the rest key rows ${R}p'${
+    second(", 2p' + 1")
+  }
+  let nq = (Tq + ${R - 1}u) / ${R}u;
   let p = wg.x * ${WG}u + li;
-  if (p >= nq + (Tk + 1u) / 2u) { return; }
+  if (p >= nq + (Tk + ${R - 1}u) / ${R}u) { return; }
   let bh = wg.y; let b = bh / nh; let h = bh % nh;
   let sc = u.sc;
   // st: between slices, each row's sums a (and c for key rows), 2 hs values a row
-  let r0 = select(Tq + 2u * (p - nq), 2u * p, p < nq);
-  let two = select(r0 + 1u < Tq + Tk, r0 + 1u < Tq, p < nq); // a second row
+  let r0 = select(Tq + ${R}u * (p - nq), ${R}u * p, p < nq);
   let sb0 = (bh * (Tq + Tk) + r0) * ${2 * hs}u;
-  let sb1 = sb0 + ${2 * hs}u;
   var a0: array<f32, ${hs}>;
   var c0: array<f32, ${hs}>;
+  ${rowTerms("0")}${
+    second(`
+  let two = select(r0 + 1u < Tq + Tk, r0 + 1u < Tq, p < nq); // a second row
+  let sb1 = sb0 + ${2 * hs}u;
   var a1: array<f32, ${hs}>;
   var c1: array<f32, ${hs}>;
-  ${rowTerms("0")}
   if (two) {
     ${rowTerms("1")}
+  }`)
   }
   if (p < nq) {
     let i0 = r0;
+    ${queryRow("0")}${
+    second(`
     let i1 = select(i0, i0 + 1u, two); // one row: the second repeats the first, unused
-    ${queryRow("0")}
-    ${queryRow("1")}
-    for (var j = u.c0; j < max(jn0, jn1); j++) {
+    ${queryRow("1")}`)
+  }
+    for (var j = u.c0; j < ${R === 2 ? "max(jn0, jn1)" : "jn0"}; j++) {
       let ko = row(u.mk[0], b, h, j);
       let vo = row(u.mv[0], b, h, j);
       var kv: array<f32, ${hs}>;
       var vv: array<f32, ${hs}>;
       for (var d = 0u; d < ${hs}u; d++) { kv[d] = ld_k(ko + d); }
       for (var d = 0u; d < ${hs}u; d++) { vv[d] = ld_v(vo + d); }
-      ${queryPair("0")}
+      ${queryPair("0")}${
+    second(`
       if (two) {
         ${queryPair("1")}
-      }
+      }`)
+  }
     }
-    ${queryEnd("0")}
+    ${queryEnd("0")}${
+    second(`
     if (two) {
       ${queryEnd("1")}
-    }
+    }`)
+  }
   } else {
     let j0 = r0 - Tq;
+    ${keyRow("0")}${
+    second(`
     let j1 = select(j0, j0 + 1u, two);
-    ${keyRow("0")}
-    ${keyRow("1")}
+    ${keyRow("1")}`)
+  }
     let ie = min(Tq, u.c1);
-    for (var i = min(ia0, ia1); i < ie; i++) {
+    for (var i = ${R === 2 ? "min(ia0, ia1)" : "ia0"}; i < ie; i++) {
       let qo = row(u.mq[0], b, h, i);
       let go = row(u.my[0], b, h, i);
       var qv: array<f32, ${hs}>;
@@ -387,15 +412,19 @@ fn kernel(wg: vec3u, lid: vec3u, li: u32) {
       var D = 0.0;
       for (var d = 0u; d < ${hs}u; d++) { D = fma(gv[d], yv[d], D); }
       let L = lse[bh * Tq + i];
-      ${keyPair("0")}
+      ${keyPair("0")}${
+    second(`
       if (two) {
         ${keyPair("1")}
-      }
+      }`)
+  }
     }
-    ${keyEnd("0")}
+    ${keyEnd("0")}${
+    second(`
     if (two) {
       ${keyEnd("1")}
-    }
+    }`)
+  }
   }
 }
 `;
@@ -581,6 +610,7 @@ function run(
     // slices of the loops over keys (dQ) and queries (dK, dV); the sums kept in \`st\` between
     const T = Math.max(g.Tq, g.Tk);
     const bwdSlices = slices(T, rt.maxLoopIterations, 8 * g.hs + 8, 16 * g.hs);
+    const R = bwdRows(g.hs);
     const bst = Tensor.empty(
       [bwdSlices.length > 1 ? g.B * g.nh * (g.Tq + g.Tk) * 2 * g.hs : 1],
       float32,
@@ -598,7 +628,8 @@ function run(
           st: bst.buffer(at),
         },
         uniforms: { ...uniforms(g, dq, dk, dv), ...slice(n, bwdSlices) },
-        groups: groups(Math.ceil(g.Tq / 2) + Math.ceil(g.Tk / 2)), // two rows an invocation
+        // bwdRows(hs) rows an invocation
+        groups: groups(Math.ceil(g.Tq / R) + Math.ceil(g.Tk / R)),
         splitDim: 1,
         // scores recomputed, dQ by query rows, dK and dV by key rows
         cost: (3 * work * (c1 - c0)) / T,
