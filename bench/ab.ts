@@ -103,6 +103,13 @@ await row("softmax 4096x1024", ({ L }) => {
   const x = L.tensor(data(4096 * 1024, 3, 4), { shape: [4096, 1024] });
   return { run: () => L.tidy(() => void x.softmax(-1).realize()), dispose: () => x.dispose() };
 });
+// column sums: the bench's row, and GPT-2's width at batch x context 8192 (a bias gradient)
+for (const [R, C] of [[4096, 1024], [8192, 768]]) {
+  await row(`sum columns ${R}x${C}`, ({ L }) => {
+    const x = L.tensor(data(R * C, 7, 2), { shape: [R, C] });
+    return { run: () => L.tidy(() => void x.sum(0).realize()), dispose: () => x.dispose() };
+  });
+}
 await row("layer norm 8192x512", ({ L }) => {
   const x = L.tensor(data(8192 * 512, 4, 2), { shape: [8192, 512] });
   const w = L.tensor(data(512, 5)), bias = L.tensor(data(512, 6));

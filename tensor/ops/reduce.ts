@@ -290,8 +290,9 @@ ${store}
  * generic kernel's operations in the generic kernel's order, so the bits are the same: 64
  * strided chains (chain `l` takes r = l, l + 64, ...), combined as the generic kernel's tree
  * combines its lanes' values (`sv[i] + sv[i + s]` for s = 32, 16, ..., 1), the tree walked in
- * order (leaves in bit-reversed order, a stack of partial results, written out here so that
- * every index is a constant). On a CPU adapter a workgroup's barriers cost more than a short
+ * order (leaves in bit-reversed order, a stack of partial results in a private array: a loop of
+ * 64 chains, not 64 loops written out, which llvmpipe took up to 14 s to compile for four
+ * quads). On a CPU adapter a workgroup's barriers cost more than a short
  * reduction: a sum over the batch of a (16, 64, 128) gradient took 8192 workgroups of 16
  * loads and seven barriers each.
  */
@@ -306,41 +307,36 @@ function columnBody(
   wgSize = WG,
 ): string {
   const row = ROWS[kind];
-  const lines: string[] = [];
-  let depth = 0;
   // a quad: four neighbouring outputs in the lanes of a vec4, one 16-byte load a row (f32 sums),
-  // `qs` neighbouring quads an invocation (accumulator s<depth>_<c> for quad c); flat (at most
+  // `qs` neighbouring quads an invocation (stack slot qs * depth + c for quad c); flat (at most
   // one merged reduced dim): each chain steps its offset instead of computing it
   const ident = quad ? "vec4<f32>(0.0)" : row.ident[acc];
   const at = flat ? "at" : "base + roff(r)";
   const load = (c: number) => (quad ? `lq_inp((${at}) / 4u + ${c}u)` : `ld(${at})`);
   const cs = Array.from({ length: quad ? qs : 1 }, (_, c) => c);
-  for (let k = 0; k < WG; k++) {
-    let l = 0;
-    for (let b = 0; b < 6; b++) l |= ((k >> b) & 1) << (5 - b);
-    const step = flat ? ` at = at + st${WG};` : "";
-    lines.push(
-      `${cs.map((c) => `  s${depth}_${c} = ${ident};`).join("\n")}${
-        flat ? `\n  at = base + ${l}u * st;` : ""
-      }
-  for (var r = ${l}u; r < u.R; r = r + ${WG}u) { ${
-        cs.map((c) => `s${depth}_${c} = ${row.comb(acc, `s${depth}_${c}`, load(c))};`).join(" ")
-      }${step} }`,
-    );
+  const slot = (d: string, c: number) =>
+    `stk[${cs.length === 1 ? d : `${cs.length}u * (${d})`}${c ? ` + ${c}u` : ""}]`;
+  // chain k of the walk is chain l = bit-reverse(k) of the generic kernel; after it, the stack
+  // combines while k + 1 has trailing zero bits (the tree's order, one level a bit)
+  const walk = `  var stk: array<${quad ? "vec4<f32>" : acc}, ${7 * cs.length}>;
+  var depth = 0u;
+  for (var k = 0u; k < ${WG}u; k++) {
+    let l = reverseBits(k) >> ${32 - Math.log2(WG)}u;
+${cs.map((c) => `    var s${c} = ${ident};`).join("\n")}${flat ? "\n    at = base + l * st;" : ""}
+    for (var r = l; r < u.R; r = r + ${WG}u) { ${
+    cs.map((c) => `s${c} = ${row.comb(acc, `s${c}`, load(c))};`).join(" ")
+  }${flat ? ` at = at + st${WG};` : ""} }
+${cs.map((c) => `    ${slot("depth", c)} = s${c};`).join("\n")}
     depth++;
-    for (let m = k + 1; m % 2 === 0; m /= 2) {
+    for (var m = k + 1u; (m & 1u) == 0u; m = m >> 1u) {
       depth--;
-      for (const c of cs) {
-        lines.push(
-          `  s${depth - 1}_${c} = ${row.comb(acc, `s${depth - 1}_${c}`, `s${depth}_${c}`)};`,
-        );
-      }
-    }
+${
+    cs.map((c) =>
+      `      ${slot("depth - 1u", c)} = ${row.comb(acc, slot("depth - 1u", c), slot("depth", c))};`
+    ).join("\n")
   }
-  const decl = Array.from(
-    { length: 7 },
-    (_, d) => cs.map((c) => `  var s${d}_${c}: ${quad ? "vec4<f32>" : acc};`).join("\n"),
-  ).join("\n");
+    }
+  }`;
   const scale = kind === "sum" && acc === "f32" ? " * u.scale" : "";
   const steps = flat
     ? `  let st = select(0u, u_rst(0u), u.nr == 1u);
@@ -351,7 +347,7 @@ function columnBody(
   if (quad) {
     const stores = cs.map((c) =>
       [..."xyzw"].map((e, k) =>
-        `  st_out(o + ${4 * c + k}u, vec4<f32>(s0_${c}.${e}${scale}), vec4<u32>(0u));`
+        `  st_out(o + ${4 * c + k}u, vec4<f32>(stk[${c}].${e}${scale}), vec4<u32>(0u));`
       ).join("\n")
     ).join("\n");
     return `${WGSL_INDEX}
@@ -359,8 +355,7 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   let o = ${4 * qs}u * (wg * ${wgSize}u + li);
   if (o >= u.n) { return; }
   let base = kbase(o);
-${steps}${decl}
-${lines.join("\n")}
+${steps}${walk}
 ${stores}
 }
 `;
@@ -368,9 +363,8 @@ ${stores}
   return `${WGSL_FINITE}${loader(inL, acc)}${WGSL_INDEX}
 fn red(o: u32) -> ${acc} {
   let base = kbase(o);
-${steps}${decl}
-${lines.join("\n")}
-  return s0_0${scale};
+${steps}${walk}
+  return stk[0]${scale};
 }
 ${wordKernel(wgSize, outL.lanes, acc)}`;
 }
