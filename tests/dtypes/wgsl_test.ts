@@ -141,9 +141,9 @@ for (const name of FORMATS) {
   });
 }
 
-Deno.test("WGSL fast paths of f32 and bf16 agree with the generic ExMy codec", async () => {
+Deno.test("WGSL fast paths of f32, bf16 and f16 agree with the generic ExMy codec", async () => {
   const rt = await getRuntime();
-  for (const name of ["f32", "bf16"]) {
+  for (const name of ["f32", "bf16", "f16"]) {
     const fast = wgslCodec(name), gen = wgslCodec(name, { generic: true });
     assert.notEqual(fast.encode, gen.encode);
     const x = inputs(name, 30_000);
@@ -178,6 +178,41 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
       bad,
       0,
       `${name}: ${bad} values differ between the fast path and the generic codec`,
+    );
+  }
+});
+
+Deno.test("the fast f16 decode gives the generic decode's bits for all 65536 codes", async () => {
+  const rt = await getRuntime();
+  const fast = wgslCodec("f16"), gen = wgslCodec("f16", { generic: true });
+  assert.notEqual(fast.decodeBits, gen.decodeBits);
+  const src = wgslChunks(fast.chunks, gen.chunks) + `
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let c = (wid.x + wid.y * nwg.x) * 64u + li;
+  if (c >= 65536u) { return; }
+  out[2u * c] = ${fast.decodeBits}(c);
+  out[2u * c + 1u] = ${gen.decodeBits}(c);
+}`;
+  const k = rt.kernel("fastpath f16 decode", src, { buffers: ["read_write"], uniform: false });
+  const b = rt.alloc(65536 * 8, { dtype: "u32", purpose: "scratch" });
+  rt.dispatch(k, [b], rt.grid(65536 / 64));
+  const got = new Uint32Array(await rt.read(b));
+  rt.free(b);
+  // and both against the host codec (its NaNs may carry other payloads)
+  const host = new Uint32Array(dtype("f16").decode(new Uint32Array(65536).map((_, i) => i)).buffer);
+  for (let c = 0; c < 65536; c++) {
+    const [f, g] = [got[2 * c], got[2 * c + 1]];
+    assert.equal(
+      f,
+      g,
+      `code 0x${c.toString(16)}: fast 0x${f.toString(16)} generic 0x${g.toString(16)}`,
+    );
+    const nan = (f & 0x7fffffff) > 0x7f800000 && (host[c] & 0x7fffffff) > 0x7f800000;
+    assert.ok(
+      nan || f === host[c],
+      `code 0x${c.toString(16)}: 0x${f.toString(16)} host 0x${host[c].toString(16)}`,
     );
   }
 });
