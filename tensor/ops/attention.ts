@@ -342,8 +342,8 @@ function backwardSource(outL: Layout, hs: number): string {
   return `${ROW}${putRow(outL, hs)}
 fn kernel(wg: vec3u, lid: vec3u, li: u32) {
   let nh = u.nh; let Tq = u.tq; let Tk = u.tk; let causal = u.causal == 1u;
-  // invocations [0, nq) take query rows ${R}p${second(", 2p + 1")}; the rest key rows ${R}p'${
-    second(", 2p' + 1")
+  // invocations [0, nq) take query rows ${R === 2 ? "2p, 2p + 1" : "p"}; the rest key rows ${
+    R === 2 ? "2p', 2p' + 1" : "p'"
   }
   let nq = (Tq + ${R - 1}u) / ${R}u;
   let p = wg.x * ${WG}u + li;

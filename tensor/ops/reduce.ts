@@ -318,7 +318,8 @@ function columnBody(
     `stk[${cs.length === 1 ? d : `${cs.length}u * (${d})`}${c ? ` + ${c}u` : ""}]`;
   // chain k of the walk is chain l = bit-reverse(k) of the generic kernel; after it, the stack
   // combines while k + 1 has trailing zero bits (the tree's order, one level a bit)
-  const walk = `  var stk: array<${quad ? "vec4<f32>" : acc}, ${7 * cs.length}>;
+  // the stack holds at most one partial result a level of the tree, and the leaf
+  const walk = `  var stk: array<${quad ? "vec4<f32>" : acc}, ${(Math.log2(WG) + 1) * cs.length}>;
   var depth = 0u;
   for (var k = 0u; k < ${WG}u; k++) {
     let l = reverseBits(k) >> ${32 - Math.log2(WG)}u;
