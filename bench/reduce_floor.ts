@@ -3,7 +3,10 @@
  * a 4096 x 1024 f32 matrix (the bench's "sum columns 4096x1024") run several ways on ulp's
  * device, side by side:
  *
- * - `ulp`: through the library (`x.sum(0)`), as `deno task bench` times it;
+ * - `ulp`: through the library (`x.sum(0)`), as `deno task bench` times it (on a CPU adapter
+ *   its input read through a staged texture copy, `BindingSpec.staged`);
+ * - `ulp, binding`: the same with staging off (`setStaging("never")`: the storage binding);
+ * - `copy to texture`: the staged copy alone (16 MiB into an `rgba32uint` texture);
  * - `ulp's order, raw`: the column kernel's operations in raw WGSL (four quads an invocation,
  *   the generic kernel's 64 strided chains walked in its tree's order), checked bit for bit
  *   against the library's result;
@@ -22,7 +25,7 @@
  */
 import { parseArgs } from "node:util";
 import { tensor } from "../mod.ts";
-import { getRuntime } from "../gpu/mod.ts";
+import { getRuntime, setStaging, STAGE_WIDTH } from "../gpu/mod.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -50,7 +53,10 @@ const x = tensor(host, { shape: [R, C] });
 const libSum = new Float32Array(await x.sum(0).toArray());
 
 const usage = GPUBufferUsage.STORAGE;
-const inp = dev.createBuffer({ size: host.byteLength, usage: usage | GPUBufferUsage.COPY_DST });
+const inp = dev.createBuffer({
+  size: host.byteLength,
+  usage: usage | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+});
 dev.queue.writeBuffer(inp, 0, host);
 const out = dev.createBuffer({ size: C * 4, usage: usage | GPUBufferUsage.COPY_SRC });
 const HEAD = `@group(0) @binding(0) var<storage, read> inp: array<vec4<f32>>;
@@ -155,17 +161,43 @@ async function readOut(): Promise<Float32Array> {
   return v;
 }
 
+const TH = (R * Q) / STAGE_WIDTH;
+const tex = dev.createTexture({
+  size: [STAGE_WIDTH, TH],
+  format: "rgba32uint",
+  usage: GPUTextureUsage.COPY_DST | GPUTextureUsage.STORAGE_BINDING,
+});
 const cases: [string, (n: number) => Promise<void>][] = [
   ["ulp", async (n) => {
     for (let i = 0; i < n; i++) x.sum(0).realize().dispose();
     await rt.sync();
+  }],
+  ["ulp, binding", async (n) => {
+    const prev = setStaging("never");
+    try {
+      for (let i = 0; i < n; i++) x.sum(0).realize().dispose();
+      await rt.sync();
+    } finally {
+      setStaging(prev);
+    }
+  }],
+  ["copy to texture", async (n) => {
+    const e = dev.createCommandEncoder();
+    for (let i = 0; i < n; i++) {
+      e.copyBufferToTexture({ buffer: inp, bytesPerRow: STAGE_WIDTH * 16 }, { texture: tex }, [
+        STAGE_WIDTH,
+        TH,
+      ]);
+    }
+    dev.queue.submit([e.finish()]);
+    await dev.queue.onSubmittedWorkDone();
   }],
   ["ulp's order, raw", raw(ulpOrder(4), Q / 4 / 16)],
   ["one chain, 4 quads", raw(oneChain(4), Q / 4 / 16)],
   ["one chain, 16 quads", raw(oneChain(16), Q / 16 / 8)],
   ["jax-js's kernel", raw(JAXJS, C / 256)],
 ];
-for (const [name, go] of cases.slice(1)) {
+for (const [name, go] of cases.slice(3)) {
   await go(1);
   const got = await readOut();
   if (name === "ulp's order, raw") {

@@ -48,6 +48,8 @@ export {
   type MemoryInfo,
   Runtime,
   type RuntimeCounters,
+  type ScratchFormat,
+  type TextureAccess,
   UNIFORM_SLOT,
 } from "./runtime.ts";
 export {
@@ -71,8 +73,12 @@ export {
   type RawType,
   type RunArgs,
   runProgram,
+  setStaging,
+  STAGE_WIDTH,
+  stageable,
   type StridedDim,
   stridedRange,
+  textureReads,
   type TextureSpec,
   type UniformSpec,
   type UniformType,

@@ -30,6 +30,7 @@
  * | `u.name`, `u_name(k)` | uniforms | a scalar field; element `k` of an array field |
  * | `tl_t(c, r) -> vec4<f32>` | read textures | the texel at column `c`, row `r` (`textureLoad`) |
  * | `ts_t(c, r, v: vec4<f32>)` | write textures | stores the texel at column `c`, row `r` |
+ * | `get4_x`, `get_x`, `lq_x`, `ld4_x`, `ld_x`, `code_x` | staged `vec4` bindings | as above, reading the run's texture copy of the buffer (`BindingSpec.staged`) |
  *
  * A 1-D program's `kernel(wg: u32, lid: vec3u, li: u32)` receives the linear workgroup index
  * (the builder returns early past the end, uniformly for the whole workgroup, so barriers
@@ -67,9 +68,10 @@
  * @module
  */
 
-import { WGSL_RNG, wgslChunks, wgslCodec, type WgslCodecOptions } from "../dtypes/mod.ts";
+import { uint32, WGSL_RNG, wgslChunks, wgslCodec, type WgslCodecOptions } from "../dtypes/mod.ts";
 import { DeviceError } from "../errors.ts";
-import type { Layout } from "./layout.ts";
+import { type Layout, layoutOf } from "./layout.ts";
+import { onNewDevice } from "./device.ts";
 import {
   type Binding,
   type BufferWindow,
@@ -111,6 +113,16 @@ export interface BindingSpec {
    * single-element stores (`st_x`, `put_x`) are not offered (they would write the whole quad).
    */
   readonly vec4?: boolean;
+  /**
+   * A read-only `vec4` binding read through a texture: each run copies the buffer's bytes into
+   * a scratch `rgba32uint` texture (`copyBufferToTexture`, 16 bytes a texel, `STAGE_WIDTH`
+   * texels a row; a copy, not a dispatch) and `get4_x`, with every helper built on it (`lq_x`,
+   * `ld4_x`, `ld_x`, `get_x`), reads texels: the same words, so the same results. On llvmpipe a
+   * texel load costs about a third of a storage load (both run lane by lane), so a kernel bound
+   * by its loads gains more than the copy costs (a column sum of 16 MiB: 1.4 to 1.7x). Bound
+   * whole, without windows; `stageable` says whether a buffer may be staged on a device.
+   */
+  readonly staged?: boolean;
 }
 
 /**
@@ -291,7 +303,15 @@ function layoutHelpers(b: BindingSpec, l: Layout, src: string): string[] {
   if (needCodec) out.push(...c.chunks);
   const mask = `${(2 ** l.laneBits - 1) >>> 0}u`;
   // the raw array element j of the buffer, through the window
-  if (b.vec4) {
+  if (b.staged) {
+    // quad q is texel (q % STAGE_WIDTH, q / STAGE_WIDTH) of the staged copy
+    const lod = stageAccess() === "read-u32" ? ", 0" : "";
+    out.push(
+      `fn get4_${x}(q: u32) -> vec4<u32> { return textureLoad(s_${x}, ` +
+        `vec2<u32>(q & ${STAGE_WIDTH - 1}u, q >> ${Math.log2(STAGE_WIDTH)}u)${lod}); }\n`,
+    );
+    out.push(`fn get_${x}(j: u32) -> u32 { return get4_${x}(j / 4u)[j % 4u]; }\n`);
+  } else if (b.vec4) {
     // the window base counts quads
     out.push(`fn get4_${x}(q: u32) -> vec4<u32> { return ${v}[q - ${base}]; }\n`);
     out.push(`fn get_${x}(j: u32) -> u32 { return get4_${x}(j / 4u)[j % 4u]; }\n`);
@@ -422,8 +442,11 @@ function generate(spec: ProgramSpec, body: ProgramBody, struct: string): string 
     if (typeof b.type === "string") {
       decl += `@group(0) @binding(${i}) var<storage, ${b.access}> ${b.name}: array<${b.type}>;\n`;
     } else {
+      // a staged binding stays in the layout (the buffer is bound, unread) and reads its texture
       const elem = b.vec4 ? "vec4<u32>" : b.type.elem;
-      decl += `@group(0) @binding(${i}) var<storage, ${b.access}> b_${b.name}: array<${elem}>;\n`;
+      if (!b.staged) {
+        decl += `@group(0) @binding(${i}) var<storage, ${b.access}> b_${b.name}: array<${elem}>;\n`;
+      }
       chunks.push(layoutHelpers(b, b.type, src));
     }
   });
@@ -446,6 +469,12 @@ function generate(spec: ProgramSpec, body: ProgramBody, struct: string): string 
       decl += `fn ts_${t.name}(c: u32, r: u32, v: vec4<f32>) { ` +
         `textureStore(t_${t.name}, vec2<u32>(c, r), v); }\n`;
     }
+  });
+  const t0 = spec.bindings.length + 1 + (spec.textures?.length ?? 0);
+  spec.bindings.filter((b) => b.staged).forEach((b, k) => {
+    decl += `@group(0) @binding(${t0 + k}) var s_${b.name}: ${
+      stageAccess() === "read-u32" ? "texture_2d<u32>" : "texture_storage_2d<rgba32uint, read>"
+    };\n`;
   });
   let access = "";
   for (const f of spec.uniforms ?? []) {
@@ -563,6 +592,144 @@ export function stridedRange(
   };
 }
 
+/**
+ * Texels a row of a staged binding's texture: quad `q` of the buffer is texel
+ * `(q % STAGE_WIDTH, q / STAGE_WIDTH)` (a power of two: a mask and a shift).
+ */
+export const STAGE_WIDTH = 4096;
+
+/**
+ * How kernels read textures of `rgba32float` texels (matmul's texture family): as read-only
+ * storage textures where WGSL has them (the `readonly_and_readwrite_storage_textures`
+ * language feature; on llvmpipe their loads cost less than texel fetches), else sampled.
+ *
+ * @example
+ * ```ts
+ * import { textureReads } from "./program.ts";
+ * console.log(["read", "read-storage"].includes(textureReads())); // true
+ * ```
+ */
+export function textureReads(): "read" | "read-storage" {
+  const features = (navigator.gpu as { wgslLanguageFeatures?: ReadonlySet<string> })
+    ?.wgslLanguageFeatures;
+  return features?.has("readonly_and_readwrite_storage_textures") ? "read-storage" : "read";
+}
+
+/** How staged bindings read their `rgba32uint` textures (`textureReads`, for words). */
+function stageAccess(): "read-u32" | "read-storage-u32" {
+  return textureReads() === "read" ? "read-u32" : "read-storage-u32";
+}
+
+/** The texture of a staged buffer: quads, width and height. */
+function stageShape(pb: PooledBuffer): { quads: number; width: number; height: number } {
+  const quads = Math.max(1, Math.ceil(pb.bytes / 16));
+  const width = Math.min(quads, STAGE_WIDTH);
+  return { quads, width, height: Math.ceil(quads / width) };
+}
+
+/** Whether staging runs on each device: "auto" where the device passed its check. */
+let stagingMode: "auto" | "never" = "auto";
+const stagingCheck = new WeakMap<Runtime, boolean>();
+
+/**
+ * Turns staged reads off (`"never"`: programs that would stage a binding bind the buffer; the
+ * same bits) or back to `"auto"` (on CPU adapters whose device passed the staging check).
+ * Set `"never"` before a device is acquired to skip that device's check. Returns the previous
+ * mode. @internal
+ *
+ * @example
+ * ```ts
+ * import { setStaging } from "./program.ts";
+ * const prev = setStaging("never");
+ * setStaging(prev);
+ * ```
+ */
+export function setStaging(mode: "auto" | "never"): "auto" | "never" {
+  const prev = stagingMode;
+  stagingMode = mode;
+  return prev;
+}
+
+/**
+ * Whether a read of `pb` may take a staged binding on `rt`: staging is on, the device is a
+ * CPU adapter that passed its check (a staged copy read back word for word), the buffer's
+ * quads fit a texture within `maxTextureDimension2D` and the memory budget, and its bytes
+ * hold whole quads. Callers choose it where loads dominate (large inputs read with strides).
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, stageable } from "./mod.ts";
+ * const rt = await getRuntime();
+ * const x = rt.alloc(64, { dtype: "f32", purpose: "scratch" });
+ * console.log(typeof stageable(rt, x, "x")); // "boolean"
+ * rt.free(x);
+ * ```
+ */
+export function stageable(rt: Runtime, pb: PooledBuffer, name: string): boolean {
+  if (stagingMode !== "auto" || stagingCheck.get(rt) !== true) return false;
+  const { quads, width, height } = stageShape(pb);
+  if (pb.bytes % 16 !== 0 || 16 * quads > pb.buffer.size) return false;
+  return rt.scratchTexture(`stage.${name}`, width, height, "rgba32uint") !== null;
+}
+
+/** Records the copy of `pb` into its staged texture (binding `name`) and returns the texture. */
+function stage(rt: Runtime, label: string, name: string, pb: PooledBuffer): GPUTexture {
+  const { quads, width, height } = stageShape(pb);
+  const t = rt.scratchTexture(`stage.${name}`, width, height, "rgba32uint");
+  if (t === null) {
+    throw new DeviceError(
+      `${label}: no ${width} x ${height} texture for its staged '${name}' operand ` +
+        `(${pb.bytes} bytes): past maxTextureDimension2D or the memory budget; a kernel ` +
+        `stages only what stageable() allowed: a bug in ulp, please report it`,
+    );
+  }
+  const full = Math.floor(quads / width), rest = quads - full * width;
+  rt.copyToTexture(pb, 0, width * 16, t, width, full);
+  if (rest > 0) {
+    const row = Math.ceil((rest * 16) / 256) * 256;
+    rt.copyToTexture(pb, full * width * 16, row, t, rest, 1, full);
+  }
+  return t;
+}
+
+// On a new CPU adapter, stage a buffer of two texture rows and a part (words of every kind,
+// NaN patterns included) and read it back through a staged binding: staging runs only where
+// every word comes back as it was.
+onNewDevice(async (rt) => {
+  if (!rt.info.isFallbackAdapter || stagingMode === "never") return;
+  const quads = 2 * STAGE_WIDTH + 5, n = 4 * quads;
+  const words = Uint32Array.from({ length: n }, (_, i) => Math.imul(i + 1, 0x9e3779b1) >>> 0);
+  words.set([0x7fc00001, 0xffffffff, 0x7f800001, 0x00000001, 0x80000000], 7);
+  const inp = rt.alloc(n * 4, { dtype: "u32", purpose: "scratch" });
+  const out = rt.alloc(n * 4, { dtype: "u32", purpose: "scratch" });
+  stagingCheck.set(rt, true); // for the probe's own run
+  let same = false;
+  try {
+    rt.write(inp, words);
+    const u32 = layoutOf(uint32, rt);
+    program(rt, "stage|check", {
+      label: "stage check",
+      bindings: [
+        { name: "inp", type: u32, access: "read", vec4: true, staged: true },
+        { name: "out", type: u32, access: "read_write", vec4: true },
+      ],
+      workgroupSize: 64,
+    }, () =>
+      `fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let q = wg * 64u + li;
+  if (q < ${quads}u) { put4_out(q, get4_inp(q)); }
+}`).run({ buffers: { inp, out }, groups: Math.ceil(quads / 64) });
+    const got = new Uint32Array(await rt.read(out));
+    same = got.length >= n && words.every((w, i) => got[i] === w);
+  } catch {
+    same = false;
+  } finally {
+    stagingCheck.set(rt, same);
+    rt.free(inp);
+    rt.free(out);
+  }
+});
+
 const programs = new WeakMap<Runtime, Map<string, Program>>();
 
 /**
@@ -600,7 +767,7 @@ export function program<const S extends ProgramSpec>(
       typeof b.type === "string" ? b.type : `${b.type.dtype.name}/${b.type.elem}`
     }${b.encode ? `:${b.encode.rounding ?? ""}${b.encode.saturate ?? ""}` : ""}${
       b.vec4 ? ":v4" : ""
-    }`;
+    }${b.staged ? ":st" : ""}`;
   }
   for (const f of spec.uniforms ?? []) sig += `|${f.name}:${f.type}${f.length ?? ""}`;
   for (const t of spec.textures ?? []) sig += `|tex:${t.name}:${t.access}`;
@@ -656,7 +823,10 @@ function compile(
   const signature = {
     buffers: spec.bindings.map((b) => b.access),
     uniform: true,
-    textures: (spec.textures ?? []).map((t) => t.access),
+    textures: [
+      ...(spec.textures ?? []).map((t) => t.access),
+      ...spec.bindings.filter((b) => b.staged).map(stageAccess),
+    ],
   };
   return rt.kernelFor(sig, spec.label, signature, () => generate(spec, body(), struct));
 }
@@ -668,6 +838,9 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
     if (b.vec4 && (typeof b.type === "string" || b.type.lanes !== 1 || b.type.elem !== "u32")) {
       throw new Error(`internal: program ${label}: binding '${b.name}' cannot be a vec4 view`);
     }
+    if (b.staged && (!b.vec4 || b.access !== "read")) {
+      throw new Error(`internal: program ${label}: staged binding '${b.name}' must be a read vec4`);
+    }
   });
   (spec.uniforms ?? []).forEach((f) => checkName(label, "uniform", f.name));
   (spec.textures ?? []).forEach((t) => checkName(label, "texture", t.name));
@@ -678,6 +851,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
   const is3d = spec.grid === "3d";
   const userFields = (spec.uniforms ?? []).map((f) => byName.get(f.name)!);
   const baseWord = spec.bindings.map((b) => byName.get(`wb${b.name}`)?.word ?? -1);
+  const stagedAt = spec.bindings.flatMap((b, i) => (b.staged ? [i] : []));
 
   const run = (args: RunArgs<string, string, string>): void => {
     const lim = rt.info.limits;
@@ -709,6 +883,16 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       if (tx === undefined) throw new Error(`internal: ${label}: texture '${t.name}' not given`);
       return tx;
     });
+    // staged bindings: their bytes copied into their textures once, before every piece; the
+    // buffer itself stays bound (whole, or its first bytes where it is too large to bind)
+    const bound: Binding[] = [...bufs];
+    for (const i of stagedAt) {
+      const pb = bufs[i];
+      texs.push(stage(rt, label, spec.bindings[i].name, pb));
+      if (Math.ceil(pb.bytes / 4) * 4 > maxBind) {
+        bound[i] = { buffer: pb, offset: 0, size: Math.min(256, pb.buffer.size) };
+      }
+    }
     const groups = args.groups;
     const dims: Box = typeof groups === "number"
       ? [groups, 1, 1]
@@ -720,7 +904,9 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       ? [args.splitDim]
       : args.splitDim ?? [0];
     // the bindings too large to bind whole must be windowed
-    const big = spec.bindings.map((_, i) => Math.ceil(bufs[i].bytes / 4) * 4 > maxBind);
+    const big = spec.bindings.map((b, i) =>
+      !b.staged && Math.ceil(bufs[i].bytes / 4) * 4 > maxBind
+    );
     type Range = (g0: number, g1: number, lo: Box, hi: Box) => readonly [number, number];
     const ranges = (args.ranges ?? {}) as Record<string, Range>;
     big.forEach((isBig, i) => {
@@ -784,7 +970,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
     };
     const maxCost = rt.maxBatchCost;
     if (!big.some((b) => b) && total * perGroup <= maxCost) {
-      dispatchBox([0, 0, 0], dims, bufs);
+      dispatchBox([0, 0, 0], dims, bound);
       return;
     }
     // Boxes of the grid whose windows all fit: a box that does not fit is halved along the
@@ -820,7 +1006,7 @@ function build(rt: Runtime, sig: string, spec: ProgramSpec, body: () => ProgramB
       }
       const w = worst(lo, hi);
       if (w.size <= maxBind) {
-        const binds = bufs.map((pb, i): Binding => {
+        const binds = bound.map((pb, i): Binding => {
           const win = w.wins.get(i);
           if (win === undefined) return pb;
           u[baseWord[i]] = win.offset / units[i].bytes;

@@ -91,13 +91,21 @@ export interface KernelSignature {
   /** Whether binding `buffers.length` is a uniform block (up to 256 bytes). */
   readonly uniform: boolean;
   /**
-   * Textures of `rgba32float` texels, bound after the buffers and the uniform, in order:
-   * `"read"` a sampled `texture_2d<f32>` (read with `textureLoad`), `"read-storage"` a
+   * Textures, bound after the buffers and the uniform, in order: `"read"` a sampled
+   * `texture_2d<f32>` of `rgba32float` texels (read with `textureLoad`), `"read-storage"` a
    * `texture_storage_2d<rgba32float, read>`, `"write"` a
-   * `texture_storage_2d<rgba32float, write>`.
+   * `texture_storage_2d<rgba32float, write>`; `"read-u32"` and `"read-storage-u32"` the two
+   * reads of `rgba32uint` texels (`texture_2d<u32>`, `texture_storage_2d<rgba32uint, read>`:
+   * words as they are, for staged bindings).
    */
-  readonly textures?: readonly ("read" | "read-storage" | "write")[];
+  readonly textures?: readonly TextureAccess[];
 }
+
+/** How a kernel binds a texture (`KernelSignature.textures`). */
+export type TextureAccess = "read" | "read-storage" | "write" | "read-u32" | "read-storage-u32";
+
+/** Texel formats of scratch textures: four f32 values, or four words as they are. */
+export type ScratchFormat = "rgba32float" | "rgba32uint";
 
 /**
  * The constant a kernel's source may declare (the line `const ULP_WINDOWS = WINDOWS;`,
@@ -196,9 +204,17 @@ function what(bytes: number, tag: BufferTag): string {
   return `${bytes} bytes (${tag.dtype}, ${tag.purpose})`;
 }
 
+const TEXTURE_KEYS: Record<TextureAccess, string> = {
+  "read": "t",
+  "read-storage": "o",
+  "write": "s",
+  "read-u32": "T",
+  "read-storage-u32": "O",
+};
+
 function layoutKey(sig: KernelSignature): string {
   return sig.buffers.map((a) => (a === "read" ? "r" : "w")).join("") + (sig.uniform ? "u" : "") +
-    (sig.textures ?? []).map((a) => (a === "read" ? "t" : a === "write" ? "s" : "o")).join("");
+    (sig.textures ?? []).map((a) => TEXTURE_KEYS[a]).join("");
 }
 
 /** Ids of textures, for bind group keys. */
@@ -489,18 +505,21 @@ export class Runtime {
       const t0 = sig.buffers.length + (sig.uniform ? 1 : 0);
       (sig.textures ?? []).forEach((a, i) =>
         entries.push(
-          a === "read"
+          a === "read" || a === "read-u32"
             ? {
               binding: t0 + i,
               visibility: GPUShaderStage.COMPUTE,
-              texture: { sampleType: "unfilterable-float", viewDimension: "2d" },
+              texture: {
+                sampleType: a === "read" ? "unfilterable-float" : "uint",
+                viewDimension: "2d",
+              },
             }
             : {
               binding: t0 + i,
               visibility: GPUShaderStage.COMPUTE,
               storageTexture: {
                 access: a === "write" ? "write-only" : "read-only",
-                format: "rgba32float",
+                format: a === "read-storage-u32" ? "rgba32uint" : "rgba32float",
                 viewDimension: "2d",
               },
             },
@@ -849,11 +868,12 @@ export class Runtime {
 
   /**
    * Records a copy of `width` x `height` texels from `src` (row r at byte `offset + r
-   * bytesPerRow`, `bytesPerRow` a multiple of 256) into the top-left corner of a scratch
-   * texture (outside the compute pass, in order with the dispatches): the bytes as they are,
-   * 16 per texel, not a dispatch. For kernels that read an operand as texels (matmul's
-   * texture family); `dst` comes from `scratchTexture()`. A `DeviceError` names the sizes
-   * where the copy would not fit `src` or `dst`, or `bytesPerRow` is not a multiple of 256.
+   * bytesPerRow`, `bytesPerRow` a multiple of 256) into a scratch texture, from its first
+   * column and row `y` (outside the compute pass, in order with the dispatches): the bytes as
+   * they are, 16 per texel, not a dispatch. For kernels that read an operand as texels
+   * (matmul's texture family, staged bindings); `dst` comes from `scratchTexture()`. A
+   * `DeviceError` names the sizes where the copy would not fit `src` or `dst`, or
+   * `bytesPerRow` is not a multiple of 256.
    *
    * @example
    * ```ts
@@ -872,25 +892,26 @@ export class Runtime {
     dst: GPUTexture,
     width: number,
     height: number,
+    y = 0,
   ): void {
     this.#check("copyToTexture");
     if (width * height === 0) return;
     const need = offset + (height - 1) * bytesPerRow + 16 * width;
     if (
       bytesPerRow % 256 !== 0 || bytesPerRow < 16 * width || offset % 16 !== 0 ||
-      need > src.buffer.size || width > dst.width || height > dst.height
+      need > src.buffer.size || width > dst.width || y + height > dst.height
     ) {
       throw new DeviceError(
         `copyToTexture(): ${width} x ${height} texels from byte ${offset} with ${bytesPerRow} ` +
           `bytes a row (${need} bytes of a ${src.buffer.size}-byte buffer) into a ` +
-          `${dst.width} x ${dst.height} texture: bytesPerRow must be a multiple of 256 and at ` +
+          `${dst.width} x ${dst.height} texture from row ${y}: bytesPerRow must be a multiple of 256 and at ` +
           `least 16 x width, offset a multiple of 16, and the rows must lie inside both; ` +
           `take a path without the copy (pack the operand) for other layouts`,
       );
     }
     this.#closePass().copyBufferToTexture(
       { buffer: src.buffer, offset, bytesPerRow },
-      { texture: dst },
+      { texture: dst, origin: [0, y] },
       [width, height],
     );
     src.lastBatch = this.#batch;
@@ -906,8 +927,9 @@ export class Runtime {
   }
 
   /**
-   * A scratch texture of `rgba32float` texels, `width` x `height`, for slot `slot` (a kernel's
-   * operand: kernels that pack an operand into a texture and read it in the next dispatch). It
+   * A scratch texture of `format` texels (`rgba32float` by default, or `rgba32uint`), `width`
+   * x `height`, for slot `slot` (a kernel's operand: kernels that pack or copy an operand into
+   * a texture and read it in the next dispatch). It
    * is the same texture for the same slot and size until evicted (the runtime keeps six
    * sizes per slot), so its contents last only until the next request for the slot: recorded
    * dispatches run in order, so a pack and the reads after it see their own texels. Null when
@@ -922,10 +944,15 @@ export class Runtime {
    * console.log(t?.width, t?.height); // 4 2
    * ```
    */
-  scratchTexture(slot: string, width: number, height: number): GPUTexture | null {
+  scratchTexture(
+    slot: string,
+    width: number,
+    height: number,
+    format: ScratchFormat = "rgba32float",
+  ): GPUTexture | null {
     const max = this.device.limits.maxTextureDimension2D;
     if (width < 1 || height < 1 || width > max || height > max) return null;
-    const key = `${slot}|${width}x${height}`;
+    const key = `${slot}|${width}x${height}${format === "rgba32float" ? "" : "u"}`;
     const hit = this.#textures.get(key);
     if (hit) {
       this.#textures.delete(key); // most recently used last
@@ -946,7 +973,7 @@ export class Runtime {
       texture = this.device.createTexture({
         label: `scratch ${slot}`,
         size: [width, height],
-        format: "rgba32float",
+        format,
         usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING |
           GPUTextureUsage.COPY_DST,
       });

@@ -7,11 +7,15 @@
 // those acquire nothing. A doc example (a module named "<file>#<lines>.ts") skips the matmul
 // texture family's check on its device and runs the workgroup-memory kernel (the same bits):
 // the check costs each new device about 0.3 s on lavapipe and a run makes 250 such modules;
-// tests/ keep it.
+// tests/ keep it. They skip the staged reads' check too (no example reads 4 MiB).
 import { ready } from "../mod.ts";
 import { setMatmulFamily } from "../tensor/ops/matmul.ts";
+import { setStaging } from "../gpu/program.ts";
 
 const main = Deno.mainModule;
 const docExample = /#\d+-\d+\.\w+$/.test(main);
-if (docExample) setMatmulFamily("workgroup");
+if (docExample) {
+  setMatmulFamily("workgroup");
+  setStaging("never");
+}
 if (docExample || main.includes("/tests/")) await ready().catch(() => {});

@@ -51,6 +51,7 @@ import {
   type PooledBuffer,
   program,
   type Runtime,
+  textureReads,
 } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
 import { type Layout, layoutOf } from "../../gpu/layout.ts";
@@ -890,13 +891,6 @@ function rawPlan(
 function copyRaw(rt: Runtime, v: View, o: RawOperand, t: GPUTexture, op: string): void {
   const rowBytes = v.cols * (o.bf16 ? 2 : 4);
   rt.copyToTexture(v.t.buffer(op), 0, rowBytes, t, rowBytes / 16, v.rows);
-}
-
-/** How the texture family reads its textures: as read-only storage textures where WGSL can. */
-function textureReads(): "read" | "read-storage" {
-  const features = (navigator.gpu as { wgslLanguageFeatures?: ReadonlySet<string> })
-    .wgslLanguageFeatures;
-  return features?.has("readonly_and_readwrite_storage_textures") ? "read-storage" : "read";
 }
 
 /** The texture family's matmul program: the output (and scales) bound, A and B as textures. */

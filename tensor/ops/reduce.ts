@@ -37,6 +37,7 @@ import {
   type PooledBuffer,
   program,
   type Runtime,
+  stageable,
   storageBytes,
 } from "../../gpu/mod.ts";
 import { attach } from "../../autograd/graph.ts";
@@ -47,6 +48,15 @@ import { launch, wgslRadixOffset } from "../kernels/fusion.ts";
 
 /** Threads per workgroup of every reduction kernel. */
 const WG = 64;
+
+/**
+ * Inputs from this size on that the column kernel of four quads an invocation reads through a
+ * staged texture on CPU adapters (`stageable`): strided quads cost about three times as much
+ * through a storage binding as texels do, and from about 4 MiB the copy (about 75 us a MiB on
+ * lavapipe) pays for itself (16 MiB: 1.4x). Smaller inputs, few columns (one quad an
+ * invocation) and the lane family (contiguous runs) gained nothing (BENCHMARKS.md).
+ */
+const STAGE_MIN_BYTES = 4 << 20;
 /**
  * Estimated work per element read, in nanoseconds of a CPU adapter (the unit of a run's
  * `cost`; matmul counts 0.2 ns per multiply-add), measured on lavapipe: a reduction, a
@@ -1053,10 +1063,12 @@ function pass(
     const wgSize = cpu ? LANE_ROWS : WG;
     const per = quad ? 4 * qs : lanes; // outputs an invocation
     const flat = p.rs.length <= 1;
+    // a large input read through a staged texture (same words, same bits)
+    const staged = qs === 4 && inBuf.bytes >= STAGE_MIN_BYTES && stageable(rt, inBuf, "inp");
     program(rt, `reduce|columns|${kind}|${acc}|${quad}|${flat}|${qs}|${wgSize}`, {
       label,
       bindings: [
-        { name: "inp", type: inL, access: "read", vec4: quad },
+        { name: "inp", type: inL, access: "read", vec4: quad, staged },
         { name: "out", type: outL, access: "read_write" },
       ],
       uniforms: UNIFORMS,

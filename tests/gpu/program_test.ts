@@ -11,6 +11,9 @@ import {
   type Program,
   program,
   type Runtime,
+  setStaging,
+  STAGE_WIDTH,
+  stageable,
   type TextureSpec,
 } from "../../gpu/mod.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
@@ -400,4 +403,93 @@ ${body}
   );
   rt.free(x);
   rt.free(y);
+});
+
+/** The texel copies `fn` records (`copyBufferToTexture` calls). */
+async function textureCopies<T>(fn: () => Promise<T>): Promise<{ value: T; copies: number }> {
+  const enc = GPUCommandEncoder.prototype;
+  const orig = enc.copyBufferToTexture;
+  let copies = 0;
+  enc.copyBufferToTexture = function (this: GPUCommandEncoder, ...a) {
+    copies++;
+    return orig.apply(this, a);
+  };
+  try {
+    return { value: await fn(), copies };
+  } finally {
+    enc.copyBufferToTexture = orig;
+  }
+}
+
+Deno.test("staged bindings: get4_ and lq_ read the buffer's words through a texture copy, also past one binding", async () => {
+  await withBindingLimit(4096, async (rt) => {
+    const w = layoutOf(dtype("u32"), rt), f = layoutOf(dtype("f32"), rt);
+    // two full texture rows and a part; NaN and subnormal patterns among the words
+    const quads = 2 * STAGE_WIDTH + 7, n = 4 * quads;
+    const host = new Uint32Array(n).map((_, i) => Math.imul(i + 3, 2654435761) >>> 0);
+    host.set([0x7fc00001, 0xffffffff, 0x7f800001, 0x00000001, 0x80000000, 0xff800000], 9);
+    const x = rt.alloc(n * 4, { dtype: "u32", purpose: "scratch" });
+    const y = rt.alloc(n * 4, { dtype: "u32", purpose: "scratch" });
+    const z = rt.alloc(n * 4, { dtype: "f32", purpose: "scratch" });
+    rt.write(x, host);
+    const staged = stageable(rt, x, "x");
+    // a CPU adapter stages (its device passed the check); elsewhere the check never ran
+    assert.equal(staged, rt.info.isFallbackAdapter, "stageable on CPU adapters only");
+    const copy = program(rt, "test|staged", {
+      label: "staged",
+      bindings: [
+        { name: "x", type: w, access: "read", vec4: true, staged },
+        { name: "y", type: w, access: "read_write", vec4: true },
+      ],
+      workgroupSize: WG,
+    }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let q = wg * ${WG}u + li;
+  if (q < ${quads}u) { put4_y(q, get4_x(q).yzwx ^ vec4<u32>(get_x(4u * q))); }
+}`);
+    const half = program(rt, "test|staged-lq", {
+      label: "stagedlq",
+      bindings: [
+        { name: "x", type: f, access: "read", vec4: true, staged },
+        { name: "z", type: f, access: "read_write", vec4: true },
+      ],
+      workgroupSize: WG,
+    }, () => `
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let q = wg * ${WG}u + li;
+  if (q < ${quads}u) { st4_z(q, lq_x(q) * 0.5, vec4<u32>(0u)); }
+}`);
+    const groups = Math.ceil(quads / WG);
+    const ranges = (g0: number, g1: number) => [g0 * WG * 4, Math.min(n, g1 * WG * 4)] as const;
+    const { copies } = await textureCopies(async () => {
+      copy.run({ buffers: { x, y }, groups, ranges: { x: ranges, y: ranges } });
+      half.run({ buffers: { x, z }, groups, ranges: { x: ranges, z: ranges } });
+      await rt.sync();
+    });
+    // one copy of the full rows and one of the last part, per run
+    assert.equal(copies, staged ? 4 : 0);
+    const got = new Uint32Array(await rt.read(y));
+    const want = Array.from(host, (_, i) => {
+      const q = Math.floor(i / 4);
+      return (host[4 * q + ((i % 4) + 1) % 4] ^ host[4 * q]) >>> 0;
+    });
+    assert.deepEqual(Array.from(got), want);
+    // lq_ decodes the f32 words: halves, on the host in f32 (NaN stays NaN)
+    const hf = new Float32Array(host.buffer);
+    const gz = new Float32Array(await rt.read(z));
+    for (let i = 0; i < n; i++) {
+      const v = Math.fround(hf[i] * 0.5);
+      assert.ok(Object.is(gz[i], v) || (Number.isNaN(v) && Number.isNaN(gz[i])), `element ${i}`);
+    }
+    // turned off: not stageable (programs then bind the buffer)
+    const prev = setStaging("never");
+    try {
+      assert.equal(stageable(rt, x, "x"), false);
+    } finally {
+      setStaging(prev);
+    }
+    rt.free(x);
+    rt.free(y);
+    rt.free(z);
+  });
 });
