@@ -19,7 +19,11 @@
  * Each repetition records `--inner` dispatches and waits; the median and minimum per dispatch
  * over `--reps` interleaved repetitions are printed, with ratios to jax-js's kernel.
  *
+ * With `--sizes`, instead: the library's column sum over several shapes, its input staged and
+ * bound (`setStaging`) in turn, `--inner` sums a repetition (where staging starts to pay).
+ *
  * Run: deno run --allow-env=DENO_WEBGPU_BACKEND bench/reduce_floor.ts [--inner 5] [--reps 9]
+ *   [--sizes]
  *
  * @module
  */
@@ -29,7 +33,11 @@ import { getRuntime, setStaging, STAGE_WIDTH } from "../gpu/mod.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { inner: { type: "string", default: "5" }, reps: { type: "string", default: "9" } },
+  options: {
+    inner: { type: "string", default: "5" },
+    reps: { type: "string", default: "9" },
+    sizes: { type: "boolean", default: false },
+  },
 });
 const INNER = Number(values.inner), REPS = Number(values.reps);
 if (!(INNER >= 1 && REPS >= 1)) {
@@ -37,6 +45,50 @@ if (!(INNER >= 1 && REPS >= 1)) {
   Deno.exit(2);
 }
 const R = 4096, C = 1024, Q = C / 4;
+
+/** Median and minimum of a list of times. */
+const stat = (t: number[]) => {
+  const s = [...t].sort((a, b) => a - b);
+  return { min: s[0], med: s[s.length >> 1] };
+};
+
+if (values.sizes) {
+  await getRuntime();
+  const shapes = [[256, 1024], [1024, 1024], [2048, 1024], [2048, 2048], [4096, 1024], [8192, 768]];
+  console.log(
+    `shape        MiB   staged ms (median, min)   bound ms (median, min)   bound / staged`,
+  );
+  for (const [r, c] of shapes) {
+    const x = tensor(Float32Array.from({ length: r * c }, (_, i) => Math.sin(i)), {
+      shape: [r, c],
+    });
+    const t: Record<string, number[]> = { auto: [], never: [] };
+    for (let k = 0; k < REPS; k++) {
+      for (const mode of ["auto", "never"] as const) {
+        const prev = setStaging(mode);
+        try {
+          x.sum(0).realize().dispose();
+          await x.sum(0).toArray();
+          const t0 = performance.now();
+          for (let i = 0; i < INNER; i++) x.sum(0).realize().dispose();
+          await (await getRuntime()).sync();
+          t[mode].push((performance.now() - t0) / INNER);
+        } finally {
+          setStaging(prev);
+        }
+      }
+    }
+    x.dispose();
+    const a = stat(t.auto), n = stat(t.never);
+    console.log(
+      `${`${r}x${c}`.padEnd(11)} ${((r * c * 4) / 2 ** 20).toFixed(0).padStart(4)}   ` +
+        `${a.med.toFixed(2).padStart(8)} ${a.min.toFixed(2).padStart(7)}            ` +
+        `${n.med.toFixed(2).padStart(8)} ${n.min.toFixed(2).padStart(7)}           ` +
+        `${(n.med / a.med).toFixed(2)}x`,
+    );
+  }
+  Deno.exit(0);
+}
 
 const rt = await getRuntime();
 const dev = rt.device;
@@ -215,10 +267,6 @@ for (let r = 0; r < REPS; r++) {
     times.get(name)!.push((performance.now() - t0) / INNER);
   }
 }
-const stat = (t: number[]) => {
-  const s = [...t].sort((a, b) => a - b);
-  return { min: s[0], med: s[s.length >> 1] };
-};
 const jax = stat(times.get("jax-js's kernel")!);
 console.log(`\n${"case".padEnd(22)} median ms   min ms   jax-js's median / median`);
 for (const [name, t] of times) {
