@@ -6,7 +6,8 @@
  * machine did meanwhile. Used for the "no slower" checks of refactors (BENCHMARKS.md).
  *
  * Run: deno run -A bench/ab.ts <before checkout> <after checkout> [--rounds 5] [--quick]
- *   [--only <text>] (only the rows whose name contains it)
+ *   [--only <text>] (only the rows whose name contains it) [--inner 1] (ops a timed round: more
+ *   than one spreads the wait for the GPU, about 11 ms on llvmpipe, over short ops)
  *   (for example: git worktree add /tmp/before <rev>; deno run -A bench/ab.ts /tmp/before .)
  *
  * @module
@@ -21,8 +22,10 @@ const { values, positionals } = parseArgs({
     rounds: { type: "string", default: "5" },
     quick: { type: "boolean", default: false },
     only: { type: "string", default: "" },
+    inner: { type: "string", default: "1" },
   },
 });
+const inner = Number(values.inner);
 if (positionals.length !== 2) {
   console.error("usage: deno run -A bench/ab.ts <before checkout> <after checkout> [--rounds N]");
   Deno.exit(2);
@@ -61,9 +64,9 @@ async function row(name: string, make: (l: Lib) => { run: () => void; dispose: (
   for (let r = 0; r < rounds; r++) {
     for (const m of r % 2 ? [...made].reverse() : made) {
       const t0 = performance.now();
-      m.run();
+      for (let i = 0; i < inner; i++) m.run();
       await m.l.sync();
-      m.best = Math.min(m.best, performance.now() - t0);
+      m.best = Math.min(m.best, (performance.now() - t0) / inner);
     }
   }
   for (const m of made) m.dispose();
@@ -103,8 +106,17 @@ await row("softmax 4096x1024", ({ L }) => {
   const x = L.tensor(data(4096 * 1024, 3, 4), { shape: [4096, 1024] });
   return { run: () => L.tidy(() => void x.softmax(-1).realize()), dispose: () => x.dispose() };
 });
-// column sums: the bench's row, and GPT-2's width at batch x context 8192 (a bias gradient)
-for (const [R, C] of [[4096, 1024], [8192, 768]]) {
+// reductions: over rows, everything, and column sums: the bench's row, and GPT-2's width at
+// batch x context 8192 (a bias gradient), and a narrow model's at 16384 (parts of the rows)
+await row("mean rows 4096x1024", ({ L }) => {
+  const x = L.tensor(data(4096 * 1024, 8, 2), { shape: [4096, 1024] });
+  return { run: () => L.tidy(() => void x.mean(-1).realize()), dispose: () => x.dispose() };
+});
+await row("sum 4M", ({ L }) => {
+  const x = L.tensor(data(M4, 9, 2));
+  return { run: () => L.tidy(() => void x.sum().realize()), dispose: () => x.dispose() };
+});
+for (const [R, C] of [[4096, 1024], [8192, 768], [16384, 128]]) {
   await row(`sum columns ${R}x${C}`, ({ L }) => {
     const x = L.tensor(data(R * C, 7, 2), { shape: [R, C] });
     return { run: () => L.tidy(() => void x.sum(0).realize()), dispose: () => x.dispose() };

@@ -333,8 +333,10 @@ function columnBody(
   var depth = 0u;
   for (var k = 0u; k < ${WG}u; k++) {
     let l = reverseBits(k) >> ${32 - Math.log2(WG)}u;
-${cs.map((c) => `    var s${c} = ${ident};`).join("\n")}${flat ? "\n    at = base + l * st;" : ""}
-    for (var r = l; r < u.R; r = r + ${WG}u) { ${
+${cs.map((c) => `    var s${c} = ${ident};`).join("\n")}${
+    flat ? "\n    at = base + (r0 + l) * st;" : ""
+  }
+    for (var r = r0 + l; r < r1; r = r + ${WG}u) { ${
     cs.map((c) => `s${c} = ${row.comb(acc, `s${c}`, load(c))};`).join(" ")
   }${flat ? ` at = at + st${WG};` : ""} }
 ${cs.map((c) => `    ${slot("depth", c)} = s${c};`).join("\n")}
@@ -356,16 +358,27 @@ ${
 `
     : "";
   if (quad) {
+    // output k of part pt is word k * parts + pt (the generic kernel's order of outputs)
     const stores = cs.map((c) =>
       [..."xyzw"].map((e, k) =>
-        `  st_out(o + ${4 * c + k}u, vec4<f32>(stk[${c}].${e}${scale}), vec4<u32>(0u));`
+        `  st_out((o + ${
+          4 * c + k
+        }u) * u.parts + pt, vec4<f32>(stk[${c}].${e}${scale}), vec4<u32>(0u));`
       ).join("\n")
     ).join("\n");
+    // invocation i takes the quads of kept group i % G and part i / G: neighbouring lanes read
+    // neighbouring quads of the same rows (parts: one pass of a long reduction into few outputs,
+    // each part the generic kernel's rows r0..r1, its partial results combined by the next pass)
     return `${WGSL_INDEX}
 fn kernel(wg: u32, lid: vec3u, li: u32) {
-  let o = ${4 * qs}u * (wg * ${wgSize}u + li);
-  if (o >= u.n) { return; }
+  let i = wg * ${wgSize}u + li;
+  let G = (u.n / u.parts + ${4 * qs - 1}u) / ${4 * qs}u;
+  let pt = i / G;
+  if (pt >= u.parts) { return; }
+  let o = ${4 * qs}u * (i - pt * G);
   let base = kbase(o);
+  let r0 = pt * u.chunk;
+  let r1 = min(u.R, r0 + u.chunk);
 ${steps}${walk}
 ${stores}
 }
@@ -374,6 +387,8 @@ ${stores}
   return `${WGSL_FINITE}${loader(inL, acc)}${WGSL_INDEX}
 fn red(o: u32) -> ${acc} {
   let base = kbase(o);
+  let r0 = 0u;
+  let r1 = u.R;
 ${steps}${walk}
   return stk[0]${scale};
 }
@@ -1050,21 +1065,35 @@ function pass(
   const label = kind === "lse" ? "logsumexp" : kind;
   const n = p.nOut * parts;
   const lanes = outL.lanes;
-  if (parts === 1 && columnsFit(rt, kind, p)) {
-    // f32 sums whose kept rows hold whole quads (every stride and the innermost size a
-    // multiple of 4) take four outputs an invocation
-    const quad = kind === "sum" && inDt === float32 && out.dt === float32 &&
-      p.ks.at(-1)! % 4 === 0 && [...p.kst.slice(0, -1), ...p.rst].every((v) => v % 4 === 0);
+  // f32 sums whose kept rows hold whole quads (every stride and the innermost size a
+  // multiple of 4) take four outputs an invocation
+  const quad = kind === "sum" && inDt === float32 && out.dt === float32 &&
+    p.ks.at(-1)! % 4 === 0 && [...p.kst.slice(0, -1), ...p.rst].every((v) => v % 4 === 0);
+  const cpu = laneFamily(rt);
+  // parts of a long reduction into few outputs take the column kernel too on a CPU adapter
+  // (quads, an input bound whole): the generic kernel's workgroup a part cost 10x more there
+  const parted = parts > 1 && cpu && quad && p.R / parts <= WG * MAX_LOOP &&
+    Math.ceil(inBuf.bytes / 4) * 4 <= rt.maxBindingBytes;
+  if ((parts === 1 || parted) && columnsFit(rt, kind, p)) {
     // on a CPU adapter workgroups of 16 (more of them for both threads), and four quads an
     // invocation (16 outputs of kept rows of whole 16s) where that leaves two workgroups or
     // more: each pass down the rows reads 64 contiguous bytes a lane, not 16
-    const cpu = laneFamily(rt);
     const qs = quad && cpu && p.ks.at(-1)! % 16 === 0 && p.nOut >= 32 * LANE_ROWS ? 4 : 1;
     const wgSize = cpu ? LANE_ROWS : WG;
     const per = quad ? 4 * qs : lanes; // outputs an invocation
     const flat = p.rs.length <= 1;
     // a large input read through a staged texture (same words, same bits)
     const staged = qs === 4 && inBuf.bytes >= STAGE_MIN_BYTES && stageable(rt, inBuf, "inp");
+    const G = Math.ceil(p.nOut / per); // invocations a part
+    /** The outputs [o0, o1) workgroups g0..g1-1 write (output k of part pt: k * parts + pt). */
+    const columnOutputs = (g0: number, g1: number): [number, number] => {
+      const i0 = g0 * wgSize, i1 = Math.min(G * parts, g1 * wgSize);
+      if (i1 <= i0) return [0, 0];
+      const pt0 = Math.floor(i0 / G), pt1 = Math.floor((i1 - 1) / G);
+      if (pt0 !== pt1) return [pt0, (p.nOut - 1) * parts + pt1 + 1];
+      const k0 = (i0 - pt0 * G) * per, k1 = Math.min(p.nOut, (i1 - pt0 * G) * per);
+      return [k0 * parts + pt0, (k1 - 1) * parts + pt0 + 1];
+    };
     program(rt, `reduce|columns|${kind}|${acc}|${quad}|${flat}|${qs}|${wgSize}`, {
       label,
       bindings: [
@@ -1076,12 +1105,12 @@ function pass(
     }, () => columnBody(kind as RowReduce, acc, inL, outL, quad, flat, qs, wgSize)).run(
       {
         buffers: { inp: inBuf, out: out.buffer(label) },
-        uniforms: planUniforms(n, p, 1, p.R, scale),
-        groups: Math.ceil(Math.ceil(n / per) / wgSize),
+        uniforms: planUniforms(n, p, parts, chunk, scale),
+        groups: Math.ceil((G * parts) / wgSize),
         cost: p.nOut * p.R * COST.reduce,
         ranges: {
-          inp: (g0, g1) => inputRange(p, 1, p.R, g0 * wgSize * per, Math.min(n, g1 * wgSize * per)),
-          out: (g0, g1) => [g0 * wgSize * per, Math.min(n, g1 * wgSize * per)],
+          inp: (g0, g1) => inputRange(p, parts, chunk, ...columnOutputs(g0, g1)),
+          out: (g0, g1) => columnOutputs(g0, g1),
         },
       },
     );

@@ -331,3 +331,48 @@ Deno.test("column sums of inputs from 4 MiB read through a staged texture on CPU
     enc.copyBufferToTexture = orig;
   }
 });
+
+Deno.test("column sums of long reductions into few outputs (parts) take the column kernel on CPU adapters, with the generic kernel's bits", async () => {
+  let seed = 5150;
+  // R >= 8192 and under 256 outputs: parts of the rows, then their partial sums
+  const cases: [number[], number[]][] = [
+    [[9000, 128], [0]],
+    [[8192, 64], [0]],
+    [[2, 5000, 96], [0, 1]],
+    [[100, 2, 90, 64], [0, 2]], // two reduced dimensions apart: offsets through roff()
+  ];
+  for (const [shape, axes] of cases) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const R = axes.reduce((a, d) => a * shape[d], 1);
+    const xv = values("f32", n, seed++, -4, 4);
+    xv[5] = -0;
+    xv[n - 3] = Infinity;
+    const x = tensor(xv, { shape });
+    for (const op of ["sum", "mean"] as const) {
+      const what = `${op} f32 ${shape.join("x")} over ${axes}`;
+      const { value, grids: g } = await grids(() =>
+        sameAcrossFamilies(what, () => bits(OPS[op](x, axes)))
+      );
+      const nOut = n / R;
+      const ref = reduceRef(
+        xv,
+        shape,
+        axes,
+        (v) => genericSum(v, nOut, op === "mean" ? f(1 / R) : 1),
+      );
+      assert.deepEqual(value, new Uint32Array(roundTo("f32", ref).buffer), what);
+      // under the lane family the first pass is the column kernel: an invocation a quad and
+      // part (workgroups of 16), not a workgroup an output and part
+      const parts = Math.min(Math.ceil(R / 4096), Math.floor(1024 / nOut));
+      const rt = await getRuntime();
+      if (rt.info.isFallbackAdapter) {
+        assert.equal(
+          g[0],
+          Math.ceil(((nOut / 4) * parts) / 16),
+          `${what}: the column kernel's grid`,
+        );
+      }
+    }
+    x.dispose();
+  }
+});
