@@ -7,7 +7,8 @@
  *
  * Run: deno run --allow-env=DENO_WEBGPU_BACKEND bench/profile_step.ts [--strategy fp32]
  *   [--steps 3] [--top 25] [--shapes] (--shapes: one row per label and workgroup grid, to see
- *   which shapes of a kernel are slow)
+ *   which shapes of a kernel are slow) [--model gpt2] (GPT-2 small instead, random weights,
+ *   batch 1, context 64, as `deno task bench` times its step)
  *
  * Times are the median over `--steps` profiled steps of each row's sum. One pass per dispatch
  * costs a little time of its own, so the sum of dispatch times is compared with the step's
@@ -28,11 +29,19 @@ const { values: flags } = parseArgs({
     steps: { type: "string", default: "3" },
     top: { type: "string", default: "25" },
     shapes: { type: "boolean", default: false },
+    model: { type: "string", default: "small" },
   },
 });
 const STEPS = Number(flags.steps), TOP = Number(flags.top);
-const CFG = { vocabSize: 100, blockSize: 64, nLayer: 4, nHead: 4, nEmbd: 128 };
-const BATCH = 16;
+if (flags.model !== "small" && flags.model !== "gpt2") {
+  console.error(`profile_step: --model takes small or gpt2, got '${flags.model}'`);
+  Deno.exit(2);
+}
+const GPT2 = flags.model === "gpt2";
+const CFG = GPT2
+  ? GPT.config("gpt2", { blockSize: 64 })
+  : { vocabSize: 100, blockSize: 64, nLayer: 4, nHead: 4, nEmbd: 128 };
+const BATCH = GPT2 ? 1 : 16;
 
 const rt = await getRuntime();
 if (!rt.info.timestampQuery) {
@@ -139,7 +148,9 @@ const median = (v: number[]) => {
 const total = median(totals);
 const pct = (ms: number) => `${(100 * ms / total).toFixed(1).padStart(5)}%`;
 console.log(
-  `GPT step ${strategy} on ${rt.info.description}: ${dispatches} dispatches; ` +
+  `${
+    GPT2 ? "GPT-2 small" : "GPT"
+  } step ${strategy} on ${rt.info.description}: ${dispatches} dispatches; ` +
     `unprofiled step ${median(walls).toFixed(0)} ms (wall, median of 3; recording it on ` +
     `the CPU until step() returns ${median(records).toFixed(0)} ms); ` +
     `profiled: dispatches ${total.toFixed(0)} ms of GPU time, first start to last end ` +

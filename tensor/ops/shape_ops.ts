@@ -43,6 +43,7 @@ import { attach } from "../../autograd/graph.ts";
 import { type Layout, layoutOf, storageBytes } from "../../gpu/layout.ts";
 import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
 import { sumTo } from "./reduce.ts";
+import { zeros } from "./creation.ts";
 
 /** Largest rank of permute, slice and gather (the uniform block holds 8 sizes per vector). */
 const MAX_RANK = 8;
@@ -924,6 +925,16 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
       ranges: { idx: () => [0, L], first: (g0, g1) => [g0 * WG, Math.min(A, g1 * WG)] },
     });
   const Q = prod(x.shape.slice(0, a));
+  const sparse = Q === 1 ? sparseRows(rt, dt, inner, [g, ix], first) : 0;
+  if (sparse > 0) {
+    // selection along the first axis: zeros, then each selected row's sum written once
+    out.dispose();
+    const res = zeros(x.shape, { dtype: dt.name });
+    scatterRows(rt, res, g, ix, first, next, { A, L, inner, rowsPer: sparse });
+    rt.free(first);
+    rt.free(next);
+    return res;
+  }
   sumValues({
     op,
     key: "indexSelect_grad",
@@ -969,6 +980,107 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   rt.free(first);
   rt.free(next);
   return out;
+}
+
+/**
+ * Rows of `inner` elements of a `dt` gradient that one window of the output may hold, where
+ * `scatterRows` may write it (0 where it may not: packed words straddling rows, or a source,
+ * an index or the chain heads larger than one binding).
+ */
+function sparseRows(
+  rt: Runtime,
+  dt: DType,
+  inner: number,
+  reads: readonly Tensor[],
+  first: PooledBuffer,
+): number {
+  const l = layoutOf(dt, rt);
+  if (inner === 0 || inner % l.lanes !== 0) return 0;
+  if (reads.some((t) => isBig(rt, t.buffer("indexSelect_grad"))) || isBig(rt, first)) return 0;
+  const align = rt.info.limits.minStorageBufferOffsetAlignment ?? 256;
+  const cap = Math.floor((rt.maxBindingBytes - align - 4) / (l.elem === "f16" ? 2 : 4)) * l.lanes;
+  return Math.floor(cap / inner);
+}
+
+/**
+ * The gradient of a selection along the first axis into `out` (zeros of `A` rows of `inner`):
+ * an invocation a word of a selected row, at the first index position `l` that selects the
+ * row (`first[row] == l`), sums the row's terms along its chain (`next`, increasing `l`) from
+ * +0 in f32, as `sumValues` does for every row, and stores the word; rows no id selects keep
+ * their zeros (+0, the code the dense sum writes). `L` x `inner` invocations in place of `A` x
+ * `inner` dense sums, each with integer divisions, which llvmpipe runs lane by lane (GPT-2's
+ * token embedding: 50257 rows). Rows in windows of `rowsPer` when `out` is larger than one
+ * binding.
+ */
+function scatterRows(
+  rt: Runtime,
+  out: Tensor,
+  g: Tensor,
+  ix: Tensor,
+  first: PooledBuffer,
+  next: PooledBuffer,
+  d: { A: number; L: number; inner: number; rowsPer: number },
+): void {
+  const op = "indexSelect_grad";
+  const outL = layoutOf(out.dt, rt);
+  const lanes = outL.lanes, W = d.inner / lanes, n = d.L * W;
+  const p = program(rt, "shape|indexSelect_rows", {
+    label: op,
+    bindings: [
+      { name: "g", type: layoutOf(g.dt, rt), access: "read" },
+      { name: "idx", type: layoutOf(ix.dt, null), access: "read" },
+      { name: "first", type: layoutOf(dtype("u32"), null), access: "read" },
+      { name: "next", type: "u32", access: "read" },
+      { name: "out", type: outL, access: "read_write" },
+    ],
+    uniforms: ["n", "W", "inner", "L", "A", "alo", "ahi"].map((name) => ({
+      name,
+      type: "u32" as const,
+    })),
+    workgroupSize: WG,
+  }, () =>
+    `${indexReader(ix)}
+fn kernel(wg: u32, lid: vec3u, li: u32) {
+  let t = wg * ${WG}u + li;
+  if (t >= u.n) { return; }
+  let l = t / u.W;
+  let k = t - l * u.W;
+  let a = ix(l);
+  if (a < u.alo || a >= u.ahi || get_first(a) != l) { return; }
+  var v = vec4<f32>(0.0);
+${
+      [..."xyzw"].slice(0, lanes).map((c, e) =>
+        `  {
+    let r = k * ${lanes}u + ${e}u;
+    var s = 0.0;
+    var m = l;
+    for (var j = 0u; j < u.L && m != ${NONE}u; j = j + 1u) {
+      s = s + ld_g(m * u.inner + r);
+      m = next[m];
+    }
+    v.${c} = s;
+  }
+`
+      ).join("")
+    }  st_out(a * u.W + k, v, vec4<u32>(0u));
+}`);
+  const buffers = {
+    g: g.buffer(op),
+    idx: ix.buffer(op),
+    first,
+    next,
+    out: out.buffer(op),
+  };
+  const groups = Math.ceil(n / WG);
+  for (let alo = 0; alo < d.A; alo += d.rowsPer) {
+    const ahi = Math.min(d.A, alo + d.rowsPer);
+    p.run({
+      buffers,
+      uniforms: { n, W, inner: d.inner, L: d.L, A: d.A, alo, ahi },
+      groups,
+      ranges: { out: () => [alo * d.inner, ahi * d.inner] },
+    });
+  }
 }
 
 // ---- gather ----------------------------------------------------------------------------------

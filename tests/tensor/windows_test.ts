@@ -207,6 +207,54 @@ for (const dt of ["f32", "bf16", "e4m3"]) {
   });
 }
 
+for (const dt of ["f32", "bf16", "e4m3", "f16"]) {
+  Deno.test(`an embedding gradient of ${dt} rows of whole words: zeros and the selected rows, the table in windows`, async () => {
+    // rows of 32 (whole words in every dtype): the gradient is zeros plus a sum written per
+    // selected row; g (20 x 32) fits one binding, the table's gradient (2003 rows) does not
+    const A = 2003, C = 32;
+    const w = tensor(values(dt, A * C, 35), { dtype: dt, shape: [A, C], requiresGrad: true });
+    const ids = [
+      5,
+      1999,
+      5,
+      -7,
+      2002,
+      3000,
+      640,
+      5,
+      1999,
+      0,
+      17,
+      640,
+      1000,
+      1001,
+      2,
+      3,
+      5,
+      0,
+      9,
+      1999,
+    ];
+    const ix = ints(ids);
+    const y = indexSelect(w, 0, ix);
+    const gh = values(dt, ids.length * C, 36);
+    gh[C + 3] = -0; // a -0 term alone in its row's sum: +0 + -0 is +0, as the dense sum gives
+    const g = tensor(gh, { dtype: dt, shape: [ids.length, C] });
+    const gv = await g.toArray();
+    const back = () => y.node!.backward(g)[0]!;
+    const got = await windowed(SHAPE_LIMIT, back);
+    assert.ok(got.n > 8, `${got.n} dispatches: the table's gradient in windows of rows`);
+    // (the first difference, not a diff of 64,096 values)
+    const want = roundTo(dt, scatterRef(gv, ids, A, C));
+    const bad = got.values.findIndex((v, i) => !Object.is(v, want[i]));
+    assert.equal(bad, -1, `element ${bad}: ${got.values[bad]}, want ${want[bad]}`);
+    const all = await whole(back);
+    const badCode = got.codes.findIndex((c, i) => c !== all[i]);
+    assert.equal(badCode, -1, `code ${badCode} differs from the whole binding's`);
+    for (const t of [w, ix, y, g]) t.dispose();
+  });
+}
+
 Deno.test("gather and its gradient along each axis, with sources larger than one binding", async () => {
   const shape = [211, 67]; // 56 KB of f32, 28 KB of bf16
   for (const dt of ["f32", "bf16"]) {
