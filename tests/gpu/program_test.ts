@@ -17,6 +17,7 @@ import {
   type TextureSpec,
 } from "../../gpu/mod.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
+import { textureCopies } from "../_copies.ts";
 
 const WG = 64;
 
@@ -404,22 +405,6 @@ ${body}
   rt.free(x);
   rt.free(y);
 });
-
-/** The texel copies `fn` records (`copyBufferToTexture` calls). */
-async function textureCopies<T>(fn: () => Promise<T>): Promise<{ value: T; copies: number }> {
-  const enc = GPUCommandEncoder.prototype;
-  const orig = enc.copyBufferToTexture;
-  let copies = 0;
-  enc.copyBufferToTexture = function (this: GPUCommandEncoder, ...a) {
-    copies++;
-    return orig.apply(this, a);
-  };
-  try {
-    return { value: await fn(), copies };
-  } finally {
-    enc.copyBufferToTexture = orig;
-  }
-}
 
 Deno.test("staged bindings: get4_ and lq_ read the buffer's words through a texture copy, also past one binding", async () => {
   await withBindingLimit(4096, async (rt) => {

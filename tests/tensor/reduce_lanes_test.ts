@@ -10,6 +10,7 @@ import { getRuntime, setStaging } from "../../gpu/mod.ts";
 import { reduceRef, roundTo, values } from "./_reference.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
 import { withFamily } from "../_row_family.ts";
+import { textureCopies } from "../_copies.ts";
 
 await getRuntime();
 const f = Math.fround;
@@ -286,49 +287,35 @@ Deno.test("column reductions on CPU adapters (four quads an invocation, workgrou
 
 Deno.test("column sums of inputs from 4 MiB read through a staged texture on CPU adapters, with the same bits", async () => {
   const rt = await getRuntime();
-  const enc = GPUCommandEncoder.prototype;
-  const orig = enc.copyBufferToTexture;
-  let copies = 0;
-  enc.copyBufferToTexture = function (this: GPUCommandEncoder, ...a) {
-    copies++;
-    return orig.apply(this, a);
-  };
-  try {
-    let seed = 4242;
-    // four quads an invocation: rows of partial chains (1030 % 64 != 0), two reduced
-    // dimensions merged; 4 MiB or more each
-    for (const shape of [[1030, 1024], [2, 520, 1024]]) {
-      const n = shape[0] * shape[1] * (shape[2] ?? 1);
-      const xv = values("f32", n, seed++, -4, 4);
-      xv[5] = -0;
-      xv[n - 3] = Infinity;
-      xv[2 * shape.at(-1)! + 1] = NaN;
-      const x = tensor(xv, { shape });
-      const axes = shape.length === 3 ? [0, 1] : [0];
-      const what = `sum f32 ${shape.join("x")} over ${axes}`;
-      copies = 0;
-      const staged = await bits(sum(x, axes));
-      assert.equal(copies > 0, rt.info.isFallbackAdapter, `${what}: staged on CPU adapters`);
-      // a smaller input of the same kind is read through the binding
-      copies = 0;
-      const small = tensor(xv.subarray(0, 64 * 1024), { shape: [64, 1024] });
-      await bits(sum(small, 0));
-      small.dispose();
-      assert.equal(copies, 0, "under 4 MiB: no copy");
-      const prev = setStaging("never");
-      copies = 0;
-      try {
-        assert.deepEqual(staged, await bits(sum(x, axes)), `${what}: staged and bound differ`);
-        assert.equal(copies, 0, `${what}: no copy when staging is off`);
-      } finally {
-        setStaging(prev);
-      }
-      const ref = reduceRef(xv, shape, axes, (v) => chainTreeSum(v));
-      assert.deepEqual(staged, new Uint32Array(roundTo("f32", ref).buffer), what);
-      x.dispose();
+  let seed = 4242;
+  // four quads an invocation: rows of partial chains (1030 % 64 != 0), two reduced
+  // dimensions merged; 4 MiB or more each
+  for (const shape of [[1030, 1024], [2, 520, 1024]]) {
+    const n = shape[0] * shape[1] * (shape[2] ?? 1);
+    const xv = values("f32", n, seed++, -4, 4);
+    xv[5] = -0;
+    xv[n - 3] = Infinity;
+    xv[2 * shape.at(-1)! + 1] = NaN;
+    const x = tensor(xv, { shape });
+    const axes = shape.length === 3 ? [0, 1] : [0];
+    const what = `sum f32 ${shape.join("x")} over ${axes}`;
+    const staged = await textureCopies(() => bits(sum(x, axes)));
+    assert.equal(staged.copies > 0, rt.info.isFallbackAdapter, `${what}: staged on CPU adapters`);
+    // a smaller input of the same kind is read through the binding
+    const small = tensor(xv.subarray(0, 64 * 1024), { shape: [64, 1024] });
+    assert.equal((await textureCopies(() => bits(sum(small, 0)))).copies, 0, "under 4 MiB");
+    small.dispose();
+    const prev = setStaging("never");
+    try {
+      const bound = await textureCopies(() => bits(sum(x, axes)));
+      assert.deepEqual(staged.value, bound.value, `${what}: staged and bound differ`);
+      assert.equal(bound.copies, 0, `${what}: no copy when staging is off`);
+    } finally {
+      setStaging(prev);
     }
-  } finally {
-    enc.copyBufferToTexture = orig;
+    const ref = reduceRef(xv, shape, axes, (v) => chainTreeSum(v));
+    assert.deepEqual(staged.value, new Uint32Array(roundTo("f32", ref).buffer), what);
+    x.dispose();
   }
 });
 
