@@ -925,7 +925,9 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
       ranges: { idx: () => [0, L], first: (g0, g1) => [g0 * WG, Math.min(A, g1 * WG)] },
     });
   const Q = prod(x.shape.slice(0, a));
-  const sparse = Q === 1 ? sparseRows(rt, dt, inner, [g, ix], first) : 0;
+  // few rows selected of many (an embedding table): zeros and the selected rows' sums, one
+  // more dispatch than the dense sums and far less work
+  const sparse = Q === 1 && A >= 4 * L ? sparseRows(rt, dt, inner, [g, ix], first) : 0;
   if (sparse > 0) {
     // selection along the first axis: zeros, then each selected row's sum written once
     out.dispose();
