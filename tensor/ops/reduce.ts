@@ -1072,8 +1072,7 @@ function pass(
   const cpu = laneFamily(rt);
   // parts of a long reduction into few outputs take the column kernel too on a CPU adapter
   // (quads, an input bound whole): the generic kernel's workgroup a part cost 10x more there
-  const parted = parts > 1 && cpu && quad && p.R / parts <= WG * MAX_LOOP &&
-    Math.ceil(inBuf.bytes / 4) * 4 <= rt.maxBindingBytes;
+  const parted = parts > 1 && cpu && quad && Math.ceil(inBuf.bytes / 4) * 4 <= rt.maxBindingBytes;
   if ((parts === 1 || parted) && columnsFit(rt, kind, p)) {
     // on a CPU adapter workgroups of 16 (more of them for both threads), and four quads an
     // invocation (16 outputs of kept rows of whole 16s) where that leaves two workgroups or

@@ -42,7 +42,7 @@ import {
 import { attach } from "../../autograd/graph.ts";
 import { type Layout, layoutOf, storageBytes } from "../../gpu/layout.ts";
 import { fmtShape, installMethods, Tensor } from "../core/tensor.ts";
-import { sumTo } from "./reduce.ts";
+import { sumTo, windowElems } from "./reduce.ts";
 import { zeros } from "./creation.ts";
 
 /** Largest rank of permute, slice and gather (the uniform block holds 8 sizes per vector). */
@@ -888,8 +888,7 @@ function indexSelectGrad(g: Tensor, x: Tensor, a: number, ix: Tensor): Tensor {
   const op = "indexSelect_grad";
   const A = x.shape[a], L = ix.size, inner = prod(x.shape.slice(a + 1));
   const dt = gradDtype(x);
-  const out = Tensor.empty(x.shape, dt);
-  if (out.size === 0) return out;
+  if (prod(x.shape) === 0) return Tensor.empty(x.shape, dt);
   const first = rt.alloc(4 * Math.max(A, 1), { dtype: "u32", purpose: "scratch" });
   const next = rt.alloc(4 * Math.max(L, 1), { dtype: "u32", purpose: "scratch" });
   const u32 = layoutOf(dtype("u32"), null);
@@ -930,13 +929,13 @@ fn kernel(wg: u32, lid: vec3u, li: u32) {
   const sparse = Q === 1 && A >= 4 * L ? sparseRows(rt, dt, inner, [g, ix], first) : 0;
   if (sparse > 0) {
     // selection along the first axis: zeros, then each selected row's sum written once
-    out.dispose();
     const res = zeros(x.shape, { dtype: dt.name });
     scatterRows(rt, res, g, ix, first, next, { A, L, inner, rowsPer: sparse });
     rt.free(first);
     rt.free(next);
     return res;
   }
+  const out = Tensor.empty(x.shape, dt);
   sumValues({
     op,
     key: "indexSelect_grad",
@@ -999,9 +998,7 @@ function sparseRows(
   const l = layoutOf(dt, rt);
   if (inner === 0 || inner % l.lanes !== 0) return 0;
   if (reads.some((t) => isBig(rt, t.buffer("indexSelect_grad"))) || isBig(rt, first)) return 0;
-  const align = rt.info.limits.minStorageBufferOffsetAlignment ?? 256;
-  const cap = Math.floor((rt.maxBindingBytes - align - 4) / (l.elem === "f16" ? 2 : 4)) * l.lanes;
-  return Math.floor(cap / inner);
+  return Math.floor(windowElems(rt, l) / inner);
 }
 
 /**
