@@ -102,6 +102,7 @@ async function acquire(opts: DeviceOptions): Promise<Runtime> {
     maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
     maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
     maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+    maxTextureDimension2D: l.maxTextureDimension2D, // texture family, staged reads: fewer pieces
   };
   let device: GPUDevice;
   try {

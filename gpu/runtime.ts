@@ -310,6 +310,33 @@ export class Runtime {
     }
     this.#maxBinding = Math.floor(bytes / 4) * 4;
   }
+  #maxTexture = 0;
+
+  /**
+   * The widest and tallest scratch texture (`scratchTexture`) in texels: the adapter's
+   * `maxTextureDimension2D` unless lowered (to test the kernels that cut their work into
+   * pieces whose textures fit, on small tensors). @internal
+   *
+   * @example
+   * ```ts
+   * import { getRuntime } from "./mod.ts";
+   * const rt = await getRuntime();
+   * console.log(rt.maxTextureSize === rt.device.limits.maxTextureDimension2D); // true
+   * ```
+   */
+  get maxTextureSize(): number {
+    return this.#maxTexture || this.device.limits.maxTextureDimension2D;
+  }
+  set maxTextureSize(texels: number) {
+    const max = this.device.limits.maxTextureDimension2D;
+    if (!Number.isInteger(texels) || texels < 64 || texels > max) {
+      throw new DeviceError(
+        `maxTextureSize must be an integer from 64 to the adapter's maxTextureDimension2D ` +
+          `(${max}), got ${texels}`,
+      );
+    }
+    this.#maxTexture = texels === max ? 0 : texels;
+  }
   /**
    * Called before a command that writes buffers is recorded, with its buffers and, for a
    * dispatch, the access of each (only `read_write` ones are written; without `access`,
@@ -933,8 +960,8 @@ export class Runtime {
    * is the same texture for the same slot and size until evicted (the runtime keeps six
    * sizes per slot), so its contents last only until the next request for the slot: recorded
    * dispatches run in order, so a pack and the reads after it see their own texels. Null when
-   * the size passes `maxTextureDimension2D` or the memory budget (the caller then takes a
-   * path without textures).
+   * the size passes `maxTextureSize` (the adapter's `maxTextureDimension2D`) or the memory
+   * budget (the caller then takes a path without textures).
    *
    * @example
    * ```ts
@@ -950,7 +977,7 @@ export class Runtime {
     height: number,
     format: ScratchFormat = "rgba32float",
   ): GPUTexture | null {
-    const max = this.device.limits.maxTextureDimension2D;
+    const max = this.maxTextureSize;
     if (width < 1 || height < 1 || width > max || height > max) return null;
     const key = `${slot}|${width}x${height}${format === "rgba32float" ? "" : "u"}`;
     const hit = this.#textures.get(key);

@@ -17,9 +17,11 @@
  * rounding, no separate reduction).
  *
  * CPU adapters get a second kernel family for the products of a Linear layer (no batch, the
- * medium and large shape classes by default): A and B packed once into `rgba32float` textures
- * and read without workgroup memory or barriers (`matmulTextureSource`), since every load
- * there runs lane by lane; the same products in the same order, so the same bits.
+ * medium and large shape classes by default): A and B copied (f32 and bf16 rows of whole
+ * 256-byte units) or packed into textures and read without workgroup memory or barriers
+ * (`matmulRawSource`), since every load there runs lane by lane; the same products in the
+ * same order, so the same bits. Products whose textures would be too long run in pieces of
+ * the output (`texturePlan`).
  * `tuneMatmul()` times both families' tiles.
  *
  * Packed outputs: an invocation owns 4 consecutive columns of a row, which are whole u32
@@ -86,10 +88,9 @@ export interface Tiles {
   /** Depth of the K slice held in workgroup memory (a multiple of 4; 4 for textures). */
   readonly bk: number;
   /**
-   * The kernel family: `"texture"` packs A and B into `rgba32float` textures (four values
-   * along K per texel of A, along N per texel of B) and reads them without workgroup memory
-   * or barriers (CPU adapters: see `matmulTextureSource`); absent, the workgroup-memory
-   * tiling.
+   * The kernel family: `"texture"` copies or packs A and B into textures and reads them
+   * without workgroup memory or barriers (CPU adapters: see `matmulRawSource`); absent, the
+   * workgroup-memory tiling.
    */
   readonly family?: "texture";
 }
@@ -240,8 +241,8 @@ export function matmulTexturesPassed(): boolean {
 
 // On a new CPU adapter, probe products per family: the texture family stays only where it
 // gives the workgroup-memory kernel's bits in each of its variants: 128 x 64 by 64 x 256 in
-// f32 (the copy variant, large class), a K of 252 (not copyable: the packing variant) and a
-// transposed f32 A by a transposed bf16 B with infinities and a subnormal (the copy variant's
+// f32 (both operands copied, large class), a K of 252 (not copyable: both packed) and a
+// transposed f32 A by a transposed bf16 B with infinities and a subnormal (copies'
 // raw bits and bf16 decode; medium class, small kernels). Small on purpose: every new device
 // pays for them (`deno test` makes one per test module and doc example, 328 a run), and
 // through OpenGL, where llvmpipe breaks the family, every large-class product measured from
@@ -619,82 +620,41 @@ ${store}
 }
 
 /**
- * The WGSL body of the texture family's matmul kernel (CPU adapters): A and B are read from
- * `rgba32float` textures that `matmul()` packs first (a texel of A holds four values along K
- * of one row, a texel of B four along N of one row of K; zero past the edges), without
- * workgroup memory or barriers. Invocation (x, y) of the grid computes rows `y tm`.. and
- * columns `4 x tn/4`.. of the output; per 4 steps of K it loads tm texels of A and tn of B for
- * 4 tm tn multiply-adds, chained 4 at a time per accumulator. On llvmpipe an invocation is a
- * SIMD lane: every load runs lane by lane (a texel costs about half a storage load there),
- * the multiply-adds 8 lanes at once; the workgroup-memory tiling pays per-lane loads twice
- * (into workgroup memory, then out of it) plus its barriers, this family once. The products
- * are summed in the same order (k ascending, one `fma` each) as the workgroup-memory kernel,
- * so the results have the same bits.
+ * How the texture family's kernel reads an operand's texture: 16 bytes a texel of a stored
+ * row, 8 bf16 values (`bf16`, two a word) or 4 f32, along K or, for an operand stored
+ * transposed (`trans`), along M / N. An operand copied as it is stored (`copyBufferToTexture`)
+ * keeps its dtype and transpose; a packed one (any dtype, decoded to f32 by the packing
+ * dispatch) reads as f32 not transposed: four values along K per texel of A, along N per
+ * texel of B.
  */
-function matmulTextureSource(cfg: MatmulKernelConfig): string {
-  const { tm, tn, wgx, wgy } = cfg.tiles;
-  if (tm % 4 || tn % 4) {
-    throw new ValueError(`matmulTextureSource(): tm and tn must be multiples of 4`);
-  }
-  const q = tn / 4, X = "xyzw";
-  const { accDecl, storeRow, stores } = epilogue(cfg);
-  // the 4 steps of K chained per accumulator: one load and one store of it (they spill on
-  // llvmpipe) per 4 multiply-adds instead of per one (1.3-1.5x); same order, same bits. B's
-  // texels first, then row by row A's texel and that row's accumulators: a texel of A is
-  // used right after its load instead of being spilled with all the others (1.1-1.2x the
-  // order that loads every texel first, in CPU time at 1024^3)
-  let body = "";
-  for (let kk = 0; kk < 4; kk++) {
-    for (let j = 0; j < q; j++) body += `    let b${kk}_${j} = tl_b(c0 + ${j}u, kb + ${kk}u);\n`;
-  }
-  for (let i = 0; i < tm; i++) {
-    body += `    let a${i} = tl_a(k4, r0 + ${i}u);\n`;
-    for (let j = 0; j < q; j++) {
-      let e = `acc${i}_${j}`;
-      for (let kk = 0; kk < 4; kk++) e = `fma(vec4<f32>(a${i}.${X[kk]}), b${kk}_${j}, ${e})`;
-      body += `    acc${i}_${j} = ${e};\n`;
-    }
-  }
-  return `${storeRow}
-fn kernel(wg: vec3u, lid: vec3u, li: u32) {
-  let c0 = (wg.x * ${wgx}u + lid.x) * ${q}u;
-  let r0 = (wg.y * ${wgy}u + lid.y) * ${tm}u;
-${accDecl}  for (var k4 = 0u; k4 < u.k4; k4 = k4 + 1u) {
-    let kb = k4 * 4u;
-${body}  }
-  let zoff = 0u;
-  let m = r0;
-  let n = c0 * 4u;
-${stores}}
-`;
-}
-
-/**
- * How the copy variant of the texture family reads an operand: its stored dtype (`bf16`: 8
- * values a texel, two a word; else f32, 4 a texel) and whether it is stored transposed.
- */
-interface RawOperand {
+interface TexelLayout {
   readonly bf16: boolean;
   readonly trans: boolean;
 }
 
+/** The layout of a packed operand's texture. */
+const PACKED: TexelLayout = { bf16: false, trans: false };
+
 /** Values of an operand's stored row in one texel: 8 bf16 or 4 f32. */
-const perTexel = (o: RawOperand) => (o.bf16 ? 8 : 4);
+const perTexel = (o: TexelLayout) => (o.bf16 ? 8 : 4);
 
 /**
- * The WGSL body of the texture family's copy variant: A and B are textures holding the
- * operands' stored bytes as they are (`copyBufferToTexture`, no packing dispatch): a texel is
- * 16 bytes of a stored row, 4 f32 or 8 bf16 values (read as f32 bits and decoded with a
- * shift), along K or along M / N as the operand is stored. Each iteration covers `ks` steps of
- * K (8 when an operand is bf16, else 4): B's values first (decoded once), then row by row (a
- * group of 4 or 8 rows for a transposed A, whose texels run along M) A's and the row's
+ * The WGSL body of the texture family's kernel (CPU adapters): A and B are read from textures
+ * (copied or packed, `TexelLayout`), without workgroup memory or barriers. On llvmpipe an
+ * invocation is a SIMD lane: every load runs lane by lane (a texel costs about a quarter of a
+ * storage `vec4` there), the multiply-adds 8 lanes at once; the workgroup-memory tiling pays
+ * per-lane loads twice (into workgroup memory, then out of it) plus its barriers, this family
+ * once. Invocation (x, y) of a piece computes rows `y tm`.. and columns `4 x tn/4`.. of the
+ * piece, whose origin in the output is (`u.pm`, `u.pn`). Each iteration covers `ks` steps of
+ * K (8 when a copied operand is bf16, else 4): B's values first (decoded once), then row by
+ * row (a group of 4 or 8 rows for a transposed A, whose texels run along M) A's and the row's
  * accumulators, each a chain of `ks` fmas in ascending k: the same products in the same order
  * as the workgroup-memory kernel, so the same bits (the decode gives the values its decoder
  * gives; a NaN's payload may differ before the output encoder, which makes every NaN the
- * canonical one of its sign). Rows and columns past M and N read what the scratch texture
- * held; only outputs that are not stored see them.
+ * canonical one of its sign). Rows and columns past the piece read what the scratch texture
+ * held (or a pack's zeros); only outputs that are not stored see them.
  */
-function matmulRawSource(cfg: MatmulKernelConfig, ra: RawOperand, rb: RawOperand): string {
+function matmulRawSource(cfg: MatmulKernelConfig, ra: TexelLayout, rb: TexelLayout): string {
   const { tm, tn, wgx, wgy } = cfg.tiles;
   const q = tn / 4, X = "xyzw";
   const ks = ra.bf16 || rb.bf16 ? 8 : 4;
@@ -705,8 +665,8 @@ function matmulRawSource(cfg: MatmulKernelConfig, ra: RawOperand, rb: RawOperand
       `matmulRawSource(): tiles ${tm}x${tn} do not fit the operands' texels (A ` +
         `${ra.bf16 ? "bf16" : "f32"}${ra.trans ? " transposed" : ""}: ${pa} a texel, B ` +
         `${rb.bf16 ? "bf16" : "f32"}${rb.trans ? " transposed" : ""}: ${pb}; tm must be a ` +
-        `multiple of ${ga}, tn of 4${rb.trans ? "" : ` and ${pb}`}): rawPlan() should have ` +
-        `sent this product to the packing variant; a bug in matmul, please report it`,
+        `multiple of ${ga}, tn of 4${rb.trans ? "" : ` and ${pb}`}): texturePlan() should ` +
+        `have packed the operand; a bug in matmul, please report it`,
     );
   }
   // element e of texel variable t: f32 texels as they are, bf16 ones two a word
@@ -786,8 +746,8 @@ ${accDecl}  for (var kt = 0u; kt < u.kit; kt = kt + 1u) {
     let kb = kt * ${ks}u;
 ${body}  }
   let zoff = 0u;
-  let m = r0;
-  let n = n0;
+  let m = u.pm + r0;
+  let n = u.pn + n0;
 ${stores}}
 `;
 }
@@ -810,124 +770,49 @@ function textureFamilyBindings(cfg: MatmulKernelConfig): BindingSpec[] {
   return bindings;
 }
 
-/** The copy variant's program: the output (and scales) bound, A and B as raw textures. */
-function matmulRawProgram(
-  rt: Runtime,
-  cfg: MatmulKernelConfig,
-  ra: RawOperand,
-  rb: RawOperand,
-) {
+/** The texture family's program: the output (and scales) bound, A and B as textures. */
+function textureProgram(rt: Runtime, cfg: MatmulKernelConfig, la: TexelLayout, lb: TexelLayout) {
   const t = cfg.tiles;
-  const bindings = textureFamilyBindings(cfg);
   const access = textureReads();
-  const op = (o: RawOperand) => `${o.bf16 ? "bf16" : "f32"}${o.trans ? "T" : ""}`;
+  const op = (o: TexelLayout) => `${o.bf16 ? "bf16" : "f32"}${o.trans ? "T" : ""}`;
   return program(
     rt,
-    `matmul-raw|${t.tm},${t.tn},${t.wgx},${t.wgy}|${op(ra)}|${op(rb)}|${access}|${
+    `matmul-tex|${t.tm},${t.tn},${t.wgx},${t.wgy}|${op(la)}|${op(lb)}|${access}|${
       cfg.quadOut ? "q4" : ""
     }`,
     {
       label: "matmul",
-      bindings,
+      bindings: textureFamilyBindings(cfg),
       uniforms: [
         { name: "m", type: "u32" },
         { name: "n", type: "u32" },
-        { name: "kit", type: "u32" }, // iterations of the K loop (K / ks)
-        { name: "acc", type: "u32" }, // always 0: one pass over K
-      ],
-      textures: [{ name: "a", access }, { name: "b", access }],
-      workgroupSize: [t.wgx, t.wgy],
-      grid: "3d",
-    },
-    () => matmulRawSource(cfg, ra, rb),
-  );
-}
-
-/**
- * The copy variant's plan for a product, where it can run it: both operands f32 or bf16
- * whose stored rows are whole multiples of 256 bytes (what `copyBufferToTexture` needs), K a
- * multiple of the K loop's step, one pass over K, tiles whose blocks are whole texels, and
- * textures within the adapter's limits. Each operand's scratch texture and the copy into it;
- * null where the packing variant runs the product.
- */
-function rawPlan(
-  rt: Runtime,
-  A: View,
-  B: View,
-  full: readonly number[],
-  M: number,
-  N: number,
-  K: number,
-  tiles: Tiles,
-  kSplits: readonly [number, number][],
-): { ra: RawOperand; rb: RawOperand; ta: GPUTexture; tb: GPUTexture; kit: number } | null {
-  const max = rt.maxBindingBytes;
-  if (prod(full) !== 1 || M * N * 4 > max) return null;
-  const kind = (v: View): RawOperand | null => {
-    const name = v.t.dt.name;
-    if (name !== "f32" && name !== "bf16") return null;
-    const o = { bf16: name === "bf16", trans: v.trans };
-    return (v.cols * (o.bf16 ? 2 : 4)) % 256 === 0 ? o : null;
-  };
-  const ra = kind(A), rb = kind(B);
-  if (ra === null || rb === null || kSplits.length !== 1) return null;
-  const ks = ra.bf16 || rb.bf16 ? 8 : 4;
-  const pa = perTexel(ra), pb = perTexel(rb);
-  if (K % ks || tiles.tm % (ra.trans ? pa : 1) || (!rb.trans && tiles.tn % pb)) return null;
-  const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
-  const Mp = Math.ceil(M / bm) * bm, Np = Math.ceil(N / bn) * bn;
-  // texels along a stored row x rows, padded to whole tiles
-  const ta = ra.trans
-    ? rt.scratchTexture("matmul.a", Mp / pa, K)
-    : rt.scratchTexture("matmul.a", K / pa, Mp);
-  const tb = rb.trans
-    ? rt.scratchTexture("matmul.b", K / pb, Np)
-    : rt.scratchTexture("matmul.b", Np / pb, K);
-  if (ta === null || tb === null) return null;
-  return { ra, rb, ta, tb, kit: K / ks };
-}
-
-/** Copies an operand's stored rows into its raw texture (16 bytes a texel). */
-function copyRaw(rt: Runtime, v: View, o: RawOperand, t: GPUTexture, op: string): void {
-  const rowBytes = v.cols * (o.bf16 ? 2 : 4);
-  rt.copyToTexture(v.t.buffer(op), 0, rowBytes, t, rowBytes / 16, v.rows);
-}
-
-/** The texture family's matmul program: the output (and scales) bound, A and B as textures. */
-function matmulTextureProgram(rt: Runtime, cfg: MatmulKernelConfig) {
-  const t = cfg.tiles;
-  const bindings = textureFamilyBindings(cfg);
-  // read-only storage textures where WGSL has them: their loads cost less than texel fetches
-  // on llvmpipe (1.3-1.9x the kernel with sampled textures at 1024^3)
-  const access = textureReads();
-  return program(
-    rt,
-    `matmul-tex|${t.tm},${t.tn},${t.wgx},${t.wgy}|${access}|${cfg.quadOut ? "q4" : ""}`,
-    {
-      label: "matmul",
-      bindings,
-      uniforms: [
-        { name: "m", type: "u32" },
-        { name: "n", type: "u32" },
-        { name: "k4", type: "u32" }, // texels of A along K (K of this split / 4, rounded up)
+        { name: "kit", type: "u32" }, // iterations of the K loop (this split's K / ks, rounded up)
         { name: "acc", type: "u32" }, // 1: add to the f32 output (splits of K after the first)
+        { name: "pm", type: "u32" }, // the piece's first row of the output
+        { name: "pn", type: "u32" }, // the piece's first column
       ],
       textures: [{ name: "a", access }, { name: "b", access }],
       workgroupSize: [t.wgx, t.wgy],
       grid: "3d",
     },
-    () => matmulTextureSource(cfg),
+    () => matmulRawSource(cfg, la, lb),
   );
 }
 
+/** An operand of the packing dispatch: `a` or `b`, and its layout. */
+interface PackOperand {
+  readonly x: "a" | "b";
+  readonly layout: Layout;
+}
+
 /**
- * The program that packs both operands into their textures in one dispatch (one invocation
- * per texel, A's then B's): for operand x (`a`, `b`), a logical `rows x cols` matrix (element
- * (r, c) stored at `off + r ld + c`, or `off + c ld + r` when transposed) goes into a `w x h`
- * texture, texel (c4, r) holding elements (r, 4 c4..4 c4+3) decoded to f32, zero outside the
- * matrix.
+ * The program that packs operands into their textures in one dispatch (one invocation per
+ * texel, A's before B's, of the operands it packs): for operand x (`a`, `b`), a logical
+ * `rows x cols` matrix (element (r, c) stored at `off + r ld + c`, or `off + c ld + r` when
+ * transposed) goes into a `w x h` texture, texel (c4, r) holding elements (r, 4 c4..4 c4+3)
+ * decoded to f32, zero outside the matrix.
  */
-function packProgram(rt: Runtime, la: Layout, lb: Layout) {
+function packProgram(rt: Runtime, ops: readonly PackOperand[]) {
   const fields = ["rows", "cols", "ld", "off", "tr", "w", "h"];
   const texel = (x: string) =>
     `fn texel_${x}(c: u32, r: u32) -> vec4<f32> {
@@ -944,42 +829,70 @@ function packProgram(rt: Runtime, la: Layout, lb: Layout) {
   return v;
 }
 `;
-  return program(rt, "matmul-pack", {
+  // each operand's texels in turn: s counts from the first texel of the operand at hand
+  const steps = ops.map(({ x }, i) =>
+    `${
+      i > 0 ? `  s = s - u.w${ops[i - 1].x} * u.h${ops[i - 1].x};\n` : ""
+    }  if (s < u.w${x} * u.h${x}) {
+    ts_t${x}(s % u.w${x}, s / u.w${x}, texel_${x}(s % u.w${x}, s / u.w${x}));
+    return;
+  }
+`
+  ).join("");
+  return program(rt, `matmul-pack|${ops.map((o) => o.x).join("")}`, {
     label: "matmul_pack",
-    bindings: [
-      { name: "a", type: la, access: "read" },
-      { name: "b", type: lb, access: "read" },
-    ],
-    uniforms: ["a", "b"].flatMap((x) =>
-      fields.map((f) => ({ name: `${f}${x}`, type: "u32" as const }))
-    ),
-    textures: [
-      { name: "ta", access: "write" },
-      { name: "tb", access: "write" },
-    ],
+    bindings: ops.map((o) => ({ name: o.x, type: o.layout, access: "read" as const })),
+    uniforms: ops.flatMap((o) => fields.map((f) => ({ name: `${f}${o.x}`, type: "u32" as const }))),
+    textures: ops.map((o) => ({ name: `t${o.x}`, access: "write" as const })),
     workgroupSize: 64,
   }, () =>
-    `${texel("a")}${texel("b")}
+    `${ops.map((o) => texel(o.x)).join("")}
 fn kernel(wg: u32, lid: vec3u, li: u32) {
-  // texels of A first, then those of B
-  let t = wg * 64u + li;
-  let na = u.wa * u.ha;
-  if (t < na) {
-    ts_ta(t % u.wa, t / u.wa, texel_a(t % u.wa, t / u.wa));
-  } else if (t - na < u.wb * u.hb) {
-    let s = t - na;
-    ts_tb(s % u.wb, s / u.wb, texel_b(s % u.wb, s / u.wb));
-  }
-}`);
+  var s = wg * 64u + li;
+${steps}}`);
+}
+
+/** One split of K in the texture family's plan: how each operand reaches its texture. */
+interface TextureSplit {
+  /** The split's range of K. */
+  readonly k0: number;
+  readonly k1: number;
+  /** How the kernel reads each operand's texture. */
+  readonly la: TexelLayout;
+  readonly lb: TexelLayout;
+  /** Whether each operand is copied as it is stored (else packed). */
+  readonly copyA: boolean;
+  readonly copyB: boolean;
+  /** Iterations of the kernel's K loop (K steps of 8 with a copied bf16 operand, else 4). */
+  readonly kit: number;
+  /** The K the loop covers: `kit` steps (past `k1 - k0`, zeros). */
+  readonly kp: number;
+  /** The scratch textures (the same for every piece). */
+  readonly ta: GPUTexture;
+  readonly tb: GPUTexture;
+}
+
+/** How the texture family runs a product: pieces of the output, splits of K. */
+interface TexturePlan {
+  /** Rows and columns of the output a piece covers (whole tiles; the last piece fewer). */
+  readonly mp: number;
+  readonly np: number;
+  readonly splits: readonly TextureSplit[];
 }
 
 /**
- * The scratch textures of A and B for each split of K, when the texture family can run this
- * product: one GEMM without batches (a Linear layer's: the batch folds into M), operands and
- * output within one binding, textures within the adapter's `maxTextureDimension2D` and the
- * memory budget. Else null (the workgroup-memory family runs it).
+ * The texture family's plan for a product, where it can run it; null sends the product to the
+ * workgroup-memory kernel. One GEMM without batches (a Linear layer's: the batch folds into
+ * M). Each operand is copied into its texture as it is stored (`copyBufferToTexture`, no
+ * dispatch) where it can be: f32 or bf16 with stored rows of whole 256-byte units, tiles whose
+ * blocks are whole texels, and a split of K of whole steps of the K loop (a copied operand has
+ * no zeros past K); else it is packed (any dtype, decoded to f32, in one dispatch with the other
+ * operand if that is packed too), which binds it whole, so it must fit one binding. Textures
+ * longer than `rt.maxTextureSize` are cut into pieces of the output (GPT-2's tied LM head:
+ * 50257 rows of the embedding; its gradient's 50257 rows of output), each filling the textures
+ * with its rows of A and columns of B; an output past one binding is written through windows.
  */
-function texturesFor(
+function texturePlan(
   rt: Runtime,
   A: View,
   B: View,
@@ -988,20 +901,224 @@ function texturesFor(
   N: number,
   tiles: Tiles,
   kSplits: readonly [number, number][],
-): [GPUTexture, GPUTexture][] | null {
-  const max = rt.maxBindingBytes;
-  if (prod(full) !== 1 || M * N * 4 > max) return null;
-  if (A.t.buffer("matmul").bytes > max || B.t.buffer("matmul").bytes > max) return null;
-  const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
-  const out: [GPUTexture, GPUTexture][] = [];
-  for (const [k0, k1] of kSplits) {
-    const k4 = Math.ceil((k1 - k0) / 4);
-    const ta = rt.scratchTexture("matmul.a", k4, Math.ceil(M / bm) * bm);
-    const tb = rt.scratchTexture("matmul.b", (Math.ceil(N / bn) * bn) / 4, 4 * k4);
+): TexturePlan | null {
+  if (prod(full) !== 1 || M * N === 0) return null;
+  const T = rt.maxTextureSize, max = rt.maxBindingBytes;
+  const { tm, tn, wgx, wgy } = tiles;
+  const bm = wgy * tm, bn = wgx * tn;
+  const copyable = (v: View, texelsAlongOuter: boolean, block: number): TexelLayout | null => {
+    const name = v.t.dt.name;
+    if (name !== "f32" && name !== "bf16") return null;
+    const l = { bf16: name === "bf16", trans: v.trans };
+    if ((v.cols * (l.bf16 ? 2 : 4)) % 256 !== 0) return null;
+    // texels along M (a transposed A) or N (B): the tile's block must be whole texels
+    return texelsAlongOuter && block % perTexel(l) !== 0 ? null : l;
+  };
+  const ca = copyable(A, A.trans, tm), cb = copyable(B, !B.trans, tn);
+  const fits = (v: View) => v.t.buffer("matmul").bytes <= max;
+  const bf16Copied = (copyA: boolean, copyB: boolean) =>
+    (copyA && ca!.bf16) || (copyB && cb!.bf16) ? 8 : 4;
+  const plans = kSplits.map(([k0, k1]) => {
+    const kc = k1 - k0;
+    // an operand whose texels run along K (A as stored, B transposed) is copied from a whole
+    // texel on, and only for whole steps of the K loop: its last texel holds no zeros past K
+    let copyA = ca !== null && (ca.trans || k0 % perTexel(ca) === 0);
+    let copyB = cb !== null && (!cb.trans || k0 % perTexel(cb) === 0);
+    for (let pass = 0; pass < 2; pass++) {
+      const ks = bf16Copied(copyA, copyB);
+      if (copyA && !ca!.trans && kc % ks !== 0) copyA = false;
+      if (copyB && cb!.trans && kc % ks !== 0) copyB = false;
+    }
+    // one whose rows run along K gets rows of zeros past K (runTexturePlan)
+    const ks = bf16Copied(copyA, copyB);
+    return {
+      k0,
+      k1,
+      la: copyA ? ca! : PACKED,
+      lb: copyB ? cb! : PACKED,
+      copyA,
+      copyB,
+      kit: Math.ceil(kc / ks),
+      kp: Math.ceil(kc / ks) * ks,
+    };
+  });
+  if (plans.some((p) => (!p.copyA && !fits(A)) || (!p.copyB && !fits(B)))) return null;
+  // the longest pieces whose textures fit: M runs along A's texture rows, or its texels when
+  // A is copied transposed; N along B's texels, or its rows when B is copied transposed
+  const alongM = Math.min(...plans.map((p) => (p.la.trans ? T * perTexel(p.la) : T)));
+  const alongN = Math.min(...plans.map((p) => (p.lb.trans ? T : T * perTexel(p.lb))));
+  const mp = Math.min(Math.ceil(M / bm) * bm, Math.floor(alongM / bm) * bm);
+  const np = Math.min(Math.ceil(N / bn) * bn, Math.floor(alongN / bn) * bn);
+  if (mp === 0 || np === 0) return null;
+  const splits: TextureSplit[] = [];
+  for (const p of plans) {
+    const pa = perTexel(p.la), pb = perTexel(p.lb);
+    const ta = p.la.trans
+      ? rt.scratchTexture("matmul.a", mp / pa, p.kp)
+      : rt.scratchTexture("matmul.a", p.kp / pa, mp);
+    const tb = p.lb.trans
+      ? rt.scratchTexture("matmul.b", p.kp / pb, np)
+      : rt.scratchTexture("matmul.b", np / pb, p.kp);
     if (ta === null || tb === null) return null;
-    out.push([ta, tb]);
+    splits.push({ ...p, ta, tb });
   }
-  return out;
+  return { mp, np, splits };
+}
+
+/**
+ * Copies the stored rows `rows` and columns `cols` of an operand (f32 or bf16, stored rows of
+ * whole 256-byte units) into its texture as they are: 16 bytes a texel.
+ */
+function copyBlock(
+  rt: Runtime,
+  v: View,
+  l: TexelLayout,
+  t: GPUTexture,
+  rows: readonly [number, number],
+  cols: readonly [number, number],
+  op: string,
+): void {
+  const eb = l.bf16 ? 2 : 4, rowBytes = v.cols * eb;
+  rt.copyToTexture(
+    v.t.buffer(op),
+    rows[0] * rowBytes + cols[0] * eb,
+    rowBytes,
+    t,
+    ((cols[1] - cols[0]) * eb) / 16,
+    rows[1] - rows[0],
+  );
+}
+
+/**
+ * Writes zeros into rows `y0..y1` of a scratch texture (a copied operand's rows past K, which
+ * the K loop reads when K is not a whole number of its steps): a copy from a zeroed buffer.
+ */
+function zeroRows(rt: Runtime, t: GPUTexture, y0: number, y1: number): void {
+  if (y1 <= y0) return;
+  const bytesPerRow = Math.ceil((16 * t.width) / 256) * 256;
+  const zeros = rt.alloc(bytesPerRow * (y1 - y0), { dtype: "raw", purpose: "scratch" });
+  rt.write(zeros, new Uint8Array(bytesPerRow * (y1 - y0)));
+  rt.copyToTexture(zeros, 0, bytesPerRow, t, t.width, y1 - y0, y0);
+  rt.free(zeros);
+}
+
+/**
+ * Runs a texture plan: for each piece of the output and each split of K, the operands'
+ * textures filled (copied, or packed in one dispatch; an operand whose rows and split are
+ * those of the texture already is left as it is), then the product, whose splits after the
+ * first add to the f32 output.
+ */
+function runTexturePlan(
+  rt: Runtime,
+  plan: TexturePlan,
+  cfg: MatmulKernelConfig,
+  A: View,
+  B: View,
+  M: number,
+  N: number,
+  out: PooledBuffer,
+  scaleBufs: Record<string, PooledBuffer>,
+  op: string,
+): void {
+  const { tm, tn, wgx, wgy } = cfg.tiles;
+  const bm = wgy * tm, bn = wgx * tn;
+  let heldA = "", heldB = "";
+  for (let m0 = 0; m0 < M; m0 += plan.mp) {
+    for (let n0 = 0; n0 < N; n0 += plan.np) {
+      const m1 = Math.min(M, m0 + plan.mp), n1 = Math.min(N, n0 + plan.np);
+      for (const [i, s] of plan.splits.entries()) {
+        const { k0, k1 } = s;
+        const needA = heldA !== `${m0}|${i}`, needB = heldB !== `${n0}|${i}`;
+        [heldA, heldB] = [`${m0}|${i}`, `${n0}|${i}`];
+        // stored rows and columns: A is [M, K] ([K, M] transposed), B [K, N] ([N, K])
+        if (needA && s.copyA) {
+          copyBlock(
+            rt,
+            A,
+            s.la,
+            s.ta,
+            A.trans ? [k0, k1] : [m0, m1],
+            A.trans ? [m0, m1] : [k0, k1],
+            op,
+          );
+          if (A.trans) zeroRows(rt, s.ta, k1 - k0, s.kp);
+        }
+        if (needB && s.copyB) {
+          copyBlock(
+            rt,
+            B,
+            s.lb,
+            s.tb,
+            B.trans ? [n0, n1] : [k0, k1],
+            B.trans ? [k0, k1] : [n0, n1],
+            op,
+          );
+          if (!B.trans) zeroRows(rt, s.tb, k1 - k0, s.kp);
+        }
+        const packs: PackOperand[] = [];
+        const buffers: Record<string, PooledBuffer> = {};
+        const textures: Record<string, GPUTexture> = {};
+        const uniforms: Record<string, number> = {};
+        const add = (
+          x: "a" | "b",
+          v: View,
+          t: GPUTexture,
+          rows: number,
+          cols: number,
+          off: number,
+        ) => {
+          packs.push({ x, layout: x === "a" ? cfg.a : cfg.b });
+          buffers[x] = v.t.buffer(op);
+          textures[`t${x}`] = t;
+          Object.assign(uniforms, {
+            [`rows${x}`]: rows,
+            [`cols${x}`]: cols,
+            [`ld${x}`]: v.cols,
+            [`off${x}`]: off,
+            [`tr${x}`]: v.trans ? 1 : 0,
+            [`w${x}`]: t.width,
+            [`h${x}`]: t.height,
+          });
+        };
+        if (needA && !s.copyA) {
+          add("a", A, s.ta, m1 - m0, k1 - k0, A.trans ? k0 * A.cols + m0 : m0 * A.cols + k0);
+        }
+        if (needB && !s.copyB) {
+          add("b", B, s.tb, k1 - k0, n1 - n0, B.trans ? n0 * B.cols + k0 : k0 * B.cols + n0);
+        }
+        if (packs.length > 0) {
+          const texels = packs.reduce(
+            (a, p) => a + textures[`t${p.x}`].width * textures[`t${p.x}`].height,
+            0,
+          );
+          packProgram(rt, packs).run({
+            buffers: buffers as Record<"a" | "b", PooledBuffer>, // the packed ones'
+            textures,
+            uniforms,
+            groups: Math.ceil(texels / 64),
+            cost: 8 * texels,
+          });
+        }
+        const gx = Math.ceil((n1 - n0) / bn), gy = Math.ceil((m1 - m0) / bm);
+        textureProgram(rt, cfg, s.la, s.lb).run({
+          buffers: { out, ...scaleBufs },
+          textures: { a: s.ta, b: s.tb },
+          uniforms: { m: M, n: N, kit: s.kit, acc: i > 0 ? 1 : 0, pm: m0, pn: n0 },
+          groups: [gx, gy, 1],
+          splitDim: [0, 1],
+          cost: 0.1 * gx * bn * gy * bm * (k1 - k0),
+          // the output's elements a box of the piece's workgroups writes (windows past a binding)
+          ranges: {
+            out: (_g0: number, _g1: number, lo: Readonly<Box>, hi: Readonly<Box>) => {
+              const r0 = m0 + lo[1] * bm, r1 = Math.min(M, m0 + hi[1] * bm);
+              const c0 = n0 + lo[0] * bn, c1 = Math.min(N, n0 + hi[0] * bn);
+              return [r0 * N + c0, (r1 - 1) * N + c1] as const;
+            },
+          },
+        });
+      }
+    }
+  }
 }
 
 /** The matmul program for a configuration: bindings, uniforms and body declared once. */
@@ -1113,12 +1230,13 @@ function splitsOfK(
   }
   const { tm, tn, wgx, wgy, bk } = tiles;
   if (tiles.family === "texture") {
-    // B's texture holds K rows; the K loop runs K / 4 iterations, then the stores
-    const rows = rt.device.limits.maxTextureDimension2D;
+    // B's texture holds K rows; the K loop runs K / 4 iterations, then the stores; splits of
+    // whole steps of 8 keep both operands copyable (texturePlan)
+    const rows = rt.maxTextureSize;
     const loopK = (Math.floor(rt.maxLoopIterations / Math.max(1, R)) - (tm * tn) / 4 * 5) * 4;
-    kc = Math.min(kc, rows - (rows % 4), Number.isFinite(loopK) ? loopK : K);
+    kc = Math.min(kc, rows - (rows % 8), Number.isFinite(loopK) ? loopK : K);
     if (kc >= K || K <= 4) return [[0, K]];
-    kc = Math.max(4, kc - (kc % 4));
+    kc = kc >= 8 ? kc - (kc % 8) : Math.max(4, kc - (kc % 4));
     const out: [number, number][] = [];
     for (let k0 = 0; k0 < K; k0 += kc) out.push([k0, Math.min(K, k0 + kc)]);
     return out;
@@ -1160,12 +1278,10 @@ function gemm(
   let tiles = tilesFor(rt, M, N);
   let kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
   // the texture family where it can run this product, else the workgroup-memory tiles
-  // (the copy variant where the operands' stored rows can be copied as they are, else packing)
-  const raw = tiles.family === "texture" ? rawPlan(rt, A, B, full, M, N, K, tiles, kSplits) : null;
-  const textures = tiles.family === "texture" && raw === null
-    ? texturesFor(rt, A, B, full, M, N, tiles, kSplits)
+  const plan = tiles.family === "texture"
+    ? texturePlan(rt, A, B, full, M, N, tiles, kSplits)
     : null;
-  if (tiles.family === "texture" && raw === null && textures === null) {
+  if (tiles.family === "texture" && plan === null) {
     tiles = storageTiles(rt, M, N);
     kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
   }
@@ -1201,65 +1317,14 @@ function gemm(
     transB: B.trans,
     saturate: outDt.saturate,
     scaled: scales !== null,
-    quadOut: (raw !== null || textures !== null) && target.name === "f32" && N % 4 === 0 &&
+    quadOut: plan !== null && target.name === "f32" && N % 4 === 0 &&
       layoutOf(target, rt).elem === "u32",
   };
   const scaleBufs: Record<string, PooledBuffer> = scales === null
     ? {}
     : { scalea: scales[0].buffer(op), scaleb: scales[1].buffer(op) };
-  if (raw !== null) {
-    // the operands' stored bytes copied into textures (no dispatch), then the product
-    const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
-    const gx = Math.ceil(N / bn), gy = Math.ceil(M / bm);
-    copyRaw(rt, A, raw.ra, raw.ta, op);
-    copyRaw(rt, B, raw.rb, raw.tb, op);
-    matmulRawProgram(rt, cfg, raw.ra, raw.rb).run({
-      buffers: { out: out.buffer(op), ...scaleBufs },
-      textures: { a: raw.ta, b: raw.tb },
-      uniforms: { m: M, n: N, kit: raw.kit, acc: 0 },
-      groups: [gx, gy, 1],
-      splitDim: [0, 1],
-      cost: 0.1 * gx * bn * gy * bm * K,
-    });
-  } else if (textures !== null) {
-    // pack each split's K-slice of A and B into textures, then the product reads them
-    const prog = matmulTextureProgram(rt, cfg);
-    const pack = packProgram(rt, cfg.a, cfg.b);
-    const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
-    const gx = Math.ceil(N / bn), gy = Math.ceil(M / bm);
-    for (const [i, [k0, k1]] of kSplits.entries()) {
-      const [ta, tb] = textures[i];
-      pack.run({
-        buffers: { a: A.t.buffer(op), b: B.t.buffer(op) },
-        textures: { ta, tb },
-        uniforms: {
-          rowsa: M,
-          colsa: k1 - k0,
-          lda: A.cols,
-          offa: A.trans ? k0 * A.cols : k0,
-          tra: A.trans ? 1 : 0,
-          wa: ta.width,
-          ha: ta.height,
-          rowsb: k1 - k0,
-          colsb: N,
-          ldb: B.cols,
-          offb: B.trans ? k0 : k0 * B.cols,
-          trb: B.trans ? 1 : 0,
-          wb: tb.width,
-          hb: tb.height,
-        },
-        groups: Math.ceil((ta.width * ta.height + tb.width * tb.height) / 64),
-        cost: 8 * (ta.width * ta.height + tb.width * tb.height),
-      });
-      prog.run({
-        buffers: { out: out.buffer(op), ...scaleBufs },
-        textures: { a: ta, b: tb },
-        uniforms: { m: M, n: N, k4: ta.width, acc: i > 0 ? 1 : 0 },
-        groups: [gx, gy, 1],
-        splitDim: [0, 1],
-        cost: 0.1 * gx * bn * gy * bm * (k1 - k0),
-      });
-    }
+  if (plan !== null) {
+    runTexturePlan(rt, plan, cfg, A, B, M, N, out.buffer(op), scaleBufs, op);
   } else if (M * N * Z > 0) {
     const prog = matmulProgram(rt, cfg);
     const bm = tiles.wgy * tiles.tm, bn = tiles.wgx * tiles.tn;
@@ -1341,7 +1406,7 @@ function gemm(
       prog.run({ ...args, buffers, cost: 0.2 * M * N * (k1 - k0) * Z * R });
     }
   }
-  if (direct) return out;
+  if (direct || target.name === outDt.name) return out; // f32 split into partial sums
   const rounded = cast(out, outDt);
   out.dispose();
   return rounded;

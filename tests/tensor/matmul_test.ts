@@ -745,6 +745,111 @@ Deno.test("matmul()'s texture family splits a long K on adapters that cap an inv
   }
 });
 
+/** Runs `fn` with the runtime's scratch textures at most `texels` wide and tall. */
+async function withTextureSize<T>(texels: number, fn: () => Promise<T>): Promise<T> {
+  const rt = await getRuntime();
+  const before = rt.maxTextureSize;
+  rt.maxTextureSize = texels;
+  try {
+    return await fn();
+  } finally {
+    rt.maxTextureSize = before;
+  }
+}
+
+/** Runs `fn` with the texture family's tiles for every class and textures of 64 texels a side. */
+function withTextures<T>(fn: () => Promise<T>): Promise<T> {
+  return withTiles(TEXTURE, () => withTextureSize(64, fn));
+}
+
+/** The labels of the pipelines matmul dispatched, in order. */
+async function dispatchLabels(f: () => Tensor): Promise<{ labels: string[]; out: Tensor }> {
+  const labels: string[] = [];
+  const proto = GPUComputePassEncoder.prototype;
+  const set = proto.setPipeline;
+  proto.setPipeline = function (p: GPUComputePipeline) {
+    labels.push(p.label);
+    return set.call(this, p);
+  };
+  try {
+    const out = f();
+    await out.toArray(); // recorded and run
+    return { labels, out };
+  } finally {
+    proto.setPipeline = set;
+  }
+}
+
+Deno.test("matmul()'s texture family cuts products whose textures pass the size limit into pieces of the output, with the workgroup-memory kernel's bits", async () => {
+  await getRuntime();
+  if (!matmulTexturesPassed()) return; // off on this device (a GPU, or its check failed)
+  // scratch textures of at most 64 texels a side; tiles of 32 x 64 outputs
+  await withTextures(async () => {
+    const r = rng(61);
+    // GPT-2's tied LM head: B copied transposed, 300 of its rows in 5 pieces of 64
+    const x = operand([40, 64], "f32", r), w = operand([300, 64], "f32", r);
+    // its weight gradient: A = dy^T packed (rows of 200 f32 are not copyable), 200 rows of the
+    // output in 4 pieces, the output (51 KB) through windows of a 32 KB binding
+    const dy = operand([16, 200], "f32", r), h = operand([16, 64], "f32", r);
+    // pieces along M and N, with two splits of K: A copied, B copied transposed
+    const a2 = operand([100, 128], "f32", r), b2 = operand([150, 128], "bf16", r);
+    const cases: [Operand, Operand, MatmulOptions, string[], number | null][] = [
+      [x, w, { transB: true }, Array(5).fill("matmul"), null],
+      [dy, h, { transA: true }, Array(4).fill(["matmul_pack", "matmul"]).flat(), 32768],
+      [a2, b2, { transB: true, outDtype: "f32" }, Array(12).fill("matmul"), null],
+    ];
+    for (const [a, b, opts, want, binding] of cases) {
+      const label = `[${a.shape}] (${a.t.dtype}) @ [${b.shape}] (${b.t.dtype}) ${
+        JSON.stringify(opts)
+      }`;
+      let tex!: { labels: string[]; out: Tensor };
+      const go = async () => void (tex = await dispatchLabels(() => matmul(a.t, b.t, opts)));
+      await (binding === null ? go() : withBindingLimit(binding, go));
+      assert.deepEqual(tex.labels, want, `${label}: pieces and splits`);
+      await check(tex.out, reference(a, b, opts), tex.out.dtype, `${label} (pieces)`);
+      if (want.length === 12) {
+        tex.out.dispose();
+        continue; // splits of K: the kernels' split points differ, so may the last bits
+      }
+      const before = setMatmulFamily("workgroup");
+      let wg: Tensor;
+      try {
+        wg = matmul(a.t, b.t, opts);
+      } finally {
+        setMatmulFamily(before);
+      }
+      assert.deepEqual(await tex.out.codes(), await wg.codes(), `${label}: same bits`);
+      tex.out.dispose();
+      wg.dispose();
+    }
+    for (const o of [x, w, dy, h, a2, b2]) o.t.dispose();
+  });
+});
+
+Deno.test("matmul()'s texture family copies one operand and packs the other, with rows of zeros past a K that is not whole steps of its loop", async () => {
+  await getRuntime();
+  if (!matmulTexturesPassed()) return; // off on this device (a GPU, or its check failed)
+  await withTextures(async () => {
+    const r = rng(62);
+    // the LM head's input gradient: dLogits (rows of 201 bf16: packed) @ the embedding (rows
+    // of 128 bf16: copied), K = 201 in splits of 64, the last of 9 (its loop covers 16 rows)
+    const dl = operand([32, 201], "bf16", r), w = operand([201, 128], "bf16", r);
+    // a product before it leaves infinities in the 16 x 16 texture of B the last split reuses
+    const inf = tensor(new Float32Array(16 * 128).fill(Infinity), {
+      shape: [16, 128],
+      dtype: "bf16",
+    });
+    const ones = tensor(new Float32Array(32 * 16).fill(1), { shape: [32, 16], dtype: "bf16" });
+    const stale = matmul(ones, inf);
+    assert.equal((await stale.toArray())[0], Infinity);
+    const { labels, out } = await dispatchLabels(() => matmul(dl.t, w.t));
+    // each split packs A only; the f32 sum of the splits is rounded to bf16 by a cast
+    assert.deepEqual(labels, [...Array(4).fill(["matmul_pack", "matmul"]).flat(), "cast"]);
+    await check(out, reference(dl, w), "bf16", "dLogits @ W with a ragged last split");
+    for (const t of [dl.t, w.t, inf, ones, stale, out]) t.dispose();
+  });
+});
+
 Deno.test("matmul() runs batched products and operands past a binding with the workgroup-memory kernel", async () => {
   await withTiles(TEXTURE, async () => {
     const r = rng(3);
