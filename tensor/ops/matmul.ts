@@ -966,18 +966,23 @@ function texturePlan(
 }
 
 /**
- * Copies the stored rows `rows` and columns `cols` of an operand (f32 or bf16, stored rows of
- * whole 256-byte units) into its texture as they are: 16 bytes a texel.
+ * Copies an operand's block into its texture as it is stored (f32 or bf16, stored rows of
+ * whole 256-byte units; 16 bytes a texel): `outer` of its M (A) or N (B) range and `k` of K,
+ * stored along rows (`kRows`: a transposed A, a B as stored) or along columns. Where K runs
+ * along rows, the rows past `k` up to `kp` (what the K loop reads) are zeros.
  */
-function copyBlock(
+function copyOperand(
   rt: Runtime,
   v: View,
   l: TexelLayout,
   t: GPUTexture,
-  rows: readonly [number, number],
-  cols: readonly [number, number],
+  outer: readonly [number, number],
+  k: readonly [number, number],
+  kRows: boolean,
+  kp: number,
   op: string,
 ): void {
+  const [rows, cols] = kRows ? [k, outer] : [outer, k];
   const eb = l.bf16 ? 2 : 4, rowBytes = v.cols * eb;
   rt.copyToTexture(
     v.t.buffer(op),
@@ -987,6 +992,7 @@ function copyBlock(
     ((cols[1] - cols[0]) * eb) / 16,
     rows[1] - rows[0],
   );
+  if (kRows) zeroRows(rt, t, k[1] - k[0], kp);
 }
 
 /**
@@ -1031,29 +1037,9 @@ function runTexturePlan(
         const needA = heldA !== `${m0}|${i}`, needB = heldB !== `${n0}|${i}`;
         [heldA, heldB] = [`${m0}|${i}`, `${n0}|${i}`];
         // stored rows and columns: A is [M, K] ([K, M] transposed), B [K, N] ([N, K])
-        if (needA && s.copyA) {
-          copyBlock(
-            rt,
-            A,
-            s.la,
-            s.ta,
-            A.trans ? [k0, k1] : [m0, m1],
-            A.trans ? [m0, m1] : [k0, k1],
-            op,
-          );
-          if (A.trans) zeroRows(rt, s.ta, k1 - k0, s.kp);
-        }
+        if (needA && s.copyA) copyOperand(rt, A, s.la, s.ta, [m0, m1], [k0, k1], A.trans, s.kp, op);
         if (needB && s.copyB) {
-          copyBlock(
-            rt,
-            B,
-            s.lb,
-            s.tb,
-            B.trans ? [n0, n1] : [k0, k1],
-            B.trans ? [k0, k1] : [n0, n1],
-            op,
-          );
-          if (!B.trans) zeroRows(rt, s.tb, k1 - k0, s.kp);
+          copyOperand(rt, B, s.lb, s.tb, [n0, n1], [k0, k1], !B.trans, s.kp, op);
         }
         const packs: PackOperand[] = [];
         const buffers: Record<string, PooledBuffer> = {};
