@@ -1194,7 +1194,9 @@ function batchStrides(v: View, full: readonly number[]): number[] {
  * GPT-2's tied LM head, dLogits @ wte, reads all 50257 rows of the 154 MB table. And on
  * adapters that cap an invocation's loop iterations (`rt.maxLoopIterations`: llvmpipe), when
  * the K loop would pass the cap: each K-slice of `bk` runs one iteration of the slice loop,
- * the loads of both tiles and the inner products.
+ * the loads of both tiles and the inner products; the texture family's loop runs K / 4
+ * iterations, and its textures hold K rows or texels. K is split where any of `tilings`
+ * needs it.
  */
 function splitsOfK(
   rt: Runtime,
@@ -1202,7 +1204,7 @@ function splitsOfK(
   B: View,
   full: readonly number[],
   K: number,
-  tiles: Tiles,
+  tilings: readonly Tiles[],
   R: number,
 ): [number, number][] {
   const max = rt.maxBindingBytes;
@@ -1214,29 +1216,41 @@ function splitsOfK(
       if (v !== null) kc = Math.min(kc, Math.floor(max / 2 / rowBytes(v)));
     }
   }
-  const { tm, tn, wgx, wgy, bk } = tiles;
-  if (tiles.family === "texture") {
-    // B's texture holds K rows; the K loop runs K / 4 iterations, then the stores; splits of
-    // whole steps of 8 keep both operands copyable (texturePlan)
-    const rows = rt.maxTextureSize;
-    const loopK = (Math.floor(rt.maxLoopIterations / Math.max(1, R)) - (tm * tn) / 4 * 5) * 4;
-    kc = Math.min(kc, rows - (rows % 8), Number.isFinite(loopK) ? loopK : K);
-    if (kc >= K || K <= 4) return [[0, K]];
-    kc = kc >= 8 ? kc - (kc % 8) : Math.max(4, kc - (kc % 4));
-    const out: [number, number][] = [];
-    for (let k0 = 0; k0 < K; k0 += kc) out.push([k0, Math.min(K, k0 + kc)]);
-    return out;
+  for (const { tm, tn, wgx, wgy, bk, family } of tilings) {
+    let loopK: number;
+    if (family === "texture") {
+      // B's texture holds K rows; the K loop runs K / 4 iterations, then the stores
+      const rows = rt.maxTextureSize;
+      kc = Math.min(kc, rows - (rows % 8));
+      loopK = (Math.floor(rt.maxLoopIterations / Math.max(1, R)) - (tm * tn) / 4 * 5) * 4;
+    } else {
+      const threads = wgx * wgy;
+      const perSlice = 2 + bk + Math.ceil((wgy * tm * bk) / 4 / threads) +
+        Math.ceil((wgx * tn * bk) / 4 / threads);
+      loopK = Math.floor(rt.maxLoopIterations / Math.max(1, R) / perSlice) * bk;
+    }
+    if (Number.isFinite(loopK)) kc = Math.min(kc, loopK);
   }
-  const threads = wgx * wgy;
-  const perSlice = 2 + bk + Math.ceil((wgy * tm * bk) / 4 / threads) +
-    Math.ceil((wgx * tn * bk) / 4 / threads);
-  const loopK = Math.floor(rt.maxLoopIterations / Math.max(1, R) / perSlice) * bk;
-  if (Number.isFinite(loopK)) kc = Math.min(kc, loopK);
   if (kc >= K || K <= 4) return [[0, K]];
-  kc = Math.max(4, kc - (kc % 4));
+  // whole steps of 8 keep both operands of the texture family copyable (texturePlan)
+  kc = kc >= 8 ? kc - (kc % 8) : Math.max(4, kc - (kc % 4));
   const out: [number, number][] = [];
   for (let k0 = 0; k0 < K; k0 += kc) out.push([k0, Math.min(K, k0 + kc)]);
   return out;
+}
+
+/**
+ * The tilings whose limits split K (`splitsOfK`): the workgroup-memory tiles, and on a device
+ * whose texture family passed its check, the texture tiles of the class, whichever family
+ * runs the product, so that both families split a product at the same points and give the
+ * same bits (a split's partial sums add in f32).
+ */
+function splitTilings(rt: Runtime, M: number, N: number, full: readonly number[]): Tiles[] {
+  const storage = storageTiles(rt, M, N);
+  const c = textureCheck.get(rt);
+  if (prod(full) !== 1 || (c !== "passed" && c !== "probing")) return [storage];
+  const t = tuned.get(rt)?.get(shapeClass(M, N)) ?? CPU_DEFAULT[shapeClass(M, N)];
+  return t.family === "texture" ? [storage, t] : [storage];
 }
 
 /**
@@ -1262,15 +1276,12 @@ function gemm(
   const outL = layoutOf(outDt, rt);
   const reduced = full.reduce((r, v, d) => (keep[d] ? r : r * v), 1);
   let tiles = tilesFor(rt, M, N);
-  let kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
+  const kSplits = splitsOfK(rt, A, B, full, K, splitTilings(rt, M, N, full), reduced);
   // the texture family where it can run this product, else the workgroup-memory tiles
   const plan = tiles.family === "texture"
     ? texturePlan(rt, A, B, full, M, N, tiles, kSplits)
     : null;
-  if (tiles.family === "texture" && plan === null) {
-    tiles = storageTiles(rt, M, N);
-    kSplits = splitsOfK(rt, A, B, full, K, tiles, reduced);
-  }
+  if (tiles.family === "texture" && plan === null) tiles = storageTiles(rt, M, N);
   const direct = kSplits.length === 1 && (outL.lanes === 1 || N % outL.lanes === 0);
   const target = direct ? outDt : float32;
   const out = Tensor.empty(outShape, target);
