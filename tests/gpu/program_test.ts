@@ -312,6 +312,22 @@ Deno.test("maxBindingBytes refuses values outside the adapter's range", async ()
   );
 });
 
+Deno.test("maxTextureSize bounds scratch textures and refuses values outside the adapter's range", async () => {
+  const rt = await getRuntime();
+  const max = rt.device.limits.maxTextureDimension2D;
+  assert.equal(rt.maxTextureSize, max);
+  assert.throws(() => (rt.maxTextureSize = 63), DeviceError);
+  assert.throws(() => (rt.maxTextureSize = max + 1), /maxTextureDimension2D \(\d+\), got/);
+  rt.maxTextureSize = 64;
+  try {
+    assert.equal(rt.scratchTexture("test.size", 65, 1), null, "wider than the size: none");
+    assert.notEqual(rt.scratchTexture("test.size", 64, 64), null);
+  } finally {
+    rt.maxTextureSize = max;
+  }
+  assert.notEqual(rt.scratchTexture("test.size", 65, 1), null);
+});
+
 Deno.test("a run whose estimated work passes maxBatchCost is cut into several submissions", async () => {
   const rt = await getRuntime();
   const d = dtype("f32");
