@@ -288,11 +288,15 @@ onNewDevice(async (rt) => {
   }
 });
 
-/** The tiles for an M x N product on the runtime's adapter: tuned, else the class default. */
-function tilesFor(rt: Runtime, M: number, N: number): Tiles {
+/** The tiles of an M x N product's class on the runtime's adapter: tuned, else the default. */
+function classTiles(rt: Runtime, M: number, N: number): Tiles {
   const c = shapeClass(M, N);
-  const t = tuned.get(rt)?.get(c) ??
-    (rt.info.isFallbackAdapter ? CPU_DEFAULT[c] : GPU_TILES);
+  return tuned.get(rt)?.get(c) ?? (rt.info.isFallbackAdapter ? CPU_DEFAULT[c] : GPU_TILES);
+}
+
+/** The tiles for an M x N product: the class's, unless the texture family may not run. */
+function tilesFor(rt: Runtime, M: number, N: number): Tiles {
+  const t = classTiles(rt, M, N);
   return t.family === "texture" && !texturesOn(rt) ? storageTiles(rt, M, N) : t;
 }
 
@@ -916,7 +920,8 @@ function texturePlan(
   };
   const ca = copyable(A, A.trans, tm), cb = copyable(B, !B.trans, tn);
   const fits = (v: View) => v.t.buffer("matmul").bytes <= max;
-  const bf16Copied = (copyA: boolean, copyB: boolean) =>
+  // the K loop's step: 8 values with a copied bf16 operand (8 a texel), else 4
+  const loopStep = (copyA: boolean, copyB: boolean) =>
     (copyA && ca!.bf16) || (copyB && cb!.bf16) ? 8 : 4;
   const plans = kSplits.map(([k0, k1]) => {
     const kc = k1 - k0;
@@ -925,12 +930,12 @@ function texturePlan(
     let copyA = ca !== null && (ca.trans || k0 % perTexel(ca) === 0);
     let copyB = cb !== null && (!cb.trans || k0 % perTexel(cb) === 0);
     for (let pass = 0; pass < 2; pass++) {
-      const ks = bf16Copied(copyA, copyB);
+      const ks = loopStep(copyA, copyB);
       if (copyA && !ca!.trans && kc % ks !== 0) copyA = false;
       if (copyB && cb!.trans && kc % ks !== 0) copyB = false;
     }
     // one whose rows run along K gets rows of zeros past K (runTexturePlan)
-    const ks = bf16Copied(copyA, copyB);
+    const ks = loopStep(copyA, copyB);
     return {
       k0,
       k1,
@@ -1249,7 +1254,7 @@ function splitTilings(rt: Runtime, M: number, N: number, full: readonly number[]
   const storage = storageTiles(rt, M, N);
   const c = textureCheck.get(rt);
   if (prod(full) !== 1 || (c !== "passed" && c !== "probing")) return [storage];
-  const t = tuned.get(rt)?.get(shapeClass(M, N)) ?? CPU_DEFAULT[shapeClass(M, N)];
+  const t = classTiles(rt, M, N);
   return t.family === "texture" ? [storage, t] : [storage];
 }
 
