@@ -4,8 +4,9 @@
  * on all of them alike and their ratio means something even when absolute times drift.
  *
  * A repetition runs an op `inner` times and then waits for the GPU (`sync`), so GPU time is
- * included; `inner` is chosen per contestant so that a repetition lasts about `targetMs`,
- * which spreads the cost of the wait (~11 ms on llvmpipe) thinly over fast ops. The time of
+ * included; `inner` is chosen per contestant so that a repetition lasts about `targetMs`
+ * (from its fastest warm-up run after the first), which spreads the cost of the wait (~11 ms
+ * on llvmpipe) thinly over fast ops. The time of
  * an op is the median repetition divided by `inner`. Each contestant's warm-up ends with one
  * unmeasured repetition at its `inner` (its buffer pools grow to what `inner` ops in flight
  * need there).
@@ -26,8 +27,9 @@ export interface Contestant {
 /** How much to measure. */
 export interface TimingOptions {
   /**
-   * Single runs before measuring (the first compiles pipelines; the last sets `inner`); 0
-   * for contestants that are warm already, which then run `maxInner` ops per repetition.
+   * Single runs before measuring (the first compiles pipelines; the fastest of the others
+   * sets `inner`); 0 for contestants that are warm already, which then run `maxInner` ops
+   * per repetition.
    */
   readonly warmup: number;
   /** Measured repetitions; the median is reported. */
@@ -79,9 +81,19 @@ export async function timeSideBySide(
         inner[i] = Math.max(1, o.maxInner); // already warm: no probe run
         continue;
       }
-      let last = 0;
-      for (let w = 0; w < o.warmup; w++) last = await once(c, 1);
-      inner[i] = Math.max(1, Math.min(o.maxInner, Math.round(o.targetMs / Math.max(last, 0.01))));
+      // `inner` from the fastest warm-up run after the first (which compiles): a later one
+      // may still pay a one-time cost (on lavapipe the second run after a large upload frees
+      // its staging memory, 50-60 ms), and an `inner` set from it would leave the wait's
+      // ~11 ms spread over too few ops, for that contestant only
+      let fastest = Infinity;
+      for (let w = 0; w < o.warmup; w++) {
+        const t = await once(c, 1);
+        if (w > 0 || o.warmup === 1) fastest = Math.min(fastest, t);
+      }
+      inner[i] = Math.max(
+        1,
+        Math.min(o.maxInner, Math.round(o.targetMs / Math.max(fastest, 0.01))),
+      );
       // one repetition at `inner`, not measured: `inner` ops in flight before a wait need
       // as many outputs alive at once, and a library that pools its buffers (ulp, TF.js and
       // jax-js all do) grows its pool to that size here, not in the first measured repetition
