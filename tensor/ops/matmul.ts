@@ -263,27 +263,27 @@ onNewDevice(async (rt) => {
   ];
   const prev = family;
   let same = false; // a probe that throws leaves the family off, as one that differs
+  const made: Tensor[] = [];
+  const keep = (t: Tensor) => (made.push(t), t);
   try {
-    for (const [M, K, N, ta, tb, bdt] of probes) {
-      const a = tensor(val(M * K, 0.37), { shape: ta ? [K, M] : [M, K] });
-      const b = tensor(val(K * N, 0.11), { shape: tb ? [N, K] : [K, N], dtype: bdt });
-      try {
-        family = "workgroup";
-        const w = matmul(a, b, { transA: ta, transB: tb });
-        family = "auto";
-        const t = matmul(a, b, { transA: ta, transB: tb });
-        const [wv, tv] = [await w.toArray(), await t.toArray()];
-        w.dispose();
-        t.dispose();
-        if (wv.some((v, i) => !Object.is(v, tv[i]))) return;
-      } finally {
-        a.dispose();
-        b.dispose();
-      }
-    }
-    same = true;
+    // every probe recorded first, then read back together: one wait, not one per product
+    const pairs = probes.map(([M, K, N, ta, tb, bdt]) => {
+      const a = keep(tensor(val(M * K, 0.37), { shape: ta ? [K, M] : [M, K] }));
+      const b = keep(tensor(val(K * N, 0.11), { shape: tb ? [N, K] : [K, N], dtype: bdt }));
+      family = "workgroup";
+      const w = keep(matmul(a, b, { transA: ta, transB: tb }));
+      family = "auto";
+      const t = keep(matmul(a, b, { transA: ta, transB: tb }));
+      return [w.toArray(), t.toArray()];
+    });
+    const values = await Promise.all(pairs.flat());
+    same = pairs.every((_, k) => {
+      const [wv, tv] = [values[2 * k], values[2 * k + 1]];
+      return wv.length === tv.length && wv.every((v, i) => Object.is(v, tv[i]));
+    });
   } finally {
     family = prev;
+    for (const t of made) t.dispose();
     textureCheck.set(rt, same ? "passed" : "failed");
   }
 });
