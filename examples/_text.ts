@@ -455,10 +455,10 @@ export async function sample(
     const ctx = Int32Array.from(out.slice(-block));
     const logits = noGrad(() =>
       tidy(() => {
-        const { logits } = model.forward(tensor(ctx, { shape: [1, ctx.length] }));
-        return logits.slice([null, [ctx.length - 1, ctx.length], null]).reshape([
-          model.config.vocabSize,
-        ]).cast("f32");
+        // the last position's logits only: the LM head runs on one row, not the context's
+        const ids = tensor(ctx, { shape: [1, ctx.length] });
+        const { logits } = model.forward(ids, undefined, { logitsToKeep: 1 });
+        return logits.reshape([model.config.vocabSize]).cast("f32");
       })
     );
     const z = Array.from(await logits.toArray()) as number[];

@@ -316,7 +316,7 @@ export class LMHead extends Module {
 
 /** What `GPT.forward` returns. */
 export interface GPTOutput {
-  /** (B, T, vocabSize) logits. */
+  /** (B, T, vocabSize) logits; (B, k, vocabSize) with `logitsToKeep` k < T. */
   logits: Tensor;
   /** Mean cross-entropy against the targets, when targets were given. */
   loss: Tensor | null;
@@ -472,9 +472,22 @@ export class GPT extends Module {
 
   /**
    * idx: (B, T) token ids (i32). Returns the logits and, with targets (B, T), the mean
-   * cross-entropy over all positions.
+   * cross-entropy over all positions. `opts.logitsToKeep` (as Hugging Face's
+   * `logits_to_keep`): the logits of the last that many positions only, (B, k, vocab), and
+   * the LM head runs on those rows only; 0 (the default) or T or more keeps every position.
+   * Generation needs only the last one: GPT-2's head is the largest product of a forward
+   * (768 x 50257 a position), so keeping 1 spares it T - 1 rows.
+   *
+   * @example
+   * ```ts
+   * import { GPT, tensor } from "../mod.ts";
+   * const model = new GPT({ vocabSize: 16, blockSize: 8, nLayer: 1, nHead: 2, nEmbd: 8, seed: 0 });
+   * const idx = tensor(new Int32Array([1, 2, 3, 4]), { shape: [1, 4] });
+   * const { logits } = model.forward(idx, undefined, { logitsToKeep: 1 });
+   * console.log(logits.shape); // [1, 1, 16]
+   * ```
    */
-  forward(idx: Tensor, targets?: Tensor): GPTOutput {
+  forward(idx: Tensor, targets?: Tensor, opts: { logitsToKeep?: number } = {}): GPTOutput {
     if (idx.ndim !== 2) {
       throw new ValueError(`GPT.forward(): idx must be (B, T), got ${fmtShape(idx.shape)}`);
     }
@@ -484,12 +497,27 @@ export class GPT extends Module {
         `GPT.forward(): sequence length ${T} exceeds blockSize ${this.config.blockSize}`,
       );
     }
+    const keep = opts.logitsToKeep ?? 0;
+    if (!Number.isSafeInteger(keep) || keep < 0) {
+      throw new ValueError(
+        `GPT.forward(): logitsToKeep must be a non-negative integer (0 keeps every position), ` +
+          `got ${keep}`,
+      );
+    }
+    const some = keep > 0 && keep < T;
+    if (some && targets) {
+      throw new ValueError(
+        `GPT.forward(): logitsToKeep ${keep} of ${T} positions with targets: the loss needs ` +
+          `the logits of every position; pass logitsToKeep 0 (or leave it out) with targets`,
+      );
+    }
     const pos = arange(T);
     let x = this.drop.forward(this.wte.forward(idx).add(this.wpe.forward(pos))); // (B, T, C)
     for (const block of this.h) x = block.forward(x);
     x = this.ln_f.forward(x);
+    if (some) x = x.slice([null, [T - keep, T], null]); // (B, keep, C): the head's rows only
     // the LM head shares its weight with the token embedding (weight tying)
-    const logits = this.lm_head.forward(x); // (B, T, vocab)
+    const logits = this.lm_head.forward(x); // (B, T or keep, vocab)
     const loss = targets
       ? crossEntropy(logits.reshape([B * T, this.config.vocabSize]), targets.reshape([B * T]))
       : null;

@@ -86,6 +86,45 @@ for (
   });
 }
 
+Deno.test("forward(idx, undefined, { logitsToKeep }): the last positions' logits, PyTorch's, from a head run on those rows", async () => {
+  const model = (await fromPretrained(FIXTURE)).eval();
+  const exp = (await read(`${FIXTURE}/expected.safetensors`)).tensors;
+  const [B, T] = exp.idx.shape, V = model.config.vocabSize;
+  const all = noGrad(() => model.forward(exp.idx).logits);
+  for (const k of [1, 3]) {
+    const { logits, loss } = noGrad(() => model.forward(exp.idx, undefined, { logitsToKeep: k }));
+    assert.deepEqual(logits.shape, [B, k, V]);
+    assert.equal(loss, null);
+    const want = exp.logits.slice([null, [T - k, T], null]);
+    const err = await relErr(logits, want);
+    assert.ok(err < 1e-4, `logitsToKeep ${k}: logits differ from PyTorch's by ${err}`);
+    // the rows of the full forward, within f32 roundings (the head's product has fewer rows)
+    const rows = all.slice([null, [T - k, T], null]);
+    assert.ok(await relErr(logits, rows) < 1e-6);
+    for (const t of [logits, want, rows]) t.dispose();
+  }
+  // 0, T and more keep every position
+  for (const k of [0, T, T + 5]) {
+    const { logits } = noGrad(() => model.forward(exp.idx, undefined, { logitsToKeep: k }));
+    assert.deepEqual(logits.shape, [B, T, V]);
+    logits.dispose();
+  }
+  assert.throws(
+    () => model.forward(exp.idx, exp.targets, { logitsToKeep: 1 }),
+    (e) =>
+      e instanceof ValueError && /logitsToKeep 1 of \d+ positions with targets/.test(e.message),
+  );
+  for (const bad of [-1, 1.5, NaN]) {
+    assert.throws(
+      () => model.forward(exp.idx, undefined, { logitsToKeep: bad }),
+      (e) =>
+        e instanceof ValueError && /logitsToKeep must be a non-negative integer/.test(e.message),
+    );
+  }
+  all.dispose();
+  free(model);
+});
+
 Deno.test("fromPretrained(): the activation matters, and gelu: 'none' gives PyTorch's exact-GELU logits", async () => {
   const exp = (await read(`${FIXTURE}/expected.safetensors`)).tensors;
   const tanh = await fromPretrained(FIXTURE);
