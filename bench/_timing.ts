@@ -84,8 +84,8 @@ export async function timeSideBySide(
         continue;
       }
       // `inner` from the fastest warm-up run after the first (which compiles): a later one
-      // may still pay a one-time cost (on lavapipe the second run after a large upload frees
-      // its staging memory, 50-60 ms), and an `inner` set from it would leave the wait's
+      // may still pay a one-time cost (on lavapipe the second run after a 64 MB upload took
+      // 55-62 ms in its submit against 22), and an `inner` set from it would leave the wait's
       // ~11 ms spread over too few ops, for that contestant only
       let fastest = Infinity;
       for (let w = 0; w < o.warmup; w++) {
