@@ -609,24 +609,34 @@ function epilogue(cfg: MatmulKernelConfig): { accDecl: string; storeRow: string;
     quads.map((j) => `  var acc${i}_${j} = vec4<f32>(0.0);\n`).join("")
   )
     .join("");
-  // one store site (a loop over the blocks) keeps the encoder inlined once: shader
-  // compilers on CPUs take seconds for tm x tn/4 inlined copies of a generic encoder
-  const nAcc = tm * (tn / 4);
-  const cases = rows.map((i) =>
-    quads.map((j) => {
-      const t = i * (tn / 4) + j;
-      return `      ${t === nAcc - 1 ? "default" : `case ${t}u`}: { v = acc${i}_${j}; }\n`;
-    }).join("")
+  // one store site (a loop over the rows, and in it over the row's quads) keeps the encoder
+  // inlined once: shader compilers on CPUs take seconds for tm x tn/4 inlined copies of a
+  // generic encoder. A switch picks the row's accumulators, another the quad: llvmpipe runs
+  // every case of a switch under a mask, so one switch over all tm x tn/4 accumulators in a
+  // loop over them cost 8-33% of a 48 x 16 block's kernel (bench/matmul_lab.ts, BENCHMARKS.md)
+  const q = tn / 4;
+  const vs = quads.map((j) => `v${j}`);
+  const rowCases = rows.map((i) =>
+    `      ${i === tm - 1 ? "default" : `case ${i}u`}: { ${
+      quads.map((j) => `v${j} = acc${i}_${j};`).join(" ")
+    } }\n`
+  ).join("");
+  const quadCases = quads.map((j) =>
+    `        ${j === q - 1 ? "default" : `case ${j}u`}: { v = v${j}; }\n`
   ).join("");
   const scaled = cfg.scaled ?? false;
   // the FP8 epilogue: one reciprocal per scale, applied one after the other (their product
   // could underflow where a tiny gradient's scale is huge)
   const stores = `${scaled ? "  let ia = 1.0 / scalea[0];\n  let ib = 1.0 / scaleb[0];\n" : ""}\
-  for (var t = 0u; t < ${nAcc}u; t = t + 1u) {
-    var v: vec4<f32>;
-    switch t {
-${cases}    }
-    store_row(m + t / ${tn / 4}u, n + (t % ${tn / 4}u) * 4u, ${scaled ? "v * ia * ib" : "v"}, zoff);
+  for (var t = 0u; t < ${tm}u; t = t + 1u) {
+${vs.map((v) => `    var ${v}: vec4<f32>;\n`).join("")}    switch t {
+${rowCases}    }
+    for (var j = 0u; j < ${q}u; j = j + 1u) {
+      var v: vec4<f32>;
+      switch j {
+${quadCases}      }
+      store_row(m + t, n + j * 4u, ${scaled ? "v * ia * ib" : "v"}, zoff);
+    }
   }
 `;
   const storeRow = `fn store_row(m: u32, n: u32, v: vec4<f32>, zoff: u32) {
