@@ -171,8 +171,8 @@ const QUICK = flags.quick;
 const MODE = {
   sizes: QUICK ? [256, 512, 1024] : [256, 512, 1024, 2048],
   timing: QUICK
-    ? { warmup: 3, reps: 3, targetMs: 400, maxInner: 64 }
-    : { warmup: 3, reps: 5, targetMs: 400, maxInner: 64 },
+    ? { warmup: 3, reps: 3, targetMs: 400, maxInner: 32 }
+    : { warmup: 3, reps: 5, targetMs: 400, maxInner: 32 },
   // the GPT step: warm-up steps (the second one is also measured for memory and counters)
   gpt: QUICK ? { warmup: 2, reps: 3 } : { warmup: 2, reps: 5 },
   optParams: 10_000_000,
