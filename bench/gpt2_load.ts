@@ -45,7 +45,9 @@ try {
   const times: number[] = [];
   for (let r = 0; r < REPS; r++) times.push(await forward());
   times.sort((a, b) => a - b);
-  // greedy generation: the next token is the argmax of the last position's logits
+  // greedy generation: the next token is the argmax of the last position's logits (the loop of
+  // examples/_text.ts's sample() with top-k 1, written here: that module imports js-tiktoken,
+  // which bench/deno.json, the benchmarks' import map, does not have)
   const generate = async (n: number) => {
     const out = Array.from(prompt);
     for (let i = 0; i < n; i++) {
