@@ -232,10 +232,12 @@ export function setMatmulFamily(f: "auto" | "workgroup"): "auto" | "workgroup" {
 
 /**
  * The texture family's check per device: running, passed, or failed (its bits differ from the
- * workgroup-memory kernel's on a probe product: measured on llvmpipe through OpenGL, where
- * values read back from the packed textures are wrong, up to 256 off at 256x1024x256, while
- * lavapipe (Vulkan) gives the same bits). A device that failed it, or was never checked (a GPU,
- * or acquired under `setMatmulFamily("workgroup")`), runs the workgroup-memory family only.
+ * workgroup-memory kernel's on a probe product: measured on llvmpipe through OpenGL while the
+ * epilogue picked each of a block's accumulators with one switch over all of them, values up to
+ * 256 off at 256x1024x256; since it picks by row, then by quad, GL passes it and gives the
+ * workgroup kernel's bits at 256x1024x256, 1024^3 and 96x512x300, as lavapipe (Vulkan) always
+ * did). A device that failed it, or was never checked (a GPU, or acquired under
+ * `setMatmulFamily("workgroup")`), runs the workgroup-memory family only.
  */
 const textureCheck = new WeakMap<Runtime, "probing" | "passed" | "failed">();
 
@@ -260,8 +262,9 @@ export function matmulTexturesPassed(): boolean {
 // transposed f32 A by a transposed bf16 B with infinities and a subnormal (copies'
 // raw bits and bf16 decode; medium class, small kernels). Small on purpose: every new device
 // pays for them (`deno test` makes one per test module and doc example, 328 a run), and
-// through OpenGL, where llvmpipe breaks the family, every large-class product measured from
-// 96 x 64 x 256 to 256 x 256 x 1024 differed in about 38% of its values (the probes were
+// through OpenGL, where llvmpipe broke the family under the one-switch epilogue, every
+// large-class product measured from 96 x 64 x 256 to 256 x 256 x 1024 differed in about 38% of
+// its values (the probes were
 // 256 x 256 x 1024 and N = 1024 before: 0.13 s more per device on lavapipe).
 onNewDevice(async (rt) => {
   if (!rt.info.isFallbackAdapter || family === "workgroup") return;
