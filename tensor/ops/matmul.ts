@@ -284,17 +284,17 @@ onNewDevice(async (rt) => {
   const made: Tensor[] = [];
   const keep = (t: Tensor) => (made.push(t), t);
   try {
-    // every probe recorded first, then read back together: one wait, not one per product
+    // every probe recorded first (no read pending if one throws), then read back together:
+    // one wait, not one per product
     const pairs = probes.map(([M, K, N, ta, tb, bdt]) => {
       const a = keep(tensor(val(M * K, 0.37), { shape: ta ? [K, M] : [M, K] }));
       const b = keep(tensor(val(K * N, 0.11), { shape: tb ? [N, K] : [K, N], dtype: bdt }));
       family = "workgroup";
       const w = keep(matmul(a, b, { transA: ta, transB: tb }));
       family = "auto";
-      const t = keep(matmul(a, b, { transA: ta, transB: tb }));
-      return [w.toArray(), t.toArray()];
+      return [w, keep(matmul(a, b, { transA: ta, transB: tb }))];
     });
-    const values = await Promise.all(pairs.flat());
+    const values = await Promise.all(pairs.flat().map((t) => t.toArray()));
     same = pairs.every((_, k) => {
       const [wv, tv] = [values[2 * k], values[2 * k + 1]];
       return wv.length === tv.length && wv.every((v, i) => Object.is(v, tv[i]));
