@@ -154,8 +154,9 @@ Deno.test("disposeDevice() destroys every buffer the pool created and reports no
 // only when the JS garbage collector gets to their wrappers, which it does late: it does not
 // see their native memory. Keyed by the GPU buffers, a step finds its bind groups again (none
 // made after warm-up). The test trains 5,000 steps of a tiny GPT in a child process, reading
-// the loss every step as a trainer does (about 2 minutes on this loaded 2-core machine, 20 ms
-// a step; RSS_STEPS sets another count), and checks the cause (bind groups made per step), the
+// the loss every step as a trainer does, each read awaited two steps later (35-40 s on lavapipe,
+// 7 ms a step; awaited at once, Deno's wait of about 11 ms a read made it 88 s; RSS_STEPS sets
+// another count), and checks the cause (bind groups made per step), the
 // resident memory kept (sampled after a full collection: flat within a few MB after warm-up)
 // and the GPU's live bytes (exactly flat).
 const RSS_STEPS = Deno.permissions.querySync({ name: "env", variable: "RSS_STEPS" }).state ===
