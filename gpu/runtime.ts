@@ -501,6 +501,7 @@ export class Runtime {
   /** Writes host data into a buffer, after every recorded command that uses it. */
   write(pb: PooledBuffer, data: ArrayBufferView, byteOffset = 0): void {
     this.beforeWrite?.([pb]);
+    this.#readsBefore([pb]);
     this.#check("write");
     if (pb.lastBatch >= this.#batch) this.flush();
     let bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
@@ -674,6 +675,7 @@ export class Runtime {
   ): void {
     const buffers = bindings.map(bufferOf);
     this.beforeWrite?.(buffers, k.signature.buffers);
+    this.#readsBefore(buffers, k.signature.buffers);
     this.#check(k.label);
     if (buffers.length !== k.signature.buffers.length) {
       throw new DeviceError(
@@ -886,6 +888,7 @@ export class Runtime {
     size: number,
   ): void {
     this.beforeWrite?.([dst]);
+    this.#readsBefore([dst]);
     this.#check("copy");
     if (size === 0) return;
     this.#closePass().copyBufferToBuffer(src.buffer, srcOffset, dst.buffer, dstOffset, size);
@@ -1057,8 +1060,9 @@ export class Runtime {
   }
 
   /**
-   * Reads `size` bytes at `offset` of a buffer, after all recorded work. Reads requested in
-   * the same task share one staging buffer and one `mapAsync`.
+   * Reads `size` bytes at `offset` of a buffer: its contents after the work recorded so far,
+   * not after commands recorded later that write it (those record the read's copy first).
+   * Reads requested in the same task share one staging buffer and one `mapAsync`.
    */
   read(src: PooledBuffer, offset = 0, size = src.bytes): Promise<ArrayBuffer> {
     this.#check("read");
@@ -1076,10 +1080,27 @@ export class Runtime {
     });
   }
 
+  /**
+   * Records the copies of the reads asked for so far now, if one of them reads a buffer that
+   * the command about to be recorded writes (`access`: a dispatch's, where only `read_write`
+   * bindings are written): a read gives the values at the time it was asked for, as
+   * `tensor.tolist()` does in PyTorch, not those of a later step recorded in the same task
+   * (`const w = p.toArray(); opt.step()` read the stepped weights).
+   */
+  #readsBefore(written: readonly PooledBuffer[], access?: KernelSignature["buffers"]): void {
+    if (this.#pendingReads.length === 0) return;
+    // by GPU buffer: a read's source may be freed and handed out again meanwhile
+    const hit = written.some((b, i) =>
+      access?.[i] !== "read" && this.#pendingReads.some((r) => r.src.buffer === b.buffer)
+    );
+    if (hit) void this.#runReads(); // records and submits its copies before it first awaits
+  }
+
   async #runReads(): Promise<void> {
     this.#readScheduled = false;
     const reads = this.#pendingReads;
     this.#pendingReads = [];
+    if (reads.length === 0) return; // recorded early (#readsBefore) before the microtask ran
     // copyBufferToBuffer needs 4-byte aligned offsets and sizes: copy the aligned range.
     const starts = reads.map((r) => Math.floor(r.offset / 4) * 4);
     const sizes = reads.map((r, i) => Math.ceil((r.offset + r.size) / 4) * 4 - starts[i]);

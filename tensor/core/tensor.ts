@@ -248,7 +248,10 @@ export class Tensor {
 
   /**
    * The values, flat in row-major order: a Float32Array for float dtypes (decoded), an
-   * Int32Array or Uint32Array for integers, a Uint8Array of 0/1 for bool.
+   * Int32Array or Uint32Array for integers, a Uint8Array of 0/1 for bool. They are the values
+   * at the call: work recorded after it (an optimizer step that updates this tensor in place)
+   * does not change what the promise gives, so a read may be awaited after the next step is
+   * recorded.
    */
   async toArray(): Promise<Float32Array | Int32Array | Uint32Array | Uint8Array> {
     const buf = this.buffer("toArray()");

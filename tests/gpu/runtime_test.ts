@@ -6,6 +6,7 @@ import {
   memory,
   profile,
   resetDevice,
+  SGD,
   sync,
   tensor,
   tidy,
@@ -86,6 +87,71 @@ Deno.test("a write after recorded work on the same buffer lands after that work"
   rt.dispatch(k, [a], [1]);
   assert.deepEqual(Array.from(new Uint32Array(await rt.read(a))), [4, 8, 20, 40]);
   rt.free(a);
+});
+
+Deno.test("a read gives the values its buffer had when it was asked for, not those of later writes", async () => {
+  const rt = await getRuntime();
+  const k = rt.kernel("double", DOUBLE, { buffers: ["read_write"], uniform: false });
+  const a = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+  const b = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+  rt.write(a, new Uint32Array([1, 2, 3, 4]));
+  rt.write(b, new Uint32Array([9, 9, 9, 9]));
+  const u32 = async (p: Promise<ArrayBuffer>) => Array.from(new Uint32Array(await p));
+  // all in one task, each read before a command that writes the buffer
+  const beforeDispatch = u32(rt.read(a));
+  rt.dispatch(k, [a], [1]);
+  const beforeWrite = u32(rt.read(a));
+  rt.write(a, new Uint32Array([7, 7, 7, 7]));
+  const beforeCopy = u32(rt.read(a));
+  rt.copy(b, 0, a, 0, 16);
+  const after = u32(rt.read(a));
+  assert.deepEqual(
+    await Promise.all([beforeDispatch, beforeWrite, beforeCopy, after]),
+    [[1, 2, 3, 4], [2, 4, 6, 8], [7, 7, 7, 7], [9, 9, 9, 9]],
+  );
+  // a buffer freed after a read and handed out again (after a submit) is written only after
+  // the read's copy
+  const c = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+  rt.write(c, new Uint32Array([5, 6, 7, 8]));
+  const kept = u32(rt.read(c));
+  rt.free(c);
+  const e = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+  rt.dispatch(k, [e], [1]); // a batch to submit
+  rt.flush();
+  const d = rt.alloc(16, { dtype: "u32", purpose: "scratch" });
+  assert.equal(d.buffer, c.buffer, "the pool hands the buffer out again");
+  rt.write(d, new Uint32Array([0, 0, 0, 0]));
+  assert.deepEqual(await kept, [5, 6, 7, 8]);
+  // through the library: the weights read before an optimizer step are the weights before it
+  const p = tensor([1, 2, 3], { requiresGrad: true });
+  p.grad = tensor([1, 1, 1]);
+  const opt = new SGD([p], { lr: 0.5 });
+  const w = p.toArray();
+  opt.step();
+  assert.deepEqual(Array.from(await w), [1, 2, 3]);
+  assert.deepEqual(Array.from(await p.toArray()), [0.5, 1.5, 2.5]);
+  // a kernel that only reads a buffer leaves the task's reads to share one mapAsync
+  const readbacks = rt.counters.readbacks;
+  const r1 = rt.read(a);
+  const sum = rt.kernel(
+    "copy to b",
+    `
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> y: array<u32>;
+@compute @workgroup_size(4)
+fn main(@builtin(global_invocation_id) g: vec3u) { y[g.x] = x[g.x] + 1u; }`,
+    {
+      buffers: ["read", "read_write"],
+      uniform: false,
+    },
+  );
+  rt.dispatch(sum, [a, b], [1]);
+  const r2 = rt.read(b);
+  assert.deepEqual([await u32(r1), await u32(r2)], [[9, 9, 9, 9], [10, 10, 10, 10]]);
+  assert.equal(rt.counters.readbacks, readbacks + 1);
+  opt.zeroGrad();
+  for (const t of [p]) t.dispose();
+  for (const x of [a, b, d, e]) rt.free(x);
 });
 
 Deno.test("pipelines are cached by WGSL source and dispatches batch into few submits", async () => {
