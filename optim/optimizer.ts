@@ -443,8 +443,11 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
    * ```
    */
   async diagnostics(): Promise<Diagnostics | null> {
+    // what the last step recorded, taken now: a step recorded before the reads resolve (a
+    // trainer that reads a step late) changes neither
     const parts = this.#groups.map((f) => f.diagnostics).filter((d) => d !== null);
-    if (this.#diagDtype === null || parts.length === 0) return null;
+    const cast = this.#diagDtype;
+    if (cast === null || parts.length === 0) return null;
     const reads = await Promise.all(
       parts.flatMap((p) => [p.counters.toArray(), p.sums.toArray()]),
     );
@@ -469,7 +472,7 @@ export class Optimizer<G extends ParamGroup = ParamGroup, O = Record<string, unk
       gradNonFinite,
       gradUnderflow,
       gradOverflow,
-      castDtype: this.#diagDtype.name,
+      castDtype: cast.name,
     };
   }
 
