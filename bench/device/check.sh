@@ -89,7 +89,7 @@ step() { # name, limit (s), command...: stdout to $OUT/<name>.txt, stderr to err
 E=--allow-env=DENO_WEBGPU_BACKEND
 step peak "${PEAK_S:-90}" deno run "$E" .device/peak.js --sizes 1024,2048,4096,8192
 step gpt2 "${GPT2_S:-150}" deno run "$E" .device/gpt2.js --strategies fp32,amp-bf16,collage-light,fp8 \
-  --batch 8 --context 256 --steps 2
+  --batch 8 --context 256 --steps 4
 step bench "${BENCH_S:-150}" deno run "$E" .device/bench.js --quick --json
 # the README's test command without its type check (deno.json's "test" task, one definition)
 read -r -a test_cmd <<< "$(deno eval 'console.log(JSON.parse(Deno.readTextFileSync("deno.json")).tasks.test)')"
