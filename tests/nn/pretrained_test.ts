@@ -28,6 +28,12 @@ import {
 const FIXTURE = new URL("../fixtures/gpt2_tiny", import.meta.url).pathname;
 const DIR = "./.test-tmp/pretrained_test";
 await ready();
+
+/** Asserts each pair's codes equal, all read together (one wait, not one per tensor). */
+async function sameCodes(pairs: readonly (readonly [Tensor, Tensor, string])[]): Promise<void> {
+  const codes = await Promise.all(pairs.map(([a, b]) => Promise.all([a.codes(), b.codes()])));
+  codes.forEach(([a, b], i) => assert.deepEqual(a, b, pairs[i][2]));
+}
 await Deno.remove(DIR, { recursive: true }).catch(() => {});
 await Deno.mkdir(DIR, { recursive: true });
 
@@ -171,11 +177,10 @@ Deno.test("load, exportPretrained, load: the same bits, and the file has Hugging
   const names = Object.keys(src.tensors).filter((n) => !n.endsWith(".attn.bias"));
   assert.deepEqual(Object.keys(dst.tensors).sort(), names.sort());
   for (const n of names) {
-    const x = src.tensors[n], y = dst.tensors[n];
-    assert.equal(y.dtype, "f32", n);
-    assert.deepEqual(y.shape, x.shape, n);
-    assert.deepEqual(await y.codes(), await x.codes(), n);
+    assert.equal(dst.tensors[n].dtype, "f32", n);
+    assert.deepEqual(dst.tensors[n].shape, src.tensors[n].shape, n);
   }
+  await sameCodes(names.map((n) => [dst.tensors[n], src.tensors[n], n]));
   const cfg = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
   const ref = JSON.parse(await Deno.readTextFile(`${FIXTURE}/config.json`));
   for (const k of ["n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "model_type"]) {
@@ -185,9 +190,7 @@ Deno.test("load, exportPretrained, load: the same bits, and the file has Hugging
   const b = await fromPretrained(out);
   const pa = a.namedParameters(), pb = b.namedParameters();
   assert.deepEqual(pb.map(([n]) => n), pa.map(([n]) => n));
-  for (let i = 0; i < pa.length; i++) {
-    assert.deepEqual(await pb[i][1].codes(), await pa[i][1].codes(), pa[i][0]);
-  }
+  await sameCodes(pa.map(([n, t], i) => [pb[i][1], t, n]));
   for (const t of [...Object.values(src.tensors), ...Object.values(dst.tensors)]) t.dispose();
   free(a);
   free(b);
@@ -199,18 +202,14 @@ Deno.test("exportPretrained({ dtype: 'f16' }) of the F16 checkpoint writes its b
   const src = (await read(`${FIXTURE}/f16/model.safetensors`)).tensors;
   const dst = (await read(`${DIR}/f16/model.safetensors`)).tensors;
   assert.deepEqual(Object.keys(dst).sort(), Object.keys(src).sort());
-  for (const n of Object.keys(src)) {
-    assert.equal(dst[n].dtype, "f16", n);
-    assert.deepEqual(await dst[n].codes(), await src[n].codes(), n);
-  }
+  for (const n of Object.keys(src)) assert.equal(dst[n].dtype, "f16", n);
+  await sameCodes(Object.keys(src).map((n) => [dst[n], src[n], n]));
   // f32 -> bf16 rounds to nearest even: the BF16 fixture is PyTorch's rounding of the F32 one
   const f32 = await fromPretrained(FIXTURE);
   await exportPretrained(f32, `${DIR}/bf16`, { dtype: "bf16" });
   const torchBf16 = (await read(`${FIXTURE}/bf16/model.safetensors`)).tensors;
   const ours = (await read(`${DIR}/bf16/model.safetensors`)).tensors;
-  for (const n of Object.keys(ours)) {
-    assert.deepEqual(await ours[n].codes(), await torchBf16[`transformer.${n}`].codes(), n);
-  }
+  await sameCodes(Object.keys(ours).map((n) => [ours[n], torchBf16[`transformer.${n}`], n]));
   for (const m of [a, f32]) free(m);
 });
 

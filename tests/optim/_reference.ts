@@ -209,14 +209,14 @@ export function closeUlps(
  * step count; a null state as [0]), else those left out.
  */
 export async function stateCodes(opt: Optimizer, numbers: boolean): Promise<number[][]> {
-  const out: number[][] = [];
+  // every tensor's read asked for first, so that they share one wait
+  const out: (number[] | Promise<number[]>)[] = [];
   for (const s of Object.values(opt.stateDict().state)) {
     for (const v of Object.values(s)) {
       if (v !== null && typeof v === "object") {
-        out.push(Array.from(await v.codes()));
-        v.dispose();
+        out.push(v.codes().then((c) => Array.from(c)).finally(() => v.dispose()));
       } else if (numbers) out.push([Number(v)]);
     }
   }
-  return out;
+  return await Promise.all(out);
 }

@@ -94,8 +94,11 @@ async function run(make: Make, sizes: number[], dt: string, quad: boolean, scale
     }
     const dispatches = rt.counters.dispatches - d0;
     const out: number[][] = [];
-    for (const p of ps) out.push(Array.from(await p.codes()));
-    out.push(...await stateCodes(opt, true));
+    const [params, states] = await Promise.all([
+      Promise.all(ps.map(async (p) => Array.from(await p.codes()))),
+      stateCodes(opt, true),
+    ]);
+    out.push(...params, ...states);
     opt.dispose();
     sc?.dispose();
     ps.forEach((p) => (p.zeroGrad(), p.dispose()));

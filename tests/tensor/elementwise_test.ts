@@ -100,29 +100,33 @@ function check(
 
 for (const [op, spec] of Object.entries(UNARY)) {
   Deno.test(`${op}() matches the f64 reference rounded to every float storage dtype`, async () => {
-    for (const name of FLOATS) {
-      for (const n of SIZES) {
+    // every dtype and size recorded, then read together (one wait, not one per case)
+    const cases = FLOATS.flatMap((name) =>
+      SIZES.map((n) => {
         const xv = values(name, n, n * 7 + op.length, spec.lo, spec.hi);
         using x = tensor(xv, { dtype: name });
         using y = (x as unknown as Record<string, () => Tensor>)[op]();
         assert.equal(y.dtype, name);
         assert.deepEqual(y.shape, [n]);
-        const ref = Array.from(xv, spec.f);
-        const allowed = name === "f32"
-          ? spec.f32Ulps ?? spec.ulps
-          : name === "bf16x2"
-          ? Math.max(spec.f32Ulps ?? 0, 2) * 256
-          : spec.ulps;
-        check(op, name, await y.toArray(), ref, allowed, name, name === "f32" ? spec.abs ?? 0 : 0);
-      }
+        return { name, ref: Array.from(xv, spec.f), got: y.toArray() };
+      })
+    );
+    for (const { name, ref, got } of cases) {
+      const allowed = name === "f32"
+        ? spec.f32Ulps ?? spec.ulps
+        : name === "bf16x2"
+        ? Math.max(spec.f32Ulps ?? 0, 2) * 256
+        : spec.ulps;
+      check(op, name, await got, ref, allowed, name, name === "f32" ? spec.abs ?? 0 : 0);
     }
   });
 }
 
 for (const [op, spec] of Object.entries(BINARY)) {
   Deno.test(`${op}() matches the f64 reference for every float storage dtype, with broadcasting`, async () => {
-    for (const name of FLOATS) {
-      for (const n of SIZES) {
+    // every dtype and size recorded, then read together (one wait, not one per case)
+    const cases = FLOATS.flatMap((name) =>
+      SIZES.map((n) => {
         const av = spec.positiveB && op === "pow"
           ? values(name, n, n + 1, 0.1, 3)
           : values(name, n, n + 1);
@@ -130,14 +134,16 @@ for (const [op, spec] of Object.entries(BINARY)) {
         using a = tensor(av, { dtype: name });
         using b = tensor(bv, { dtype: name });
         using y = (a as unknown as Record<string, (o: Tensor) => Tensor>)[op](b);
-        const ref = Array.from(av, (v, i) => spec.f(v, bv[i]));
-        const allowed = name === "f32"
-          ? (op === "pow" ? 16 : spec.ulps === 0 ? 0 : 3)
-          : name === "bf16x2"
-          ? 4096
-          : spec.ulps;
-        check(op, name, await y.toArray(), ref, allowed, `${name},${name}`);
-      }
+        return { name, ref: Array.from(av, (v, i) => spec.f(v, bv[i])), got: y.toArray() };
+      })
+    );
+    for (const { name, ref, got } of cases) {
+      const allowed = name === "f32"
+        ? (op === "pow" ? 16 : spec.ulps === 0 ? 0 : 3)
+        : name === "bf16x2"
+        ? 4096
+        : spec.ulps;
+      check(op, name, await got, ref, allowed, `${name},${name}`);
     }
     // broadcasting [3,1] with [4] and [2,3,4] with [3,1]
     for (
