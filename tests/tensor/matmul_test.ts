@@ -169,6 +169,7 @@ async function run(
 // ---- forward ------------------------------------------------------------------------------------
 
 Deno.test("matmul() of f32 matrices matches an f64 reference at every tile class and edge", async () => {
+  const runs: Promise<void>[] = []; // read together: one wait
   for (
     const [M, K, N] of [
       [1, 1, 1],
@@ -181,8 +182,9 @@ Deno.test("matmul() of f32 matrices matches an f64 reference at every tile class
       [130, 70, 150],
     ]
   ) {
-    await run([M, K], [K, N], "f32", "f32", "f32");
+    runs.push(run([M, K], [K, N], "f32", "f32", "f32"));
   }
+  await Promise.all(runs);
 });
 
 Deno.test("matmul() is exact with every tile shape the tuner may choose, in every shape class", async () => {
@@ -193,14 +195,17 @@ Deno.test("matmul() is exact with every tile shape the tuner may choose, in ever
     medium: [[300, 5, 63]],
     large: [[200, 9, 129]],
   };
+  // each product recorded with its tiles at the call (run() records before it awaits)
+  const runs: Promise<void>[] = [];
   for (const [c, list] of Object.entries(shapes) as [MatmulShapeClass, number[][]][]) {
     for (const tiles of matmulTileCandidates(c)) {
       setMatmulTiles(c, tiles);
       const [M, K, N] = list[0]; // edges that fill no tile exactly
-      await run([M, K], [K, N], "f32", "f32", "f32", {}, M + N);
+      runs.push(run([M, K], [K, N], "f32", "f32", "f32", {}, M + N));
     }
     setMatmulTiles(c, null);
   }
+  await Promise.all(runs);
 });
 
 Deno.test("tuneMatmul() keeps the fastest candidate it timed for each class", async () => {
@@ -223,14 +228,17 @@ Deno.test("tuneMatmul() keeps the fastest candidate it timed for each class", as
 Deno.test("matmul() accumulates in f32 and rounds once for every low-precision dtype", async () => {
   // N = 64: packed outputs written as whole words by the kernel; N = 5 and 33: an f32
   // temporary rounded by cast()
+  const runs: Promise<void>[] = [];
   for (const dt of ["f16", "bf16", "e4m3", "e5m2", "e8m3", "bf16x2"]) {
     for (const [M, K, N] of [[7, 13, 5], [64, 64, 64], [65, 129, 33]]) {
-      await run([M, K], [K, N], dt, dt, dt, {}, M + N);
+      runs.push(run([M, K], [K, N], dt, dt, dt, {}, M + N));
     }
   }
+  await Promise.all(runs);
 });
 
 Deno.test("matmul() of mixed dtypes gives the promoted dtype", async () => {
+  const runs: Promise<void>[] = [];
   for (
     const [aDt, bDt, outDt] of [
       ["bf16", "e4m3", "bf16"],
@@ -241,8 +249,9 @@ Deno.test("matmul() of mixed dtypes gives the promoted dtype", async () => {
       ["bf16x2", "bf16", "bf16x2"],
     ]
   ) {
-    await run([33, 20], [20, 36], aDt, bDt, outDt);
+    runs.push(run([33, 20], [20, 36], aDt, bDt, outDt));
   }
+  await Promise.all(runs);
 });
 
 Deno.test("matmul() rounds to outDtype when one is given", async () => {
