@@ -88,17 +88,17 @@ export async function gpt2Step(
   // waits about 10 ms in Deno, which the next step's work then overlaps; the last step's wait
   // is counted): ms per step is the time from the first timed step's start to the last loss.
   let reading: { loss: Tensor; value: Promise<number> } | null = null;
-  const finish = async () => {
-    if (reading === null) return;
-    losses.push(await reading.value);
-    reading.loss.dispose();
-    reading = null;
+  const finish = async (r: typeof reading) => {
+    if (r === null) return;
+    losses.push(await r.value);
+    r.loss.dispose();
   };
   let t1 = 0;
   try {
     for (let t = 0; t <= steps; t++) {
       if (t <= 1) {
-        await finish();
+        await finish(reading);
+        reading = null;
         await rt.sync();
         rt.resetPeak();
         t1 = performance.now();
@@ -114,13 +114,10 @@ export async function gpt2Step(
       scaler.update();
       const previous = reading;
       reading = { loss, value: loss.item() };
-      if (previous !== null) {
-        losses.push(await previous.value);
-        previous.loss.dispose();
-      }
+      await finish(previous);
       peak = Math.max(peak, memory().peakBytes - live0);
     }
-    await finish();
+    await finish(reading);
     const ms = (performance.now() - t1) / steps;
     const live = memory().liveBytes - live0;
     return {

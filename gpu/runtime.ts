@@ -500,8 +500,7 @@ export class Runtime {
 
   /** Writes host data into a buffer, after every recorded command that uses it. */
   write(pb: PooledBuffer, data: ArrayBufferView, byteOffset = 0): void {
-    this.beforeWrite?.([pb]);
-    this.#readsBefore([pb]);
+    this.#beforeWriting([pb]);
     this.#check("write");
     if (pb.lastBatch >= this.#batch) this.flush();
     let bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
@@ -674,8 +673,7 @@ export class Runtime {
     textures: readonly GPUTexture[] = [],
   ): void {
     const buffers = bindings.map(bufferOf);
-    this.beforeWrite?.(buffers, k.signature.buffers);
-    this.#readsBefore(buffers, k.signature.buffers);
+    this.#beforeWriting(buffers, k.signature.buffers);
     this.#check(k.label);
     if (buffers.length !== k.signature.buffers.length) {
       throw new DeviceError(
@@ -887,8 +885,7 @@ export class Runtime {
     dstOffset: number,
     size: number,
   ): void {
-    this.beforeWrite?.([dst]);
-    this.#readsBefore([dst]);
+    this.#beforeWriting([dst]);
     this.#check("copy");
     if (size === 0) return;
     this.#closePass().copyBufferToBuffer(src.buffer, srcOffset, dst.buffer, dstOffset, size);
@@ -1081,13 +1078,15 @@ export class Runtime {
   }
 
   /**
-   * Records the copies of the reads asked for so far now, if one of them reads a buffer that
-   * the command about to be recorded writes (`access`: a dispatch's, where only `read_write`
-   * bindings are written): a read gives the values at the time it was asked for, as
-   * `tensor.tolist()` does in PyTorch, not those of a later step recorded in the same task
-   * (`const w = p.toArray(); opt.step()` read the stepped weights).
+   * Before a command that writes `written` is recorded (`access`: a dispatch's, where only
+   * `read_write` bindings are written), what reads them is recorded first: deferred work (the
+   * `beforeWrite` hook), and the copies of the reads asked for so far if one of them reads a
+   * written buffer: a read gives the values at the time it was asked for, as `tensor.tolist()`
+   * does in PyTorch, not those of a later step recorded in the same task (`const w =
+   * p.toArray(); opt.step()` read the stepped weights).
    */
-  #readsBefore(written: readonly PooledBuffer[], access?: KernelSignature["buffers"]): void {
+  #beforeWriting(written: readonly PooledBuffer[], access?: KernelSignature["buffers"]): void {
+    this.beforeWrite?.(written, access);
     if (this.#pendingReads.length === 0) return;
     // by GPU buffer: a read's source may be freed and handed out again meanwhile
     const hit = written.some((b, i) =>
@@ -1100,7 +1099,7 @@ export class Runtime {
     this.#readScheduled = false;
     const reads = this.#pendingReads;
     this.#pendingReads = [];
-    if (reads.length === 0) return; // recorded early (#readsBefore) before the microtask ran
+    if (reads.length === 0) return; // recorded early (#beforeWriting) before the microtask ran
     // copyBufferToBuffer needs 4-byte aligned offsets and sizes: copy the aligned range.
     const starts = reads.map((r) => Math.floor(r.offset / 4) * 4);
     const sizes = reads.map((r, i) => Math.ceil((r.offset + r.size) / 4) * 4 - starts[i]);

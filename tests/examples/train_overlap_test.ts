@@ -88,8 +88,7 @@ Deno.test("runTraining's overlapped steps leave the weights of one step at a tim
   assert.equal(a.step, STEPS);
   const pa = a.model.parameters(), pb = b.model.parameters();
   assert.equal(pa.length, pb.length);
-  for (let i = 0; i < pa.length; i++) {
-    assert.deepEqual(await pa[i].codes(), await pb[i].codes(), `parameter ${i}`);
-  }
+  const [ca, cb] = await Promise.all([pa, pb].map((ps) => Promise.all(ps.map((p) => p.codes()))));
+  ca.forEach((c, i) => assert.deepEqual(c, cb[i], `parameter ${i}`));
   for (const t of [a, b]) t.dispose();
 });

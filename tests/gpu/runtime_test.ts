@@ -133,8 +133,8 @@ Deno.test("a read gives the values its buffer had when it was asked for, not tho
   // a kernel that only reads a buffer leaves the task's reads to share one mapAsync
   const readbacks = rt.counters.readbacks;
   const r1 = rt.read(a);
-  const sum = rt.kernel(
-    "copy to b",
+  const addOne = rt.kernel(
+    "add one",
     `
 @group(0) @binding(0) var<storage, read> x: array<u32>;
 @group(0) @binding(1) var<storage, read_write> y: array<u32>;
@@ -145,12 +145,12 @@ fn main(@builtin(global_invocation_id) g: vec3u) { y[g.x] = x[g.x] + 1u; }`,
       uniform: false,
     },
   );
-  rt.dispatch(sum, [a, b], [1]);
+  rt.dispatch(addOne, [a, b], [1]);
   const r2 = rt.read(b);
   assert.deepEqual([await u32(r1), await u32(r2)], [[9, 9, 9, 9], [10, 10, 10, 10]]);
   assert.equal(rt.counters.readbacks, readbacks + 1);
   opt.zeroGrad();
-  for (const t of [p]) t.dispose();
+  p.dispose();
   for (const x of [a, b, d, e]) rt.free(x);
 });
 

@@ -28,14 +28,14 @@ import {
 const FIXTURE = new URL("../fixtures/gpt2_tiny", import.meta.url).pathname;
 const DIR = "./.test-tmp/pretrained_test";
 await ready();
+await Deno.remove(DIR, { recursive: true }).catch(() => {});
+await Deno.mkdir(DIR, { recursive: true });
 
 /** Asserts each pair's codes equal, all read together (one wait, not one per tensor). */
 async function sameCodes(pairs: readonly (readonly [Tensor, Tensor, string])[]): Promise<void> {
   const codes = await Promise.all(pairs.map(([a, b]) => Promise.all([a.codes(), b.codes()])));
   codes.forEach(([a, b], i) => assert.deepEqual(a, b, pairs[i][2]));
 }
-await Deno.remove(DIR, { recursive: true }).catch(() => {});
-await Deno.mkdir(DIR, { recursive: true });
 
 /** The tensors of a safetensors file (parsed by ulp's reader), with its metadata. */
 async function read(path: string) {

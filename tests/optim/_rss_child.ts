@@ -28,6 +28,10 @@ const idx = tensor(new Int32Array(ids), { shape: [2, 4] });
 const tgt = tensor(new Int32Array(ids.map((v) => (v + 3) % 8)), { shape: [2, 4] });
 const samples = [];
 const reads: { loss: Tensor; value: Promise<number> }[] = [];
+const finish = async (r: (typeof reads)[number]) => {
+  await r.value;
+  r.loss.dispose();
+};
 const t0 = performance.now();
 for (let t = 0; t <= steps; t++) {
   if (t % 100 === 0) {
@@ -47,15 +51,8 @@ for (let t = 0; t <= steps; t++) {
   opt.zeroGrad();
   if (t % every === 0) {
     reads.push({ loss, value: loss.item() });
-    if (reads.length > 2) {
-      const r = reads.shift()!;
-      await r.value;
-      r.loss.dispose();
-    }
+    if (reads.length > 2) await finish(reads.shift()!);
   } else loss.dispose();
 }
-for (const r of reads) {
-  await r.value;
-  r.loss.dispose();
-}
+for (const r of reads) await finish(r);
 console.log(JSON.stringify({ samples, ms: performance.now() - t0 }));
