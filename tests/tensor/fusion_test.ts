@@ -4,6 +4,8 @@
 import assert from "node:assert/strict";
 import { rand, setFusion, type Tensor, tensor, tidy } from "../../mod.ts";
 import { getRuntime } from "../../gpu/mod.ts";
+import { setQuadLayout } from "../../tensor/kernels/fusion.ts";
+import { withBindingLimit } from "../_binding_limit.ts";
 import { roundTo, values } from "./_reference.ts";
 
 const rt = await getRuntime();
@@ -317,4 +319,88 @@ Deno.test("a quad computed as one vec4 expression equals the ops one by one, bit
     GPUDevice.prototype.createShaderModule = create;
   }
   for (const t of [x, row, col, one, h]) t.dispose();
+});
+
+/** `f()`'s codes with quad kernels in `layout`, and the workgroups of each dispatch. */
+async function inLayout(
+  layout: "auto" | "strided" | "runs",
+  f: () => Tensor,
+): Promise<{ codes: Uint8Array | Uint16Array | Uint32Array; grids: number[] }> {
+  const grids: number[] = [];
+  const pass = GPUComputePassEncoder.prototype, disp = pass.dispatchWorkgroups;
+  pass.dispatchWorkgroups = function (x: number, y?: number, z?: number) {
+    grids.push(x * (y ?? 1) * (z ?? 1));
+    return disp.call(this, x, y, z);
+  };
+  const prev = setQuadLayout(layout);
+  try {
+    const t = tidy(f);
+    t.realize();
+    pass.dispatchWorkgroups = disp;
+    const codes = await t.codes();
+    t.dispose();
+    return { codes, grids };
+  } finally {
+    pass.dispatchWorkgroups = disp;
+    setQuadLayout(prev);
+  }
+}
+
+Deno.test("runs of consecutive quads an invocation give the bits of a quad an invocation", async () => {
+  // 37 x 1000: 9250 quads, two workgroups of 16 runs of 256 quads and a part (the last run
+  // partial); every operand mode, packed and f16 operands, an f16 result, stochastic rounding
+  const R = 37, C = 1000, n = R * C;
+  const xs = values("f32", n, 21, -3, 3);
+  new Uint32Array(xs.buffer)[4099] = 0xff812345; // a NaN with a payload, in the second run
+  xs[5000] = Infinity;
+  const x = tensor(xs, { shape: [R, C] });
+  const y = tensor(values("f32", n, 22), { shape: [R, C] });
+  const b = tensor(values("bf16", n, 23), { shape: [R, C], dtype: "bf16" });
+  const h = tensor(values("f16", n, 24), { shape: [R, C], dtype: "f16" });
+  const row = tensor(values("f32", C, 25), { shape: [C] });
+  const col = tensor(values("f32", R, 26), { shape: [R, 1] });
+  const one = tensor([0.75], { shape: [1, 1] });
+  const chains: [string, () => Tensor][] = [
+    ["same shape, one vec4 expression", () => x.mul(y).add(1.5).exp().mul(y)],
+    ["tail row, column, one element", () => x.add(row).mul(col).sub(one).tanh()],
+    ["bf16 and f16 operands", () => b.mul(x).add(h).sigmoid()],
+    ["f16 result", () => x.mul(h).add(row).cast("f16")],
+    ["stochastic rounding to f16", () => x.mul(y).cast("f16", { rounding: "stochastic", seed: 5 })],
+  ];
+  for (const [name, f] of chains) {
+    const runs = await inLayout("runs", f), strided = await inLayout("strided", f);
+    assert.deepEqual(runs.codes, strided.codes, `${name}: runs == a quad an invocation`);
+    // (packed f16, through OpenGL, keeps a word per step)
+    if (name !== "bf16 and f16 operands" && name.includes("f16") && !rt.info.shaderF16) continue;
+    // the fused kernel (the largest grid): 16 x 256 quads a workgroup, against 256 quads
+    assert.equal(Math.max(...runs.grids), Math.ceil(n / 4 / 4096), `${name}: runs`);
+    assert.equal(Math.max(...strided.grids), Math.ceil(n / 4 / 256), `${name}: strided`);
+  }
+  // tensors past one binding: windows of 2 workgroups' shares
+  await withBindingLimit(2 * 65536, async () => {
+    for (const [name, f] of chains.slice(0, 2)) {
+      const runs = await inLayout("runs", f), strided = await inLayout("strided", f);
+      assert.deepEqual(runs.codes, strided.codes, `${name}, windows: runs == strided`);
+      assert.ok(runs.grids.length > 1, `${name}: several windows`);
+    }
+  });
+  for (const t of [x, y, b, h, row, col, one]) t.dispose();
+});
+
+Deno.test("a CPU adapter takes runs from 1M elements; elsewhere a quad an invocation", async () => {
+  const chain = (n: number) => () => {
+    const x = tensor(values("f32", n, 31), { shape: [n] });
+    return x.mul(x).add(0.5).exp();
+  };
+  for (const n of [2 ** 20, 2 ** 19]) {
+    const auto = await inLayout("auto", chain(n)), strided = await inLayout("strided", chain(n));
+    const runs = rt.info.isFallbackAdapter && n >= 2 ** 20;
+    assert.equal(Math.max(...auto.grids), n / 4 / (runs ? 4096 : 256), `${n}: runs ${runs}`);
+    assert.deepEqual(auto.codes, strided.codes, `${n}: the same bits`);
+  }
+  assert.throws(
+    // deno-lint-ignore no-explicit-any
+    () => setQuadLayout("rows" as any),
+    /setQuadLayout\('rows'\): the layout must be "auto", "strided" or "runs"/,
+  );
 });
