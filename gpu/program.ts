@@ -69,7 +69,7 @@
  */
 
 import { uint32, WGSL_RNG, wgslChunks, wgslCodec, type WgslCodecOptions } from "../dtypes/mod.ts";
-import { DeviceError } from "../errors.ts";
+import { DeviceError, ValueError } from "../errors.ts";
 import { type Layout, layoutOf } from "./layout.ts";
 import { onNewDevice } from "./device.ts";
 import {
@@ -625,6 +625,73 @@ function stageShape(pb: PooledBuffer): { quads: number; width: number; height: n
   const quads = Math.max(1, Math.ceil(pb.bytes / 16));
   const width = Math.min(quads, STAGE_WIDTH);
   return { quads, width, height: Math.ceil(quads / width) };
+}
+
+/**
+ * The run layout of elementwise work on CPU adapters: each invocation walks RUN_QUADS
+ * consecutive quads (of words of its most packed buffer) one after another, in workgroups of
+ * RUN_WG invocations, instead of neighbouring invocations taking neighbouring quads (a fused
+ * elementwise kernel's quads, the optimizers' quad kernel's groups of two quads). llvmpipe loads a storage buffer lane by
+ * lane, and a lane walking a contiguous run of its own is what these CPUs read fastest: the
+ * chain `exp(x * a + b) * c` over 4M f32 in 0.68-0.79x the time (lavapipe and OpenGL), AdamW
+ * fp32 over 10M parameters in 0.65x; runs of 16 to 64 quads were 1.1-1.4x slower than one quad
+ * an invocation, and loops strided by the workgroup 2-3x slower (BENCHMARKS.md, 2026-12-07).
+ * Each element's computation is the same in either layout, so the bits are too.
+ */
+export const RUN_QUADS = 256;
+/** Invocations a workgroup in the run layout. */
+export const RUN_WG = 16;
+/** Which layout elementwise kernels take: `"auto"` (runs on CPU adapters where they pay). */
+let runMode: "auto" | "strided" | "runs" = "auto";
+
+/**
+ * Sets the layout of elementwise work (fused elementwise kernels of whole quads, the
+ * optimizers' quad kernels): `"auto"` (the default: runs on a CPU adapter where the work
+ * fills at least 16 workgroups of runs), `"strided"` (neighbouring invocations on neighbouring
+ * steps everywhere) or `"runs"` (runs at any size, on any adapter); returns the previous
+ * setting. The bits are the same in every layout. For tests and benchmarks that compare the
+ * layouts side by side. @internal
+ *
+ * @example
+ * ```ts
+ * import { tensor } from "../mod.ts";
+ * import { setRunLayout } from "./program.ts";
+ * const before = setRunLayout("runs");
+ * const y = tensor([1, -2, 3, -4]).mul(2).relu();
+ * console.log(Array.from(await y.toArray())); // [2, 0, 6, 0]
+ * setRunLayout(before);
+ * ```
+ */
+export function setRunLayout(
+  layout: "auto" | "strided" | "runs",
+): "auto" | "strided" | "runs" {
+  if (!["auto", "strided", "runs"].includes(layout)) {
+    throw new ValueError(
+      `setRunLayout('${layout}'): the layout must be "auto", "strided" or "runs"`,
+    );
+  }
+  const prev = runMode;
+  runMode = layout;
+  return prev;
+}
+
+/**
+ * Whether elementwise work of `workgroups` run-layout workgroups, each reading at most
+ * `bytesPerWorkgroup` of a binding, takes the run layout on `rt` (`setRunLayout`): by default on
+ * a CPU adapter from 16 workgroups (fewer measured no faster), where a workgroup's share is a
+ * small part of a binding (windows stay fine-grained).
+ *
+ * @example
+ * ```ts
+ * import { getRuntime, runLayout } from "./mod.ts";
+ * const rt = await getRuntime();
+ * console.log(runLayout(rt, 1, 65536)); // false: one workgroup
+ * ```
+ */
+export function runLayout(rt: Runtime, workgroups: number, bytesPerWorkgroup: number): boolean {
+  if (runMode !== "auto") return runMode === "runs";
+  return rt.info.isFallbackAdapter && workgroups >= 16 &&
+    bytesPerWorkgroup * 64 <= rt.maxBindingBytes;
 }
 
 /** Whether staging runs on each device: "auto" where the device passed its check. */

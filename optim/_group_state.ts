@@ -15,7 +15,7 @@
  */
 
 import { ShapeError, ValueError } from "../errors.ts";
-import { currentRuntime, program, type Runtime, storageBytes } from "../gpu/mod.ts";
+import { currentRuntime, type Program, program, type Runtime, storageBytes } from "../gpu/mod.ts";
 import { noGrad } from "../autograd/mod.ts";
 import { randomU32 } from "../dtypes/mod.ts";
 import { float32 } from "../dtypes/mod.ts";
@@ -30,6 +30,7 @@ import {
   updateKernel,
   type UpdateProgram,
   updateRanges,
+  updateRuns,
 } from "./_update_kernel.ts";
 import type { StateSpec } from "./rule.ts";
 
@@ -349,14 +350,16 @@ export class GroupState {
     const amaxKernel = K > 0 ? updateKernel(rt, prog, { device, diag: null, amax: true }) : null;
     const commit = K > 0 ? scaleCommitKernel(rt, prog, device) : null;
     // tensors of whole groups (u32-word buffers, no diagnostics) take the quad kernel
+    // (large ones, on CPU adapters, in runs of consecutive groups an invocation)
     const quadOf = (n: number) => quadKernel(rt, prog, mode, n);
-    const quad = active.some((i) => quadOf(this.params[i].size))
-      ? updateKernel(rt, prog, { ...mode, quad: true })
-      : null;
-    const amaxQuad = K > 0 && quad
-      ? updateKernel(rt, prog, { device, diag: null, amax: true, quad: true })
-      : null;
-    const chunkOf = (n: number) => updateChunk(rt, prog, quadOf(n));
+    const runsOf = (n: number) => quadOf(n) && updateRuns(rt, prog, n);
+    const quadKernelOf = (n: number, amax: boolean): Program => {
+      const runs = runsOf(n);
+      return amax
+        ? updateKernel(rt, prog, { device, diag: null, amax: true, quad: true, runs })
+        : updateKernel(rt, prog, { ...mode, quad: true, runs });
+    };
+    const chunkOf = (n: number) => updateChunk(rt, prog, quadOf(n), runsOf(n));
     const flag = device ? (run.foundInf ?? zeroFlag(rt)) : null;
     const workgroups = active.reduce(
       (a, i) => a + Math.ceil(this.params[i].size / chunkOf(this.params[i].size)),
@@ -402,7 +405,7 @@ export class GroupState {
       if (K > 0) {
         const scales = this.#scalesOf(i, K).buffer(op);
         const { partials: _p, counters: _c, ...plain } = buffers;
-        (isQuad ? amaxQuad! : amaxKernel!).run({
+        (isQuad ? quadKernelOf(p.size, true) : amaxKernel!).run({
           buffers: { ...plain, scales },
           uniforms,
           groups: Math.ceil(p.size / chunk),
@@ -410,7 +413,7 @@ export class GroupState {
         });
         buffers.scales = scales;
       }
-      (isQuad ? quad! : kernel).run({
+      (isQuad ? quadKernelOf(p.size, false) : kernel).run({
         buffers,
         uniforms,
         groups: Math.ceil(p.size / chunk),

@@ -43,7 +43,15 @@
 
 import { type DType, finfo, uint32, wgslCodec } from "../dtypes/mod.ts";
 import { ValueError } from "../errors.ts";
-import { layoutOf, type Program, program, type Runtime } from "../gpu/mod.ts";
+import {
+  layoutOf,
+  type Program,
+  program,
+  RUN_QUADS,
+  RUN_WG,
+  runLayout,
+  type Runtime,
+} from "../gpu/mod.ts";
 import { diagAccountSource, diagReduceSource } from "./_diagnostics.ts";
 import { WG } from "./_inplace.ts";
 import type { PrecisionStrategy } from "./precision.ts";
@@ -212,6 +220,12 @@ export interface KernelMode {
    * of words; the same update per element, so the same bits.
    */
   readonly quad?: boolean;
+  /**
+   * With `quad`: the run layout (`runLayout`, CPU adapters): each invocation walks a run of
+   * consecutive groups (RUN_QUADS quads of words of the most packed buffer), in workgroups of
+   * RUN_WG invocations; the same update per element, so the same bits.
+   */
+  readonly runs?: boolean;
 }
 
 /** What the host asks of a program's layouts at each dispatch, worked out once per runtime. */
@@ -266,9 +280,23 @@ export function quadGroup(rt: Runtime, prog: UpdateProgram): number {
   return QUAD_WORDS * elemsPerInvocation(rt, prog);
 }
 
-/** Elements one workgroup of the update kernel covers (`quad`: of the quad kernel). */
-export function updateChunk(rt: Runtime, prog: UpdateProgram, quad = false): number {
+/**
+ * Elements one workgroup of the update kernel covers (`quad`: of the quad kernel; `runs`: of
+ * its run layout, RUN_WG runs of RUN_QUADS quads of the most packed buffer's words).
+ */
+export function updateChunk(rt: Runtime, prog: UpdateProgram, quad = false, runs = false): number {
+  if (quad && runs) return RUN_WG * RUN_QUADS * 4 * elemsPerInvocation(rt, prog);
   return quad ? WG * quadGroup(rt, prog) * QUAD_ITEMS : WG * elemsPerInvocation(rt, prog) * ITEMS;
+}
+
+/**
+ * Whether a tensor of `n` elements that takes the quad kernel takes its run layout
+ * (`runLayout`: on CPU adapters from 16 workgroups; a workgroup reads at most 4 bytes an
+ * element of each buffer).
+ */
+export function updateRuns(rt: Runtime, prog: UpdateProgram, n: number): boolean {
+  const chunk = updateChunk(rt, prog, true, true);
+  return runLayout(rt, n / chunk, chunk * 4);
 }
 
 /**
@@ -427,9 +455,9 @@ fn ulp_sr(v: f32, r: u32, drop: u32) -> f32 {
 /** The compiled update kernel of `prog` in `mode` on the runtime (built once, cached). */
 export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode): Program {
   const layouts = prog.buffers.map((b) => layoutOf(b.dtype, rt));
-  const quad = mode.quad === true;
+  const quad = mode.quad === true, runs = quad && mode.runs === true;
   const E = elemsPerInvocation(rt, prog);
-  const chunk = updateChunk(rt, prog, quad);
+  const chunk = updateChunk(rt, prog, quad, runs);
   const bindings = [
     // quad kernel: one-word buffers through their vec4 view, packed ones as raw u32 words
     // (`get4_`/`put4_`): a bf16/fp8 buffer bound through the u32 layout, which the builder
@@ -468,12 +496,12 @@ export function updateKernel(rt: Runtime, prog: UpdateProgram, mode: KernelMode)
   const amaxPass = mode.amax === true;
   const key = `optim|update|${prog.key}|${mode.device}|${
     mode.diag?.name ?? ""
-  }|${amaxPass}|${quad}`;
+  }|${amaxPass}|${quad}|${runs}`;
   return program(rt, key, {
     label: prog.label,
     bindings,
     uniforms,
-    workgroupSize: WG,
+    workgroupSize: runs ? RUN_WG : WG,
   }, () => {
     const chunks: (readonly string[])[] = [];
     let quant = prog.stochastic.length > 0 ? WGSL_SR : "", fields = "", loadArgs = "", stores = "";
@@ -602,9 +630,14 @@ ${hyperAliases}  return Ps(${[...prog.deviceStep, "0.0"].join(", ")});
         } r${j} = update(x${j}, ps);${acct(j)} }\n`;
     }
     const guard = mode.device ? "finf[0] == 0u" : "true";
-    // the loop over an invocation's elements: E consecutive ones a step, or a quad
+    // the loop over an invocation's elements: E consecutive ones a step, or a group, strided
+    // by the workgroup or, in runs, the invocation's own run of chunk / RUN_WG elements
+    const run = chunk / RUN_WG;
+    const head = runs
+      ? `    for (var s = e0 + li * ${run}u; s < min(e1, e0 + (li + 1u) * ${run}u); s = s + ${G}u) {`
+      : `    for (var s = e0 + li * ${G}u; s < e1; s = s + ${WG * G}u) {`;
     const loop = quad
-      ? `    for (var s = e0 + li * ${G}u; s < e1; s = s + ${WG * G}u) {
+      ? `${head}
 ${quadLoads}${
         quadArgs.map((a, j) => `${elem(j)}      let r${j} = update(St(${a}0.0), ps);\n`).join("")
       }${quadStores}    }

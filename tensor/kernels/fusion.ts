@@ -31,14 +31,22 @@
  * one-word dtypes, whole words of packed ones), one-element operands once, and a one-word
  * result is stored as one vec4; the expression still runs per element, so the bits are those
  * of one element per invocation. Packed results keep a word per step. On a CPU adapter a result
- * of at least 1M elements takes runs of 256 consecutive quads an invocation (`setQuadLayout`).
+ * of at least 256K elements takes runs of 256 consecutive quads an invocation (`runLayout`).
  *
  * @module
  */
 
 import { type DType, type Rounding, wgslCodec } from "../../dtypes/mod.ts";
 import { DeviceError, ShapeError, ValueError } from "../../errors.ts";
-import { currentRuntime, type PooledBuffer, program, stridedRange } from "../../gpu/mod.ts";
+import {
+  currentRuntime,
+  type PooledBuffer,
+  program,
+  RUN_QUADS,
+  RUN_WG,
+  runLayout,
+  stridedRange,
+} from "../../gpu/mod.ts";
 import { layoutOf } from "../../gpu/layout.ts";
 import { fmtShape, type Operand, provideTensorHooks, sameShape, Tensor } from "../core/tensor.ts";
 
@@ -57,50 +65,6 @@ const PER_THREAD = 4;
  * broadcast operand one workgroup reads (its window) as small.
  */
 const QUADS = 1;
-/**
- * The run layout of quad kernels on CPU adapters: each invocation computes RUN consecutive
- * quads, one after another, in workgroups of RUN_WG invocations; taken for results of at least
- * RUN_FROM quads (64 workgroups). On lavapipe, where a storage load runs lane by lane, the
- * chain `exp(x * a + b) * c` over 4M f32 took 0.68-0.79x the time of a quad an invocation
- * (0.88-0.93x at 1M, runs of 16 to 64 quads 1.1-1.4x slower, and strided loops 2-3x slower:
- * BENCHMARKS.md); each element's expression is the same, so are the bits.
- */
-const RUN = 256;
-const RUN_WG = 16;
-const RUN_FROM = RUN * RUN_WG * 64;
-/** Which layout quad kernels take: `"auto"` (runs on CPU adapters from RUN_FROM quads). */
-let quadLayout: "auto" | "strided" | "runs" = "auto";
-
-/**
- * Sets the layout of quad kernels (elementwise results of whole quads): `"auto"` (the
- * default: on a CPU adapter, results of at least 1M elements take runs of 256 consecutive
- * quads an invocation; elsewhere a quad an invocation, neighbouring invocations on
- * neighbouring quads), `"strided"` (a quad an invocation everywhere) or `"runs"` (runs at any
- * size, on any adapter); returns the previous setting. The bits are the same in every layout.
- * For benchmarks and tests that compare the layouts side by side. @internal
- *
- * @example
- * ```ts
- * import { tensor } from "../../mod.ts";
- * import { setQuadLayout } from "./fusion.ts";
- * const before = setQuadLayout("runs");
- * const y = tensor([1, -2, 3, -4]).mul(2).relu();
- * console.log(Array.from(await y.toArray())); // [2, 0, 6, 0]
- * setQuadLayout(before);
- * ```
- */
-export function setQuadLayout(
-  layout: "auto" | "strided" | "runs",
-): "auto" | "strided" | "runs" {
-  if (!["auto", "strided", "runs"].includes(layout)) {
-    throw new ValueError(
-      `setQuadLayout('${layout}'): the layout must be "auto", "strided" or "runs"`,
-    );
-  }
-  const prev = quadLayout;
-  quadLayout = layout;
-  return prev;
-}
 
 /**
  * An f32 intermediate as the f32 codec's `decode(encode(x))` leaves it: x, a NaN made the
@@ -539,11 +503,10 @@ function record(root: Tensor, def: LazyDef): void {
   // rows (the last dimension) of whole quads: a quad never crosses a row, so a broadcast
   // operand's 4 elements lie one last-dimension stride apart from the first (one bidx a quad)
   const rowQuads = quad && shape[shape.length - 1] % 4 === 0;
-  // runs of consecutive quads an invocation (setQuadLayout); by default where a workgroup's
-  // share of an operand (64 KiB of one-word elements) is a small part of a binding
-  const runs = quad && (quadLayout === "runs" ||
-    (quadLayout === "auto" && rt.info.isFallbackAdapter && root.size / 4 >= RUN_FROM &&
-      RUN_WG * RUN * 16 * 64 <= rt.maxBindingBytes));
+  // runs of consecutive quads an invocation (`runLayout`: CPU adapters, from 256K elements); a
+  // workgroup's share of an operand is RUN_WG * RUN_QUADS quads of at most 16 bytes
+  const runs = quad &&
+    runLayout(rt, root.size / 4 / (RUN_WG * RUN_QUADS), RUN_WG * RUN_QUADS * 16);
   // a quad as one vec4 expression (value4): every op computes vec4s componentwise, every
   // intermediate is f32 (rounded by ulp_keep4), and every operand is a parameter of value4
   const vec = quad && vecTree(def) &&
@@ -679,10 +642,10 @@ function record(root: Tensor, def: LazyDef): void {
   bcastSlot.forEach((k, slot) => {
     bcastStrides(leaves[k].shape, shape).forEach((v, d) => (st[MAX_RANK * slot + d] = v));
   });
-  // each workgroup writes PER_THREAD * WG words (QUADS * WG quads, or RUN_WG runs of RUN): the
-  // elements [g0, g1) of a piece
+  // each workgroup writes PER_THREAD * WG words (QUADS * WG quads, or RUN_WG runs of RUN_QUADS
+  // quads): the elements [g0, g1) of a piece
   const n = root.size;
-  const per = runs ? RUN_WG * RUN * 4 : WG * (quad ? 4 * QUADS : PER_THREAD * outL.lanes);
+  const per = runs ? RUN_WG * RUN_QUADS * 4 : WG * (quad ? 4 * QUADS : PER_THREAD * outL.lanes);
   const own = (g0: number, g1: number): [number, number] => [g0 * per, Math.min(n, g1 * per)];
   const buffers: Record<string, PooledBuffer> = { out: root.checkUsable(label) };
   const ranges: Record<string, (g0: number, g1: number) => readonly [number, number]> = {
@@ -758,7 +721,7 @@ ${word}    st_out(w, v, r);
 
 /**
  * The kernel over quads: QUADS groups of 4 consecutive elements per invocation, strided
- * by the workgroup size (with `runs`, RUN consecutive quads per invocation); operands of the result's shape loaded as one vec4 each (one-word
+ * by the workgroup size (with `runs`, RUN_QUADS consecutive quads per invocation); operands of the result's shape loaded as one vec4 each (one-word
  * dtypes through their vec4 view, `lq_`: no alignment test), one-element operands once; the result stored as one vec4 (`vec4Out`) or element by element (f16).
  */
 function quadSource(
@@ -827,8 +790,8 @@ ${body}
 fn kernel(wg: u32, lid: vec3u, li: u32) {
 ${ones}${
     runs
-      ? `  let base = (wg * ${RUN_WG}u + li) * ${RUN}u;
-  for (var e = 0u; e < ${RUN}u; e = e + 1u) {
+      ? `  let base = (wg * ${RUN_WG}u + li) * ${RUN_QUADS}u;
+  for (var e = 0u; e < ${RUN_QUADS}u; e = e + 1u) {
     let q = base + e;`
       : `  let base = wg * ${WG * QUADS}u + li;
   for (var e = 0u; e < ${QUADS}u; e = e + 1u) {

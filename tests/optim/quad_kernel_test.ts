@@ -20,13 +20,15 @@ import {
   tensor,
   zeros,
 } from "../../mod.ts";
-import { getRuntime } from "../../gpu/mod.ts";
+import { getRuntime, setRunLayout } from "../../gpu/mod.ts";
 import type { UpdateRule } from "../../optim/mod.ts";
 import {
   quadGroup,
   quadKernel,
   resolveProgram,
   setQuadKernels,
+  updateChunk,
+  updateRuns,
 } from "../../optim/_update_kernel.ts";
 import { normal, stateCodes, uniform } from "./_reference.ts";
 import { withBindingLimit } from "../_binding_limit.ts";
@@ -69,9 +71,16 @@ function gradient(g: Float32Array, dt: string, special: boolean): Tensor {
  * two under a GradScaler (device step counts), the first of them skipped (an Inf gradient).
  * Returns every stored code and the update dispatches.
  */
-async function run(make: Make, sizes: number[], dt: string, quad: boolean, scaler: boolean) {
+async function run(
+  make: Make,
+  sizes: number[],
+  dt: string,
+  quad: boolean,
+  scaler: boolean,
+  layout: "auto" | "strided" | "runs" = "auto",
+) {
   const rt = await getRuntime();
-  const was = setQuadKernels(quad);
+  const was = setQuadKernels(quad), layoutWas = setRunLayout(layout);
   try {
     const ps = sizes.map((n, i) => tensor(normal(n, 7 + i, 0.5), { dtype: dt }));
     const opt = make(ps);
@@ -105,6 +114,7 @@ async function run(make: Make, sizes: number[], dt: string, quad: boolean, scale
     return { out, dispatches };
   } finally {
     setQuadKernels(was);
+    setRunLayout(layoutWas);
   }
 }
 
@@ -316,5 +326,52 @@ Deno.test("quad kernels: bf16's q_ rounds every high half with low halves 0, 1, 
     } finally {
       setQuadKernels(was);
     }
+  }
+});
+
+// the run layout (CPU adapters, from 16 workgroups of runs): each invocation walks its own run
+// of 128 groups; 33,000 elements: two runs' workgroups of f32 (16,384 elements each) and a part,
+// one of bf16 (32,768) and a part; windows of 256 KB over 393,216 elements. One case per kind
+// of kernel (each is another compilation: seconds on a fresh machine)
+const RUN_CASES = [
+  "AdamW fp32",
+  "AdamW bf16-sr",
+  "AdamW collage-light",
+  "SGD collage-plus (Nesterov)",
+  "AdamW e5m2 (8-bit words)",
+];
+for (const c of CASES.filter((c) => RUN_CASES.includes(c.name))) {
+  Deno.test(`quad kernels in runs: ${c.name} stores the bits of a group an invocation`, async () => {
+    const sizes = [33_000 - (33_000 % 32), 32, 1003];
+    const strided = await run(c.make, sizes, c.dt, true, !c.noScaler, "strided");
+    const runs = await run(c.make, sizes, c.dt, true, !c.noScaler, "runs");
+    runs.out.forEach((codes, k) =>
+      sameButNanSigns(c.dt, codes, strided.out[k], `buffer ${k}: runs`, "strided")
+    );
+    assert.equal(runs.dispatches, strided.dispatches);
+    if (!c.name.includes("collage") && c.name !== "AdamW fp32") return;
+    const big = [393_216, 64];
+    const whole = await run(c.make, big, c.dt, true, true, "strided");
+    const windowed = await withBindingLimit(
+      262_144,
+      () => run(c.make, big, c.dt, true, true, "runs"),
+    );
+    assert.ok(windowed.dispatches > whole.dispatches, "windows split the dispatches");
+    windowed.out.forEach((codes, k) =>
+      sameButNanSigns(c.dt, codes, whole.out[k], `buffer ${k}: runs in windows`, "strided")
+    );
+  });
+}
+
+Deno.test("quad kernels in runs: a CPU adapter takes them from 16 workgroups of runs", async () => {
+  const rt = await getRuntime();
+  const rule = new AdamW([zeros([2])]).rule;
+  const flags = { amsgrad: false, maximize: false };
+  for (const [name, chunk] of [["fp32", 16_384], ["bf16", 32_768], ["e5m2", 65_536]] as const) {
+    const prog = resolveProgram(rule, precisionStrategy(name), flags);
+    assert.equal(updateChunk(rt, prog, true, true), chunk, name);
+    const cpu = rt.info.isFallbackAdapter;
+    assert.equal(updateRuns(rt, prog, 16 * chunk), cpu, `${name}: 16 workgroups`);
+    assert.equal(updateRuns(rt, prog, 16 * chunk - 32), false, `${name}: fewer`);
   }
 });
