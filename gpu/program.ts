@@ -678,8 +678,9 @@ export function setRunLayout(
 /**
  * Whether elementwise work of `workgroups` run-layout workgroups, each reading at most
  * `bytesPerWorkgroup` of a binding, takes the run layout on `rt` (`setRunLayout`): by default on
- * a CPU adapter from 16 workgroups (fewer measured no faster), where a workgroup's share is a
- * small part of a binding (windows stay fine-grained).
+ * a CPU adapter from 16 workgroups (fewer measured no faster), where a workgroup's share is at
+ * most a quarter of a binding (a window holds several workgroups; a process that lowers its
+ * binding limit, as the tests of models beyond one binding do, keeps the kernels it compiled).
  *
  * @example
  * ```ts
@@ -691,7 +692,7 @@ export function setRunLayout(
 export function runLayout(rt: Runtime, workgroups: number, bytesPerWorkgroup: number): boolean {
   if (runMode !== "auto") return runMode === "runs";
   return rt.info.isFallbackAdapter && workgroups >= 16 &&
-    bytesPerWorkgroup * 64 <= rt.maxBindingBytes;
+    bytesPerWorkgroup * 4 <= rt.maxBindingBytes;
 }
 
 /** Whether staging runs on each device: "auto" where the device passed its check. */
