@@ -631,11 +631,12 @@ function stageShape(pb: PooledBuffer): { quads: number; width: number; height: n
  * The run layout of elementwise work on CPU adapters: each invocation walks RUN_QUADS
  * consecutive quads (of words of its most packed buffer) one after another, in workgroups of
  * RUN_WG invocations, instead of neighbouring invocations taking neighbouring quads (a fused
- * elementwise kernel's quads, the optimizers' quad kernel's groups of two quads). llvmpipe loads a storage buffer lane by
- * lane, and a lane walking a contiguous run of its own is what these CPUs read fastest: the
- * chain `exp(x * a + b) * c` over 4M f32 in 0.68-0.79x the time (lavapipe and OpenGL), AdamW
- * fp32 over 10M parameters in 0.65x; runs of 16 to 64 quads were 1.1-1.4x slower than one quad
- * an invocation, and loops strided by the workgroup 2-3x slower (BENCHMARKS.md, 2026-12-07).
+ * elementwise kernel's quads, the optimizers' quad kernel's groups of two quads). llvmpipe
+ * loads a storage buffer lane by lane, and a lane walking a contiguous run of its own is what
+ * these CPUs read fastest: the chain `exp(x * a + b) * c` over 4M f32 in 0.68-0.79x the time
+ * (lavapipe and OpenGL), AdamW fp32 over 10M parameters in 0.65x; runs of 16 to 64 quads were
+ * 1.1-1.4x slower than one quad an invocation, and loops strided by the workgroup 2-3x slower
+ * (BENCHMARKS.md, 2026-12-07).
  * Each element's computation is the same in either layout, so the bits are too.
  */
 export const RUN_QUADS = 256;
