@@ -353,11 +353,19 @@ export class GroupState {
     // (large ones, on CPU adapters, in runs of consecutive groups an invocation)
     const quadOf = (n: number) => quadKernel(rt, prog, mode, n);
     const runsOf = (n: number) => quadOf(n) && updateRuns(rt, prog, n);
+    // each quad kernel (strided or in runs; update or amax pass) resolved once a step, when a
+    // tensor first needs it
+    const quadKernels = new Map<string, Program>();
     const quadKernelOf = (n: number, amax: boolean): Program => {
-      const runs = runsOf(n);
-      return amax
-        ? updateKernel(rt, prog, { device, diag: null, amax: true, quad: true, runs })
-        : updateKernel(rt, prog, { ...mode, quad: true, runs });
+      const runs = runsOf(n), k = `${runs}|${amax}`;
+      let q = quadKernels.get(k);
+      if (q === undefined) {
+        q = amax
+          ? updateKernel(rt, prog, { device, diag: null, amax: true, quad: true, runs })
+          : updateKernel(rt, prog, { ...mode, quad: true, runs });
+        quadKernels.set(k, q);
+      }
+      return q;
     };
     const chunkOf = (n: number) => updateChunk(rt, prog, quadOf(n), runsOf(n));
     const flag = device ? (run.foundInf ?? zeroFlag(rt)) : null;

@@ -721,8 +721,10 @@ ${word}    st_out(w, v, r);
 
 /**
  * The kernel over quads: QUADS groups of 4 consecutive elements per invocation, strided
- * by the workgroup size (with `runs`, RUN_QUADS consecutive quads per invocation); operands of the result's shape loaded as one vec4 each (one-word
- * dtypes through their vec4 view, `lq_`: no alignment test), one-element operands once; the result stored as one vec4 (`vec4Out`) or element by element (f16).
+ * by the workgroup size (with `runs`, RUN_QUADS consecutive quads per invocation); operands
+ * of the result's shape loaded as one vec4 each (one-word dtypes through their vec4 view,
+ * `lq_`: no alignment test), one-element operands once; the result stored as one vec4
+ * (`vec4Out`) or element by element (f16).
  */
 function quadSource(
   vec4Out: boolean,
